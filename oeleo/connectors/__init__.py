@@ -1,0 +1,99 @@
+"""Connectors: one per kind of store, each a subclass of ``oeleo.connectors.base.Connector``.
+
+Connectors whose client library is heavy (paramiko, boto3, office365) are imported only when
+used, so ``import oeleo.connectors`` stays cheap. ``get_connector_class(name)`` finds a
+connector by its short name, by ``package.module:ClassName``, or by an entry point in the
+group ``oeleo.connectors`` registered by another package.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from typing import Any, Dict, Optional, Type
+
+from oeleo.connectors.base import Connector, FileEntry, PutResult
+from oeleo.connectors.local import LocalConnector
+from oeleo.errors import ConfigError
+
+ENTRY_POINT_GROUP = "oeleo.connectors"
+
+# Short names of the connectors oeleo ships, as "module:Class" (imported on first use).
+BUILTIN: Dict[str, str] = {
+    "local": "oeleo.connectors.local:LocalConnector",
+}
+
+_LAZY = {}  # attribute name -> "module:Class", filled as connectors land
+
+__all__ = [
+    "Connector",
+    "FileEntry",
+    "PutResult",
+    "LocalConnector",
+    "get_connector_class",
+    "register_password",
+]
+
+
+def register_password(pwd: Optional[str] = None) -> None:
+    """Make a password available to the connectors that need one (the oeleo 0.7 call).
+
+    It is kept in this process's environment as ``OELEO_PASSWORD``, never written anywhere.
+    """
+    if pwd is None:
+        import getpass
+
+        pwd = getpass.getpass("oeleo password: ")
+    os.environ["OELEO_PASSWORD"] = pwd
+
+
+def load_object(spec: str, what: str) -> Any:
+    """Import ``package.module:Name``; a one-line ConfigError if it is not there."""
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise ConfigError(f"{what} {spec!r}: expected a short name or package.module:ClassName")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(f"{what} {spec!r}: cannot import {module_name} ({exc})") from None
+    try:
+        return getattr(module, attr)
+    except AttributeError:
+        raise ConfigError(f"{what} {spec!r}: {module_name} has no {attr}") from None
+
+
+def _entry_point(group: str, name: str) -> Optional[str]:
+    from importlib.metadata import entry_points
+
+    eps = entry_points()
+    found = eps.select(group=group) if hasattr(eps, "select") else eps.get(group, [])
+    for ep in found:
+        if ep.name == name:
+            return ep.value
+    return None
+
+
+def get_connector_class(name: str) -> Type[Connector]:
+    """The connector class for ``OELEO_CONNECTOR`` / ``--connector``."""
+    key = name.strip()
+    spec = BUILTIN.get(key.lower())
+    if spec is None and ":" in key:
+        spec = key
+    if spec is None:
+        spec = _entry_point(ENTRY_POINT_GROUP, key)
+    if spec is None:
+        known = ", ".join(sorted(BUILTIN))
+        raise ConfigError(
+            f"OELEO_CONNECTOR={name!r}: unknown connector; expected one of {known}, "
+            "or package.module:ClassName"
+        )
+    cls = load_object(spec, "OELEO_CONNECTOR")
+    if not (isinstance(cls, type) and issubclass(cls, Connector)):
+        raise ConfigError(f"OELEO_CONNECTOR={name!r}: {spec} is not a subclass of oeleo Connector")
+    return cls
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return load_object(_LAZY[name], name)
+    raise AttributeError(f"module 'oeleo.connectors' has no attribute {name!r}")

@@ -1,0 +1,348 @@
+"""The connector contract: one small base class that every store subclasses.
+
+A connector knows one place (a folder, a server path, a bucket). The base class owns the
+parts every store shares, once: safe relative names, reading the source while hashing it,
+detecting a source that changes during the copy, temporary-name-then-rename, verification
+and cleanup after a failure. A subclass fills in a handful of primitives:
+
+- ``list_files``, ``stat`` and ``checksum`` (read side),
+- ``write_stream``, ``rename`` and ``remove`` (write side),
+- optionally ``connect``/``close``, ``prepare`` and ``set_mtime``.
+
+A subclass *declares* what its store can do (``hashes``, ``atomic_rename``) and the worker
+picks its strategy from that instead of probing with try/except.
+"""
+
+from __future__ import annotations
+
+import errno
+import fnmatch
+import hashlib
+import os
+import posixpath
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Callable,
+    ClassVar,
+    FrozenSet,
+    Iterable,
+    Iterator,
+    Optional,
+    Sequence,
+)
+
+from oeleo.errors import (
+    Aborted,
+    DiskFullError,
+    FileChangedError,
+    UnsafePathError,
+    VerificationError,
+)
+
+if TYPE_CHECKING:
+    from oeleo.settings import Settings
+
+CHUNK_SIZE = 1024 * 1024
+TEMP_SUFFIX = ".oeleo-part"
+
+ProgressCallback = Callable[[int], None]
+StopCheck = Callable[[], bool]
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    """One file as a store lists it: POSIX path relative to the base, size, mtime (ns)."""
+
+    relpath: str
+    size: int
+    mtime_ns: int
+
+
+@dataclass(frozen=True)
+class PutResult:
+    """What ``put`` wrote: the name in the store, its size and the source's checksum."""
+
+    relpath: str
+    external_name: str
+    size: int
+    checksum: str
+    algorithm: str
+    verified: bool
+
+
+def safe_relpath(relpath: str) -> str:
+    """Normalise a relative name to POSIX form and refuse one that leaves the base folder.
+
+    ``a\\b.csv`` (a Windows name) becomes ``a/b.csv``; ``../x``, ``/etc/x`` and ``C:x`` raise
+    ``UnsafePathError``.
+    """
+    text = str(relpath).replace("\\", "/")
+    if not text or text.startswith("/") or PureWindowsPath(text).drive:
+        raise UnsafePathError(f"{relpath!r} is not a relative file name")
+    parts = [p for p in text.split("/") if p not in ("", ".")]
+    if not parts or any(p == ".." for p in parts):
+        raise UnsafePathError(f"{relpath!r} would resolve outside the destination folder")
+    return "/".join(parts)
+
+
+def temp_relpath(relpath: str) -> str:
+    """The hidden name a file is written under before it is renamed into place.
+
+    The name is fixed for a given file, so a run killed half way leaves at most one stale
+    temporary file, which the next run overwrites.
+    """
+    head, name = posixpath.split(relpath)
+    if len(name) > 200:
+        name = hashlib.sha1(name.encode("utf-8")).hexdigest()
+    return posixpath.join(head, f".{name}{TEMP_SUFFIX}")
+
+
+def matches(relpath: str, patterns: Sequence[str]) -> bool:
+    """Glob match: a pattern with a ``/`` is matched against the path, else the name."""
+    name = posixpath.basename(relpath)
+    for pattern in patterns:
+        target = relpath if "/" in pattern else name
+        if fnmatch.fnmatch(target, pattern):
+            return True
+    return False
+
+
+def has_extension(name: str, extensions: Sequence[str]) -> bool:
+    if not extensions:
+        return True
+    lowered = name.lower()
+    return any(lowered.endswith(ext.lower()) for ext in extensions)
+
+
+class SourceReader:
+    """Reads a local file in chunks, hashing as it goes, and notices if it changes meanwhile.
+
+    Iterate to get the chunks; call ``finish()`` after the last one: it raises
+    ``FileChangedError`` if the file's size or mtime moved since it was opened.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        algorithm: str,
+        progress: Optional[ProgressCallback] = None,
+        should_stop: Optional[StopCheck] = None,
+        chunk_size: int = CHUNK_SIZE,
+    ) -> None:
+        self.path = path
+        self.digest = hashlib.new(algorithm)
+        self.progress = progress
+        self.should_stop = should_stop
+        self.chunk_size = chunk_size
+        self.size = 0
+        self._handle = open(path, "rb")  # noqa: SIM115 - closed in finish()/close()
+        before = os.fstat(self._handle.fileno())
+        self.expected_size = before.st_size
+        self.mtime_ns = before.st_mtime_ns
+
+    def __iter__(self) -> Iterator[bytes]:
+        read = self._handle.read
+        while True:
+            if self.should_stop is not None and self.should_stop():
+                raise Aborted(f"stopped while copying {self.path}")
+            chunk = read(self.chunk_size)
+            if not chunk:
+                return
+            self.digest.update(chunk)
+            self.size += len(chunk)
+            if self.progress is not None:
+                self.progress(len(chunk))
+            yield chunk
+
+    def finish(self) -> str:
+        """Close the file, check it did not change, and return the hex digest."""
+        after = os.fstat(self._handle.fileno())
+        self.close()
+        try:
+            current = os.stat(self.path)
+        except OSError:
+            current = None
+        if (
+            self.size != self.expected_size
+            or after.st_size != self.expected_size
+            or after.st_mtime_ns != self.mtime_ns
+            or current is None
+            or current.st_mtime_ns != self.mtime_ns
+            or current.st_size != self.expected_size
+        ):
+            raise FileChangedError(f"{self.path} changed while it was copied; left for the next run")
+        return self.digest.hexdigest()
+
+    def close(self) -> None:
+        if not self._handle.closed:
+            self._handle.close()
+
+
+class Connector:
+    """Base class of every connector. Subclass it to add a store (see docs/connectors.md).
+
+    Class attributes a subclass sets to declare its store's abilities:
+
+    - ``name``: the short name used by ``OELEO_CONNECTOR``.
+    - ``hashes``: hash algorithms the store computes itself (verification without reading
+      the file back through this process); empty when ``checksum`` must read the file.
+    - ``atomic_rename``: ``True`` when ``rename`` replaces the target atomically, so
+      ``put`` writes a temporary name first; ``False`` for stores that commit an upload
+      atomically themselves (then ``write_stream`` writes the final name directly).
+    """
+
+    name: ClassVar[str] = "base"
+    hashes: ClassVar[FrozenSet[str]] = frozenset()
+    atomic_rename: ClassVar[bool] = True
+
+    directory: Any = None
+
+    # -- life cycle -------------------------------------------------------------------
+    def connect(self, **kwargs: Any) -> None:
+        """Open the connection. Idempotent: called again after a dropped connection."""
+
+    def reconnect(self, **kwargs: Any) -> None:
+        self.close()
+        self.connect(**kwargs)
+
+    def close(self) -> None:
+        """Release the connection. Idempotent."""
+
+    def prepare(self) -> None:
+        """Make the base location ready to receive files (create it, check it is writable)."""
+
+    def __enter__(self) -> Connector:
+        self.connect()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @classmethod
+    def from_settings(cls, settings: Settings, role: str = "external") -> Connector:
+        """Build the connector from the settings. ``role`` is ``"local"`` or ``"external"``.
+
+        Override this in a subclass that needs more than a folder.
+        """
+        folder = settings.base_dir_from if role == "local" else settings.base_dir_to
+        return cls(directory=folder)  # type: ignore[call-arg]
+
+    # -- read side (a subclass implements) ------------------------------------------------
+    def list_files(
+        self,
+        extensions: Sequence[str] = (),
+        include: Sequence[str] = (),
+        exclude: Sequence[str] = (),
+        recursive: bool = True,
+    ) -> Iterator[FileEntry]:
+        raise NotImplementedError
+
+    def stat(self, relpath: str) -> Optional[FileEntry]:
+        """Size and mtime of a stored file, or ``None`` when it is not there."""
+        raise NotImplementedError
+
+    def checksum(self, relpath: str, algorithm: str = "md5") -> str:
+        """Hex digest of a stored file, computed where the file is when the store can."""
+        raise NotImplementedError
+
+    # -- write side (a subclass implements) -----------------------------------------------
+    def write_stream(self, relpath: str, chunks: Iterable[bytes], size: int) -> None:
+        """Write all ``chunks`` to ``relpath``, creating folders as needed, durably."""
+        raise NotImplementedError
+
+    def rename(self, src_relpath: str, dst_relpath: str) -> None:
+        """Move ``src`` onto ``dst``, replacing it."""
+        raise NotImplementedError
+
+    def remove(self, relpath: str) -> None:
+        """Delete a stored file; a missing file is not an error."""
+        raise NotImplementedError
+
+    def set_mtime(self, relpath: str, mtime_ns: int) -> None:
+        """Give the stored file the source's modification time, where the store can."""
+
+    def external_name(self, relpath: str) -> str:
+        """How the file is named in the store, for the bookkeeper and for people."""
+        return relpath
+
+    # -- the shared copy engine -----------------------------------------------------------
+    def put(
+        self,
+        local_path: Path,
+        relpath: str,
+        *,
+        algorithm: str = "md5",
+        expected_checksum: Optional[str] = None,
+        verify: bool = True,
+        progress: Optional[ProgressCallback] = None,
+        should_stop: Optional[StopCheck] = None,
+    ) -> PutResult:
+        """Copy one local file into the store, whole and verified, or not at all.
+
+        The file is read once, hashed while it is sent, written under a temporary name,
+        verified and renamed into place. On any failure the temporary file is removed and
+        the error raised; nothing is left under the real name.
+        """
+        relpath = safe_relpath(relpath)
+        staging = temp_relpath(relpath) if self.atomic_rename else relpath
+        reader = SourceReader(Path(local_path), algorithm, progress, should_stop)
+        try:
+            try:
+                self.write_stream(staging, reader, reader.expected_size)
+            except OSError as exc:
+                if exc.errno == errno.ENOSPC:
+                    raise DiskFullError(
+                        f"no space left on the destination while writing {relpath}"
+                    ) from None
+                raise
+            digest = reader.finish()
+            if expected_checksum is not None and digest != expected_checksum:
+                raise FileChangedError(f"{local_path} changed since it was checked")
+            if verify:
+                stored = self.checksum(staging, algorithm)
+                if stored != digest:
+                    raise VerificationError(
+                        f"{relpath}: {algorithm} of the copy is {stored}, of the source {digest}"
+                    )
+            self.set_mtime(staging, reader.mtime_ns)
+            if staging != relpath:
+                self.rename(staging, relpath)
+        except BaseException:
+            reader.close()
+            self._discard(staging)
+            raise
+        return PutResult(
+            relpath=relpath,
+            external_name=self.external_name(relpath),
+            size=reader.size,
+            checksum=digest,
+            algorithm=algorithm,
+            verified=verify,
+        )
+
+    def _discard(self, relpath: str) -> None:
+        try:
+            self.remove(relpath)
+        except Exception:  # noqa: BLE001 - cleanup must not hide the first error
+            pass
+
+    # -- oeleo 0.7 names ------------------------------------------------------------------
+    def base_filter_sub_method(self, glob_pattern: str = "", **kwargs: Any) -> list:
+        """The 0.7 listing call: matching files as ``Path`` objects under ``directory``."""
+        from oeleo.settings import normalise_extensions
+
+        include_subdirs = getattr(self, "include_subdirs", False)
+        entries = self.list_files(
+            extensions=normalise_extensions(glob_pattern), recursive=include_subdirs
+        )
+        base = Path(str(self.directory)) if self.directory is not None else Path()
+        files = [base / PurePosixPath(e.relpath) for e in entries]
+        for extra in kwargs.get("additional_filters") or []:
+            files = [f for f in files if extra(f)]
+        return files
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.directory!r})"

@@ -1,0 +1,503 @@
+"""The bookkeeper: one row per file in the ``filelist`` table (SQLite or PostgreSQL).
+
+A row says "copied" (code 1 with a checksum) only after the external copy is complete and
+verified. Rows are keyed by ``origin`` (host and source folder) and ``local_name`` (the path
+relative to the source folder, POSIX separators), so many PCs can share one database.
+
+Each ``Bookkeeper`` makes its own peewee model classes bound to its own database: there is
+no module-level database state, so two workers with two databases work in one process.
+Writes are queued and committed in batches (one transaction per batch, not per file).
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+import socket
+import time
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Type
+
+import peewee
+
+from oeleo.errors import BookkeeperError, DatabaseBusyError
+from oeleo.locks import ProcessLock
+
+log = logging.getLogger("oeleo")
+
+DEFAULT_DB_NAME = "oeleo-file-list.db"
+
+SHOULD_BE_COPIED = 0
+SHOULD_BE_COPIED_IF_CHANGED = 1
+SHOULD_NOT_BE_COPIED = 2
+CODES = [
+    (SHOULD_BE_COPIED, "should-be-copied"),
+    (SHOULD_BE_COPIED_IF_CHANGED, "should-be-copied-if-changed"),
+    (SHOULD_NOT_BE_COPIED, "should-not-be-copied"),
+]
+CODE_NAMES = dict(CODES)
+
+BATCH_ROWS = 500
+BATCH_SECONDS = 2.0
+_ROWS_PER_STATEMENT = 80  # keeps an insert under SQLite's 999 bound variables
+
+
+@dataclass
+class Record:
+    """What a pass needs to know about one file, without a peewee object per row."""
+
+    local_name: str
+    checksum: Optional[str]
+    code: int
+    size: Optional[int]
+    mtime_ns: Optional[int]
+    last_error: Optional[str] = None
+
+
+def make_origin(directory: Any, host: Optional[str] = None) -> str:
+    """``host:/abs/source/folder`` - which PC and which folder a row belongs to."""
+    folder = Path(str(directory)).expanduser()
+    try:
+        folder = folder.resolve()
+    except OSError:
+        folder = folder.absolute()
+    return f"{host or socket.gethostname()}:{folder.as_posix()}"
+
+
+def _make_models(database: peewee.Database) -> Tuple[Type[peewee.Model], Type[peewee.Model]]:
+    class FileList(peewee.Model):
+        processed_date = peewee.DateTimeField(default=datetime.datetime.now)
+        local_name = peewee.CharField(max_length=1024)
+        external_name = peewee.CharField(max_length=2048, null=True)
+        checksum = peewee.CharField(null=True)
+        code = peewee.SmallIntegerField(choices=CODES, default=SHOULD_BE_COPIED)
+        size = peewee.BigIntegerField(null=True)
+        mtime_ns = peewee.BigIntegerField(null=True)
+        origin = peewee.CharField(max_length=1024, default="")
+        last_error = peewee.TextField(null=True)
+
+        class Meta:
+            table_name = "filelist"
+            indexes = ((("origin", "local_name"), True),)
+
+    class RunLog(peewee.Model):
+        origin = peewee.CharField(max_length=1024, index=True)
+        started = peewee.DateTimeField(default=datetime.datetime.now)
+        finished = peewee.DateTimeField(null=True)
+        status = peewee.CharField(default="running")
+        files_copied = peewee.IntegerField(default=0)
+        files_failed = peewee.IntegerField(default=0)
+        bytes_copied = peewee.BigIntegerField(default=0)
+        message = peewee.TextField(null=True)
+
+        class Meta:
+            table_name = "oeleo_runs"
+
+    FileList.bind(database, bind_refs=False, bind_backrefs=False)
+    RunLog.bind(database, bind_refs=False, bind_backrefs=False)
+    return FileList, RunLog
+
+
+class Bookkeeper:
+    """Reads and writes the ``filelist`` table of one database for one origin."""
+
+    def __init__(self, database: peewee.Database, description: str, origin: Optional[str] = None):
+        self.database = database
+        self.description = description
+        self.origin = origin
+        self.db_model, self.run_model = _make_models(database)
+        self._records: Dict[str, Record] = {}
+        self._pending_copied: List[dict] = []
+        self._pending_errors: List[dict] = []
+        self._pending_codes: List[dict] = []
+        self._last_flush = time.monotonic()
+        self._run_id: Optional[int] = None
+        self._initialized = False
+        self.record: Any = None  # the oeleo 0.7 "current record"
+
+    # -- opening ----------------------------------------------------------------------
+    def initialize_db(self, exclusive: bool = True) -> None:
+        """Connect, create or upgrade the tables, and (``exclusive``) lock out other runs."""
+        if self._initialized:
+            return
+        if self.origin is None:
+            raise BookkeeperError("the bookkeeper needs an origin (host and source folder)")
+        try:
+            self._connect()
+            if exclusive:
+                self._lock()
+            self._create_or_upgrade()
+            self._adopt_legacy_rows()
+        except peewee.PeeweeException as exc:
+            self.close()
+            raise BookkeeperError(f"{self.description}: {_first_line(exc)}") from None
+        except BaseException:
+            self.close()
+            raise
+        self._initialized = True
+
+    def _connect(self) -> None:
+        self.database.connect(reuse_if_open=True)
+
+    def _lock(self) -> None:
+        """Refuse to run beside another oeleo process on the same books (subclasses)."""
+
+    def _create_or_upgrade(self) -> None:
+        db = self.database
+        with db.atomic():
+            tables = db.get_tables()
+            if "filelist" not in tables:
+                db.create_tables([self.db_model])
+            else:
+                self._upgrade_filelist()
+            if "oeleo_runs" not in tables:
+                db.create_tables([self.run_model])
+
+    def _upgrade_filelist(self) -> None:
+        """Bring an oeleo 0.7 table (no size/mtime/origin/last_error) up to date, in place."""
+        from playhouse.migrate import SchemaMigrator, migrate
+
+        db = self.database
+        model = self.db_model
+        columns = {c.name for c in db.get_columns("filelist")}
+        migrator = SchemaMigrator.from_database(db)
+        added = []
+        for name in ("size", "mtime_ns", "origin", "last_error"):
+            if name not in columns:
+                added.append(migrator.add_column("filelist", name, model._meta.fields[name]))
+        if added:
+            log.info("upgrading the filelist table of %s (adding %d columns)", self.description, len(added))
+            migrate(*added)
+        for index in db.get_indexes("filelist"):
+            if index.unique and list(index.columns) == ["local_name"]:
+                migrate(migrator.drop_index("filelist", index.name))
+        model._schema.create_indexes(safe=True)
+
+    def _adopt_legacy_rows(self) -> None:
+        """Rows written by oeleo 0.7 have no origin; they belong to the first origin that opens them."""
+        model = self.db_model
+        adopted = (
+            model.update(origin=self.origin)
+            .where((model.origin == "") | (model.origin.is_null()))
+            .execute()
+        )
+        if adopted:
+            log.info("%d rows from an older oeleo now belong to %s", adopted, self.origin)
+
+    # -- reading ----------------------------------------------------------------------
+    def load(self) -> Dict[str, Record]:
+        """All rows of this origin, as light records keyed by local name."""
+        model = self.db_model
+        query = (
+            model.select(
+                model.local_name, model.checksum, model.code, model.size, model.mtime_ns, model.last_error
+            )
+            .where(model.origin == self.origin)
+            .tuples()
+        )
+        self._records = {row[0]: Record(*row) for row in self._guard(query.iterator)}
+        return self._records
+
+    def get(self, local_name: str) -> Optional[Record]:
+        return self._records.get(local_name)
+
+    def rows(self, code: Optional[int] = None, errors_only: bool = False) -> Iterator[Any]:
+        """Rows of this origin (peewee objects) for reports, ordered by name."""
+        model = self.db_model
+        query = model.select().where(model.origin == self.origin)
+        if code is not None:
+            query = query.where(model.code == code)
+        if errors_only:
+            query = query.where(model.last_error.is_null(False))
+        return iter(self._guard(lambda: list(query.order_by(model.local_name))))
+
+    def counts(self) -> Dict[int, int]:
+        model = self.db_model
+        query = (
+            model.select(model.code, peewee.fn.COUNT(model.id))
+            .where(model.origin == self.origin)
+            .group_by(model.code)
+            .tuples()
+        )
+        return {code: n for code, n in self._guard(lambda: list(query))}
+
+    def last_runs(self, limit: int = 1) -> List[Any]:
+        model = self.run_model
+        query = model.select().where(model.origin == self.origin).order_by(model.id.desc()).limit(limit)
+        return self._guard(lambda: list(query))
+
+    # -- writing (queued, committed in batches) ---------------------------------------
+    def record_copied(
+        self,
+        local_name: str,
+        external_name: str,
+        checksum: str,
+        size: int,
+        mtime_ns: int,
+        code: int = SHOULD_BE_COPIED_IF_CHANGED,
+    ) -> None:
+        """Queue: this file is now in the store, whole and verified."""
+        self._pending_copied.append(
+            {
+                "origin": self.origin,
+                "local_name": local_name,
+                "external_name": external_name,
+                "checksum": checksum,
+                "size": size,
+                "mtime_ns": mtime_ns,
+                "code": code,
+                "processed_date": datetime.datetime.now(),
+                "last_error": None,
+            }
+        )
+        self._records[local_name] = Record(local_name, checksum, code, size, mtime_ns)
+        self._maybe_flush()
+
+    def record_error(self, local_name: str, reason: str) -> None:
+        """Queue: this file failed; keep the reason, keep the code (it is tried again)."""
+        self._pending_errors.append(
+            {"origin": self.origin, "local_name": local_name, "last_error": reason[:2000]}
+        )
+        record = self._records.get(local_name)
+        if record is not None:
+            record.last_error = reason
+        self._maybe_flush()
+
+    def record_code(self, local_name: str, code: int, external_name: Optional[str] = None) -> None:
+        """Queue: set a file's code (creating its row), e.g. from ``check(update_db=True)``."""
+        self._pending_codes.append(
+            {"origin": self.origin, "local_name": local_name, "code": code, "external_name": external_name}
+        )
+        self._maybe_flush()
+
+    def _maybe_flush(self) -> None:
+        pending = len(self._pending_copied) + len(self._pending_errors) + len(self._pending_codes)
+        if pending >= BATCH_ROWS or (pending and time.monotonic() - self._last_flush > BATCH_SECONDS):
+            self.flush()
+
+    def flush(self) -> None:
+        """Commit every queued write in one transaction."""
+        self._last_flush = time.monotonic()
+        if not (self._pending_copied or self._pending_errors or self._pending_codes):
+            return
+        model = self.db_model
+        copied, errors, codes = self._pending_copied, self._pending_errors, self._pending_codes
+        self._pending_copied, self._pending_errors, self._pending_codes = [], [], []
+        keep_lock = peewee.Case(
+            None, [(model.code == SHOULD_NOT_BE_COPIED, SHOULD_NOT_BE_COPIED)], peewee.EXCLUDED.code
+        )
+        target = [model.origin, model.local_name]
+
+        def run() -> None:
+            with self.database.atomic():
+                for chunk in _chunks(copied):
+                    model.insert_many(chunk).on_conflict(
+                        conflict_target=target,
+                        update={
+                            model.external_name: peewee.EXCLUDED.external_name,
+                            model.checksum: peewee.EXCLUDED.checksum,
+                            model.size: peewee.EXCLUDED.size,
+                            model.mtime_ns: peewee.EXCLUDED.mtime_ns,
+                            model.processed_date: peewee.EXCLUDED.processed_date,
+                            model.last_error: None,
+                            model.code: keep_lock,
+                        },
+                    ).execute()
+                for chunk in _chunks(errors):
+                    model.insert_many(chunk).on_conflict(
+                        conflict_target=target,
+                        update={model.last_error: peewee.EXCLUDED.last_error},
+                    ).execute()
+                for chunk in _chunks(codes):
+                    model.insert_many(chunk).on_conflict(
+                        conflict_target=target,
+                        update={
+                            model.code: peewee.EXCLUDED.code,
+                            model.external_name: peewee.fn.COALESCE(
+                                peewee.EXCLUDED.external_name, model.external_name
+                            ),
+                        },
+                    ).execute()
+
+        self._guard(run)
+
+    def set_code(self, local_names: Sequence[str], code: int) -> int:
+        """Set the code of these files now (creating rows as needed); returns how many."""
+        if code not in CODE_NAMES:
+            raise ValueError(f"code must be 0, 1 or 2, not {code!r}")
+        for name in local_names:
+            self.record_code(name, code)
+        self.flush()
+        return len(local_names)
+
+    def unlock(self, local_names: Sequence[str]) -> int:
+        """Code 1 for files that were copied before, 0 for the others."""
+        model = self.db_model
+
+        def run() -> int:
+            with self.database.atomic():
+                done = 0
+                for name in local_names:
+                    row = model.get_or_none((model.origin == self.origin) & (model.local_name == name))
+                    if row is None:
+                        model.create(origin=self.origin, local_name=name, code=SHOULD_BE_COPIED)
+                    else:
+                        row.code = SHOULD_BE_COPIED_IF_CHANGED if row.checksum else SHOULD_BE_COPIED
+                        row.save()
+                    done += 1
+                return done
+
+        return self._guard(run)
+
+    # -- runs -------------------------------------------------------------------------
+    def start_run(self) -> None:
+        self._run_id = self._guard(lambda: self.run_model.create(origin=self.origin).id)
+
+    def finish_run(self, status: str, copied: int, failed: int, nbytes: int, message: str = "") -> None:
+        self.flush()
+        if self._run_id is None:
+            return
+        run_id, self._run_id = self._run_id, None
+        model = self.run_model
+        self._guard(
+            model.update(
+                finished=datetime.datetime.now(),
+                status=status,
+                files_copied=copied,
+                files_failed=failed,
+                bytes_copied=nbytes,
+                message=message or None,
+            )
+            .where(model.id == run_id)
+            .execute
+        )
+
+    def close(self) -> None:
+        try:
+            if self._initialized:
+                self.flush()
+        finally:
+            self._initialized = False
+            if not self.database.is_closed():
+                self.database.close()
+
+    def _guard(self, call: Any) -> Any:
+        try:
+            return call()
+        except peewee.PeeweeException as exc:
+            raise BookkeeperError(f"{self.description}: {_first_line(exc)}") from None
+
+    # -- oeleo 0.7 calls --------------------------------------------------------------
+    @property
+    def db_instance(self) -> peewee.Database:
+        return self.database
+
+    def register(self, f: Path) -> None:
+        """Get or create the row of a file (0.7): it becomes ``self.record``."""
+        model = self.db_model
+        self.record, created = model.get_or_create(
+            origin=self.origin, local_name=Path(f).name, defaults={"code": SHOULD_BE_COPIED}
+        )
+
+    def is_changed(self, **checks: Any) -> bool:
+        if self.record.code == SHOULD_BE_COPIED:
+            return True
+        return any(getattr(self.record, k) != v for k, v in checks.items())
+
+    def update_record(self, external_name: Any, code: int = 1, **checks: Any) -> None:
+        self.record.checksum = checks.get("checksum")
+        self.record.processed_date = datetime.datetime.now()
+        self.record.code = code
+        self.record.external_name = str(external_name)
+        self.record.save()
+
+    @property
+    def code(self) -> int:
+        return self.record.code
+
+    @code.setter
+    def code(self, code: int) -> None:
+        if code not in CODE_NAMES:
+            raise ValueError("code is not valid")
+        self.record.code = code
+        self.record.save()
+
+
+class SimpleDbHandler(Bookkeeper):
+    """SQLite bookkeeping in one file (the default; the oeleo 0.7 name)."""
+
+    def __init__(self, db_name: Any = DEFAULT_DB_NAME, origin: Optional[str] = None) -> None:
+        self.db_name = str(db_name)
+        self.path = Path(self.db_name).expanduser()
+        database = peewee.SqliteDatabase(
+            str(self.path), pragmas={"busy_timeout": 5000, "foreign_keys": 1}, check_same_thread=False
+        )
+        super().__init__(database, description=f"database {self.path}", origin=origin)
+        self._process_lock = ProcessLock(Path(str(self.path) + ".lock"), f"database {self.path}")
+
+    def _connect(self) -> None:
+        folder = self.path.parent
+        if not folder.is_dir():
+            raise BookkeeperError(f"database {self.path}: folder {folder} does not exist")
+        if self.path.exists() and not os.access(self.path, os.R_OK | os.W_OK):
+            raise BookkeeperError(f"database {self.path}: not readable and writable by this user")
+        super()._connect()
+
+    def _lock(self) -> None:
+        self._process_lock.acquire()
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            self._process_lock.release()
+
+
+class PostgresDbHandler(Bookkeeper):
+    """PostgreSQL bookkeeping, shared by many PCs (``OELEO_DB_HOST`` set)."""
+
+    def __init__(
+        self,
+        db_name: str,
+        host: str,
+        port: int = 5432,
+        user: Optional[str] = None,
+        password: Optional[str] = None,
+        origin: Optional[str] = None,
+    ) -> None:
+        self.db_name = db_name
+        database = peewee.PostgresqlDatabase(
+            db_name, host=host, port=port, user=user, password=password, connect_timeout=10
+        )
+        super().__init__(database, description=f"PostgreSQL database {db_name} on {host}:{port}", origin=origin)
+
+    def _connect(self) -> None:
+        try:
+            import psycopg2  # noqa: F401
+        except ImportError:
+            raise BookkeeperError(
+                "PostgreSQL bookkeeping needs psycopg2: pip install 'oeleo[postgres]'"
+            ) from None
+        super()._connect()
+
+    def _lock(self) -> None:
+        # A session-level advisory lock per origin: released when the connection ends.
+        key = zlib.crc32(str(self.origin).encode("utf-8"))
+        got = self.database.execute_sql("SELECT pg_try_advisory_lock(%s, %s)", (0x0E1E0, key)).fetchone()[0]
+        if not got:
+            raise DatabaseBusyError(
+                f"another oeleo process is already copying {self.origin} with {self.description}; this one stops"
+            )
+
+
+def _chunks(rows: List[dict]) -> Iterator[List[dict]]:
+    for start in range(0, len(rows), _ROWS_PER_STATEMENT):
+        yield rows[start : start + _ROWS_PER_STATEMENT]
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0]

@@ -1,0 +1,168 @@
+"""Reporters: what a run tells people while it goes (progress) and when it ends (a summary).
+
+``Reporter`` writes plain log lines (a scheduled task, a script); ``RichReporter`` draws
+progress bars for files and bytes in a terminal. ``start_file_log`` adds the rotating log
+file in ``OELEO_LOG_DIR``. Connectors never print: the worker calls the reporter.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+from logging.handlers import RotatingFileHandler
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Optional, Union
+
+if TYPE_CHECKING:
+    from oeleo.workers import RunSummary
+
+log = logging.getLogger("oeleo")
+
+LOG_FILE_NAME = "oeleo.log"
+LOG_MAX_BYTES = 1_000_000
+LOG_BACKUP_COUNT = 5
+FILE_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+class Reporter:
+    """Plain reporter: one log line per file and a summary line; thread-safe."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+
+    def run_started(self, files: int, nbytes: int, dry_run: bool = False) -> None:
+        verb = "would copy" if dry_run else "copying"
+        if files:
+            log.info("%s %d files (%s)", verb, files, human_bytes(nbytes))
+
+    def file_started(self, relpath: str, size: int) -> None:
+        log.debug("copying %s (%s)", relpath, human_bytes(size))
+
+    def advance(self, nbytes: int) -> None:
+        """Bytes done on the current file(s); called from the copying threads."""
+
+    def file_done(self, relpath: str, size: int, error: Optional[str] = None) -> None:
+        if error is None:
+            log.info("copied %s", relpath)
+        else:
+            log.error("failed %s: %s", relpath, error)
+
+    def run_finished(self, summary: RunSummary) -> None:
+        level = logging.WARNING if summary.failed else logging.INFO
+        log.log(level, summary.describe())
+
+    def close(self) -> None:
+        """Tear down whatever the reporter drew."""
+
+    # oeleo 0.7 reporter calls, kept so old schedulers and scripts run.
+    def notify(self, *args: Any, **kwargs: Any) -> None:
+        log.debug("notify %s %s", args, kwargs)
+
+    def update_metadata(self, **kwargs: Any) -> None:
+        log.debug("metadata %s", kwargs)
+
+    def status(self, *args: Any, **kwargs: Any) -> None:
+        log.debug("status %s", args)
+
+
+class RichReporter(Reporter):
+    """Progress bars (files and bytes, with rate) on a terminal, via rich."""
+
+    def __init__(self, console: Any = None) -> None:
+        super().__init__()
+        from rich.console import Console
+
+        self.console = console or Console(stderr=True)
+        self._progress: Any = None
+        self._files_task: Any = None
+        self._bytes_task: Any = None
+
+    def run_started(self, files: int, nbytes: int, dry_run: bool = False) -> None:
+        if dry_run or not files:
+            super().run_started(files, nbytes, dry_run)
+            return
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
+        )
+
+        self._progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("•"),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+            console=self.console,
+            transient=False,
+        )
+        self._files_task = self._progress.add_task("files", total=files)
+        self._bytes_task = self._progress.add_task("bytes", total=nbytes)
+        self._progress.start()
+
+    def advance(self, nbytes: int) -> None:
+        if self._progress is not None:
+            self._progress.update(self._bytes_task, advance=nbytes)
+
+    def file_done(self, relpath: str, size: int, error: Optional[str] = None) -> None:
+        if self._progress is not None:
+            self._progress.update(self._files_task, advance=1)
+        if error is not None:
+            log.error("failed %s: %s", relpath, error)
+        else:
+            log.debug("copied %s", relpath)
+
+    def run_finished(self, summary: RunSummary) -> None:
+        self.close()
+        style = "red" if summary.failed else "green"
+        self.console.print(f"[{style}]{summary.describe()}[/{style}]")
+        for relpath, reason in summary.errors[:20]:
+            self.console.print(f"  [red]✗[/red] {relpath}: {reason}", highlight=False)
+        if len(summary.errors) > 20:
+            self.console.print(f"  … and {len(summary.errors) - 20} more (oeleo status)")
+
+    def close(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+
+
+def choose_reporter(stream: Any = None) -> Reporter:
+    """Progress bars on a terminal, plain lines otherwise (a scheduled task, a pipe)."""
+    stream = stream or sys.stderr
+    if hasattr(stream, "isatty") and stream.isatty() and os.environ.get("TERM") != "dumb":
+        return RichReporter()
+    return Reporter()
+
+
+def start_file_log(log_dir: Union[str, os.PathLike, None], level: int = logging.DEBUG) -> Path:
+    """Add a rotating log file ``oeleo.log`` in ``log_dir`` to the ``oeleo`` logger."""
+    folder = Path(log_dir) if log_dir else Path.cwd()
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / LOG_FILE_NAME
+    logger = logging.getLogger("oeleo")
+    for handler in logger.handlers:
+        if isinstance(handler, RotatingFileHandler) and Path(handler.baseFilename) == path.resolve():
+            return path
+    handler = RotatingFileHandler(path, maxBytes=LOG_MAX_BYTES, backupCount=LOG_BACKUP_COUNT, encoding="utf-8")
+    handler.setLevel(level)
+    handler.setFormatter(logging.Formatter(FILE_FORMAT))
+    logger.addHandler(handler)
+    logger.setLevel(min(logger.level or logging.DEBUG, level))
+    return path

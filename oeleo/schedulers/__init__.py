@@ -1,0 +1,32 @@
+"""Schedulers run a worker again and again: ``SimpleScheduler`` (built in) and, with the
+``rocketry`` extra, a rocketry-based one. ``get_scheduler_class(name)`` finds one by
+``OELEO_SCHEDULER``: a short name, ``package.module:ClassName`` or an entry point in the
+group ``oeleo.schedulers``."""
+
+from __future__ import annotations
+
+from typing import Any, Dict
+
+from oeleo.errors import ConfigError
+from oeleo.schedulers.base import SchedulerBase
+from oeleo.schedulers.simple import SimpleScheduler
+
+ENTRY_POINT_GROUP = "oeleo.schedulers"
+
+BUILTIN: Dict[str, str] = {
+    "simple": "oeleo.schedulers.simple:SimpleScheduler",
+}
+
+__all__ = ["SchedulerBase", "SimpleScheduler", "get_scheduler_class"]
+
+
+def get_scheduler_class(name: str) -> Any:
+    """The scheduler class for ``OELEO_SCHEDULER``."""
+    from oeleo.connectors import _entry_point, load_object
+
+    key = name.strip()
+    spec = BUILTIN.get(key.lower()) or (key if ":" in key else _entry_point(ENTRY_POINT_GROUP, key))
+    if spec is None:
+        known = ", ".join(sorted(BUILTIN))
+        raise ConfigError(f"OELEO_SCHEDULER={name!r}: unknown scheduler; expected one of {known}")
+    return load_object(spec, "OELEO_SCHEDULER")

@@ -1,0 +1,49 @@
+"""What every scheduler shares: a worker to run, and a clean stop on a signal."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from typing import Any, Dict, Optional
+
+log = logging.getLogger("oeleo")
+
+
+class SchedulerBase:
+    """Runs ``worker`` passes until told to stop. Subclasses implement ``start``."""
+
+    def __init__(self, worker: Any) -> None:
+        self.worker = worker
+        self._stop = threading.Event()
+        self._old_handlers: Dict[int, Any] = {}
+
+    def start(self) -> Any:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        """Stop after (or, abandoning the current file cleanly, during) the current pass."""
+        self._stop.set()
+        self.worker.stop()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def _install_signal_handlers(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            self._old_handlers[signum] = signal.signal(signum, self._on_signal)
+
+    def _restore_signal_handlers(self) -> None:
+        for signum, handler in self._old_handlers.items():
+            signal.signal(signum, handler)
+        self._old_handlers.clear()
+
+    def _on_signal(self, signum: int, frame: Optional[Any]) -> None:
+        log.warning("received %s: stopping cleanly", signal.Signals(signum).name)
+        self.received_signal = signum
+        self.stop()
+
+    received_signal: Optional[int] = None

@@ -1,0 +1,83 @@
+"""The built-in scheduler: a pass every ``run_interval_time`` seconds, ``max_run_intervals`` times."""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta
+from typing import Any, Optional
+
+from oeleo.errors import DatabaseBusyError, OeleoError
+from oeleo.schedulers.base import SchedulerBase
+
+log = logging.getLogger("oeleo")
+
+
+class SimpleScheduler(SchedulerBase):
+    """Run the worker on an interval. One failing pass is logged; the next one still runs.
+
+    >>> SimpleScheduler(worker, run_interval_time=300, max_run_intervals=12).start()
+
+    ``max_run_intervals`` of 0 or ``None`` means no limit. Ctrl-C or SIGTERM stops cleanly.
+    """
+
+    def __init__(
+        self,
+        worker: Any,
+        run_interval_time: float = 43_200,
+        max_run_intervals: Optional[int] = 1000,
+        update_db: bool = True,
+        force: bool = False,
+        add_check: bool = False,
+        additional_filters: Any = None,
+    ) -> None:
+        super().__init__(worker)
+        self.run_interval_time = float(run_interval_time)
+        self.max_run_intervals = max_run_intervals
+        self.update_db = update_db
+        self.force = force
+        self.add_check = add_check
+        self.additional_filters = additional_filters
+        self.runs = 0
+        self.failed_runs = 0
+        self.last_summary: Any = None
+        self.last_run: Optional[datetime] = None
+        self.state = {"iterations": 0}
+
+    def start(self) -> Any:
+        """Run until ``max_run_intervals`` passes are done or a stop is asked for."""
+        self._install_signal_handlers()
+        try:
+            self.worker.connect_to_db()
+            if self.add_check:
+                self.worker.check(update_db=self.update_db, force=self.force)
+            while not self.stopping:
+                self._one_pass()
+                if self.max_run_intervals and self.runs >= self.max_run_intervals:
+                    break
+                next_run = datetime.now() + timedelta(seconds=self.run_interval_time)
+                log.info("next run at %s", next_run.strftime("%Y-%m-%d %H:%M:%S"))
+                if self._stop.wait(self.run_interval_time):
+                    break
+        finally:
+            self._restore_signal_handlers()
+            self.worker.close()
+        return self.last_summary
+
+    def _one_pass(self) -> None:
+        self.runs += 1
+        self.state["iterations"] = self.runs
+        self.last_run = datetime.now()
+        log.debug("scheduled run %d", self.runs)
+        try:
+            self.worker.filter_local(additional_filters=self.additional_filters)
+            self.last_summary = self.worker.run()
+            if self.last_summary.exit_status:
+                self.failed_runs += 1
+        except DatabaseBusyError:
+            raise
+        except (OeleoError, OSError) as exc:
+            self.failed_runs += 1
+            log.error("run %d failed: %s; the next run goes on", self.runs, exc)
+        except Exception:  # noqa: BLE001 - a scheduler outlives a bad pass
+            self.failed_runs += 1
+            log.exception("run %d failed; the next run goes on", self.runs)

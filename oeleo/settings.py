@@ -1,0 +1,220 @@
+"""Settings: one pydantic-settings model read from the environment and a ``.env`` file.
+
+Every field is read from ``OELEO_<FIELD NAME>``; the names of the published oeleo 0.7 keep
+their meaning. ``load_settings()`` turns validation errors into a one-line ``ConfigError``
+naming the variable, and warns about ``OELEO_`` names that nothing reads (a typo would
+otherwise be silently ignored).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+from dotenv import dotenv_values
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from oeleo.errors import ConfigError
+
+log = logging.getLogger("oeleo")
+
+ENV_PREFIX = "OELEO_"
+DEFAULT_DB_NAME = "oeleo-file-list.db"
+
+# What a person should read when a value does not parse, by pydantic error type.
+_EXPECTED = {
+    "float_parsing": "a number",
+    "int_parsing": "a whole number",
+    "bool_parsing": "true or false",
+    "greater_than_equal": "a number that is not negative",
+    "greater_than": "a positive number",
+}
+
+
+class Settings(BaseSettings):
+    """Everything oeleo can be told. The command and the Python API read the same model."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_file=None,
+        extra="ignore",
+        case_sensitive=False,
+        validate_default=True,
+    )
+
+    # Where from, where to (published oeleo names).
+    base_dir_from: Optional[Path] = Field(None, description="Folder the instrument writes to.")
+    base_dir_to: Optional[str] = Field(
+        None, description="Destination: a folder, or a remote path for ssh/s3/sharepoint."
+    )
+    filter_extension: str = Field(
+        "", description="Extensions to copy, comma separated (.csv,.res); empty for all files."
+    )
+    include: str = Field("", description="Glob patterns a file must match (comma separated).")
+    exclude: str = Field("", description="Glob patterns of files to leave out (comma separated).")
+    subdirs: bool = Field(True, description="Look into subfolders of the source folder.")
+    min_age: float = Field(
+        0.0, ge=0, description="Seconds since a file's last change before it is copied."
+    )
+    checksum: str = Field("md5", description="hashlib algorithm used to compare and verify.")
+    verify: bool = Field(True, description="Check the destination's checksum after each copy.")
+    retries: int = Field(3, ge=0, description="Attempts per file after a dropped connection.")
+    workers: int = Field(1, ge=1, description="Files copied at the same time.")
+
+    # Plugging.
+    connector: str = Field(
+        "local", description="External connector: local, ssh, sharepoint, s3, arcsecond, or pkg.mod:Class."
+    )
+    scheduler: str = Field("simple", description="Scheduler used by `oeleo schedule`.")
+    run_interval: float = Field(3600.0, gt=0, description="Seconds between two scheduled runs.")
+    max_runs: int = Field(0, ge=0, description="Scheduled runs before stopping; 0 for no limit.")
+
+    # Bookkeeping (published oeleo names).
+    db_name: str = Field(DEFAULT_DB_NAME, description="SQLite file, or database name on PostgreSQL.")
+    db_host: Optional[str] = Field(None, description="PostgreSQL host; SQLite when empty.")
+    db_port: int = Field(5432, gt=0, description="PostgreSQL port.")
+    db_user: Optional[str] = Field(None, description="PostgreSQL user.")
+    db_password: Optional[SecretStr] = Field(None, description="PostgreSQL password.")
+    log_dir: Optional[Path] = Field(None, description="Folder for the rotating log file.")
+
+    # SSH (published oeleo names, read now, used by the ssh connector).
+    external_host: Optional[str] = Field(None, description="SSH server host name.")
+    external_port: int = Field(22, gt=0, description="SSH server port.")
+    username: Optional[str] = Field(None, description="SSH user name.")
+    password: Optional[SecretStr] = Field(None, description="SSH password (prefer a key).")
+    key_filename: Optional[Path] = Field(None, description="SSH private key file.")
+    known_hosts: Optional[Path] = Field(None, description="known_hosts file for host keys.")
+    accept_new_host_keys: bool = Field(
+        False, description="Trust an unknown SSH host key on first contact (logs its fingerprint)."
+    )
+
+    # SharePoint (published oeleo names).
+    sharepoint_username: Optional[str] = Field(None, description="SharePoint user name.")
+    sharepoint_url: Optional[str] = Field(None, description="SharePoint URL.")
+    sharepoint_sitename: Optional[str] = Field(None, description="SharePoint site name.")
+    sharepoint_doc_library: Optional[str] = Field(None, description="SharePoint library name.")
+
+    @field_validator("checksum")
+    @classmethod
+    def _known_algorithm(cls, value: str) -> str:
+        value = value.strip().lower()
+        if value not in hashlib.algorithms_available:
+            raise ValueError(f"a hashlib algorithm such as md5 or sha256, got {value!r}")
+        return value
+
+    @field_validator("base_dir_from", "log_dir", "key_filename", "known_hosts", mode="before")
+    @classmethod
+    def _empty_path_is_none(cls, value: Any) -> Any:
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
+
+    @field_validator("db_host", "db_user", "external_host", "username", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: Any) -> Any:
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
+
+    # Parsed views of the comma separated lists.
+    @property
+    def extensions(self) -> List[str]:
+        return normalise_extensions(self.filter_extension)
+
+    @property
+    def include_patterns(self) -> List[str]:
+        return split_list(self.include)
+
+    @property
+    def exclude_patterns(self) -> List[str]:
+        return split_list(self.exclude)
+
+    def masked(self) -> Dict[str, str]:
+        """The effective settings as ``OELEO_NAME -> text``, secrets masked."""
+        out: Dict[str, str] = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if isinstance(value, SecretStr):
+                text = "********" if value.get_secret_value() else ""
+            elif value is None:
+                text = ""
+            else:
+                text = str(value)
+            out[ENV_PREFIX + name.upper()] = text
+        return out
+
+
+def split_list(text: str) -> List[str]:
+    return [part.strip() for part in text.replace(";", ",").split(",") if part.strip()]
+
+
+def normalise_extensions(text: Any) -> List[str]:
+    """``".csv, res"`` -> ``[".csv", ".res"]``; ``"*"`` or empty means every file."""
+    if text is None:
+        return []
+    parts = split_list(text) if isinstance(text, str) else [str(p) for p in text]
+    out = []
+    for part in parts:
+        part = part.lstrip("*")
+        if not part:
+            return []
+        out.append(part if part.startswith(".") else "." + part)
+    return out
+
+
+def known_names() -> List[str]:
+    return [ENV_PREFIX + name.upper() for name in Settings.model_fields]
+
+
+def _warn_unknown(names: List[Tuple[str, str]]) -> None:
+    known = set(known_names())
+    for name, where in names:
+        if name.upper().startswith(ENV_PREFIX) and name.upper() not in known:
+            warnings.warn(f"{name} (in {where}) is not an oeleo setting; it is ignored", stacklevel=3)
+
+
+def find_env_file(env_file: Optional[os.PathLike] = None) -> Optional[Path]:
+    """The ``.env`` to read: the one given (it must exist), else ``./.env`` if present."""
+    if env_file is not None:
+        path = Path(env_file)
+        if not path.is_file():
+            raise ConfigError(f"--env-file {path}: no such file")
+        return path
+    default = Path.cwd() / ".env"
+    return default if default.is_file() else None
+
+
+def load_settings(env_file: Optional[os.PathLike] = None, **overrides: Any) -> Settings:
+    """Read the settings: overrides, then the environment, then the ``.env`` file.
+
+    Raises ``ConfigError`` with one line naming the variable when a value is wrong.
+    """
+    path = find_env_file(env_file)
+    file_values: Dict[str, Optional[str]] = {}
+    if path is not None:
+        try:
+            file_values = dotenv_values(path)
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read {path}: {exc}") from None
+    _warn_unknown([(k, str(path)) for k in file_values])
+    _warn_unknown([(k, "the environment") for k in os.environ])
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    try:
+        return Settings(_env_file=path, **overrides)  # type: ignore[call-arg]
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, overrides)) from None
+
+
+def _describe(exc: ValidationError, overrides: Dict[str, Any]) -> str:
+    first = exc.errors()[0]
+    field = str(first["loc"][0]) if first.get("loc") else "?"
+    name = ENV_PREFIX + field.upper()
+    expected = _EXPECTED.get(first["type"]) or first["msg"].removeprefix("Value error, ")
+    given = first.get("input")
+    where = "argument" if field in overrides else "setting"
+    return f"{name}: expected {expected}, got {given!r} (from the {where})"

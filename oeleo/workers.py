@@ -1,0 +1,629 @@
+"""The worker: one pass of "list, decide, copy, verify, book" - and the factories that build one.
+
+A ``Worker`` composes a checker, a local connector (the instrument's folder), an external
+connector (where files must go) and a bookkeeper. Everything that is the same for every
+store lives here once: deciding what to copy from the books, retries after a dropped
+connection, parallel copies, progress and the run summary.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import threading
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple
+
+from oeleo.checkers import Checker, ChecksumChecker, hash_file
+from oeleo.connectors.base import Connector, FileEntry, PutResult, safe_relpath
+from oeleo.connectors.local import LocalConnector
+from oeleo.errors import (
+    Aborted,
+    ConfigError,
+    ConnectionLost,
+    DiskFullError,
+    OeleoError,
+    TransferError,
+)
+from oeleo.models import (
+    SHOULD_BE_COPIED,
+    SHOULD_BE_COPIED_IF_CHANGED,
+    SHOULD_NOT_BE_COPIED,
+    Bookkeeper,
+    PostgresDbHandler,
+    Record,
+    SimpleDbHandler,
+    make_origin,
+)
+from oeleo.reporters import Reporter, human_bytes
+
+log = logging.getLogger("oeleo")
+
+BACKOFF_SECONDS = 0.5
+
+
+@dataclass
+class RunSummary:
+    """What one pass did. ``exit_status`` is 0 when every file is fine, 1 when some failed."""
+
+    listed: int = 0
+    copied: int = 0
+    failed: int = 0
+    unchanged: int = 0
+    locked: int = 0
+    too_young: int = 0
+    vanished: int = 0
+    bytes_copied: int = 0
+    seconds: float = 0.0
+    dry_run: bool = False
+    stopped: bool = False
+    fatal: Optional[str] = None
+    would_copy: List[str] = field(default_factory=list)
+    errors: List[Tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def exit_status(self) -> int:
+        return 1 if (self.failed or self.fatal) else 0
+
+    @property
+    def status(self) -> str:
+        if self.stopped:
+            return "stopped"
+        return "failed" if self.exit_status else "ok"
+
+    def describe(self) -> str:
+        if self.dry_run:
+            head = f"dry run: would copy {len(self.would_copy)} of {self.listed} files"
+        else:
+            rate = self.bytes_copied / self.seconds if self.seconds > 0 else 0.0
+            head = (
+                f"copied {self.copied} files ({human_bytes(self.bytes_copied)}, "
+                f"{human_bytes(rate)}/s), {self.failed} failed"
+            )
+        parts = [head, f"{self.unchanged} unchanged", f"{self.locked} locked"]
+        if self.too_young:
+            parts.append(f"{self.too_young} too young")
+        if self.vanished:
+            parts.append(f"{self.vanished} vanished")
+        text = ", ".join(parts) + f" in {self.seconds:.2f} s"
+        if self.fatal:
+            text += f"; stopped early: {self.fatal}"
+        elif self.stopped:
+            text += "; stopped on request"
+        return text
+
+
+@dataclass
+class CheckReport:
+    """How the two sides compare (``Worker.check``)."""
+
+    same: List[str] = field(default_factory=list)
+    missing: List[str] = field(default_factory=list)
+    different: List[str] = field(default_factory=list)
+    locked: List[str] = field(default_factory=list)
+    errors: List[Tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def in_sync(self) -> bool:
+        return not (self.missing or self.different or self.errors)
+
+
+class Worker:
+    """Copies the files of ``local_connector`` to ``external_connector``, booking each one.
+
+    >>> worker.connect_to_db()   # open (or create, or upgrade) the books
+    >>> worker.filter_local()    # list candidate files
+    >>> worker.run()             # copy what is new or changed; returns a RunSummary
+    >>> worker.close()
+    """
+
+    def __init__(
+        self,
+        checker: Optional[Checker] = None,
+        bookkeeper: Optional[Bookkeeper] = None,
+        local_connector: Optional[LocalConnector] = None,
+        external_connector: Optional[Connector] = None,
+        extension: Any = None,
+        dry_run: bool = False,
+        reporter: Optional[Reporter] = None,
+        external_name_generator: Optional[Callable[..., Any]] = None,
+        reconnect: bool = True,
+        subdirs: bool = False,
+        external_subdirs: bool = False,
+        *,
+        include: Sequence[str] = (),
+        exclude: Sequence[str] = (),
+        min_age: float = 0.0,
+        verify: bool = True,
+        retries: int = 3,
+        workers: int = 1,
+        force: bool = False,
+        include_locked: bool = False,
+    ) -> None:
+        from oeleo.settings import normalise_extensions
+
+        if local_connector is None or external_connector is None:
+            raise ConfigError("a Worker needs a local_connector and an external_connector")
+        if external_name_generator is not None:
+            raise ConfigError(
+                "external_name_generator is not supported: files keep their path relative "
+                "to the source folder (see docs/connectors.md to map names in a connector)"
+            )
+        self.checker = checker or ChecksumChecker()
+        self.local_connector = local_connector
+        self.external_connector = external_connector
+        self.bookkeeper = bookkeeper if bookkeeper is not None else SimpleDbHandler()
+        if self.bookkeeper.origin is None:
+            self.bookkeeper.origin = make_origin(local_connector.directory)
+        self.extensions = normalise_extensions(extension)
+        self.extension = extension
+        self.dry_run = dry_run
+        self.reporter = reporter or Reporter()
+        self.reconnect = reconnect
+        self.subdirs = subdirs
+        self.external_subdirs = external_subdirs
+        self.include = list(include)
+        self.exclude = list(exclude)
+        self.min_age = min_age
+        self.verify = verify
+        self.retries = retries if reconnect else 0
+        self.workers = max(1, int(workers))
+        self.force = force
+        self.include_locked = include_locked
+        self.file_names: List[Path] = []
+        self._entries: Optional[List[FileEntry]] = None
+        self._stop = threading.Event()
+        self._db_open = False
+        self._connected = False
+
+    def __repr__(self) -> str:
+        return f"Worker({self.local_connector!r} -> {self.external_connector!r})"
+
+    # -- life cycle -------------------------------------------------------------------
+    def connect_to_db(self) -> None:
+        """Open the books (creating or upgrading them); stops if another run holds them."""
+        if not self._db_open:
+            self.bookkeeper.initialize_db(exclusive=not self.dry_run)
+            self._db_open = True
+
+    def _connect(self) -> None:
+        if self._connected:
+            return
+        self.local_connector.check_source()
+        self.external_connector.connect()
+        if not self.dry_run:
+            self.external_connector.prepare()
+        self._connected = True
+
+    def close(self) -> None:
+        """Commit what is queued, release the books and the connections."""
+        try:
+            if self._db_open:
+                self.bookkeeper.close()
+                self._db_open = False
+        finally:
+            if self._connected:
+                self.external_connector.close()
+                self._connected = False
+
+    def __enter__(self) -> Worker:
+        self.connect_to_db()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def stop(self) -> None:
+        """Ask the current pass to stop: the file being copied is abandoned cleanly."""
+        self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def die_if_necessary(self) -> None:
+        if self._stop.is_set():
+            raise Aborted("stopped on request")
+
+    # -- choosing files ---------------------------------------------------------------
+    def filter_local(self, **kwargs: Any) -> List[Path]:
+        """List the source folder's candidate files (extension, include/exclude, subfolders).
+
+        ``additional_filters``: callables taking a ``Path`` and returning ``True`` to keep it.
+        """
+        self._connect()
+        entries = list(
+            self.local_connector.list_files(
+                extensions=self.extensions,
+                include=self.include,
+                exclude=self.exclude,
+                recursive=self.subdirs,
+            )
+        )
+        extra = kwargs.get("additional_filters") or []
+        if extra:
+            base = self.local_connector.directory
+            entries = [e for e in entries if all(f(base / e.relpath) for f in extra)]
+        self._set_entries(entries)
+        return self.file_names
+
+    def add_local(self, local_files: Iterable[Any]) -> List[Path]:
+        """Name the files to process yourself (paths inside the source folder)."""
+        self._connect()
+        base = Path(self.local_connector.directory)
+        entries = []
+        for f in local_files:
+            path = Path(f)
+            relpath = self._relative_name(path if path.is_absolute() else base / path)
+            st = path.stat() if path.is_absolute() else (base / path).stat()
+            entries.append(FileEntry(relpath, st.st_size, st.st_mtime_ns))
+        self._set_entries(entries)
+        return self.file_names
+
+    def _set_entries(self, entries: List[FileEntry]) -> None:
+        self._entries = entries
+        base = Path(self.local_connector.directory)
+        self.file_names = [base / e.relpath for e in entries]
+        log.debug("%d candidate files in %s", len(entries), base)
+
+    def _relative_name(self, path: Path) -> str:
+        base = Path(self.local_connector.directory).resolve()
+        try:
+            return safe_relpath(path.resolve().relative_to(base).as_posix())
+        except ValueError:
+            raise ConfigError(f"{path} is not inside the source folder {base}") from None
+
+    def filter_external(self, **kwargs: Any) -> List[FileEntry]:
+        """The external side's files with the worker's filters (for comparisons)."""
+        self._connect()
+        return list(
+            self.external_connector.list_files(
+                extensions=self.extensions, include=self.include, exclude=self.exclude, recursive=True
+            )
+        )
+
+    def _decide(self, entry: FileEntry, record: Optional[Record], now_ns: int) -> str:
+        """``copy``, ``hash`` (legacy row: compare checksums first), or a reason to skip."""
+        if record is not None and record.code == SHOULD_NOT_BE_COPIED and not self.include_locked:
+            return "locked"
+        if self.min_age and now_ns - entry.mtime_ns < self.min_age * 1e9:
+            return "too_young"
+        if record is None or self.force or record.code == SHOULD_BE_COPIED:
+            return "copy"
+        if record.code == SHOULD_NOT_BE_COPIED:
+            return "copy"  # include_locked
+        if record.size is None or record.mtime_ns is None:
+            return "hash"
+        if record.size == entry.size and record.mtime_ns == entry.mtime_ns and record.checksum:
+            return "unchanged"
+        return "copy"
+
+    # -- one pass ---------------------------------------------------------------------
+    def run(self) -> RunSummary:
+        """Copy every new or changed file once, verified; book each one. Never raises for
+        a single file: failures are recorded with their reason and counted."""
+        started = time.monotonic()
+        self._stop.clear()
+        self.connect_to_db()
+        if self._entries is None:
+            self.filter_local()
+        entries = self._entries or []
+        records = self.bookkeeper.load()
+        summary = RunSummary(listed=len(entries), dry_run=self.dry_run)
+        now_ns = time.time_ns()
+        todo: List[Tuple[FileEntry, Optional[Record], bool]] = []
+        for entry in entries:
+            record = records.get(entry.relpath)
+            action = self._decide(entry, record, now_ns)
+            if action in ("copy", "hash"):
+                todo.append((entry, record, action == "hash"))
+            elif action == "unchanged":
+                summary.unchanged += 1
+            elif action == "locked":
+                summary.locked += 1
+            elif action == "too_young":
+                summary.too_young += 1
+        if self.dry_run:
+            summary.would_copy = [e.relpath for e, _, _ in todo]
+            for relpath in summary.would_copy:
+                log.info("would copy %s", relpath)
+            summary.seconds = time.monotonic() - started
+            self.reporter.run_finished(summary)
+            return summary
+
+        self.bookkeeper.start_run()
+        self.reporter.run_started(len(todo), sum(e.size for e, _, _ in todo))
+        try:
+            if self.workers > 1 and len(todo) > 1:
+                self._copy_parallel(todo, summary)
+            else:
+                for item in todo:
+                    if self._stop.is_set() or summary.fatal:
+                        break
+                    self._book(item, self._attempt(item), summary)
+        except KeyboardInterrupt:
+            summary.stopped = True
+            raise
+        finally:
+            summary.stopped = summary.stopped or self._stop.is_set()
+            summary.seconds = time.monotonic() - started
+            self.bookkeeper.finish_run(
+                summary.status, summary.copied, summary.failed, summary.bytes_copied, summary.fatal or ""
+            )
+            self._entries = None  # the next pass lists again
+            self.reporter.run_finished(summary)
+        return summary
+
+    def _copy_parallel(self, todo: List[Tuple[FileEntry, Optional[Record], bool]], summary: RunSummary) -> None:
+        pending: Set[Future] = set()
+        items = iter(todo)
+        with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="oeleo-copy") as pool:
+            while True:
+                while len(pending) < self.workers * 2 and not (self._stop.is_set() or summary.fatal):
+                    item = next(items, None)
+                    if item is None:
+                        break
+                    future = pool.submit(self._attempt, item)
+                    future.item = item  # type: ignore[attr-defined]
+                    pending.add(future)
+                if not pending:
+                    return
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for future in done:
+                    self._book(future.item, future.result(), summary)  # type: ignore[attr-defined]
+
+    def _attempt(self, item: Tuple[FileEntry, Optional[Record], bool]) -> Tuple[str, Any]:
+        """Copy one file, retrying after dropped connections. Runs in a copying thread; the
+        result is booked by the main thread. Returns (kind, value)."""
+        entry, record, legacy = item
+        self.reporter.file_started(entry.relpath, entry.size)
+        attempt = 0
+        while True:
+            try:
+                return self._copy_one(entry, record, legacy)
+            except ConnectionLost as exc:
+                attempt += 1
+                if attempt > self.retries:
+                    return "error", f"{exc} (gave up after {attempt} attempts)"
+                delay = BACKOFF_SECONDS * (2 ** (attempt - 1))
+                log.warning("%s: %s; reconnecting in %.1f s (attempt %d of %d)",
+                            entry.relpath, exc, delay, attempt, self.retries)
+                if self._stop.wait(delay):
+                    return "stopped", None
+                try:
+                    self.external_connector.reconnect()
+                except OeleoError as again:
+                    log.warning("reconnect failed: %s", again)
+            except Aborted:
+                return "stopped", None
+            except DiskFullError as exc:
+                return "fatal", str(exc)
+            except TransferError as exc:
+                return "error", str(exc)
+            except FileNotFoundError:
+                return "vanished", None
+            except PermissionError as exc:
+                return "error", f"permission denied ({exc.filename or entry.relpath})"
+            except OSError as exc:
+                if exc.errno == errno.ENOSPC:
+                    return "fatal", f"no space left on the destination while writing {entry.relpath}"
+                return "error", exc.strerror or str(exc)
+            except OeleoError as exc:
+                return "error", str(exc)
+            except Exception as exc:  # noqa: BLE001 - one bad file must not stop the run
+                log.debug("unexpected error copying %s", entry.relpath, exc_info=True)
+                return "error", f"{type(exc).__name__}: {exc}"
+
+    def _copy_one(self, entry: FileEntry, record: Optional[Record], legacy: bool) -> Tuple[str, Any]:
+        source = self.local_connector.path(entry.relpath)
+        algorithm = self.checker.algorithm
+        if legacy and record is not None and record.checksum:
+            # A row from oeleo 0.7 has a checksum but no size/mtime: compare before copying.
+            digest = hash_file(source, algorithm)
+            if digest == record.checksum:
+                return "unchanged", (digest, entry)
+        reason = self.checker.validate(source)
+        if reason:
+            return "error", f"refused by {type(self.checker).__name__}: {reason}"
+        result = self.external_connector.put(
+            source,
+            entry.relpath,
+            algorithm=algorithm,
+            verify=self.verify,
+            progress=self.reporter.advance,
+            should_stop=self._stop.is_set,
+        )
+        return "copied", result
+
+    def _book(self, item: Tuple[FileEntry, Optional[Record], bool], outcome: Tuple[str, Any], summary: RunSummary) -> None:
+        entry, record, _ = item
+        kind, value = outcome
+        code = SHOULD_NOT_BE_COPIED if (record and record.code == SHOULD_NOT_BE_COPIED) else SHOULD_BE_COPIED_IF_CHANGED
+        if kind == "copied":
+            result: PutResult = value
+            self.bookkeeper.record_copied(
+                entry.relpath, result.external_name, result.checksum, result.size, entry.mtime_ns, code
+            )
+            summary.copied += 1
+            summary.bytes_copied += result.size
+            self.reporter.file_done(entry.relpath, result.size)
+        elif kind == "unchanged":
+            digest, _ = value
+            self.bookkeeper.record_copied(
+                entry.relpath,
+                self.external_connector.external_name(entry.relpath),
+                digest,
+                entry.size,
+                entry.mtime_ns,
+                code,
+            )
+            summary.unchanged += 1
+        elif kind == "vanished":
+            summary.vanished += 1
+            log.warning("%s disappeared before it was copied", entry.relpath)
+        elif kind == "stopped":
+            summary.stopped = True
+        else:
+            summary.failed += 1
+            summary.errors.append((entry.relpath, value))
+            self.bookkeeper.record_error(entry.relpath, value)
+            self.reporter.file_done(entry.relpath, entry.size, error=value)
+            if kind == "fatal":
+                summary.fatal = value
+
+    # -- comparing the two sides ------------------------------------------------------
+    def check(self, update_db: bool = False, force: bool = True, **kwargs: Any) -> CheckReport:
+        """Compare each local file with the external side; ``update_db`` books the files
+        that are already there (identical) as copied, and the others as to be copied."""
+        self.connect_to_db()
+        if self._entries is None:
+            self.filter_local(**kwargs)
+        entries = self._entries or []
+        records = self.bookkeeper.load()
+        report = CheckReport()
+        algorithm = self.checker.algorithm
+        for entry in entries:
+            record = records.get(entry.relpath)
+            if record is not None and record.code == SHOULD_NOT_BE_COPIED:
+                report.locked.append(entry.relpath)
+                continue
+            try:
+                remote = self.external_connector.stat(entry.relpath)
+                if remote is None:
+                    report.missing.append(entry.relpath)
+                    if update_db:
+                        self.bookkeeper.record_code(entry.relpath, SHOULD_BE_COPIED)
+                    continue
+                digest = hash_file(self.local_connector.path(entry.relpath), algorithm)
+                same = remote.size == entry.size and (
+                    self.external_connector.checksum(entry.relpath, algorithm) == digest
+                )
+            except (OeleoError, OSError) as exc:
+                report.errors.append((entry.relpath, str(exc)))
+                continue
+            if same:
+                report.same.append(entry.relpath)
+                if update_db:
+                    self.bookkeeper.record_copied(
+                        entry.relpath,
+                        self.external_connector.external_name(entry.relpath),
+                        digest,
+                        entry.size,
+                        entry.mtime_ns,
+                    )
+            else:
+                report.different.append(entry.relpath)
+                if update_db:
+                    self.bookkeeper.record_code(entry.relpath, SHOULD_BE_COPIED)
+        if update_db:
+            self.bookkeeper.flush()
+        self._entries = None
+        return report
+
+
+# -- factories ----------------------------------------------------------------------------
+def bookkeeper_from_settings(settings: Any, origin: Optional[str] = None) -> Bookkeeper:
+    """SQLite unless ``OELEO_DB_HOST`` is set, then PostgreSQL."""
+    if settings.db_host:
+        password = settings.db_password.get_secret_value() if settings.db_password else None
+        return PostgresDbHandler(
+            settings.db_name,
+            host=settings.db_host,
+            port=settings.db_port,
+            user=settings.db_user,
+            password=password,
+            origin=origin,
+        )
+    return SimpleDbHandler(settings.db_name, origin=origin)
+
+
+def worker_from_settings(settings: Any, reporter: Optional[Reporter] = None, **options: Any) -> Worker:
+    """Build a worker from settings: the connector named by ``OELEO_CONNECTOR``, the books
+    named by ``OELEO_DB_*``, the filters, and any ``Worker`` keyword in ``options``."""
+    from oeleo.connectors import get_connector_class
+
+    if settings.base_dir_from is None:
+        raise ConfigError("OELEO_BASE_DIR_FROM is not set: the folder to copy from (or --from)")
+    connector_cls = get_connector_class(settings.connector)
+    if connector_cls is LocalConnector and not settings.base_dir_to:
+        raise ConfigError("OELEO_BASE_DIR_TO is not set: the folder to copy to (or --to)")
+    local = LocalConnector(directory=settings.base_dir_from)
+    external = connector_cls.from_settings(settings, role="external")
+    options.setdefault("subdirs", settings.subdirs)
+    return Worker(
+        checker=ChecksumChecker(settings.checksum),
+        bookkeeper=bookkeeper_from_settings(settings),
+        local_connector=local,
+        external_connector=external,
+        extension=settings.extensions,
+        reporter=reporter,
+        include=settings.include_patterns,
+        exclude=settings.exclude_patterns,
+        min_age=settings.min_age,
+        verify=settings.verify,
+        retries=settings.retries,
+        workers=settings.workers,
+        **options,
+    )
+
+
+def simple_worker(
+    base_directory_from: Any = None,
+    base_directory_to: Any = None,
+    db_name: Optional[str] = None,
+    dry_run: bool = False,
+    extension: Optional[str] = None,
+    reporter: Optional[Reporter] = None,
+    include_subdirs: bool = False,
+    external_subdirs: bool = False,
+) -> Worker:
+    """A worker copying between two local folders (the oeleo 0.7 factory).
+
+    Arguments left out are read from the settings (``OELEO_BASE_DIR_FROM``,
+    ``OELEO_BASE_DIR_TO``, ``OELEO_DB_NAME``, ``OELEO_FILTER_EXTENSION``).
+    """
+    from oeleo.settings import load_settings
+
+    overrides: Dict[str, Any] = {
+        "base_dir_from": base_directory_from,
+        "base_dir_to": str(base_directory_to) if base_directory_to is not None else None,
+        "db_name": db_name,
+        "filter_extension": extension,
+        "connector": "local",
+    }
+    settings = load_settings(**overrides)
+    return worker_from_settings(
+        settings, reporter=reporter, dry_run=dry_run, subdirs=include_subdirs,
+        external_subdirs=external_subdirs,
+    )
+
+
+def ssh_worker(
+    base_directory_from: Any = None,
+    base_directory_to: Any = None,
+    db_name: Optional[str] = None,
+    extension: Optional[str] = None,
+    use_password: bool = False,
+    dry_run: bool = False,
+    reporter: Optional[Reporter] = None,
+    is_posix: bool = True,
+    include_subdirs: bool = False,
+    external_subdirs: bool = False,
+) -> Worker:
+    """A worker copying a local folder to a server over SSH (the oeleo 0.7 factory)."""
+    from oeleo.settings import load_settings
+
+    settings = load_settings(
+        base_dir_from=base_directory_from,
+        base_dir_to=str(base_directory_to) if base_directory_to is not None else None,
+        db_name=db_name,
+        filter_extension=extension,
+        connector="ssh",
+    )
+    return worker_from_settings(
+        settings, reporter=reporter, dry_run=dry_run, subdirs=include_subdirs,
+        external_subdirs=external_subdirs,
+    )
