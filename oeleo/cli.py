@@ -35,12 +35,21 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def _source(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--from", dest="base_dir_from", metavar="FOLDER", help="folder to copy from (OELEO_BASE_DIR_FROM)")
+    p.add_argument(
+        "--from", dest="base_dir_from", metavar="FOLDER", help="folder to copy from (OELEO_BASE_DIR_FROM)"
+    )
     p.add_argument("--to", dest="base_dir_to", metavar="DEST", help="where to copy to (OELEO_BASE_DIR_TO)")
-    p.add_argument("--ext", dest="filter_extension", metavar="EXT", help="extensions, comma separated (OELEO_FILTER_EXTENSION)")
+    p.add_argument(
+        "--ext",
+        dest="filter_extension",
+        metavar="EXT",
+        help="extensions, comma separated (OELEO_FILTER_EXTENSION)",
+    )
     p.add_argument("--connector", metavar="NAME", help="external connector (OELEO_CONNECTOR)")
     p.add_argument("--db", dest="db_name", metavar="NAME", help="bookkeeping database (OELEO_DB_NAME)")
-    p.add_argument("--no-subdirs", dest="subdirs", action="store_false", default=None, help="do not look into subfolders")
+    p.add_argument(
+        "--no-subdirs", dest="subdirs", action="store_false", default=None, help="do not look into subfolders"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -63,14 +72,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check", help="compare the two sides and report what differs")
     _common(p)
     _source(p)
-    p.add_argument("--update-db", action="store_true", help="book identical files as copied, others as to copy")
+    p.add_argument(
+        "--update-db", action="store_true", help="book identical files as copied, others as to copy"
+    )
 
     p = sub.add_parser("status", help="what the books say: files per code, errors, last run")
     _common(p)
     _source(p)
     p.add_argument("--files", action="store_true", help="list every file's row")
 
-    for name, text in (("lock", "never copy these files (code 2)"), ("unlock", "copy these files again when needed")):
+    for name, text in (
+        ("lock", "never copy these files (code 2)"),
+        ("unlock", "copy these files again when needed"),
+    ):
         p = sub.add_parser(name, help=text)
         _common(p)
         _source(p)
@@ -79,8 +93,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("schedule", help="run again and again on an interval")
     _common(p)
     _source(p)
-    p.add_argument("--every", dest="run_interval", type=float, metavar="SECONDS", help="seconds between runs (OELEO_RUN_INTERVAL)")
-    p.add_argument("--max-runs", dest="max_runs", type=int, metavar="N", help="stop after N runs; 0 for no limit (OELEO_MAX_RUNS)")
+    p.add_argument(
+        "--every",
+        dest="run_interval",
+        type=float,
+        metavar="SECONDS",
+        help="seconds between runs (OELEO_RUN_INTERVAL)",
+    )
+    p.add_argument(
+        "--max-runs",
+        dest="max_runs",
+        type=int,
+        metavar="N",
+        help="stop after N runs; 0 for no limit (OELEO_MAX_RUNS)",
+    )
     p.add_argument("--scheduler", metavar="NAME", help="scheduler (OELEO_SCHEDULER)")
 
     p = sub.add_parser("config", help="print the effective settings (secrets masked)")
@@ -110,7 +136,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if isinstance(exc, OeleoError):
             print(f"oeleo: {exc}", file=sys.stderr)
             return EXIT_FAILED if not isinstance(exc, ConfigError) and _is_transfer(exc) else EXIT_CONFIG
-        print(f"oeleo: unexpected error: {type(exc).__name__}: {exc} (run with --debug for details)", file=sys.stderr)
+        print(
+            f"oeleo: unexpected error: {type(exc).__name__}: {exc} (run with --debug for details)",
+            file=sys.stderr,
+        )
         return EXIT_FAILED
 
 
@@ -125,11 +154,15 @@ def _setup_console_logging(debug: bool) -> None:
     logger.setLevel(logging.DEBUG)
     handler = logging.StreamHandler(sys.stderr)
     handler.setLevel(logging.DEBUG if debug else logging.INFO)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s" if debug else "%(message)s"))
+    handler.setFormatter(
+        logging.Formatter("%(asctime)s %(levelname)s %(message)s" if debug else "%(message)s")
+    )
     logger.addHandler(handler)
     logger.propagate = False
 
-    def one_line(message: Any, category: Any, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
+    def one_line(
+        message: Any, category: Any, filename: str, lineno: int, file: Any = None, line: Any = None
+    ) -> None:
         print(f"oeleo: warning: {message}", file=sys.stderr)
 
     warnings.showwarning = one_line
@@ -138,8 +171,17 @@ def _setup_console_logging(debug: bool) -> None:
 def _settings(args: argparse.Namespace, **extra: Any) -> Any:
     from oeleo.settings import load_settings
 
-    names = ("base_dir_from", "base_dir_to", "filter_extension", "connector", "db_name", "subdirs",
-             "run_interval", "max_runs", "scheduler")
+    names = (
+        "base_dir_from",
+        "base_dir_to",
+        "filter_extension",
+        "connector",
+        "db_name",
+        "subdirs",
+        "run_interval",
+        "max_runs",
+        "scheduler",
+    )
     overrides: Dict[str, Any] = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
     overrides.update(extra)
     return load_settings(getattr(args, "env_file", None), **overrides)
@@ -154,7 +196,9 @@ def _start_log_file(settings: Any) -> None:
         except OSError as exc:
             from oeleo.errors import ConfigError
 
-            raise ConfigError(f"OELEO_LOG_DIR={settings.log_dir}: cannot write a log there ({exc.strerror})") from None
+            raise ConfigError(
+                f"OELEO_LOG_DIR={settings.log_dir}: cannot write a log there ({exc.strerror})"
+            ) from None
 
 
 def _worker(settings: Any, **options: Any) -> Any:
@@ -243,7 +287,9 @@ def _bookkeeper(settings: Any) -> Any:
     if settings.base_dir_from is None:
         raise ConfigError("OELEO_BASE_DIR_FROM is not set: the books are kept per source folder (or --from)")
     if not settings.db_host and not Path(settings.db_name).expanduser().is_file():
-        raise ConfigError(f"OELEO_DB_NAME={settings.db_name}: no such database file yet (run `oeleo run` first)")
+        raise ConfigError(
+            f"OELEO_DB_NAME={settings.db_name}: no such database file yet (run `oeleo run` first)"
+        )
     books = bookkeeper_from_settings(settings, origin=make_origin(settings.base_dir_from))
     books.initialize_db(exclusive=False)
     return books

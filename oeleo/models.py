@@ -180,9 +180,7 @@ class Bookkeeper:
         """Rows written by oeleo 0.7 have no origin; they belong to the first origin that opens them."""
         model = self.db_model
         adopted = (
-            model.update(origin=self.origin)
-            .where((model.origin == "") | (model.origin.is_null()))
-            .execute()
+            model.update(origin=self.origin).where((model.origin == "") | (model.origin.is_null())).execute()
         )
         if adopted:
             log.info("%d rows from an older oeleo now belong to %s", adopted, self.origin)
@@ -472,7 +470,9 @@ class PostgresDbHandler(Bookkeeper):
         database = peewee.PostgresqlDatabase(
             db_name, host=host, port=port, user=user, password=password, connect_timeout=10
         )
-        super().__init__(database, description=f"PostgreSQL database {db_name} on {host}:{port}", origin=origin)
+        super().__init__(
+            database, description=f"PostgreSQL database {db_name} on {host}:{port}", origin=origin
+        )
 
     def _connect(self) -> None:
         try:

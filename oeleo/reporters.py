@@ -160,7 +160,9 @@ def start_file_log(log_dir: Union[str, os.PathLike, None], level: int = logging.
     for handler in logger.handlers:
         if isinstance(handler, RotatingFileHandler) and Path(handler.baseFilename) == path.resolve():
             return path
-    handler = RotatingFileHandler(path, maxBytes=LOG_MAX_BYTES, backupCount=LOG_BACKUP_COUNT, encoding="utf-8")
+    handler = RotatingFileHandler(
+        path, maxBytes=LOG_MAX_BYTES, backupCount=LOG_BACKUP_COUNT, encoding="utf-8"
+    )
     handler.setLevel(level)
     handler.setFormatter(logging.Formatter(FILE_FORMAT))
     logger.addHandler(handler)

@@ -58,9 +58,7 @@ class Settings(BaseSettings):
     include: str = Field("", description="Glob patterns a file must match (comma separated).")
     exclude: str = Field("", description="Glob patterns of files to leave out (comma separated).")
     subdirs: bool = Field(True, description="Look into subfolders of the source folder.")
-    min_age: float = Field(
-        0.0, ge=0, description="Seconds since a file's last change before it is copied."
-    )
+    min_age: float = Field(0.0, ge=0, description="Seconds since a file's last change before it is copied.")
     checksum: str = Field("md5", description="hashlib algorithm used to compare and verify.")
     verify: bool = Field(True, description="Check the destination's checksum after each copy.")
     retries: int = Field(3, ge=0, description="Attempts per file after a dropped connection.")

@@ -357,7 +357,9 @@ class Worker:
             self.reporter.run_finished(summary)
         return summary
 
-    def _copy_parallel(self, todo: List[Tuple[FileEntry, Optional[Record], bool]], summary: RunSummary) -> None:
+    def _copy_parallel(
+        self, todo: List[Tuple[FileEntry, Optional[Record], bool]], summary: RunSummary
+    ) -> None:
         pending: Set[Future] = set()
         items = iter(todo)
         with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="oeleo-copy") as pool:
@@ -389,8 +391,14 @@ class Worker:
                 if attempt > self.retries:
                     return "error", f"{exc} (gave up after {attempt} attempts)"
                 delay = BACKOFF_SECONDS * (2 ** (attempt - 1))
-                log.warning("%s: %s; reconnecting in %.1f s (attempt %d of %d)",
-                            entry.relpath, exc, delay, attempt, self.retries)
+                log.warning(
+                    "%s: %s; reconnecting in %.1f s (attempt %d of %d)",
+                    entry.relpath,
+                    exc,
+                    delay,
+                    attempt,
+                    self.retries,
+                )
                 if self._stop.wait(delay):
                     return "stopped", None
                 try:
@@ -438,10 +446,16 @@ class Worker:
         )
         return "copied", result
 
-    def _book(self, item: Tuple[FileEntry, Optional[Record], bool], outcome: Tuple[str, Any], summary: RunSummary) -> None:
+    def _book(
+        self, item: Tuple[FileEntry, Optional[Record], bool], outcome: Tuple[str, Any], summary: RunSummary
+    ) -> None:
         entry, record, _ = item
         kind, value = outcome
-        code = SHOULD_NOT_BE_COPIED if (record and record.code == SHOULD_NOT_BE_COPIED) else SHOULD_BE_COPIED_IF_CHANGED
+        code = (
+            SHOULD_NOT_BE_COPIED
+            if (record and record.code == SHOULD_NOT_BE_COPIED)
+            else SHOULD_BE_COPIED_IF_CHANGED
+        )
         if kind == "copied":
             result: PutResult = value
             self.bookkeeper.record_copied(
@@ -596,7 +610,10 @@ def simple_worker(
     }
     settings = load_settings(**overrides)
     return worker_from_settings(
-        settings, reporter=reporter, dry_run=dry_run, subdirs=include_subdirs,
+        settings,
+        reporter=reporter,
+        dry_run=dry_run,
+        subdirs=include_subdirs,
         external_subdirs=external_subdirs,
     )
 
@@ -624,6 +641,9 @@ def ssh_worker(
         connector="ssh",
     )
     return worker_from_settings(
-        settings, reporter=reporter, dry_run=dry_run, subdirs=include_subdirs,
+        settings,
+        reporter=reporter,
+        dry_run=dry_run,
+        subdirs=include_subdirs,
         external_subdirs=external_subdirs,
     )

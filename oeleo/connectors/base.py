@@ -294,9 +294,7 @@ class Connector:
                 self.write_stream(staging, reader, reader.expected_size)
             except OSError as exc:
                 if exc.errno == errno.ENOSPC:
-                    raise DiskFullError(
-                        f"no space left on the destination while writing {relpath}"
-                    ) from None
+                    raise DiskFullError(f"no space left on the destination while writing {relpath}") from None
                 raise
             digest = reader.finish()
             if expected_checksum is not None and digest != expected_checksum:
@@ -335,9 +333,7 @@ class Connector:
         from oeleo.settings import normalise_extensions
 
         include_subdirs = getattr(self, "include_subdirs", False)
-        entries = self.list_files(
-            extensions=normalise_extensions(glob_pattern), recursive=include_subdirs
-        )
+        entries = self.list_files(extensions=normalise_extensions(glob_pattern), recursive=include_subdirs)
         base = Path(str(self.directory)) if self.directory is not None else Path()
         files = [base / PurePosixPath(e.relpath) for e in entries]
         for extra in kwargs.get("additional_filters") or []:

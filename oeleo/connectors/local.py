@@ -35,7 +35,9 @@ class LocalConnector(Connector):
     name = "local"
 
     def __init__(
-        self, directory: Union[str, os.PathLike, None] = None, include_subdirs: bool = False,
+        self,
+        directory: Union[str, os.PathLike, None] = None,
+        include_subdirs: bool = False,
         **kwargs: Any,
     ) -> None:
         if directory is None:
@@ -62,7 +64,9 @@ class LocalConnector(Connector):
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise ConfigError(f"destination folder {self.directory} cannot be created: {exc.strerror}") from None
+            raise ConfigError(
+                f"destination folder {self.directory} cannot be created: {exc.strerror}"
+            ) from None
         if not self.directory.is_dir():
             raise ConfigError(f"destination {self.directory} is not a folder")
         if not os.access(self.directory, os.W_OK | os.X_OK):
