@@ -489,7 +489,8 @@ class PostgresDbHandler(Bookkeeper):
         got = self.database.execute_sql("SELECT pg_try_advisory_lock(%s, %s)", (0x0E1E0, key)).fetchone()[0]
         if not got:
             raise DatabaseBusyError(
-                f"another oeleo process is already copying {self.origin} with {self.description}; this one stops"
+                f"another oeleo process is already copying {self.origin} "
+                f"with {self.description}; this one stops"
             )
 
 
