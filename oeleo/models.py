@@ -139,6 +139,10 @@ class Bookkeeper:
             raise
         self._initialized = True
 
+    def exists(self) -> bool:
+        """Whether the books are already there (a dry run does not create them)."""
+        return True
+
     def _connect(self) -> None:
         self.database.connect(reuse_if_open=True)
 
@@ -443,6 +447,9 @@ class SimpleDbHandler(Bookkeeper):
         if self.path.exists() and not os.access(self.path, os.R_OK | os.W_OK):
             raise BookkeeperError(f"database {self.path}: not readable and writable by this user")
         super()._connect()
+
+    def exists(self) -> bool:
+        return self.path.is_file()
 
     def _lock(self) -> None:
         self._process_lock.acquire()

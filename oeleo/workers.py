@@ -177,6 +177,7 @@ class Worker:
         self._entries: Optional[List[FileEntry]] = None
         self._stop = threading.Event()
         self._db_open = False
+        self._no_books = False
         self._connected = False
 
     def __repr__(self) -> str:
@@ -185,9 +186,14 @@ class Worker:
     # -- life cycle -------------------------------------------------------------------
     def connect_to_db(self) -> None:
         """Open the books (creating or upgrading them); stops if another run holds them."""
-        if not self._db_open:
-            self.bookkeeper.initialize_db(exclusive=not self.dry_run)
-            self._db_open = True
+        if self._db_open or self._no_books:
+            return
+        if self.dry_run and not self.bookkeeper.exists():
+            self._no_books = True
+            log.info("dry run: %s does not exist yet; every file is new", self.bookkeeper.description)
+            return
+        self.bookkeeper.initialize_db(exclusive=not self.dry_run)
+        self._db_open = True
 
     def _connect(self) -> None:
         if self._connected:
@@ -311,7 +317,7 @@ class Worker:
         if self._entries is None:
             self.filter_local()
         entries = self._entries or []
-        records = self.bookkeeper.load()
+        records = self.bookkeeper.load() if self._db_open else {}
         summary = RunSummary(listed=len(entries), dry_run=self.dry_run)
         now_ns = time.time_ns()
         todo: List[Tuple[FileEntry, Optional[Record], bool]] = []
@@ -329,7 +335,7 @@ class Worker:
         if self.dry_run:
             summary.would_copy = [e.relpath for e, _, _ in todo]
             for relpath in summary.would_copy:
-                log.info("would copy %s", relpath)
+                log.debug("would copy %s", relpath)
             summary.seconds = time.monotonic() - started
             self.reporter.run_finished(summary)
             return summary
