@@ -1,0 +1,46 @@
+"""Shared pytest fixtures: real servers started by tests/servers.py.
+
+Kept small and importable without the oeleo package. A missing PostgreSQL is an
+error (with a hint to run `bash tests/run.sh`), never a skip.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import uuid
+
+import pytest
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+if _HERE not in sys.path:  # works with or without tests/__init__.py
+    sys.path.insert(0, _HERE)
+
+import servers  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A private PostgreSQL server on 127.0.0.1 (password auth) for the whole session."""
+    server = servers.start_postgres()
+    try:
+        yield server
+    finally:
+        servers.stop_postgres(server)
+
+
+@pytest.fixture
+def postgres_db(postgres_server):
+    """A fresh, empty database for one test; dropped afterwards."""
+    name = f"oeleo_t_{uuid.uuid4().hex[:16]}"
+    servers.create_database(postgres_server, name)
+    try:
+        yield {
+            "host": postgres_server.host,
+            "port": postgres_server.port,
+            "user": postgres_server.user,
+            "password": postgres_server.password,
+            "dbname": name,
+        }
+    finally:
+        servers.drop_database(postgres_server, name)
