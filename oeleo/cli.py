@@ -263,7 +263,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         worker.close()
     from rich.console import Console
 
-    console = Console()
+    console = Console(markup=False)  # file names like "[draft] a.csv" are not markup
     console.print(
         f"same: {len(report.same)}  missing: {len(report.missing)}  different: {len(report.different)}  "
         f"locked: {len(report.locked)}  errors: {len(report.errors)}"
@@ -298,6 +298,7 @@ def _bookkeeper(settings: Any) -> Any:
 def cmd_status(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     from oeleo.models import CODE_NAMES
     from oeleo.reporters import human_bytes
@@ -311,8 +312,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         rows = list(books.rows()) if args.files else []
     finally:
         books.close()
-    console = Console()
-    console.print(f"[bold]{books.description}[/bold], files from {books.origin}", highlight=False)
+    console = Console(markup=False)  # file names like "[draft] a.csv" are not markup
+    console.print(Text.assemble((books.description, "bold"), f", files from {books.origin}"), highlight=False)
     table = Table(title="files per code")
     table.add_column("code", justify="right")
     table.add_column("meaning")
@@ -332,16 +333,17 @@ def cmd_status(args: argparse.Namespace) -> int:
         console.print("last run: never")
     if errors:
         table = Table(title=f"{len(errors)} files with errors")
-        table.add_column("file")
+        table.add_column("file", overflow="fold")
         table.add_column("code", justify="right")
-        table.add_column("reason")
+        table.add_column("reason", overflow="fold")
         for row in errors:
             table.add_row(row.local_name, str(row.code), row.last_error)
         console.print(table)
     if args.files:
         table = Table(title="files")
         for column in ("file", "code", "size", "copied at", "checksum"):
-            table.add_column(column)
+            # fold, not "…": a listing saved to a file must keep whole names and checksums
+            table.add_column(column, overflow="fold")
         for row in rows:
             size = human_bytes(row.size) if row.size is not None else ""
             when = row.processed_date.strftime("%Y-%m-%d %H:%M:%S") if row.processed_date else ""
@@ -375,7 +377,12 @@ def _local_names(settings: Any, paths: List[str]) -> List[str]:
             else:
                 names.append(safe_relpath(rel.as_posix()))
         else:
-            names.append(safe_relpath(text))  # a name the books know, the file being gone
+            # A name the books know, the file being gone - or a typo: say so, it is booked anyway.
+            print(
+                f"oeleo: warning: {text}: no such file in {base}; booked by name as {safe_relpath(text)}",
+                file=sys.stderr,
+            )
+            names.append(safe_relpath(text))
     return names
 
 

@@ -42,6 +42,7 @@ CODE_NAMES = dict(CODES)
 
 BATCH_ROWS = 500
 BATCH_SECONDS = 2.0
+BUSY_TIMEOUT_MS = 5000  # how long SQLite waits for another program's lock
 _ROWS_PER_STATEMENT = 80  # keeps an insert under SQLite's 999 bound variables
 
 
@@ -110,9 +111,11 @@ class Bookkeeper:
         self.origin = origin
         self.db_model, self.run_model = _make_models(database)
         self._records: Dict[str, Record] = {}
-        self._pending_copied: List[dict] = []
-        self._pending_errors: List[dict] = []
-        self._pending_codes: List[dict] = []
+        # Keyed by local name: the last write of a file wins within a batch (PostgreSQL refuses
+        # an upsert that touches the same row twice in one statement).
+        self._pending_copied: Dict[str, dict] = {}
+        self._pending_errors: Dict[str, dict] = {}
+        self._pending_codes: Dict[str, dict] = {}
         self._last_flush = time.monotonic()
         self._run_id: Optional[int] = None
         self._initialized = False
@@ -133,7 +136,7 @@ class Bookkeeper:
             self._adopt_legacy_rows()
         except peewee.PeeweeException as exc:
             self.close()
-            raise BookkeeperError(f"{self.description}: {_first_line(exc)}") from None
+            raise BookkeeperError(f"{self.description}: {self._explain(exc)}") from None
         except BaseException:
             self.close()
             raise
@@ -242,27 +245,28 @@ class Bookkeeper:
         code: int = SHOULD_BE_COPIED_IF_CHANGED,
     ) -> None:
         """Queue: this file is now in the store, whole and verified."""
-        self._pending_copied.append(
-            {
-                "origin": self.origin,
-                "local_name": local_name,
-                "external_name": external_name,
-                "checksum": checksum,
-                "size": size,
-                "mtime_ns": mtime_ns,
-                "code": code,
-                "processed_date": datetime.datetime.now(),
-                "last_error": None,
-            }
-        )
+        self._pending_errors.pop(local_name, None)  # this copy supersedes an earlier failure
+        self._pending_copied[local_name] = {
+            "origin": self.origin,
+            "local_name": local_name,
+            "external_name": external_name,
+            "checksum": checksum,
+            "size": size,
+            "mtime_ns": mtime_ns,
+            "code": code,
+            "processed_date": datetime.datetime.now(),
+            "last_error": None,
+        }
         self._records[local_name] = Record(local_name, checksum, code, size, mtime_ns)
         self._maybe_flush()
 
     def record_error(self, local_name: str, reason: str) -> None:
         """Queue: this file failed; keep the reason, keep the code (it is tried again)."""
-        self._pending_errors.append(
-            {"origin": self.origin, "local_name": local_name, "last_error": reason[:2000]}
-        )
+        self._pending_errors[local_name] = {
+            "origin": self.origin,
+            "local_name": local_name,
+            "last_error": reason[:2000],
+        }
         record = self._records.get(local_name)
         if record is not None:
             record.last_error = reason
@@ -270,9 +274,12 @@ class Bookkeeper:
 
     def record_code(self, local_name: str, code: int, external_name: Optional[str] = None) -> None:
         """Queue: set a file's code (creating its row), e.g. from ``check(update_db=True)``."""
-        self._pending_codes.append(
-            {"origin": self.origin, "local_name": local_name, "code": code, "external_name": external_name}
-        )
+        self._pending_codes[local_name] = {
+            "origin": self.origin,
+            "local_name": local_name,
+            "code": code,
+            "external_name": external_name,
+        }
         self._maybe_flush()
 
     def _maybe_flush(self) -> None:
@@ -286,8 +293,10 @@ class Bookkeeper:
         if not (self._pending_copied or self._pending_errors or self._pending_codes):
             return
         model = self.db_model
-        copied, errors, codes = self._pending_copied, self._pending_errors, self._pending_codes
-        self._pending_copied, self._pending_errors, self._pending_codes = [], [], []
+        copied = list(self._pending_copied.values())
+        errors = list(self._pending_errors.values())
+        codes = list(self._pending_codes.values())
+        self._pending_copied, self._pending_errors, self._pending_codes = {}, {}, {}
         keep_lock = peewee.Case(
             None, [(model.code == SHOULD_NOT_BE_COPIED, SHOULD_NOT_BE_COPIED)], peewee.EXCLUDED.code
         )
@@ -386,11 +395,15 @@ class Bookkeeper:
             if not self.database.is_closed():
                 self.database.close()
 
+    def _explain(self, exc: BaseException) -> str:
+        """One line saying what went wrong with the database (subclasses add a hint)."""
+        return _first_line(exc)
+
     def _guard(self, call: Any) -> Any:
         try:
             return call()
         except peewee.PeeweeException as exc:
-            raise BookkeeperError(f"{self.description}: {_first_line(exc)}") from None
+            raise BookkeeperError(f"{self.description}: {self._explain(exc)}") from None
 
     # -- oeleo 0.7 calls --------------------------------------------------------------
     @property
@@ -435,7 +448,9 @@ class SimpleDbHandler(Bookkeeper):
         self.db_name = str(db_name)
         self.path = Path(self.db_name).expanduser()
         database = peewee.SqliteDatabase(
-            str(self.path), pragmas={"busy_timeout": 5000, "foreign_keys": 1}, check_same_thread=False
+            str(self.path),
+            pragmas={"busy_timeout": BUSY_TIMEOUT_MS, "foreign_keys": 1},
+            check_same_thread=False,
         )
         super().__init__(database, description=f"database {self.path}", origin=origin)
         self._process_lock = ProcessLock(Path(str(self.path) + ".lock"), f"database {self.path}")
@@ -450,6 +465,15 @@ class SimpleDbHandler(Bookkeeper):
 
     def exists(self) -> bool:
         return self.path.is_file()
+
+    def _explain(self, exc: BaseException) -> str:
+        text = _first_line(exc)
+        if "database is locked" in text:
+            return (
+                f"locked by another program (gave up after {BUSY_TIMEOUT_MS / 1000:g} s); "
+                "close the program holding it and run again"
+            )
+        return text
 
     def _lock(self) -> None:
         self._process_lock.acquire()
@@ -493,6 +517,8 @@ class PostgresDbHandler(Bookkeeper):
     def _lock(self) -> None:
         # A session-level advisory lock per origin: released when the connection ends.
         key = zlib.crc32(str(self.origin).encode("utf-8"))
+        if key >= 2**31:  # pg_try_advisory_lock(int4, int4): a signed 32-bit key
+            key -= 2**32
         got = self.database.execute_sql("SELECT pg_try_advisory_lock(%s, %s)", (0x0E1E0, key)).fetchone()[0]
         if not got:
             raise DatabaseBusyError(

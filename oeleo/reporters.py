@@ -132,8 +132,10 @@ class RichReporter(Reporter):
         self.close()
         style = "red" if summary.failed else "green"
         self.console.print(f"[{style}]{summary.describe()}[/{style}]")
+        from rich.markup import escape
+
         for relpath, reason in summary.errors[:20]:
-            self.console.print(f"  [red]✗[/red] {relpath}: {reason}", highlight=False)
+            self.console.print(f"  [red]✗[/red] {escape(relpath)}: {escape(reason)}", highlight=False)
         if len(summary.errors) > 20:
             self.console.print(f"  … and {len(summary.errors) - 20} more (oeleo status)")
 

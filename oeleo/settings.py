@@ -102,7 +102,8 @@ class Settings(BaseSettings):
     def _known_algorithm(cls, value: str) -> str:
         value = value.strip().lower()
         if value not in hashlib.algorithms_available:
-            raise ValueError(f"a hashlib algorithm such as md5 or sha256, got {value!r}")
+            # _describe() adds the value given; saying it here too would print it twice.
+            raise ValueError("a hashlib algorithm such as md5 or sha256")
         return value
 
     @field_validator("base_dir_from", "log_dir", "key_filename", "known_hosts", mode="before")

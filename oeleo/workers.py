@@ -25,6 +25,7 @@ from oeleo.errors import (
     ConfigError,
     ConnectionLost,
     DiskFullError,
+    FileChangedError,
     OeleoError,
     TransferError,
 )
@@ -55,6 +56,7 @@ class RunSummary:
     unchanged: int = 0
     locked: int = 0
     too_young: int = 0
+    changing: int = 0
     vanished: int = 0
     bytes_copied: int = 0
     seconds: float = 0.0
@@ -86,6 +88,8 @@ class RunSummary:
         parts = [head, f"{self.unchanged} unchanged", f"{self.locked} locked"]
         if self.too_young:
             parts.append(f"{self.too_young} too young")
+        if self.changing:
+            parts.append(f"{self.changing} changing (left for the next run)")
         if self.vanished:
             parts.append(f"{self.vanished} vanished")
         text = ", ".join(parts) + f" in {self.seconds:.2f} s"
@@ -312,7 +316,6 @@ class Worker:
         """Copy every new or changed file once, verified; book each one. Never raises for
         a single file: failures are recorded with their reason and counted."""
         started = time.monotonic()
-        self._stop.clear()
         self.connect_to_db()
         if self._entries is None:
             self.filter_local()
@@ -333,9 +336,11 @@ class Worker:
             elif action == "too_young":
                 summary.too_young += 1
         if self.dry_run:
+            self._entries = None  # the next pass lists again
             summary.would_copy = [e.relpath for e, _, _ in todo]
             for relpath in summary.would_copy:
                 log.debug("would copy %s", relpath)
+            self._stop.clear()
             summary.seconds = time.monotonic() - started
             self.reporter.run_finished(summary)
             return summary
@@ -355,6 +360,9 @@ class Worker:
             raise
         finally:
             summary.stopped = summary.stopped or self._stop.is_set()
+            # Cleared when the pass ends, not when it starts: a stop asked while the files
+            # were listed (SIGTERM, Ctrl-C, a scheduler) must not be forgotten.
+            self._stop.clear()
             summary.seconds = time.monotonic() - started
             self.bookkeeper.finish_run(
                 summary.status, summary.copied, summary.failed, summary.bytes_copied, summary.fatal or ""
@@ -415,9 +423,13 @@ class Worker:
                 return "stopped", None
             except DiskFullError as exc:
                 return "fatal", str(exc)
+            except FileChangedError as exc:
+                return "changing", str(exc)
             except TransferError as exc:
                 return "error", str(exc)
-            except FileNotFoundError:
+            except FileNotFoundError as exc:
+                if self.local_connector.stat(entry.relpath) is not None:
+                    return "error", f"not found on the destination side: {exc.filename or exc}"
                 return "vanished", None
             except PermissionError as exc:
                 return "error", f"permission denied ({exc.filename or entry.relpath})"
@@ -465,7 +477,12 @@ class Worker:
         if kind == "copied":
             result: PutResult = value
             self.bookkeeper.record_copied(
-                entry.relpath, result.external_name, result.checksum, result.size, entry.mtime_ns, code
+                entry.relpath,
+                result.external_name,
+                result.checksum,
+                result.size,
+                result.mtime_ns or entry.mtime_ns,
+                code,
             )
             summary.copied += 1
             summary.bytes_copied += result.size
@@ -481,6 +498,9 @@ class Worker:
                 code,
             )
             summary.unchanged += 1
+        elif kind == "changing":
+            summary.changing += 1
+            log.warning("%s", value)
         elif kind == "vanished":
             summary.vanished += 1
             log.warning("%s disappeared before it was copied", entry.relpath)

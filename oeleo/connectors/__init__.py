@@ -55,7 +55,11 @@ def load_object(spec: str, what: str) -> Any:
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise ConfigError(f"{what} {spec!r}: cannot import {module_name} ({exc})") from None
+        raise ConfigError(f"{what} {spec!r}: cannot import {module_name} ({exc})") from exc
+    except Exception as exc:  # a plugin with a bug: say which one; --debug shows where
+        raise ConfigError(
+            f"{what} {spec!r}: importing {module_name} failed ({type(exc).__name__}: {exc})"
+        ) from exc
     try:
         return getattr(module, attr)
     except AttributeError:

@@ -63,7 +63,8 @@ class FileEntry:
 
 @dataclass(frozen=True)
 class PutResult:
-    """What ``put`` wrote: the name in the store, its size and the source's checksum."""
+    """What ``put`` wrote: the name in the store, its size, the source's checksum and the
+    source's mtime as it was while read (what the bookkeeper's fast path compares later)."""
 
     relpath: str
     external_name: str
@@ -71,6 +72,7 @@ class PutResult:
     checksum: str
     algorithm: str
     verified: bool
+    mtime_ns: int = 0
 
 
 def safe_relpath(relpath: str) -> str:
@@ -95,7 +97,9 @@ def temp_relpath(relpath: str) -> str:
     temporary file, which the next run overwrites.
     """
     head, name = posixpath.split(relpath)
-    if len(name) > 200:
+    # Name limits are 255 bytes (UTF-8 on POSIX) or 255 UTF-16 units (Windows); a long
+    # non-ASCII name plus the prefix and suffix would overflow them.
+    if len(name.encode("utf-8")) > 200:
         name = hashlib.sha1(name.encode("utf-8")).hexdigest()
     return posixpath.join(head, f".{name}{TEMP_SUFFIX}")
 
@@ -289,6 +293,7 @@ class Connector:
         relpath = safe_relpath(relpath)
         staging = temp_relpath(relpath) if self.atomic_rename else relpath
         reader = SourceReader(Path(local_path), algorithm, progress, should_stop)
+        written = False
         try:
             try:
                 self.write_stream(staging, reader, reader.expected_size)
@@ -296,6 +301,7 @@ class Connector:
                 if exc.errno == errno.ENOSPC:
                     raise DiskFullError(f"no space left on the destination while writing {relpath}") from None
                 raise
+            written = True
             digest = reader.finish()
             if expected_checksum is not None and digest != expected_checksum:
                 raise FileChangedError(f"{local_path} changed since it was checked")
@@ -310,7 +316,10 @@ class Connector:
                 self.rename(staging, relpath)
         except BaseException:
             reader.close()
-            self._discard(staging)
+            # A store that commits uploads itself kept the previous version when the write
+            # failed: removing the real name then would delete a good, booked copy.
+            if staging != relpath or written:
+                self._discard(staging)
             raise
         return PutResult(
             relpath=relpath,
@@ -319,6 +328,7 @@ class Connector:
             checksum=digest,
             algorithm=algorithm,
             verified=verify,
+            mtime_ns=reader.mtime_ns,
         )
 
     def _discard(self, relpath: str) -> None:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 import stat as stat_module
+import tempfile
 from pathlib import Path
-from typing import Any, Iterable, Iterator, List, Optional, Sequence, Union
+from typing import Any, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 from oeleo.checkers import hash_file
 from oeleo.connectors.base import Connector, FileEntry, has_extension, matches, safe_relpath
@@ -69,8 +70,16 @@ class LocalConnector(Connector):
             ) from None
         if not self.directory.is_dir():
             raise ConfigError(f"destination {self.directory} is not a folder")
-        if not os.access(self.directory, os.W_OK | os.X_OK):
-            raise ConfigError(f"destination folder {self.directory} is not writable")
+        # Write a probe: os.access says yes to root (and to any user on a Windows share)
+        # where writing will still fail.
+        try:
+            fd, probe = tempfile.mkstemp(prefix=".oeleo-write-test-", dir=self.directory)
+            os.close(fd)
+            os.remove(probe)
+        except OSError as exc:
+            raise ConfigError(
+                f"destination folder {self.directory} is not writable: {exc.strerror}"
+            ) from None
 
     # -- names ------------------------------------------------------------------------
     def path(self, relpath: str) -> Path:
@@ -94,45 +103,62 @@ class LocalConnector(Connector):
         exclude: Sequence[str] = (),
         recursive: bool = True,
     ) -> Iterator[FileEntry]:
-        """Files under the folder, sorted by name, hidden files and folders skipped."""
-        stack: List[str] = [""]
+        """Files under the folder, sorted by relative path, hidden files and folders skipped."""
+        stack: List[Iterator[Tuple[str, os.DirEntry, bool]]] = [iter(self._scan(""))]
         while stack:
-            prefix = stack.pop()
-            folder = os.path.join(self.directory, *prefix.split("/")) if prefix else self.directory
+            item = next(stack[-1], None)
+            if item is None:
+                stack.pop()
+                continue
+            relpath, entry, is_dir = item
+            if is_dir:
+                if recursive and not (exclude and matches(relpath, exclude)):
+                    stack.append(iter(self._scan(relpath)))
+                continue
+            if not has_extension(entry.name, extensions):
+                continue
+            if include and not matches(relpath, include):
+                continue
+            if exclude and matches(relpath, exclude):
+                continue
             try:
-                with os.scandir(folder) as it:
-                    entries = sorted(it, key=lambda e: e.name)
-            except FileNotFoundError:
-                if prefix:
-                    continue  # a subfolder removed while listing
-                raise ConfigError(f"folder {self.directory} does not exist") from None
-            except PermissionError:
-                if prefix:
+                if not entry.is_file():
                     continue
-                raise ConfigError(f"folder {self.directory} is not readable") from None
-            subfolders = []
-            for entry in entries:
-                if _is_hidden(entry):
-                    continue
-                relpath = f"{prefix}/{entry.name}" if prefix else entry.name
-                try:
-                    if entry.is_dir(follow_symlinks=False):
-                        if recursive and not (exclude and matches(relpath, exclude)):
-                            subfolders.append(relpath)
+                st = entry.stat()
+            except OSError:
+                continue  # vanished between listing and stat
+            yield FileEntry(relpath, st.st_size, st.st_mtime_ns)
+
+    def _scan(self, prefix: str) -> List[Tuple[str, os.DirEntry, bool]]:
+        """One folder's visible entries as (relpath, entry, is_folder), in relpath order.
+
+        A folder sorts as its name plus ``/``, so walking depth first yields every file in
+        the order of its whole relative path (``a.csv``, ``a/x.csv``, ``b.csv``).
+        """
+        folder = os.path.join(self.directory, *prefix.split("/")) if prefix else self.directory
+        try:
+            with os.scandir(folder) as it:
+                found = []
+                for entry in it:
+                    if _is_hidden(entry):
                         continue
-                    if not entry.is_file():
+                    try:
+                        is_dir = entry.is_dir(follow_symlinks=False)
+                    except OSError:
                         continue
-                    if not has_extension(entry.name, extensions):
-                        continue
-                    if include and not matches(relpath, include):
-                        continue
-                    if exclude and matches(relpath, exclude):
-                        continue
-                    st = entry.stat()
-                except OSError:
-                    continue  # vanished between listing and stat
-                yield FileEntry(relpath, st.st_size, st.st_mtime_ns)
-            stack.extend(reversed(subfolders))
+                    relpath = f"{prefix}/{entry.name}" if prefix else entry.name
+                    found.append((relpath + "/" if is_dir else relpath, relpath, entry, is_dir))
+        except (FileNotFoundError, NotADirectoryError) as exc:
+            if prefix:
+                return []  # a subfolder removed while listing
+            what = "is not a folder" if isinstance(exc, NotADirectoryError) else "does not exist"
+            raise ConfigError(f"folder {self.directory} {what}") from None
+        except PermissionError:
+            if prefix:
+                return []
+            raise ConfigError(f"folder {self.directory} is not readable") from None
+        found.sort(key=lambda item: item[0])
+        return [(relpath, entry, is_dir) for _, relpath, entry, is_dir in found]
 
     def stat(self, relpath: str) -> Optional[FileEntry]:
         try:
@@ -150,7 +176,14 @@ class LocalConnector(Connector):
     def write_stream(self, relpath: str, chunks: Iterable[bytes], size: int) -> None:
         path = self.path(relpath)
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "wb") as handle:
+        # A stale file (or a symlink someone left) under this name is replaced, never
+        # followed: O_EXCL refuses to open through a symlink.
+        try:
+            os.remove(path)
+        except FileNotFoundError:
+            pass
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+        with open(fd, "wb") as handle:
             for chunk in chunks:
                 handle.write(chunk)
             handle.flush()

@@ -29,4 +29,10 @@ def get_scheduler_class(name: str) -> Any:
     if spec is None:
         known = ", ".join(sorted(BUILTIN))
         raise ConfigError(f"OELEO_SCHEDULER={name!r}: unknown scheduler; expected one of {known}")
-    return load_object(spec, "OELEO_SCHEDULER")
+    cls = load_object(spec, "OELEO_SCHEDULER")
+    if not (isinstance(cls, type) and callable(getattr(cls, "start", None))):
+        raise ConfigError(
+            f"OELEO_SCHEDULER={name!r}: {spec} is not a scheduler (a class with a start() method, "
+            "such as a subclass of oeleo SchedulerBase)"
+        )
+    return cls

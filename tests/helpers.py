@@ -1,0 +1,114 @@
+"""Small helpers the tests share: real file trees, the books as rows, the ``oeleo`` command.
+
+Import them with ``from helpers import make_tree`` (pytest puts ``tests/`` on ``sys.path``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Dict, Iterable, Mapping, Optional, Union
+
+Content = Union[bytes, str]
+
+
+def make_tree(root: Union[str, os.PathLike], files: Mapping[str, Content]) -> Dict[str, Path]:
+    """Create ``files`` (POSIX relative name -> content) under ``root``; returns name -> path.
+
+    ``str`` content is written as UTF-8. Folders are created as needed.
+    """
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    made = {}
+    for relpath, content in files.items():
+        path = root.joinpath(*relpath.split("/"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content.encode("utf-8") if isinstance(content, str) else content)
+        made[relpath] = path
+    return made
+
+
+def tree_files(root: Union[str, os.PathLike]) -> Dict[str, bytes]:
+    """Every file under ``root`` (hidden ones too), as POSIX relative name -> content."""
+    root = Path(root)
+    if not root.exists():
+        return {}
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def write_random(path: Union[str, os.PathLike], size: int, chunk: int = 4 * 1024 * 1024) -> str:
+    """Write ``size`` random bytes to ``path`` in chunks; returns their md5 hex digest."""
+    digest = hashlib.md5()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as handle:
+        left = size
+        while left:
+            block = os.urandom(min(chunk, left))
+            handle.write(block)
+            digest.update(block)
+            left -= len(block)
+    return digest.hexdigest()
+
+
+def set_mtime(path: Union[str, os.PathLike], seconds_ago: float) -> int:
+    """Give ``path`` a modification time ``seconds_ago`` in the past; returns it in ns."""
+    mtime_ns = time.time_ns() - int(seconds_ago * 1e9)
+    os.utime(path, ns=(os.stat(path).st_atime_ns, mtime_ns))
+    return mtime_ns
+
+
+def db_rows(db_path: Union[str, os.PathLike], table: str = "filelist") -> Dict[str, dict]:
+    """The rows of an oeleo SQLite database, keyed by ``local_name`` (read with sqlite3)."""
+    connection = sqlite3.connect(str(db_path))
+    try:
+        connection.row_factory = sqlite3.Row
+        rows = connection.execute(f"SELECT * FROM {table}").fetchall()
+    finally:
+        connection.close()
+    return {row["local_name"]: dict(row) for row in rows}
+
+
+def db_count(db_path: Union[str, os.PathLike], table: str) -> int:
+    """How many rows ``table`` of an oeleo SQLite database holds."""
+    connection = sqlite3.connect(str(db_path))
+    try:
+        return connection.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
+    finally:
+        connection.close()
+
+
+def clean_env(extra: Optional[Mapping[str, str]] = None, drop: Iterable[str] = ()) -> Dict[str, str]:
+    """This process's environment without any ``OELEO_*`` variable, plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("OELEO_")}
+    for name in drop:
+        env.pop(name, None)
+    env.update(extra or {})
+    return env
+
+
+def run_oeleo(
+    *args: str,
+    cwd: Union[str, os.PathLike],
+    env: Optional[Mapping[str, str]] = None,
+    timeout: float = 60,
+) -> subprocess.CompletedProcess:
+    """Run ``python -m oeleo *args`` in ``cwd`` and return the finished process (text output).
+
+    The child sees this process's environment minus every ``OELEO_*`` variable, plus ``env``,
+    so a developer's own settings never leak into a test.
+    """
+    return subprocess.run(
+        [sys.executable, "-m", "oeleo", *args],
+        cwd=str(cwd),
+        env=clean_env(env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )

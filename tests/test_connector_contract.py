@@ -1,0 +1,359 @@
+"""The connector contract, run against every connector.
+
+To add a connector, add one entry to ``FACTORIES`` (a callable building it from the test's
+``tmp_path``) and, if it needs a server, the name of that server's fixture to
+``SERVER_FIXTURES``: the factory is then called as ``factory(tmp_path, server)``. Every test
+below talks to the store only through the connector's own methods, so it holds for any store.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import posixpath
+from pathlib import Path
+from typing import Callable, Dict
+
+import pytest
+from helpers import write_random
+
+from oeleo.connectors.base import Connector, PutResult, temp_relpath
+from oeleo.connectors.local import LocalConnector
+from oeleo.errors import (
+    Aborted,
+    DiskFullError,
+    FileChangedError,
+    UnsafePathError,
+    VerificationError,
+)
+
+FACTORIES: Dict[str, Callable[..., Connector]] = {
+    "local": lambda tmp_path: LocalConnector(directory=tmp_path / "store"),
+}
+SERVER_FIXTURES: Dict[str, str] = {}  # connector name -> fixture that starts its server
+
+
+@pytest.fixture(params=sorted(FACTORIES))
+def connector(request, tmp_path):
+    factory = FACTORIES[request.param]
+    if request.param in SERVER_FIXTURES:
+        conn = factory(tmp_path, request.getfixturevalue(SERVER_FIXTURES[request.param]))
+    else:
+        conn = factory(tmp_path)
+    conn.connect()
+    conn.prepare()
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def source(tmp_path):
+    folder = tmp_path / "source"
+    folder.mkdir()
+    return folder
+
+
+def write(path: Path, content: bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(content)
+    return path
+
+
+def md5(data: bytes) -> str:
+    return hashlib.md5(data).hexdigest()
+
+
+def listed(conn: Connector) -> Dict[str, int]:
+    return {e.relpath: e.size for e in conn.list_files()}
+
+
+def assert_nothing_stored(conn: Connector, relpath: str) -> None:
+    """Neither the real name nor the temporary name of ``relpath`` is in the store."""
+    assert conn.stat(relpath) is None
+    assert conn.stat(temp_relpath(relpath)) is None
+
+
+def fill_disk_after(conn: Connector, monkeypatch, chunks: int) -> list:
+    """Make ``conn``'s writes fail with ENOSPC after ``chunks`` chunks reached the store.
+
+    The store's own ``write_stream`` is still the one writing, so it is left with a partial
+    file exactly as after a real full disk. Returns the sizes of the chunks that got through.
+    """
+    real_write = conn.write_stream
+    consumed: list = []
+
+    def write_until_full(relpath, stream, size):
+        def until_full():
+            for chunk in stream:
+                if len(consumed) == chunks:
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                consumed.append(len(chunk))
+                yield chunk
+
+        real_write(relpath, until_full(), size)
+
+    monkeypatch.setattr(conn, "write_stream", write_until_full)
+    return consumed
+
+
+# -- a put that works ---------------------------------------------------------------------
+
+
+def test_put_file_has_source_size_and_checksums(connector, source):
+    data = b"time;voltage\n0;3.71\n1;3.72\n" * 100
+    src = write(source / "cell.csv", data)
+
+    connector.put(src, "cell.csv")
+
+    entry = connector.stat("cell.csv")
+    assert entry is not None and entry.size == len(data)
+    assert connector.checksum("cell.csv", "md5") == hashlib.md5(data).hexdigest()
+    assert connector.checksum("cell.csv", "sha256") == hashlib.sha256(data).hexdigest()
+
+
+@pytest.mark.parametrize("algorithm", ["md5", "sha256"])
+def test_put_returns_result_with_source_checksum(connector, source, algorithm):
+    data = os.urandom(3 * 1024 * 1024 + 17)
+    src = write(source / "run 7.res", data)
+
+    result = connector.put(src, "run 7.res", algorithm=algorithm)
+
+    assert isinstance(result, PutResult)
+    assert result.checksum == hashlib.new(algorithm, data).hexdigest()
+    assert (result.relpath, result.size, result.algorithm) == ("run 7.res", len(data), algorithm)
+    assert result.verified is True
+    assert result.external_name == connector.external_name("run 7.res")
+
+
+def test_list_files_returns_put_files_with_posix_relpaths_and_sizes(connector, source):
+    files = {"a.csv": b"1", "sub/b.csv": b"22", "sub/deeper/c.res": b"333"}
+    for relpath, data in files.items():
+        connector.put(write(source / relpath, data), relpath)
+
+    assert listed(connector) == {"a.csv": 1, "sub/b.csv": 2, "sub/deeper/c.res": 3}
+
+
+def test_windows_separators_are_stored_as_posix_names(connector, source):
+    src = write(source / "x.csv", b"x")
+
+    result = connector.put(src, "sub\\x.csv")
+
+    assert result.relpath == "sub/x.csv"
+    assert listed(connector) == {"sub/x.csv": 1}
+
+
+def test_put_over_a_changed_file_replaces_its_content(connector, source):
+    src = write(source / "log.csv", b"old content that is long")
+    connector.put(src, "log.csv")
+    write(src, b"new")
+
+    connector.put(src, "log.csv")
+
+    assert connector.stat("log.csv").size == 3
+    assert connector.checksum("log.csv", "md5") == md5(b"new")
+    assert listed(connector) == {"log.csv": 3}
+
+
+def test_empty_file_is_copied(connector, source):
+    src = write(source / "empty.csv", b"")
+
+    result = connector.put(src, "empty.csv")
+
+    assert result.size == 0
+    assert connector.stat("empty.csv").size == 0
+    assert connector.checksum("empty.csv", "md5") == md5(b"")
+
+
+def test_file_larger_than_64_mib_is_copied_whole(connector, source):
+    size = 64 * 1024 * 1024 + 12345
+    digest = write_random(source / "big.fits", size)
+
+    result = connector.put(source / "big.fits", "big.fits")
+
+    assert result.checksum == digest
+    assert connector.stat("big.fits").size == size
+    assert connector.checksum("big.fits", "md5") == digest
+
+
+def test_names_with_spaces_and_non_ascii_characters(connector, source):
+    relpath = "målinger 2024/prøve ü.csv"
+    src = write(source / "målinger 2024" / "prøve ü.csv", "å;ø\n".encode())
+
+    connector.put(src, relpath)
+
+    assert listed(connector) == {relpath: len("å;ø\n".encode())}
+    assert connector.stat(relpath).size == src.stat().st_size
+    assert connector.checksum(relpath, "md5") == md5(src.read_bytes())
+
+
+def test_deep_subfolders_are_created(connector, source):
+    relpath = "/".join(f"level{i}" for i in range(8)) + "/deep.csv"
+    src = write(source / "deep.csv", b"deep")
+
+    connector.put(src, relpath)
+
+    assert listed(connector) == {relpath: 4}
+
+
+def test_longest_allowed_non_ascii_name_is_copied(connector, source):
+    name = "ø" * 125 + ".csv"  # 254 bytes in UTF-8: just under the usual 255-byte limit
+    src = write(source / name, b"long name")
+
+    connector.put(src, f"sub/{name}")
+
+    assert listed(connector) == {f"sub/{name}": 9}
+    assert connector.stat(temp_relpath(f"sub/{name}")) is None
+
+
+@pytest.mark.parametrize("unsafe", ["../x", "/etc/x", "C:\\x", "a/../../x", ""])
+def test_unsafe_name_is_refused_and_nothing_is_written(connector, source, tmp_path, unsafe):
+    src = write(source / "x", b"payload")
+    before = sorted(p for p in tmp_path.rglob("*"))
+
+    with pytest.raises(UnsafePathError):
+        connector.put(src, unsafe)
+
+    assert listed(connector) == {}
+    assert sorted(p for p in tmp_path.rglob("*")) == before
+
+
+# -- a put that fails leaves nothing --------------------------------------------------------
+
+
+def test_source_changing_during_put_leaves_nothing(connector, source):
+    src = write(source / "growing.csv", b"first line\n")
+    appended = []
+
+    def append_on_first_chunk(nbytes: int) -> None:
+        if not appended:
+            appended.append(nbytes)
+            with open(src, "ab") as handle:
+                handle.write(b"a line written by the instrument during the copy\n")
+
+    with pytest.raises(FileChangedError):
+        connector.put(src, "growing.csv", progress=append_on_first_chunk)
+
+    assert appended
+    assert_nothing_stored(connector, "growing.csv")
+    assert listed(connector) == {}
+
+
+def test_source_changed_since_it_was_checked_leaves_nothing(connector, source):
+    src = write(source / "a.csv", b"now")
+
+    with pytest.raises(FileChangedError):
+        connector.put(src, "a.csv", expected_checksum=md5(b"then"))
+
+    assert_nothing_stored(connector, "a.csv")
+
+
+def test_write_failing_half_way_with_disk_full_leaves_nothing(connector, source, monkeypatch):
+    src = source / "big.res"
+    write_random(src, 5 * 1024 * 1024)
+    consumed = fill_disk_after(connector, monkeypatch, chunks=2)
+
+    with pytest.raises(DiskFullError):
+        connector.put(src, "big.res")
+
+    assert len(consumed) == 2
+    assert_nothing_stored(connector, "big.res")
+    assert listed(connector) == {}
+
+
+def test_verification_mismatch_keeps_previous_version(connector, source, monkeypatch):
+    src = write(source / "a.csv", b"version 1")
+    connector.put(src, "a.csv")
+    real_checksum = connector.checksum
+    write(src, b"version 2, longer")
+    monkeypatch.setattr(connector, "checksum", lambda relpath, algorithm="md5": "0" * 32)
+
+    with pytest.raises(VerificationError):
+        connector.put(src, "a.csv")
+
+    assert connector.stat(temp_relpath("a.csv")) is None
+    assert connector.stat("a.csv").size == len(b"version 1")
+    assert real_checksum("a.csv", "md5") == md5(b"version 1")
+
+
+def test_verification_mismatch_on_a_new_file_leaves_nothing(connector, source, monkeypatch):
+    src = write(source / "a.csv", b"content")
+    monkeypatch.setattr(connector, "checksum", lambda relpath, algorithm="md5": "0" * 32)
+
+    with pytest.raises(VerificationError):
+        connector.put(src, "a.csv")
+
+    assert_nothing_stored(connector, "a.csv")
+
+
+def test_stop_request_during_put_leaves_nothing(connector, source):
+    src = source / "big.res"
+    write_random(src, 3 * 1024 * 1024)
+    chunks = []
+
+    with pytest.raises(Aborted):
+        connector.put(src, "big.res", progress=chunks.append, should_stop=lambda: len(chunks) >= 1)
+
+    assert len(chunks) == 1
+    assert_nothing_stored(connector, "big.res")
+
+
+def test_stat_of_a_missing_file_is_none(connector):
+    assert connector.stat("not/there.csv") is None
+
+
+def test_disk_full_while_replacing_a_file_keeps_the_previous_version(connector, source, monkeypatch):
+    src = write(source / "a.res", b"version 1")
+    connector.put(src, "a.res")
+    write_random(src, 3 * 1024 * 1024)
+    fill_disk_after(connector, monkeypatch, chunks=1)
+
+    with pytest.raises(DiskFullError):
+        connector.put(src, "a.res")
+
+    assert connector.stat(temp_relpath("a.res")) is None
+    assert connector.checksum("a.res", "md5") == md5(b"version 1")
+
+
+# -- the copy engine for stores that commit an upload themselves ----------------------------
+
+
+class CommitsUploadsItself(LocalConnector):
+    """Like an object store: no rename; an upload appears whole when it completes, or not at all."""
+
+    atomic_rename = False
+
+    def write_stream(self, relpath, chunks, size):
+        upload = posixpath.join(posixpath.dirname(relpath), ".upload-in-progress")
+        try:
+            super().write_stream(upload, chunks, size)
+            os.replace(self.path(upload), self.path(relpath))
+        finally:
+            self.remove(upload)
+
+
+def test_store_without_rename_receives_the_final_name_directly(tmp_path, source):
+    store = CommitsUploadsItself(tmp_path / "bucket")
+    store.prepare()
+    src = write(source / "a.csv", b"whole")
+
+    result = store.put(src, "a.csv")
+
+    assert result.checksum == md5(b"whole")
+    assert listed(store) == {"a.csv": 5}
+
+
+def test_failed_upload_to_a_store_without_rename_keeps_the_previous_version(tmp_path, source, monkeypatch):
+    store = CommitsUploadsItself(tmp_path / "bucket")
+    store.prepare()
+    src = write(source / "a.csv", b"version 1")
+    store.put(src, "a.csv")
+    write_random(src, 3 * 1024 * 1024)
+    fill_disk_after(store, monkeypatch, chunks=1)
+
+    with pytest.raises(DiskFullError):
+        store.put(src, "a.csv")
+
+    assert store.checksum("a.csv", "md5") == md5(b"version 1")

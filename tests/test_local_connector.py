@@ -1,0 +1,250 @@
+"""The local connector: how it lists a folder, where it may write, and how it checks folders."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+from helpers import make_tree, set_mtime, tree_files
+
+from oeleo.connectors.base import temp_relpath
+from oeleo.connectors.local import LocalConnector
+from oeleo.errors import ConfigError, UnsafePathError
+
+
+def names(connector: LocalConnector, **kwargs) -> list:
+    return [e.relpath for e in connector.list_files(**kwargs)]
+
+
+# -- listing ----------------------------------------------------------------------------
+
+
+def test_listing_recurses_into_subfolders_only_when_asked(tmp_path):
+    make_tree(tmp_path, {"top.csv": "1", "a/mid.csv": "2", "a/b/low.csv": "3"})
+    conn = LocalConnector(tmp_path)
+
+    assert names(conn, recursive=True) == ["a/b/low.csv", "a/mid.csv", "top.csv"]
+    assert names(conn, recursive=False) == ["top.csv"]
+
+
+def test_listing_gives_sizes_and_mtimes(tmp_path):
+    made = make_tree(tmp_path, {"a/x.csv": "12345"})
+    mtime_ns = set_mtime(made["a/x.csv"], 3600)
+
+    [entry] = LocalConnector(tmp_path).list_files()
+
+    assert (entry.relpath, entry.size, entry.mtime_ns) == ("a/x.csv", 5, mtime_ns)
+
+
+def test_listing_filters_by_one_extension(tmp_path):
+    make_tree(tmp_path, {"a.csv": "", "b.res": "", "c.csv.bak": "", "d/e.csv": ""})
+
+    assert names(LocalConnector(tmp_path), extensions=[".csv"]) == ["a.csv", "d/e.csv"]
+
+
+def test_listing_filters_by_several_extensions_ignoring_case(tmp_path):
+    make_tree(
+        tmp_path,
+        {"a.CSV": "", "b.res": "", "c.Res": "", "d.txt": "", "e.fits.gz": "", "F.FITS.GZ": "", "g.gz": ""},
+    )
+    conn = LocalConnector(tmp_path)
+
+    assert names(conn, extensions=[".csv", ".res"]) == ["a.CSV", "b.res", "c.Res"]
+    assert names(conn, extensions=[".fits.gz"]) == ["F.FITS.GZ", "e.fits.gz"]
+
+
+def test_listing_include_glob_matches_the_name(tmp_path):
+    make_tree(tmp_path, {"cell_01.res": "", "cell_02.res": "", "other.res": "", "x/cell_03.res": ""})
+
+    assert names(LocalConnector(tmp_path), include=["cell_*"]) == [
+        "cell_01.res",
+        "cell_02.res",
+        "x/cell_03.res",
+    ]
+
+
+def test_listing_include_glob_with_slash_matches_the_path(tmp_path):
+    make_tree(tmp_path, {"raw/a.csv": "", "processed/a.csv": "", "a.csv": ""})
+
+    assert names(LocalConnector(tmp_path), include=["raw/*"]) == ["raw/a.csv"]
+
+
+def test_listing_exclude_glob_matches_the_name(tmp_path):
+    make_tree(tmp_path, {"a.csv": "", "a.tmp": "", "sub/b.tmp": "", "sub/b.csv": ""})
+
+    assert names(LocalConnector(tmp_path), exclude=["*.tmp"]) == ["a.csv", "sub/b.csv"]
+
+
+def test_listing_exclude_glob_with_slash_matches_the_path(tmp_path):
+    make_tree(tmp_path, {"raw/a.csv": "", "raw/b.csv": "", "keep/a.csv": ""})
+
+    assert names(LocalConnector(tmp_path), exclude=["raw/a.csv"]) == ["keep/a.csv", "raw/b.csv"]
+
+
+def test_listing_exclude_of_a_folder_name_prunes_the_folder(tmp_path):
+    make_tree(tmp_path, {"a.csv": "", "scratch/b.csv": "", "x/scratch/c.csv": "", "x/d.csv": ""})
+
+    assert names(LocalConnector(tmp_path), exclude=["scratch"]) == ["a.csv", "x/d.csv"]
+
+
+def test_listing_skips_hidden_files_hidden_folders_and_temporary_files(tmp_path):
+    make_tree(
+        tmp_path,
+        {
+            "seen.csv": "",
+            ".hidden.csv": "",
+            ".git/config.csv": "",
+            "sub/.cache/x.csv": "",
+            "sub/seen.csv": "",
+            temp_relpath("sub/half.csv"): "",
+        },
+    )
+
+    assert names(LocalConnector(tmp_path)) == ["seen.csv", "sub/seen.csv"]
+
+
+def test_listing_is_sorted_by_relative_path(tmp_path):
+    files = ["b.csv", "a/z.csv", "a.csv", "a-b.csv", "c/a.csv", "B.csv", "a/b/c.csv", "ab.csv"]
+    make_tree(tmp_path, {f: "" for f in reversed(files)})
+
+    listed = names(LocalConnector(tmp_path))
+
+    assert listed == sorted(files)
+
+
+def test_listing_a_missing_folder_raises_config_error_naming_it(tmp_path):
+    missing = tmp_path / "no-such-folder"
+
+    with pytest.raises(ConfigError, match=re.escape(str(missing))):
+        list(LocalConnector(missing).list_files())
+
+
+# -- where it writes --------------------------------------------------------------------
+
+
+def test_symlinked_subfolder_pointing_outside_is_refused(tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    store = tmp_path / "store"
+    store.mkdir()
+    (store / "link").symlink_to(outside, target_is_directory=True)
+    src = make_tree(tmp_path / "src", {"x.csv": "secret"})["x.csv"]
+    conn = LocalConnector(store)
+
+    with pytest.raises(UnsafePathError):
+        conn.put(src, "link/x.csv")
+    with pytest.raises(UnsafePathError):
+        conn.put(src, "link/deeper/x.csv")
+
+    assert tree_files(outside) == {}
+
+
+def test_symlinked_subfolder_inside_the_destination_is_allowed(tmp_path):
+    store = tmp_path / "store"
+    (store / "real").mkdir(parents=True)
+    (store / "alias").symlink_to(store / "real", target_is_directory=True)
+    src = make_tree(tmp_path / "src", {"x.csv": "data"})["x.csv"]
+
+    LocalConnector(store).put(src, "alias/x.csv")
+
+    assert (store / "real" / "x.csv").read_bytes() == b"data"
+
+
+def test_stale_temporary_symlink_is_replaced_not_followed(tmp_path):
+    outside = tmp_path / "outside.csv"
+    outside.write_bytes(b"must stay")
+    store = tmp_path / "store"
+    store.mkdir()
+    (store / temp_relpath("x.csv")).symlink_to(outside)
+    src = make_tree(tmp_path / "src", {"x.csv": "new data"})["x.csv"]
+
+    LocalConnector(store).put(src, "x.csv")
+
+    assert outside.read_bytes() == b"must stay"
+    assert not (store / "x.csv").is_symlink()
+    assert (store / "x.csv").read_bytes() == b"new data"
+
+
+def test_copy_keeps_the_modification_time(tmp_path):
+    src = make_tree(tmp_path / "src", {"old.csv": "from last year"})["old.csv"]
+    mtime_ns = set_mtime(src, 365 * 24 * 3600)
+    store = tmp_path / "store"
+
+    LocalConnector(store).put(src, "sub/old.csv")
+
+    assert os.stat(store / "sub" / "old.csv").st_mtime_ns == mtime_ns
+
+
+def test_copy_leaves_no_temporary_file(tmp_path):
+    src = make_tree(tmp_path / "src", {"a.csv": "a"})["a.csv"]
+    store = tmp_path / "store"
+
+    LocalConnector(store).put(src, "a/b/a.csv")
+
+    assert tree_files(store) == {"a/b/a.csv": b"a"}
+
+
+# -- checking folders -------------------------------------------------------------------
+
+
+def test_prepare_creates_a_missing_destination(tmp_path):
+    dest = tmp_path / "new" / "dest"
+
+    LocalConnector(dest).prepare()
+
+    assert dest.is_dir()
+    assert list(dest.iterdir()) == []
+
+
+def test_prepare_on_a_destination_under_a_file_raises_config_error_naming_it(tmp_path):
+    (tmp_path / "a-file").write_text("not a folder")
+    dest = tmp_path / "a-file" / "dest"
+
+    with pytest.raises(ConfigError, match=re.escape(str(dest))):
+        LocalConnector(dest).prepare()
+
+
+def test_prepare_on_a_file_in_place_of_the_folder_raises_config_error_naming_it(tmp_path):
+    dest = tmp_path / "dest"
+    dest.write_text("a file, not a folder")
+
+    with pytest.raises(ConfigError, match=re.escape(str(dest))):
+        LocalConnector(dest).prepare()
+
+
+@pytest.mark.parametrize("dest", ["/proc/self", "/sys", "/proc/oeleo-no-such/dest"])
+def test_prepare_on_an_unwritable_destination_raises_config_error_naming_it(dest):
+    with pytest.raises(ConfigError, match=re.escape(dest)):
+        LocalConnector(dest).prepare()
+
+
+def test_check_source_on_a_missing_folder_raises_config_error_naming_it(tmp_path):
+    missing = tmp_path / "instrument" / "data"
+
+    with pytest.raises(ConfigError, match=re.escape(str(missing))):
+        LocalConnector(missing).check_source()
+
+
+def test_check_source_on_a_file_raises_config_error_naming_it(tmp_path):
+    source = tmp_path / "data.csv"
+    source.write_text("x")
+
+    with pytest.raises(ConfigError, match=re.escape(str(source))):
+        LocalConnector(source).check_source()
+
+
+def test_local_connector_without_a_folder_is_a_config_error(monkeypatch):
+    monkeypatch.delenv("OELEO_BASE_DIR_FROM", raising=False)
+
+    with pytest.raises(ConfigError, match="OELEO_BASE_DIR_FROM"):
+        LocalConnector()
+
+
+def test_path_of_a_relative_name_is_inside_the_folder(tmp_path):
+    conn = LocalConnector(tmp_path)
+
+    assert conn.path("a\\b.csv") == Path(tmp_path) / "a" / "b.csv"
+    with pytest.raises(UnsafePathError):
+        conn.path("../b.csv")

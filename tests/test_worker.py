@@ -1,0 +1,536 @@
+"""The worker's pass: what it copies, what it books, what it skips, and how it fails."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+from helpers import db_count, db_rows, make_tree, run_oeleo, set_mtime, tree_files
+
+import oeleo.connectors.base as base_module
+import oeleo.connectors.local as local_module
+import oeleo.workers as workers_module
+from oeleo.checkers import ChecksumChecker
+from oeleo.connectors.local import LocalConnector
+from oeleo.models import SimpleDbHandler
+from oeleo.reporters import Reporter
+from oeleo.workers import Worker
+
+FILES = {
+    "a.csv": b"time;voltage\n0;3.7\n",
+    "sub/b.res": b"\x00\x01binary\xff" * 50,
+    "sub/deeper/c.fits": b"SIMPLE  =                    T" * 10,
+}
+
+
+@pytest.fixture
+def src(tmp_path):
+    make_tree(tmp_path / "src", FILES)
+    return tmp_path / "src"
+
+
+@pytest.fixture
+def dst(tmp_path):
+    return tmp_path / "dst"
+
+
+@pytest.fixture
+def db(tmp_path):
+    return tmp_path / "books.db"
+
+
+@pytest.fixture
+def new_worker(src, dst, db):
+    """Build a Worker like a user's script would; every one built is closed afterwards."""
+    made = []
+
+    def build(source=None, dest=None, books=None, checker=None, external=None, **options):
+        options.setdefault("subdirs", True)
+        worker = Worker(
+            checker=checker or ChecksumChecker(),
+            bookkeeper=SimpleDbHandler(books or db),
+            local_connector=LocalConnector(source or src),
+            external_connector=external or LocalConnector(dest or dst),
+            **options,
+        )
+        made.append(worker)
+        return worker
+
+    yield build
+    for worker in made:
+        worker.close()
+
+
+def run_once(worker: Worker):
+    try:
+        return worker.run()
+    finally:
+        worker.close()
+
+
+def md5(data: bytes) -> str:
+    return hashlib.md5(data).hexdigest()
+
+
+def lock(worker: Worker, *names: str, code: int = 2) -> None:
+    worker.connect_to_db()
+    worker.bookkeeper.set_code(list(names), code)
+
+
+@pytest.fixture
+def reads(monkeypatch):
+    """Counts every read of a file's content for hashing or copying, by file name."""
+    counted = []
+    real_reader = base_module.SourceReader
+
+    class CountingReader(real_reader):
+        def __init__(self, path, *args, **kwargs):
+            counted.append(Path(path).name)
+            super().__init__(path, *args, **kwargs)
+
+    def counting(real):
+        def hash_file(path, *args, **kwargs):
+            counted.append(Path(path).name)
+            return real(path, *args, **kwargs)
+
+        return hash_file
+
+    monkeypatch.setattr(base_module, "SourceReader", CountingReader)
+    monkeypatch.setattr(workers_module, "hash_file", counting(workers_module.hash_file))
+    monkeypatch.setattr(local_module, "hash_file", counting(local_module.hash_file))
+    return counted
+
+
+# -- copying and booking ----------------------------------------------------------------
+
+
+def test_first_run_copies_everything_and_books_checksums_sizes_and_mtimes(new_worker, src, dst, db):
+    summary = run_once(new_worker())
+
+    assert (summary.copied, summary.failed, summary.exit_status) == (3, 0, 0)
+    assert tree_files(dst) == FILES
+    rows = db_rows(db)
+    assert sorted(rows) == sorted(FILES)
+    for name, data in FILES.items():
+        row = rows[name]
+        assert row["code"] == 1
+        assert row["checksum"] == md5(data)
+        assert row["size"] == len(data)
+        assert row["mtime_ns"] == os.stat(src / name).st_mtime_ns
+        assert row["last_error"] is None
+        assert row["external_name"] == str(dst / name)
+
+
+def test_second_run_copies_nothing_and_reads_no_unchanged_file(new_worker, dst, reads):
+    first = run_once(new_worker())
+    assert first.copied == 3 and len(reads) == 3 * 2  # read to copy, read back to verify
+    dst_mtimes = {p: p.stat().st_mtime_ns for p in dst.rglob("*")}
+    reads.clear()
+
+    second = run_once(new_worker())
+
+    assert (second.copied, second.unchanged, second.exit_status) == (0, 3, 0)
+    assert reads == []
+    assert {p: p.stat().st_mtime_ns for p in dst.rglob("*")} == dst_mtimes
+
+
+def test_changed_file_of_the_same_size_is_copied_again(new_worker, src, dst, db):
+    run_once(new_worker())
+    (src / "a.csv").write_bytes(b"time;voltage\n0;9.9\n")
+    os.utime(src / "a.csv", ns=(0, os.stat(src / "a.csv").st_mtime_ns + 5_000_000_000))
+
+    summary = run_once(new_worker())
+
+    assert (summary.copied, summary.unchanged) == (1, 2)
+    assert (dst / "a.csv").read_bytes() == b"time;voltage\n0;9.9\n"
+    assert db_rows(db)["a.csv"]["checksum"] == md5(b"time;voltage\n0;9.9\n")
+
+
+def test_same_file_name_in_two_folders_is_two_rows(new_worker, tmp_path, db):
+    source = tmp_path / "two"
+    make_tree(source, {"a/x.csv": "from a", "b/x.csv": "from b"})
+
+    summary = run_once(new_worker(source=source))
+
+    assert summary.copied == 2
+    rows = db_rows(db)
+    assert sorted(rows) == ["a/x.csv", "b/x.csv"]
+    assert rows["a/x.csv"]["checksum"] == md5(b"from a")
+    assert rows["b/x.csv"]["checksum"] == md5(b"from b")
+
+
+# -- lock codes -------------------------------------------------------------------------
+
+
+def test_locked_file_is_never_copied_even_when_changed_or_forced(new_worker, src, dst, db):
+    run_once(new_worker())
+    worker = new_worker()
+    lock(worker, "a.csv")
+    worker.close()
+    (src / "a.csv").write_bytes(b"changed after it was locked")
+
+    plain = run_once(new_worker())
+    forced = run_once(new_worker(force=True))
+
+    assert plain.locked == 1 and plain.copied == 0
+    assert forced.locked == 1 and forced.copied == 2  # the two unlocked files, forced
+    assert (dst / "a.csv").read_bytes() == FILES["a.csv"]
+    assert db_rows(db)["a.csv"]["code"] == 2
+
+
+def test_locked_new_file_is_never_copied(new_worker, dst, db):
+    worker = new_worker()
+    lock(worker, "sub/b.res")
+
+    summary = run_once(worker)
+
+    assert (summary.copied, summary.locked) == (2, 1)
+    assert not (dst / "sub" / "b.res").exists()
+    assert db_rows(db)["sub/b.res"]["checksum"] is None
+
+
+def test_locked_file_is_copied_with_force_and_include_locked_and_stays_locked(new_worker, src, dst, db):
+    run_once(new_worker())
+    worker = new_worker()
+    lock(worker, "a.csv")
+    worker.close()
+    (src / "a.csv").write_bytes(b"changed after it was locked")
+
+    summary = run_once(new_worker(force=True, include_locked=True))
+
+    assert summary.copied == 3 and summary.locked == 0
+    assert (dst / "a.csv").read_bytes() == b"changed after it was locked"
+    row = db_rows(db)["a.csv"]
+    assert row["code"] == 2
+    assert row["checksum"] == md5(b"changed after it was locked")
+
+
+def test_code_0_file_is_copied_again_even_when_unchanged(new_worker, dst, db, reads):
+    run_once(new_worker())
+    worker = new_worker()
+    lock(worker, "a.csv", code=0)
+    (dst / "a.csv").write_bytes(b"damaged on the server")
+    reads.clear()
+
+    summary = run_once(worker)
+
+    assert (summary.copied, summary.unchanged) == (1, 2)
+    assert (dst / "a.csv").read_bytes() == FILES["a.csv"]
+    assert db_rows(db)["a.csv"]["code"] == 1
+    assert not {"b.res", "c.fits"} & set(reads)
+
+
+def test_code_1_file_is_copied_only_when_changed(new_worker, src, dst):
+    run_once(new_worker())
+    (dst / "a.csv").write_bytes(b"server copy left alone")
+
+    unchanged = run_once(new_worker())
+    (src / "a.csv").write_bytes(b"new measurement")
+    changed = run_once(new_worker())
+
+    assert unchanged.copied == 0 and unchanged.unchanged == 3
+    assert changed.copied == 1
+    assert (dst / "a.csv").read_bytes() == b"new measurement"
+
+
+# -- what a pass leaves for later -------------------------------------------------------
+
+
+def test_young_file_is_left_until_it_is_old_enough(new_worker, src, dst, db):
+    for name in FILES:
+        set_mtime(src / name, 7200)
+    set_mtime(src / "a.csv", 10)
+
+    young = run_once(new_worker(min_age=3600))
+
+    assert (young.copied, young.too_young) == (2, 1)
+    assert not (dst / "a.csv").exists()
+    assert "a.csv" not in db_rows(db)
+
+    set_mtime(src / "a.csv", 3700)
+    old = run_once(new_worker(min_age=3600))
+
+    assert (old.copied, old.too_young, old.unchanged) == (1, 0, 2)
+    assert (dst / "a.csv").read_bytes() == FILES["a.csv"]
+
+
+def test_dry_run_without_books_copies_nothing_and_creates_nothing(new_worker, dst, db):
+    summary = run_once(new_worker(dry_run=True))
+
+    assert sorted(summary.would_copy) == sorted(FILES)
+    assert summary.copied == 0
+    assert not dst.exists()
+    assert not db.exists()
+
+
+def test_dry_run_copies_nothing_and_writes_no_row(new_worker, src, dst, db):
+    run_once(new_worker())
+    (src / "a.csv").write_bytes(b"changed")
+    make_tree(src, {"new.csv": "new"})
+    rows_before = db_rows(db)
+    runs_before = db_count(db, "oeleo_runs")
+
+    summary = run_once(new_worker(dry_run=True))
+
+    assert sorted(summary.would_copy) == ["a.csv", "new.csv"]
+    assert tree_files(dst) == FILES
+    assert db_rows(db) == rows_before
+    assert db_count(db, "oeleo_runs") == runs_before
+
+
+# -- failures ---------------------------------------------------------------------------
+
+
+class RefusesBadFiles(ChecksumChecker):
+    """A checker with a validation step, as a developer would write one."""
+
+    def validate(self, path):
+        return "header is broken" if Path(path).name.startswith("bad") else None
+
+
+def test_failed_and_vanished_files_do_not_stop_the_run(new_worker, src, dst, db):
+    make_tree(src, {"bad.csv": "broken", "gone.csv": "soon deleted", "z.csv": "last"})
+    worker = new_worker(checker=RefusesBadFiles())
+    worker.filter_local()
+    (src / "gone.csv").unlink()
+
+    summary = run_once(worker)
+
+    assert (summary.copied, summary.failed, summary.vanished) == (4, 1, 1)
+    assert summary.exit_status == 1
+    assert [name for name, _ in summary.errors] == ["bad.csv"]
+    assert sorted(tree_files(dst)) == sorted([*FILES, "z.csv"])
+    rows = db_rows(db)
+    assert "gone.csv" not in rows
+    assert "header is broken" in rows["bad.csv"]["last_error"]
+    assert rows["bad.csv"]["checksum"] is None
+    assert rows["z.csv"]["code"] == 1
+
+
+def test_failed_file_is_copied_on_the_next_run_and_its_error_cleared(new_worker, src, dst, db):
+    make_tree(src, {"bad.csv": "fixed later"})
+    run_once(new_worker(checker=RefusesBadFiles()))
+
+    summary = run_once(new_worker())
+
+    assert (summary.copied, summary.failed, summary.exit_status) == (1, 0, 0)
+    assert (dst / "bad.csv").read_bytes() == b"fixed later"
+    row = db_rows(db)["bad.csv"]
+    assert row["last_error"] is None and row["code"] == 1
+
+
+class InstrumentWritesDuringCopy(Reporter):
+    """Progress reporter that lets the instrument append to ``name`` once, mid-copy."""
+
+    def __init__(self, path):
+        super().__init__()
+        self.path = path
+        self.appended = False
+        self.current = None
+
+    def file_started(self, relpath, size):
+        self.current = relpath
+
+    def advance(self, nbytes):
+        if self.current == self.path.name and not self.appended:
+            self.appended = True
+            with open(self.path, "ab") as handle:
+                handle.write(b"0;3.8\n")
+
+
+def test_file_changing_during_copy_is_not_booked_and_is_copied_next_run(new_worker, src, dst, db):
+    reporter = InstrumentWritesDuringCopy(src / "a.csv")
+
+    first = run_once(new_worker(reporter=reporter))
+
+    assert reporter.appended
+    assert first.copied == 2
+    assert not (dst / "a.csv").exists()
+    assert list(dst.rglob("*.oeleo-part")) == []
+    assert first.changing == 1 and first.failed == 0 and first.exit_status == 0
+    assert "a.csv" not in db_rows(db)  # nothing claims a copy
+
+    second = run_once(new_worker())
+
+    assert second.copied == 1
+    assert (dst / "a.csv").read_bytes() == FILES["a.csv"] + b"0;3.8\n"
+
+
+class FillsUp(LocalConnector):
+    """A destination disk with ``room`` bytes free: the write that needs more fails half way."""
+
+    def __init__(self, directory, room):
+        super().__init__(directory)
+        self.room = room
+
+    def write_stream(self, relpath, chunks, size):
+        def until_full():
+            for chunk in chunks:
+                if len(chunk) > self.room:
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), relpath)
+                self.room -= len(chunk)
+                yield chunk
+
+        super().write_stream(relpath, until_full(), size)
+
+
+def test_disk_full_stops_the_run_without_partial_file_or_copied_row(new_worker, tmp_path, dst, db):
+    source = tmp_path / "big"
+    size = 3 * 1024 * 1024
+    make_tree(source, {name: os.urandom(size) for name in ("a.res", "b.res", "c.res", "d.res")})
+
+    summary = run_once(new_worker(source=source, external=FillsUp(dst, room=size + 1024 * 1024)))
+
+    assert summary.fatal and "space" in summary.fatal
+    assert summary.exit_status == 1
+    assert summary.copied == 1
+    assert tree_files(dst) == {"a.res": (source / "a.res").read_bytes()}
+    rows = db_rows(db)
+    assert rows["a.res"]["code"] == 1
+    assert all(row["checksum"] is None for name, row in rows.items() if name != "a.res")
+    assert "c.res" not in rows and "d.res" not in rows
+
+
+# -- the books --------------------------------------------------------------------------
+
+
+def test_two_workers_with_two_databases_in_one_process(new_worker, tmp_path):
+    make_tree(tmp_path / "src1", {"one.csv": "1"})
+    make_tree(tmp_path / "src2", {"two.csv": "2", "three.csv": "3"})
+    first = new_worker(source=tmp_path / "src1", dest=tmp_path / "dst1", books=tmp_path / "one.db")
+    second = new_worker(source=tmp_path / "src2", dest=tmp_path / "dst2", books=tmp_path / "two.db")
+    first.connect_to_db()
+    second.connect_to_db()
+
+    s1 = first.run()
+    s2 = second.run()
+    first.close()
+    second.close()
+
+    assert (s1.copied, s2.copied) == (1, 2)
+    assert sorted(db_rows(tmp_path / "one.db")) == ["one.csv"]
+    assert sorted(db_rows(tmp_path / "two.db")) == ["three.csv", "two.csv"]
+    assert sorted(tree_files(tmp_path / "dst1")) == ["one.csv"]
+    assert sorted(tree_files(tmp_path / "dst2")) == ["three.csv", "two.csv"]
+
+
+def test_bookkeeping_commits_in_batches_not_per_file(new_worker, tmp_path, db):
+    source = tmp_path / "many"
+    make_tree(source, {f"f{i:03d}.csv": str(i) for i in range(300)})
+    worker = new_worker(source=source)
+    worker.connect_to_db()
+    connection = worker.bookkeeper.database.connection()
+    commits = []
+
+    def trace(sql):
+        statement = sql.lstrip().upper()
+        if statement.startswith("COMMIT"):
+            commits.append(statement)
+        elif statement.startswith(("INSERT", "UPDATE", "DELETE")) and not connection.in_transaction:
+            commits.append(statement)  # autocommit: a transaction of its own
+
+    connection.set_trace_callback(trace)
+    summary = run_once(worker)
+
+    assert summary.copied == 300
+    assert len(db_rows(db)) == 300
+    assert 1 <= len(commits) <= 10
+
+
+def test_check_with_update_db_books_identical_copies_without_copying(new_worker, src, dst, db):
+    make_tree(dst, {"a.csv": FILES["a.csv"], "sub/b.res": FILES["sub/b.res"], "sub/deeper/c.fits": b"old"})
+    dst_mtimes = {p: set_mtime(p, 86400) for p in dst.rglob("*") if p.is_file()}
+    worker = new_worker()
+    worker.connect_to_db()
+
+    report = worker.check(update_db=True)
+    worker.close()
+
+    assert sorted(report.same) == ["a.csv", "sub/b.res"]
+    assert report.different == ["sub/deeper/c.fits"]
+    assert {p: p.stat().st_mtime_ns for p in dst_mtimes} == dst_mtimes
+    rows = db_rows(db)
+    for name in ("a.csv", "sub/b.res"):
+        assert rows[name]["code"] == 1
+        assert rows[name]["checksum"] == md5(FILES[name])
+    assert rows["sub/deeper/c.fits"]["code"] == 0
+    assert (dst / "sub" / "deeper" / "c.fits").read_bytes() == b"old"
+
+    summary = run_once(new_worker())
+
+    assert (summary.copied, summary.unchanged) == (1, 2)
+    assert tree_files(dst) == FILES
+
+
+def test_check_with_update_db_books_missing_files_as_to_copy(new_worker, db, dst):
+    worker = new_worker()
+    worker.connect_to_db()
+
+    report = worker.check(update_db=True)
+    worker.close()
+
+    assert sorted(report.missing) == sorted(FILES)
+    assert {name: row["code"] for name, row in db_rows(db).items()} == {name: 0 for name in FILES}
+    assert not dst.exists() or tree_files(dst) == {}
+
+
+def test_parallel_workers_copy_every_file_correctly(new_worker, tmp_path, dst, db):
+    source = tmp_path / "many"
+    files = {f"d{i % 5}/f{i:02d}.res": os.urandom(1000 + 997 * i) for i in range(50)}
+    make_tree(source, files)
+
+    summary = run_once(new_worker(source=source, workers=3))
+
+    assert (summary.copied, summary.failed) == (50, 0)
+    assert tree_files(dst) == files
+    rows = db_rows(db)
+    assert {name: row["checksum"] for name, row in rows.items()} == {
+        name: md5(data) for name, data in files.items()
+    }
+
+
+# -- the command ------------------------------------------------------------------------
+
+
+def test_oeleo_command_copies_and_books_like_the_worker(src, dst, db, tmp_path):
+    args = ("run", "--from", str(src), "--to", str(dst), "--db", str(db))
+
+    first = run_oeleo(*args, cwd=tmp_path)
+    second = run_oeleo(*args, cwd=tmp_path)
+
+    assert first.returncode == 0, first.stderr
+    assert second.returncode == 0, second.stderr
+    assert tree_files(dst) == FILES
+    assert {name: row["code"] for name, row in db_rows(db).items()} == {name: 1 for name in FILES}
+
+
+class LosesTemporaryFiles(LocalConnector):
+    """A share where something removes our temporary file before it is renamed into place."""
+
+    def rename(self, src_relpath, dst_relpath):
+        os.remove(self.path(src_relpath))
+        super().rename(src_relpath, dst_relpath)
+
+
+def test_file_missing_on_the_destination_side_is_a_failure_not_a_vanished_source(new_worker, dst, db):
+    summary = run_once(new_worker(external=LosesTemporaryFiles(dst)))
+
+    assert (summary.copied, summary.vanished, summary.failed) == (0, 0, 3)
+    assert summary.exit_status == 1
+    rows = db_rows(db)
+    assert sorted(rows) == sorted(FILES)
+    assert all(row["last_error"] and row["checksum"] is None for row in rows.values())
+
+
+def test_dry_run_repeated_on_one_worker_sees_new_files(new_worker, src):
+    worker = new_worker(dry_run=True)
+    first = worker.run()
+    make_tree(src, {"new.csv": "arrived between two dry runs"})
+
+    second = worker.run()
+
+    assert sorted(first.would_copy) == sorted(FILES)
+    assert sorted(second.would_copy) == sorted([*FILES, "new.csv"])
