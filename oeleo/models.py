@@ -119,11 +119,15 @@ class Bookkeeper:
         self._last_flush = time.monotonic()
         self._run_id: Optional[int] = None
         self._initialized = False
+        self._layout = "current"  # or "legacy"/"empty" when read-only over an old or no table
         self.record: Any = None  # the oeleo 0.7 "current record"
 
     # -- opening ----------------------------------------------------------------------
-    def initialize_db(self, exclusive: bool = True) -> None:
-        """Connect, create or upgrade the tables, and (``exclusive``) lock out other runs."""
+    def initialize_db(self, exclusive: bool = True, read_only: bool = False) -> None:
+        """Connect, create or upgrade the tables, and (``exclusive``) lock out other runs.
+
+        ``read_only`` (a dry run) changes nothing: an old table is read as it is.
+        """
         if self._initialized:
             return
         if self.origin is None:
@@ -132,8 +136,11 @@ class Bookkeeper:
             self._connect()
             if exclusive:
                 self._lock()
-            self._create_or_upgrade()
-            self._adopt_legacy_rows()
+            if read_only:
+                self._read_only_layout()
+            else:
+                self._create_or_upgrade()
+                self._adopt_legacy_rows()
         except peewee.PeeweeException as exc:
             self.close()
             raise BookkeeperError(f"{self.description}: {self._explain(exc)}") from None
@@ -193,14 +200,31 @@ class Bookkeeper:
             log.info("%d rows from an older oeleo now belong to %s", adopted, self.origin)
 
     # -- reading ----------------------------------------------------------------------
+    def _read_only_layout(self) -> None:
+        tables = self.database.get_tables()
+        if "filelist" not in tables:
+            self._layout = "empty"
+            return
+        columns = {c.name for c in self.database.get_columns("filelist")}
+        self._layout = "current" if {"size", "mtime_ns", "origin", "last_error"} <= columns else "legacy"
+
     def load(self) -> Dict[str, Record]:
         """All rows of this origin, as light records keyed by local name."""
         model = self.db_model
+        if self._layout == "empty":
+            self._records = {}
+            return self._records
+        if self._layout == "legacy":  # an oeleo 0.7 table read by a dry run, not upgraded
+            query = model.select(model.local_name, model.checksum, model.code).tuples()
+            self._records = {
+                row[0]: Record(row[0], row[1], row[2], None, None) for row in self._guard(query.iterator)
+            }
+            return self._records
         query = (
             model.select(
                 model.local_name, model.checksum, model.code, model.size, model.mtime_ns, model.last_error
             )
-            .where(model.origin == self.origin)
+            .where((model.origin == self.origin) | (model.origin == ""))
             .tuples()
         )
         self._records = {row[0]: Record(*row) for row in self._guard(query.iterator)}

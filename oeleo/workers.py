@@ -196,7 +196,7 @@ class Worker:
             self._no_books = True
             log.info("dry run: %s does not exist yet; every file is new", self.bookkeeper.description)
             return
-        self.bookkeeper.initialize_db(exclusive=not self.dry_run)
+        self.bookkeeper.initialize_db(exclusive=not self.dry_run, read_only=self.dry_run)
         self._db_open = True
 
     def _connect(self) -> None:
@@ -337,7 +337,10 @@ class Worker:
                 summary.too_young += 1
         if self.dry_run:
             self._entries = None  # the next pass lists again
-            summary.would_copy = [e.relpath for e, _, _ in todo]
+            summary.would_copy = [
+                e.relpath for e, r, legacy in todo if not self._same_as_legacy(e, r, legacy)
+            ]
+            summary.unchanged += len(todo) - len(summary.would_copy)
             for relpath in summary.would_copy:
                 log.debug("would copy %s", relpath)
             self._stop.clear()
@@ -370,6 +373,17 @@ class Worker:
             self._entries = None  # the next pass lists again
             self.reporter.run_finished(summary)
         return summary
+
+    def _same_as_legacy(self, entry: FileEntry, record: Optional[Record], legacy: bool) -> bool:
+        """For a dry run: does a checksum-only (oeleo 0.7) row still match the file?"""
+        if not (legacy and record is not None and record.checksum):
+            return False
+        try:
+            return (
+                hash_file(self.local_connector.path(entry.relpath), self.checker.algorithm) == record.checksum
+            )
+        except OSError:
+            return False
 
     def _copy_parallel(
         self, todo: List[Tuple[FileEntry, Optional[Record], bool]], summary: RunSummary
@@ -436,7 +450,8 @@ class Worker:
             except OSError as exc:
                 if exc.errno == errno.ENOSPC:
                     return "fatal", f"no space left on the destination while writing {entry.relpath}"
-                return "error", exc.strerror or str(exc)
+                where = f": {exc.filename}" if exc.filename else ""
+                return "error", f"{exc.strerror or exc}{where}"
             except OeleoError as exc:
                 return "error", str(exc)
             except Exception as exc:  # noqa: BLE001 - one bad file must not stop the run

@@ -592,3 +592,15 @@ def test_lock_of_a_path_that_is_not_there_warns_naming_it(work):
     assert len(warning) == 1 and "src/typo.csv" in warning[0]
     quiet = oeleo(work, "lock", "src/a.csv", "--from", "src", "--db", "books.db")
     assert "warning" not in quiet.stderr
+
+
+def test_schedule_with_a_missing_source_folder_stops_at_once_with_status_2(tmp_path):
+    done = oeleo(tmp_path, "schedule", "--from", "nope", "--to", "out", "--every", "60", "--max-runs", "0")
+
+    assert done.returncode == 2
+    assert "nope" in one_line_error(done)
+    assert count_runs_or_zero(tmp_path / "oeleo-file-list.db") == 0
+
+
+def count_runs_or_zero(db: Path) -> int:
+    return count(db, "oeleo_runs") if db.exists() else 0

@@ -391,3 +391,43 @@ def test_oeleo_0_7_database_is_upgraded_in_place_and_its_books_respected(tmp_pat
     )
     assert again.returncode == 0, again.stderr
     assert "copied 0 files" in again.stderr
+
+
+def test_dry_run_on_an_oeleo_0_7_database_changes_nothing_and_reports_only_changed_files(tmp_path):
+    local, pub = tmp_path / "local", tmp_path / "pub"
+    make_files(local, {"same.xyz": "same\n", "edited.xyz": "edited\n", "new.xyz": "new\n"})
+    db = tmp_path / "old.db"
+    make_0_7_database(
+        db,
+        [
+            (1, "2022-07-05 15:55:02.521154", "same.xyz", "x", md5("same\n"), 1),
+            (2, "2022-07-05 15:55:02.536152", "edited.xyz", "x", md5("before\n"), 1),
+        ],
+    )
+    before = db.read_bytes()
+
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "oeleo",
+            "run",
+            "--dry-run",
+            "--from",
+            "local",
+            "--to",
+            "pub",
+            "--db",
+            db.name,
+        ],
+        cwd=tmp_path,
+        env=oeleo_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert done.returncode == 0, done.stderr
+    assert sorted(done.stdout.split()) == ["edited.xyz", "new.xyz"]
+    assert db.read_bytes() == before  # not upgraded, not written
+    assert not pub.exists()

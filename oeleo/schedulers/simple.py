@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import logging
+import sys
 from datetime import datetime, timedelta
 from typing import Any, Optional
 
-from oeleo.errors import DatabaseBusyError, OeleoError
+from oeleo.errors import ConfigError, DatabaseBusyError, OeleoError
 from oeleo.schedulers.base import SchedulerBase
 
 log = logging.getLogger("oeleo")
@@ -75,6 +76,11 @@ class SimpleScheduler(SchedulerBase):
                 self.failed_runs += 1
         except DatabaseBusyError:
             raise
+        except ConfigError:
+            if self.runs == 1:
+                raise  # wrong from the start: say so now rather than fail every interval
+            self.failed_runs += 1
+            log.error("run %d failed: %s; the next run goes on", self.runs, sys.exc_info()[1])
         except (OeleoError, OSError) as exc:
             self.failed_runs += 1
             log.error("run %d failed: %s; the next run goes on", self.runs, exc)
