@@ -202,10 +202,27 @@ def _start_log_file(settings: Any) -> None:
 
 
 def _worker(settings: Any, **options: Any) -> Any:
-    from oeleo.reporters import choose_reporter
+    from oeleo.reporters import RichReporter, choose_reporter
     from oeleo.workers import worker_from_settings
 
-    return worker_from_settings(settings, reporter=choose_reporter(), **options)
+    reporter = choose_reporter()
+    if isinstance(reporter, RichReporter):
+        _log_through(reporter.console)
+    return worker_from_settings(settings, reporter=reporter, **options)
+
+
+def _log_through(console: Any) -> None:
+    """On a terminal, log lines go through rich's console so they print above the progress
+    bars instead of tearing through them."""
+    from rich.logging import RichHandler
+
+    logger = logging.getLogger("oeleo")
+    for handler in list(logger.handlers):
+        if type(handler) is logging.StreamHandler and handler.stream is sys.stderr:
+            rich_handler = RichHandler(console=console, show_time=False, show_path=False)
+            rich_handler.setLevel(handler.level)
+            logger.removeHandler(handler)
+            logger.addHandler(rich_handler)
 
 
 class _StopOnSignal:

@@ -84,8 +84,9 @@ class RichReporter(Reporter):
 
         self.console = console or Console(stderr=True)
         self._progress: Any = None
-        self._files_task: Any = None
-        self._bytes_task: Any = None
+        self._task: Any = None
+        self._files_total = 0
+        self._files_done = 0
 
     def run_started(self, files: int, nbytes: int, dry_run: bool = False) -> None:
         if dry_run or not files:
@@ -94,35 +95,40 @@ class RichReporter(Reporter):
         from rich.progress import (
             BarColumn,
             DownloadColumn,
-            MofNCompleteColumn,
             Progress,
             TextColumn,
             TimeRemainingColumn,
             TransferSpeedColumn,
         )
 
+        # One bar for the bytes; the file count rides in its description.
         self._progress = Progress(
             TextColumn("{task.description}"),
             BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("•"),
             DownloadColumn(),
+            TextColumn("•"),
             TransferSpeedColumn(),
+            TextColumn("•"),
             TimeRemainingColumn(),
             console=self.console,
             transient=False,
         )
-        self._files_task = self._progress.add_task("files", total=files)
-        self._bytes_task = self._progress.add_task("bytes", total=nbytes)
+        self._files_total, self._files_done = files, 0
+        self._task = self._progress.add_task(self._files_text(), total=nbytes)
         self._progress.start()
+
+    def _files_text(self) -> str:
+        return f"{self._files_done}/{self._files_total} files"
 
     def advance(self, nbytes: int) -> None:
         if self._progress is not None:
-            self._progress.update(self._bytes_task, advance=nbytes)
+            self._progress.update(self._task, advance=nbytes)
 
     def file_done(self, relpath: str, size: int, error: Optional[str] = None) -> None:
         if self._progress is not None:
-            self._progress.update(self._files_task, advance=1)
+            with self._lock:
+                self._files_done += 1
+                self._progress.update(self._task, description=self._files_text())
         if error is not None:
             log.error("failed %s: %s", relpath, error)
         else:
