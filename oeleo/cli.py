@@ -67,7 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
     _source(p)
     p.add_argument("--dry-run", action="store_true", help="show what would be copied; change nothing")
     p.add_argument("--force", action="store_true", help="copy every file again (locked files stay locked)")
-    p.add_argument("--include-locked", action="store_true", help="with --force: copy locked files too")
+    p.add_argument(
+        "--include-locked",
+        action="store_true",
+        help="copy locked files too when they changed (with --force: always)",
+    )
 
     p = sub.add_parser("check", help="compare the two sides and report what differs")
     _common(p)

@@ -297,14 +297,14 @@ class Worker:
 
     def _decide(self, entry: FileEntry, record: Optional[Record], now_ns: int) -> str:
         """``copy``, ``hash`` (legacy row: compare checksums first), or a reason to skip."""
-        if record is not None and record.code == SHOULD_NOT_BE_COPIED and not self.include_locked:
+        locked = record is not None and record.code == SHOULD_NOT_BE_COPIED
+        if locked and not self.include_locked:
             return "locked"
         if self.min_age and now_ns - entry.mtime_ns < self.min_age * 1e9:
             return "too_young"
         if record is None or self.force or record.code == SHOULD_BE_COPIED:
             return "copy"
-        if record.code == SHOULD_NOT_BE_COPIED:
-            return "copy"  # include_locked
+        # From here: code 1, or a locked file with include_locked: copied when it changed.
         if record.size is None or record.mtime_ns is None:
             return "hash"
         if record.size == entry.size and record.mtime_ns == entry.mtime_ns and record.checksum:
@@ -603,8 +603,6 @@ def worker_from_settings(settings: Any, reporter: Optional[Reporter] = None, **o
     if settings.base_dir_from is None:
         raise ConfigError("OELEO_BASE_DIR_FROM is not set: the folder to copy from (or --from)")
     connector_cls = get_connector_class(settings.connector)
-    if connector_cls is LocalConnector and not settings.base_dir_to:
-        raise ConfigError("OELEO_BASE_DIR_TO is not set: the folder to copy to (or --to)")
     local = LocalConnector(directory=settings.base_dir_from)
     external = connector_cls.from_settings(settings, role="external")
     options.setdefault("subdirs", settings.subdirs)

@@ -198,6 +198,31 @@ def test_force_with_include_locked_copies_locked_files_and_keeps_them_locked(wor
     assert rows(work / "books.db")["a.csv"]["code"] == 2
 
 
+def test_include_locked_without_force_copies_a_locked_file_only_when_it_changed(work):
+    assert oeleo(work, *run_args()).returncode == 0
+    assert oeleo(work, "lock", "src/a.csv", "src/b.csv", "--from", "src", "--db", "books.db").returncode == 0
+    touch_later(work / "src" / "a.csv", "locked but changed\n")
+    before_b = (work / "dst" / "b.csv").stat().st_mtime_ns
+
+    done = oeleo(work, *run_args("--include-locked"))
+
+    assert done.returncode == 0, done.stderr
+    assert (work / "dst" / "a.csv").read_text() == "locked but changed\n"
+    assert (work / "dst" / "b.csv").stat().st_mtime_ns == before_b  # unchanged: not copied again
+    assert rows(work / "books.db")["a.csv"]["code"] == 2
+
+
+def test_a_connector_subclass_without_a_destination_is_a_configuration_error(work):
+    (work / "mine.py").write_text(
+        "from oeleo.connectors import LocalConnector\n\nclass Mine(LocalConnector):\n    pass\n"
+    )
+    env = {"OELEO_BASE_DIR_FROM": "src"}
+    done = oeleo(work, "run", "--connector", "mine:Mine", "--db", "books.db", env=env)
+
+    assert "OELEO_BASE_DIR_TO" in one_line_error(done)
+    assert not (work / "books.db").exists() or rows(work / "books.db") == {}
+
+
 # -- locking ------------------------------------------------------------------------------
 def test_locked_file_is_not_copied_when_it_changes_and_is_again_after_unlock(work):
     assert oeleo(work, *run_args()).returncode == 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import sys
 from typing import Any, Dict, Optional, Type
 
 from oeleo.connectors.base import Connector, FileEntry, PutResult
@@ -52,6 +53,9 @@ def load_object(spec: str, what: str) -> Any:
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
         raise ConfigError(f"{what} {spec!r}: expected a short name or package.module:ClassName")
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        # As `python -m` does: a module in the current folder can be named (like uvicorn's app dir).
+        sys.path.insert(0, os.getcwd())
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:

@@ -231,7 +231,16 @@ class Connector:
 
         Override this in a subclass that needs more than a folder.
         """
+        from oeleo.errors import ConfigError
+
         folder = settings.base_dir_from if role == "local" else settings.base_dir_to
+        if folder is None or not str(folder).strip():
+            name, what = (
+                ("OELEO_BASE_DIR_FROM", "from (or --from)")
+                if role == "local"
+                else ("OELEO_BASE_DIR_TO", "to (or --to)")
+            )
+            raise ConfigError(f"{name} is not set: the folder to copy {what}")
         return cls(directory=folder)  # type: ignore[call-arg]
 
     # -- read side (a subclass implements) ------------------------------------------------
