@@ -362,7 +362,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         console.print(table)
     if args.files:
         table = Table(title="files")
-        for column in ("file", "code", "size", "copied at", "checksum"):
+        for column in ("file", "code", "size", "booked at", "checksum"):
             # fold, not "…": a listing saved to a file must keep whole names and checksums
             table.add_column(column, overflow="fold")
         for row in rows:

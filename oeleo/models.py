@@ -162,6 +162,7 @@ class Bookkeeper:
     def _create_or_upgrade(self) -> None:
         db = self.database
         with db.atomic():
+            self._lock_schema()
             tables = db.get_tables()
             if "filelist" not in tables:
                 db.create_tables([self.db_model])
@@ -169,6 +170,9 @@ class Bookkeeper:
                 self._upgrade_filelist()
             if "oeleo_runs" not in tables:
                 db.create_tables([self.run_model])
+
+    def _lock_schema(self) -> None:
+        """Keep other processes from creating or upgrading the tables in this transaction."""
 
     def _upgrade_filelist(self) -> None:
         """Bring an oeleo 0.7 table (no size/mtime/origin/last_error) up to date, in place."""
@@ -538,17 +542,28 @@ class PostgresDbHandler(Bookkeeper):
             ) from None
         super()._connect()
 
+    def _lock_schema(self) -> None:
+        # PCs started together on a fresh database would all try CREATE TABLE at once;
+        # a transaction-level advisory lock lets one create and the others see the tables.
+        self.database.execute_sql("SELECT pg_advisory_xact_lock(%s, 0)", (_SCHEMA_LOCK_CLASS,))
+
     def _lock(self) -> None:
         # A session-level advisory lock per origin: released when the connection ends.
         key = zlib.crc32(str(self.origin).encode("utf-8"))
         if key >= 2**31:  # pg_try_advisory_lock(int4, int4): a signed 32-bit key
             key -= 2**32
-        got = self.database.execute_sql("SELECT pg_try_advisory_lock(%s, %s)", (0x0E1E0, key)).fetchone()[0]
+        got = self.database.execute_sql(
+            "SELECT pg_try_advisory_lock(%s, %s)", (_ORIGIN_LOCK_CLASS, key)
+        ).fetchone()[0]
         if not got:
             raise DatabaseBusyError(
                 f"another oeleo process is already copying {self.origin} "
                 f"with {self.description}; this one stops"
             )
+
+
+_ORIGIN_LOCK_CLASS = 0x0E1E0  # advisory lock keys (class, key): one class per purpose
+_SCHEMA_LOCK_CLASS = 0x0E1E1
 
 
 def _chunks(rows: List[dict]) -> Iterator[List[dict]]:
