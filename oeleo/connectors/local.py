@@ -6,7 +6,7 @@ import os
 import stat as stat_module
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Iterable, Iterator, List, Optional, Sequence, Set, Tuple, Union
 
 from oeleo.checkers import hash_file
 from oeleo.connectors.base import Connector, FileEntry, has_extension, matches, safe_relpath
@@ -47,13 +47,15 @@ class LocalConnector(Connector):
             raise ConfigError("LocalConnector needs a folder (directory=..., or OELEO_BASE_DIR_FROM)")
         self.directory = Path(directory).expanduser()
         self.include_subdirs = include_subdirs
+        self._safe_folders: Set[Path] = set()
 
     def __str__(self) -> str:
         return str(self.directory)
 
     # -- life cycle -------------------------------------------------------------------
     def connect(self, **kwargs: Any) -> None:
-        """Nothing to open; checks that the folder is there and readable."""
+        """Nothing to open; forgets which folders were checked to be inside the base."""
+        self._safe_folders.clear()
 
     def check_source(self) -> None:
         if not self.directory.is_dir():
@@ -86,10 +88,15 @@ class LocalConnector(Connector):
         """The local path of a relative name; never outside the folder, even via a symlink."""
         relpath = safe_relpath(relpath)
         path = self.directory.joinpath(*relpath.split("/"))
-        base = os.path.realpath(self.directory)
-        real_parent = os.path.realpath(path.parent)
-        if real_parent != base and not real_parent.startswith(base.rstrip(os.sep) + os.sep):
-            raise UnsafePathError(f"{relpath!r} would resolve outside {self.directory}")
+        parent = path.parent
+        if parent not in self._safe_folders:
+            base = os.path.realpath(self.directory)
+            real_parent = os.path.realpath(parent)
+            if real_parent != base and not real_parent.startswith(base.rstrip(os.sep) + os.sep):
+                raise UnsafePathError(f"{relpath!r} would resolve outside {self.directory}")
+            if os.path.isdir(parent):
+                # Resolving symlinks costs a system call per path part: once per folder is enough.
+                self._safe_folders.add(parent)
         return path
 
     def external_name(self, relpath: str) -> str:
