@@ -36,7 +36,7 @@ class FlatFolderConnector(Connector):
 
     name = "flatfolder"
     hashes = frozenset()  # the store computes no hash itself: checksum() reads the file back
-    atomic_rename = True  # os.replace is atomic: put() writes a temporary name, then renames
+    atomic_rename = True  # os.replace is atomic: stage() writes a temporary name, commit() renames
 
     separator = "__"
 
@@ -54,9 +54,9 @@ class FlatFolderConnector(Connector):
             raise TransferError(f"{relpath}: contains {self.separator!r}, cannot be stored flat")
         return self.directory / self.separator.join(parts)
 
-    def put(self, local_path: Path, relpath: str, **options: Any) -> PutResult:
+    def stage(self, local_path: Path, relpath: str, **options: Any) -> PutResult:
         self._path(relpath)  # refuse a name with the separator before anything is written
-        return super().put(local_path, relpath, **options)
+        return super().stage(local_path, relpath, **options)
 
     def prepare(self) -> None:
         try:

@@ -44,6 +44,26 @@ from oeleo.reporters import Reporter, human_bytes
 log = logging.getLogger("oeleo")
 
 BACKOFF_SECONDS = 0.5
+# Copies are made durable and renamed into place in batches (one sync for many files):
+COMMIT_FILES = 256
+COMMIT_BYTES = 64 * 1024 * 1024
+COMMIT_SECONDS = 1.0
+
+
+def _overrides_put_only(connector: Connector) -> bool:
+    cls = type(connector)
+    return cls.put is not Connector.put and cls.stage is Connector.stage
+
+
+def _is_disk_full(exc: BaseException) -> bool:
+    return isinstance(exc, DiskFullError) or (isinstance(exc, OSError) and exc.errno == errno.ENOSPC)
+
+
+def _reason(exc: BaseException, what: str) -> str:
+    if isinstance(exc, OSError):
+        where = f": {exc.filename}" if exc.filename else ""
+        return f"{what} ({exc.strerror or exc}{where})"
+    return f"{what} ({exc})"
 
 
 @dataclass
@@ -182,6 +202,9 @@ class Worker:
         self._stop = threading.Event()
         self._db_open = False
         self._no_books = False
+        self._staged: List[Tuple[FileEntry, int, PutResult]] = []
+        self._staged_bytes = 0
+        self._staged_since = time.monotonic()
         self._connected = False
 
     def __repr__(self) -> str:
@@ -358,8 +381,10 @@ class Worker:
                     if self._stop.is_set() or summary.fatal:
                         break
                     self._book(item, self._attempt(item), summary)
-        except KeyboardInterrupt:
-            summary.stopped = True
+            self._commit_staged(summary)  # staged files are whole and verified: finish them
+        except BaseException as exc:
+            summary.stopped = isinstance(exc, KeyboardInterrupt)
+            self._discard_staged()
             raise
         finally:
             summary.stopped = summary.stopped or self._stop.is_set()
@@ -469,15 +494,17 @@ class Worker:
         reason = self.checker.validate(source)
         if reason:
             return "error", f"refused by {type(self.checker).__name__}: {reason}"
-        result = self.external_connector.put(
-            source,
-            entry.relpath,
-            algorithm=algorithm,
-            verify=self.verify,
-            progress=self.reporter.advance,
-            should_stop=self._stop.is_set,
-        )
-        return "copied", result
+        external = self.external_connector
+        options: Dict[str, Any] = {
+            "algorithm": algorithm,
+            "verify": self.verify,
+            "progress": self.reporter.advance,
+            "should_stop": self._stop.is_set,
+        }
+        if _overrides_put_only(external):
+            # A connector written around put() keeps working: one file at a time, unbatched.
+            return "copied", external.put(source, entry.relpath, **options)
+        return "staged", external.stage(source, entry.relpath, **options)
 
     def _book(
         self, item: Tuple[FileEntry, Optional[Record], bool], outcome: Tuple[str, Any], summary: RunSummary
@@ -489,19 +516,24 @@ class Worker:
             if (record and record.code == SHOULD_NOT_BE_COPIED)
             else SHOULD_BE_COPIED_IF_CHANGED
         )
-        if kind == "copied":
-            result: PutResult = value
+        if kind == "staged":
+            if not self._staged:
+                self._staged_since = time.monotonic()
+            self._staged.append((entry, code, value))
+            self._staged_bytes += value.size
+            if (
+                len(self._staged) >= COMMIT_FILES
+                or self._staged_bytes >= COMMIT_BYTES
+                or time.monotonic() - self._staged_since > COMMIT_SECONDS
+            ):
+                self._commit_staged(summary)
+        elif kind == "copied":
             self.bookkeeper.record_copied(
-                entry.relpath,
-                result.external_name,
-                result.checksum,
-                result.size,
-                result.mtime_ns or entry.mtime_ns,
-                code,
+                entry.relpath, value.external_name, value.checksum, value.size, value.mtime_ns, code
             )
             summary.copied += 1
-            summary.bytes_copied += result.size
-            self.reporter.file_done(entry.relpath, result.size)
+            summary.bytes_copied += value.size
+            self.reporter.file_done(entry.relpath, value.size)
         elif kind == "unchanged":
             digest, _ = value
             self.bookkeeper.record_copied(
@@ -522,12 +554,60 @@ class Worker:
         elif kind == "stopped":
             summary.stopped = True
         else:
-            summary.failed += 1
-            summary.errors.append((entry.relpath, value))
-            self.bookkeeper.record_error(entry.relpath, value)
-            self.reporter.file_done(entry.relpath, entry.size, error=value)
-            if kind == "fatal":
-                summary.fatal = value
+            self._book_failure(entry, kind, value, summary)
+
+    def _book_failure(self, entry: FileEntry, kind: str, reason: str, summary: RunSummary) -> None:
+        summary.failed += 1
+        summary.errors.append((entry.relpath, reason))
+        self.bookkeeper.record_error(entry.relpath, reason)
+        self.reporter.file_done(entry.relpath, entry.size, error=reason)
+        if kind == "fatal":
+            summary.fatal = reason
+
+    def _commit_staged(self, summary: RunSummary) -> None:
+        """Make a batch of staged files durable and move them to their real names, then
+        book them: sync the data once, rename each, sync the folders once. A row is queued
+        only for a file that is under its real name and durable."""
+        staged, self._staged = self._staged, []
+        self._staged_bytes, self._staged_since = 0, time.monotonic()
+        if not staged:
+            return
+        external = self.external_connector
+        try:
+            external.sync_data([result for _, _, result in staged])
+        except Exception as exc:  # noqa: BLE001 - the batch fails, the run goes on
+            reason = _reason(exc, "cannot make the copies durable")
+            for entry, _, result in staged:
+                external.discard(result)
+                self._book_failure(entry, "fatal" if _is_disk_full(exc) else "error", reason, summary)
+            return
+        committed = []
+        for entry, code, result in staged:
+            try:
+                committed.append((entry, code, external.commit(result)))
+            except Exception as exc:  # noqa: BLE001
+                external.discard(result)
+                self._book_failure(entry, "error", _reason(exc, "cannot rename into place"), summary)
+        try:
+            external.sync_names([result for _, _, result in committed])
+        except Exception as exc:  # noqa: BLE001 - in place but not proven durable: not booked
+            reason = _reason(exc, "cannot make the renames durable")
+            for entry, _, _ in committed:
+                self._book_failure(entry, "error", reason, summary)
+            return
+        for entry, code, result in committed:
+            self.bookkeeper.record_copied(
+                entry.relpath, result.external_name, result.checksum, result.size, result.mtime_ns, code
+            )
+            summary.copied += 1
+            summary.bytes_copied += result.size
+            self.reporter.file_done(entry.relpath, result.size)
+
+    def _discard_staged(self) -> None:
+        staged, self._staged = self._staged, []
+        self._staged_bytes = 0
+        for _, _, result in staged:
+            self.external_connector.discard(result)
 
     # -- comparing the two sides ------------------------------------------------------
     def check(self, update_db: bool = False, force: bool = True, **kwargs: Any) -> CheckReport:
@@ -540,6 +620,7 @@ class Worker:
         records = self.bookkeeper.load()
         report = CheckReport()
         algorithm = self.checker.algorithm
+        same_size: List[Tuple[FileEntry, str]] = []  # (entry, local digest): compare checksums
         for entry in entries:
             record = records.get(entry.relpath)
             if record is not None and record.code == SHOULD_NOT_BE_COPIED:
@@ -552,14 +633,29 @@ class Worker:
                     if update_db:
                         self.bookkeeper.record_code(entry.relpath, SHOULD_BE_COPIED)
                     continue
-                digest = hash_file(self.local_connector.path(entry.relpath), algorithm)
-                same = remote.size == entry.size and (
-                    self.external_connector.checksum(entry.relpath, algorithm) == digest
+                if remote.size != entry.size:
+                    report.different.append(entry.relpath)
+                    if update_db:
+                        self.bookkeeper.record_code(entry.relpath, SHOULD_BE_COPIED)
+                    continue
+                same_size.append((entry, hash_file(self.local_connector.path(entry.relpath), algorithm)))
+            except (OeleoError, OSError) as exc:
+                report.errors.append((entry.relpath, str(exc)))
+        # All stored checksums at once: one request for many files where the store can.
+        try:
+            stored = self.external_connector.checksums([e.relpath for e, _ in same_size], algorithm)
+        except (OeleoError, OSError):
+            stored = {}
+        for entry, digest in same_size:
+            try:
+                # A file left out of the batch is asked for alone, which says why it failed.
+                remote_digest = stored.get(entry.relpath) or self.external_connector.checksum(
+                    entry.relpath, algorithm
                 )
             except (OeleoError, OSError) as exc:
                 report.errors.append((entry.relpath, str(exc)))
                 continue
-            if same:
+            if remote_digest == digest:
                 report.same.append(entry.relpath)
                 if update_db:
                     self.bookkeeper.record_copied(

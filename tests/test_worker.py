@@ -534,3 +534,82 @@ def test_dry_run_repeated_on_one_worker_sees_new_files(new_worker, src):
 
     assert sorted(first.would_copy) == sorted(FILES)
     assert sorted(second.would_copy) == sorted([*FILES, "new.csv"])
+
+
+# -- durability in batches --------------------------------------------------------------
+
+
+class RecordsOrder(LocalConnector):
+    """A destination that notes each durability step, to check their order."""
+
+    def __init__(self, directory, events, fail_sync=False):
+        super().__init__(directory)
+        self.events = events
+        self.fail_sync = fail_sync
+
+    def sync_data(self, staged):
+        if self.fail_sync:
+            raise OSError(errno.EIO, "Input/output error")
+        super().sync_data(staged)
+        self.events.append(("sync_data", [s.relpath for s in staged]))
+
+    def rename(self, src_relpath, dst_relpath):
+        super().rename(src_relpath, dst_relpath)
+        self.events.append(("rename", dst_relpath))
+
+    def sync_names(self, committed):
+        super().sync_names(committed)
+        self.events.append(("sync_names", [c.relpath for c in committed]))
+
+
+class RecordsBooking(SimpleDbHandler):
+    def __init__(self, path, events):
+        super().__init__(path)
+        self.events = events
+
+    def record_copied(self, local_name, *args, **kwargs):
+        self.events.append(("book", local_name))
+        super().record_copied(local_name, *args, **kwargs)
+
+
+def test_copies_are_synced_in_batches_and_booked_only_after_they_are_durable(tmp_path, dst, db):
+    names = {f"d{i // 100}/f{i:03d}.csv": f"{i}\n" for i in range(300)}
+    src = tmp_path / "many"
+    make_tree(src, names)
+    events = []
+    worker = Worker(
+        checker=ChecksumChecker(),
+        bookkeeper=RecordsBooking(db, events),
+        local_connector=LocalConnector(src),
+        external_connector=RecordsOrder(dst, events),
+        subdirs=True,
+    )
+
+    summary = run_once(worker)
+
+    assert summary.copied == 300
+    syncs = [e for e in events if e[0] == "sync_data"]
+    assert 2 <= len(syncs) <= 3  # batches of up to 256 files, not one sync per file
+    position = {
+        (kind, name): i
+        for i, (kind, value) in enumerate(events)
+        for name in (value if isinstance(value, list) else [value])
+    }
+    for name in names:
+        assert position[("sync_data", name)] < position[("rename", name)]
+        assert position[("rename", name)] < position[("sync_names", name)]
+        assert position[("sync_names", name)] < position[("book", name)]
+    assert sorted(tree_files(dst)) == sorted(names)
+
+
+def test_a_failed_sync_leaves_no_file_under_its_real_name_and_books_no_copy(new_worker, src, dst, db):
+    worker = new_worker(external=RecordsOrder(dst, [], fail_sync=True))
+
+    summary = run_once(worker)
+
+    assert summary.copied == 0 and summary.failed == len(FILES) and summary.exit_status == 1
+    assert tree_files(dst) == {}  # no real names, no temporary names
+    assert list(dst.rglob("*.oeleo-part")) == []
+    rows = db_rows(db)
+    assert all(row["checksum"] is None for row in rows.values())
+    assert all("Input/output error" in row["last_error"] for row in rows.values())

@@ -20,13 +20,14 @@ import fnmatch
 import hashlib
 import os
 import posixpath
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import (
     TYPE_CHECKING,
     Any,
     Callable,
     ClassVar,
+    Dict,
     FrozenSet,
     Iterable,
     Iterator,
@@ -38,6 +39,7 @@ from oeleo.errors import (
     Aborted,
     DiskFullError,
     FileChangedError,
+    OeleoError,
     UnsafePathError,
     VerificationError,
 )
@@ -73,6 +75,7 @@ class PutResult:
     algorithm: str
     verified: bool
     mtime_ns: int = 0
+    staging: str = ""  # the temporary name while staged; equals relpath once committed
 
 
 def safe_relpath(relpath: str) -> str:
@@ -261,6 +264,18 @@ class Connector:
         """Hex digest of a stored file, computed where the file is when the store can."""
         raise NotImplementedError
 
+    def checksums(self, relpaths: Sequence[str], algorithm: str = "md5") -> Dict[str, str]:
+        """Hex digests of many stored files (``check`` compares whole folders). A file that
+        cannot be hashed is left out. Override when the store hashes many files in one
+        request (one ``md5sum`` over SSH); the default asks ``checksum`` for each."""
+        digests = {}
+        for relpath in relpaths:
+            try:
+                digests[relpath] = self.checksum(relpath, algorithm)
+            except (OSError, OeleoError):
+                continue
+        return digests
+
     # -- write side (a subclass implements) -----------------------------------------------
     def write_stream(self, relpath: str, chunks: Iterable[bytes], size: int) -> None:
         """Write all ``chunks`` to ``relpath``, creating folders as needed, durably."""
@@ -281,6 +296,17 @@ class Connector:
         """How the file is named in the store, for the bookkeeper and for people."""
         return relpath
 
+    # -- durability (a subclass may implement) ------------------------------------------
+    def sync_data(self, staged: Sequence[PutResult]) -> None:
+        """Make the bytes of these staged (written, not yet renamed) files durable.
+
+        Called once for a batch of files, so a store can group the work (one journal commit
+        for many files instead of one per file). Default: nothing to do.
+        """
+
+    def sync_names(self, committed: Sequence[PutResult]) -> None:
+        """Make the renames of these committed files durable (their folders). Default: nothing."""
+
     # -- the shared copy engine -----------------------------------------------------------
     def put(
         self,
@@ -293,11 +319,45 @@ class Connector:
         progress: Optional[ProgressCallback] = None,
         should_stop: Optional[StopCheck] = None,
     ) -> PutResult:
-        """Copy one local file into the store, whole and verified, or not at all.
+        """Copy one local file into the store, whole, verified and durable, or not at all.
 
         The file is read once, hashed while it is sent, written under a temporary name,
-        verified and renamed into place. On any failure the temporary file is removed and
-        the error raised; nothing is left under the real name.
+        verified, synced and renamed into place. On any failure the temporary file is removed
+        and the error raised; nothing is left under the real name. (The worker does the same
+        in batches: ``stage`` many files, ``sync_data`` once, ``commit`` each, ``sync_names``.)
+        """
+        staged = self.stage(
+            local_path,
+            relpath,
+            algorithm=algorithm,
+            expected_checksum=expected_checksum,
+            verify=verify,
+            progress=progress,
+            should_stop=should_stop,
+        )
+        try:
+            self.sync_data([staged])
+            result = self.commit(staged)
+        except BaseException:
+            self.discard(staged)
+            raise
+        self.sync_names([result])
+        return result
+
+    def stage(
+        self,
+        local_path: Path,
+        relpath: str,
+        *,
+        algorithm: str = "md5",
+        expected_checksum: Optional[str] = None,
+        verify: bool = True,
+        progress: Optional[ProgressCallback] = None,
+        should_stop: Optional[StopCheck] = None,
+    ) -> PutResult:
+        """Write one file under its temporary name and verify it; ``commit`` renames it.
+
+        On any failure the temporary file is removed and the error raised.
         """
         relpath = safe_relpath(relpath)
         staging = temp_relpath(relpath) if self.atomic_rename else relpath
@@ -321,8 +381,6 @@ class Connector:
                         f"{relpath}: {algorithm} of the copy is {stored}, of the source {digest}"
                     )
             self.set_mtime(staging, reader.mtime_ns)
-            if staging != relpath:
-                self.rename(staging, relpath)
         except BaseException:
             reader.close()
             # A store that commits uploads itself kept the previous version when the write
@@ -338,7 +396,19 @@ class Connector:
             algorithm=algorithm,
             verified=verify,
             mtime_ns=reader.mtime_ns,
+            staging=staging,
         )
+
+    def commit(self, staged: PutResult) -> PutResult:
+        """Move a staged file to its real name (atomically, replacing an older version)."""
+        if staged.staging and staged.staging != staged.relpath:
+            self.rename(staged.staging, staged.relpath)
+        return replace(staged, staging=staged.relpath)
+
+    def discard(self, staged: PutResult) -> None:
+        """Forget a staged file that will not be committed (its temporary name is removed)."""
+        if staged.staging and staged.staging != staged.relpath:
+            self._discard(staged.staging)
 
     def _discard(self, relpath: str) -> None:
         try:
