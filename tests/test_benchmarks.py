@@ -1,0 +1,89 @@
+"""The benchmark harness runs (``--quick --repeat 1``) and writes a row for every tool.
+
+The timings themselves are not judged here: the harness is not part of the suite's timing.
+It needs rsync and rclone (the harness installs them with apt-get as root) and PyPI for
+oeleo 0.7.0 (installed once into benchmarks/.venv-oeleo07).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+EXPECTED = {
+    "oeleo": {"initial", "rerun", "changed1"},
+    "oeleo-0.7.0": {"initial", "rerun", "changed1"},
+    "rsync": {"initial", "rerun", "changed1"},
+    "rsync-checksum": {"initial", "rerun", "changed1"},
+    "rclone": {"initial", "rerun", "changed1"},
+    "rclone-checksum": {"initial", "rerun", "changed1"},
+    "cp": {"initial"},
+}
+WORKLOADS = {"small", "large", "mixed"}
+
+
+@pytest.fixture(scope="module")
+def quick_results(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    out = tmp_path_factory.mktemp("bench") / "results.json"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OELEO_")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.run", "--quick", "--repeat", "1", "--out", str(out)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=600,
+    )
+    assert out.is_file(), f"no JSON written; harness output:\n{proc.stdout[-4000:]}"
+    results = json.loads(out.read_text())
+    skipped = results.get("skipped_tools", {})
+    if skipped and os.geteuid() != 0:
+        pytest.skip(f"tools missing and not root to install them: {skipped}")
+    assert not skipped, f"tools skipped: {skipped}"
+    assert proc.returncode == 0, proc.stdout[-4000:]
+    return results
+
+
+def test_every_tool_has_a_row_for_every_scenario_it_supports(quick_results: dict) -> None:
+    rows = quick_results["summary"]
+    have = {(r["tool"], r["workload"], r["scenario"]) for r in rows}
+    for tool, scenarios in EXPECTED.items():
+        for workload in WORKLOADS:
+            for scenario in scenarios:
+                assert (tool, workload, scenario) in have, f"no row for {tool} {workload}/{scenario}"
+    assert ("oeleo", "startup", "help") in have
+    assert ("oeleo", "startup", "version") in have
+    assert not any(r["tool"] == "cp" and r["scenario"] != "initial" for r in rows)
+
+
+def test_times_are_positive_and_every_run_succeeded(quick_results: dict) -> None:
+    for row in quick_results["summary"]:
+        assert row["ok"] == row["n"] >= 1, row
+        assert row["wall_s"] > 0 and row["cpu_s"] > 0 and row["peak_rss_mib"] > 0, row
+        if row["tool"] not in ("oeleo", "python"):
+            assert row["ratio_oeleo_to_tool"] > 0, row
+    for sample in quick_results["samples"]:
+        assert sample["ok"], sample
+        assert sample["wall_s"] > 0, sample
+        if sample["workload"] != "startup":
+            assert sample["verified"], sample
+
+
+def test_json_has_machine_facts_and_raw_samples(quick_results: dict) -> None:
+    machine = quick_results["machine"]
+    for key in ("nproc", "memory_total", "python", "tool_versions", "oeleo_git_commit"):
+        assert machine.get(key), key
+    assert {"oeleo", "oeleo-0.7.0", "rsync", "rclone", "cp"} <= set(machine["tool_versions"])
+    assert quick_results["options"]["quick"] is True
+    assert quick_results["options"]["small_files"] == 500
+    changed = [s for s in quick_results["samples"] if s["scenario"] == "changed1"]
+    assert changed and all(s["changed_files"] >= 1 and s["changed_bytes"] > 0 for s in changed)
+    assert quick_results["targets"], "the issue's targets are evaluated"
