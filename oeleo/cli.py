@@ -155,7 +155,9 @@ def _is_transfer(exc: Exception) -> bool:
 
 def _setup_console_logging(debug: bool) -> None:
     logger = logging.getLogger("oeleo")
-    logger.setLevel(logging.DEBUG)
+    # DEBUG only when asked (or for a log file, which lowers it): a debug line per file
+    # costs time even when no handler prints it.
+    logger.setLevel(logging.DEBUG if debug else logging.INFO)
     handler = logging.StreamHandler(sys.stderr)
     handler.setLevel(logging.DEBUG if debug else logging.INFO)
     handler.setFormatter(

@@ -197,7 +197,6 @@ class Worker:
         self.workers = max(1, int(workers))
         self.force = force
         self.include_locked = include_locked
-        self.file_names: List[Path] = []
         self._entries: Optional[List[FileEntry]] = None
         self._stop = threading.Event()
         self._db_open = False
@@ -298,9 +297,13 @@ class Worker:
 
     def _set_entries(self, entries: List[FileEntry]) -> None:
         self._entries = entries
+        log.debug("%d candidate files in %s", len(entries), self.local_connector.directory)
+
+    @property
+    def file_names(self) -> List[Path]:
+        """The candidate files as paths (the oeleo 0.7 attribute), built when asked for."""
         base = Path(self.local_connector.directory)
-        self.file_names = [base / e.relpath for e in entries]
-        log.debug("%d candidate files in %s", len(entries), base)
+        return [base / e.relpath for e in self._entries or []]
 
     def _relative_name(self, path: Path) -> str:
         base = Path(self.local_connector.directory).resolve()

@@ -21,7 +21,7 @@ import hashlib
 import os
 import posixpath
 from dataclasses import dataclass, replace
-from pathlib import Path, PurePosixPath, PureWindowsPath
+from pathlib import Path, PurePosixPath
 from typing import (
     TYPE_CHECKING,
     Any,
@@ -31,6 +31,7 @@ from typing import (
     FrozenSet,
     Iterable,
     Iterator,
+    NamedTuple,
     Optional,
     Sequence,
 )
@@ -54,9 +55,11 @@ ProgressCallback = Callable[[int], None]
 StopCheck = Callable[[], bool]
 
 
-@dataclass(frozen=True)
-class FileEntry:
-    """One file as a store lists it: POSIX path relative to the base, size, mtime (ns)."""
+class FileEntry(NamedTuple):
+    """One file as a store lists it: POSIX path relative to the base, size, mtime (ns).
+
+    A named tuple, not a dataclass: a listing holds one per file, 100,000 of them at times.
+    """
 
     relpath: str
     size: int
@@ -85,11 +88,13 @@ def safe_relpath(relpath: str) -> str:
     ``UnsafePathError``.
     """
     text = str(relpath).replace("\\", "/")
-    if not text or text.startswith("/") or PureWindowsPath(text).drive:
+    if not text or text.startswith("/") or (text[1:2] == ":" and text[0].isalpha()):
         raise UnsafePathError(f"{relpath!r} is not a relative file name")
     parts = [p for p in text.split("/") if p not in ("", ".")]
     if not parts or any(p == ".." for p in parts):
         raise UnsafePathError(f"{relpath!r} would resolve outside the destination folder")
+    if os.name == "nt" and any(":" in p for p in parts):
+        raise UnsafePathError(f"{relpath!r}: a ':' in a name would write an NTFS alternate stream")
     return "/".join(parts)
 
 
