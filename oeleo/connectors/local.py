@@ -6,7 +6,7 @@ import os
 import stat as stat_module
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable, Iterator, List, Optional, Sequence, Set, Tuple, Union
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Set, Tuple, Union
 
 from oeleo.checkers import hash_file
 from oeleo.connectors.base import Connector, FileEntry, PutResult, has_extension, matches, safe_relpath
@@ -48,6 +48,7 @@ class LocalConnector(Connector):
         self.directory = Path(directory).expanduser()
         self.include_subdirs = include_subdirs
         self._safe_folders: Set[Path] = set()
+        self._paths: Dict[str, Path] = {}
 
     def __str__(self) -> str:
         return str(self.directory)
@@ -56,6 +57,7 @@ class LocalConnector(Connector):
     def connect(self, **kwargs: Any) -> None:
         """Nothing to open; forgets which folders were checked to be inside the base."""
         self._safe_folders.clear()
+        self._paths.clear()
 
     def check_source(self) -> None:
         if not self.directory.is_dir():
@@ -86,17 +88,24 @@ class LocalConnector(Connector):
     # -- names ------------------------------------------------------------------------
     def path(self, relpath: str) -> Path:
         """The local path of a relative name; never outside the folder, even via a symlink."""
-        relpath = safe_relpath(relpath)
-        path = self.directory.joinpath(*relpath.split("/"))
+        known = self._paths.get(relpath)
+        if known is not None:
+            return known  # a copy asks for the same few paths many times
+        safe = safe_relpath(relpath)
+        path = self.directory.joinpath(*safe.split("/"))
         parent = path.parent
         if parent not in self._safe_folders:
             base = os.path.realpath(self.directory)
             real_parent = os.path.realpath(parent)
             if real_parent != base and not real_parent.startswith(base.rstrip(os.sep) + os.sep):
-                raise UnsafePathError(f"{relpath!r} would resolve outside {self.directory}")
-            if os.path.isdir(parent):
-                # Resolving symlinks costs a system call per path part: once per folder is enough.
-                self._safe_folders.add(parent)
+                raise UnsafePathError(f"{safe!r} would resolve outside {self.directory}")
+            if not os.path.isdir(parent):
+                return path  # checked again once the folder exists
+            # Resolving symlinks costs a system call per path part: once per folder is enough.
+            self._safe_folders.add(parent)
+        if len(self._paths) >= 4096:
+            self._paths.clear()
+        self._paths[relpath] = path
         return path
 
     def external_name(self, relpath: str) -> str:
