@@ -531,12 +531,7 @@ class Worker:
             ):
                 self._commit_staged(summary)
         elif kind == "copied":
-            self.bookkeeper.record_copied(
-                entry.relpath, value.external_name, value.checksum, value.size, value.mtime_ns, code
-            )
-            summary.copied += 1
-            summary.bytes_copied += value.size
-            self.reporter.file_done(entry.relpath, value.size)
+            self._book_copied(entry, code, value, summary)
         elif kind == "unchanged":
             digest, _ = value
             self.bookkeeper.record_copied(
@@ -599,12 +594,16 @@ class Worker:
                 self._book_failure(entry, "error", reason, summary)
             return
         for entry, code, result in committed:
-            self.bookkeeper.record_copied(
-                entry.relpath, result.external_name, result.checksum, result.size, result.mtime_ns, code
-            )
-            summary.copied += 1
-            summary.bytes_copied += result.size
-            self.reporter.file_done(entry.relpath, result.size)
+            self._book_copied(entry, code, result, summary)
+
+    def _book_copied(self, entry: FileEntry, code: int, result: PutResult, summary: RunSummary) -> None:
+        """The file is under its real name, verified and durable: book it."""
+        self.bookkeeper.record_copied(
+            entry.relpath, result.external_name, result.checksum, result.size, result.mtime_ns, code
+        )
+        summary.copied += 1
+        summary.bytes_copied += result.size
+        self.reporter.file_done(entry.relpath, result.size)
 
     def _discard_staged(self) -> None:
         staged, self._staged = self._staged, []
