@@ -80,12 +80,15 @@ class Settings(BaseSettings):
     db_password: Optional[SecretStr] = Field(None, description="PostgreSQL password.")
     log_dir: Optional[Path] = Field(None, description="Folder for the rotating log file.")
 
-    # SSH (published oeleo names, read now, used by the ssh connector).
+    # SSH (published oeleo names, and new ones for the ssh connector).
     external_host: Optional[str] = Field(None, description="SSH server host name.")
     external_port: int = Field(22, gt=0, description="SSH server port.")
     username: Optional[str] = Field(None, description="SSH user name.")
     password: Optional[SecretStr] = Field(None, description="SSH password (prefer a key).")
     key_filename: Optional[Path] = Field(None, description="SSH private key file.")
+    key_passphrase: Optional[SecretStr] = Field(
+        None, description="Passphrase of the SSH private key (OELEO_PASSWORD is tried when not set)."
+    )
     known_hosts: Optional[Path] = Field(None, description="known_hosts file for host keys.")
     accept_new_host_keys: bool = Field(
         False, description="Trust an unknown SSH host key on first contact (logs its fingerprint)."

@@ -44,3 +44,41 @@ def postgres_db(postgres_server):
         }
     finally:
         servers.drop_database(postgres_server, name)
+
+
+@pytest.fixture(scope="session")
+def sshd_server():
+    """A real OpenSSH server on 127.0.0.1 whose test user has a shell (md5sum runs there)."""
+    server = servers.start_sshd()
+    try:
+        yield server
+    finally:
+        servers.stop_sshd(server)
+
+
+@pytest.fixture(scope="session")
+def sftp_only_server():
+    """A real OpenSSH server whose user runs no commands (``ForceCommand internal-sftp``)."""
+    server = servers.start_sshd(shell=False)
+    try:
+        yield server
+    finally:
+        servers.stop_sshd(server)
+
+
+@pytest.fixture
+def start_sshd():
+    """Start more throwaway OpenSSH servers in a test (``servers.start_sshd`` options, such
+    as ``binds``); each is stopped by PID when the test ends."""
+    started = []
+
+    def start(**options):
+        server = servers.start_sshd(**options)
+        started.append(server)
+        return server
+
+    try:
+        yield start
+    finally:
+        for server in started:
+            servers.stop_sshd(server)

@@ -28,8 +28,9 @@ import subprocess
 import tempfile
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Sequence
 
 HOST = "127.0.0.1"
 PG_USER = "postgres"
@@ -396,3 +397,376 @@ def stop_postgres(server: PostgresServer) -> None:
     finally:
         if server.tmpdir:
             shutil.rmtree(server.tmpdir, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- OpenSSH
+#
+# ``start_sshd()`` runs Debian's real ``/usr/sbin/sshd`` on 127.0.0.1 and a free port, with a
+# throwaway config, host key, client keys, ``authorized_keys`` and ``known_hosts`` in a fresh
+# temporary folder, and returns an ``SSHServer``; ``stop_sshd()`` stops it by PID (with the
+# session processes it forked) and removes the folder.
+#
+# As root, sshd runs inside ``unshare --mount`` with copies of /etc/passwd, /etc/group and
+# /etc/shadow bind-mounted over the real ones. The copies add a throwaway login user (a shell
+# user, or sftp-only with ``shell=False``) whose password hash is known, so password
+# authentication is tested against the real server without touching the machine's /etc.
+# ``binds`` mounts more folders the same way (the published README writes to /srv/data).
+# Not as root, sshd runs as the current user, who is then the only user that can log in (by
+# key; password authentication needs root and is refused).
+
+SSHD = "/usr/sbin/sshd"
+SSH_USER = "oeleo-test"
+SSH_MISSING_HINT = (
+    "OpenSSH server (/usr/sbin/sshd) or ssh-keygen was not found. Run the tests with "
+    "`bash tests/run.sh` from the repository root: it installs the needed Debian packages "
+    "(postgresql, openssh-server, rsync)."
+)
+
+
+@dataclass
+class SSHServer:
+    host: str
+    port: int
+    user: str
+    pid: int
+    tmpdir: str
+    # where the user may write: each test takes a fresh folder with new_folder()
+    data_root: str
+    known_hosts: str  # a known_hosts file holding this server's host key
+    host_key_line: str  # "[127.0.0.1]:PORT ssh-ed25519 AAAA..."
+    host_key_sha256: str  # "SHA256:..." as ssh-keygen -l prints it
+    keys: Dict[str, str] = field(default_factory=dict)  # kind -> private key file
+    passphrase: str = field(default="", repr=False)  # of the "*_passphrase" keys
+    password: Optional[str] = field(default=None, repr=False)  # None: no password login
+    shell: bool = True
+    binds: Dict[str, str] = field(default_factory=dict)  # path seen by sshd -> real folder
+    uid: int = -1
+    gid: int = -1
+    stopped: bool = field(default=False, repr=False)
+    _counter: List[int] = field(default_factory=lambda: [0], repr=False)
+
+    def new_folder(self, name: str = "t") -> str:
+        """A fresh empty folder on the server the login user owns (absolute path)."""
+        self._counter[0] += 1
+        path = os.path.join(self.data_root, f"{name}-{self._counter[0]}")
+        os.mkdir(path)
+        self.give(path)
+        return path
+
+    def give(self, path: str) -> None:
+        """Make ``path`` (a file, or a folder with all it holds) the login user's."""
+        if not _is_root():
+            return
+        os.chown(path, self.uid, self.gid)
+        for folder, dirs, files in os.walk(path):
+            for name in dirs + files:
+                os.chown(os.path.join(folder, name), self.uid, self.gid, follow_symlinks=False)
+
+    def session_pids(self, client_port: int) -> List[int]:
+        """The sshd processes serving the TCP connection that comes from ``client_port``."""
+        inodes = _tcp_inodes(self.host, self.port, client_port)
+        found = []
+        for pid in _descendants(self.pid):
+            try:
+                fds = os.listdir(f"/proc/{pid}/fd")
+            except OSError:
+                continue
+            for fd in fds:
+                try:
+                    target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                except OSError:
+                    continue
+                if target.startswith("socket:[") and target[8:-1] in inodes:
+                    found.append(pid)
+                    break
+        return found
+
+    def env(self, **extra: str) -> Dict[str, str]:
+        """``OELEO_*`` variables that point oeleo at this server (key authentication)."""
+        values = {
+            "OELEO_CONNECTOR": "ssh",
+            "OELEO_EXTERNAL_HOST": self.host,
+            "OELEO_EXTERNAL_PORT": str(self.port),
+            "OELEO_USERNAME": self.user,
+            "OELEO_KEY_FILENAME": self.keys["ed25519"],
+            "OELEO_KNOWN_HOSTS": self.known_hosts,
+        }
+        values.update(extra)
+        return values
+
+
+def _tcp_inodes(host: str, port: int, client_port: int) -> set:
+    """Socket inodes of the TCP connection host:port <-> 127.0.0.1:client_port (/proc/net/tcp)."""
+    address = "".join(reversed([f"{int(p):02X}" for p in host.split(".")]))
+    local = f"{address}:{port:04X}"
+    remote_port = f"{client_port:04X}"
+    inodes = set()
+    with open("/proc/net/tcp") as fh:
+        next(fh)
+        for line in fh:
+            parts = line.split()
+            if parts[1] == local and parts[2].endswith(":" + remote_port):
+                inodes.add(parts[9])
+    return inodes
+
+
+def _descendants(pid: int) -> List[int]:
+    found, todo = [], [pid]
+    while todo:
+        kids = _children(todo.pop())
+        found.extend(kids)
+        todo.extend(kids)
+    return found
+
+
+def _keygen(path: str, kind: str, passphrase: str = "") -> None:
+    bits = ["-b", "2048"] if kind == "rsa" else []
+    _run(
+        ["ssh-keygen", "-q", "-t", kind, *bits, "-N", passphrase, "-C", "oeleo-test", "-f", path],
+        cwd=os.path.dirname(path),
+        what="ssh-keygen",
+    )
+
+
+def _free_id(taken: set, start: int = 42000) -> int:
+    while start in taken:
+        start += 1
+    return start
+
+
+def _fake_etc(tmp: str, shell: bool, password: str) -> Dict[str, object]:
+    """Copies of /etc/passwd, /etc/group and /etc/shadow with the throwaway user added."""
+    import grp
+    import pwd
+
+    taken = {p.pw_uid for p in pwd.getpwall()} | {g.gr_gid for g in grp.getgrall()}
+    uid = gid = _free_id(taken)
+    home = os.path.join(tmp, "home")
+    os.mkdir(home)
+    login_shell = "/bin/sh" if shell else "/usr/sbin/nologin"
+    hashed = subprocess.run(
+        ["openssl", "passwd", "-6", "-stdin"], input=password, capture_output=True, text=True, check=True
+    ).stdout.strip()
+    etc = os.path.join(tmp, "etc")
+    os.mkdir(etc)
+    os.chmod(etc, 0o755)
+    copies = {}
+    for name, line in (
+        ("passwd", f"{SSH_USER}:x:{uid}:{gid}:oeleo test user:{home}:{login_shell}\n"),
+        ("group", f"{SSH_USER}:x:{gid}:\n"),
+        ("shadow", f"{SSH_USER}:{hashed}:19000:0:99999:7:::\n"),
+    ):
+        source = f"/etc/{name}"
+        text = Path(source).read_text()
+        if text and not text.endswith("\n"):
+            text += "\n"
+        target = os.path.join(etc, name)
+        Path(target).write_text(text + line)
+        st = os.stat(source)
+        os.chmod(target, st.st_mode & 0o777)
+        os.chown(target, st.st_uid, st.st_gid)
+        copies[source] = target
+    os.chown(home, uid, gid)
+    return {"uid": uid, "gid": gid, "binds": copies}
+
+
+def _sshd_config(tmp: str, port: int, shell: bool, password_auth: bool, extra: Sequence[str]) -> str:
+    lines = [
+        f"Port {port}",
+        f"ListenAddress {HOST}",
+        f"HostKey {tmp}/ssh_host_ed25519_key",
+        f"PidFile {tmp}/sshd.pid",
+        f"AuthorizedKeysFile {tmp}/authorized_keys",
+        "UsePAM no",
+        "StrictModes no",  # the key files live under /tmp
+        "PermitRootLogin no",
+        f"PasswordAuthentication {'yes' if password_auth else 'no'}",
+        "KbdInteractiveAuthentication no",
+        "PubkeyAuthentication yes",
+        "Subsystem sftp internal-sftp",
+        "MaxSessions 32",
+        "MaxStartups 64",
+        "UseDNS no",
+        "LogLevel VERBOSE",
+    ]
+    if not shell:
+        lines.append("ForceCommand internal-sftp")
+    # A later line does not override an earlier one in sshd_config: put extra lines first.
+    return "\n".join([*extra, *lines]) + "\n"
+
+
+def start_sshd(
+    shell: bool = True,
+    binds: Optional[Dict[str, str]] = None,
+    config: Sequence[str] = (),
+    attempts: int = 3,
+    timeout: float = 20,
+) -> SSHServer:
+    """Start a throwaway OpenSSH server on 127.0.0.1; see the comment above. ``config``:
+    more sshd_config lines (``MaxSessions 2``)."""
+    if not (os.access(SSHD, os.X_OK) and shutil.which("ssh-keygen")):
+        raise RuntimeError(SSH_MISSING_HINT)
+    tmp = tempfile.mkdtemp(prefix="oeleo-sshd-")
+    os.chmod(tmp, 0o755)
+    try:
+        return _start_sshd(tmp, shell, dict(binds or {}), list(config), attempts, timeout)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _start_sshd(
+    tmp: str, shell: bool, binds: Dict[str, str], config: List[str], attempts: int, timeout: float
+) -> SSHServer:
+    import pwd
+
+    host_key = os.path.join(tmp, "ssh_host_ed25519_key")
+    _keygen(host_key, "ed25519")
+    keydir = os.path.join(tmp, "keys")
+    os.mkdir(keydir, 0o700)
+    passphrase = "pass " + secrets.token_urlsafe(8)
+    keys = {}
+    for kind, key_type, phrase in (
+        ("rsa", "rsa", ""),
+        ("ed25519", "ed25519", ""),
+        ("ed25519_passphrase", "ed25519", passphrase),
+        ("rsa_passphrase", "rsa", passphrase),
+    ):
+        keys[kind] = os.path.join(keydir, f"id_{kind}")
+        _keygen(keys[kind], key_type, phrase)
+    authorized = os.path.join(tmp, "authorized_keys")
+    with open(authorized, "w") as fh:
+        for path in keys.values():
+            fh.write(Path(path + ".pub").read_text())
+    os.chmod(authorized, 0o644)
+
+    password: Optional[str] = None
+    if _is_root():
+        password = "pw " + secrets.token_urlsafe(12)
+        fake = _fake_etc(tmp, shell, password)
+        uid, gid, user = int(fake["uid"]), int(fake["gid"]), SSH_USER  # type: ignore[call-overload]
+        mounts = dict(fake["binds"])  # type: ignore[call-overload]
+        os.makedirs("/run/sshd", mode=0o755, exist_ok=True)  # sshd's privilege separation folder
+    else:
+        uid, gid, user = os.getuid(), os.getgid(), pwd.getpwuid(os.getuid()).pw_name
+        mounts = {}
+        if binds:
+            raise RuntimeError("start_sshd(binds=...) needs root (unshare --mount)")
+    for target, source in binds.items():
+        mounts[target] = source
+    data_root = os.path.join(tmp, "data")
+    os.mkdir(data_root)
+    os.chmod(data_root, 0o755)
+    if _is_root():
+        os.chown(data_root, uid, gid)
+
+    pubkey = Path(host_key + ".pub").read_text().split()
+    fingerprint = _run(
+        ["ssh-keygen", "-l", "-E", "sha256", "-f", host_key + ".pub"], cwd=tmp, what="ssh-keygen"
+    )
+    config_file = os.path.join(tmp, "sshd_config")
+    log = os.path.join(tmp, "sshd.log")
+    last_error = ""
+    for _ in range(attempts):
+        port = free_port()
+        Path(config_file).write_text(_sshd_config(tmp, port, shell, password is not None, config))
+        command = [SSHD, "-D", "-e", "-f", config_file]
+        if mounts:
+            script = " && ".join(f"mount --bind {_q(src)} {_q(dst)}" for dst, src in mounts.items())
+            command = ["unshare", "--mount", "--propagation", "private", "--", "/bin/sh", "-c",
+                       f"{script} && exec {' '.join(_q(c) for c in command)}"]  # fmt: skip
+        with open(log, "w") as out:
+            proc = subprocess.Popen(
+                command, cwd=tmp, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )  # fmt: skip
+        if wait_for(partial(_sshd_ready, proc, port), timeout=timeout) and proc.poll() is None:
+            break
+        _kill_sshd(proc.pid)
+        last_error = Path(log).read_text(errors="replace")
+        if "Address already in use" not in last_error:
+            raise RuntimeError(f"sshd did not start:\n{last_error}")
+    else:
+        raise RuntimeError(f"sshd did not start:\n{last_error}")
+
+    line = f"[{HOST}]:{port} {pubkey[0]} {pubkey[1]}"
+    known_hosts = os.path.join(tmp, "known_hosts")
+    Path(known_hosts).write_text(line + "\n")
+    server = SSHServer(
+        host=HOST,
+        port=port,
+        user=user,
+        pid=proc.pid,
+        tmpdir=tmp,
+        data_root=data_root,
+        known_hosts=known_hosts,
+        host_key_line=line,
+        host_key_sha256=fingerprint.split()[1],
+        keys=keys,
+        passphrase=passphrase,
+        password=password,
+        shell=shell,
+        binds=dict(binds),
+        uid=uid,
+        gid=gid,
+    )
+    server._proc = proc  # type: ignore[attr-defined]  # keeps the Popen so it can be reaped
+    atexit.register(stop_sshd, server)
+    return server
+
+
+def _q(text: str) -> str:
+    import shlex
+
+    return shlex.quote(text)
+
+
+def _sshd_ready(proc: subprocess.Popen, port: int) -> bool:
+    """True once sshd answers with its banner; raises nothing (False while starting)."""
+    if proc.poll() is not None:
+        return True  # it died: the caller looks at the log
+    try:
+        with socket.create_connection((HOST, port), timeout=1) as sock:
+            return sock.recv(8).startswith(b"SSH-")
+    except OSError:
+        return False
+
+
+def _kill_sshd(pid: int) -> None:
+    """SIGTERM the listener, then SIGKILL it and every process it forked (sessions)."""
+    family = [pid, *_descendants(pid)]
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    if not wait_for(lambda: not pid_alive(pid), timeout=5):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    for other in family[1:]:
+        try:
+            os.kill(other, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    if not wait_for(lambda: not any(pid_alive(p) for p in family), timeout=10):
+        raise RuntimeError(f"sshd PID {pid} (or a session it forked) did not die")
+
+
+def kill_sshd(server: SSHServer) -> None:
+    """Kill the server and its sessions by PID, as a crash would; its files stay."""
+    _kill_sshd(server.pid)
+
+
+def stop_sshd(server: SSHServer) -> None:
+    """Stop the server and its sessions by PID, then remove its folder."""
+    if server.stopped:
+        return
+    server.stopped = True
+    try:
+        _kill_sshd(server.pid)
+        proc = getattr(server, "_proc", None)
+        if proc is not None:
+            proc.wait(timeout=10)
+    finally:
+        shutil.rmtree(server.tmpdir, ignore_errors=True)

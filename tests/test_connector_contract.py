@@ -28,10 +28,25 @@ from oeleo.errors import (
     VerificationError,
 )
 
+
+def ssh_connector(tmp_path: Path, server) -> Connector:
+    from oeleo.connectors.ssh import SSHConnector
+
+    return SSHConnector(
+        host=server.host,
+        port=server.port,
+        username=server.user,
+        directory=server.new_folder("contract"),
+        key_filename=server.keys["ed25519"],
+        known_hosts=server.known_hosts,
+    )
+
+
 FACTORIES: Dict[str, Callable[..., Connector]] = {
     "local": lambda tmp_path: LocalConnector(directory=tmp_path / "store"),
+    "ssh": ssh_connector,
 }
-SERVER_FIXTURES: Dict[str, str] = {}  # connector name -> fixture that starts its server
+SERVER_FIXTURES: Dict[str, str] = {"ssh": "sshd_server"}  # connector name -> its server's fixture
 
 
 @pytest.fixture(params=sorted(FACTORIES))

@@ -54,7 +54,7 @@ SECTIONS = {
     "base_dir_from": "What to copy, and how",
     "connector": "Connector and scheduling",
     "db_name": "Bookkeeping and log file",
-    "external_host": "SSH (read now, used by the planned ssh connector)",
+    "external_host": "SSH (the ssh connector)",
     "sharepoint_username": "SharePoint (read now, used by the planned sharepoint connector)",
 }
 

@@ -22,9 +22,13 @@ ENTRY_POINT_GROUP = "oeleo.connectors"
 # Short names of the connectors oeleo ships, as "module:Class" (imported on first use).
 BUILTIN: Dict[str, str] = {
     "local": "oeleo.connectors.local:LocalConnector",
+    "ssh": "oeleo.connectors.ssh:SSHConnector",
 }
 
-_LAZY = {}  # attribute name -> "module:Class", filled as connectors land
+# attribute name -> "module:Class": imported on first use (paramiko only when SSH is used)
+_LAZY = {
+    "SSHConnector": "oeleo.connectors.ssh:SSHConnector",
+}
 
 __all__ = [
     "Connector",

@@ -1,0 +1,1209 @@
+"""A folder on a server reached over SSH: the SFTP connector (paramiko).
+
+The usual deployment: a Windows instrument PC pushes to a Linux data server. One SSH
+connection serves the whole run; every copying thread gets its own SFTP channel on it.
+A file is written under its temporary name with pipelined requests (one round trip for
+the data, its time and, for a small file, reading it back); the worker's batches are then
+forced to disk (``fsync@openssh.com``) and renamed into place (``posix-rename@openssh.com``).
+
+Copies are verified on the server with ``md5sum``/``sha256sum`` (one command for many files
+when comparing the two sides) when the login runs commands, else by reading the file back
+through SFTP; small files are always read back, which is quicker than starting a command.
+Unknown host keys are refused unless the user says to trust them. paramiko is imported here
+only, so the rest of oeleo starts without it.
+"""
+
+from __future__ import annotations
+
+import base64
+import errno
+import hashlib
+import logging
+import os
+import posixpath
+import secrets
+import shlex
+import socket
+import stat as stat_module
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Dict,
+    FrozenSet,
+    Iterable,
+    Iterator,
+    List,
+    Optional,
+    Sequence,
+    Tuple,
+    Union,
+)
+
+try:
+    import paramiko
+except ImportError as exc:  # the message the command shows for OELEO_CONNECTOR=ssh
+    raise ImportError('the ssh connector needs paramiko: pip install "oeleo[ssh]"') from exc
+
+from paramiko.sftp import (
+    CMD_CLOSE,
+    CMD_EXTENDED,
+    CMD_FSETSTAT,
+    CMD_OPEN,
+    CMD_READ,
+    SFTP_FLAG_READ,
+    int64,
+)
+
+from oeleo.connectors.base import Connector, FileEntry, has_extension, matches, safe_relpath
+from oeleo.errors import ConfigError, ConnectionLost, TransferError
+
+if TYPE_CHECKING:
+    from oeleo.settings import Settings
+
+log = logging.getLogger("oeleo")
+# paramiko logs failures (with tracebacks) that oeleo reports itself in one line; without a
+# handler of its own, Python would print them to stderr. An application that configures
+# logging still gets them.
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
+
+# The command that computes each algorithm on a POSIX server (GNU coreutils, BusyBox).
+HASH_COMMANDS = {
+    "md5": "md5sum",
+    "sha1": "sha1sum",
+    "sha224": "sha224sum",
+    "sha256": "sha256sum",
+    "sha384": "sha384sum",
+    "sha512": "sha512sum",
+    "blake2b": "b2sum",
+}
+# Below this size, reading a copy back costs less than starting md5sum on the server.
+READ_BACK_BELOW = 256 * 1024
+# Longest command line sent to the server: a login shell gets it as one argument, and
+# Linux limits one argument to 128 KiB.
+MAX_COMMAND = 32 * 1024
+# OpenSSH's sftp-server takes requests up to 256 KiB (its limits@openssh.com says 261120
+# bytes of data); other servers get the 32 KiB every SFTP server must accept.
+OPENSSH_REQUEST = 261120
+SAFE_REQUEST = 32768
+
+
+def _fingerprint(key: paramiko.PKey) -> str:
+    """``SHA256:...`` as ``ssh-keygen -l`` prints it."""
+    digest = hashlib.sha256(key.asbytes()).digest()
+    return "SHA256:" + base64.b64encode(digest).decode("ascii").rstrip("=")
+
+
+class _PerThread(threading.local):
+    sftp: Optional[paramiko.SFTPClient] = None
+    generation: int = -1
+    # The last file this thread wrote: (path, size, its bytes as read back from the server
+    # for a small file, else None).
+    written: Optional[Tuple[str, int, Optional[bytes]]] = None
+    # (path, mtime in whole seconds) that the last write already gave its file.
+    mtime: Optional[Tuple[str, int]] = None
+
+
+class SSHConnector(Connector):
+    """Files in a folder on an SSH server, written through SFTP.
+
+    ``SSHConnector(host="data.lab.org", directory="/srv/data", username="oeleo",
+    key_filename="C:/Users/me/.ssh/id_ed25519")``. Arguments not given are read from the
+    settings (``OELEO_EXTERNAL_HOST``, ``OELEO_BASE_DIR_TO``, ``OELEO_USERNAME``, ...), so a
+    script written for oeleo 0.7 (``SSHConnector(directory=...)``) keeps working.
+    """
+
+    name = "ssh"
+    # What the server computes itself when the login has a shell; after connecting, the
+    # instance says what this server actually offers (empty: copies are read back).
+    hashes: FrozenSet[str] = frozenset(HASH_COMMANDS)  # type: ignore[misc]
+    atomic_rename = True
+
+    timeout: float = 15.0  # seconds to connect, read the banner and log in
+    io_timeout: float = 300.0  # seconds without an answer before an SFTP request gives up
+
+    def __init__(
+        self,
+        host: Optional[str] = None,
+        directory: Union[str, os.PathLike, None] = None,
+        username: Optional[str] = None,
+        port: Optional[int] = None,
+        password: Optional[str] = None,
+        key_filename: Union[str, os.PathLike, None] = None,
+        passphrase: Optional[str] = None,
+        known_hosts: Union[str, os.PathLike, None] = None,
+        accept_new_host_keys: Optional[bool] = None,
+        timeout: Optional[float] = None,
+        include_subdirs: bool = False,
+        **kwargs: Any,  # oeleo 0.7 arguments without a meaning here (is_posix, use_password)
+    ) -> None:
+        if host is None or directory is None or username is None:
+            from oeleo.settings import load_settings
+
+            settings = load_settings()
+            host = host or settings.external_host
+            directory = directory if directory is not None else settings.base_dir_to
+            username = username or settings.username
+            port = port or settings.external_port
+            if password is None and settings.password is not None:
+                password = settings.password.get_secret_value()
+            if passphrase is None and settings.key_passphrase is not None:
+                passphrase = settings.key_passphrase.get_secret_value()
+            key_filename = key_filename or settings.key_filename
+            known_hosts = known_hosts or settings.known_hosts
+            if accept_new_host_keys is None:
+                accept_new_host_keys = settings.accept_new_host_keys
+        if not host:
+            raise ConfigError("OELEO_EXTERNAL_HOST is not set: the SSH server to copy to")
+        if directory is None or not str(directory).strip():
+            raise ConfigError(
+                "OELEO_BASE_DIR_TO is not set: the folder on the SSH server to copy to (or --to)"
+            )
+        if not username:
+            raise ConfigError(f"OELEO_USERNAME is not set: the user to log in as on {host}")
+        if not key_filename and not password:
+            raise ConfigError(
+                f"set OELEO_KEY_FILENAME (a private key file) or OELEO_PASSWORD to log in to {host}"
+            )
+        self.host = host
+        self.port = int(port or 22)
+        self.username = username
+        self.directory = str(directory)
+        self.key_filename = Path(key_filename).expanduser() if key_filename else None
+        self.known_hosts = Path(known_hosts).expanduser() if known_hosts else None
+        self.accept_new_host_keys = bool(accept_new_host_keys)
+        self.include_subdirs = include_subdirs
+        if timeout is not None:
+            self.timeout = timeout
+        self._password = password or None
+        self._passphrase = passphrase or None
+        self._key: Optional[paramiko.PKey] = None
+        self._lock = threading.RLock()
+        self._transport: Optional[paramiko.Transport] = None
+        self._generation = 0
+        self._ever_connected = False
+        self._clients: Dict[threading.Thread, paramiko.SFTPClient] = {}
+        self._first: Optional[paramiko.SFTPClient] = None  # opened by connect(); shared if need be
+        self._first_lock = threading.RLock()
+        self._local = _PerThread()
+        self._base: Optional[str] = None
+        self._request_size = SAFE_REQUEST
+        self._whole_reads = False  # the server's reads return every byte asked for up to EOF
+        self._shell_hashes: Optional[FrozenSet[str]] = None  # None: not probed yet
+        self._has_fsync = True
+        self._has_posix_rename = True
+        self._said: set = set()  # things logged once per connector
+
+    @classmethod
+    def from_settings(cls, settings: Settings, role: str = "external") -> SSHConnector:
+        if role != "external":
+            raise ConfigError("the ssh connector is a destination; the source is always a local folder")
+        return cls(  # empty strings, not None: a missing setting is reported, not looked up again
+            host=settings.external_host or "",
+            directory=settings.base_dir_to or "",
+            username=settings.username or "",
+            port=settings.external_port,
+            password=settings.password.get_secret_value() if settings.password else None,
+            key_filename=settings.key_filename,
+            passphrase=settings.key_passphrase.get_secret_value() if settings.key_passphrase else None,
+            known_hosts=settings.known_hosts,
+            accept_new_host_keys=settings.accept_new_host_keys,
+        )
+
+    # -- names ------------------------------------------------------------------------
+    @property
+    def where(self) -> str:
+        """``user@host:port``, for messages."""
+        return f"{self.username}@{self.host}:{self.port}"
+
+    def __repr__(self) -> str:
+        return f"SSHConnector({self.where}:{self.directory})"
+
+    def __str__(self) -> str:
+        return f"{self.where}:{self.directory}"
+
+    def _path(self, relpath: str) -> str:
+        """The server's absolute path of a relative name (never outside the base folder)."""
+        return posixpath.join(self._base or self.directory, safe_relpath(relpath))
+
+    def external_name(self, relpath: str) -> str:
+        return self._path(relpath)
+
+    def _say_once(self, key: str, message: str, *args: Any, level: int = logging.INFO) -> None:
+        if key not in self._said:
+            self._said.add(key)
+            log.log(level, message, *args)
+
+    # -- life cycle -------------------------------------------------------------------
+    def connect(self, **kwargs: Any) -> None:
+        """Open the SSH connection and an SFTP channel; does nothing when already open."""
+        with self._lock:
+            if self._transport is not None and self._transport.is_active():
+                return
+            self._close_locked()
+            self._open_locked()
+
+    def reconnect(self, **kwargs: Any) -> None:
+        """After a dropped connection. Several copying threads call this at once: the first
+        one opens a new connection, the others find it open and use it."""
+        self.connect()
+
+    def close(self) -> None:
+        with self._lock:
+            self._close_locked()
+
+    def _close_locked(self) -> None:
+        clients, self._clients = self._clients, {}
+        for client in clients.values():
+            try:
+                client.close()
+            except Exception:  # noqa: BLE001 - closing a dead channel may fail in many ways
+                pass
+        if self._transport is not None:
+            try:
+                self._transport.close()
+            except Exception:  # noqa: BLE001
+                pass
+        self._transport = None
+        self._first = None
+        self._generation += 1
+        self._local.sftp = None
+
+    def _fail_connect(self, message: str) -> Exception:
+        """A network failure: a setting to fix on the first connection, but a dropped
+        connection (retried by the worker) when this connector has worked before."""
+        if self._ever_connected:
+            return ConnectionLost(f"cannot reconnect to {self.where}: {message}")
+        return ConfigError(message)
+
+    def _open_locked(self) -> None:
+        key = self._load_key() if self.key_filename else None
+        sock = self._open_socket()
+        transport = paramiko.Transport(sock)
+        try:
+            self._prefer_known_key_types(transport)
+            self._prefer_fast_ciphers(transport)
+            try:
+                transport.start_client(timeout=self.timeout)
+            except paramiko.SSHException as exc:
+                text = str(exc) or type(exc).__name__
+                if "banner" in text.lower():
+                    raise ConfigError(
+                        f"{self.host}:{self.port} does not answer like an SSH server ({text}); "
+                        "check OELEO_EXTERNAL_HOST and OELEO_EXTERNAL_PORT"
+                    ) from None
+                raise self._fail_connect(
+                    f"SSH handshake with {self.host}:{self.port} failed: {text}"
+                ) from None
+            except (EOFError, OSError) as exc:
+                raise self._fail_connect(
+                    f"{self.host}:{self.port} closed the connection during the SSH handshake "
+                    f"({self._text(exc)})"
+                ) from None
+            self._check_host_key(transport)
+            self._authenticate(transport, key)
+            transport.set_keepalive(30)
+            sftp = self._new_sftp(transport, first=True)
+            openssh = "openssh" in transport.remote_version.lower()
+            self._request_size = OPENSSH_REQUEST if openssh else SAFE_REQUEST
+            self._whole_reads = openssh
+            try:
+                self._base = self._resolve_base(sftp)
+            except OSError as exc:
+                raise ConfigError(f"{self.where}: cannot find the home folder ({exc})") from None
+        except BaseException:
+            transport.close()
+            raise
+        self._transport = transport
+        self._generation += 1
+        self._first = sftp
+        self._clients[threading.current_thread()] = sftp
+        self._local.sftp = sftp
+        self._local.generation = self._generation
+        self._shell_hashes = None
+        if self._ever_connected:
+            log.info("reconnected to %s", self.where)
+        else:
+            log.debug("connected to %s (%s)", self.where, transport.remote_version)
+        self._ever_connected = True
+
+    def _open_socket(self) -> socket.socket:
+        try:
+            sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
+        except socket.gaierror as exc:
+            raise self._fail_connect(
+                f"cannot find the SSH server {self.host!r} (OELEO_EXTERNAL_HOST), port {self.port}: "
+                f"{exc.strerror or exc}"
+            ) from None
+        except ConnectionRefusedError:
+            raise self._fail_connect(
+                f"{self.host}:{self.port} refused the connection: no SSH server listens there "
+                "(check OELEO_EXTERNAL_HOST and OELEO_EXTERNAL_PORT)"
+            ) from None
+        except socket.timeout:
+            raise self._fail_connect(
+                f"{self.host}:{self.port} is unreachable: no answer within {self.timeout:g} s"
+            ) from None
+        except OSError as exc:
+            raise self._fail_connect(
+                f"{self.host}:{self.port} is unreachable: {exc.strerror or exc}"
+            ) from None
+        # Many small SFTP requests: without TCP_NODELAY each waits for a delayed ACK (40 ms).
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        return sock
+
+    # -- host keys --------------------------------------------------------------------
+    @property
+    def host_key_name(self) -> str:
+        """How known_hosts names this server: ``host`` on port 22, else ``[host]:port``."""
+        return self.host if self.port == 22 else f"[{self.host}]:{self.port}"
+
+    def _known_hosts_file(self) -> Path:
+        """Where keys are trusted and stored: OELEO_KNOWN_HOSTS, else ~/.ssh/known_hosts."""
+        return self.known_hosts or Path.home() / ".ssh" / "known_hosts"
+
+    def _known_keys(self) -> Dict[str, paramiko.PKey]:
+        """This server's trusted keys, by key type, from the known_hosts files."""
+        files = [self._known_hosts_file()]
+        if self.known_hosts is None:
+            files.append(Path("/etc/ssh/ssh_known_hosts"))
+        found: Dict[str, paramiko.PKey] = {}
+        for path in files:
+            keys = paramiko.HostKeys()
+            try:
+                keys.load(str(path))
+            except FileNotFoundError:
+                continue
+            except (OSError, UnicodeDecodeError) as exc:
+                raise ConfigError(f"cannot read the known hosts file {path}: {exc}") from None
+            entry = keys.lookup(self.host_key_name)
+            if entry:
+                for keytype in entry.keys():
+                    found.setdefault(keytype, entry[keytype])
+        return found
+
+    def _prefer_known_key_types(self, transport: paramiko.Transport) -> None:
+        # Ask for the type of key we already know, or a server with several host keys
+        # would show another one and look unknown.
+        known = self._known_keys()
+        if not known:
+            return
+        options = transport.get_security_options()
+        wanted = []
+        for keytype in known:
+            if keytype == "ssh-rsa":
+                wanted += ["rsa-sha2-512", "rsa-sha2-256", "ssh-rsa"]
+            else:
+                wanted.append(keytype)
+        available = list(options.key_types)
+        first = [k for k in wanted if k in available]
+        options.key_types = first + [k for k in available if k not in first]
+
+    @staticmethod
+    def _prefer_fast_ciphers(transport: paramiko.Transport) -> None:
+        options = transport.get_security_options()
+        available = list(options.ciphers)
+        first = [c for c in ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com") if c in available]
+        options.ciphers = first + [c for c in available if c not in first]
+
+    def _check_host_key(self, transport: paramiko.Transport) -> None:
+        key = transport.get_remote_server_key()
+        keytype, fingerprint = key.get_name(), _fingerprint(key)
+        known = self._known_keys()
+        if keytype in known:
+            if known[keytype] == key:
+                return
+            raise ConfigError(
+                f"the SSH host key of {self.host_key_name} has CHANGED ({keytype} {fingerprint}) "
+                f"and does not match the one in {self._known_hosts_file()}: someone may be "
+                "intercepting the connection; if the server's key really changed, remove its "
+                "old line from that file (ssh-keygen -R) and trust the new one"
+            )
+        store = self._known_hosts_file()
+        if not self.accept_new_host_keys:
+            port = f"-p {self.port} " if self.port != 22 else ""
+            raise ConfigError(
+                f"unknown SSH host key for {self.host_key_name} ({keytype} {fingerprint}): if that "
+                f"is the server's key, trust it by adding it to {store} "
+                f"(ssh-keyscan {port}{self.host} >> {store}) or by running once with "
+                "OELEO_ACCEPT_NEW_HOST_KEYS=true"
+            )
+        line = f"{self.host_key_name} {keytype} {key.get_base64()}\n"
+        try:
+            store.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            with open(store, "a", encoding="utf-8") as handle:
+                handle.write(line)
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot store the host key of {self.host_key_name} in {store}: {exc}"
+            ) from None
+        log.warning(
+            "trusting the new SSH host key of %s: %s %s (stored in %s)",
+            self.host_key_name,
+            keytype,
+            fingerprint,
+            store,
+        )
+
+    # -- logging in -------------------------------------------------------------------
+    def _load_key(self) -> paramiko.PKey:
+        if self._key is not None:
+            return self._key
+        path = self.key_filename
+        assert path is not None
+        what = f"OELEO_KEY_FILENAME={path}"
+        if not path.is_file():
+            raise ConfigError(f"{what}: no such file")
+        key, encrypted = self._try_key(path, None)
+        if key is None and not encrypted:
+            hint = (
+                " (that is the public key: give the private key file, without .pub)"
+                if path.suffix == ".pub"
+                else ""
+            )
+            raise ConfigError(f"{what}: not a private key oeleo can read (RSA, ed25519 or ECDSA){hint}")
+        if key is None:
+            # oeleo 0.7 (through Fabric) unlocked a key with the password: still done.
+            secret = self._passphrase or self._password
+            if secret is None:
+                raise ConfigError(f"{what}: the key is protected by a passphrase: set OELEO_KEY_PASSPHRASE")
+            key, _ = self._try_key(path, secret)
+            if key is None:
+                raise ConfigError(
+                    f"{what}: wrong passphrase (OELEO_KEY_PASSPHRASE)"
+                    if self._passphrase
+                    else f"{what}: the key is protected by a passphrase: set OELEO_KEY_PASSPHRASE"
+                )
+        self._key = key
+        return key
+
+    @staticmethod
+    def _try_key(path: Path, secret: Optional[str]) -> Tuple[Optional[paramiko.PKey], bool]:
+        """(key, encrypted): the key when it loads, and whether it asked for a passphrase."""
+        encrypted = False
+        for cls in (paramiko.Ed25519Key, paramiko.RSAKey, paramiko.ECDSAKey):
+            try:
+                return cls.from_private_key_file(str(path), password=secret), encrypted
+            except paramiko.PasswordRequiredException:
+                encrypted = True
+            except PermissionError:
+                raise ConfigError(f"OELEO_KEY_FILENAME={path}: permission denied") from None
+            except (paramiko.SSHException, ValueError, TypeError, IndexError):
+                continue
+        return None, encrypted
+
+    def _authenticate(self, transport: paramiko.Transport, key: Optional[paramiko.PKey]) -> None:
+        tried: List[str] = []
+        refused: List[str] = []
+        if key is not None:
+            try:
+                remaining = transport.auth_publickey(self.username, key)
+                if not remaining:
+                    return
+                refused.append(f"the server also wants {', '.join(remaining)}, which oeleo cannot do")
+            except paramiko.BadAuthenticationType as exc:
+                refused.append(
+                    f"the server does not accept keys (it accepts: {', '.join(exc.allowed_types)})"
+                )
+            except paramiko.AuthenticationException:
+                tried.append(f"the key {self.key_filename}")
+            except (paramiko.SSHException, EOFError, OSError) as exc:
+                raise self._fail_connect(f"{self.where}: connection lost while logging in ({exc})") from None
+        if self._password is not None and transport.is_active():
+            try:
+                remaining = transport.auth_password(self.username, self._password)
+                if not remaining:
+                    return
+                refused.append(f"the server also wants {', '.join(remaining)}, which oeleo cannot do")
+            except paramiko.BadAuthenticationType as exc:
+                refused.append(
+                    f"the server does not accept passwords (it accepts: {', '.join(exc.allowed_types)})"
+                )
+            except paramiko.AuthenticationException:
+                tried.append("the password (OELEO_PASSWORD)")
+            except (paramiko.SSHException, EOFError, OSError) as exc:
+                raise self._fail_connect(f"{self.where}: connection lost while logging in ({exc})") from None
+        verb = "were" if len(tried) > 1 else "was"
+        reasons = ([f"{' and '.join(tried)} {verb} not accepted"] if tried else []) + refused
+        raise ConfigError(f"cannot log in to {self.where}: {'; '.join(reasons)}")
+
+    # -- channels ---------------------------------------------------------------------
+    def _new_sftp(self, transport: paramiko.Transport, first: bool = False) -> paramiko.SFTPClient:
+        """A new SFTP channel; ``paramiko.ChannelException`` when the server allows no more."""
+        try:
+            sftp = paramiko.SFTPClient.from_transport(transport)
+        except paramiko.ChannelException:
+            if not first:
+                raise
+            raise ConfigError(f"{self.where} refused an SFTP channel (MaxSessions 0?)") from None
+        except paramiko.SSHException as exc:
+            if not transport.is_active():
+                raise self._fail_connect(f"connection to {self.where} lost ({exc})") from None
+            raise ConfigError(
+                f"{self.where} offers no SFTP ({exc}): the server must allow the sftp subsystem"
+            ) from None
+        except (EOFError, OSError) as exc:
+            raise self._fail_connect(f"connection to {self.where} lost ({self._text(exc)})") from None
+        if sftp is None:
+            raise ConfigError(f"{self.where} offers no SFTP: the server must allow the sftp subsystem")
+        sftp.get_channel().settimeout(self.io_timeout)
+        return sftp
+
+    def _sftp(self) -> paramiko.SFTPClient:
+        """This thread's SFTP channel: one per copying thread, on the one connection."""
+        local = self._local
+        sftp = local.sftp
+        if sftp is not None and local.generation == self._generation and not sftp.sock.closed:
+            return sftp
+        with self._lock:
+            if self._transport is None:
+                self._open_locked()  # first use, or after close() or a failed reconnect
+                return self._local.sftp  # type: ignore[return-value]
+            transport = self._transport
+            if not transport.is_active():
+                raise ConnectionLost(f"connection to {self.where} lost")
+            for thread in [t for t in self._clients if not t.is_alive()]:
+                self._close_quietly(self._clients.pop(thread))  # a thread of an earlier run
+            stale = self._clients.pop(threading.current_thread(), None)
+            if stale is not None and stale is not self._first:
+                self._close_quietly(stale)
+            try:
+                sftp = self._new_sftp(transport)
+            except paramiko.ChannelException as exc:
+                if self._first is None or self._first.sock.closed:
+                    raise ConnectionLost(f"{self.where} refused an SFTP channel ({exc.text})") from None
+                self._say_once(
+                    "channels",
+                    "%s allows no more SFTP channels (%s): copying threads take turns on one, "
+                    "which is slower; lower OELEO_WORKERS, or raise MaxSessions in its sshd_config",
+                    self.where,
+                    exc.text,
+                    level=logging.WARNING,
+                )
+                sftp = self._first
+            else:
+                self._clients[threading.current_thread()] = sftp
+            local.sftp, local.generation = sftp, self._generation
+            return sftp
+
+    @contextmanager
+    def _channel(self) -> Iterator[paramiko.SFTPClient]:
+        """This thread's SFTP channel for one operation. The channel connect() opened serves
+        one operation at a time: it is the main thread's, and the one threads share when the
+        server allows no more channels."""
+        sftp = self._sftp()
+        if sftp is self._first:
+            with self._first_lock:
+                yield sftp
+        else:
+            yield sftp
+
+    def _alive(self, sftp: Optional[paramiko.SFTPClient] = None) -> bool:
+        transport = self._transport
+        if transport is None or not transport.is_active():
+            return False
+        return sftp is None or not sftp.sock.closed
+
+    @contextmanager
+    def _remote(self, what: str, path: str, sftp: Optional[paramiko.SFTPClient] = None) -> Iterator[None]:
+        """Turn what paramiko raises into oeleo's errors: a dead connection becomes
+        ``ConnectionLost`` (the worker reconnects and retries), an SFTP status an ``OSError``
+        naming the server and path."""
+        try:
+            yield
+        except (EOFError, paramiko.SSHException, ConnectionError) as exc:
+            raise ConnectionLost(
+                f"connection to {self.where} lost while {what} {path} ({self._text(exc)})"
+            ) from None
+        except socket.timeout:
+            self._drop()
+            raise ConnectionLost(
+                f"{self.where} did not answer for {self.io_timeout:g} s while {what} {path}"
+            ) from None
+        except OSError as exc:
+            if not self._alive(sftp):
+                raise ConnectionLost(
+                    f"connection to {self.where} lost while {what} {path} ({self._text(exc)})"
+                ) from None
+            raise self._os_error(exc, what, path) from None
+
+    @staticmethod
+    def _text(exc: BaseException) -> str:
+        return str(exc) or type(exc).__name__
+
+    def _os_error(self, exc: OSError, what: str, path: str) -> OSError:
+        where = f"{self.host}:{path}"
+        if exc.errno == errno.ENOENT:
+            return FileNotFoundError(errno.ENOENT, "no such file or folder", where)
+        if exc.errno == errno.EACCES:
+            return PermissionError(errno.EACCES, "permission denied", where)
+        return OSError(exc.errno, f"{what} failed on {self.where}: {exc.strerror or exc}", path)
+
+    def _drop(self) -> None:
+        """Close a connection that stopped answering, so that reconnect() opens a new one."""
+        transport = self._transport
+        if transport is not None:
+            try:
+                transport.close()
+            except Exception:  # noqa: BLE001
+                pass
+
+    def _resolve_base(self, sftp: paramiko.SFTPClient) -> str:
+        folder = self.directory.strip()
+        if folder.startswith("/"):
+            return posixpath.normpath(folder)
+        home = sftp.normalize(".")
+        if folder in ("~", "."):
+            return home
+        if folder.startswith("~/"):
+            folder = folder[2:]
+        return posixpath.normpath(posixpath.join(home, folder))
+
+    # -- the base folder --------------------------------------------------------------
+    def prepare(self) -> None:
+        """Create the base folder on the server if needed and check it can be written."""
+        with self._channel() as sftp:
+            self._prepare(sftp, self._base or self.directory)
+
+    def _prepare(self, sftp: paramiko.SFTPClient, base: str) -> None:
+        missing = f"remote folder {base} on {self.where} does not exist and cannot be created"
+        try:
+            self._makedirs(sftp, base)
+        except PermissionError:
+            raise ConfigError(f"{missing}: permission denied") from None
+        except FileExistsError:
+            raise ConfigError(f"remote {base} on {self.where} is not a folder") from None
+        except OSError as exc:
+            raise ConfigError(f"{missing}: {exc.strerror or exc}") from None
+        probe = posixpath.join(base, f".oeleo-write-test-{secrets.token_hex(4)}")
+        try:
+            with self._remote("writing", probe, sftp):
+                sftp.open(probe, "wb").close()
+                sftp.remove(probe)
+        except OSError as exc:
+            reason = "permission denied" if isinstance(exc, PermissionError) else (exc.strerror or str(exc))
+            raise ConfigError(f"remote folder {base} on {self.where} is not writable: {reason}") from None
+
+    def _makedirs(self, sftp: paramiko.SFTPClient, folder: str) -> None:
+        """``mkdir -p`` over SFTP; another thread making the same folder is fine."""
+        try:
+            with self._remote("creating", folder, sftp):
+                sftp.mkdir(folder)
+            return
+        except FileNotFoundError:
+            parent = posixpath.dirname(folder)
+            if parent == folder:
+                raise
+            self._makedirs(sftp, parent)
+        except OSError:
+            if self._is_dir(sftp, folder):
+                return  # it exists (SFTP says only "Failure" for that)
+            if self._exists(sftp, folder):
+                raise FileExistsError(errno.EEXIST, "exists and is not a folder", folder) from None
+            raise
+        try:
+            with self._remote("creating", folder, sftp):
+                sftp.mkdir(folder)
+        except OSError:
+            if not self._is_dir(sftp, folder):
+                raise
+
+    def _attrs(self, sftp: paramiko.SFTPClient, path: str) -> Optional[paramiko.SFTPAttributes]:
+        try:
+            with self._remote("reading", path, sftp):
+                return sftp.stat(path)
+        except FileNotFoundError:
+            return None
+
+    def _is_dir(self, sftp: paramiko.SFTPClient, path: str) -> bool:
+        attrs = self._attrs(sftp, path)
+        return attrs is not None and stat_module.S_ISDIR(attrs.st_mode or 0)
+
+    def _exists(self, sftp: paramiko.SFTPClient, path: str) -> bool:
+        return self._attrs(sftp, path) is not None
+
+    # -- read side --------------------------------------------------------------------
+    def list_files(
+        self,
+        extensions: Sequence[str] = (),
+        include: Sequence[str] = (),
+        exclude: Sequence[str] = (),
+        recursive: bool = True,
+    ) -> Iterator[FileEntry]:
+        """Files under the base folder, in relative-path order; hidden ones (and oeleo's
+        temporary files) skipped."""
+        stack: List[Iterator[Tuple[str, paramiko.SFTPAttributes, bool]]] = [iter(self._scan(""))]
+        while stack:
+            item = next(stack[-1], None)
+            if item is None:
+                stack.pop()
+                continue
+            relpath, attrs, is_dir = item
+            if is_dir:
+                if recursive and not (exclude and matches(relpath, exclude)):
+                    stack.append(iter(self._scan(relpath)))
+                continue
+            name = posixpath.basename(relpath)
+            if not has_extension(name, extensions):
+                continue
+            if include and not matches(relpath, include):
+                continue
+            if exclude and matches(relpath, exclude):
+                continue
+            yield FileEntry(relpath, attrs.st_size or 0, int(attrs.st_mtime or 0) * 1_000_000_000)
+
+    def _scan(self, prefix: str) -> List[Tuple[str, paramiko.SFTPAttributes, bool]]:
+        """One folder's visible files and folders, sorted as LocalConnector sorts them."""
+        base = self._base or self.directory
+        folder = posixpath.join(base, prefix) if prefix else base
+        try:
+            with self._channel() as sftp, self._remote("listing", folder, sftp):
+                entries = sftp.listdir_attr(folder)
+        except FileNotFoundError:
+            if prefix:
+                return []
+            raise ConfigError(f"remote folder {base} on {self.where} does not exist") from None
+        except PermissionError:
+            if prefix:
+                return []
+            raise ConfigError(f"remote folder {base} on {self.where} is not readable") from None
+        found = []
+        for attrs in entries:
+            if attrs.filename.startswith("."):
+                continue
+            mode = attrs.st_mode or 0
+            is_dir = stat_module.S_ISDIR(mode)
+            if not (is_dir or stat_module.S_ISREG(mode)):
+                continue  # symlinks, devices, sockets
+            relpath = f"{prefix}/{attrs.filename}" if prefix else attrs.filename
+            found.append((relpath + "/" if is_dir else relpath, relpath, attrs, is_dir))
+        found.sort(key=lambda item: item[0])
+        return [(relpath, attrs, is_dir) for _, relpath, attrs, is_dir in found]
+
+    def stat(self, relpath: str) -> Optional[FileEntry]:
+        path = self._path(relpath)
+        with self._channel() as sftp:
+            attrs = self._attrs(sftp, path)
+        if attrs is None or not stat_module.S_ISREG(attrs.st_mode or 0):
+            return None
+        return FileEntry(safe_relpath(relpath), attrs.st_size or 0, int(attrs.st_mtime or 0) * 1_000_000_000)
+
+    def checksum(self, relpath: str, algorithm: str = "md5") -> str:
+        """Hex digest of a stored file: ``md5sum``-like on the server, or read back."""
+        path = self._path(relpath)
+        written, self._local.written = self._local.written, None
+        size = None
+        if written is not None and written[0] == path:
+            size, data = written[1], written[2]
+            if data is not None:  # read back from the server right after it was written
+                return hashlib.new(algorithm, data).hexdigest()
+        if algorithm in self._server_hashes():
+            try:
+                digest = self._hash_on_server([path], algorithm).get(path)
+            except TransferError as exc:
+                digest = None
+                self._say_once("exec", "%s; reading copies back instead", exc, level=logging.WARNING)
+            if digest is not None:
+                return digest
+        return self._read_back(path, algorithm, size)
+
+    def checksums(self, relpaths: Sequence[str], algorithm: str = "md5") -> Dict[str, str]:
+        """Hex digests of many stored files with one command per 32 KiB of names (for
+        ``check``); files that cannot be hashed are left out."""
+        if algorithm not in self._server_hashes():
+            return self._read_back_many(relpaths, algorithm)
+        paths = {self._path(relpath): relpath for relpath in relpaths}
+        try:
+            found = self._hash_on_server(list(paths), algorithm)
+        except TransferError as exc:
+            self._say_once("exec", "%s; reading copies back instead", exc, level=logging.WARNING)
+            return self._read_back_many(relpaths, algorithm)
+        return {paths[path]: digest for path, digest in found.items()}
+
+    def _read_back_many(self, relpaths: Sequence[str], algorithm: str) -> Dict[str, str]:
+        digests = {}
+        for relpath in relpaths:
+            try:
+                digests[relpath] = self._read_back(self._path(relpath), algorithm)
+            except (OSError, TransferError):
+                continue  # left out: check() asks for it alone, which says why
+        return digests
+
+    def _server_hashes(self) -> FrozenSet[str]:
+        """The algorithms the server computes, probed once per connection: a login that
+        runs no commands (sftp only, ForceCommand internal-sftp) computes none."""
+        if self._shell_hashes is not None:
+            return self._shell_hashes
+        with self._lock:
+            if self._shell_hashes is None:
+                self._shell_hashes = self._probe_hashes()
+                self.hashes = self._shell_hashes  # type: ignore[misc]
+                if self._shell_hashes:
+                    self._say_once(
+                        "hashes",
+                        "%s runs md5sum and friends: copies are verified there "
+                        "(files under %d KiB are read back, which is quicker)",
+                        self.where,
+                        READ_BACK_BELOW // 1024,
+                    )
+                else:
+                    self._say_once(
+                        "hashes",
+                        "%s runs no commands (sftp only): copies are verified by reading them back",
+                        self.where,
+                    )
+        return self._shell_hashes
+
+    def _probe_hashes(self) -> FrozenSet[str]:
+        command = "; ".join(f"{tool} /dev/null" for tool in HASH_COMMANDS.values())
+        try:
+            status, out, _ = self._exec(command, timeout=self.timeout)
+        except TransferError as exc:
+            self._say_once("hashes", "%s: copies are verified by reading them back", exc)
+            return frozenset()
+        empty = {hashlib.new(a, b"").hexdigest(): a for a in HASH_COMMANDS}
+        found = set()
+        for line in out.decode("utf-8", "replace").splitlines():
+            digest = line.split(" ", 1)[0].lstrip("\\")
+            if digest in empty:
+                found.add(empty[digest])
+        return frozenset(found)
+
+    def _exec(self, command: str, timeout: Optional[float] = None) -> Tuple[int, bytes, bytes]:
+        """Run one command on the server: (exit status, stdout, stderr)."""
+        transport = self._transport
+        if transport is None or not transport.is_active():
+            self._sftp()  # connects, or raises ConnectionLost
+            transport = self._transport
+            assert transport is not None
+        try:
+            channel = transport.open_session(timeout=self.timeout)
+        except paramiko.ChannelException as exc:  # MaxSessions: the caller reads back instead
+            raise TransferError(f"{self.where} refused a channel for a command ({exc.text})") from None
+        except (paramiko.SSHException, EOFError, OSError) as exc:
+            raise ConnectionLost(f"connection to {self.where} lost ({self._text(exc)})") from None
+        try:
+            with self._remote("running a command on", self.host):
+                channel.settimeout(timeout)
+                channel.exec_command(command)
+                channel.shutdown_write()
+                stdout = channel.makefile("rb").read()
+                stderr = channel.makefile_stderr("rb").read()
+                status = channel.recv_exit_status()
+        finally:
+            channel.close()
+        return status, stdout, stderr
+
+    def _hash_on_server(self, paths: List[str], algorithm: str) -> Dict[str, str]:
+        """``md5sum a b c ...`` in as few commands as the command-line limit allows."""
+        tool = HASH_COMMANDS[algorithm]
+        digests: Dict[str, str] = {}
+        batch: List[str] = []
+        length = len(tool)
+        for path in [*paths, None]:
+            quoted = shlex.quote(path) if path is not None else ""
+            size = len(quoted.encode("utf-8", "surrogateescape")) + 1
+            if batch and (path is None or length + size > MAX_COMMAND):
+                _, out, err = self._exec(" ".join([tool, *(shlex.quote(p) for p in batch)]))
+                digests.update(_parse_sums(out))
+                if err and len(batch) == 1 and batch[0] not in digests:
+                    self._raise_for(err, batch[0])  # one file: say why it has no checksum
+                batch, length = [], len(tool)
+            if path is not None:
+                batch.append(path)
+                length += size
+        return {p: digests[p] for p in paths if p in digests}
+
+    def _raise_for(self, stderr: bytes, path: str) -> None:
+        text = stderr.decode("utf-8", "replace").strip().splitlines()[-1] if stderr.strip() else ""
+        if "No such file" in text:
+            raise FileNotFoundError(errno.ENOENT, "no such file or folder", f"{self.host}:{path}")
+        if "Permission denied" in text:
+            raise PermissionError(errno.EACCES, "permission denied", f"{self.host}:{path}")
+        if "Is a directory" in text:
+            raise IsADirectoryError(errno.EISDIR, "is a folder", f"{self.host}:{path}")
+
+    def _read_back(self, path: str, algorithm: str, size: Optional[int] = None) -> str:
+        """Hash a stored file by reading it back through SFTP (pipelined reads)."""
+        digest = hashlib.new(algorithm)
+        with self._channel() as sftp, self._remote("reading", path, sftp):
+            handle = sftp.open(path, "rb")
+            try:
+                handle.MAX_REQUEST_SIZE = self._request_size
+                if size is None:
+                    size = handle.stat().st_size or 0
+                if size > self._request_size:
+                    handle.prefetch(size)
+                while True:
+                    chunk = handle.read(1024 * 1024)
+                    if not chunk:
+                        break
+                    digest.update(chunk)
+            finally:
+                handle._close(async_=True)  # a read-only close has nothing to report
+        return digest.hexdigest()
+
+    # -- write side -------------------------------------------------------------------
+    def write_stream(self, relpath: str, chunks: Iterable[bytes], size: int) -> None:
+        path = self._path(relpath)
+        self._local.written = self._local.mtime = None
+        with self._channel() as sftp:
+            self._write(sftp, path, chunks)
+
+    def _write(self, sftp: paramiko.SFTPClient, path: str, chunks: Iterable[bytes]) -> None:
+        try:
+            with self._remote("writing", path, sftp):
+                handle = sftp.open(path, "w+", bufsize=0)
+        except FileNotFoundError:
+            self._makedirs(sftp, posixpath.dirname(path))
+            with self._remote("writing", path, sftp):
+                handle = sftp.open(path, "w+", bufsize=0)
+        # The source's time goes out with the writes when the chunks say it (base.SourceReader
+        # does): set_mtime() then has nothing left to ask the server.
+        mtime_ns = getattr(chunks, "mtime_ns", None)
+        done = False
+        written = 0
+        try:
+            handle.set_pipelined(True)
+            handle.MAX_REQUEST_SIZE = self._request_size
+            for chunk in chunks:  # errors of the source (a change, a stop) pass untouched
+                with self._remote("writing", path, sftp):
+                    handle.write(chunk)
+                written += len(chunk)
+            with self._remote("writing", path, sftp):
+                read_back = written if written < READ_BACK_BELOW else None
+                data = self._finish_writes(sftp, handle, read_back, path, mtime_ns)
+                # Nothing can fail at the close that the answers above did not report: its
+                # answer is read (and dropped) with the next request instead of waited for.
+                handle._close(async_=True)
+            done = True
+        finally:
+            if not done:
+                self._close_quietly(handle)
+        self._local.written = (path, written, data)
+
+    def _finish_writes(
+        self,
+        sftp: paramiko.SFTPClient,
+        handle: paramiko.SFTPFile,
+        read_back: Optional[int],
+        path: str,
+        mtime_ns: Optional[int],
+    ) -> Optional[bytes]:
+        """Wait for every pipelined write's answer, set the file's time and, for a small
+        file, read it back through the same handle; returns what was read (None if not).
+
+        Everything is sent before any answer is awaited: the whole file costs one round
+        trip. paramiko's own calls would drop the answer of a pipelined write (and with it
+        a failed write: a full disk) when another answer is awaited first, so each answer is
+        read here, in the order the requests went out.
+        """
+        requests = sftp._async_request  # type: ignore[attr-defined]
+        answer = sftp._read_response  # type: ignore[attr-defined]
+        setstat = None
+        if isinstance(mtime_ns, int):
+            attrs = paramiko.SFTPAttributes()
+            attrs.st_atime, attrs.st_mtime = int(time.time()), mtime_ns // 1_000_000_000
+            setstat = requests(type(None), CMD_FSETSTAT, handle.handle, attrs)
+        reads: List[Tuple[int, int]] = []  # (length asked, request)
+        if read_back is not None and self._whole_reads and read_back < self._request_size:
+            # OpenSSH answers a read of a regular file with all the bytes there are, so
+            # asking for one byte more than was written also proves nothing follows.
+            reads.append((read_back, requests(type(None), CMD_READ, handle.handle, int64(0), read_back + 1)))
+        elif read_back is not None:
+            for offset in range(0, read_back, self._request_size):
+                length = min(self._request_size, read_back - offset)
+                reads.append((length, requests(type(None), CMD_READ, handle.handle, int64(offset), length)))
+            # One byte more must be the end of the file: nothing else wrote to it.
+            reads.append((0, requests(type(None), CMD_READ, handle.handle, int64(read_back), 1)))
+        pending = handle._reqs  # type: ignore[attr-defined]
+        while pending:
+            answer(pending.popleft())
+        if setstat is not None:
+            try:
+                answer(setstat)
+                self._local.mtime = (path, attrs.st_mtime)
+            except OSError as exc:
+                log.debug("cannot set the time of %s on %s: %s", path, self.where, exc)
+        if not reads:
+            return None
+        pieces, whole = [], True
+        for length, request in reads:
+            try:
+                _, message = answer(request)
+                piece = message.get_string()
+            except EOFError:  # here the end of the file, not of the connection
+                piece = b""
+            pieces.append(piece)
+            whole = whole and len(piece) == length
+        # A short answer (allowed by SFTP) or more bytes than written: checksum() reads
+        # the file again the ordinary way, and the verification decides.
+        return b"".join(pieces) if whole else None
+
+    def sync_data(self, staged: Sequence[Any]) -> None:
+        """Force a batch of staged files to the server's disk (``fsync@openssh.com``).
+
+        The requests for the whole batch go out before any answer is awaited (open all,
+        then fsync and close all): two round trips for up to 64 files, not two per file.
+        """
+        if not staged or not self._has_fsync:
+            return
+        paths = [self._path(item.staging or item.relpath) for item in staged]
+        with self._channel() as sftp, self._remote("forcing to disk", paths[0], sftp):
+            for start in range(0, len(paths), 64):
+                self._fsync_files(sftp, paths[start : start + 64])
+                if not self._has_fsync:
+                    return
+
+    def _fsync_files(self, sftp: paramiko.SFTPClient, paths: List[str]) -> None:
+        requests = sftp._async_request  # type: ignore[attr-defined]
+        answer = sftp._read_response  # type: ignore[attr-defined]
+        failed: List[Tuple[str, OSError]] = []
+        opened = [
+            (path, requests(type(None), CMD_OPEN, path, SFTP_FLAG_READ, paramiko.SFTPAttributes()))
+            for path in paths
+        ]
+        handles = []
+        for path, request in opened:  # every answer is read, so no handle is left open
+            try:
+                handles.append((path, answer(request)[1].get_binary()))
+            except OSError as exc:
+                failed.append((path, exc))
+        synced = [
+            (
+                path,
+                requests(type(None), CMD_EXTENDED, "fsync@openssh.com", handle),
+                requests(type(None), CMD_CLOSE, handle),
+            )
+            for path, handle in handles
+        ]
+        for path, fsync, close in synced:
+            try:
+                answer(fsync)
+            except OSError as exc:
+                failed.append((path, exc))
+            try:
+                answer(close)
+            except OSError:
+                pass
+        if not failed:
+            return
+        path, exc = failed[0]
+        if "unsupported" in str(exc).lower():
+            self._has_fsync = False
+            self._say_once(
+                "fsync",
+                "%s cannot force files to disk (no fsync@openssh.com): a server crash may lose recent copies",
+                self.where,
+                level=logging.WARNING,
+            )
+            return
+        raise self._os_error(exc, "forcing to disk", path)
+
+    def sync_names(self, committed: Sequence[Any]) -> None:
+        """Make the renames durable: ``sync`` the folders on the server, one command for a
+        batch, when the login runs commands (SFTP itself cannot sync a folder)."""
+        if not committed or not self._server_hashes():
+            return
+        folders = sorted({posixpath.dirname(self._path(result.relpath)) for result in committed})
+        for start in range(0, len(folders), 64):
+            part = folders[start : start + 64]
+            try:
+                status, _, err = self._exec("sync " + " ".join(shlex.quote(f) for f in part))
+            except TransferError as exc:
+                status, err = 1, str(exc).encode()
+            if status != 0:
+                self._say_once(
+                    "sync",
+                    "cannot sync folders on %s (%s): renames reach its disk within seconds anyway",
+                    self.where,
+                    err.decode("utf-8", "replace").strip()[:200],
+                    level=logging.WARNING,
+                )
+                return
+
+    @staticmethod
+    def _close_quietly(handle: paramiko.SFTPFile) -> None:
+        try:
+            handle.close()
+        except Exception:  # noqa: BLE001 - the first error is the one to report
+            pass
+
+    def rename(self, src_relpath: str, dst_relpath: str) -> None:
+        src, dst = self._path(src_relpath), self._path(dst_relpath)
+        with self._channel() as sftp:
+            if self._has_posix_rename:
+                try:
+                    with self._remote("renaming", src, sftp):
+                        sftp.posix_rename(src, dst)
+                    return
+                except OSError as exc:
+                    if "unsupported" not in str(exc).lower():
+                        raise
+                    self._has_posix_rename = False
+                    self._say_once(
+                        "rename",
+                        "%s has no posix-rename@openssh.com: replacing a file removes the old copy first",
+                        self.where,
+                        level=logging.WARNING,
+                    )
+            # Plain SFTP rename refuses to replace a file: remove the old one first. The name
+            # is briefly absent, never half written.
+            with self._remote("replacing", dst, sftp):
+                try:
+                    sftp.remove(dst)
+                except FileNotFoundError:
+                    pass
+                sftp.rename(src, dst)
+
+    def remove(self, relpath: str) -> None:
+        path = self._path(relpath)
+        try:
+            with self._channel() as sftp, self._remote("removing", path, sftp):
+                sftp.remove(path)
+        except FileNotFoundError:
+            pass
+
+    def set_mtime(self, relpath: str, mtime_ns: int) -> None:
+        path = self._path(relpath)
+        done, self._local.mtime = self._local.mtime, None
+        if done == (path, mtime_ns // 1_000_000_000):
+            return  # sent with the file's last writes
+        with self._channel() as sftp, self._remote("setting the time of", path, sftp):
+            sftp.utime(path, (time.time(), mtime_ns / 1e9))
+
+
+def _parse_sums(output: bytes) -> Dict[str, str]:
+    """``md5sum`` output to {path: digest}. A name with a backslash or a newline comes back
+    escaped, its line starting with a backslash."""
+    found = {}
+    for line in output.decode("utf-8", "surrogateescape").split("\n"):
+        if not line:
+            continue
+        escaped = line.startswith("\\")
+        if escaped:
+            line = line[1:]
+        digest, _, name = line.partition(" ")
+        name = name[1:] if name[:1] in (" ", "*") else name
+        if escaped:
+            name = _unescape(name)
+        found[name] = digest
+    return found
+
+
+def _unescape(name: str) -> str:
+    out, i = [], 0
+    while i < len(name):
+        c = name[i]
+        if c == "\\" and i + 1 < len(name):
+            nxt = name[i + 1]
+            out.append({"n": "\n", "r": "\r", "\\": "\\"}.get(nxt, nxt))
+            i += 2
+        else:
+            out.append(c)
+            i += 1
+    return "".join(out)
