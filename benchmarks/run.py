@@ -992,7 +992,8 @@ def parse_list(text: Optional[str], known: Sequence[str], what: str) -> List[str
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m benchmarks.run",
-        description="Benchmark `oeleo run` against oeleo 0.7.0, rsync, rclone and cp.",
+        description="Benchmark `oeleo run` against oeleo 0.7.0, rsync, rclone and cp. "
+        "`python -m benchmarks.run ssh --help`: the SSH scenario (loopback OpenSSH server).",
     )
     p.add_argument("--quick", action="store_true", help="a tenth of the sizes (under a minute)")
     p.add_argument(
@@ -1029,6 +1030,12 @@ def _interrupt(signum: int, frame: Any) -> None:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["ssh"]:
+        # The SSH scenario (a loopback OpenSSH server): `python -m benchmarks.run ssh [--quick ...]`.
+        from benchmarks import ssh_bench
+
+        return ssh_bench.main(argv[1:])
     args = build_parser().parse_args(argv)
     if args.report:
         return report(args.report, args.markdown)

@@ -87,3 +87,30 @@ def test_json_has_machine_facts_and_raw_samples(quick_results: dict) -> None:
     changed = [s for s in quick_results["samples"] if s["scenario"] == "changed1"]
     assert changed and all(s["changed_files"] >= 1 and s["changed_bytes"] > 0 for s in changed)
     assert quick_results["targets"], "the issue's targets are evaluated"
+
+
+def test_the_ssh_scenario_runs_against_a_loopback_server_and_writes_json(tmp_path: Path) -> None:
+    out = tmp_path / "ssh.json"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OELEO_")}
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.run",
+            "ssh",
+            "--quick",
+            "--tools",
+            "oeleo,rsync",
+            "--out",
+            str(out),
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    rows = json.loads(out.read_text())["summary"]
+    seen = {(r["workload"], r["tool"]) for r in rows if r["ok_runs"] == r["runs"] and r["median_s"] > 0}
+    assert seen == {("small", "oeleo"), ("small", "rsync"), ("large", "oeleo"), ("large", "rsync")}
