@@ -131,7 +131,6 @@ class Bookkeeper:
         self.description = description
         self.origin = origin
         self.db_model, self.run_model = _make_models(database)
-        self._records: Dict[str, Record] = {}
         # Keyed by local name: the last write of a file wins within a batch (PostgreSQL refuses
         # an upsert that touches the same row twice in one statement).
         self._pending_copied: Dict[str, dict] = {}
@@ -237,14 +236,10 @@ class Bookkeeper:
         """All rows of this origin, as light records keyed by local name."""
         model = self.db_model
         if self._layout == "empty":
-            self._records = {}
-            return self._records
+            return {}
         if self._layout == "legacy":  # an oeleo 0.7 table read by a dry run, not upgraded
             query = model.select(model.local_name, model.checksum, model.code).tuples()
-            self._records = {
-                row[0]: Record(row[0], row[1], row[2], None, None) for row in self._guard(query.iterator)
-            }
-            return self._records
+            return {row[0]: Record(row[0], row[1], row[2], None, None) for row in self._guard(query.iterator)}
         query = (
             model.select(
                 model.local_name, model.checksum, model.code, model.size, model.mtime_ns, model.last_error
@@ -252,11 +247,7 @@ class Bookkeeper:
             .where((model.origin == self.origin) | (model.origin == ""))
             .tuples()
         )
-        self._records = {row[0]: Record(*row) for row in self._guard(query.iterator)}
-        return self._records
-
-    def get(self, local_name: str) -> Optional[Record]:
-        return self._records.get(local_name)
+        return {row[0]: Record(*row) for row in self._guard(query.iterator)}
 
     def rows(self, code: Optional[int] = None, errors_only: bool = False) -> Iterator[Any]:
         """Rows of this origin (peewee objects) for reports, ordered by name."""
@@ -306,7 +297,6 @@ class Bookkeeper:
             "processed_date": datetime.datetime.now(),
             "last_error": None,
         }
-        self._records[local_name] = Record(local_name, checksum, code, size, mtime_ns)
         self._maybe_flush()
 
     def record_error(self, local_name: str, reason: str) -> None:
@@ -316,9 +306,6 @@ class Bookkeeper:
             "local_name": local_name,
             "last_error": reason[:2000],
         }
-        record = self._records.get(local_name)
-        if record is not None:
-            record.last_error = reason
         self._maybe_flush()
 
     def record_code(self, local_name: str, code: int, external_name: Optional[str] = None) -> None:
