@@ -302,14 +302,16 @@ def cmd_check(args: argparse.Namespace) -> int:
     return EXIT_OK if report.in_sync else EXIT_FAILED
 
 
-def _bookkeeper(settings: Any) -> Any:
+def _bookkeeper(settings: Any, must_exist: bool = True) -> Any:
+    """The books of ``OELEO_BASE_DIR_FROM``, opened beside a run (no lock). ``must_exist``:
+    refuse to create an SQLite file (status has nothing to show; lock may book first)."""
     from oeleo.errors import ConfigError
     from oeleo.models import make_origin
     from oeleo.workers import bookkeeper_from_settings
 
     if settings.base_dir_from is None:
         raise ConfigError("OELEO_BASE_DIR_FROM is not set: the books are kept per source folder (or --from)")
-    if not settings.db_host and not Path(settings.db_name).expanduser().is_file():
+    if must_exist and not settings.db_host and not Path(settings.db_name).expanduser().is_file():
         raise ConfigError(
             f"OELEO_DB_NAME={settings.db_name}: no such database file yet (run `oeleo run` first)"
         )
@@ -418,11 +420,7 @@ def _set_codes(args: argparse.Namespace, lock: bool) -> int:
 
         raise ConfigError("OELEO_BASE_DIR_FROM is not set: paths are named relative to it (or --from)")
     names = _local_names(settings, args.paths)
-    from oeleo.models import make_origin
-    from oeleo.workers import bookkeeper_from_settings
-
-    books = bookkeeper_from_settings(settings, origin=make_origin(settings.base_dir_from))
-    books.initialize_db(exclusive=False)
+    books = _bookkeeper(settings, must_exist=False)
     try:
         n = books.set_code(names, SHOULD_NOT_BE_COPIED) if lock else books.unlock(names)
     finally:
