@@ -623,6 +623,12 @@ class Worker:
         report = CheckReport()
         algorithm = self.checker.algorithm
         same_size: List[Tuple[FileEntry, str]] = []  # (entry, local digest): compare checksums
+
+        def to_copy(bucket: List[str], relpath: str) -> None:
+            bucket.append(relpath)
+            if update_db:
+                self.bookkeeper.record_code(relpath, SHOULD_BE_COPIED)
+
         for entry in entries:
             record = records.get(entry.relpath)
             if record is not None and record.code == SHOULD_NOT_BE_COPIED:
@@ -631,14 +637,10 @@ class Worker:
             try:
                 remote = self.external_connector.stat(entry.relpath)
                 if remote is None:
-                    report.missing.append(entry.relpath)
-                    if update_db:
-                        self.bookkeeper.record_code(entry.relpath, SHOULD_BE_COPIED)
+                    to_copy(report.missing, entry.relpath)
                     continue
                 if remote.size != entry.size:
-                    report.different.append(entry.relpath)
-                    if update_db:
-                        self.bookkeeper.record_code(entry.relpath, SHOULD_BE_COPIED)
+                    to_copy(report.different, entry.relpath)
                     continue
                 same_size.append((entry, hash_file(self.local_connector.path(entry.relpath), algorithm)))
             except (OeleoError, OSError) as exc:
@@ -668,9 +670,7 @@ class Worker:
                         entry.mtime_ns,
                     )
             else:
-                report.different.append(entry.relpath)
-                if update_db:
-                    self.bookkeeper.record_code(entry.relpath, SHOULD_BE_COPIED)
+                to_copy(report.different, entry.relpath)
         if update_db:
             self.bookkeeper.flush()
         self._entries = None
