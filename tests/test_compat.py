@@ -9,9 +9,10 @@ import sqlite3
 import subprocess
 import sys
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict
 
 import pytest
+from helpers import clean_env, run_oeleo
 
 # The two local examples of the published oeleo 0.7 README, verbatim.
 README_LOCAL_SCRIPT = """\
@@ -104,17 +105,11 @@ def md5(text: str) -> str:
     return hashlib.md5(text.encode()).hexdigest()
 
 
-def oeleo_env(extra: Optional[Dict[str, str]] = None) -> Dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("OELEO_")}
-    env.update(extra or {})
-    return env
-
-
 def run_python(cwd: Path, script: Path, timeout: float = 60) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, str(script)],
         cwd=cwd,
-        env=oeleo_env(),
+        env=clean_env(),
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -347,14 +342,7 @@ def test_oeleo_0_7_database_is_upgraded_in_place_and_its_books_respected(tmp_pat
     make_0_7_database(db, published_rows)
     untouched = {n: (pub / n).stat() for n in ("file_number_1.xyz", "file_number_10.xyz")}
 
-    done = subprocess.run(
-        [sys.executable, "-m", "oeleo", "run", "--from", "local", "--to", "pub", "--db", db.name],
-        cwd=tmp_path,
-        env=oeleo_env(),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = run_oeleo("run", "--from", "local", "--to", "pub", "--db", db.name, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
 
     con = sqlite3.connect(db)
@@ -381,14 +369,7 @@ def test_oeleo_0_7_database_is_upgraded_in_place_and_its_books_respected(tmp_pat
     assert after["gone.xyz"]["checksum"] == md5("gone\n")
 
     # Unchanged files are now known by size and time: the next run copies nothing.
-    again = subprocess.run(
-        [sys.executable, "-m", "oeleo", "run", "--from", "local", "--to", "pub", "--db", db.name],
-        cwd=tmp_path,
-        env=oeleo_env(),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    again = run_oeleo("run", "--from", "local", "--to", "pub", "--db", db.name, cwd=tmp_path)
     assert again.returncode == 0, again.stderr
     assert "copied 0 files" in again.stderr
 
@@ -406,26 +387,7 @@ def test_dry_run_on_an_oeleo_0_7_database_changes_nothing_and_reports_only_chang
     )
     before = db.read_bytes()
 
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "oeleo",
-            "run",
-            "--dry-run",
-            "--from",
-            "local",
-            "--to",
-            "pub",
-            "--db",
-            db.name,
-        ],
-        cwd=tmp_path,
-        env=oeleo_env(),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = run_oeleo("run", "--dry-run", "--from", "local", "--to", "pub", "--db", db.name, cwd=tmp_path)
 
     assert done.returncode == 0, done.stderr
     assert sorted(done.stdout.split()) == ["edited.xyz", "new.xyz"]
