@@ -8,17 +8,45 @@ FITS header check, say) by overriding ``validate``.
 from __future__ import annotations
 
 import hashlib
+import os
+import zlib
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Union
 
 CHUNK_SIZE = 1024 * 1024
 
 
+class Crc32:
+    """CRC-32 with hashlib's interface. Not a fingerprint for the books: a fast check that a
+    copy read back equals what was written (it catches every burst error up to 32 bits, and
+    other damage with odds of 1 in 4 billion; zlib computes it about 8x faster than md5)."""
+
+    name = "crc32"
+
+    def __init__(self) -> None:
+        self._value = 0
+
+    def update(self, data: Union[bytes, bytearray, memoryview]) -> None:
+        self._value = zlib.crc32(data, self._value)
+
+    def hexdigest(self) -> str:
+        return f"{self._value:08x}"
+
+
+def new_hash(algorithm: str) -> Any:
+    """A hash object for a hashlib name, or for ``crc32``."""
+    if algorithm == "crc32":
+        return Crc32()
+    return hashlib.new(algorithm)
+
+
 def hash_file(path: Path, algorithm: str = "md5", chunk_size: int = CHUNK_SIZE) -> str:
     """Hex digest of a local file, read in chunks."""
-    digest = hashlib.new(algorithm)
-    with open(path, "rb") as handle:
-        buffer = bytearray(chunk_size)
+    digest = new_hash(algorithm)
+    with open(path, "rb", buffering=0) as handle:
+        # A buffer the size of a small file: zeroing a whole chunk would cost more than
+        # reading the file.
+        buffer = bytearray(max(1, min(chunk_size, os.fstat(handle.fileno()).st_size + 1)))
         view = memoryview(buffer)
         while True:
             n = handle.readinto(buffer)

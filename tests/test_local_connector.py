@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
+import sys
+import threading
 from pathlib import Path
 
 import pytest
 from helpers import make_tree, set_mtime, tree_files
 
-from oeleo.connectors.base import temp_relpath
+from oeleo.connectors import local as local_module
+from oeleo.connectors.base import HASH_THREAD_MIN_SIZE, temp_relpath
 from oeleo.connectors.local import LocalConnector
-from oeleo.errors import ConfigError, UnsafePathError
+from oeleo.errors import Aborted, ConfigError, FileChangedError, UnsafePathError, VerificationError
 
 
 def names(connector: LocalConnector, **kwargs) -> list:
@@ -248,3 +252,122 @@ def test_path_of_a_relative_name_is_inside_the_folder(tmp_path):
     assert conn.path("a\\b.csv") == Path(tmp_path) / "a" / "b.csv"
     with pytest.raises(UnsafePathError):
         conn.path("../b.csv")
+
+
+# -- verification and durability of a copy ---------------------------------------------
+
+
+def _hash_threads() -> list:
+    return [t for t in threading.enumerate() if t.name == "oeleo-hash"]
+
+
+def test_a_copy_damaged_on_the_way_is_caught_by_the_read_back(tmp_path, monkeypatch):
+    src = make_tree(tmp_path / "src", {"a.res": "x" * 5000})["a.res"]
+    store = LocalConnector(tmp_path / "store")
+    real_write = LocalConnector.write_stream
+
+    def write_then_damage(self, relpath, chunks, size):
+        real_write(self, relpath, chunks, size)
+        with open(self.path(relpath), "r+b") as handle:  # one bit flipped after the write
+            handle.seek(1234)
+            handle.write(b"y")
+
+    monkeypatch.setattr(LocalConnector, "write_stream", write_then_damage)
+
+    with pytest.raises(VerificationError, match="crc32 of the copy"):
+        store.put(src, "a.res")
+
+    assert tree_files(tmp_path / "store") == {}
+
+
+def test_a_large_copy_is_hashed_whole_while_copied(tmp_path):
+    src = tmp_path / "big.res"
+    src.write_bytes(os.urandom(HASH_THREAD_MIN_SIZE + 12345))
+    store = LocalConnector(tmp_path / "store")
+
+    result = store.put(src, "big.res")
+
+    data = src.read_bytes()
+    assert result.checksum == hashlib.md5(data).hexdigest()
+    assert (tmp_path / "store" / "big.res").read_bytes() == data
+    assert _hash_threads() == []
+
+
+def test_a_large_file_that_changes_while_copied_leaves_nothing_and_no_thread(tmp_path):
+    src = tmp_path / "big.res"
+    src.write_bytes(os.urandom(HASH_THREAD_MIN_SIZE + 1))
+    store = LocalConnector(tmp_path / "store")
+    seen = []
+
+    def grow_once(n):
+        seen.append(n)
+        if len(seen) == 2:
+            with open(src, "ab") as handle:
+                handle.write(b"more")
+
+    with pytest.raises(FileChangedError):
+        store.put(src, "big.res", progress=grow_once)
+
+    assert tree_files(tmp_path / "store") == {}
+    assert _hash_threads() == []
+
+
+def test_a_stop_during_a_large_copy_leaves_no_thread(tmp_path):
+    src = tmp_path / "big.res"
+    src.write_bytes(os.urandom(HASH_THREAD_MIN_SIZE * 2))
+    chunks = []
+
+    with pytest.raises(Aborted):
+        LocalConnector(tmp_path / "store").put(
+            src, "big.res", progress=chunks.append, should_stop=lambda: len(chunks) >= 3
+        )
+
+    assert tree_files(tmp_path / "store") == {}
+    assert _hash_threads() == []
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="syncfs is Linux's")
+def test_a_batch_is_made_durable_with_one_syncfs_per_filesystem(tmp_path, monkeypatch):
+    store = LocalConnector(tmp_path / "store")
+    sources = make_tree(tmp_path / "src", {f"d{i}/f{j}.csv": f"{i}{j}" for i in range(3) for j in range(4)})
+    staged = [store.stage(path, rel) for rel, path in sources.items()]
+    fsyncs, syncfs_calls = [], []
+    monkeypatch.setattr(local_module.os, "fsync", lambda fd: fsyncs.append(fd))
+    real_syncfs = local_module._syncfs
+
+    def counting(folders):
+        folders = set(folders)
+        syncfs_calls.append(folders)
+        return real_syncfs(folders)
+
+    monkeypatch.setattr(local_module, "_syncfs", counting)
+
+    store.sync_data(staged)
+    committed = [store.commit(s) for s in staged]
+    store.sync_names(committed)
+
+    assert len(syncfs_calls) == 2 and fsyncs == []
+    assert {os.path.basename(f) for f in syncfs_calls[0]} == {"d0", "d1", "d2"}
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="names open files through /proc")
+def test_without_syncfs_each_file_and_folder_is_fsynced(tmp_path, monkeypatch):
+    store = LocalConnector(tmp_path / "store")
+    sources = make_tree(tmp_path / "src", {f"d{i}/f{j}.csv": f"{i}{j}" for i in range(3) for j in range(4)})
+    staged = [store.stage(path, rel) for rel, path in sources.items()]
+    fsynced = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(local_module, "_SYNCFS", False)
+    monkeypatch.setattr(
+        local_module.os,
+        "fsync",
+        lambda fd: (fsynced.append(os.readlink(f"/proc/self/fd/{fd}")), real_fsync(fd)),
+    )
+
+    store.sync_data(staged)
+    committed = [store.commit(s) for s in staged]
+    store.sync_names(committed)
+
+    staged_names = {str(tmp_path / "store" / s.staging) for s in staged}
+    assert staged_names <= set(fsynced)
+    assert {str(tmp_path / "store" / f"d{i}") for i in range(3)} <= set(fsynced)

@@ -20,6 +20,8 @@ import fnmatch
 import hashlib
 import os
 import posixpath
+import queue
+import threading
 from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 from typing import (
@@ -36,6 +38,7 @@ from typing import (
     Sequence,
 )
 
+from oeleo.checkers import new_hash
 from oeleo.errors import (
     Aborted,
     DiskFullError,
@@ -50,6 +53,8 @@ if TYPE_CHECKING:
 
 CHUNK_SIZE = 1024 * 1024
 TEMP_SUFFIX = ".oeleo-part"
+HASH_THREAD_MIN_SIZE = 8 * CHUNK_SIZE  # from this size a file is hashed in a second thread
+HASH_QUEUE_CHUNKS = 4  # chunks waiting to be hashed, at most (memory: 4 MiB per file)
 
 ProgressCallback = Callable[[int], None]
 StopCheck = Callable[[], bool]
@@ -129,11 +134,43 @@ def has_extension(name: str, extensions: Sequence[str]) -> bool:
     return any(lowered.endswith(ext.lower()) for ext in extensions)
 
 
+class _HashThread:
+    """Feeds a hash object from a second thread, so that hashing one chunk overlaps reading
+    and writing the next: hashlib releases the GIL on large buffers, and md5 alone is slower
+    than a disk. Chunks are ``bytes`` (immutable), so handing them over is safe."""
+
+    def __init__(self, digest: Any) -> None:
+        self.digest = digest
+        self._queue: queue.Queue = queue.Queue(maxsize=HASH_QUEUE_CHUNKS)
+        self._thread = threading.Thread(target=self._run, name="oeleo-hash", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        update = self.digest.update
+        get = self._queue.get
+        while True:
+            chunk = get()
+            if chunk is None:
+                return
+            update(chunk)
+
+    def update(self, chunk: bytes) -> None:
+        self._queue.put(chunk)
+
+    def join(self) -> None:
+        """Wait until every chunk handed over is hashed (the thread drains the queue)."""
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+
+
 class SourceReader:
     """Reads a local file in chunks, hashing as it goes, and notices if it changes meanwhile.
 
     Iterate to get the chunks; call ``finish()`` after the last one: it raises
-    ``FileChangedError`` if the file's size or mtime moved since it was opened.
+    ``FileChangedError`` if the file's size or mtime moved since it was opened. With
+    ``check_algorithm`` the chunks are also fed to a second, cheap hash (``check_digest``)
+    that a read-back of the copy is compared with.
     """
 
     def __init__(
@@ -143,31 +180,50 @@ class SourceReader:
         progress: Optional[ProgressCallback] = None,
         should_stop: Optional[StopCheck] = None,
         chunk_size: int = CHUNK_SIZE,
+        check_algorithm: Optional[str] = None,
     ) -> None:
         self.path = path
-        self.digest = hashlib.new(algorithm)
+        self.digest = new_hash(algorithm)
+        self.check = new_hash(check_algorithm) if check_algorithm else None
         self.progress = progress
         self.should_stop = should_stop
         self.chunk_size = chunk_size
         self.size = 0
-        self._handle = open(path, "rb")  # noqa: SIM115 - closed in finish()/close()
+        self._handle = open(path, "rb", buffering=0)  # noqa: SIM115 - closed in finish()/close()
         before = os.fstat(self._handle.fileno())
         self.expected_size = before.st_size
         self.mtime_ns = before.st_mtime_ns
+        self._hasher: Optional[_HashThread] = None
 
     def __iter__(self) -> Iterator[bytes]:
         read = self._handle.read
+        expected = self.expected_size
+        size = min(self.chunk_size, expected) or self.chunk_size
+        if self.expected_size >= HASH_THREAD_MIN_SIZE:
+            self._hasher = _HashThread(self.digest)
+            update = self._hasher.update
+        else:
+            update = self.digest.update
+        check = self.check.update if self.check is not None else None
         while True:
             if self.should_stop is not None and self.should_stop():
                 raise Aborted(f"stopped while copying {self.path}")
-            chunk = read(self.chunk_size)
+            chunk = read(size)
             if not chunk:
                 return
-            self.digest.update(chunk)
+            update(chunk)
+            if check is not None:
+                check(chunk)
             self.size += len(chunk)
             if self.progress is not None:
                 self.progress(len(chunk))
             yield chunk
+            if self.size == expected:
+                return  # a file that grew meanwhile is caught by finish(): its size moved
+
+    @property
+    def check_digest(self) -> Optional[str]:
+        return self.check.hexdigest() if self.check is not None else None
 
     def finish(self) -> str:
         """Close the file, check it did not change, and return the hex digest."""
@@ -189,6 +245,8 @@ class SourceReader:
         return self.digest.hexdigest()
 
     def close(self) -> None:
+        if self._hasher is not None:
+            self._hasher.join()
         if not self._handle.closed:
             self._handle.close()
 
@@ -201,6 +259,9 @@ class Connector:
     - ``name``: the short name used by ``OELEO_CONNECTOR``.
     - ``hashes``: hash algorithms the store computes itself (verification without reading
       the file back through this process); empty when ``checksum`` must read the file.
+    - ``readback_hash``: when the store computes no hash and the copy is read back, the
+      algorithm to compare it with (``crc32``: cheap, and catches accidental damage as well
+      as md5); ``None`` compares with the books' algorithm.
     - ``atomic_rename``: ``True`` when ``rename`` replaces the target atomically, so
       ``put`` writes a temporary name first; ``False`` for stores that commit an upload
       atomically themselves (then ``write_stream`` writes the final name directly).
@@ -208,6 +269,7 @@ class Connector:
 
     name: ClassVar[str] = "base"
     hashes: ClassVar[FrozenSet[str]] = frozenset()
+    readback_hash: ClassVar[Optional[str]] = None
     atomic_rename: ClassVar[bool] = True
 
     directory: Any = None
@@ -366,7 +428,13 @@ class Connector:
         """
         relpath = safe_relpath(relpath)
         staging = temp_relpath(relpath) if self.atomic_rename else relpath
-        reader = SourceReader(Path(local_path), algorithm, progress, should_stop)
+        # The read-back of the copy is compared with a cheap hash when the connector says
+        # so (``readback_hash``); a hash the store computes itself is compared directly.
+        store_hashes = algorithm in self.hashes
+        check_algorithm = self.readback_hash if verify and not store_hashes else None
+        reader = SourceReader(
+            Path(local_path), algorithm, progress, should_stop, check_algorithm=check_algorithm
+        )
         written = False
         try:
             try:
@@ -380,10 +448,13 @@ class Connector:
             if expected_checksum is not None and digest != expected_checksum:
                 raise FileChangedError(f"{local_path} changed since it was checked")
             if verify:
-                stored = self.checksum(staging, algorithm)
-                if stored != digest:
+                used, wanted = (algorithm, digest)
+                if check_algorithm:
+                    used, wanted = (check_algorithm, reader.check_digest)
+                stored = self.checksum(staging, used)
+                if stored != wanted:
                     raise VerificationError(
-                        f"{relpath}: {algorithm} of the copy is {stored}, of the source {digest}"
+                        f"{relpath}: {used} of the copy is {stored}, of the source {wanted}"
                     )
             self.set_mtime(staging, reader.mtime_ns)
         except BaseException:
