@@ -18,7 +18,7 @@ import socket
 import time
 import zlib
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Type
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Type
 
 import peewee
 
@@ -338,38 +338,70 @@ class Bookkeeper:
         )
         target = [model.origin, model.local_name]
 
+        def upsert_copied(rows: Sequence[Any], fields: Any = None) -> peewee.Insert:
+            return model.insert_many(rows, fields=fields).on_conflict(
+                conflict_target=target,
+                update={
+                    model.external_name: peewee.EXCLUDED.external_name,
+                    model.checksum: peewee.EXCLUDED.checksum,
+                    model.size: peewee.EXCLUDED.size,
+                    model.mtime_ns: peewee.EXCLUDED.mtime_ns,
+                    model.processed_date: peewee.EXCLUDED.processed_date,
+                    model.last_error: None,
+                    model.code: keep_lock,
+                },
+            )
+
+        def upsert_errors(rows: Sequence[Any], fields: Any = None) -> peewee.Insert:
+            return model.insert_many(rows, fields=fields).on_conflict(
+                conflict_target=target,
+                update={model.last_error: peewee.EXCLUDED.last_error},
+            )
+
+        def upsert_codes(rows: Sequence[Any], fields: Any = None) -> peewee.Insert:
+            return model.insert_many(rows, fields=fields).on_conflict(
+                conflict_target=target,
+                update={
+                    model.code: peewee.EXCLUDED.code,
+                    model.external_name: peewee.fn.COALESCE(
+                        peewee.EXCLUDED.external_name, model.external_name
+                    ),
+                },
+            )
+
         def run() -> None:
             with self.database.atomic():
-                for chunk in _chunks(copied):
-                    model.insert_many(chunk).on_conflict(
-                        conflict_target=target,
-                        update={
-                            model.external_name: peewee.EXCLUDED.external_name,
-                            model.checksum: peewee.EXCLUDED.checksum,
-                            model.size: peewee.EXCLUDED.size,
-                            model.mtime_ns: peewee.EXCLUDED.mtime_ns,
-                            model.processed_date: peewee.EXCLUDED.processed_date,
-                            model.last_error: None,
-                            model.code: keep_lock,
-                        },
-                    ).execute()
-                for chunk in _chunks(errors):
-                    model.insert_many(chunk).on_conflict(
-                        conflict_target=target,
-                        update={model.last_error: peewee.EXCLUDED.last_error},
-                    ).execute()
-                for chunk in _chunks(codes):
-                    model.insert_many(chunk).on_conflict(
-                        conflict_target=target,
-                        update={
-                            model.code: peewee.EXCLUDED.code,
-                            model.external_name: peewee.fn.COALESCE(
-                                peewee.EXCLUDED.external_name, model.external_name
-                            ),
-                        },
-                    ).execute()
+                self._write_rows(copied, upsert_copied)
+                self._write_rows(errors, upsert_errors)
+                self._write_rows(codes, upsert_codes)
 
         self._guard(run)
+
+    def _write_rows(self, rows: List[dict], statement: Callable[..., peewee.Insert]) -> None:
+        """Run ``statement`` (an INSERT ... ON CONFLICT built by peewee) for every row.
+
+        On SQLite the SQL is built once, for the first row, and run with ``executemany``:
+        peewee building the text and parameters of every value costs more than SQLite
+        writing them. Elsewhere (PostgreSQL: one round trip per statement) rows go in
+        multi-row statements.
+        """
+        if not rows:
+            return
+        if isinstance(self.database, peewee.SqliteDatabase):
+            names = list(rows[0])
+            fields = [self.db_model._meta.fields[name] for name in names]
+            sql, params = statement([tuple(rows[0][name] for name in names)], fields).sql()
+            values = sql[sql.index(" VALUES (") + 9 :]
+            if values[: values.index(")")].count("?") == len(fields):  # no column added by peewee
+                tail = tuple(params[len(fields) :])  # parameters of the ON CONFLICT part
+                convert = [field.db_value for field in fields]
+                self.database.cursor().executemany(
+                    sql,
+                    [tuple(c(row[n]) for c, n in zip(convert, names)) + tail for row in rows],
+                )
+                return
+        for chunk in _chunks(rows):
+            statement(chunk).execute()
 
     def set_code(self, local_names: Sequence[str], code: int) -> int:
         """Set the code of these files now (creating rows as needed); returns how many."""
