@@ -62,7 +62,11 @@ class Settings(BaseSettings):
     checksum: str = Field("md5", description="hashlib algorithm used to compare and verify.")
     verify: bool = Field(True, description="Check the destination's checksum after each copy.")
     retries: int = Field(3, ge=0, description="Attempts per file after a dropped connection.")
-    workers: int = Field(1, ge=1, description="Files copied at the same time.")
+    workers: Optional[int] = Field(
+        None,
+        ge=1,
+        description="Files copied at the same time; empty: 2 for connectors that allow it, else 1.",
+    )
 
     # Plugging.
     connector: str = Field(

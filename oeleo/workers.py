@@ -48,6 +48,7 @@ BACKOFF_SECONDS = 0.5
 COMMIT_FILES = 256
 COMMIT_BYTES = 64 * 1024 * 1024
 COMMIT_SECONDS = 1.0
+AUTO_WORKERS = 2  # files copied at a time when OELEO_WORKERS is not set and the connector allows it
 
 
 def _overrides_put_only(connector: Connector) -> bool:
@@ -163,7 +164,7 @@ class Worker:
         min_age: float = 0.0,
         verify: bool = True,
         retries: int = 3,
-        workers: int = 1,
+        workers: Optional[int] = 1,
         force: bool = False,
         include_locked: bool = False,
     ) -> None:
@@ -194,6 +195,9 @@ class Worker:
         self.min_age = min_age
         self.verify = verify
         self.retries = retries if reconnect else 0
+        if workers is None:  # two files at a time where the connector allows it: on two cores
+            # the hashing of one overlaps the reading and writing of the other
+            workers = AUTO_WORKERS if external_connector.thread_safe else 1
         self.workers = max(1, int(workers))
         self.force = force
         self.include_locked = include_locked

@@ -492,6 +492,30 @@ def test_parallel_workers_copy_every_file_correctly(new_worker, tmp_path, dst, d
     }
 
 
+class OneAtATime(LocalConnector):
+    """A user's connector that says nothing about threads."""
+
+    thread_safe = False
+
+
+def test_unset_workers_copy_two_at_a_time_only_where_the_connector_allows_it(new_worker, dst):
+    assert new_worker(workers=None).workers == 2
+    assert new_worker(workers=None, external=OneAtATime(dst)).workers == 1
+    assert new_worker(workers=4, external=OneAtATime(dst)).workers == 4  # the user said so
+
+
+def test_two_workers_copy_large_files_whole_and_hash_them_right(new_worker, tmp_path, dst, db):
+    source = tmp_path / "large"
+    files = {f"L{i}.fits": os.urandom(base_module.HASH_THREAD_MIN_SIZE + 4096 * i) for i in range(3)}
+    make_tree(source, files)
+
+    summary = run_once(new_worker(source=source, workers=None))
+
+    assert (summary.copied, summary.failed) == (3, 0)
+    assert tree_files(dst) == files
+    assert {n: r["checksum"] for n, r in db_rows(db).items()} == {n: md5(d) for n, d in files.items()}
+
+
 # -- the command ------------------------------------------------------------------------
 
 

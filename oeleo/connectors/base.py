@@ -262,6 +262,8 @@ class Connector:
     - ``readback_hash``: when the store computes no hash and the copy is read back, the
       algorithm to compare it with (``crc32``: cheap, and catches accidental damage as well
       as md5); ``None`` compares with the books' algorithm.
+    - ``thread_safe``: ``True`` when ``stage``/``put`` may run in several threads at once;
+      then, unless ``OELEO_WORKERS`` says otherwise, two files are copied at a time.
     - ``atomic_rename``: ``True`` when ``rename`` replaces the target atomically, so
       ``put`` writes a temporary name first; ``False`` for stores that commit an upload
       atomically themselves (then ``write_stream`` writes the final name directly).
@@ -270,6 +272,7 @@ class Connector:
     name: ClassVar[str] = "base"
     hashes: ClassVar[FrozenSet[str]] = frozenset()
     readback_hash: ClassVar[Optional[str]] = None
+    thread_safe: ClassVar[bool] = False
     atomic_rename: ClassVar[bool] = True
 
     directory: Any = None

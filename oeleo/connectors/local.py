@@ -17,7 +17,42 @@ from oeleo.errors import ConfigError, UnsafePathError
 _HIDDEN = getattr(stat_module, "FILE_ATTRIBUTE_HIDDEN", 2)
 
 
-_SYNCFS: Any = None  # libc's syncfs once looked up; False where there is none
+WRITEBACK_EVERY = 8 * 1024 * 1024  # a large copy's bytes start for the disk every 8 MiB
+_SYNC_FILE_RANGE_WRITE = 2  # from <fcntl.h>: start writing the range back, do not wait
+
+
+def _linux_call(name: str, *argtypes: Any) -> Any:
+    """A function of the C library on Linux (``syncfs``, ``sync_file_range``), or False."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+
+        function = getattr(ctypes.CDLL(None, use_errno=True), name)
+    except (OSError, AttributeError):
+        return False
+    function.argtypes = list(argtypes)
+    return function
+
+
+# The C functions, looked up on first use; False where there is none.
+_SYNCFS: Any = None
+_SYNC_FILE_RANGE: Any = None
+
+
+def _start_writeback(fd: int, offset: int, length: int) -> None:
+    """Ask the kernel to start writing these bytes to the disk now, without waiting (Linux
+    ``sync_file_range``, as PostgreSQL does for its checkpoints): the fsync that makes the
+    copy durable then waits for the last few megabytes, not for the whole file."""
+    global _SYNC_FILE_RANGE
+    if _SYNC_FILE_RANGE is None:
+        import ctypes
+
+        _SYNC_FILE_RANGE = _linux_call(
+            "sync_file_range", ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_uint
+        )
+    if _SYNC_FILE_RANGE:
+        _SYNC_FILE_RANGE(fd, offset, length, _SYNC_FILE_RANGE_WRITE)  # only a hint: result unused
 
 
 def _syncfs(folders: Iterable[str]) -> bool:
@@ -29,16 +64,9 @@ def _syncfs(folders: Iterable[str]) -> bool:
     """
     global _SYNCFS
     if _SYNCFS is None:
-        _SYNCFS = False
-        if sys.platform.startswith("linux"):
-            try:
-                import ctypes
+        import ctypes
 
-                libc = ctypes.CDLL(None, use_errno=True)
-                _SYNCFS = libc.syncfs
-                _SYNCFS.argtypes = [ctypes.c_int]
-            except (OSError, AttributeError):
-                _SYNCFS = False
+        _SYNCFS = _linux_call("syncfs", ctypes.c_int)
     if not _SYNCFS:
         return False
     one_per_device = {os.stat(folder).st_dev: folder for folder in folders}
@@ -72,6 +100,7 @@ class LocalConnector(Connector):
 
     name = "local"
     readback_hash = "crc32"  # a copy on this computer is read back and compared by CRC-32
+    thread_safe = True
 
     def __init__(
         self,
@@ -251,11 +280,17 @@ class LocalConnector(Connector):
             # followed: O_EXCL refuses to open through a symlink.
             os.remove(path)
             fd = os.open(path, flags, 0o666)
+        written = flushed = 0
         with open(fd, "wb", buffering=0) as handle:
             for chunk in chunks:
                 view = memoryview(chunk)
                 while view:
-                    view = view[handle.write(view) :]
+                    n = handle.write(view)
+                    view = view[n:]
+                    written += n
+                if written - flushed >= WRITEBACK_EVERY:
+                    _start_writeback(fd, flushed, written - flushed)
+                    flushed = written
         # Durability comes later, for a whole batch at once: sync_data() then sync_names().
 
     def sync_data(self, staged: Sequence[PutResult]) -> None:

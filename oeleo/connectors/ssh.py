@@ -120,6 +120,7 @@ class SSHConnector(Connector):
     # What the server computes itself when the login has a shell; after connecting, the
     # instance says what this server actually offers (empty: copies are read back).
     hashes: FrozenSet[str] = frozenset(HASH_COMMANDS)  # type: ignore[misc]
+    thread_safe = True  # one SFTP channel per copying thread
     atomic_rename = True
 
     timeout: float = 15.0  # seconds to connect, read the banner and log in
