@@ -62,6 +62,10 @@ def test_every_tool_has_a_row_for_every_scenario_it_supports(quick_results: dict
     assert ("oeleo", "startup", "help") in have
     assert ("oeleo", "startup", "version") in have
     assert not any(r["tool"] == "cp" and r["scenario"] != "initial" for r in rows)
+    # The re-run over the small files plus 16 large ones: only the tools that keep books or hash.
+    flat = {(r["tool"], r["scenario"]) for r in rows if r["workload"] == "flat"}
+    assert flat == {("oeleo", "rerun"), ("oeleo-0.7.0", "rerun"), ("rclone-checksum", "rerun")}
+    assert any(t["target"].startswith("rerun flat in bytes: flat") for t in quick_results["targets"])
 
 
 def test_times_are_positive_and_every_run_succeeded(quick_results: dict) -> None:
