@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Dict, Optional, Union
 
 CHUNK_SIZE = 1024 * 1024
+FIRST_READ = 64 * 1024
 
 
 class Crc32:
@@ -40,19 +41,22 @@ def new_hash(algorithm: str) -> Any:
     return hashlib.new(algorithm)
 
 
-def hash_file(path: Path, algorithm: str = "md5", chunk_size: int = CHUNK_SIZE) -> str:
+def hash_file(path: Union[str, os.PathLike], algorithm: str = "md5", chunk_size: int = CHUNK_SIZE) -> str:
     """Hex digest of a local file, read in chunks."""
     digest = new_hash(algorithm)
-    with open(path, "rb", buffering=0) as handle:
-        # A buffer the size of a small file: zeroing a whole chunk would cost more than
-        # reading the file.
-        buffer = bytearray(max(1, min(chunk_size, os.fstat(handle.fileno()).st_size + 1)))
-        view = memoryview(buffer)
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+    try:
+        # A small first read: most instrument files fit, and a whole chunk's buffer costs
+        # more than reading them. Then whole chunks.
+        size = FIRST_READ
         while True:
-            n = handle.readinto(buffer)
-            if not n:
+            data = os.read(fd, size)
+            if not data:
                 break
-            digest.update(view[:n])
+            digest.update(data)
+            size = chunk_size
+    finally:
+        os.close(fd)
     return digest.hexdigest()
 
 

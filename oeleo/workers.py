@@ -48,6 +48,7 @@ BACKOFF_SECONDS = 0.5
 COMMIT_FILES = 256
 COMMIT_BYTES = 64 * 1024 * 1024
 COMMIT_SECONDS = 1.0
+PARALLEL_MIN_SIZE = 4 * 1024 * 1024  # with OELEO_WORKERS not set, smaller files go one at a time
 AUTO_WORKERS = 2  # files copied at a time when OELEO_WORKERS is not set and the connector allows it
 
 
@@ -195,8 +196,11 @@ class Worker:
         self.min_age = min_age
         self.verify = verify
         self.retries = retries if reconnect else 0
-        if workers is None:  # two files at a time where the connector allows it: on two cores
-            # the hashing of one overlaps the reading and writing of the other
+        # Not set: large files two at a time where the connector allows it (on two cores the
+        # md5 of one overlaps the reading and writing of the other); small files one at a
+        # time, as threads copying small files mostly wait for each other (Python's GIL).
+        self._auto_workers = workers is None
+        if workers is None:
             workers = AUTO_WORKERS if external_connector.thread_safe else 1
         self.workers = max(1, int(workers))
         self.force = force
@@ -381,13 +385,20 @@ class Worker:
         self.bookkeeper.start_run()
         self.reporter.run_started(len(todo), sum(e.size for e, _, _ in todo))
         try:
-            if self.workers > 1 and len(todo) > 1:
-                self._copy_parallel(todo, summary)
-            else:
-                for item in todo:
-                    if self._stop.is_set() or summary.fatal:
-                        break
-                    self._book(item, self._attempt(item), summary)
+            one_by_one, parallel = todo, []
+            if self.workers > 1 and self._auto_workers:
+                one_by_one = [item for item in todo if item[0].size < PARALLEL_MIN_SIZE]
+                parallel = [item for item in todo if item[0].size >= PARALLEL_MIN_SIZE]
+            elif self.workers > 1:
+                one_by_one, parallel = [], todo
+            for item in one_by_one:
+                if self._stop.is_set() or summary.fatal:
+                    break
+                self._book(item, self._attempt(item), summary)
+            if len(parallel) > 1:
+                self._copy_parallel(parallel, summary)
+            elif parallel and not (self._stop.is_set() or summary.fatal):
+                self._book(parallel[0], self._attempt(parallel[0]), summary)
             self._commit_staged(summary)  # staged files are whole and verified: finish them
         except BaseException as exc:
             summary.stopped = isinstance(exc, KeyboardInterrupt)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -502,6 +503,32 @@ def test_unset_workers_copy_two_at_a_time_only_where_the_connector_allows_it(new
     assert new_worker(workers=None).workers == 2
     assert new_worker(workers=None, external=OneAtATime(dst)).workers == 1
     assert new_worker(workers=4, external=OneAtATime(dst)).workers == 4  # the user said so
+
+
+class RecordsThreads(LocalConnector):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.threads = {}
+
+    def stage(self, local_path, relpath, **kwargs):
+        self.threads[relpath] = threading.current_thread().name
+        return super().stage(local_path, relpath, **kwargs)
+
+
+def test_unset_workers_copy_small_files_one_at_a_time_and_large_ones_in_parallel(new_worker, tmp_path, dst):
+    source = tmp_path / "mixed"
+    big = workers_module.PARALLEL_MIN_SIZE
+    make_tree(
+        source, {"a.csv": b"small", "b.csv": b"small too", "L1.fits": b"1" * big, "L2.fits": b"2" * big}
+    )
+    external = RecordsThreads(dst)
+
+    summary = run_once(new_worker(source=source, external=external, workers=None))
+
+    assert summary.copied == 4
+    main = threading.main_thread().name
+    assert external.threads["a.csv"] == external.threads["b.csv"] == main
+    assert all(external.threads[n].startswith("oeleo-copy") for n in ("L1.fits", "L2.fits"))
 
 
 def test_two_workers_copy_large_files_whole_and_hash_them_right(new_worker, tmp_path, dst, db):

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import errno
 import fnmatch
+import functools
 import hashlib
 import os
 import posixpath
@@ -189,14 +190,21 @@ class SourceReader:
         self.should_stop = should_stop
         self.chunk_size = chunk_size
         self.size = 0
-        self._handle = open(path, "rb", buffering=0)  # noqa: SIM115 - closed in finish()/close()
-        before = os.fstat(self._handle.fileno())
+        # A bare descriptor: a Python file object would stat the file once more on opening.
+        self._fd: Optional[int] = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+        try:
+            before = os.fstat(self._fd)
+        except BaseException:
+            self.close()
+            raise
         self.expected_size = before.st_size
         self.mtime_ns = before.st_mtime_ns
         self._hasher: Optional[_HashThread] = None
 
     def __iter__(self) -> Iterator[bytes]:
-        read = self._handle.read
+        fd = self._fd
+        assert fd is not None, "a SourceReader is read once"
+        read = functools.partial(os.read, fd)
         expected = self.expected_size
         size = min(self.chunk_size, expected) or self.chunk_size
         if self.expected_size >= HASH_THREAD_MIN_SIZE:
@@ -227,16 +235,15 @@ class SourceReader:
 
     def finish(self) -> str:
         """Close the file, check it did not change, and return the hex digest."""
-        after = os.fstat(self._handle.fileno())
         self.close()
+        # The name, not the open file: that catches a file changed in place and one replaced
+        # under the same name (an instrument rewriting its output) alike.
         try:
             current = os.stat(self.path)
         except OSError:
             current = None
         if (
             self.size != self.expected_size
-            or after.st_size != self.expected_size
-            or after.st_mtime_ns != self.mtime_ns
             or current is None
             or current.st_mtime_ns != self.mtime_ns
             or current.st_size != self.expected_size
@@ -247,8 +254,9 @@ class SourceReader:
     def close(self) -> None:
         if self._hasher is not None:
             self._hasher.join()
-        if not self._handle.closed:
-            self._handle.close()
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            os.close(fd)
 
 
 class Connector:

@@ -281,16 +281,18 @@ class LocalConnector(Connector):
             os.remove(path)
             fd = os.open(path, flags, 0o666)
         written = flushed = 0
-        with open(fd, "wb", buffering=0) as handle:
+        try:
             for chunk in chunks:
                 view = memoryview(chunk)
                 while view:
-                    n = handle.write(view)
+                    n = os.write(fd, view)
                     view = view[n:]
                     written += n
                 if written - flushed >= WRITEBACK_EVERY:
                     _start_writeback(fd, flushed, written - flushed)
                     flushed = written
+        finally:
+            os.close(fd)
         # Durability comes later, for a whole batch at once: sync_data() then sync_names().
 
     def sync_data(self, staged: Sequence[PutResult]) -> None:
