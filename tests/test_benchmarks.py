@@ -19,6 +19,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 EXPECTED = {
     "oeleo": {"initial", "rerun", "changed1"},
+    "oeleo-sha256": {"initial"},
     "oeleo-0.7.0": {"initial", "rerun", "changed1"},
     "rsync": {"initial", "rerun", "changed1"},
     "rsync-checksum": {"initial", "rerun", "changed1"},
