@@ -274,6 +274,10 @@ class Worker:
 
         ``additional_filters``: callables taking a ``Path`` and returning ``True`` to keep it.
         """
+        self._list_local(**kwargs)
+        return self.file_names
+
+    def _list_local(self, **kwargs: Any) -> None:
         self._connect()
         entries = list(
             self.local_connector.list_files(
@@ -288,7 +292,6 @@ class Worker:
             base = self.local_connector.directory
             entries = [e for e in entries if all(f(base / e.relpath) for f in extra)]
         self._set_entries(entries)
-        return self.file_names
 
     def add_local(self, local_files: Iterable[Any]) -> List[Path]:
         """Name the files to process yourself (paths inside the source folder)."""
@@ -352,7 +355,10 @@ class Worker:
         started = time.monotonic()
         self.connect_to_db()
         if self._entries is None:
-            self.filter_local()
+            if type(self).filter_local is not Worker.filter_local:
+                self.filter_local()  # a subclass chooses the files its own way
+            else:
+                self._list_local()  # the same, without building 0.7's list of paths
         entries = self._entries or []
         records = self.bookkeeper.load() if self._db_open else {}
         summary = RunSummary(listed=len(entries), dry_run=self.dry_run)
