@@ -266,13 +266,14 @@ def test_a_copy_damaged_on_the_way_is_caught_by_the_read_back(tmp_path, monkeypa
     store = LocalConnector(tmp_path / "store")
     real_write = LocalConnector.write_stream
 
-    def write_then_damage(self, relpath, chunks, size):
-        real_write(self, relpath, chunks, size)
-        with open(self.path(relpath), "r+b") as handle:  # one bit flipped after the write
-            handle.seek(1234)
-            handle.write(b"y")
+    def damaged(chunks):  # what reaches the disk differs from what was read (and hashed)
+        for chunk in chunks:
+            yield chunk[:1234] + b"y" + chunk[1235:]
 
-    monkeypatch.setattr(LocalConnector, "write_stream", write_then_damage)
+    def write_damaged(self, relpath, chunks, size):
+        real_write(self, relpath, damaged(chunks), size)
+
+    monkeypatch.setattr(LocalConnector, "write_stream", write_damaged)
 
     with pytest.raises(VerificationError, match="crc32 of the copy"):
         store.put(src, "a.res")

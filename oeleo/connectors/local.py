@@ -6,12 +6,21 @@ import os
 import stat as stat_module
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Set, Tuple, Union
 
-from oeleo.checkers import hash_file
-from oeleo.connectors.base import Connector, FileEntry, PutResult, has_extension, matches, safe_relpath
+from oeleo.checkers import hash_file, new_hash
+from oeleo.connectors.base import (
+    CHUNK_SIZE,
+    Connector,
+    FileEntry,
+    PutResult,
+    has_extension,
+    matches,
+    safe_relpath,
+)
 from oeleo.errors import ConfigError, UnsafePathError
 
 _HIDDEN = getattr(stat_module, "FILE_ATTRIBUTE_HIDDEN", 2)
@@ -80,6 +89,20 @@ def _syncfs(folders: Iterable[str]) -> bool:
     return True
 
 
+def _hash_from_start(fd: int, algorithm: str, size: int) -> str:
+    """Hash the first ``size`` bytes of an open file, read again from its start."""
+    digest = new_hash(algorithm)
+    os.lseek(fd, 0, os.SEEK_SET)
+    left = size
+    while left > 0:
+        data = os.read(fd, min(left, CHUNK_SIZE))
+        if not data:
+            break  # shorter than written: the digest differs, the verification says so
+        digest.update(data)
+        left -= len(data)
+    return digest.hexdigest()
+
+
 def _is_hidden(entry: os.DirEntry) -> bool:
     if entry.name.startswith("."):
         return True
@@ -117,6 +140,7 @@ class LocalConnector(Connector):
         self._root = str(self.directory)
         self._safe_folders: Set[str] = set()
         self._paths: Dict[str, str] = {}
+        self._read_back = threading.local()  # per copying thread: (path, algorithm, digest)
 
     def __str__(self) -> str:
         return str(self.directory)
@@ -262,12 +286,18 @@ class LocalConnector(Connector):
         return FileEntry(safe_relpath(relpath), st.st_size, st.st_mtime_ns)
 
     def checksum(self, relpath: str, algorithm: str = "md5") -> str:
-        return hash_file(self._fs_path(relpath), algorithm)
+        path = self._fs_path(relpath)
+        done = getattr(self._read_back, "value", None)
+        if done is not None:
+            self._read_back.value = None
+            if done[:2] == (path, algorithm):
+                return done[2]  # read back by write_stream, before it closed the file
+        return hash_file(path, algorithm)
 
     # -- write side -------------------------------------------------------------------
     def write_stream(self, relpath: str, chunks: Iterable[bytes], size: int) -> None:
         path = self._fs_path(relpath)
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+        flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
         try:
             fd = os.open(path, flags, 0o666)
         except FileNotFoundError:
@@ -280,6 +310,9 @@ class LocalConnector(Connector):
             # followed: O_EXCL refuses to open through a symlink.
             os.remove(path)
             fd = os.open(path, flags, 0o666)
+        # The source's reader carries the read-back hash when the copy is to be verified.
+        check = getattr(chunks, "check", None)
+        self._read_back.value = None
         written = flushed = 0
         try:
             for chunk in chunks:
@@ -291,6 +324,10 @@ class LocalConnector(Connector):
                 if written - flushed >= WRITEBACK_EVERY:
                     _start_writeback(fd, flushed, written - flushed)
                     flushed = written
+            if check is not None:
+                # Read the copy back now, through the same descriptor: a seek instead of an
+                # open and a close per file. checksum() hands the result to the verification.
+                self._read_back.value = (path, check.name, _hash_from_start(fd, check.name, written))
         finally:
             os.close(fd)
         # Durability comes later, for a whole batch at once: sync_data() then sync_names().
