@@ -9,7 +9,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Set, Tuple, Union
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 from oeleo.checkers import hash_file, new_hash
 from oeleo.connectors.base import (
@@ -138,7 +138,7 @@ class LocalConnector(Connector):
         self.directory = Path(directory).expanduser()
         self.include_subdirs = include_subdirs
         self._root = str(self.directory)
-        self._safe_folders: Set[str] = set()
+        self._folders: Dict[str, str] = {}  # checked folders: relative -> absolute, with a separator
         self._paths: Dict[str, str] = {}
         self._read_back = threading.local()  # per copying thread: (path, algorithm, digest)
 
@@ -149,7 +149,7 @@ class LocalConnector(Connector):
     def connect(self, **kwargs: Any) -> None:
         """Nothing to open; forgets which folders were checked to be inside the base."""
         self._root = str(self.directory)
-        self._safe_folders.clear()
+        self._folders.clear()
         self._paths.clear()
 
     def check_source(self) -> None:
@@ -191,18 +191,21 @@ class LocalConnector(Connector):
             return known
         safe = safe_relpath(relpath)
         folder, _, name = safe.rpartition("/")
-        parent = os.path.join(self._root, *folder.split("/")) if folder else self._root
-        if parent not in self._safe_folders:
+        prefix = self._folders.get(folder)
+        if prefix is None:
+            parent = os.path.join(self._root, *folder.split("/")) if folder else self._root
             base = os.path.realpath(self._root)
             real_parent = os.path.realpath(parent)
             if real_parent != base and not real_parent.startswith(base.rstrip(os.sep) + os.sep):
                 raise UnsafePathError(f"{safe!r} would resolve outside {self.directory}")
-            path = os.path.join(parent, name)
             if not os.path.isdir(parent):
-                return path  # checked again once the folder exists
+                return os.path.join(parent, name)  # checked again once the folder exists
             # Resolving symlinks costs a system call per path part: once per folder is enough.
-            self._safe_folders.add(parent)
-        path = os.path.join(parent, name)
+            prefix = os.path.join(parent, "")
+            if len(self._folders) >= 4096:
+                self._folders.clear()
+            self._folders[folder] = prefix
+        path = prefix + name
         if len(self._paths) >= 4096:
             self._paths.clear()
         self._paths[relpath] = path
