@@ -46,7 +46,8 @@ class Reporter:
             log.info("%s %d files (%s)", verb, files, human_bytes(nbytes))
 
     def file_started(self, relpath: str, size: int) -> None:
-        log.debug("copying %s (%s)", relpath, human_bytes(size))
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("copying %s (%s)", relpath, human_bytes(size))
 
     def advance(self, nbytes: int) -> None:
         """Bytes done on the current file(s); called from the copying threads."""

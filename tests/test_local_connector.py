@@ -13,7 +13,7 @@ import pytest
 from helpers import make_tree, set_mtime, tree_files
 
 from oeleo.connectors import local as local_module
-from oeleo.connectors.base import HASH_THREAD_MIN_SIZE, temp_relpath
+from oeleo.connectors.base import HASH_THREAD_MIN_SIZE, safe_relpath, temp_relpath
 from oeleo.connectors.local import LocalConnector
 from oeleo.errors import Aborted, ConfigError, FileChangedError, UnsafePathError, VerificationError
 
@@ -372,3 +372,30 @@ def test_without_syncfs_each_file_and_folder_is_fsynced(tmp_path, monkeypatch):
     staged_names = {str(tmp_path / "store" / s.staging) for s in staged}
     assert staged_names <= set(fsynced)
     assert {str(tmp_path / "store" / f"d{i}") for i in range(3)} <= set(fsynced)
+
+
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        ("a/b.csv", "a/b.csv"),
+        (".hidden/x.csv", ".hidden/x.csv"),
+        ("..x/y", "..x/y"),
+        (".../y", ".../y"),
+        ("a./b", "a./b"),
+        ("file.", "file."),
+        ("a\\b.csv", "a/b.csv"),
+        ("a//b.csv", "a/b.csv"),
+        ("./a/./b.csv", "a/b.csv"),
+        ("a/b/", "a/b"),
+    ],
+)
+def test_relative_names_are_normalised(name, expected):
+    assert safe_relpath(name) == expected
+
+
+@pytest.mark.parametrize(
+    "name", ["..", ".", "a/..", "a/../../b", "../b", "/b", "C:b", "C:\\b", "", "a/../.."]
+)
+def test_names_leaving_the_folder_are_refused(name):
+    with pytest.raises(UnsafePathError):
+        safe_relpath(name)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import errno
 import fnmatch
-import functools
 import hashlib
 import os
 import posixpath
@@ -37,6 +36,7 @@ from typing import (
     NamedTuple,
     Optional,
     Sequence,
+    Union,
 )
 
 from oeleo.checkers import new_hash
@@ -93,7 +93,20 @@ def safe_relpath(relpath: str) -> str:
     ``a\\b.csv`` (a Windows name) becomes ``a/b.csv``; ``../x``, ``/etc/x`` and ``C:x`` raise
     ``UnsafePathError``.
     """
-    text = str(relpath).replace("\\", "/")
+    text = relpath if type(relpath) is str else str(relpath)
+    # Most names are already plain: no backslash, colon, empty, "." or ".." part (checked
+    # cheaply here: this runs several times per copied file). Others take the long way.
+    if (
+        text
+        and text[0] != "/"
+        and text[-1] not in "/."
+        and "\\" not in text
+        and ":" not in text
+        and "//" not in text
+        and "./" not in text
+    ):
+        return text
+    text = text.replace("\\", "/")
     if not text or text.startswith("/") or (text[1:2] == ":" and text[0].isalpha()):
         raise UnsafePathError(f"{relpath!r} is not a relative file name")
     parts = [p for p in text.split("/") if p not in ("", ".")]
@@ -176,7 +189,7 @@ class SourceReader:
 
     def __init__(
         self,
-        path: Path,
+        path: Union[str, os.PathLike[str]],
         algorithm: str,
         progress: Optional[ProgressCallback] = None,
         should_stop: Optional[StopCheck] = None,
@@ -204,7 +217,7 @@ class SourceReader:
     def __iter__(self) -> Iterator[bytes]:
         fd = self._fd
         assert fd is not None, "a SourceReader is read once"
-        read = functools.partial(os.read, fd)
+        read = os.read
         expected = self.expected_size
         size = min(self.chunk_size, expected) or self.chunk_size
         if self.expected_size >= HASH_THREAD_MIN_SIZE:
@@ -216,7 +229,7 @@ class SourceReader:
         while True:
             if self.should_stop is not None and self.should_stop():
                 raise Aborted(f"stopped while copying {self.path}")
-            chunk = read(size)
+            chunk = read(fd, size)
             if not chunk:
                 return
             update(chunk)
@@ -443,9 +456,7 @@ class Connector:
         # so (``readback_hash``); a hash the store computes itself is compared directly.
         store_hashes = algorithm in self.hashes
         check_algorithm = self.readback_hash if verify and not store_hashes else None
-        reader = SourceReader(
-            Path(local_path), algorithm, progress, should_stop, check_algorithm=check_algorithm
-        )
+        reader = SourceReader(local_path, algorithm, progress, should_stop, check_algorithm=check_algorithm)
         written = False
         try:
             try:
