@@ -213,6 +213,8 @@ class Worker:
         self._staged_bytes = 0
         self._staged_since = time.monotonic()
         self._connected = False
+        self._committer: Optional[ThreadPoolExecutor] = None
+        self._durable: Optional[Future] = None  # a batch being made durable in the background
 
     def __repr__(self) -> str:
         return f"Worker({self.local_connector!r} -> {self.external_connector!r})"
@@ -240,6 +242,9 @@ class Worker:
 
     def close(self) -> None:
         """Commit what is queued, release the books and the connections."""
+        if self._committer is not None:
+            self._committer.shutdown(wait=True)
+            self._committer = None
         try:
             if self._db_open:
                 self.bookkeeper.close()
@@ -408,7 +413,10 @@ class Worker:
             self._commit_staged(summary)  # staged files are whole and verified: finish them
         except BaseException as exc:
             summary.stopped = isinstance(exc, KeyboardInterrupt)
-            self._discard_staged()
+            try:
+                self._book_durable(summary)  # renamed into place and durable: book them
+            finally:
+                self._discard_staged()
             raise
         finally:
             summary.stopped = summary.stopped or self._stop.is_set()
@@ -550,7 +558,7 @@ class Worker:
                 or self._staged_bytes >= COMMIT_BYTES
                 or time.monotonic() - self._staged_since > COMMIT_SECONDS
             ):
-                self._commit_staged(summary)
+                self._commit_staged(summary, wait=False)
         elif kind == "copied":
             self._book_copied(entry, code, value, summary)
         elif kind == "unchanged":
@@ -583,39 +591,69 @@ class Worker:
         if kind == "fatal":
             summary.fatal = reason
 
-    def _commit_staged(self, summary: RunSummary) -> None:
+    def _commit_staged(self, summary: RunSummary, wait: bool = True) -> None:
         """Make a batch of staged files durable and move them to their real names, then
         book them: sync the data once, rename each, sync the folders once. A row is queued
-        only for a file that is under its real name and durable."""
+        only for a file that is under its real name and durable.
+
+        With ``wait=False`` and a connector that declares ``thread_safe``, the batch is made
+        durable in a second thread while the next one is copied, and booked when the next
+        batch is handed over (or at the end of the pass): waiting for the disk then overlaps
+        copying instead of adding to it.
+        """
         staged, self._staged = self._staged, []
         self._staged_bytes, self._staged_since = 0, time.monotonic()
+        self._book_durable(summary)  # the batch before this one: booked in order
         if not staged:
             return
+        if wait or not self.external_connector.thread_safe:
+            self._book_outcomes(self._make_durable(staged), summary)
+            return
+        if self._committer is None:
+            self._committer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="oeleo-commit")
+        self._durable = self._committer.submit(self._make_durable, staged)
+
+    def _book_durable(self, summary: RunSummary) -> None:
+        """Wait for the batch being made durable in the second thread, and book it."""
+        if self._durable is not None:
+            future, self._durable = self._durable, None
+            self._book_outcomes(future.result(), summary)
+
+    def _make_durable(self, staged: List[Tuple[FileEntry, int, PutResult]]) -> List[Tuple[Any, ...]]:
+        """sync_data, rename each, sync_names; returns what to book, file by file:
+        ("copied", entry, code, result) or ("error"/"fatal", entry, reason)."""
         external = self.external_connector
         try:
             external.sync_data([result for _, _, result in staged])
         except Exception as exc:  # noqa: BLE001 - the batch fails, the run goes on
             reason = _reason(exc, "cannot make the copies durable")
-            for entry, _, result in staged:
+            kind = "fatal" if _is_disk_full(exc) else "error"
+            for _, _, result in staged:
                 external.discard(result)
-                self._book_failure(entry, "fatal" if _is_disk_full(exc) else "error", reason, summary)
-            return
+            return [(kind, entry, reason) for entry, _, _ in staged]
+        outcomes: List[Tuple[Any, ...]] = []
         committed = []
         for entry, code, result in staged:
             try:
                 committed.append((entry, code, external.commit(result)))
             except Exception as exc:  # noqa: BLE001
                 external.discard(result)
-                self._book_failure(entry, "error", _reason(exc, "cannot rename into place"), summary)
+                outcomes.append(("error", entry, _reason(exc, "cannot rename into place")))
         try:
             external.sync_names([result for _, _, result in committed])
         except Exception as exc:  # noqa: BLE001 - in place but not proven durable: not booked
             reason = _reason(exc, "cannot make the renames durable")
-            for entry, _, _ in committed:
-                self._book_failure(entry, "error", reason, summary)
-            return
-        for entry, code, result in committed:
-            self._book_copied(entry, code, result, summary)
+            return outcomes + [("error", entry, reason) for entry, _, _ in committed]
+        return outcomes + [("copied", entry, code, result) for entry, code, result in committed]
+
+    def _book_outcomes(self, outcomes: List[Tuple[Any, ...]], summary: RunSummary) -> None:
+        for outcome in outcomes:
+            if outcome[0] == "copied":
+                _, entry, code, result = outcome
+                self._book_copied(entry, code, result, summary)
+            else:
+                kind, entry, reason = outcome
+                self._book_failure(entry, kind, reason, summary)
 
     def _book_copied(self, entry: FileEntry, code: int, result: PutResult, summary: RunSummary) -> None:
         """The file is under its real name, verified and durable: book it."""

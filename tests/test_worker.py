@@ -671,3 +671,38 @@ def test_a_failed_sync_leaves_no_file_under_its_real_name_and_books_no_copy(new_
     rows = db_rows(db)
     assert all(row["checksum"] is None for row in rows.values())
     assert all("Input/output error" in row["last_error"] for row in rows.values())
+
+
+class RecordsSyncThreads(LocalConnector):
+    def __init__(self, directory, thread_safe):
+        super().__init__(directory)
+        self.thread_safe = thread_safe
+        self.sync_threads = []
+        self.stage_threads = set()
+
+    def stage(self, local_path, relpath, **kwargs):
+        self.stage_threads.add(threading.current_thread().name)
+        return super().stage(local_path, relpath, **kwargs)
+
+    def sync_data(self, staged):
+        self.sync_threads.append(threading.current_thread().name)
+        super().sync_data(staged)
+
+
+@pytest.mark.parametrize("thread_safe", [True, False])
+def test_a_batch_is_made_durable_while_the_next_is_copied_only_where_the_connector_allows_it(
+    new_worker, tmp_path, dst, db, thread_safe
+):
+    names = {f"d{i // 100}/f{i:03d}.csv": f"{i}\n" for i in range(600)}
+    make_tree(tmp_path / "many", names)
+    external = RecordsSyncThreads(dst, thread_safe)
+
+    summary = run_once(new_worker(source=tmp_path / "many", external=external, workers=None))
+
+    assert summary.copied == 600 and tree_files(dst) == {n: d.encode() for n, d in names.items()}
+    assert len(db_rows(db)) == 600 and all(r["checksum"] for r in db_rows(db).values())
+    main = threading.main_thread().name
+    assert external.stage_threads == {main}
+    # Full batches go to the second thread; the last, partial one is finished in the main one.
+    expected = ["oeleo-commit", "oeleo-commit", main] if thread_safe else [main] * 3
+    assert [name.rsplit("_", 1)[0] for name in external.sync_threads] == expected
