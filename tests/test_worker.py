@@ -706,3 +706,73 @@ def test_a_batch_is_made_durable_while_the_next_is_copied_only_where_the_connect
     # Full batches go to the second thread; the last, partial one is finished in the main one.
     expected = ["oeleo-commit", "oeleo-commit", main] if thread_safe else [main] * 3
     assert [name.rsplit("_", 1)[0] for name in external.sync_threads] == expected
+
+
+class StopsAfter(LocalConnector):
+    """Asks the worker to stop once it has staged ``after`` files (a Ctrl-C in the middle)."""
+
+    def __init__(self, directory, after):
+        super().__init__(directory)
+        self.after = after
+        self.worker = None
+        self.staged = 0
+
+    def stage(self, local_path, relpath, **kwargs):
+        result = super().stage(local_path, relpath, **kwargs)
+        self.staged += 1
+        if self.staged == self.after:
+            self.worker.stop()
+        return result
+
+
+def test_a_stop_with_a_batch_being_made_durable_books_exactly_the_files_in_place(
+    new_worker, tmp_path, dst, db
+):
+    names = {f"d{i // 100}/f{i:03d}.csv": f"{i}\n" for i in range(600)}
+    make_tree(tmp_path / "many", names)
+    external = StopsAfter(dst, after=300)  # the first batch of 256 is in the second thread
+    worker = new_worker(source=tmp_path / "many", external=external, workers=None)
+    external.worker = worker
+
+    summary = run_once(worker)
+
+    assert summary.stopped and summary.failed == 0
+    in_place = tree_files(dst)
+    rows = {n: r for n, r in db_rows(db).items() if r["checksum"]}
+    assert summary.copied == len(rows) == len(in_place) == 300  # staged ones are finished
+    assert set(rows) == set(in_place)
+    assert all(in_place[n] == names[n].encode() for n in in_place)
+    assert list(dst.rglob("*.oeleo-part")) == []
+
+
+class InterruptedAfter(LocalConnector):
+    """Ctrl-C arrives while the file after the first ``after`` ones is being copied."""
+
+    def __init__(self, directory, after):
+        super().__init__(directory)
+        self.after = after
+        self.staged = 0
+
+    def stage(self, local_path, relpath, **kwargs):
+        if self.staged == self.after:
+            raise KeyboardInterrupt
+        self.staged += 1
+        return super().stage(local_path, relpath, **kwargs)
+
+
+def test_ctrl_c_with_a_batch_being_made_durable_books_it_and_leaves_no_temporary_file(
+    new_worker, tmp_path, dst, db
+):
+    names = {f"d{i // 100}/f{i:03d}.csv": f"{i}\n" for i in range(600)}
+    make_tree(tmp_path / "many", names)
+    external = InterruptedAfter(dst, after=300)  # the first batch of 256 is in the second thread
+    worker = new_worker(source=tmp_path / "many", external=external, workers=None)
+
+    with pytest.raises(KeyboardInterrupt):
+        run_once(worker)
+
+    in_place = tree_files(dst)
+    rows = {n: r for n, r in db_rows(db).items() if r["checksum"]}
+    assert len(in_place) == 256 and set(rows) == set(in_place)  # the batch in flight, booked
+    assert all(in_place[n] == names[n].encode() for n in in_place)
+    assert list(dst.rglob("*.oeleo-part")) == []
