@@ -43,20 +43,29 @@ def new_hash(algorithm: str) -> Any:
 
 def hash_file(path: Union[str, os.PathLike], algorithm: str = "md5", chunk_size: int = CHUNK_SIZE) -> str:
     """Hex digest of a local file, read in chunks."""
-    digest = new_hash(algorithm)
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
     try:
-        # A small first read: most instrument files fit, and a whole chunk's buffer costs
-        # more than reading them. Then whole chunks.
-        size = FIRST_READ
-        while True:
-            data = os.read(fd, size)
-            if not data:
-                break
-            digest.update(data)
-            size = chunk_size
+        return hash_fd(fd, algorithm, chunk_size=chunk_size)
     finally:
         os.close(fd)
+
+
+def hash_fd(fd: int, algorithm: str = "md5", size: Optional[int] = None, chunk_size: int = CHUNK_SIZE) -> str:
+    """Hex digest of what an open file holds from where it stands: to its end, or the next
+    ``size`` bytes (fewer if it ends before)."""
+    digest = new_hash(algorithm)
+    left = size
+    # A small first read: most instrument files fit, and a whole chunk's buffer costs more
+    # than reading them. Then whole chunks.
+    want = FIRST_READ
+    while left is None or left > 0:
+        data = os.read(fd, want if left is None else min(left, want))
+        if not data:
+            break
+        digest.update(data)
+        if left is not None:
+            left -= len(data)
+        want = chunk_size
     return digest.hexdigest()
 
 

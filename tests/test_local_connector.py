@@ -358,7 +358,7 @@ def test_without_syncfs_each_file_and_folder_is_fsynced(tmp_path, monkeypatch):
     staged = [store.stage(path, rel) for rel, path in sources.items()]
     fsynced = []
     real_fsync = os.fsync
-    monkeypatch.setattr(local_module, "_SYNCFS", False)
+    monkeypatch.setattr(local_module, "_libc", lambda name: False)
     monkeypatch.setattr(
         local_module.os,
         "fsync",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import stat as stat_module
 import sys
@@ -11,16 +12,8 @@ import time
 from pathlib import Path
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
-from oeleo.checkers import hash_file, new_hash
-from oeleo.connectors.base import (
-    CHUNK_SIZE,
-    Connector,
-    FileEntry,
-    PutResult,
-    has_extension,
-    matches,
-    safe_relpath,
-)
+from oeleo.checkers import hash_fd, hash_file
+from oeleo.connectors.base import Connector, FileEntry, PutResult, has_extension, matches, safe_relpath
 from oeleo.errors import ConfigError, UnsafePathError
 
 _HIDDEN = getattr(stat_module, "FILE_ATTRIBUTE_HIDDEN", 2)
@@ -30,8 +23,10 @@ WRITEBACK_EVERY = 8 * 1024 * 1024  # a large copy's bytes start for the disk eve
 _SYNC_FILE_RANGE_WRITE = 2  # from <fcntl.h>: start writing the range back, do not wait
 
 
-def _linux_call(name: str, *argtypes: Any) -> Any:
-    """A function of the C library on Linux (``syncfs``, ``sync_file_range``), or False."""
+@functools.cache
+def _libc(name: str) -> Any:
+    """A function of the C library on Linux (``syncfs``, ``sync_file_range``), looked up
+    once; False where there is none (other systems, old C libraries)."""
     if not sys.platform.startswith("linux"):
         return False
     try:
@@ -40,28 +35,20 @@ def _linux_call(name: str, *argtypes: Any) -> Any:
         function = getattr(ctypes.CDLL(None, use_errno=True), name)
     except (OSError, AttributeError):
         return False
-    function.argtypes = list(argtypes)
+    function.argtypes = {
+        "syncfs": [ctypes.c_int],
+        "sync_file_range": [ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_uint],
+    }[name]
     return function
-
-
-# The C functions, looked up on first use; False where there is none.
-_SYNCFS: Any = None
-_SYNC_FILE_RANGE: Any = None
 
 
 def _start_writeback(fd: int, offset: int, length: int) -> None:
     """Ask the kernel to start writing these bytes to the disk now, without waiting (Linux
     ``sync_file_range``, as PostgreSQL does for its checkpoints): the fsync that makes the
     copy durable then waits for the last few megabytes, not for the whole file."""
-    global _SYNC_FILE_RANGE
-    if _SYNC_FILE_RANGE is None:
-        import ctypes
-
-        _SYNC_FILE_RANGE = _linux_call(
-            "sync_file_range", ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_uint
-        )
-    if _SYNC_FILE_RANGE:
-        _SYNC_FILE_RANGE(fd, offset, length, _SYNC_FILE_RANGE_WRITE)  # only a hint: result unused
+    sync_file_range = _libc("sync_file_range")
+    if sync_file_range:
+        sync_file_range(fd, offset, length, _SYNC_FILE_RANGE_WRITE)  # only a hint: result unused
 
 
 def _syncfs(folders: Iterable[str]) -> bool:
@@ -71,18 +58,14 @@ def _syncfs(folders: Iterable[str]) -> bool:
     Returns False where the call does not exist (other systems, old C libraries) or fails;
     the caller then syncs file by file.
     """
-    global _SYNCFS
-    if _SYNCFS is None:
-        import ctypes
-
-        _SYNCFS = _linux_call("syncfs", ctypes.c_int)
-    if not _SYNCFS:
+    syncfs = _libc("syncfs")
+    if not syncfs:
         return False
     one_per_device = {os.stat(folder).st_dev: folder for folder in folders}
     for folder in one_per_device.values():
         fd = os.open(folder, os.O_RDONLY)
         try:
-            if _SYNCFS(fd) != 0:
+            if syncfs(fd) != 0:
                 return False
         finally:
             os.close(fd)
@@ -90,17 +73,10 @@ def _syncfs(folders: Iterable[str]) -> bool:
 
 
 def _hash_from_start(fd: int, algorithm: str, size: int) -> str:
-    """Hash the first ``size`` bytes of an open file, read again from its start."""
-    digest = new_hash(algorithm)
+    """Hash the first ``size`` bytes of an open file, read again from its start (a copy
+    shorter than written gives another digest: the verification says so)."""
     os.lseek(fd, 0, os.SEEK_SET)
-    left = size
-    while left > 0:
-        data = os.read(fd, min(left, CHUNK_SIZE))
-        if not data:
-            break  # shorter than written: the digest differs, the verification says so
-        digest.update(data)
-        left -= len(data)
-    return digest.hexdigest()
+    return hash_fd(fd, algorithm, size)
 
 
 def _is_hidden(entry: os.DirEntry) -> bool:
