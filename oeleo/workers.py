@@ -397,19 +397,19 @@ class Worker:
         self.reporter.run_started(len(todo), sum(e.size for e, _, _ in todo))
         try:
             one_by_one, parallel = todo, []
-            if self.workers > 1 and self._auto_workers:
-                one_by_one = [item for item in todo if item[0].size < PARALLEL_MIN_SIZE]
-                parallel = [item for item in todo if item[0].size >= PARALLEL_MIN_SIZE]
-            elif self.workers > 1:
-                one_by_one, parallel = [], todo
+            if self.workers > 1:
+                smallest = PARALLEL_MIN_SIZE if self._auto_workers else 0
+                parallel = [item for item in todo if item[0].size >= smallest]
+                if len(parallel) > 1:
+                    one_by_one = [item for item in todo if item[0].size < smallest]
+                else:
+                    parallel = []
             for item in one_by_one:
                 if self._stop.is_set() or summary.fatal:
                     break
                 self._book(item, self._attempt(item), summary)
-            if len(parallel) > 1:
+            if parallel:
                 self._copy_parallel(parallel, summary)
-            elif parallel and not (self._stop.is_set() or summary.fatal):
-                self._book(parallel[0], self._attempt(parallel[0]), summary)
             self._commit_staged(summary)  # staged files are whole and verified: finish them
         except BaseException as exc:
             summary.stopped = isinstance(exc, KeyboardInterrupt)
