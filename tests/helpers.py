@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Dict, Iterable, Mapping, Optional, Union
+from typing import Any, Dict, Iterable, Mapping, Optional, Union
 
 Content = Union[bytes, str]
 
@@ -112,3 +112,11 @@ def run_oeleo(
         timeout=timeout,
         check=False,
     )
+
+
+def run_once(worker: Any) -> Any:
+    """One pass of a worker (it opens its books itself), then close it: the RunSummary."""
+    try:
+        return worker.run()
+    finally:
+        worker.close()

@@ -21,7 +21,7 @@ from typing import Dict, List
 import paramiko
 import pytest
 import servers
-from helpers import clean_env, db_rows, make_tree, run_oeleo, tree_files, write_random
+from helpers import clean_env, db_rows, make_tree, run_oeleo, run_once, tree_files, write_random
 
 from oeleo.connectors.base import temp_relpath
 from oeleo.connectors.ssh import SSHConnector
@@ -617,11 +617,7 @@ def test_dropped_connection_mid_file_reconnects_and_completes(sshd_server, tmp_p
     worker = ssh_worker_for(sshd_server, source, folder, tmp_path / "books.db", reporter=reporter)
     reporter.connector = worker.external_connector
     caplog.set_level(logging.INFO, logger="oeleo")
-    worker.connect_to_db()
-    try:
-        summary = worker.run()
-    finally:
-        worker.close()
+    summary = run_once(worker)
 
     assert reporter.killed and not reporter.seen_under_real_name
     assert (summary.copied, summary.failed) == (1, 0), summary.errors
@@ -643,11 +639,7 @@ def test_dropped_connection_with_four_workers_reconnects_once_and_completes(
     monkeypatch.setattr(SSHConnector, "_open_locked", lambda self: connections.append(1) or real_open(self))
     worker = ssh_worker_for(sshd_server, source, folder, tmp_path / "books.db", reporter=reporter, workers=4)
     reporter.connector = worker.external_connector
-    worker.connect_to_db()
-    try:
-        summary = worker.run()
-    finally:
-        worker.close()
+    summary = run_once(worker)
 
     assert reporter.killed and not reporter.seen_under_real_name
     assert (summary.copied, summary.failed) == (4, 0), summary.errors
@@ -676,11 +668,7 @@ def test_connection_lost_for_good_fails_the_file_in_one_line_and_leaves_no_parti
     folder = server.new_folder()
     reporter = StopServerAfter(server, 4 * MiB)
     worker = ssh_worker_for(server, source, folder, tmp_path / "books.db", reporter=reporter, retries=1)
-    worker.connect_to_db()
-    try:
-        summary = worker.run()
-    finally:
-        worker.close()
+    summary = run_once(worker)
 
     assert summary.failed == 2 and summary.copied == 0
     reason = dict(summary.errors)["big.fits"]
@@ -717,11 +705,7 @@ def test_four_workers_copy_200_files_over_four_sftp_channels(sshd_server, tmp_pa
     monkeypatch.setattr(SSHConnector, "_new_sftp", recording_new_sftp)
     monkeypatch.setattr(SSHConnector, "_open_locked", counting_open)
     worker = ssh_worker_for(sshd_server, source, folder, tmp_path / "books.db", workers=4)
-    worker.connect_to_db()
-    try:
-        summary = worker.run()
-    finally:
-        worker.close()
+    summary = run_once(worker)
 
     assert (summary.copied, summary.failed) == (200, 0), summary.errors
     assert tree_files(folder) == files
@@ -740,11 +724,7 @@ def test_more_workers_than_the_server_allows_channels_take_turns(start_sshd, tmp
     folder = server.new_folder()
     caplog.set_level(logging.INFO, logger="oeleo")
     worker = ssh_worker_for(server, source, folder, tmp_path / "books.db", workers=4)
-    worker.connect_to_db()
-    try:
-        summary = worker.run()
-    finally:
-        worker.close()
+    summary = run_once(worker)
 
     assert (summary.copied, summary.failed) == (24, 0), summary.errors
     assert tree_files(folder) == files

@@ -9,7 +9,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from helpers import db_count, db_rows, make_tree, run_oeleo, set_mtime, tree_files
+from helpers import db_count, db_rows, make_tree, run_oeleo, run_once, set_mtime, tree_files
 
 import oeleo.connectors.base as base_module
 import oeleo.connectors.local as local_module
@@ -62,13 +62,6 @@ def new_worker(src, dst, db):
 
     yield build
     for worker in made:
-        worker.close()
-
-
-def run_once(worker: Worker):
-    try:
-        return worker.run()
-    finally:
         worker.close()
 
 
@@ -597,6 +590,13 @@ def test_dry_run_repeated_on_one_worker_sees_new_files(new_worker, src):
 # -- durability in batches --------------------------------------------------------------
 
 
+def numbered_files(folder, n: int) -> dict:
+    """``n`` small files, 100 per subfolder, made in ``folder``: {relative name: text}."""
+    names = {f"d{i // 100}/f{i:03d}.csv": f"{i}\n" for i in range(n)}
+    make_tree(folder, names)
+    return names
+
+
 class RecordsOrder(LocalConnector):
     """A destination that notes each durability step, to check their order."""
 
@@ -631,9 +631,8 @@ class RecordsBooking(SimpleDbHandler):
 
 
 def test_copies_are_synced_in_batches_and_booked_only_after_they_are_durable(tmp_path, dst, db):
-    names = {f"d{i // 100}/f{i:03d}.csv": f"{i}\n" for i in range(300)}
     src = tmp_path / "many"
-    make_tree(src, names)
+    names = numbered_files(src, 300)
     events = []
     worker = Worker(
         checker=ChecksumChecker(),
@@ -693,8 +692,7 @@ class RecordsSyncThreads(LocalConnector):
 def test_a_batch_is_made_durable_while_the_next_is_copied_only_where_the_connector_allows_it(
     new_worker, tmp_path, dst, db, thread_safe
 ):
-    names = {f"d{i // 100}/f{i:03d}.csv": f"{i}\n" for i in range(600)}
-    make_tree(tmp_path / "many", names)
+    names = numbered_files(tmp_path / "many", 600)
     external = RecordsSyncThreads(dst, thread_safe)
 
     summary = run_once(new_worker(source=tmp_path / "many", external=external, workers=None))
@@ -728,8 +726,7 @@ class StopsAfter(LocalConnector):
 def test_a_stop_with_a_batch_being_made_durable_books_exactly_the_files_in_place(
     new_worker, tmp_path, dst, db
 ):
-    names = {f"d{i // 100}/f{i:03d}.csv": f"{i}\n" for i in range(600)}
-    make_tree(tmp_path / "many", names)
+    names = numbered_files(tmp_path / "many", 600)
     external = StopsAfter(dst, after=300)  # the first batch of 256 is in the second thread
     worker = new_worker(source=tmp_path / "many", external=external, workers=None)
     external.worker = worker
@@ -763,8 +760,7 @@ class InterruptedAfter(LocalConnector):
 def test_ctrl_c_with_a_batch_being_made_durable_books_it_and_leaves_no_temporary_file(
     new_worker, tmp_path, dst, db
 ):
-    names = {f"d{i // 100}/f{i:03d}.csv": f"{i}\n" for i in range(600)}
-    make_tree(tmp_path / "many", names)
+    names = numbered_files(tmp_path / "many", 600)
     external = InterruptedAfter(dst, after=300)  # the first batch of 256 is in the second thread
     worker = new_worker(source=tmp_path / "many", external=external, workers=None)
 
