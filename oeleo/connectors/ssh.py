@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import (
     TYPE_CHECKING,
     Any,
+    Callable,
     Dict,
     FrozenSet,
     Iterable,
@@ -500,37 +501,50 @@ class SSHConnector(Connector):
     def _authenticate(self, transport: paramiko.Transport, key: Optional[paramiko.PKey]) -> None:
         tried: List[str] = []
         refused: List[str] = []
-        if key is not None:
-            try:
-                remaining = transport.auth_publickey(self.username, key)
-                if not remaining:
-                    return
-                refused.append(f"the server also wants {', '.join(remaining)}, which oeleo cannot do")
-            except paramiko.BadAuthenticationType as exc:
-                refused.append(
-                    f"the server does not accept keys (it accepts: {', '.join(exc.allowed_types)})"
-                )
-            except paramiko.AuthenticationException:
-                tried.append(f"the key {self.key_filename}")
-            except (paramiko.SSHException, EOFError, OSError) as exc:
-                raise self._fail_connect(f"{self.where}: connection lost while logging in ({exc})") from None
-        if self._password is not None and transport.is_active():
-            try:
-                remaining = transport.auth_password(self.username, self._password)
-                if not remaining:
-                    return
-                refused.append(f"the server also wants {', '.join(remaining)}, which oeleo cannot do")
-            except paramiko.BadAuthenticationType as exc:
-                refused.append(
-                    f"the server does not accept passwords (it accepts: {', '.join(exc.allowed_types)})"
-                )
-            except paramiko.AuthenticationException:
-                tried.append("the password (OELEO_PASSWORD)")
-            except (paramiko.SSHException, EOFError, OSError) as exc:
-                raise self._fail_connect(f"{self.where}: connection lost while logging in ({exc})") from None
+        if key is not None and self._log_in(
+            lambda: transport.auth_publickey(self.username, key),
+            "keys",
+            f"the key {self.key_filename}",
+            tried,
+            refused,
+        ):
+            return
+        if (
+            self._password is not None
+            and transport.is_active()
+            and self._log_in(
+                lambda: transport.auth_password(self.username, self._password),
+                "passwords",
+                "the password (OELEO_PASSWORD)",
+                tried,
+                refused,
+            )
+        ):
+            return
         verb = "were" if len(tried) > 1 else "was"
         reasons = ([f"{' and '.join(tried)} {verb} not accepted"] if tried else []) + refused
         raise ConfigError(f"cannot log in to {self.where}: {'; '.join(reasons)}")
+
+    def _log_in(
+        self, attempt: Callable[[], List[str]], kind: str, what: str, tried: List[str], refused: List[str]
+    ) -> bool:
+        """One way of logging in (``kind``: "keys" or "passwords"); True once in. A refusal
+        is noted: ``what`` in ``tried`` when the server said no, the reason in ``refused``
+        when it cannot work at all."""
+        try:
+            remaining = attempt()
+        except paramiko.BadAuthenticationType as exc:
+            refused.append(f"the server does not accept {kind} (it accepts: {', '.join(exc.allowed_types)})")
+            return False
+        except paramiko.AuthenticationException:
+            tried.append(what)
+            return False
+        except (paramiko.SSHException, EOFError, OSError) as exc:
+            raise self._fail_connect(f"{self.where}: connection lost while logging in ({exc})") from None
+        if not remaining:
+            return True
+        refused.append(f"the server also wants {', '.join(remaining)}, which oeleo cannot do")
+        return False
 
     # -- channels ---------------------------------------------------------------------
     def _new_sftp(self, transport: paramiko.Transport, first: bool = False) -> paramiko.SFTPClient:
