@@ -58,6 +58,10 @@ class Settings(BaseSettings):
     include: str = Field("", description="Glob patterns a file must match (comma separated).")
     exclude: str = Field("", description="Glob patterns of files to leave out (comma separated).")
     subdirs: bool = Field(True, description="Look into subfolders of the source folder.")
+    follow_links: bool = Field(
+        False,
+        description="Copy what symbolic links in the source point to (default: skip links, with a notice).",
+    )
     min_age: float = Field(0.0, ge=0, description="Seconds since a file's last change before it is copied.")
     checksum: str = Field("md5", description="hashlib algorithm used to compare and verify.")
     verify: bool = Field(True, description="Check the destination's checksum after each copy.")
@@ -97,6 +101,9 @@ class Settings(BaseSettings):
     accept_new_host_keys: bool = Field(
         False, description="Trust an unknown SSH host key on first contact (logs its fingerprint)."
     )
+    ssh_config: Optional[Path] = Field(
+        None, description="OpenSSH client config file read for host aliases (default ~/.ssh/config)."
+    )
 
     # SharePoint (published oeleo names).
     sharepoint_username: Optional[str] = Field(None, description="SharePoint user name.")
@@ -113,7 +120,7 @@ class Settings(BaseSettings):
             raise ValueError("a hashlib algorithm such as md5 or sha256")
         return value
 
-    @field_validator("base_dir_from", "log_dir", "key_filename", "known_hosts", mode="before")
+    @field_validator("base_dir_from", "log_dir", "key_filename", "known_hosts", "ssh_config", mode="before")
     @classmethod
     def _empty_path_is_none(cls, value: Any) -> Any:
         if isinstance(value, str) and not value.strip():

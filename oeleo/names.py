@@ -1,0 +1,77 @@
+"""File names as the books hold them, and as people read them.
+
+On POSIX a file name is bytes. Python hands a name that is not valid UTF-8 (``m\\xe9sure.csv``
+written in Latin-1 by old instrument software) to oeleo as a ``str`` with "surrogate
+escapes" (``'m\\udce9sure.csv'``), which a database cannot store. The books therefore keep a
+lossless text form of every name:
+
+- a name that is valid UTF-8 and holds no ``‛`` (U+201B) is kept as it is (nearly all names);
+- a byte that is not UTF-8 becomes ``‛`` and two hex digits (``m‛E9sure.csv``), and a ``‛``
+  of the name itself becomes ``‛‛`` (and an unpaired UTF-16 half of a Windows name
+  ``‛uD800``), so that no two names share a form (rclone's encoding
+  of invalid bytes, with the same quote character).
+
+``to_books`` and ``from_books`` are each other's inverse for every name; ``printable``
+gives a form that any terminal, log file or pipe can show (``m\\xe9sure.csv``).
+"""
+
+from __future__ import annotations
+
+import re
+
+QUOTE = "\u201b"  # ‛ SINGLE HIGH-REVERSED-9 QUOTATION MARK, as rclone uses it
+_QUOTED = re.compile(QUOTE + "(" + QUOTE + "|[0-9A-F]{2}|u[0-9A-F]{4})")
+
+
+def to_books(name: str) -> str:
+    """The text the books store for ``name`` (a str that may hold surrogate escapes)."""
+    if name.isascii():
+        return name  # the common case: nothing to escape
+    if QUOTE in name:
+        name = name.replace(QUOTE, QUOTE + QUOTE)
+    try:
+        name.encode("utf-8")
+        return name
+    except UnicodeEncodeError:
+        pass
+    out = []
+    for char in name:
+        code = ord(char)
+        if 0xDC80 <= code <= 0xDCFF:  # a byte that was not UTF-8 (surrogateescape)
+            out.append(f"{QUOTE}{code - 0xDC00:02X}")
+        elif 0xD800 <= code <= 0xDFFF:  # an unpaired UTF-16 half (a Windows name)
+            out.append(f"{QUOTE}u{code:04X}")
+        else:
+            out.append(char)
+    return "".join(out)
+
+
+def from_books(text: str) -> str:
+    """The name (with surrogate escapes where it had bytes that are not UTF-8) of a books text."""
+    if QUOTE not in text:
+        return text
+
+    def unquote(match: re.Match) -> str:
+        found = match.group(1)
+        if found == QUOTE:
+            return QUOTE
+        if found[0] == "u":
+            return chr(int(found[1:], 16))
+        return chr(0xDC00 + int(found, 16))
+
+    return _QUOTED.sub(unquote, text)
+
+
+def printable(name: str) -> str:
+    """``name`` for people: bytes that are not UTF-8 shown as ``\\xe9``, the rest as it is."""
+    if name.isascii():
+        return name
+    try:
+        name.encode("utf-8")
+        return name
+    except UnicodeEncodeError:
+        pass
+    try:
+        return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a surrogate that stands for no byte (Windows)
+        return name.encode("utf-8", "backslashreplace").decode("utf-8")
