@@ -169,8 +169,13 @@ def start_file_log(log_dir: Union[str, os.PathLike, None], level: int = logging.
     for handler in logger.handlers:
         if isinstance(handler, RotatingFileHandler) and Path(handler.baseFilename) == path.resolve():
             return path
+    # A file name that is not UTF-8 is written with \x escapes instead of failing the line.
     handler = RotatingFileHandler(
-        path, maxBytes=LOG_MAX_BYTES, backupCount=LOG_BACKUP_COUNT, encoding="utf-8"
+        path,
+        maxBytes=LOG_MAX_BYTES,
+        backupCount=LOG_BACKUP_COUNT,
+        encoding="utf-8",
+        errors="backslashreplace",
     )
     handler.setLevel(level)
     handler.setFormatter(logging.Formatter(FILE_FORMAT))
