@@ -15,6 +15,8 @@ from logging.handlers import RotatingFileHandler
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Union
 
+from oeleo.names import printable
+
 if TYPE_CHECKING:
     from oeleo.workers import RunSummary
 
@@ -47,16 +49,16 @@ class Reporter:
 
     def file_started(self, relpath: str, size: int) -> None:
         if log.isEnabledFor(logging.DEBUG):
-            log.debug("copying %s (%s)", relpath, human_bytes(size))
+            log.debug("copying %s (%s)", printable(relpath), human_bytes(size))
 
     def advance(self, nbytes: int) -> None:
         """Bytes done on the current file(s); called from the copying threads."""
 
     def file_done(self, relpath: str, size: int, error: Optional[str] = None) -> None:
         if error is None:
-            log.info("copied %s", relpath)
+            log.info("copied %s", printable(relpath))
         else:
-            log.error("failed %s: %s", relpath, error)
+            log.error("failed %s: %s", printable(relpath), printable(error))
 
     def run_finished(self, summary: RunSummary) -> None:
         level = logging.WARNING if summary.failed else logging.INFO
@@ -131,9 +133,9 @@ class RichReporter(Reporter):
                 self._files_done += 1
                 self._progress.update(self._task, description=self._files_text())
         if error is not None:
-            log.error("failed %s: %s", relpath, error)
+            log.error("failed %s: %s", printable(relpath), printable(error))
         else:
-            log.debug("copied %s", relpath)
+            log.debug("copied %s", printable(relpath))
 
     def run_finished(self, summary: RunSummary) -> None:
         self.close()
@@ -142,7 +144,9 @@ class RichReporter(Reporter):
         from rich.markup import escape
 
         for relpath, reason in summary.errors[:20]:
-            self.console.print(f"  [red]✗[/red] {escape(relpath)}: {escape(reason)}", highlight=False)
+            self.console.print(
+                f"  [red]✗[/red] {escape(printable(relpath))}: {escape(printable(reason))}", highlight=False
+            )
         if len(summary.errors) > 20:
             self.console.print(f"  … and {len(summary.errors) - 20} more (oeleo status)")
 
