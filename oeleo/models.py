@@ -24,6 +24,7 @@ import peewee
 
 from oeleo.errors import BookkeeperError, DatabaseBusyError
 from oeleo.locks import ProcessLock
+from oeleo.names import from_books, printable, to_books
 
 log = logging.getLogger("oeleo")
 
@@ -239,7 +240,10 @@ class Bookkeeper:
             return {}
         if self._layout == "legacy":  # an oeleo 0.7 table read by a dry run, not upgraded
             query = model.select(model.local_name, model.checksum, model.code).tuples()
-            return {row[0]: Record(row[0], row[1], row[2], None, None) for row in self._guard(query.iterator)}
+            return {
+                from_books(row[0]): Record(from_books(row[0]), row[1], row[2], None, None)
+                for row in self._guard(query.iterator)
+            }
         query = (
             model.select(
                 model.local_name, model.checksum, model.code, model.size, model.mtime_ns, model.last_error
@@ -247,7 +251,11 @@ class Bookkeeper:
             .where((model.origin == self.origin) | (model.origin == ""))
             .tuples()
         )
-        return {row[0]: Record(*row) for row in self._guard(query.iterator)}
+        records = {}
+        for row in self._guard(query.iterator):
+            name = from_books(row[0])  # the name as the file system gives it
+            records[name] = Record(name, *row[1:])
+        return records
 
     def rows(self, code: Optional[int] = None, errors_only: bool = False) -> Iterator[Any]:
         """Rows of this origin (peewee objects) for reports, ordered by name."""
@@ -285,11 +293,12 @@ class Bookkeeper:
         code: int = SHOULD_BE_COPIED_IF_CHANGED,
     ) -> None:
         """Queue: this file is now in the store, whole and verified."""
+        local_name = to_books(local_name)
         self._pending_errors.pop(local_name, None)  # this copy supersedes an earlier failure
         self._pending_copied[local_name] = {
             "origin": self.origin,
             "local_name": local_name,
-            "external_name": external_name,
+            "external_name": to_books(external_name),
             "checksum": checksum,
             "size": size,
             "mtime_ns": mtime_ns,
@@ -301,20 +310,22 @@ class Bookkeeper:
 
     def record_error(self, local_name: str, reason: str) -> None:
         """Queue: this file failed; keep the reason, keep the code (it is tried again)."""
+        local_name = to_books(local_name)
         self._pending_errors[local_name] = {
             "origin": self.origin,
             "local_name": local_name,
-            "last_error": reason[:2000],
+            "last_error": printable(reason[:2000]),
         }
         self._maybe_flush()
 
     def record_code(self, local_name: str, code: int, external_name: Optional[str] = None) -> None:
         """Queue: set a file's code (creating its row), e.g. from ``check(update_db=True)``."""
+        local_name = to_books(local_name)
         self._pending_codes[local_name] = {
             "origin": self.origin,
             "local_name": local_name,
             "code": code,
-            "external_name": external_name,
+            "external_name": to_books(external_name) if external_name is not None else None,
         }
         self._maybe_flush()
 
@@ -419,7 +430,7 @@ class Bookkeeper:
         def run() -> int:
             with self.database.atomic():
                 done = 0
-                for name in local_names:
+                for name in map(to_books, local_names):
                     row = model.get_or_none((model.origin == self.origin) & (model.local_name == name))
                     if row is None:
                         model.create(origin=self.origin, local_name=name, code=SHOULD_BE_COPIED)
@@ -482,7 +493,7 @@ class Bookkeeper:
         """Get or create the row of a file (0.7): it becomes ``self.record``."""
         model = self.db_model
         self.record, created = model.get_or_create(
-            origin=self.origin, local_name=Path(f).name, defaults={"code": SHOULD_BE_COPIED}
+            origin=self.origin, local_name=to_books(Path(f).name), defaults={"code": SHOULD_BE_COPIED}
         )
 
     def is_changed(self, **checks: Any) -> bool:

@@ -87,26 +87,31 @@ class PutResult:
     staging: str = ""  # the temporary name while staged; equals relpath once committed
 
 
+# Only on Windows is a backslash a separator; on POSIX it is a character of the name
+# (``back\\slash.csv`` is one file there, and is copied as one).
+_BACKSLASH = "\\" if os.name == "nt" else "/"
+
+
 def safe_relpath(relpath: str) -> str:
     """Normalise a relative name to POSIX form and refuse one that leaves the base folder.
 
-    ``a\\b.csv`` (a Windows name) becomes ``a/b.csv``; ``../x``, ``/etc/x`` and ``C:x`` raise
+    On Windows ``a\\b.csv`` becomes ``a/b.csv``; ``../x``, ``/etc/x`` and ``C:x`` raise
     ``UnsafePathError``.
     """
     text = relpath if type(relpath) is str else str(relpath)
-    # Most names are already plain: no backslash, colon, empty, "." or ".." part (checked
-    # cheaply here: this runs several times per copied file). Others take the long way.
+    # Most names are already plain: no separator to convert, colon, empty, "." or ".." part
+    # (checked cheaply here: this runs several times per copied file). Others take the long way.
     if (
         text
         and text[0] != "/"
         and text[-1] not in "/."
-        and "\\" not in text
+        and _BACKSLASH not in text
         and ":" not in text
         and "//" not in text
         and "./" not in text
     ):
         return text
-    text = text.replace("\\", "/")
+    text = text.replace(_BACKSLASH, "/")
     if not text or text.startswith("/") or (text[1:2] == ":" and text[0].isalpha()):
         raise UnsafePathError(f"{relpath!r} is not a relative file name")
     parts = [p for p in text.split("/") if p not in ("", ".")]
@@ -126,8 +131,10 @@ def temp_relpath(relpath: str) -> str:
     head, name = posixpath.split(relpath)
     # Name limits are 255 bytes (UTF-8 on POSIX) or 255 UTF-16 units (Windows); a long
     # non-ASCII name plus the prefix and suffix would overflow them.
-    if len(name.encode("utf-8")) > 200:
-        name = hashlib.sha1(name.encode("utf-8")).hexdigest()
+    # "surrogatepass": a name that is not UTF-8 has surrogate escapes, counted as bytes too.
+    encoded = name.encode("utf-8", "surrogatepass")
+    if len(encoded) > 200:
+        name = hashlib.sha1(encoded).hexdigest()
     return posixpath.join(head, f".{name}{TEMP_SUFFIX}")
 
 

@@ -1,0 +1,100 @@
+"""Any name the instrument writes is copied and booked: names that are not UTF-8, backslashes
+on POSIX, quotes, and the name forms the books keep for them (oeleo/names.py)."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+
+import pytest
+from helpers import db_rows, run_oeleo
+
+from oeleo.names import QUOTE, from_books, printable, to_books
+
+posix_only = pytest.mark.skipif(os.name == "nt", reason="POSIX file names are bytes")
+
+LATIN1 = b"m\xe9sure.csv"  # written in Latin-1 by old Windows software, found on a Linux share
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "a.csv",
+        "äö.txt",
+        "m\udce9sure.csv",
+        "run-1/\udcff\udcfe.res",
+        f"odd{QUOTE}E9.csv",
+        f"{QUOTE}{QUOTE}",
+        f"x{QUOTE}\udce9",
+        "\ud800half.csv",
+    ],
+)
+def test_every_name_has_a_books_form_that_gives_it_back(name):
+    text = to_books(name)
+    text.encode("utf-8")  # storable in SQLite and PostgreSQL
+    assert from_books(text) == name
+
+
+def test_names_that_need_no_escape_are_kept_as_they_are():
+    for name in ("a.csv", "run 1/äö [draft].csv", "back\\slash.csv"):
+        assert to_books(name) == name
+
+
+def test_distinct_names_never_share_a_books_form():
+    names = ["m\udce9.csv", f"m{QUOTE}E9.csv", f"m{QUOTE}{QUOTE}E9.csv", "m\\xe9.csv", "mé.csv"]
+    assert len({to_books(n) for n in names}) == len(names)
+
+
+def test_printable_shows_bytes_that_are_not_utf8_as_escapes():
+    assert printable("m\udce9sure.csv") == "m\\xe9sure.csv"
+    assert printable("mésure.csv") == "mésure.csv"
+
+
+def _plant(src, raw_names):
+    os.makedirs(src, exist_ok=True)
+    for raw in raw_names:
+        with open(os.path.join(os.fsencode(str(src)), raw), "wb") as handle:
+            handle.write(b"data of " + raw)
+
+
+@posix_only
+def test_a_name_that_is_not_utf8_is_copied_and_booked_with_the_others(tmp_path):
+    src, dst, db = tmp_path / "src", tmp_path / "dst", tmp_path / "books.db"
+    names = [f"f{i:03d}.csv".encode() for i in range(300)] + [LATIN1]
+    _plant(src, names)
+    args = ("run", "--from", str(src), "--to", str(dst), "--db", str(db))
+
+    first = run_oeleo(*args, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert "copied 301 files" in first.stderr
+    assert "m\\xe9sure.csv" in first.stderr  # shown readably
+    assert sorted(os.listdir(os.fsencode(str(dst)))) == sorted(names)
+    assert (dst.joinpath(os.fsdecode(LATIN1))).read_bytes() == b"data of " + LATIN1
+
+    rows = db_rows(db)
+    assert len(rows) == 301
+    booked = rows[f"m{QUOTE}E9sure.csv"]
+    assert booked["code"] == 1 and booked["checksum"] and booked["last_error"] is None
+    with sqlite3.connect(str(db)) as connection:
+        assert connection.execute("SELECT status FROM oeleo_runs").fetchall() == [("ok",)]
+
+    again = run_oeleo(*args, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert "copied 0 files" in again.stderr and "301 unchanged" in again.stderr
+
+
+@posix_only
+def test_a_backslash_is_part_of_a_posix_name_not_a_separator(tmp_path):
+    src, dst, db = tmp_path / "src", tmp_path / "dst", tmp_path / "books.db"
+    _plant(src, [b"back\\slash.csv", b"plain.csv"])
+    args = ("run", "--from", str(src), "--to", str(dst), "--db", str(db))
+
+    first = run_oeleo(*args, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert "copied 2 files" in first.stderr and "vanished" not in first.stderr
+    assert sorted(os.listdir(dst)) == ["back\\slash.csv", "plain.csv"]
+    assert not (dst / "back").exists()
+    assert set(db_rows(db)) == {"back\\slash.csv", "plain.csv"}
+
+    again = run_oeleo(*args, cwd=tmp_path)
+    assert "copied 0 files" in again.stderr and "2 unchanged" in again.stderr
