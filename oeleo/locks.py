@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Optional
 
-from oeleo.errors import DatabaseBusyError
+from oeleo.errors import BookkeeperError, DatabaseBusyError
 
 
 class ProcessLock:
@@ -24,7 +24,12 @@ class ProcessLock:
     def acquire(self) -> None:
         if self._fd is not None:
             return
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise BookkeeperError(
+                f"{self.what}: cannot create its lock file {self.path}: {exc.strerror or exc}"
+            ) from None
         try:
             _lock(fd)
         except OSError:
@@ -34,9 +39,12 @@ class ProcessLock:
             raise DatabaseBusyError(
                 f"another oeleo process{who} is already using {self.what}; this one stops"
             ) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())
         self._fd = fd
+        try:  # who holds it, for the message another process shows; the lock holds without it
+            os.ftruncate(fd, 0)
+            os.write(fd, str(os.getpid()).encode())
+        except OSError:
+            pass
 
     def release(self) -> None:
         if self._fd is None:

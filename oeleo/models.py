@@ -138,6 +138,7 @@ class Bookkeeper:
         self._pending_errors: Dict[str, dict] = {}
         self._pending_codes: Dict[str, dict] = {}
         self._last_flush = time.monotonic()
+        self.lost_copies = 0  # copies queued for the books whose write failed (not booked)
         self._run_id: Optional[int] = None
         self._initialized = False
         self._layout = "current"  # or "legacy"/"empty" when read-only over an old or no table
@@ -165,6 +166,10 @@ class Bookkeeper:
         except peewee.PeeweeException as exc:
             self.close()
             raise BookkeeperError(f"{self.description}: {self._explain(exc)}") from None
+        except OSError as exc:  # a full disk or a read-only folder, around the database file
+            self.close()
+            where = f" ({exc.filename})" if exc.filename else ""
+            raise BookkeeperError(f"{self.description}: {exc.strerror or exc}{where}") from None
         except BaseException:
             self.close()
             raise
@@ -386,7 +391,19 @@ class Bookkeeper:
                 self._write_rows(errors, upsert_errors)
                 self._write_rows(codes, upsert_codes)
 
-        self._guard(run)
+        try:
+            self._guard(run)
+        except BookkeeperError:
+            self.lost_copies += len(copied)  # the transaction is rolled back: none of them booked
+            raise
+
+    def drop_pending(self) -> int:
+        """Forget every queued write (the books cannot be written); returns how many of them
+        were copies, which are then not booked."""
+        dropped = len(self._pending_copied)
+        self._pending_copied, self._pending_errors, self._pending_codes = {}, {}, {}
+        self.lost_copies += dropped
+        return dropped
 
     def _write_rows(self, rows: List[dict], statement: Callable[..., peewee.Insert]) -> None:
         """Run ``statement`` (an INSERT ... ON CONFLICT built by peewee) for every row.
@@ -443,8 +460,31 @@ class Bookkeeper:
         return self._guard(run)
 
     # -- runs -------------------------------------------------------------------------
-    def start_run(self) -> None:
-        self._run_id = self._guard(lambda: self.run_model.create(origin=self.origin).id)
+    def start_run(self) -> Optional[str]:
+        """Record a new run of this origin and return the status of the one before (None:
+        the first). A run of this origin still marked "running" was killed (SIGKILL, a power
+        cut): this process holds the origin's lock, so no other run is alive; it becomes
+        "interrupted"."""
+        model = self.run_model
+
+        def run() -> Optional[str]:
+            with self.database.atomic():
+                model.update(
+                    status="interrupted",
+                    message="the process ended before the run finished (killed, or the computer stopped)",
+                ).where((model.origin == self.origin) & (model.status == "running")).execute()
+                last = (
+                    model.select(model.status)
+                    .where(model.origin == self.origin)
+                    .order_by(model.id.desc())
+                    .limit(1)
+                    .tuples()
+                    .first()
+                )
+                self._run_id = model.create(origin=self.origin).id
+            return last[0] if last else None
+
+        return self._guard(run)
 
     def finish_run(self, status: str, copied: int, failed: int, nbytes: int, message: str = "") -> None:
         self.flush()
@@ -476,7 +516,7 @@ class Bookkeeper:
 
     def _explain(self, exc: BaseException) -> str:
         """One line saying what went wrong with the database (subclasses add a hint)."""
-        return _first_line(exc)
+        return _first_line(_cause(exc))
 
     def _guard(self, call: Any) -> Any:
         try:
@@ -546,7 +586,7 @@ class SimpleDbHandler(Bookkeeper):
         return self.path.is_file()
 
     def _explain(self, exc: BaseException) -> str:
-        text = _first_line(exc)
+        text = _first_line(_cause(exc))
         if "database is locked" in text:
             return (
                 f"locked by another program (gave up after {BUSY_TIMEOUT_MS / 1000:g} s); "
@@ -620,6 +660,16 @@ _SCHEMA_LOCK_CLASS = 0x0E1E1
 def _chunks(rows: List[dict]) -> Iterator[List[dict]]:
     for start in range(0, len(rows), _ROWS_PER_STATEMENT):
         yield rows[start : start + _ROWS_PER_STATEMENT]
+
+
+def _cause(exc: BaseException) -> BaseException:
+    """The error that started it: a failed write (SQLite: "database or disk is full") makes
+    the transaction's rollback fail too ("cannot rollback - no transaction is active"),
+    and that second error is the one raised."""
+    seen = exc
+    while "rollback" in str(seen) and isinstance(seen.__context__, Exception):
+        seen = seen.__context__
+    return seen
 
 
 def _first_line(exc: BaseException) -> str:

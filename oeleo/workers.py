@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -18,10 +19,19 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 from oeleo.checkers import Checker, ChecksumChecker, hash_file
-from oeleo.connectors.base import Connector, FileEntry, PutResult, safe_relpath
+from oeleo.connectors.base import (
+    TEMP_SUFFIX,
+    Connector,
+    FileEntry,
+    PutResult,
+    Skipped,
+    safe_relpath,
+    upload_tag,
+)
 from oeleo.connectors.local import LocalConnector
 from oeleo.errors import (
     Aborted,
+    BookkeeperError,
     ConfigError,
     ConnectionLost,
     DiskFullError,
@@ -39,6 +49,7 @@ from oeleo.models import (
     SimpleDbHandler,
     make_origin,
 )
+from oeleo.names import printable
 from oeleo.reporters import Reporter, human_bytes
 
 log = logging.getLogger("oeleo")
@@ -61,6 +72,10 @@ def _is_disk_full(exc: BaseException) -> bool:
     return isinstance(exc, DiskFullError) or (isinstance(exc, OSError) and exc.errno == errno.ENOSPC)
 
 
+def _files(n: int) -> str:
+    return f"{n} file" if n == 1 else f"{n} files"
+
+
 def _reason(exc: BaseException, what: str) -> str:
     if isinstance(exc, OSError):
         where = f": {exc.filename}" if exc.filename else ""
@@ -80,16 +95,22 @@ class RunSummary:
     too_young: int = 0
     changing: int = 0
     vanished: int = 0
+    skipped: int = 0  # symbolic links and other entries that are not copied (a notice each)
+    unbooked: int = 0  # copies in place whose row could not be written (copied again next run)
     bytes_copied: int = 0
     seconds: float = 0.0
     dry_run: bool = False
     stopped: bool = False
     fatal: Optional[str] = None
+    books_error: Optional[str] = None  # the books could not be written: what the database said
     would_copy: List[str] = field(default_factory=list)
     errors: List[Tuple[str, str]] = field(default_factory=list)
 
     @property
     def exit_status(self) -> int:
+        """0 all good, 1 some files failed, 2 the books could not be written."""
+        if self.books_error:
+            return 2
         return 1 if (self.failed or self.fatal) else 0
 
     @property
@@ -100,11 +121,11 @@ class RunSummary:
 
     def describe(self) -> str:
         if self.dry_run:
-            head = f"dry run: would copy {len(self.would_copy)} of {self.listed} files"
+            head = f"dry run: would copy {len(self.would_copy)} of {_files(self.listed)}"
         else:
             rate = self.bytes_copied / self.seconds if self.seconds > 0 else 0.0
             head = (
-                f"copied {self.copied} files ({human_bytes(self.bytes_copied)}, "
+                f"copied {_files(self.copied)} ({human_bytes(self.bytes_copied)}, "
                 f"{human_bytes(rate)}/s), {self.failed} failed"
             )
         parts = [head, f"{self.unchanged} unchanged", f"{self.locked} locked"]
@@ -114,8 +135,14 @@ class RunSummary:
             parts.append(f"{self.changing} changing (left for the next run)")
         if self.vanished:
             parts.append(f"{self.vanished} vanished")
+        if self.skipped:
+            parts.append(f"{self.skipped} skipped")
         text = ", ".join(parts) + f" in {self.seconds:.2f} s"
-        if self.fatal:
+        if self.books_error:
+            text += f"; the books could not be written: {self.books_error}"
+            if self.unbooked:
+                text += f" ({_files(self.unbooked)} copied but not booked: copied again next run)"
+        elif self.fatal:
             text += f"; stopped early: {self.fatal}"
         elif self.stopped:
             text += "; stopped on request"
@@ -184,6 +211,8 @@ class Worker:
         self.bookkeeper = bookkeeper if bookkeeper is not None else SimpleDbHandler()
         if self.bookkeeper.origin is None:
             self.bookkeeper.origin = make_origin(local_connector.directory)
+        # Temporary names say whose they are: after a killed run, this origin's own are removed.
+        external_connector.upload_tag = upload_tag(self.bookkeeper.origin)
         self.extensions = normalise_extensions(extension)
         self.extension = extension
         self.dry_run = dry_run
@@ -206,6 +235,7 @@ class Worker:
         self.force = force
         self.include_locked = include_locked
         self._entries: Optional[List[FileEntry]] = None
+        self._skipped: List[Skipped] = []  # what the last listing did not list, and why
         self._stop = threading.Event()
         self._db_open = False
         self._no_books = False
@@ -235,10 +265,37 @@ class Worker:
         if self._connected:
             return
         self.local_connector.check_source()
+        self._refuse_overlap()
         self.external_connector.connect()
         if not self.dry_run:
             self.external_connector.prepare()
         self._connected = True
+
+    def _refuse_overlap(self) -> None:
+        """A destination folder inside the source (or the source itself, or holding it) is
+        refused, as rclone refuses overlapping remotes: every run would copy the copies
+        again, or a copy would land on a source file."""
+        external = self.external_connector
+        if not isinstance(external, LocalConnector):
+            return
+        src, dst = self.local_connector.directory, external.directory
+        source = os.path.normcase(os.path.realpath(src))
+        target = os.path.normcase(os.path.realpath(dst))
+        where = "(OELEO_BASE_DIR_TO, --to)"
+        if source == target:
+            raise ConfigError(
+                f"the destination {dst} is the source folder {src} itself: choose another {where}"
+            )
+        if target.startswith(source.rstrip(os.sep) + os.sep):
+            raise ConfigError(
+                f"the destination {dst} is inside the source folder {src}: every run would copy "
+                f"the copies again; choose a destination outside it {where}"
+            )
+        if source.startswith(target.rstrip(os.sep) + os.sep):
+            raise ConfigError(
+                f"the source folder {src} is inside the destination {dst}: copies could land on "
+                f"source files; choose a destination outside the source folder {where}"
+            )
 
     def close(self) -> None:
         """Commit what is queued, release the books and the connections."""
@@ -253,6 +310,11 @@ class Worker:
             if self._connected:
                 self.external_connector.close()
                 self._connected = False
+
+    def release_db(self) -> None:
+        """Release the books (and their lock) but keep the connections: a scheduler between passes."""
+        self.bookkeeper.close()
+        self._db_open = False
 
     def __enter__(self) -> Worker:
         self.connect_to_db()
@@ -284,12 +346,14 @@ class Worker:
 
     def _list_local(self, **kwargs: Any) -> None:
         self._connect()
+        self._skipped = []
         entries = list(
             self.local_connector.list_files(
                 extensions=self.extensions,
                 include=self.include,
                 exclude=self.exclude,
                 recursive=self.subdirs,
+                on_skip=self._skipped.append,
             )
         )
         extra = kwargs.get("additional_filters") or []
@@ -367,6 +431,7 @@ class Worker:
         entries = self._entries or []
         records = self.bookkeeper.load() if self._db_open else {}
         summary = RunSummary(listed=len(entries), dry_run=self.dry_run)
+        skipped, self._skipped = self._skipped, []
         now_ns = time.time_ns()
         todo: List[Tuple[FileEntry, Optional[Record], bool]] = []
         for entry in entries:
@@ -388,12 +453,16 @@ class Worker:
             summary.unchanged += len(todo) - len(summary.would_copy)
             for relpath in summary.would_copy:
                 log.debug("would copy %s", relpath)
+            self._report_skipped(skipped, summary, book=False)
             self._stop.clear()
             summary.seconds = time.monotonic() - started
             self.reporter.run_finished(summary)
             return summary
 
-        self.bookkeeper.start_run()
+        previous = self.bookkeeper.start_run()
+        if previous != "ok":
+            self._remove_leftovers()  # the run before did not finish cleanly (or there was none)
+        self._report_skipped(skipped, summary, book=True)
         self.reporter.run_started(len(todo), sum(e.size for e, _, _ in todo))
         try:
             one_by_one, parallel = todo, []
@@ -411,6 +480,9 @@ class Worker:
             if parallel:
                 self._copy_parallel(parallel, summary)
             self._commit_staged(summary)  # staged files are whole and verified: finish them
+            self.bookkeeper.flush()  # the pass is not done before its rows are written
+        except BookkeeperError as exc:
+            self._books_failed(summary, exc)
         except BaseException as exc:
             summary.stopped = isinstance(exc, KeyboardInterrupt)
             try:
@@ -424,12 +496,70 @@ class Worker:
             # were listed (SIGTERM, Ctrl-C, a scheduler) must not be forgotten.
             self._stop.clear()
             summary.seconds = time.monotonic() - started
-            self.bookkeeper.finish_run(
-                summary.status, summary.copied, summary.failed, summary.bytes_copied, summary.fatal or ""
-            )
             self._entries = None  # the next pass lists again
+            try:
+                self.bookkeeper.finish_run(
+                    summary.status,
+                    summary.copied,
+                    summary.failed,
+                    summary.bytes_copied,
+                    summary.books_error or summary.fatal or "",
+                )
+            except BookkeeperError as exc:
+                if summary.books_error is None:
+                    self._books_failed(summary, exc)
+                else:
+                    log.error("the end of this run could not be recorded either: %s", exc)
             self.reporter.run_finished(summary)
         return summary
+
+    def _books_failed(self, summary: RunSummary, exc: BookkeeperError) -> None:
+        """The books cannot be written (a full disk under the database, a dropped server):
+        stop the pass, and count as copied only what was booked."""
+        try:
+            self._book_durable(summary)  # in place and durable; its rows cannot be written either
+        except BookkeeperError:
+            pass
+        finally:
+            self._discard_staged()
+        self.bookkeeper.drop_pending()
+        lost = min(self.bookkeeper.lost_copies, summary.copied)
+        self.bookkeeper.lost_copies = 0
+        summary.copied -= lost
+        summary.unbooked += lost
+        summary.books_error = str(exc)
+        summary.fatal = summary.fatal or "the books could not be written"
+
+    def _report_skipped(self, skipped: List[Skipped], summary: RunSummary, book: bool) -> None:
+        """What the listing left out: a folder that could not be read is a failure (the run
+        exits 1), a symbolic link a notice."""
+        for item in skipped:
+            if item.failed:
+                summary.failed += 1
+                summary.errors.append((item.relpath, item.reason))
+                self.reporter.file_done(item.relpath, 0, error=item.reason)
+            else:
+                summary.skipped += 1
+                log.warning("skipped %s: %s", printable(item.relpath), item.reason)
+
+    def _remove_leftovers(self) -> None:
+        """Remove the temporary files that a killed run of this origin left at the
+        destination (theirs carry this origin's tag; other PCs' uploads are not touched)."""
+        external = self.external_connector
+        ours = f".{external.upload_tag}{TEMP_SUFFIX}"
+        removed = 0
+        try:
+            for relpath in list(external.list_temporaries()):
+                if relpath.endswith(ours):
+                    external.remove(relpath)
+                    removed += 1
+        except (OeleoError, OSError) as exc:
+            log.warning("cannot remove the temporary files an earlier run left: %s", exc)
+        if removed:
+            log.info(
+                "removed %s left by an earlier run that did not finish",
+                _files(removed).replace("file", "temporary file"),
+            )
 
     def _same_as_legacy(self, entry: FileEntry, record: Optional[Record], legacy: bool) -> bool:
         """For a dry run: does a checksum-only (oeleo 0.7) row still match the file?"""

@@ -151,6 +151,7 @@ def test_list_files_returns_put_files_with_posix_relpaths_and_sizes(connector, s
     assert listed(connector) == {"a.csv": 1, "sub/b.csv": 2, "sub/deeper/c.res": 3}
 
 
+@pytest.mark.skipif(os.name != "nt", reason="a backslash separates folders on Windows only")
 def test_windows_separators_are_stored_as_posix_names(connector, source):
     src = write(source / "x.csv", b"x")
 
@@ -158,6 +159,16 @@ def test_windows_separators_are_stored_as_posix_names(connector, source):
 
     assert result.relpath == "sub/x.csv"
     assert listed(connector) == {"sub/x.csv": 1}
+
+
+@pytest.mark.skipif(os.name == "nt", reason="on POSIX a backslash is a character of the name")
+def test_a_backslash_in_a_posix_name_is_kept_in_the_stored_name(connector, source):
+    src = write(source / "x.csv", b"x")
+
+    result = connector.put(src, "sub\\x.csv")
+
+    assert result.relpath == "sub\\x.csv"
+    assert listed(connector) == {"sub\\x.csv": 1}
 
 
 def test_put_over_a_changed_file_replaces_its_content(connector, source):

@@ -134,7 +134,9 @@ def wait_for(condition: Callable[[], bool], timeout: float, running: Optional[Oe
 
 
 def temp_file(dst: Path, name: str = BIG) -> Path:
-    return dst / f".{name}.oeleo-part"
+    """The temporary name ``name`` is written under (``.NAME.<tag>.oeleo-part``)."""
+    found = sorted(dst.glob(f".{name}.*.oeleo-part")) if dst.is_dir() else []
+    return found[0] if found else dst / f".{name}.oeleo-part"
 
 
 def size_of(path: Path) -> int:

@@ -61,6 +61,22 @@ ProgressCallback = Callable[[int], None]
 StopCheck = Callable[[], bool]
 
 
+@dataclass(frozen=True)
+class Skipped:
+    """Something a listing saw and did not list as a file, with the reason people read.
+
+    ``failed``: a folder or file that could not be read (the run counts it as failed and
+    exits 1); otherwise a notice (a symbolic link that is not followed), counted as skipped.
+    """
+
+    relpath: str
+    reason: str
+    failed: bool = False
+
+
+SkipCallback = Callable[[Skipped], None]
+
+
 class FileEntry(NamedTuple):
     """One file as a store lists it: POSIX path relative to the base, size, mtime (ns).
 
@@ -122,11 +138,13 @@ def safe_relpath(relpath: str) -> str:
     return "/".join(parts)
 
 
-def temp_relpath(relpath: str) -> str:
+def temp_relpath(relpath: str, tag: str = "") -> str:
     """The hidden name a file is written under before it is renamed into place.
 
     The name is fixed for a given file, so a run killed half way leaves at most one stale
-    temporary file, which the next run overwrites.
+    temporary file, which the next run overwrites. ``tag`` says whose it is (the worker
+    gives a short digest of its origin: ``.a.csv.1f3a9c.oeleo-part``), so that after a
+    killed run its own leftovers can be removed without touching another PC's uploads.
     """
     head, name = posixpath.split(relpath)
     # Name limits are 255 bytes (UTF-8 on POSIX) or 255 UTF-16 units (Windows); a long
@@ -135,7 +153,12 @@ def temp_relpath(relpath: str) -> str:
     encoded = name.encode("utf-8", "surrogatepass")
     if len(encoded) > 200:
         name = hashlib.sha1(encoded).hexdigest()
-    return posixpath.join(head, f".{name}{TEMP_SUFFIX}")
+    return posixpath.join(head, f".{name}.{tag}{TEMP_SUFFIX}" if tag else f".{name}{TEMP_SUFFIX}")
+
+
+def upload_tag(origin: str) -> str:
+    """The tag of the temporary names written for ``origin`` (see ``temp_relpath``)."""
+    return hashlib.sha1(origin.encode("utf-8", "surrogatepass")).hexdigest()[:6]
 
 
 def matches(relpath: str, patterns: Sequence[str]) -> bool:
@@ -304,6 +327,7 @@ class Connector:
     atomic_rename: ClassVar[bool] = True
 
     directory: Any = None
+    upload_tag: str = ""  # set by the worker: whose temporary names this connector writes
 
     # -- life cycle -------------------------------------------------------------------
     def connect(self, **kwargs: Any) -> None:
@@ -352,7 +376,14 @@ class Connector:
         exclude: Sequence[str] = (),
         recursive: bool = True,
     ) -> Iterator[FileEntry]:
+        """The stored files, in relative-path order. A base folder that cannot be listed
+        raises (``ConfigError`` or ``ConnectorError``): it is never an empty folder."""
         raise NotImplementedError
+
+    def list_temporaries(self) -> Iterator[str]:
+        """Relative names of oeleo's own temporary files under the base folder (left by a
+        run that was killed); the worker removes them. Default: the store keeps none."""
+        return iter(())
 
     def stat(self, relpath: str) -> Optional[FileEntry]:
         """Size and mtime of a stored file, or ``None`` when it is not there."""
@@ -458,7 +489,7 @@ class Connector:
         On any failure the temporary file is removed and the error raised.
         """
         relpath = safe_relpath(relpath)
-        staging = temp_relpath(relpath) if self.atomic_rename else relpath
+        staging = temp_relpath(relpath, self.upload_tag) if self.atomic_rename else relpath
         # The read-back of the copy is compared with a cheap hash when the connector says
         # so (``readback_hash``); a hash the store computes itself is compared directly.
         store_hashes = algorithm in self.hashes

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
 import stat as stat_module
@@ -10,10 +11,20 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, FrozenSet, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 from oeleo.checkers import hash_fd, hash_file
-from oeleo.connectors.base import Connector, FileEntry, PutResult, has_extension, matches, safe_relpath
+from oeleo.connectors.base import (
+    TEMP_SUFFIX,
+    Connector,
+    FileEntry,
+    PutResult,
+    SkipCallback,
+    Skipped,
+    has_extension,
+    matches,
+    safe_relpath,
+)
 from oeleo.errors import ConfigError, UnsafePathError
 
 _HIDDEN = getattr(stat_module, "FILE_ATTRIBUTE_HIDDEN", 2)
@@ -79,6 +90,34 @@ def _hash_from_start(fd: int, algorithm: str, size: int) -> str:
     return hash_fd(fd, algorithm, size)
 
 
+_HOW = " (OELEO_FOLLOW_LINKS=true copies what links point to)"
+
+
+def _ignore(skipped: Skipped) -> None:
+    """What ``list_files`` does with a skipped entry when nobody asked."""
+
+
+def _identity(st: os.stat_result) -> Tuple[int, int]:
+    return (st.st_dev, st.st_ino)
+
+
+def _wanted(
+    relpath: str,
+    name: str,
+    extensions: Sequence[str],
+    include: Sequence[str],
+    exclude: Sequence[str],
+    names_only: bool = True,
+) -> bool:
+    """Whether the filters keep this name (a folder: only ``exclude`` applies)."""
+    if names_only:
+        if not has_extension(name, extensions):
+            return False
+        if include and not matches(relpath, include):
+            return False
+    return not (exclude and matches(relpath.rstrip("/"), exclude))
+
+
 def _is_hidden(entry: os.DirEntry) -> bool:
     if entry.name.startswith("."):
         return True
@@ -105,6 +144,7 @@ class LocalConnector(Connector):
         self,
         directory: Union[str, os.PathLike, None] = None,
         include_subdirs: bool = False,
+        follow_links: bool = False,
         **kwargs: Any,
     ) -> None:
         if directory is None:
@@ -113,6 +153,7 @@ class LocalConnector(Connector):
             raise ConfigError("LocalConnector needs a folder (directory=..., or OELEO_BASE_DIR_FROM)")
         self.directory = Path(directory).expanduser()
         self.include_subdirs = include_subdirs
+        self.follow_links = follow_links
         self._root = str(self.directory)
         self._folders: Dict[str, str] = {}  # checked folders: relative -> absolute, with a separator
         self._paths: Dict[str, str] = {}
@@ -172,7 +213,8 @@ class LocalConnector(Connector):
             parent = os.path.join(self._root, *folder.split("/")) if folder else self._root
             base = os.path.realpath(self._root)
             real_parent = os.path.realpath(parent)
-            if real_parent != base and not real_parent.startswith(base.rstrip(os.sep) + os.sep):
+            inside = real_parent == base or real_parent.startswith(base.rstrip(os.sep) + os.sep)
+            if not inside and not self.follow_links:  # a followed link may lead anywhere
                 raise UnsafePathError(f"{safe!r} would resolve outside {self.directory}")
             if not os.path.isdir(parent):
                 return os.path.join(parent, name)  # checked again once the folder exists
@@ -197,40 +239,112 @@ class LocalConnector(Connector):
         include: Sequence[str] = (),
         exclude: Sequence[str] = (),
         recursive: bool = True,
+        on_skip: Optional[SkipCallback] = None,
     ) -> Iterator[FileEntry]:
-        """Files under the folder, sorted by relative path, hidden files and folders skipped."""
-        stack: List[Iterator[Tuple[str, os.DirEntry, bool]]] = [iter(self._scan(""))]
+        """Files under the folder, sorted by relative path, hidden files and folders skipped.
+
+        Symbolic links are not followed unless ``follow_links`` (rclone's default, and its
+        ``--copy-links``): each one that would have been copied is reported to ``on_skip``.
+        Followed, a link is listed as what it points to, a linked folder is walked unless it
+        is one of its own parents (a loop). A subfolder that cannot be read is reported as
+        failed; the base folder that cannot be read raises ``ConfigError``.
+        """
+        report: SkipCallback = on_skip or _ignore
+        wanted = functools.partial(_wanted, extensions=extensions, include=include, exclude=exclude)
+        parents: FrozenSet[Tuple[int, int]] = frozenset()
+        if self.follow_links:
+            parents = frozenset([_identity(os.stat(self.directory))])
+        stack: List[Tuple[Iterator[Tuple[str, os.DirEntry, bool]], FrozenSet[Tuple[int, int]]]] = [
+            (iter(self._scan("", report)), parents)
+        ]
         while stack:
-            item = next(stack[-1], None)
+            items, parents = stack[-1]
+            item = next(items, None)
             if item is None:
                 stack.pop()
                 continue
             relpath, entry, is_dir = item
-            if is_dir:
+            if is_dir and not entry.is_symlink():
                 if recursive and not (exclude and matches(relpath, exclude)):
-                    stack.append(iter(self._scan(relpath)))
-                continue
-            if not has_extension(entry.name, extensions):
-                continue
-            if include and not matches(relpath, include):
-                continue
-            if exclude and matches(relpath, exclude):
+                    inner = parents
+                    if self.follow_links:
+                        try:
+                            inner = parents | {_identity(entry.stat())}
+                        except OSError:
+                            pass
+                    stack.append((iter(self._scan(relpath, report)), inner))
                 continue
             try:
+                if entry.is_symlink():
+                    found = self._follow(relpath, entry, recursive, wanted, parents, report)
+                    if found is None:
+                        continue
+                    if isinstance(found, FileEntry):
+                        yield found
+                    else:
+                        stack.append((iter(self._scan(relpath, report)), parents | {found}))
+                    continue
+                if not wanted(relpath, entry.name):
+                    continue
                 if not entry.is_file():
+                    report(Skipped(relpath, "not a regular file (a device, a pipe or a socket)"))
                     continue
                 st = entry.stat()
-            except OSError:
+            except FileNotFoundError:
                 continue  # vanished between listing and stat
+            except OSError as exc:
+                report(Skipped(relpath, f"cannot read it: {exc.strerror or exc}", failed=True))
+                continue
             yield FileEntry(relpath, st.st_size, st.st_mtime_ns)
 
-    def _scan(self, prefix: str) -> List[Tuple[str, os.DirEntry, bool]]:
+    def _follow(
+        self,
+        relpath: str,
+        entry: os.DirEntry,
+        recursive: bool,
+        wanted: Callable[[str, str], bool],
+        parents: FrozenSet[Tuple[int, int]],
+        report: SkipCallback,
+    ) -> Union[FileEntry, Tuple[int, int], None]:
+        """A symbolic link in the listing: the file it lists, the identity of the folder to
+        walk, or None (reported to ``report`` when it would have been copied)."""
+        try:
+            st = os.stat(entry.path)
+        except OSError as exc:
+            if wanted(relpath, entry.name):
+                what = "a loop" if exc.errno == errno.ELOOP else "pointing to nothing"
+                report(Skipped(relpath, f"a symbolic link {what} ({os.readlink(entry.path)})"))
+            return None
+        target = os.readlink(entry.path)
+        if stat_module.S_ISDIR(st.st_mode):
+            if not recursive or not wanted(relpath + "/", entry.name, names_only=False):
+                return None
+            if not self.follow_links:
+                report(Skipped(relpath + "/", f"a symbolic link to the folder {target}, not followed{_HOW}"))
+                return None
+            if _identity(st) in parents:
+                report(Skipped(relpath + "/", f"a symbolic link to {target}, a folder it is in (a loop)"))
+                return None
+            return _identity(st)
+        if not wanted(relpath, entry.name):
+            return None
+        if not stat_module.S_ISREG(st.st_mode):
+            report(Skipped(relpath, f"a symbolic link to {target}, not a regular file"))
+            return None
+        if not self.follow_links:
+            report(Skipped(relpath, f"a symbolic link to {target}, not followed{_HOW}"))
+            return None
+        return FileEntry(relpath, st.st_size, st.st_mtime_ns)
+
+    def _scan(self, prefix: str, report: SkipCallback = None) -> List[Tuple[str, os.DirEntry, bool]]:
         """One folder's visible entries as (relpath, entry, is_folder), in relpath order.
 
         A folder sorts as its name plus ``/``, so walking depth first yields every file in
-        the order of its whole relative path (``a.csv``, ``a/x.csv``, ``b.csv``).
+        the order of its whole relative path (``a.csv``, ``a/x.csv``, ``b.csv``). A link to a
+        folder sorts as a folder when links are followed.
         """
         folder = os.path.join(self.directory, *prefix.split("/")) if prefix else self.directory
+        follow = self.follow_links
         try:
             with os.scandir(folder) as it:
                 found = []
@@ -238,9 +352,9 @@ class LocalConnector(Connector):
                     if _is_hidden(entry):
                         continue
                     try:
-                        is_dir = entry.is_dir(follow_symlinks=False)
+                        is_dir = entry.is_dir(follow_symlinks=follow and entry.is_symlink())
                     except OSError:
-                        continue
+                        is_dir = False  # decided, and reported, when the entry is looked at
                     relpath = f"{prefix}/{entry.name}" if prefix else entry.name
                     found.append((relpath + "/" if is_dir else relpath, relpath, entry, is_dir))
         except (FileNotFoundError, NotADirectoryError) as exc:
@@ -248,12 +362,24 @@ class LocalConnector(Connector):
                 return []  # a subfolder removed while listing
             what = "is not a folder" if isinstance(exc, NotADirectoryError) else "does not exist"
             raise ConfigError(f"folder {self.directory} {what}") from None
-        except PermissionError:
-            if prefix:
-                return []
-            raise ConfigError(f"folder {self.directory} is not readable") from None
+        except OSError as exc:
+            # Never "an empty folder": the base folder stops the run, a subfolder fails alone.
+            reason = "permission denied" if isinstance(exc, PermissionError) else (exc.strerror or str(exc))
+            if not prefix:
+                raise ConfigError(f"folder {self.directory} cannot be listed: {reason}") from None
+            if report is not None:
+                report(Skipped(prefix + "/", f"cannot list this folder: {reason}", failed=True))
+            return []
         found.sort(key=lambda item: item[0])
         return [(relpath, entry, is_dir) for _, relpath, entry, is_dir in found]
+
+    def list_temporaries(self) -> Iterator[str]:
+        """oeleo's temporary files (``.name.oeleo-part``) under the folder, at any depth."""
+        for folder, _, names in os.walk(self.directory):  # links are not followed
+            prefix = Path(os.path.relpath(folder, self.directory)).as_posix()
+            for name in names:
+                if name.startswith(".") and name.endswith(TEMP_SUFFIX):
+                    yield name if prefix == "." else f"{prefix}/{name}"
 
     def stat(self, relpath: str) -> Optional[FileEntry]:
         try:
