@@ -805,11 +805,15 @@ class Worker:
         """Compare each local file with the external side; ``update_db`` books the files
         that are already there (identical) as copied, and the others as to be copied."""
         self.connect_to_db()
+        # A destination that is not there is not "every file missing" (an unmounted share).
+        self.external_connector.check_base()
         if self._entries is None:
             self.filter_local(**kwargs)
         entries = self._entries or []
         records = self.bookkeeper.load()
         report = CheckReport()
+        report.errors.extend((item.relpath, item.reason) for item in self._skipped if item.failed)
+        self._skipped = []
         algorithm = self.checker.algorithm
         same_size: List[Tuple[FileEntry, str]] = []  # (entry, local digest): compare checksums
 
@@ -890,7 +894,7 @@ def worker_from_settings(settings: Any, reporter: Optional[Reporter] = None, **o
     if settings.base_dir_from is None:
         raise ConfigError("OELEO_BASE_DIR_FROM is not set: the folder to copy from (or --from)")
     connector_cls = get_connector_class(settings.connector)
-    local = LocalConnector(directory=settings.base_dir_from)
+    local = LocalConnector(directory=settings.base_dir_from, follow_links=settings.follow_links)
     external = connector_cls.from_settings(settings, role="external")
     options.setdefault("subdirs", settings.subdirs)
     return Worker(

@@ -16,6 +16,7 @@ import oeleo.connectors.local as local_module
 import oeleo.workers as workers_module
 from oeleo.checkers import ChecksumChecker
 from oeleo.connectors.local import LocalConnector
+from oeleo.errors import ConfigError
 from oeleo.models import SimpleDbHandler
 from oeleo.reporters import Reporter
 from oeleo.workers import Worker
@@ -467,6 +468,7 @@ def test_check_with_update_db_books_identical_copies_without_copying(new_worker,
 
 
 def test_check_with_update_db_books_missing_files_as_to_copy(new_worker, db, dst):
+    dst.mkdir()
     worker = new_worker()
     worker.connect_to_db()
 
@@ -475,7 +477,18 @@ def test_check_with_update_db_books_missing_files_as_to_copy(new_worker, db, dst
 
     assert sorted(report.missing) == sorted(FILES)
     assert {name: row["code"] for name, row in db_rows(db).items()} == {name: 0 for name in FILES}
-    assert not dst.exists() or tree_files(dst) == {}
+    assert tree_files(dst) == {}
+
+
+def test_check_of_a_destination_that_is_not_there_is_an_error_not_every_file_missing(new_worker, db, dst):
+    worker = new_worker()
+    worker.connect_to_db()
+
+    with pytest.raises(ConfigError, match="does not exist"):
+        worker.check(update_db=True)
+    worker.close()
+
+    assert db_rows(db) == {}
 
 
 def test_parallel_workers_copy_every_file_correctly(new_worker, tmp_path, dst, db):

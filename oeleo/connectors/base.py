@@ -343,6 +343,10 @@ class Connector:
     def prepare(self) -> None:
         """Make the base location ready to receive files (create it, check it is writable)."""
 
+    def check_base(self) -> None:
+        """Raise ``ConfigError`` when the base location is not there or cannot be listed:
+        comparing with a store that cannot be reached must not find "every file missing"."""
+
     def __enter__(self) -> Connector:
         self.connect()
         return self

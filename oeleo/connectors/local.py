@@ -175,6 +175,18 @@ class LocalConnector(Connector):
         if not os.access(self.directory, os.R_OK | os.X_OK):
             raise ConfigError(f"source folder {self.directory} is not readable")
 
+    def check_base(self) -> None:
+        try:
+            with os.scandir(self.directory) as it:
+                next(it, None)
+        except FileNotFoundError:
+            raise ConfigError(
+                f"destination folder {self.directory} does not exist (a share that is not mounted?)"
+            ) from None
+        except OSError as exc:
+            reason = "permission denied" if isinstance(exc, PermissionError) else (exc.strerror or str(exc))
+            raise ConfigError(f"destination folder {self.directory} cannot be listed: {reason}") from None
+
     def prepare(self) -> None:
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
