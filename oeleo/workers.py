@@ -211,6 +211,7 @@ class Worker:
         self.bookkeeper = bookkeeper if bookkeeper is not None else SimpleDbHandler()
         if self.bookkeeper.origin is None:
             self.bookkeeper.origin = make_origin(local_connector.directory)
+        self._refuse_overlap()
         # Temporary names say whose they are: after a killed run, this origin's own are removed.
         external_connector.upload_tag = upload_tag(self.bookkeeper.origin)
         self.extensions = normalise_extensions(extension)
@@ -265,7 +266,6 @@ class Worker:
         if self._connected:
             return
         self.local_connector.check_source()
-        self._refuse_overlap()
         self.external_connector.connect()
         if not self.dry_run:
             self.external_connector.prepare()
@@ -786,12 +786,13 @@ class Worker:
                 self._book_failure(entry, kind, reason, summary)
 
     def _book_copied(self, entry: FileEntry, code: int, result: PutResult, summary: RunSummary) -> None:
-        """The file is under its real name, verified and durable: book it."""
+        """The file is under its real name, verified and durable: book it. (Counted first: a
+        failed write of the books takes it back out with the other rows it lost.)"""
+        summary.copied += 1
+        summary.bytes_copied += result.size
         self.bookkeeper.record_copied(
             entry.relpath, result.external_name, result.checksum, result.size, result.mtime_ns, code
         )
-        summary.copied += 1
-        summary.bytes_copied += result.size
         self.reporter.file_done(entry.relpath, result.size)
 
     def _discard_staged(self) -> None:

@@ -136,3 +136,57 @@ def test_a_destination_the_user_cannot_write_is_a_configuration_error(shared_dir
     assert result.get("error") is not None, result
     assert str(dst) in result["error"] and "not writable" in result["error"]
     assert list(dst.iterdir()) == []  # the probe left nothing behind
+
+
+def test_an_unreadable_subfolder_is_a_failure_named_in_run_and_check(shared_dir):
+    def copy_and_check(root: Path, lock_folder: bool) -> Dict[str, Any]:
+        src, dst, db = root / "src", root / "dst", root / "books.db"
+        if lock_folder:
+            (src / "closed").chmod(0o000)  # as the folder's owner, so it sticks
+
+        def worker() -> Worker:
+            return Worker(
+                checker=ChecksumChecker(),
+                bookkeeper=SimpleDbHandler(db),
+                local_connector=LocalConnector(src),
+                external_connector=LocalConnector(dst),
+                subdirs=True,
+            )
+
+        first = worker()
+        try:
+            summary = first.run()
+        finally:
+            first.close()
+        second = worker()
+        try:
+            report = second.check()
+        finally:
+            second.close()
+        return {
+            "copied": summary.copied,
+            "failed": summary.failed,
+            "errors": summary.errors,
+            "exit": summary.exit_status,
+            "check_errors": report.errors,
+            "in_sync": report.in_sync,
+        }
+
+    def make(root: Path) -> Path:
+        (root / "src" / "closed").mkdir(parents=True)
+        (root / "src" / "a.csv").write_text("a\n")
+        (root / "src" / "closed" / "b.csv").write_text("b\n")
+        return root
+
+    warm = Path(tempfile.mkdtemp())
+    make(shared_dir)
+    result = as_unprivileged(
+        shared_dir, lambda: copy_and_check(shared_dir, True), lambda: copy_and_check(make(warm), False)
+    )
+    shutil.rmtree(warm)
+
+    assert "raised" not in result, result
+    assert (result["copied"], result["failed"], result["exit"]) == (1, 1, 1)
+    assert result["errors"] == [("closed/", "cannot list this folder: permission denied")]
+    assert result["check_errors"] == [("closed/", "cannot list this folder: permission denied")]
+    assert result["in_sync"] is False

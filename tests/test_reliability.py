@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import signal
 import sqlite3
@@ -18,7 +19,8 @@ from typing import Callable, Dict, Iterator, List, Optional
 import pytest
 
 from oeleo import models
-from oeleo.models import SHOULD_BE_COPIED_IF_CHANGED
+from oeleo.connectors.base import upload_tag
+from oeleo.models import SHOULD_BE_COPIED_IF_CHANGED, make_origin
 
 MiB = 1024 * 1024
 BIG = "big.bin"
@@ -305,3 +307,32 @@ def test_a_database_locked_by_another_program_is_a_one_line_error_after_the_busy
     again = oeleo(tmp_path, *run_args(src, dst, db))
     assert again.returncode == 0, again.stderr
     assert (dst / "new.csv").read_text() == "t,v\n9,9\n"
+
+
+def test_a_killed_run_is_marked_interrupted_and_its_orphaned_temporary_file_removed(
+    work: Path, big_source: Source
+) -> None:
+    src, dst, db = work / "src", work / "dst", work / "books.db"
+    src.mkdir()
+    os.link(big_source.folder / BIG, src / BIG)  # a file of this test's own, without a copy
+    write_tree(src, SMALL)
+    write_tree(dst, {".x.csv.0a1b2c.oeleo-part": "another PC's upload in progress"})
+    running = Oeleo(work, *run_args(src, dst, db))
+    try:
+        wait_for(lambda: size_of(temp_file(dst)) > 8 * MiB, timeout=60, running=running)
+    finally:
+        running.kill()
+    assert [r["status"] for r in runs(db)] == ["running"]
+    orphan = temp_file(dst)
+    assert orphan.exists()
+    (src / BIG).unlink()  # the instrument software moved it away: no copy will replace the orphan
+
+    again = oeleo(work, *run_args(src, dst, db))
+
+    assert again.returncode == 0, again.stderr
+    assert [r["status"] for r in runs(db)] == ["interrupted", "ok"]
+    assert "killed" in runs(db)[0]["message"]
+    assert not orphan.exists()
+    assert re.search(r"removed \d+ temporary files? left by an earlier run", again.stderr)
+    assert not list(dst.rglob(f"*.{upload_tag(make_origin(src))}.oeleo-part"))
+    assert (dst / ".x.csv.0a1b2c.oeleo-part").exists(), "another origin's upload is not touched"
