@@ -72,11 +72,37 @@ class PostgresServer:
 # --------------------------------------------------------------------------- helpers
 
 
-def free_port(host: str = HOST) -> int:
-    """A currently free TCP port on ``host`` (bind to port 0, let the OS choose)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
+def free_port(host: str = HOST, also: Sequence[str] = ()) -> int:
+    """A currently free TCP port on ``host`` (bind to port 0, let the OS choose), free on
+    the addresses ``also`` too (``"::1"``)."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind((host, 0))
+            port = sock.getsockname()[1]
+        if all(_port_free(address, port) for address in also):
+            return port
+
+
+def _port_free(host: str, port: int) -> bool:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def ipv6_loopback() -> bool:
+    """Whether this machine can listen on ::1 (containers often have no IPv6)."""
+    if not socket.has_ipv6:
+        return False
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as sock:
+            sock.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
 
 
 def wait_for(condition: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:
@@ -406,6 +432,11 @@ def stop_postgres(server: PostgresServer) -> None:
 # temporary folder, and returns an ``SSHServer``; ``stop_sshd()`` stops it by PID (with the
 # session processes it forked) and removes the folder.
 #
+# ``listen=("127.0.0.1", "::1")`` makes it listen on the IPv6 loopback too (``known_hosts`` then
+# holds a line for each address). Forwarding is allowed (``AllowTcpForwarding yes``), so a
+# server can be the jump host of another (``ProxyJump``). ``start_ssh_agent()`` runs a real
+# ``ssh-agent`` holding the keys given, until ``stop_ssh_agent()`` stops it by PID.
+#
 # As root, sshd runs inside ``unshare --mount`` with copies of /etc/passwd, /etc/group and
 # /etc/shadow bind-mounted over the real ones. The copies add a throwaway login user (a shell
 # user, or sftp-only with ``shell=False``) whose password hash is known, so password
@@ -433,7 +464,7 @@ class SSHServer:
     # where the user may write: each test takes a fresh folder with new_folder()
     data_root: str
     known_hosts: str  # a known_hosts file holding this server's host key
-    host_key_line: str  # "[127.0.0.1]:PORT ssh-ed25519 AAAA..."
+    host_key_line: str  # "[127.0.0.1]:PORT ssh-ed25519 AAAA..." (the first listen address)
     host_key_sha256: str  # "SHA256:..." as ssh-keygen -l prints it
     keys: Dict[str, str] = field(default_factory=dict)  # kind -> private key file
     passphrase: str = field(default="", repr=False)  # of the "*_passphrase" keys
@@ -442,6 +473,7 @@ class SSHServer:
     binds: Dict[str, str] = field(default_factory=dict)  # path seen by sshd -> real folder
     uid: int = -1
     gid: int = -1
+    listen: List[str] = field(default_factory=lambda: [HOST])  # the addresses sshd listens on
     stopped: bool = field(default=False, repr=False)
     _counter: List[int] = field(default_factory=lambda: [0], repr=False)
 
@@ -570,10 +602,12 @@ def _fake_etc(tmp: str, shell: bool, password: str) -> Dict[str, object]:
     return {"uid": uid, "gid": gid, "binds": copies}
 
 
-def _sshd_config(tmp: str, port: int, shell: bool, password_auth: bool, extra: Sequence[str]) -> str:
+def _sshd_config(
+    tmp: str, port: int, shell: bool, password_auth: bool, extra: Sequence[str], listen: Sequence[str]
+) -> str:
     lines = [
         f"Port {port}",
-        f"ListenAddress {HOST}",
+        *(f"ListenAddress {address}" for address in listen),
         f"HostKey {tmp}/ssh_host_ed25519_key",
         f"PidFile {tmp}/sshd.pid",
         f"AuthorizedKeysFile {tmp}/authorized_keys",
@@ -586,6 +620,7 @@ def _sshd_config(tmp: str, port: int, shell: bool, password_auth: bool, extra: S
         "Subsystem sftp internal-sftp",
         "MaxSessions 32",
         "MaxStartups 64",
+        "AllowTcpForwarding yes",  # a jump host for another server (ProxyJump, direct-tcpip)
         "UseDNS no",
         "LogLevel VERBOSE",
     ]
@@ -601,22 +636,30 @@ def start_sshd(
     config: Sequence[str] = (),
     attempts: int = 3,
     timeout: float = 20,
+    listen: Sequence[str] = (HOST,),
 ) -> SSHServer:
     """Start a throwaway OpenSSH server on 127.0.0.1; see the comment above. ``config``:
-    more sshd_config lines (``MaxSessions 2``)."""
+    more sshd_config lines (``MaxSessions 2``); ``listen``: the addresses (the first one is
+    ``host``)."""
     if not (os.access(SSHD, os.X_OK) and shutil.which("ssh-keygen")):
         raise RuntimeError(SSH_MISSING_HINT)
     tmp = tempfile.mkdtemp(prefix="oeleo-sshd-")
     os.chmod(tmp, 0o755)
     try:
-        return _start_sshd(tmp, shell, dict(binds or {}), list(config), attempts, timeout)
+        return _start_sshd(tmp, shell, dict(binds or {}), list(config), attempts, timeout, list(listen))
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 
 def _start_sshd(
-    tmp: str, shell: bool, binds: Dict[str, str], config: List[str], attempts: int, timeout: float
+    tmp: str,
+    shell: bool,
+    binds: Dict[str, str],
+    config: List[str],
+    attempts: int,
+    timeout: float,
+    listen: List[str],
 ) -> SSHServer:
     import pwd
 
@@ -668,8 +711,8 @@ def _start_sshd(
     log = os.path.join(tmp, "sshd.log")
     last_error = ""
     for _ in range(attempts):
-        port = free_port()
-        Path(config_file).write_text(_sshd_config(tmp, port, shell, password is not None, config))
+        port = free_port(listen[0], also=listen[1:])
+        Path(config_file).write_text(_sshd_config(tmp, port, shell, password is not None, config, listen))
         command = [SSHD, "-D", "-e", "-f", config_file]
         if mounts:
             script = " && ".join(f"mount --bind {_q(src)} {_q(dst)}" for dst, src in mounts.items())
@@ -680,7 +723,12 @@ def _start_sshd(
                 command, cwd=tmp, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                 start_new_session=True,
             )  # fmt: skip
-        if wait_for(partial(_sshd_ready, proc, port), timeout=timeout) and proc.poll() is None:
+        ready = wait_for(partial(_sshd_ready, proc, port, listen, log), timeout=timeout)
+        if (
+            ready
+            and proc.poll() is None
+            and "Address already in use" not in Path(log).read_text(errors="replace")
+        ):
             break
         _kill_sshd(proc.pid)
         last_error = Path(log).read_text(errors="replace")
@@ -689,11 +737,12 @@ def _start_sshd(
     else:
         raise RuntimeError(f"sshd did not start:\n{last_error}")
 
-    line = f"[{HOST}]:{port} {pubkey[0]} {pubkey[1]}"
+    lines = [f"[{address}]:{port} {pubkey[0]} {pubkey[1]}" for address in listen]
     known_hosts = os.path.join(tmp, "known_hosts")
-    Path(known_hosts).write_text(line + "\n")
+    Path(known_hosts).write_text("\n".join(lines) + "\n")
+    line = lines[0]
     server = SSHServer(
-        host=HOST,
+        host=listen[0],
         port=port,
         user=user,
         pid=proc.pid,
@@ -709,6 +758,7 @@ def _start_sshd(
         binds=dict(binds),
         uid=uid,
         gid=gid,
+        listen=list(listen),
     )
     server._proc = proc  # type: ignore[attr-defined]  # keeps the Popen so it can be reaped
     atexit.register(stop_sshd, server)
@@ -721,15 +771,21 @@ def _q(text: str) -> str:
     return shlex.quote(text)
 
 
-def _sshd_ready(proc: subprocess.Popen, port: int) -> bool:
-    """True once sshd answers with its banner; raises nothing (False while starting)."""
+def _sshd_ready(proc: subprocess.Popen, port: int, listen: Sequence[str] = (HOST,), log: str = "") -> bool:
+    """True once sshd answers with its banner on every address; raises nothing (False
+    while starting)."""
     if proc.poll() is not None:
         return True  # it died: the caller looks at the log
-    try:
-        with socket.create_connection((HOST, port), timeout=1) as sock:
-            return sock.recv(8).startswith(b"SSH-")
-    except OSError:
-        return False
+    if log and "Address already in use" in Path(log).read_text(errors="replace"):
+        return True  # one address is taken (sshd goes on with the others): the caller retries
+    for address in listen:
+        try:
+            with socket.create_connection((address, port), timeout=1) as sock:
+                if not sock.recv(8).startswith(b"SSH-"):
+                    return False
+        except OSError:
+            return False
+    return True
 
 
 def _kill_sshd(pid: int) -> None:
@@ -770,3 +826,68 @@ def stop_sshd(server: SSHServer) -> None:
             proc.wait(timeout=10)
     finally:
         shutil.rmtree(server.tmpdir, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- ssh-agent
+
+
+@dataclass
+class SSHAgent:
+    sock: str  # what SSH_AUTH_SOCK must say
+    pid: int
+    tmpdir: str
+    stopped: bool = field(default=False, repr=False)
+
+
+def start_ssh_agent(keys: Sequence[str] = (), timeout: float = 10) -> SSHAgent:
+    """A real ``ssh-agent`` in the foreground (``-D``) holding ``keys`` (private key files
+    without a passphrase, added with ``ssh-add``). Its socket lives in a fresh folder under
+    /tmp: a socket path must be short (108 bytes)."""
+    if not (shutil.which("ssh-agent") and shutil.which("ssh-add")):
+        raise RuntimeError(SSH_MISSING_HINT)
+    tmp = tempfile.mkdtemp(prefix="oeleo-agent-")
+    sock = os.path.join(tmp, "agent.sock")
+    log = os.path.join(tmp, "ssh-agent.log")
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            ["ssh-agent", "-D", "-a", sock], stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+    agent = SSHAgent(sock=sock, pid=proc.pid, tmpdir=tmp)
+    agent._proc = proc  # type: ignore[attr-defined]
+    atexit.register(stop_ssh_agent, agent)
+    started = wait_for(lambda: os.path.exists(sock) or proc.poll() is not None, timeout=timeout)
+    if not started or proc.poll() is not None:
+        stop_ssh_agent(agent)
+        raise RuntimeError(f"ssh-agent did not start:\n{Path(log).read_text(errors='replace')}")
+    env = {**os.environ, "SSH_AUTH_SOCK": sock}
+    for key in keys:
+        done = subprocess.run(
+            ["ssh-add", key], env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+            timeout=30, check=False,
+        )  # fmt: skip
+        if done.returncode != 0:
+            stop_ssh_agent(agent)
+            raise RuntimeError(f"ssh-add {key} failed: {done.stderr}")
+    return agent
+
+
+def stop_ssh_agent(agent: SSHAgent) -> None:
+    """Stop the agent by its PID and remove its folder (and socket)."""
+    if agent.stopped:
+        return
+    agent.stopped = True
+    try:
+        os.kill(agent.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    proc = getattr(agent, "_proc", None)
+    try:
+        if proc is not None:
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
+    finally:
+        shutil.rmtree(agent.tmpdir, ignore_errors=True)

@@ -28,6 +28,8 @@ import stat as stat_module
 import threading
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import (
     TYPE_CHECKING,
@@ -53,14 +55,20 @@ from paramiko.sftp import (
     CMD_CLOSE,
     CMD_EXTENDED,
     CMD_FSETSTAT,
+    CMD_HANDLE,
+    CMD_NAME,
     CMD_OPEN,
+    CMD_OPENDIR,
     CMD_READ,
+    CMD_READDIR,
     SFTP_FLAG_READ,
+    SFTPError,
     int64,
 )
 
-from oeleo.connectors.base import Connector, FileEntry, has_extension, matches, safe_relpath
+from oeleo.connectors.base import TEMP_SUFFIX, Connector, FileEntry, has_extension, matches, safe_relpath
 from oeleo.errors import ConfigError, ConnectionLost, TransferError
+from oeleo.names import printable
 
 if TYPE_CHECKING:
     from oeleo.settings import Settings
@@ -92,10 +100,210 @@ OPENSSH_REQUEST = 261120
 SAFE_REQUEST = 32768
 
 
+# The private keys tried when no key, no password and no IdentityFile is set, in this order
+# (after the SSH agent's keys), in the user's ~/.ssh folder.
+DEFAULT_KEYS = ("id_ed25519", "id_ecdsa", "id_rsa")
+# What a login attempt is called in messages (and how _authenticate tells them apart).
+AGENT = "the agent's key"
+PASSWORD = "the password (OELEO_PASSWORD)"
+HUNG_UP = "then the server closed the connection (it allows few attempts: MaxAuthTries)"
+ADD_TO_AGENT = "add it to the SSH agent, or set OELEO_KEY_FILENAME and OELEO_KEY_PASSPHRASE"
+
+
 def _fingerprint(key: paramiko.PKey) -> str:
     """``SHA256:...`` as ``ssh-keygen -l`` prints it."""
     digest = hashlib.sha256(key.asbytes()).digest()
     return "SHA256:" + base64.b64encode(digest).decode("ascii").rstrip("=")
+
+
+def _bracket(host: str) -> str:
+    """``[::1]`` for an IPv6 address, so that a port can follow; other hosts unchanged."""
+    return f"[{host}]" if ":" in host else host
+
+
+def _show(path: Path) -> str:
+    """A key file for messages: ``~/.ssh/id_rsa`` when it is in the home folder."""
+    try:
+        return str(Path("~") / path.relative_to(Path.home()))
+    except ValueError:
+        return str(path)
+
+
+def _and(items: Sequence[str]) -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def parse_port(text: Union[str, int], setting: str) -> int:
+    """A TCP port, 1 to 65535; anything else is a ``ConfigError`` naming ``setting``."""
+    value = str(text).strip()
+    if value.isdigit() and 1 <= int(value) <= 65535:
+        return int(value)
+    raise ConfigError(f"{setting}: {value!r} is not a port number (1 to 65535)")
+
+
+@dataclass(frozen=True)
+class Destination:
+    """What ``OELEO_EXTERNAL_HOST`` (or one hop of a ``ProxyJump``) names."""
+
+    host: str
+    user: Optional[str] = None
+    port: Optional[int] = None
+
+
+def parse_destination(text: str, setting: str = "OELEO_EXTERNAL_HOST") -> Destination:
+    """``host``, ``host:port``, ``user@host``, ``user@host:port``, ``[v6addr]:port`` or a bare
+    IPv6 address, with or without ``ssh://`` in front, as ``ssh`` and fabric read them.
+
+    A malformed one is a ``ConfigError`` that names ``setting``.
+    """
+    rest = text.strip()
+    if rest.lower().startswith("ssh://"):
+        rest = rest[len("ssh://") :].rstrip("/")
+    user: Optional[str] = None
+    if "@" in rest:
+        user, _, rest = rest.rpartition("@")  # ssh takes the last @: a user name may hold one
+        if not user:
+            raise ConfigError(f"{setting}={text}: the user name before '@' is empty")
+    port: Optional[str] = None
+    if rest.startswith("["):
+        host, bracket, after = rest[1:].partition("]")
+        if not bracket or (after and not after.startswith(":")):
+            raise ConfigError(f"{setting}={text}: write an IPv6 address with a port as [address]:port")
+        port = after[1:] if after else None
+    elif rest.count(":") == 1:
+        host, _, port = rest.partition(":")
+    else:  # a plain name, or an IPv6 address (several colons) without a port
+        host = rest
+    if not host or any(c.isspace() or c in "/@[]" for c in host):
+        raise ConfigError(f"{setting}={text}: not a host name, [user@]host[:port]")
+    return Destination(host, user, parse_port(port, f"{setting}={text}") if port is not None else None)
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One SSH server oeleo logs in to: the destination, or a jump host on the way to it."""
+
+    host: str  # the name or address connected to (HostName of an alias)
+    port: int
+    username: str
+    identity_files: Tuple[Path, ...] = ()  # IdentityFile of the SSH config; none: DEFAULT_KEYS
+    identities_only: bool = False  # IdentitiesOnly yes: the agent's keys are not offered
+    jump: bool = False
+    check: str = "OELEO_EXTERNAL_HOST and OELEO_EXTERNAL_PORT"  # what to look at when unreachable
+
+    @property
+    def address(self) -> str:
+        """``host:port`` (``[v6addr]:port``)."""
+        return f"{_bracket(self.host)}:{self.port}"
+
+    @property
+    def where(self) -> str:
+        """``user@host:port``, for messages; a jump host says so."""
+        return ("jump host " if self.jump else "") + f"{self.username}@{self.address}"
+
+    @property
+    def known_name(self) -> str:
+        """How known_hosts names this server: ``host`` on port 22, else ``[host]:port``."""
+        return self.host if self.port == 22 else f"[{self.host}]:{self.port}"
+
+
+def load_ssh_config(
+    path: Union[str, os.PathLike, None],
+) -> Tuple[Optional[paramiko.SSHConfig], Optional[Path]]:
+    """The OpenSSH client config to read, and its path: ``path`` (it must exist; ``none``
+    reads none, as ``ssh -F none``), else ``~/.ssh/config`` when there is one."""
+    if path is not None and str(path).strip().lower() == "none":
+        return None, None
+    if path is not None:
+        file = Path(path).expanduser()
+        if not file.is_file():
+            raise ConfigError(f"OELEO_SSH_CONFIG={path}: no such file")
+    else:
+        file = Path.home() / ".ssh" / "config"
+        if not file.is_file():
+            return None, None
+    try:
+        return paramiko.SSHConfig.from_path(str(file)), file
+    except (OSError, UnicodeDecodeError, paramiko.ConfigParseError) as exc:
+        raise ConfigError(f"cannot read the SSH config {file}: {exc}") from None
+
+
+def _lookup(config: Optional[paramiko.SSHConfig], file: Optional[Path], host: str) -> Dict[str, Any]:
+    if config is None:
+        return {}
+    try:
+        return dict(config.lookup(host))
+    except Exception as exc:  # noqa: BLE001 - Match exec without invoke, CanonicalizeHostname, ...
+        raise ConfigError(f"cannot use the SSH config {file} for {host}: {exc}") from None
+
+
+def resolve_endpoints(
+    host: str,
+    username: Optional[str] = None,
+    port: Optional[int] = None,
+    config: Optional[paramiko.SSHConfig] = None,
+    config_file: Optional[Path] = None,
+) -> Tuple[Endpoint, Tuple[Endpoint, ...]]:
+    """The server to log in to and the jump hosts on the way, from ``OELEO_EXTERNAL_HOST``
+    (``host``), ``OELEO_USERNAME`` and ``OELEO_EXTERNAL_PORT`` when the user set them (else
+    None) and the SSH config.
+
+    What ``host`` says wins over the config file; ``username`` and ``port`` win over the
+    config file too, but may not contradict ``host`` (a ``ConfigError`` naming both).
+    """
+    dest = parse_destination(host)
+    if dest.port is not None and port is not None and port != dest.port:
+        raise ConfigError(
+            f"OELEO_EXTERNAL_HOST={host} gives port {dest.port} but OELEO_EXTERNAL_PORT={port}: "
+            "give the port in one of them only"
+        )
+    if dest.user is not None and username and username != dest.user:
+        raise ConfigError(
+            f"OELEO_EXTERNAL_HOST={host} gives the user {dest.user} but OELEO_USERNAME={username}: "
+            "give the user in one of them only"
+        )
+    options = _lookup(config, config_file, dest.host)
+    section = f"Host {dest.host} in {config_file}"
+    user = dest.user or username or options.get("user")
+    if not user:
+        raise ConfigError(
+            f"OELEO_USERNAME is not set: the user to log in as on {dest.host} "
+            "(or write user@ in OELEO_EXTERNAL_HOST)"
+        )
+    check = "OELEO_EXTERNAL_HOST and OELEO_EXTERNAL_PORT"
+    if options.get("hostname", dest.host) != dest.host or (
+        port is None and dest.port is None and "port" in options
+    ):
+        check += f", and {section}"
+    target = _endpoint(Destination(dest.host, user, dest.port or port), options, section, check=check)
+    command = str(options.get("proxycommand") or "none")
+    if command.lower() != "none":
+        log.warning("%s sets a ProxyCommand, which oeleo does not run: use ProxyJump", section)
+    jumps = []
+    chain = str(options.get("proxyjump") or "none").strip()
+    for spec in chain.split(",") if chain.lower() != "none" else ():
+        hop = parse_destination(spec, f"ProxyJump of {section}")
+        hop_options = _lookup(config, config_file, hop.host)
+        if not hop.user:
+            hop = Destination(hop.host, hop_options.get("user") or user, hop.port)
+        hop_section = f"Host {hop.host} in {config_file}"
+        jumps.append(_endpoint(hop, hop_options, hop_section, jump=True, check=f"ProxyJump of {section}"))
+    return target, tuple(jumps)
+
+
+def _endpoint(dest: Destination, options: Dict[str, Any], section: str, **more: Any) -> Endpoint:
+    """``dest`` completed by its SSH config ``options``: what ``dest`` says wins."""
+    port = dest.port
+    if port is None:
+        port = parse_port(options["port"], f"Port of {section}") if "port" in options else 22
+    return Endpoint(
+        host=options.get("hostname") or dest.host,
+        port=port,
+        username=dest.user or options.get("user") or "",
+        identity_files=tuple(Path(os.path.expanduser(f)) for f in options.get("identityfile") or ()),
+        identities_only=str(options.get("identitiesonly", "no")).lower() == "yes",
+        **more,
+    )
 
 
 class _PerThread(threading.local):
@@ -140,6 +348,7 @@ class SSHConnector(Connector):
         accept_new_host_keys: Optional[bool] = None,
         timeout: Optional[float] = None,
         include_subdirs: bool = False,
+        ssh_config: Union[str, os.PathLike, None] = None,
         **kwargs: Any,  # oeleo 0.7 arguments without a meaning here (is_posix, use_password)
     ) -> None:
         if host is None or directory is None or username is None:
@@ -149,13 +358,15 @@ class SSHConnector(Connector):
             host = host or settings.external_host
             directory = directory if directory is not None else settings.base_dir_to
             username = username or settings.username
-            port = port or settings.external_port
+            if port is None and "external_port" in settings.model_fields_set:
+                port = settings.external_port  # the default (22) must not contradict host:port
             if password is None and settings.password is not None:
                 password = settings.password.get_secret_value()
             if passphrase is None and settings.key_passphrase is not None:
                 passphrase = settings.key_passphrase.get_secret_value()
             key_filename = key_filename or settings.key_filename
             known_hosts = known_hosts or settings.known_hosts
+            ssh_config = ssh_config or settings.ssh_config
             if accept_new_host_keys is None:
                 accept_new_host_keys = settings.accept_new_host_keys
         if not host:
@@ -164,15 +375,17 @@ class SSHConnector(Connector):
             raise ConfigError(
                 "OELEO_BASE_DIR_TO is not set: the folder on the SSH server to copy to (or --to)"
             )
-        if not username:
-            raise ConfigError(f"OELEO_USERNAME is not set: the user to log in as on {host}")
-        if not key_filename and not password:
-            raise ConfigError(
-                f"set OELEO_KEY_FILENAME (a private key file) or OELEO_PASSWORD to log in to {host}"
-            )
-        self.host = host
-        self.port = int(port or 22)
-        self.username = username
+        config, self.ssh_config_file = load_ssh_config(ssh_config)
+        self.endpoint, self.jumps = resolve_endpoints(
+            host,
+            username or None,
+            parse_port(port, "OELEO_EXTERNAL_PORT") if port is not None else None,
+            config,
+            self.ssh_config_file,
+        )
+        self.host = self.endpoint.host
+        self.port = self.endpoint.port
+        self.username = self.endpoint.username
         self.directory = str(directory)
         self.key_filename = Path(key_filename).expanduser() if key_filename else None
         self.known_hosts = Path(known_hosts).expanduser() if known_hosts else None
@@ -183,8 +396,10 @@ class SSHConnector(Connector):
         self._password = password or None
         self._passphrase = passphrase or None
         self._key: Optional[paramiko.PKey] = None
+        self._file_keys: Dict[Path, Tuple[Optional[paramiko.PKey], str]] = {}  # automatic keys read
         self._lock = threading.RLock()
         self._transport: Optional[paramiko.Transport] = None
+        self._jump_transports: List[paramiko.Transport] = []  # first hop first
         self._generation = 0
         self._ever_connected = False
         self._clients: Dict[threading.Thread, paramiko.SFTPClient] = {}
@@ -207,19 +422,21 @@ class SSHConnector(Connector):
             host=settings.external_host or "",
             directory=settings.base_dir_to or "",
             username=settings.username or "",
-            port=settings.external_port,
+            # Only a port the user set: the default (22) must not contradict OELEO_EXTERNAL_HOST.
+            port=settings.external_port if "external_port" in settings.model_fields_set else None,
             password=settings.password.get_secret_value() if settings.password else None,
             key_filename=settings.key_filename,
             passphrase=settings.key_passphrase.get_secret_value() if settings.key_passphrase else None,
             known_hosts=settings.known_hosts,
             accept_new_host_keys=settings.accept_new_host_keys,
+            ssh_config=settings.ssh_config,
         )
 
     # -- names ------------------------------------------------------------------------
     @property
     def where(self) -> str:
         """``user@host:port``, for messages."""
-        return f"{self.username}@{self.host}:{self.port}"
+        return self.endpoint.where
 
     def __repr__(self) -> str:
         return f"SSHConnector({self.where}:{self.directory})"
@@ -233,6 +450,18 @@ class SSHConnector(Connector):
 
     def external_name(self, relpath: str) -> str:
         return self._path(relpath)
+
+    @staticmethod
+    def _wire(path: str) -> bytes:
+        """A server path as SFTP sends it: the name's own bytes. A local name that is not
+        UTF-8 reaches oeleo with surrogate escapes (``'m\\udce9sure.csv'``), which paramiko
+        would refuse to encode; as bytes it is written under the same bytes on the server."""
+        try:
+            return path.encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError:  # a lone UTF-16 half of a Windows name: no bytes stand for it
+            raise TransferError(
+                f"{printable(path)}: the name holds characters that cannot be written over SFTP"
+            ) from None
 
     def _say_once(self, key: str, message: str, *args: Any, level: int = logging.INFO) -> None:
         if key not in self._said:
@@ -264,11 +493,13 @@ class SSHConnector(Connector):
                 client.close()
             except Exception:  # noqa: BLE001 - closing a dead channel may fail in many ways
                 pass
-        if self._transport is not None:
-            try:
-                self._transport.close()
-            except Exception:  # noqa: BLE001
-                pass
+        jumps, self._jump_transports = self._jump_transports, []
+        for transport in [self._transport, *reversed(jumps)]:
+            if transport is not None:
+                try:
+                    transport.close()
+                except Exception:  # noqa: BLE001
+                    pass
         self._transport = None
         self._first = None
         self._generation += 1
@@ -281,33 +512,23 @@ class SSHConnector(Connector):
             return ConnectionLost(f"cannot reconnect to {self.where}: {message}")
         return ConfigError(message)
 
+    @property
+    def _automatic(self) -> bool:
+        """No key and no password set: the agent's keys and the usual key files are tried."""
+        return self.key_filename is None and self._password is None
+
     def _open_locked(self) -> None:
         key = self._load_key() if self.key_filename else None
-        sock = self._open_socket()
-        transport = paramiko.Transport(sock)
+        agent = self._open_agent() if self._automatic else None
+        opened: List[paramiko.Transport] = []  # the jump hosts', then the destination's
         try:
-            self._prefer_known_key_types(transport)
-            self._prefer_fast_ciphers(transport)
-            try:
-                transport.start_client(timeout=self.timeout)
-            except paramiko.SSHException as exc:
-                text = str(exc) or type(exc).__name__
-                if "banner" in text.lower():
-                    raise ConfigError(
-                        f"{self.host}:{self.port} does not answer like an SSH server ({text}); "
-                        "check OELEO_EXTERNAL_HOST and OELEO_EXTERNAL_PORT"
-                    ) from None
-                raise self._fail_connect(
-                    f"SSH handshake with {self.host}:{self.port} failed: {text}"
-                ) from None
-            except (EOFError, OSError) as exc:
-                raise self._fail_connect(
-                    f"{self.host}:{self.port} closed the connection during the SSH handshake "
-                    f"({self._text(exc)})"
-                ) from None
-            self._check_host_key(transport)
-            self._authenticate(transport, key)
-            transport.set_keepalive(30)
+            for endpoint in (*self.jumps, self.endpoint):
+                # Nothing to log in with: said before connecting.
+                offers, notes = self._offers(endpoint, key, agent)
+                via = opened[-1] if opened else None
+                sock = self._open_socket(endpoint) if via is None else self._open_channel(via, endpoint)
+                opened.append(self._log_in_to(endpoint, sock, offers, notes))
+            transport = opened[-1]
             sftp = self._new_sftp(transport, first=True)
             openssh = "openssh" in transport.remote_version.lower()
             self._request_size = OPENSSH_REQUEST if openssh else SAFE_REQUEST
@@ -317,9 +538,14 @@ class SSHConnector(Connector):
             except OSError as exc:
                 raise ConfigError(f"{self.where}: cannot find the home folder ({exc})") from None
         except BaseException:
-            transport.close()
+            for transport in reversed(opened):
+                transport.close()
             raise
+        finally:
+            if agent is not None:
+                agent.close()
         self._transport = transport
+        self._jump_transports = opened[:-1]
         self._generation += 1
         self._first = sftp
         self._clients[threading.current_thread()] = sftp
@@ -329,47 +555,108 @@ class SSHConnector(Connector):
         if self._ever_connected:
             log.info("reconnected to %s", self.where)
         else:
-            log.debug("connected to %s (%s)", self.where, transport.remote_version)
+            via = "".join(f" via {hop.where}" for hop in self.jumps)
+            log.debug("connected to %s%s (%s)", self.where, via, transport.remote_version)
         self._ever_connected = True
 
-    def _open_socket(self) -> socket.socket:
+    def _log_in_to(
+        self,
+        endpoint: Endpoint,
+        sock: Any,
+        offers: List[Tuple[str, Optional[paramiko.PKey]]],
+        notes: Sequence[str],
+    ) -> paramiko.Transport:
+        """The SSH handshake over ``sock``, the host key check and the login: an open,
+        authenticated transport (closed again when any step fails)."""
+        transport = paramiko.Transport(sock)
         try:
-            sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
+            self._prefer_known_key_types(transport, endpoint)
+            self._prefer_fast_ciphers(transport)
+            try:
+                transport.start_client(timeout=self.timeout)
+            except paramiko.SSHException as exc:
+                text = str(exc) or type(exc).__name__
+                if "banner" in text.lower():
+                    raise ConfigError(
+                        f"{'jump host ' if endpoint.jump else ''}{endpoint.address} does not answer "
+                        f"like an SSH server ({text}); check {endpoint.check}"
+                    ) from None
+                raise self._fail_connect(
+                    f"SSH handshake with {self._label(endpoint)} failed: {text}"
+                ) from None
+            except (EOFError, OSError) as exc:
+                raise self._fail_connect(
+                    f"{self._label(endpoint)} closed the connection during the SSH handshake "
+                    f"({self._text(exc)})"
+                ) from None
+            self._check_host_key(transport, endpoint)
+            self._authenticate(transport, endpoint, offers, notes)
+            transport.set_keepalive(30)
+        except BaseException:
+            transport.close()
+            raise
+        return transport
+
+    @staticmethod
+    def _label(endpoint: Endpoint) -> str:
+        return ("jump host " if endpoint.jump else "") + endpoint.address
+
+    def _open_socket(self, endpoint: Endpoint) -> socket.socket:
+        label, host, port = self._label(endpoint), endpoint.host, endpoint.port
+        try:
+            sock = socket.create_connection((host, port), timeout=self.timeout)
         except socket.gaierror as exc:
+            what = "jump host" if endpoint.jump else "SSH server"
             raise self._fail_connect(
-                f"cannot find the SSH server {self.host!r} (OELEO_EXTERNAL_HOST), port {self.port}: "
+                f"cannot find the {what} {host!r} ({endpoint.check.split(' and ')[0]}), port {port}: "
                 f"{exc.strerror or exc}"
             ) from None
         except ConnectionRefusedError:
             raise self._fail_connect(
-                f"{self.host}:{self.port} refused the connection: no SSH server listens there "
-                "(check OELEO_EXTERNAL_HOST and OELEO_EXTERNAL_PORT)"
+                f"{label} refused the connection: no SSH server listens there (check {endpoint.check})"
             ) from None
         except socket.timeout:
-            raise self._fail_connect(
-                f"{self.host}:{self.port} is unreachable: no answer within {self.timeout:g} s"
-            ) from None
+            raise self._fail_connect(f"{label} is unreachable: no answer within {self.timeout:g} s") from None
         except OSError as exc:
-            raise self._fail_connect(
-                f"{self.host}:{self.port} is unreachable: {exc.strerror or exc}"
-            ) from None
+            raise self._fail_connect(f"{label} is unreachable: {exc.strerror or exc}") from None
         # Many small SFTP requests: without TCP_NODELAY each waits for a delayed ACK (40 ms).
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
         return sock
 
+    def _open_channel(self, via: paramiko.Transport, endpoint: Endpoint) -> paramiko.Channel:
+        """A TCP connection to ``endpoint`` opened by the jump host ``via`` (``ssh -J``)."""
+        jump = self.jumps[len(self._hops_before(endpoint)) - 1]
+        try:
+            return via.open_channel(
+                "direct-tcpip", (endpoint.host, endpoint.port), ("127.0.0.1", 0), timeout=self.timeout
+            )
+        except paramiko.ChannelException as exc:
+            raise self._fail_connect(
+                f"{self._label(jump)} cannot connect to {endpoint.address} ({exc.text}): check "
+                f"{endpoint.check}, and that the jump host allows forwarding (AllowTcpForwarding)"
+            ) from None
+        except (paramiko.SSHException, EOFError, OSError) as exc:
+            raise self._fail_connect(
+                f"{self._label(jump)} did not open a connection to {endpoint.address} ({self._text(exc)})"
+            ) from None
+
+    def _hops_before(self, endpoint: Endpoint) -> Tuple[Endpoint, ...]:
+        chain = (*self.jumps, self.endpoint)
+        return chain[: chain.index(endpoint)]
+
     # -- host keys --------------------------------------------------------------------
     @property
     def host_key_name(self) -> str:
         """How known_hosts names this server: ``host`` on port 22, else ``[host]:port``."""
-        return self.host if self.port == 22 else f"[{self.host}]:{self.port}"
+        return self.endpoint.known_name
 
     def _known_hosts_file(self) -> Path:
         """Where keys are trusted and stored: OELEO_KNOWN_HOSTS, else ~/.ssh/known_hosts."""
         return self.known_hosts or Path.home() / ".ssh" / "known_hosts"
 
-    def _known_keys(self) -> Dict[str, paramiko.PKey]:
-        """This server's trusted keys, by key type, from the known_hosts files."""
+    def _known_keys(self, endpoint: Endpoint) -> Dict[str, paramiko.PKey]:
+        """A server's trusted keys, by key type, from the known_hosts files."""
         files = [self._known_hosts_file()]
         if self.known_hosts is None:
             files.append(Path("/etc/ssh/ssh_known_hosts"))
@@ -382,16 +669,16 @@ class SSHConnector(Connector):
                 continue
             except (OSError, UnicodeDecodeError) as exc:
                 raise ConfigError(f"cannot read the known hosts file {path}: {exc}") from None
-            entry = keys.lookup(self.host_key_name)
+            entry = keys.lookup(endpoint.known_name)
             if entry:
                 for keytype in entry.keys():
                     found.setdefault(keytype, entry[keytype])
         return found
 
-    def _prefer_known_key_types(self, transport: paramiko.Transport) -> None:
+    def _prefer_known_key_types(self, transport: paramiko.Transport, endpoint: Endpoint) -> None:
         # Ask for the type of key we already know, or a server with several host keys
         # would show another one and look unknown.
-        known = self._known_keys()
+        known = self._known_keys(endpoint)
         if not known:
             return
         options = transport.get_security_options()
@@ -412,40 +699,41 @@ class SSHConnector(Connector):
         first = [c for c in ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com") if c in available]
         options.ciphers = first + [c for c in available if c not in first]
 
-    def _check_host_key(self, transport: paramiko.Transport) -> None:
+    def _check_host_key(self, transport: paramiko.Transport, endpoint: Endpoint) -> None:
+        """The same check for the destination and for each jump host, as ``ssh -J`` does."""
         key = transport.get_remote_server_key()
         keytype, fingerprint = key.get_name(), _fingerprint(key)
-        known = self._known_keys()
+        known = self._known_keys(endpoint)
+        name = endpoint.known_name
+        shown = ("jump host " if endpoint.jump else "") + name
         if keytype in known:
             if known[keytype] == key:
                 return
             raise ConfigError(
-                f"the SSH host key of {self.host_key_name} has CHANGED ({keytype} {fingerprint}) "
+                f"the SSH host key of {shown} has CHANGED ({keytype} {fingerprint}) "
                 f"and does not match the one in {self._known_hosts_file()}: someone may be "
                 "intercepting the connection; if the server's key really changed, remove its "
                 "old line from that file (ssh-keygen -R) and trust the new one"
             )
         store = self._known_hosts_file()
         if not self.accept_new_host_keys:
-            port = f"-p {self.port} " if self.port != 22 else ""
+            port = f"-p {endpoint.port} " if endpoint.port != 22 else ""
             raise ConfigError(
-                f"unknown SSH host key for {self.host_key_name} ({keytype} {fingerprint}): if that "
+                f"unknown SSH host key for {shown} ({keytype} {fingerprint}): if that "
                 f"is the server's key, trust it by adding it to {store} "
-                f"(ssh-keyscan {port}{self.host} >> {store}) or by running once with "
+                f"(ssh-keyscan {port}{endpoint.host} >> {store}) or by running once with "
                 "OELEO_ACCEPT_NEW_HOST_KEYS=true"
             )
-        line = f"{self.host_key_name} {keytype} {key.get_base64()}\n"
+        line = f"{name} {keytype} {key.get_base64()}\n"
         try:
             store.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             with open(store, "a", encoding="utf-8") as handle:
                 handle.write(line)
         except OSError as exc:
-            raise ConfigError(
-                f"cannot store the host key of {self.host_key_name} in {store}: {exc}"
-            ) from None
+            raise ConfigError(f"cannot store the host key of {shown} in {store}: {exc}") from None
         log.warning(
             "trusting the new SSH host key of %s: %s %s (stored in %s)",
-            self.host_key_name,
+            shown,
             keytype,
             fingerprint,
             store,
@@ -460,7 +748,10 @@ class SSHConnector(Connector):
         what = f"OELEO_KEY_FILENAME={path}"
         if not path.is_file():
             raise ConfigError(f"{what}: no such file")
-        key, encrypted = self._try_key(path, None)
+        try:
+            key, encrypted = self._try_key(path, None)
+        except PermissionError:
+            raise ConfigError(f"{what}: permission denied") from None
         if key is None and not encrypted:
             hint = (
                 " (that is the public key: give the private key file, without .pub)"
@@ -485,7 +776,8 @@ class SSHConnector(Connector):
 
     @staticmethod
     def _try_key(path: Path, secret: Optional[str]) -> Tuple[Optional[paramiko.PKey], bool]:
-        """(key, encrypted): the key when it loads, and whether it asked for a passphrase."""
+        """(key, encrypted): the key when it loads, and whether it asked for a passphrase.
+        ``PermissionError`` when the file cannot be read."""
         encrypted = False
         for cls in (paramiko.Ed25519Key, paramiko.RSAKey, paramiko.ECDSAKey):
             try:
@@ -493,40 +785,144 @@ class SSHConnector(Connector):
             except paramiko.PasswordRequiredException:
                 encrypted = True
             except PermissionError:
-                raise ConfigError(f"OELEO_KEY_FILENAME={path}: permission denied") from None
+                raise
             except (paramiko.SSHException, ValueError, TypeError, IndexError):
                 continue
         return None, encrypted
 
-    def _authenticate(self, transport: paramiko.Transport, key: Optional[paramiko.PKey]) -> None:
+    def _open_agent(self) -> Optional[paramiko.Agent]:
+        """The SSH agent (``SSH_AUTH_SOCK``; on Windows Pageant or the OpenSSH agent), or None."""
+        try:
+            return paramiko.Agent()
+        except (paramiko.SSHException, OSError) as exc:
+            self._say_once("agent", "cannot use the SSH agent: %s", exc, level=logging.WARNING)
+            return None
+
+    def _file_key(self, path: Path) -> Tuple[Optional[paramiko.PKey], str]:
+        """A key file tried without being named: (key, "") or (None, why it is skipped)."""
+        if path in self._file_keys:
+            return self._file_keys[path]
+        shown = _show(path)
+        found: Tuple[Optional[paramiko.PKey], str]
+        try:
+            key, encrypted = self._try_key(path, None)
+            if key is None and encrypted and self._passphrase:
+                key, _ = self._try_key(path, self._passphrase)
+                if key is None:
+                    found = (None, f"{shown}: wrong passphrase (OELEO_KEY_PASSPHRASE)")
+            if key is not None:
+                found = (key, "")
+            elif encrypted and not self._passphrase:
+                found = (None, f"{shown} is protected by a passphrase (skipped: {ADD_TO_AGENT})")
+            elif not encrypted:
+                found = (None, f"{shown} is not a private key oeleo can read (skipped)")
+        except PermissionError:
+            found = (None, f"{shown}: permission denied (skipped)")
+        except OSError as exc:
+            found = (None, f"{shown}: {exc.strerror or exc} (skipped)")
+        if found[1]:
+            log.debug("not offering %s", found[1])
+        self._file_keys[path] = found
+        return found
+
+    def _offers(
+        self, endpoint: Endpoint, key: Optional[paramiko.PKey], agent: Optional[paramiko.Agent]
+    ) -> Tuple[List[Tuple[str, Optional[paramiko.PKey]]], List[str]]:
+        """What to log in to ``endpoint`` with, in order, as (what, key; None for the
+        password), and notes on keys skipped; ``ConfigError`` when there is nothing to try.
+
+        A key or a password that is set is all that is used (the key first). Without
+        either, as ``ssh``: the agent's keys (unless IdentitiesOnly), then the IdentityFile
+        of the SSH config, or else ~/.ssh/id_ed25519, id_ecdsa and id_rsa. Jump hosts get
+        keys only: OELEO_PASSWORD is for the destination.
+        """
+        offers: List[Tuple[str, Optional[paramiko.PKey]]] = []
+        if not self._automatic:
+            if key is not None:
+                offers.append((f"the key {self.key_filename}", key))
+            if self._password is not None and not endpoint.jump:
+                offers.append((PASSWORD, None))
+            if not offers:
+                raise ConfigError(
+                    f"cannot log in to {endpoint.where}: oeleo logs in to jump hosts with keys, "
+                    "never with OELEO_PASSWORD: set OELEO_KEY_FILENAME, or use the SSH agent"
+                )
+            return offers, []
+        if agent is not None and not endpoint.identities_only:
+            try:
+                offers += [(AGENT, agent_key) for agent_key in agent.get_keys()]
+            except (paramiko.SSHException, OSError) as exc:
+                self._say_once("agent", "cannot use the SSH agent: %s", exc, level=logging.WARNING)
+        notes = []
+        files = endpoint.identity_files or tuple(Path.home() / ".ssh" / name for name in DEFAULT_KEYS)
+        for path in files:
+            if not path.is_file():
+                if endpoint.identity_files:  # named in the config: say so; a default may be absent
+                    notes.append(f"{_show(path)} (IdentityFile in {self.ssh_config_file}): no such file")
+                continue
+            file_key, note = self._file_key(path)
+            if file_key is not None:
+                offers.append((_show(path), file_key))
+            else:
+                notes.append(note)
+        if offers:
+            return offers, notes
+        if notes:
+            raise ConfigError(
+                f"cannot log in to {endpoint.where}: {'; '.join(notes)}; "
+                "set OELEO_KEY_FILENAME (a private key file) or OELEO_PASSWORD"
+            )
+        defaults = f"~/.ssh/{', '.join(DEFAULT_KEYS[:-1])} or {DEFAULT_KEYS[-1]}"
+        raise ConfigError(
+            f"set OELEO_KEY_FILENAME (a private key file) or OELEO_PASSWORD to log in to "
+            f"{endpoint.where} (no SSH agent holds a key, and there is no {defaults})"
+        )
+
+    def _authenticate(
+        self,
+        transport: paramiko.Transport,
+        endpoint: Endpoint,
+        offers: List[Tuple[str, Optional[paramiko.PKey]]],
+        notes: Sequence[str] = (),
+    ) -> None:
         tried: List[str] = []
         refused: List[str] = []
-        if key is not None and self._log_in(
-            lambda: transport.auth_publickey(self.username, key),
-            "keys",
-            f"the key {self.key_filename}",
-            tried,
-            refused,
-        ):
-            return
-        if (
-            self._password is not None
-            and transport.is_active()
-            and self._log_in(
-                lambda: transport.auth_password(self.username, self._password),
-                "passwords",
-                "the password (OELEO_PASSWORD)",
-                tried,
-                refused,
-            )
-        ):
-            return
-        verb = "were" if len(tried) > 1 else "was"
-        reasons = ([f"{' and '.join(tried)} {verb} not accepted"] if tried else []) + refused
-        raise ConfigError(f"cannot log in to {self.where}: {'; '.join(reasons)}")
+        agent_refused = 0
+        no_keys = False  # the server refuses key logins: the other keys are not offered
+        for what, key in offers:
+            if not transport.is_active():
+                refused.append(HUNG_UP)
+                break
+            if key is None:
+                attempt = partial(transport.auth_password, endpoint.username, self._password)
+                kind = "passwords"
+            elif no_keys:
+                continue
+            else:
+                attempt = partial(transport.auth_publickey, endpoint.username, key)
+                kind = "keys"
+            before = len(refused)
+            if self._log_in(transport, endpoint, attempt, kind, what, tried, refused):
+                return
+            if what == AGENT and tried and tried[-1] == AGENT:
+                tried.pop()  # counted, and said once
+                agent_refused += 1
+            no_keys = no_keys or (kind == "keys" and len(refused) > before)
+        if agent_refused:
+            tried.insert(0, "the agent's key" if agent_refused == 1 else f"the agent's {agent_refused} keys")
+        verb = "were" if len(tried) > 1 or agent_refused > 1 else "was"
+        reasons = ([f"{_and(tried)} {verb} not accepted"] if tried else []) + refused + list(notes)
+        raise ConfigError(f"cannot log in to {endpoint.where}: {'; '.join(reasons)}")
 
     def _log_in(
-        self, attempt: Callable[[], List[str]], kind: str, what: str, tried: List[str], refused: List[str]
+        self,
+        transport: paramiko.Transport,
+        endpoint: Endpoint,
+        attempt: Callable[[], List[str]],
+        kind: str,
+        what: str,
+        tried: List[str],
+        refused: List[str],
     ) -> bool:
         """One way of logging in (``kind``: "keys" or "passwords"); True once in. A refusal
         is noted: ``what`` in ``tried`` when the server said no, the reason in ``refused``
@@ -540,7 +936,11 @@ class SSHConnector(Connector):
             tried.append(what)
             return False
         except (paramiko.SSHException, EOFError, OSError) as exc:
-            raise self._fail_connect(f"{self.where}: connection lost while logging in ({exc})") from None
+            if not transport.is_active() and (tried or refused):  # refused too often: it hung up
+                tried.append(what)
+                refused.append(HUNG_UP)
+                return False
+            raise self._fail_connect(f"{endpoint.where}: connection lost while logging in ({exc})") from None
         if not remaining:
             return True
         refused.append(f"the server also wants {', '.join(remaining)}, which oeleo cannot do")
@@ -632,17 +1032,17 @@ class SSHConnector(Connector):
             yield
         except (EOFError, paramiko.SSHException, ConnectionError) as exc:
             raise ConnectionLost(
-                f"connection to {self.where} lost while {what} {path} ({self._text(exc)})"
+                f"connection to {self.where} lost while {what} {printable(path)} ({self._text(exc)})"
             ) from None
         except socket.timeout:
             self._drop()
             raise ConnectionLost(
-                f"{self.where} did not answer for {self.io_timeout:g} s while {what} {path}"
+                f"{self.where} did not answer for {self.io_timeout:g} s while {what} {printable(path)}"
             ) from None
         except OSError as exc:
             if not self._alive(sftp):
                 raise ConnectionLost(
-                    f"connection to {self.where} lost while {what} {path} ({self._text(exc)})"
+                    f"connection to {self.where} lost while {what} {printable(path)} ({self._text(exc)})"
                 ) from None
             raise self._os_error(exc, what, path) from None
 
@@ -651,12 +1051,12 @@ class SSHConnector(Connector):
         return str(exc) or type(exc).__name__
 
     def _os_error(self, exc: OSError, what: str, path: str) -> OSError:
-        where = f"{self.host}:{path}"
+        where = f"{_bracket(self.host)}:{printable(path)}"
         if exc.errno == errno.ENOENT:
             return FileNotFoundError(errno.ENOENT, "no such file or folder", where)
         if exc.errno == errno.EACCES:
             return PermissionError(errno.EACCES, "permission denied", where)
-        return OSError(exc.errno, f"{what} failed on {self.where}: {exc.strerror or exc}", path)
+        return OSError(exc.errno, f"{what} failed on {self.where}: {exc.strerror or exc}", printable(path))
 
     def _drop(self) -> None:
         """Close a connection that stopped answering, so that reconnect() opens a new one."""
@@ -697,8 +1097,8 @@ class SSHConnector(Connector):
         probe = posixpath.join(base, f".oeleo-write-test-{secrets.token_hex(4)}")
         try:
             with self._remote("writing", probe, sftp):
-                sftp.open(probe, "wb").close()
-                sftp.remove(probe)
+                sftp.open(self._wire(probe), "wb").close()
+                sftp.remove(self._wire(probe))
         except OSError as exc:
             reason = "permission denied" if isinstance(exc, PermissionError) else (exc.strerror or str(exc))
             raise ConfigError(f"remote folder {base} on {self.where} is not writable: {reason}") from None
@@ -707,7 +1107,7 @@ class SSHConnector(Connector):
         """``mkdir -p`` over SFTP; another thread making the same folder is fine."""
         try:
             with self._remote("creating", folder, sftp):
-                sftp.mkdir(folder)
+                sftp.mkdir(self._wire(folder))
             return
         except FileNotFoundError:
             parent = posixpath.dirname(folder)
@@ -722,7 +1122,7 @@ class SSHConnector(Connector):
             raise
         try:
             with self._remote("creating", folder, sftp):
-                sftp.mkdir(folder)
+                sftp.mkdir(self._wire(folder))
         except OSError:
             if not self._is_dir(sftp, folder):
                 raise
@@ -730,7 +1130,7 @@ class SSHConnector(Connector):
     def _attrs(self, sftp: paramiko.SFTPClient, path: str) -> Optional[paramiko.SFTPAttributes]:
         try:
             with self._remote("reading", path, sftp):
-                return sftp.stat(path)
+                return sftp.stat(self._wire(path))
         except FileNotFoundError:
             return None
 
@@ -777,7 +1177,7 @@ class SSHConnector(Connector):
         folder = posixpath.join(base, prefix) if prefix else base
         try:
             with self._channel() as sftp, self._remote("listing", folder, sftp):
-                entries = sftp.listdir_attr(folder)
+                entries = self._listdir(sftp, folder)
         except FileNotFoundError:
             if prefix:
                 return []
@@ -798,6 +1198,59 @@ class SSHConnector(Connector):
             found.append((relpath + "/" if is_dir else relpath, relpath, attrs, is_dir))
         found.sort(key=lambda item: item[0])
         return [(relpath, attrs, is_dir) for _, relpath, attrs, is_dir in found]
+
+    def _listdir(self, sftp: paramiko.SFTPClient, folder: str) -> List[paramiko.SFTPAttributes]:
+        """``listdir_attr`` that keeps names which are not UTF-8 (paramiko would fail on
+        them): each ``filename`` is the server's bytes decoded with surrogate escapes, the
+        form ``_wire`` turns back into the same bytes."""
+        request = sftp._request  # type: ignore[attr-defined]
+        kind, message = request(CMD_OPENDIR, self._wire(folder))
+        if kind != CMD_HANDLE:
+            raise SFTPError("Expected handle")
+        handle = message.get_binary()
+        found = []
+        try:
+            while True:
+                try:
+                    kind, message = request(CMD_READDIR, handle)
+                except EOFError:  # the end of the listing, not of the connection
+                    break
+                if kind != CMD_NAME:
+                    raise SFTPError("Expected name response")
+                for _ in range(message.get_int()):
+                    name = message.get_string().decode("utf-8", "surrogateescape")
+                    longname = message.get_string().decode("utf-8", "surrogateescape")
+                    attrs = paramiko.SFTPAttributes._from_msg(message, name, longname)
+                    if name not in (".", ".."):
+                        found.append(attrs)
+        finally:
+            request(CMD_CLOSE, handle)
+        return found
+
+    def list_temporaries(self) -> Iterator[str]:
+        """oeleo's own temporary files under the base folder (``run-1/.a.csv.oeleo-part``),
+        as relative POSIX paths, in every subfolder a listing shows (hidden ones are not
+        entered, as ``list_files`` does not); a folder that cannot be listed is skipped.
+        What a killed run left behind, for the worker to remove."""
+        self._sftp()  # connects if need be: the base folder is known from then on
+        base = self._base or self.directory
+        todo = [""]
+        while todo:
+            prefix = todo.pop()
+            folder = posixpath.join(base, prefix) if prefix else base
+            try:
+                with self._channel() as sftp, self._remote("listing", folder, sftp):
+                    entries = self._listdir(sftp, folder)
+            except OSError as exc:
+                log.debug("cannot look for temporary files in %s: %s", printable(folder), exc)
+                continue
+            for attrs in sorted(entries, key=lambda a: a.filename):
+                name, mode = attrs.filename, attrs.st_mode or 0
+                relpath = f"{prefix}/{name}" if prefix else name
+                if stat_module.S_ISDIR(mode) and not name.startswith("."):
+                    todo.append(relpath)
+                elif stat_module.S_ISREG(mode) and name.startswith(".") and name.endswith(TEMP_SUFFIX):
+                    yield relpath
 
     def stat(self, relpath: str) -> Optional[FileEntry]:
         path = self._path(relpath)
@@ -904,7 +1357,7 @@ class SSHConnector(Connector):
         try:
             with self._remote("running a command on", self.host):
                 channel.settimeout(timeout)
-                channel.exec_command(command)
+                channel.exec_command(command.encode("utf-8", "surrogateescape"))
                 channel.shutdown_write()
                 stdout = channel.makefile("rb").read()
                 stderr = channel.makefile_stderr("rb").read()
@@ -936,17 +1389,21 @@ class SSHConnector(Connector):
     def _raise_for(self, stderr: bytes, path: str) -> None:
         text = stderr.decode("utf-8", "replace").strip().splitlines()[-1] if stderr.strip() else ""
         if "No such file" in text:
-            raise FileNotFoundError(errno.ENOENT, "no such file or folder", f"{self.host}:{path}")
+            raise FileNotFoundError(
+                errno.ENOENT, "no such file or folder", f"{_bracket(self.host)}:{printable(path)}"
+            )
         if "Permission denied" in text:
-            raise PermissionError(errno.EACCES, "permission denied", f"{self.host}:{path}")
+            raise PermissionError(
+                errno.EACCES, "permission denied", f"{_bracket(self.host)}:{printable(path)}"
+            )
         if "Is a directory" in text:
-            raise IsADirectoryError(errno.EISDIR, "is a folder", f"{self.host}:{path}")
+            raise IsADirectoryError(errno.EISDIR, "is a folder", f"{_bracket(self.host)}:{printable(path)}")
 
     def _read_back(self, path: str, algorithm: str, size: Optional[int] = None) -> str:
         """Hash a stored file by reading it back through SFTP (pipelined reads)."""
         digest = hashlib.new(algorithm)
         with self._channel() as sftp, self._remote("reading", path, sftp):
-            handle = sftp.open(path, "rb")
+            handle = sftp.open(self._wire(path), "rb")
             try:
                 handle.MAX_REQUEST_SIZE = self._request_size
                 if size is None:
@@ -972,11 +1429,11 @@ class SSHConnector(Connector):
     def _write(self, sftp: paramiko.SFTPClient, path: str, chunks: Iterable[bytes]) -> None:
         try:
             with self._remote("writing", path, sftp):
-                handle = sftp.open(path, "w+", bufsize=0)
+                handle = sftp.open(self._wire(path), "w+", bufsize=0)
         except FileNotFoundError:
             self._makedirs(sftp, posixpath.dirname(path))
             with self._remote("writing", path, sftp):
-                handle = sftp.open(path, "w+", bufsize=0)
+                handle = sftp.open(self._wire(path), "w+", bufsize=0)
         # The source's time goes out with the writes when the chunks say it (base.SourceReader
         # does): set_mtime() then has nothing left to ask the server.
         mtime_ns = getattr(chunks, "mtime_ns", None)
@@ -1079,7 +1536,10 @@ class SSHConnector(Connector):
         answer = sftp._read_response  # type: ignore[attr-defined]
         failed: List[Tuple[str, OSError]] = []
         opened = [
-            (path, requests(type(None), CMD_OPEN, path, SFTP_FLAG_READ, paramiko.SFTPAttributes()))
+            (
+                path,
+                requests(type(None), CMD_OPEN, self._wire(path), SFTP_FLAG_READ, paramiko.SFTPAttributes()),
+            )
             for path in paths
         ]
         handles = []
@@ -1154,7 +1614,7 @@ class SSHConnector(Connector):
             if self._has_posix_rename:
                 try:
                     with self._remote("renaming", src, sftp):
-                        sftp.posix_rename(src, dst)
+                        sftp.posix_rename(self._wire(src), self._wire(dst))
                     return
                 except OSError as exc:
                     if "unsupported" not in str(exc).lower():
@@ -1170,16 +1630,16 @@ class SSHConnector(Connector):
             # is briefly absent, never half written.
             with self._remote("replacing", dst, sftp):
                 try:
-                    sftp.remove(dst)
+                    sftp.remove(self._wire(dst))
                 except FileNotFoundError:
                     pass
-                sftp.rename(src, dst)
+                sftp.rename(self._wire(src), self._wire(dst))
 
     def remove(self, relpath: str) -> None:
         path = self._path(relpath)
         try:
             with self._channel() as sftp, self._remote("removing", path, sftp):
-                sftp.remove(path)
+                sftp.remove(self._wire(path))
         except FileNotFoundError:
             pass
 
@@ -1189,7 +1649,7 @@ class SSHConnector(Connector):
         if done == (path, mtime_ns // 1_000_000_000):
             return  # sent with the file's last writes
         with self._channel() as sftp, self._remote("setting the time of", path, sftp):
-            sftp.utime(path, (time.time(), mtime_ns / 1e9))
+            sftp.utime(self._wire(path), (time.time(), mtime_ns / 1e9))
 
 
 def _parse_sums(output: bytes) -> Dict[str, str]:
