@@ -139,6 +139,7 @@ class Bookkeeper:
         self._pending_codes: Dict[str, dict] = {}
         self._last_flush = time.monotonic()
         self.lost_copies = 0  # copies queued for the books whose write failed (not booked)
+        self.refused: List[Tuple[str, str, bool]] = []  # rows the database refused, one by one
         self._run_id: Optional[int] = None
         self._initialized = False
         self._layout = "current"  # or "legacy"/"empty" when read-only over an old or no table
@@ -148,12 +149,14 @@ class Bookkeeper:
     def initialize_db(self, exclusive: bool = True, read_only: bool = False) -> None:
         """Connect, create or upgrade the tables, and (``exclusive``) lock out other runs.
 
-        ``read_only`` (a dry run) changes nothing: an old table is read as it is.
+        ``read_only`` (a dry run, ``oeleo status``) changes nothing: the database is opened
+        read-only where the backend can (SQLite), and an old table is read as it is.
         """
         if self._initialized:
             return
         if self.origin is None:
             raise BookkeeperError("the bookkeeper needs an origin (host and source folder)")
+        self._read_only = read_only  # how _connect opens the database
         try:
             self._connect()
             if exclusive:
@@ -392,10 +395,33 @@ class Bookkeeper:
                 self._write_rows(codes, upsert_codes)
 
         try:
-            self._guard(run)
-        except BookkeeperError:
+            try:
+                run()
+            except (peewee.IntegrityError, peewee.DataError):
+                # The database refuses one row (a name longer than PostgreSQL's column, say):
+                # write them one by one, so that row fails alone and the others are booked.
+                self._write_one_by_one(
+                    [(row, upsert_copied) for row in copied]
+                    + [(row, upsert_errors) for row in errors]
+                    + [(row, upsert_codes) for row in codes]
+                )
+        except peewee.PeeweeException as exc:
             self.lost_copies += len(copied)  # the transaction is rolled back: none of them booked
-            raise
+            raise BookkeeperError(f"{self.description}: {self._explain(exc)}") from None
+
+    def _write_one_by_one(self, rows: List[Tuple[dict, Callable[..., peewee.Insert]]]) -> None:
+        for row, statement in rows:
+            try:
+                with self.database.atomic():
+                    statement([row]).execute()
+            except (peewee.IntegrityError, peewee.DataError) as exc:
+                is_copy = statement.__name__ == "upsert_copied"
+                self.refused.append((from_books(row["local_name"]), self._explain(exc), is_copy))
+
+    def take_refused(self) -> List[Tuple[str, str, bool]]:
+        """Rows the database refused since the last call: (name, reason, was it a copy)."""
+        refused, self.refused = self.refused, []
+        return refused
 
     def drop_pending(self) -> int:
         """Forget every queued write (the books cannot be written); returns how many of them
@@ -578,8 +604,18 @@ class SimpleDbHandler(Bookkeeper):
         folder = self.path.parent
         if not folder.is_dir():
             raise BookkeeperError(f"database {self.path}: folder {folder} does not exist")
-        if self.path.exists() and not os.access(self.path, os.R_OK | os.W_OK):
+        read_only = getattr(self, "_read_only", False)
+        if read_only:
+            if not os.access(self.path, os.R_OK):
+                raise BookkeeperError(f"database {self.path}: not readable by this user")
+        elif self.path.exists() and not os.access(self.path, os.R_OK | os.W_OK):
             raise BookkeeperError(f"database {self.path}: not readable and writable by this user")
+        if self.database.is_closed():
+            # Read-only (a dry run, `oeleo status`): SQLite's own read-only mode, so that a
+            # read-only file or folder is fine and no statement can write, by mistake or not.
+            target = self.path.absolute().as_uri() + "?mode=ro" if read_only else str(self.path)
+            if self.database.database != target:
+                self.database.init(target, uri=read_only)
         super()._connect()
 
     def exists(self) -> bool:

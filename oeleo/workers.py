@@ -481,6 +481,7 @@ class Worker:
                 self._copy_parallel(parallel, summary)
             self._commit_staged(summary)  # staged files are whole and verified: finish them
             self.bookkeeper.flush()  # the pass is not done before its rows are written
+            self._count_refused(summary)
         except BookkeeperError as exc:
             self._books_failed(summary, exc)
         except BaseException as exc:
@@ -529,6 +530,16 @@ class Worker:
         summary.unbooked += lost
         summary.books_error = str(exc)
         summary.fatal = summary.fatal or "the books could not be written"
+
+    def _count_refused(self, summary: RunSummary) -> None:
+        """Rows the database refused one by one (the others were booked): those files failed."""
+        for name, reason, was_copy in self.bookkeeper.take_refused():
+            if was_copy:
+                summary.copied -= 1
+            why = f"the books refused its row ({reason}); copied again next run"
+            summary.failed += 1
+            summary.errors.append((name, why))
+            self.reporter.file_done(name, 0, error=why)
 
     def _report_skipped(self, skipped: List[Skipped], summary: RunSummary, book: bool) -> None:
         """What the listing left out: a folder that could not be read is a failure (the run

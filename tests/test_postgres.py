@@ -329,3 +329,36 @@ def test_pcs_starting_together_on_a_fresh_database_all_get_the_tables(postgres_d
         thread.join(timeout=60)
     assert errors == []
     assert sorted(r["checksum"] for r in pg_rows(postgres_db)) == sorted(b.origin for b in pcs)
+
+
+def test_a_row_postgresql_refuses_fails_alone_and_the_other_files_are_booked(
+    tmp_path: Path, postgres_db: Dict[str, Any]
+) -> None:
+    from oeleo.checkers import ChecksumChecker
+    from oeleo.connectors.local import LocalConnector
+    from oeleo.workers import Worker
+
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    deep = "/".join(["d" * 250] * 5) + "/too-long-for-the-column.csv"  # 1,280 characters
+    for name in ("a.csv", deep, "z.csv"):
+        path = src.joinpath(*name.split("/"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(name[-5:])
+    books = handler(postgres_db, make_origin(src))
+    worker = Worker(
+        checker=ChecksumChecker(),
+        bookkeeper=books,
+        local_connector=LocalConnector(src),
+        external_connector=LocalConnector(dst),
+        subdirs=True,
+    )
+    try:
+        summary = worker.run()
+    finally:
+        worker.close()
+
+    assert (summary.copied, summary.failed, summary.exit_status) == (2, 1, 1), summary.describe()
+    assert summary.errors[0][0] == deep and "the books refused its row" in summary.errors[0][1]
+    assert {row["local_name"] for row in pg_rows(postgres_db)} == {"a.csv", "z.csv"}
+    (run,) = query(postgres_db, "SELECT status, files_copied FROM oeleo_runs")
+    assert (run["status"], run["files_copied"]) == ("failed", 2)
