@@ -24,7 +24,7 @@ import peewee
 
 from oeleo.errors import BookkeeperError, DatabaseBusyError
 from oeleo.locks import ProcessLock
-from oeleo.names import from_books, printable, to_books
+from oeleo.names import QUOTE, from_books, printable, to_books
 
 log = logging.getLogger("oeleo")
 
@@ -260,9 +260,10 @@ class Bookkeeper:
             .tuples()
         )
         records = {}
-        for row in self._guard(query.iterator):
-            name = from_books(row[0])  # the name as the file system gives it
-            records[name] = Record(name, *row[1:])
+        for name, checksum, code, size, mtime_ns, last_error in self._guard(query.iterator):
+            if QUOTE in name:
+                name = from_books(name)  # the name as the file system gives it
+            records[name] = Record(name, checksum, code, size, mtime_ns, last_error)
         return records
 
     def rows(self, code: Optional[int] = None, errors_only: bool = False) -> Iterator[Any]:

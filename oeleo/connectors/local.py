@@ -296,7 +296,11 @@ class LocalConnector(Connector):
                     else:
                         stack.append((iter(self._scan(relpath, report)), parents | {found}))
                     continue
-                if not wanted(relpath, entry.name):
+                if extensions and not has_extension(entry.name, extensions):
+                    continue
+                if include and not matches(relpath, include):
+                    continue
+                if exclude and matches(relpath, exclude):
                     continue
                 if not entry.is_file():
                     report(Skipped(relpath, "not a regular file (a device, a pipe or a socket)"))
