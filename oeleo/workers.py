@@ -284,7 +284,7 @@ class Worker:
         where = "(OELEO_BASE_DIR_TO, --to)"
         if source == target:
             raise ConfigError(
-                f"the destination {dst} is the source folder {src} itself: choose another {where}"
+                f"the destination {dst} is the source folder {src} itself: choose another destination {where}"
             )
         if target.startswith(source.rstrip(os.sep) + os.sep):
             raise ConfigError(
