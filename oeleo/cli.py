@@ -1,7 +1,7 @@
 """The ``oeleo`` command. It parses arguments and calls the library; nothing else.
 
 Exit status: 0 all good, 1 some files failed, 2 a configuration or usage error,
-130/143 stopped by Ctrl-C/SIGTERM. Heavy imports (pydantic-settings, rich, peewee) happen
+130/143/129 stopped by Ctrl-C/SIGTERM/SIGHUP. Heavy imports (pydantic-settings, rich, peewee) happen
 inside the commands so that ``oeleo --help`` and ``oeleo --version`` start fast.
 """
 
@@ -10,8 +10,11 @@ from __future__ import annotations
 import argparse
 import gc
 import logging
+import os
 import signal
+import socket
 import sys
+import traceback
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
@@ -22,11 +25,14 @@ log = logging.getLogger("oeleo")
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 EXIT_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143}
+if hasattr(signal, "SIGHUP"):  # the terminal window closed; Windows has no SIGHUP
+    EXIT_SIGNAL[signal.SIGHUP] = 129
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> Any:  # usage errors: one line, status 2
-        self.exit(EXIT_CONFIG, f"oeleo: {message} (see oeleo {self.prog.split()[-1]} --help)\n")
+        # prog is "oeleo" for the command itself, "oeleo run" for a subcommand
+        self.exit(EXIT_CONFIG, f"oeleo: {message} (see {self.prog} --help)\n")
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -120,9 +126,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _subparsers(parser: argparse.ArgumentParser) -> Dict[str, argparse.ArgumentParser]:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    return {}
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # said by the subcommand's parser, which names its own --help
+        chosen = _subparsers(parser).get(getattr(args, "command", None) or "", parser)
+        chosen.error(f"unrecognized arguments: {' '.join(unknown)}")
     if not args.command:
         parser.print_help()
         return EXIT_CONFIG
@@ -134,24 +150,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print("oeleo: interrupted", file=sys.stderr)
         return EXIT_SIGNAL[signal.SIGINT]
     except Exception as exc:
-        from oeleo.errors import ConfigError, OeleoError
+        from oeleo.errors import OeleoError, TransferError
 
-        if debug:
-            raise
+        if debug:  # the traceback, then the same line and status as without --debug
+            traceback.print_exc()
         if isinstance(exc, OeleoError):
             print(f"oeleo: {exc}", file=sys.stderr)
-            return EXIT_FAILED if not isinstance(exc, ConfigError) and _is_transfer(exc) else EXIT_CONFIG
-        print(
-            f"oeleo: unexpected error: {type(exc).__name__}: {exc} (run with --debug for details)",
-            file=sys.stderr,
-        )
+            return EXIT_FAILED if isinstance(exc, TransferError) else EXIT_CONFIG
+        hint = "" if debug else " (run with --debug for details)"
+        print(f"oeleo: unexpected error: {type(exc).__name__}: {exc}{hint}", file=sys.stderr)
         return EXIT_FAILED
-
-
-def _is_transfer(exc: Exception) -> bool:
-    from oeleo.errors import TransferError
-
-    return isinstance(exc, TransferError)
 
 
 def _setup_console_logging(debug: bool) -> None:
@@ -238,7 +246,8 @@ def _log_through(console: Any) -> None:
 
 
 class _StopOnSignal:
-    """SIGINT/SIGTERM ask ``target`` to stop cleanly; a second Ctrl-C interrupts at once."""
+    """SIGINT, SIGTERM and SIGHUP (the terminal closed) ask ``target`` to stop cleanly;
+    a second Ctrl-C interrupts at once."""
 
     def __init__(self, target: Any) -> None:
         self.target = target
@@ -246,7 +255,7 @@ class _StopOnSignal:
         self._old: Dict[int, Any] = {}
 
     def __enter__(self) -> _StopOnSignal:
-        for signum in (signal.SIGINT, signal.SIGTERM):
+        for signum in EXIT_SIGNAL:
             self._old[signum] = signal.signal(signum, self._handle)
         return self
 
@@ -254,8 +263,11 @@ class _StopOnSignal:
         if self.signum is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.signum = signum
-        print(f"oeleo: {signal.Signals(signum).name} received, stopping cleanly", file=sys.stderr)
         self.target.stop()
+        try:
+            print(f"oeleo: {signal.Signals(signum).name} received, stopping cleanly", file=sys.stderr)
+        except OSError:  # after SIGHUP the terminal may be gone: stopping matters, not saying so
+            pass
 
     def __exit__(self, *exc: object) -> None:
         for signum, handler in self._old.items():
@@ -266,8 +278,11 @@ class _StopOnSignal:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from oeleo.names import printable
+
     settings = _settings(args)
-    _start_log_file(settings)
+    if not args.dry_run:  # a dry run changes nothing, not even the log folder: the screen only
+        _start_log_file(settings)
     worker = _worker(settings, dry_run=args.dry_run, force=args.force, include_locked=args.include_locked)
     with _StopOnSignal(worker) as stopper:
         try:
@@ -277,74 +292,244 @@ def cmd_run(args: argparse.Namespace) -> int:
             worker.close()
     if args.dry_run:
         for relpath in summary.would_copy:
-            print(relpath)
+            print(printable(relpath))
     return stopper.status(summary.exit_status)
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    from oeleo.names import printable
+
     settings = _settings(args)
     _start_log_file(settings)
     worker = _worker(settings)
+    reporter = worker.reporter
     try:
         worker.connect_to_db()
-        report = worker.check(update_db=args.update_db)
+        listed = worker.filter_local()
+        reporter.check_started(len(listed), sum(_size(path) for path in listed))
+        try:
+            report = worker.check(update_db=args.update_db)
+        finally:
+            reporter.check_finished()
     finally:
         worker.close()
-    from rich.console import Console
-
-    console = Console(markup=False)  # file names like "[draft] a.csv" are not markup
+    console = _console()
     console.print(
         f"same: {len(report.same)}  missing: {len(report.missing)}  different: {len(report.different)}  "
         f"locked: {len(report.locked)}  errors: {len(report.errors)}"
     )
     for title, names in (("missing", report.missing), ("different", report.different)):
         for name in names:
-            console.print(f"{title:9} {name}", highlight=False)
+            console.print(f"{title:9} {printable(name)}", soft_wrap=True)
     for name, reason in report.errors:
-        console.print(f"error     {name}: {reason}", highlight=False)
+        console.print(f"error     {printable(name)}: {reason}", soft_wrap=True)
     if args.update_db:
-        console.print("the books are updated")
+        # The differences are booked as to copy: the next run copies them. Nothing is wrong
+        # unless a file could not be compared.
+        console.print("the books are updated: the next run copies what is missing or different")
         return EXIT_FAILED if report.errors else EXIT_OK
     return EXIT_OK if report.in_sync else EXIT_FAILED
 
 
-def _bookkeeper(settings: Any, must_exist: bool = True) -> Any:
-    """The books of ``OELEO_BASE_DIR_FROM``, opened beside a run (no lock). ``must_exist``:
-    refuse to create an SQLite file (status has nothing to show; lock may book first)."""
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def _console() -> Any:
+    from rich.console import Console
+
+    # File names like "[draft] a.csv" or "x :smile: y.csv" are neither markup nor emoji codes.
+    return Console(markup=False, emoji=False, highlight=False)
+
+
+# -- the books beside a run: status, lock, unlock ----------------------------------------------
+def _require_books(settings: Any) -> None:
+    """status, lock and unlock read or change books that a run made; they never create them."""
     from oeleo.errors import ConfigError
-    from oeleo.models import make_origin
+
+    if settings.db_host:
+        return
+    path = Path(settings.db_name).expanduser()
+    if not path.is_file():
+        raise ConfigError(
+            f"OELEO_DB_NAME={settings.db_name}: no database file at {path.absolute()} "
+            "(run `oeleo run` first, or name the books with --db)"
+        )
+
+
+def _open_books(settings: Any, origin: str, read_only: bool) -> Any:
+    """The books named by the settings, opened beside a run (without its lock)."""
     from oeleo.workers import bookkeeper_from_settings
 
-    if settings.base_dir_from is None:
-        raise ConfigError("OELEO_BASE_DIR_FROM is not set: the books are kept per source folder (or --from)")
-    if must_exist and not settings.db_host and not Path(settings.db_name).expanduser().is_file():
-        raise ConfigError(
-            f"OELEO_DB_NAME={settings.db_name}: no such database file yet (run `oeleo run` first)"
-        )
-    books = bookkeeper_from_settings(settings, origin=make_origin(settings.base_dir_from))
-    books.initialize_db(exclusive=False)
+    _require_books(settings)
+    books = bookkeeper_from_settings(settings, origin=origin)
+    books.initialize_db(exclusive=False, read_only=read_only)
     return books
 
 
+def _layout(books: Any) -> str:
+    """``current``, ``legacy`` (tables of oeleo 0.7, not upgraded yet) or ``empty``."""
+    import peewee
+
+    from oeleo.errors import BookkeeperError
+
+    try:
+        tables = books.database.get_tables()
+        if "filelist" not in tables:
+            return "empty"
+        columns = {column.name for column in books.database.get_columns("filelist")}
+    except peewee.PeeweeException as exc:
+        raise BookkeeperError(f"{books.description}: {exc}") from None
+    current = {"size", "mtime_ns", "origin", "last_error"} <= columns and "oeleo_runs" in tables
+    return "current" if current else "legacy"
+
+
+def _known_folders(settings: Any) -> List[Path]:
+    """The source folders of this PC that the books name (the ``origin`` of rows and runs)."""
+    import peewee
+
+    from oeleo.errors import BookkeeperError
+
+    books = _open_books(settings, origin="", read_only=True)
+    origins = set()
+    try:
+        if _layout(books) == "current":
+            for model in (books.db_model, books.run_model):
+                origins.update(origin for (origin,) in model.select(model.origin).distinct().tuples())
+    except peewee.PeeweeException as exc:
+        raise BookkeeperError(f"{books.description}: {exc}") from None
+    finally:
+        books.close()
+    host = socket.gethostname() + ":"
+    return [Path(origin[len(host) :]) for origin in sorted(origins) if origin.startswith(host)]
+
+
+def _absolute(path: Path) -> Path:
+    """``path`` made absolute (from the current folder), its folders' links resolved."""
+    path = Path(os.path.normpath(Path.cwd() / path.expanduser()))
+    return path.parent.resolve() / path.name if path.name else path.resolve()
+
+
+def _inside(path: Path, folder: Path) -> Optional[str]:
+    """``path`` relative to ``folder`` (POSIX, ``.`` for the folder itself), or None."""
+    try:
+        return path.relative_to(folder).as_posix()
+    except ValueError:
+        return None
+
+
+def _source_folder(settings: Any, paths: Sequence[str] = ()) -> Path:
+    """``--from`` (``OELEO_BASE_DIR_FROM``); else the folder the books know that holds the first
+    of ``paths`` (the longest such folder wins), or, with no paths, the only one of this PC."""
+    from oeleo.errors import ConfigError
+
+    if settings.base_dir_from is not None:
+        return Path(settings.base_dir_from).expanduser().resolve()
+    folders = _known_folders(settings)
+    books = f"the books in {settings.db_name}"
+    if not folders:
+        raise ConfigError(
+            f"OELEO_BASE_DIR_FROM is not set, and {books} name no source folder of this PC: "
+            "give --from FOLDER"
+        )
+    known = ", ".join(str(folder) for folder in folders)
+    if not paths:
+        if len(folders) == 1:
+            return folders[0]
+        raise ConfigError(
+            f"OELEO_BASE_DIR_FROM is not set, and {books} hold several source folders ({known}): "
+            "give --from FOLDER"
+        )
+    first = paths[0]
+    target = _absolute(Path(first))
+    holding = [f for f in folders if _inside(target, f) is not None]
+    if not holding and not Path(first).is_absolute():
+        holding = [f for f in folders if os.path.lexists(f / first)]
+    if not holding:
+        raise ConfigError(f"{first}: not in a source folder {books} know ({known}); give --from FOLDER")
+    return max(holding, key=lambda folder: len(folder.parts))
+
+
+def _local_names(base: Path, paths: Sequence[str]) -> List[str]:
+    """The names in the books (relative to the source folder ``base``) of the paths given.
+
+    A relative path is looked for in the source folder first, then in the current folder; a
+    folder stands for the files under it. A path that is not there is booked by its name.
+    """
+    from oeleo.connectors.base import safe_relpath
+    from oeleo.errors import ConfigError
+    from oeleo.names import printable
+
+    names: List[str] = []
+    for text in paths:
+        path = Path(text).expanduser()
+        candidates = [path] if path.is_absolute() else [base / path, Path.cwd() / path]
+        found = next((c for c in candidates if os.path.lexists(c)), None)
+        if found is None:
+            # A name the books know, the file being gone - or a typo: say so, it is booked anyway.
+            rel = _inside(_absolute(candidates[-1]), base)
+            if rel is None and path.is_absolute():
+                raise ConfigError(f"{printable(text)}: not inside the source folder {base}")
+            name = safe_relpath(rel if rel is not None else path.as_posix())
+            print(
+                f"oeleo: warning: {printable(text)}: no such file in {base}; "
+                f"booked by name as {printable(name)}",
+                file=sys.stderr,
+            )
+            names.append(name)
+            continue
+        rel = _inside(_absolute(found), base)
+        if rel is None:
+            raise ConfigError(f"{printable(text)}: not inside the source folder {base}")
+        if found.is_dir():
+            names.extend(
+                safe_relpath((Path(rel) / p.relative_to(found)).as_posix())
+                for p in sorted(found.rglob("*"))
+                if p.is_file()
+            )
+        else:
+            names.append(safe_relpath(rel))
+    return names
+
+
+def _status_books(settings: Any, origin: str) -> Any:
+    """The books for ``oeleo status``: read-only (the file may be), upgraded first if they are
+    oeleo 0.7's, as every command that opens them does."""
+    from oeleo.errors import ConfigError
+
+    books = _open_books(settings, origin, read_only=True)
+    layout = _layout(books)
+    if layout == "current":
+        return books
+    books.close()
+    if layout == "empty":
+        raise ConfigError(f"{books.description}: no books in it yet (run `oeleo run` first)")
+    return _open_books(settings, origin, read_only=False)
+
+
 def cmd_status(args: argparse.Namespace) -> int:
-    from rich.console import Console
     from rich.table import Table
     from rich.text import Text
 
-    from oeleo.models import CODE_NAMES
-    from oeleo.reporters import human_bytes
+    from oeleo.models import CODE_NAMES, make_origin
 
     settings = _settings(args)
-    books = _bookkeeper(settings)
+    _require_books(settings)
+    base = _source_folder(settings)
+    books = _status_books(settings, make_origin(base))
     try:
         counts = books.counts()
         errors = list(books.rows(errors_only=True))
         runs = books.last_runs(1)
         rows = list(books.rows()) if args.files else []
+        not_booked = _not_booked(settings, base, books)
     finally:
         books.close()
-    console = Console(markup=False)  # file names like "[draft] a.csv" are not markup
-    console.print(Text.assemble((books.description, "bold"), f", files from {books.origin}"), highlight=False)
+    console = _console()
+    console.print(Text.assemble((books.description, "bold"), f", files from {books.origin}"), soft_wrap=True)
     table = Table(title="files per code")
     table.add_column("code", justify="right")
     table.add_column("meaning")
@@ -352,89 +537,108 @@ def cmd_status(args: argparse.Namespace) -> int:
     for code, meaning in CODE_NAMES.items():
         table.add_row(str(code), meaning, str(counts.get(code, 0)))
     console.print(table)
-    if runs:
-        run = runs[0]
-        finished = run.finished.strftime("%Y-%m-%d %H:%M:%S") if run.finished else "not finished"
-        console.print(
-            f"last run: started {run.started:%Y-%m-%d %H:%M:%S}, {finished}, {run.status}: "
-            f"{run.files_copied} copied ({human_bytes(run.bytes_copied)}), {run.files_failed} failed",
-            highlight=False,
-        )
-    else:
-        console.print("last run: never")
+    console.print(not_booked, soft_wrap=True)
+    console.print(_describe_run(runs[0]) if runs else "last run: never", soft_wrap=True)
     if errors:
-        table = Table(title=f"{len(errors)} files with errors")
-        table.add_column("file", overflow="fold")
-        table.add_column("code", justify="right")
-        table.add_column("reason", overflow="fold")
+        console.print(f"{_counted(len(errors), 'file')} with errors:")
         for row in errors:
-            table.add_row(row.local_name, str(row.code), row.last_error)
-        console.print(table)
+            console.print(f"  {_name(row)} (code {row.code}): {row.last_error}", soft_wrap=True)
     if args.files:
-        table = Table(title="files")
-        for column in ("file", "code", "size", "booked at", "checksum"):
-            # fold, not "…": a listing saved to a file must keep whole names and checksums
-            table.add_column(column, overflow="fold")
-        for row in rows:
-            size = human_bytes(row.size) if row.size is not None else ""
-            when = row.processed_date.strftime("%Y-%m-%d %H:%M:%S") if row.processed_date else ""
-            table.add_row(row.local_name, str(row.code), size, when, row.checksum or "")
-        console.print(table)
+        _print_files(console, rows)
     return EXIT_OK
 
 
-def _local_names(settings: Any, paths: List[str]) -> List[str]:
-    from oeleo.connectors.base import safe_relpath
-    from oeleo.errors import ConfigError
+def _counted(n: int, noun: str) -> str:
+    from oeleo.reporters import counted
 
-    base = Path(settings.base_dir_from).expanduser().resolve()
-    names: List[str] = []
-    for text in paths:
-        path = Path(text).expanduser()
-        candidate = path if path.is_absolute() else Path.cwd() / path
-        if not candidate.exists() and (base / path).exists():
-            candidate = base / path
-        if candidate.exists():
-            try:
-                rel = candidate.resolve().relative_to(base)
-            except ValueError:
-                raise ConfigError(f"{text}: not inside the source folder {base}") from None
-            if candidate.is_dir():
-                names.extend(
-                    safe_relpath((rel / p.relative_to(candidate)).as_posix())
-                    for p in sorted(candidate.rglob("*"))
-                    if p.is_file()
-                )
-            else:
-                names.append(safe_relpath(rel.as_posix()))
-        else:
-            # A name the books know, the file being gone - or a typo: say so, it is booked anyway.
-            print(
-                f"oeleo: warning: {text}: no such file in {base}; booked by name as {safe_relpath(text)}",
-                file=sys.stderr,
-            )
-            names.append(safe_relpath(text))
-    return names
+    return counted(n, noun)
+
+
+def _name(row: Any) -> str:
+    from oeleo.names import printable
+
+    return printable(row.local_name)
+
+
+def _not_booked(settings: Any, base: Path, books: Any) -> str:
+    """How many files of the source folder have no row (no run has tried them yet)."""
+    from oeleo.connectors.local import LocalConnector
+    from oeleo.errors import OeleoError
+
+    try:
+        booked = books.load()
+        listing = LocalConnector(base, follow_links=settings.follow_links).list_files(
+            extensions=settings.extensions,
+            include=settings.include_patterns,
+            exclude=settings.exclude_patterns,
+            recursive=settings.subdirs,
+        )
+        new = sum(1 for entry in listing if entry.relpath not in booked)
+    except (OeleoError, OSError) as exc:
+        return f"not booked yet: unknown (the source folder cannot be listed: {exc})"
+    return f"not booked yet: {new} (in the source folder, not tried by any run)"
+
+
+def _describe_run(run: Any) -> str:
+    """``last run: started ..., finished ... (took 2.1 s), ok: 3 copied (1.2 KiB), 0 failed``."""
+    from oeleo.reporters import human_bytes, human_seconds
+
+    started = run.started
+    text = f"last run: started {started:%Y-%m-%d %H:%M:%S}"
+    if run.finished:
+        shown = (
+            f"{run.finished:%H:%M:%S}"
+            if run.finished.date() == started.date()
+            else f"{run.finished:%Y-%m-%d %H:%M:%S}"
+        )
+        took = human_seconds(max(0.0, (run.finished - started).total_seconds()))
+        text += f", finished {shown} (took {took})"
+    if run.status == "running":
+        state = "running (not finished: still going, or killed before it could say so)"
+    elif run.status == "interrupted":
+        state = "interrupted (the process ended before the run did)"
+    else:
+        state = run.status
+    text += (
+        f", {state}: {run.files_copied} copied ({human_bytes(run.bytes_copied or 0)}), "
+        f"{run.files_failed} failed"
+    )
+    if run.message:
+        text += f"; {run.message}"
+    return text
+
+
+def _print_files(console: Any, rows: List[Any]) -> None:
+    """One line per row, never folded: whole names and checksums, to read or to grep."""
+    from oeleo.reporters import human_bytes
+
+    names = [_name(row) for row in rows]
+    width = min(max((len(name) for name in names), default=4), 40)
+    console.print(f"{'file':<{width}}  code  {'size':>10}  {'booked at':19}  checksum", soft_wrap=True)
+    for name, row in zip(names, rows):
+        size = human_bytes(row.size) if row.size is not None else ""
+        when = f"{row.processed_date:%Y-%m-%d %H:%M:%S}" if row.processed_date else ""
+        line = f"{name:<{width}}  {row.code:>4}  {size:>10}  {when:19}  {row.checksum or ''}"
+        console.print(line.rstrip(), soft_wrap=True)
 
 
 def _set_codes(args: argparse.Namespace, lock: bool) -> int:
-    from oeleo.models import SHOULD_NOT_BE_COPIED
+    from oeleo.models import SHOULD_NOT_BE_COPIED, make_origin
+    from oeleo.names import printable
 
     settings = _settings(args)
-    if settings.base_dir_from is None:
-        from oeleo.errors import ConfigError
-
-        raise ConfigError("OELEO_BASE_DIR_FROM is not set: paths are named relative to it (or --from)")
-    names = _local_names(settings, args.paths)
-    books = _bookkeeper(settings, must_exist=False)
+    _require_books(settings)
+    base = _source_folder(settings, args.paths)
+    names = _local_names(base, args.paths)
+    books = _open_books(settings, make_origin(base), read_only=False)
     try:
         n = books.set_code(names, SHOULD_NOT_BE_COPIED) if lock else books.unlock(names)
     finally:
         books.close()
     verb = "locked" if lock else "unlocked"
     for name in names:
-        print(f"{verb} {name}")
-    print(f"{n} files {verb}", file=sys.stderr)
+        print(f"{verb} {printable(name)}")
+    print(f"{_counted(n, 'file')} {verb}", file=sys.stderr)
     return EXIT_OK
 
 

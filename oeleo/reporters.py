@@ -28,6 +28,21 @@ LOG_BACKUP_COUNT = 5
 FILE_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 
 
+def counted(n: int, noun: str) -> str:
+    """``1 file``, ``2 files``: a count with its noun (nouns that take an s)."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def human_seconds(seconds: float) -> str:
+    """``0.4 s``, ``3 min 05 s``, ``2 h 07 min``."""
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    whole = int(round(seconds))
+    if whole < 3600:
+        return f"{whole // 60} min {whole % 60:02d} s"
+    return f"{whole // 3600} h {whole % 3600 // 60:02d} min"
+
+
 def human_bytes(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if abs(n) < 1024 or unit == "TiB":
@@ -45,7 +60,7 @@ class Reporter:
     def run_started(self, files: int, nbytes: int, dry_run: bool = False) -> None:
         verb = "would copy" if dry_run else "copying"
         if files:
-            log.info("%s %d files (%s)", verb, files, human_bytes(nbytes))
+            log.info("%s %s (%s)", verb, counted(files, "file"), human_bytes(nbytes))
 
     def file_started(self, relpath: str, size: int) -> None:
         if log.isEnabledFor(logging.DEBUG):
@@ -63,6 +78,13 @@ class Reporter:
     def run_finished(self, summary: RunSummary) -> None:
         level = logging.WARNING if summary.failed else logging.INFO
         log.log(level, summary.describe())
+
+    def check_started(self, files: int, nbytes: int) -> None:
+        """``oeleo check`` compares ``files`` files (``nbytes`` in all) with the destination;
+        ``file_started`` is called for each one. Plain lines: nothing to say until the end."""
+
+    def check_finished(self) -> None:
+        """The comparison is done (its result is printed by whoever asked for it)."""
 
     def close(self) -> None:
         """Tear down whatever the reporter drew."""
@@ -90,6 +112,7 @@ class RichReporter(Reporter):
         self._task: Any = None
         self._files_total = 0
         self._files_done = 0
+        self._checking: Optional[int] = None  # while checking: the size of the file being hashed
 
     def run_started(self, files: int, nbytes: int, dry_run: bool = False) -> None:
         if dry_run or not files:
@@ -122,6 +145,50 @@ class RichReporter(Reporter):
 
     def _files_text(self) -> str:
         return f"{self._files_done}/{self._files_total} files"
+
+    def check_started(self, files: int, nbytes: int) -> None:
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            SpinnerColumn,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+
+        # Hashing 2 GiB takes seconds: a spinner and the time so far show that it goes on,
+        # the bar moves per file where the worker reports each one.
+        self._progress = Progress(
+            SpinnerColumn(),
+            TextColumn("{task.description}"),
+            BarColumn(),
+            DownloadColumn(),
+            TextColumn("•"),
+            TimeElapsedColumn(),
+            console=self.console,
+            transient=True,
+        )
+        self._files_total, self._files_done, self._checking = files, 0, 0
+        self._task = self._progress.add_task(self._checking_text(), total=nbytes)
+        self._progress.start()
+
+    def _checking_text(self) -> str:
+        return f"checking {self._files_done}/{counted(self._files_total, 'file')} against the destination"
+
+    def file_started(self, relpath: str, size: int) -> None:
+        if self._checking is not None and self._progress is not None:
+            with self._lock:  # the file before this one is done
+                self._progress.update(self._task, advance=self._checking)
+                if self._files_done < self._files_total:
+                    self._files_done += 1
+                self._checking = size
+                self._progress.update(self._task, description=self._checking_text())
+        else:
+            super().file_started(relpath, size)
+
+    def check_finished(self) -> None:
+        self._checking = None
+        self.close()
 
     def advance(self, nbytes: int) -> None:
         if self._progress is not None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
@@ -31,9 +32,20 @@ _EXPECTED = {
     "float_parsing": "a number",
     "int_parsing": "a whole number",
     "bool_parsing": "true or false",
-    "greater_than_equal": "a number that is not negative",
-    "greater_than": "a positive number",
 }
+# Bounds (Field(ge=..., gt=..., le=..., lt=...)): pydantic's error type, the key of the limit
+# in the error's ctx, and the words before the limit.
+_BOUNDS = {
+    "greater_than_equal": ("ge", "of at least"),
+    "greater_than": ("gt", "greater than"),
+    "less_than_equal": ("le", "of at most"),
+    "less_than": ("lt", "less than"),
+}
+
+# Settings that name a path on this computer (a Windows path there is a mistake elsewhere).
+_LOCAL_PATHS = ("base_dir_from", "db_name", "log_dir", "key_filename", "known_hosts", "ssh_config")
+# C:\data, C:/data, C: - and \\server\share
+_WINDOWS_PATH = re.compile(r"^(?:[A-Za-z]:(?:[\\/]|$)|\\\\[^\\/])")
 
 
 class Settings(BaseSettings):
@@ -218,16 +230,67 @@ def load_settings(env_file: Optional[os.PathLike] = None, **overrides: Any) -> S
     _warn_unknown([(k, "the environment") for k in os.environ])
     overrides = {k: v for k, v in overrides.items() if v is not None}
     try:
-        return Settings(_env_file=path, **overrides)  # type: ignore[call-arg]
+        settings = Settings(_env_file=path, **overrides)  # type: ignore[call-arg]
     except ValidationError as exc:
-        raise ConfigError(_describe(exc, overrides)) from None
+        raise ConfigError(_describe(exc, overrides, path, file_values)) from None
+    if os.name != "nt":
+        _warn_windows_paths(settings)
+    return settings
 
 
-def _describe(exc: ValidationError, overrides: Dict[str, Any]) -> str:
+def _warn_windows_paths(settings: Settings) -> None:
+    """``OELEO_DB_NAME=C:\\oeleo\\raw.db`` copied from the docs onto Linux would quietly
+    become a file of that literal name in the current folder: say so."""
+    fields = list(_LOCAL_PATHS)
+    if settings.connector.strip().lower() == "local":  # elsewhere the store's own path syntax
+        fields.append("base_dir_to")
+    for field in fields:
+        value = getattr(settings, field)
+        if value is not None and _WINDOWS_PATH.match(str(value)):
+            warnings.warn(
+                f"{ENV_PREFIX}{field.upper()}={value} looks like a Windows path; on this system it "
+                "is a name of that spelling, relative to the current folder",
+                stacklevel=3,
+            )
+
+
+def _describe(
+    exc: ValidationError,
+    overrides: Dict[str, Any],
+    env_file: Optional[Path] = None,
+    file_values: Optional[Dict[str, Optional[str]]] = None,
+) -> str:
     first = exc.errors()[0]
     field = str(first["loc"][0]) if first.get("loc") else "?"
     name = ENV_PREFIX + field.upper()
-    expected = _EXPECTED.get(first["type"]) or first["msg"].removeprefix("Value error, ")
+    expected = _expected(field, first)
     given = first.get("input")
-    where = "argument" if field in overrides else "setting"
-    return f"{name}: expected {expected}, got {given!r} (from the {where})"
+    environment = {key.upper() for key in os.environ}
+    if field in overrides:
+        where = "from an argument"
+    elif name in environment:
+        where = "from the environment"
+    elif env_file is not None and name in {key.upper() for key in file_values or {}}:
+        where = f"from {env_file}"
+    else:
+        where = "the default"
+    return f"{name}: expected {expected}, got {given!r} ({where})"
+
+
+def _expected(field: str, error: Any) -> str:
+    """What the setting should be, in words, from a pydantic error."""
+    kind = error["type"]
+    if kind in _BOUNDS:
+        key, words = _BOUNDS[kind]
+        limit = (error.get("ctx") or {}).get(key)
+        info = Settings.model_fields.get(field)
+        whole = info is not None and (
+            info.annotation is int or int in getattr(info.annotation, "__args__", ())
+        )
+        number = "a whole number" if whole else "a number"
+        if limit == 0 and kind == "greater_than_equal":
+            return f"{number} that is not negative"
+        if limit == 0 and kind == "greater_than":
+            return "a positive whole number" if whole else "a positive number"
+        return f"{number} {words} {limit}"
+    return _EXPECTED.get(kind) or error["msg"].removeprefix("Value error, ")

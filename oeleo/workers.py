@@ -316,6 +316,11 @@ class Worker:
         self.bookkeeper.close()
         self._db_open = False
 
+    def release_db(self) -> None:
+        """Release the books (and their lock) but keep the connections: a scheduler between passes."""
+        self.bookkeeper.close()
+        self._db_open = False
+
     def __enter__(self) -> Worker:
         self.connect_to_db()
         return self

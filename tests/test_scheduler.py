@@ -256,3 +256,78 @@ def test_a_stop_asked_while_files_are_listed_ends_the_pass_before_any_copy(tmp_p
     assert worker.calls == 1
     assert not (tmp_path / "dst" / "a.csv").exists()
     assert [r["status"] for r in run_rows(tmp_path / "books.db")] == ["stopped"]
+
+
+def test_oeleo_schedule_holds_the_books_only_during_a_pass(tmp_path: Path) -> None:
+    """A run by hand while ``oeleo schedule`` waits for its next pass is not refused."""
+    src, dst, db = tmp_path / "src", tmp_path / "dst", tmp_path / "books.db"
+    write_tree(src, FILES)
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("OELEO_")}
+    args = ["--from", str(src), "--to", str(dst), "--db", str(db)]
+    err_path = tmp_path / "err.txt"
+    with open(err_path, "wb") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "oeleo", "schedule", *args, "--every", "30", "--max-runs", "2"],
+            cwd=tmp_path,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
+    try:
+        deadline = time.monotonic() + 30
+        # The pass is booked, and the scheduler has said when the next one comes: it waits.
+        while not (first_pass_finished(db) and "next run at" in err_path.read_text()):
+            assert proc.poll() is None, err_path.read_text()
+            assert time.monotonic() < deadline, "the first pass did not finish"
+            time.sleep(0.01)
+        (src / "by-hand.csv").write_text("t,v\n9,9\n")
+        by_hand = subprocess.run(
+            [sys.executable, "-m", "oeleo", "run", *args],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        proc.send_signal(signal.SIGTERM)
+        status = proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+    assert by_hand.returncode == 0, by_hand.stderr
+    assert (dst / "by-hand.csv").read_text() == "t,v\n9,9\n"
+    assert status == 143, err_path.read_text()
+    assert [r["files_copied"] for r in run_rows(db)] == [2, 1]
+
+
+def test_a_pass_that_finds_the_books_busy_is_skipped_and_the_next_one_runs(
+    tmp_path: Path, oeleo_log: Records
+) -> None:
+    lock = ProcessLock(Path(str(tmp_path / "books.db") + ".lock"), "the books")
+
+    class RunByHandInBetween(SpyWorker):
+        def release_db(self) -> None:
+            super().release_db()
+            if scheduler.runs == 1:
+                lock.acquire()  # a run by hand starts while the scheduler waits
+
+        def connect_to_db(self) -> None:
+            try:
+                super().connect_to_db()
+            finally:
+                if scheduler.runs == 2:
+                    lock.release()  # and ends after the second pass was due
+
+    worker = make_worker(tmp_path)
+    worker.__class__ = RunByHandInBetween
+    scheduler = SimpleScheduler(worker, run_interval_time=0.01, max_run_intervals=3)
+    try:
+        scheduler.start()
+    finally:
+        lock.release()
+    assert scheduler.runs == 3
+    assert worker.calls == 2, "the second pass was skipped, the third ran"
+    assert scheduler.failed_runs == 0
+    assert "run 2 skipped" in oeleo_log.text() and "another oeleo process" in oeleo_log.text()

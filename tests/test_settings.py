@@ -259,3 +259,60 @@ def test_oeleo_config_reads_env_file_option_and_environment_wins(tmp_path):
     lines = done.stdout.splitlines()
     assert "OELEO_DB_NAME=file.db" in lines
     assert "OELEO_USERNAME=fromenv" in lines
+
+
+@pytest.mark.parametrize(
+    ("variable", "given", "expected"),
+    [
+        ("OELEO_WORKERS", "0", "a whole number of at least 1"),
+        ("OELEO_RETRIES", "-1", "a whole number that is not negative"),
+        ("OELEO_MIN_AGE", "-3", "a number that is not negative"),
+        ("OELEO_RUN_INTERVAL", "0", "a positive number"),
+        ("OELEO_DB_PORT", "0", "a positive whole number"),
+    ],
+)
+def test_a_value_out_of_bounds_is_told_the_bound(clean_env, variable, given, expected):
+    clean_env.setenv(variable, given)
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    assert str(info.value) == f"{variable}: expected {expected}, got {given!r} (from the environment)"
+
+
+def test_a_bad_value_says_which_env_file_it_came_from(clean_env, tmp_path):
+    env_file = write_env(tmp_path / "pc7.env", {"OELEO_WORKERS": "none"})
+    with pytest.raises(ConfigError) as info:
+        load_settings(env_file)
+    assert str(info.value).endswith(f"got 'none' (from {env_file})")
+    with pytest.raises(ConfigError, match=r"\(from an argument\)$"):
+        load_settings(min_age="old")
+
+
+WINDOWS_VALUES = {
+    "OELEO_BASE_DIR_TO": "D:\\backup\\raw",
+    "OELEO_DB_NAME": "C:\\oeleo\\raw.db",
+    "OELEO_BASE_DIR_FROM": "C:/data/raw",
+    "OELEO_LOG_DIR": "C:\\oeleo\\logs",
+    "OELEO_KEY_FILENAME": "C:\\Users\\me\\.ssh\\id_ed25519",
+    "OELEO_KNOWN_HOSTS": "\\\\server\\share\\known_hosts",
+}
+
+
+@pytest.mark.skipif(os.name == "nt", reason="these are paths on Windows")
+@pytest.mark.parametrize("variable", sorted(WINDOWS_VALUES))
+def test_a_windows_path_on_linux_or_macos_is_warned_about(clean_env, variable):
+    value = WINDOWS_VALUES[variable]
+    clean_env.setenv(variable, value)
+    with pytest.warns(UserWarning) as caught:
+        load_settings()
+    texts = [str(w.message) for w in caught if variable in str(w.message)]
+    assert texts == [
+        f"{variable}={value} looks like a Windows path; on this system it is a name of "
+        "that spelling, relative to the current folder"
+    ]
+
+
+def test_posix_paths_and_a_remote_destination_are_not_warned_about(clean_env, recwarn):
+    clean_env.setenv("OELEO_DB_NAME", "/srv/oeleo/raw.db")
+    clean_env.setenv("OELEO_BASE_DIR_FROM", "data\\raw")  # a backslash in a POSIX name is a name
+    load_settings(connector="ssh", base_dir_to="C:/Users/lab/raw")  # the server's own syntax
+    assert not [w for w in recwarn if "Windows" in str(w.message)]

@@ -5,9 +5,15 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 log = logging.getLogger("oeleo")
+
+# Signals that stop a scheduler cleanly: Ctrl-C, SIGTERM, and SIGHUP (the terminal window
+# closed) where the platform has it (not on Windows).
+STOP_SIGNALS: Tuple[int, ...] = (signal.SIGINT, signal.SIGTERM) + (
+    (signal.SIGHUP,) if hasattr(signal, "SIGHUP") else ()
+)
 
 
 class SchedulerBase:
@@ -30,10 +36,21 @@ class SchedulerBase:
     def stopping(self) -> bool:
         return self._stop.is_set()
 
+    def _open_books(self) -> None:
+        """Open (and lock) the books for one pass; a busy database raises DatabaseBusyError."""
+        self.worker.connect_to_db()
+
+    def _release_books(self) -> None:
+        """Give the books and their lock back after a pass, so that a run started by hand
+        while the scheduler waits is not refused; the connections to the stores stay open."""
+        release = getattr(self.worker, "release_db", None)
+        if release is not None:  # a worker of oeleo 0.7's shape keeps its books until close()
+            release()
+
     def _install_signal_handlers(self) -> None:
         if threading.current_thread() is not threading.main_thread():
             return
-        for signum in (signal.SIGINT, signal.SIGTERM):
+        for signum in STOP_SIGNALS:
             self._old_handlers[signum] = signal.signal(signum, self._on_signal)
 
     def _restore_signal_handlers(self) -> None:

@@ -18,7 +18,9 @@ class SimpleScheduler(SchedulerBase):
 
     >>> SimpleScheduler(worker, run_interval_time=300, max_run_intervals=12).start()
 
-    ``max_run_intervals`` of 0 or ``None`` means no limit. Ctrl-C or SIGTERM stops cleanly.
+    ``max_run_intervals`` of 0 or ``None`` means no limit. Ctrl-C, SIGTERM or SIGHUP stops
+    cleanly. The books are held (locked) during a pass only, never while it waits: passes run
+    one after the other in this thread, and ``oeleo run`` by hand in between is not refused.
     """
 
     def __init__(
@@ -48,9 +50,12 @@ class SimpleScheduler(SchedulerBase):
         """Run until ``max_run_intervals`` passes are done or a stop is asked for."""
         self._install_signal_handlers()
         try:
-            self.worker.connect_to_db()
             if self.add_check:
-                self.worker.check(update_db=self.update_db, force=self.force)
+                self._open_books()
+                try:
+                    self.worker.check(update_db=self.update_db, force=self.force)
+                finally:
+                    self._release_books()
             while not self.stopping:
                 self._one_pass()
                 if self.max_run_intervals and self.runs >= self.max_run_intervals:
@@ -70,12 +75,20 @@ class SimpleScheduler(SchedulerBase):
         self.last_run = datetime.now()
         log.debug("scheduled run %d", self.runs)
         try:
-            self.worker.filter_local(additional_filters=self.additional_filters)
-            self.last_summary = self.worker.run()
+            self._open_books()
+            try:
+                self.worker.filter_local(additional_filters=self.additional_filters)
+                self.last_summary = self.worker.run()
+            finally:
+                self._release_books()
             if self.last_summary.exit_status:
                 self.failed_runs += 1
-        except DatabaseBusyError:
-            raise
+        except DatabaseBusyError as exc:
+            if self.runs == 1:
+                raise  # another oeleo already works on these books: this one stops (status 2)
+            # A run started by hand (or another scheduler) holds them now: it does this
+            # pass's work, and the next pass comes as planned.
+            log.warning("run %d skipped: %s; the next run goes on", self.runs, exc)
         except ConfigError:
             if self.runs == 1:
                 raise  # wrong from the start: say so now rather than fail every interval
