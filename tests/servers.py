@@ -494,6 +494,11 @@ class SSHServer:
             for name in dirs + files:
                 os.chown(os.path.join(folder, name), self.uid, self.gid, follow_symlinks=False)
 
+    def authorize(self, private_key: str) -> None:
+        """Let the login user log in with another key too (its ``.pub`` file is added)."""
+        with open(os.path.join(self.tmpdir, "authorized_keys"), "a") as fh:
+            fh.write(Path(private_key + ".pub").read_text())
+
     def session_pids(self, client_port: int) -> List[int]:
         """The sshd processes serving the TCP connection that comes from ``client_port``."""
         inodes = _tcp_inodes(self.host, self.port, client_port)
