@@ -95,14 +95,14 @@ class Settings(BaseSettings):
     # Bookkeeping (published oeleo names).
     db_name: str = Field(DEFAULT_DB_NAME, description="SQLite file, or database name on PostgreSQL.")
     db_host: Optional[str] = Field(None, description="PostgreSQL host; SQLite when empty.")
-    db_port: int = Field(5432, gt=0, description="PostgreSQL port.")
+    db_port: int = Field(5432, gt=0, le=65535, description="PostgreSQL port.")
     db_user: Optional[str] = Field(None, description="PostgreSQL user.")
     db_password: Optional[SecretStr] = Field(None, description="PostgreSQL password.")
     log_dir: Optional[Path] = Field(None, description="Folder for the rotating log file.")
 
     # SSH (published oeleo names, and new ones for the ssh connector).
     external_host: Optional[str] = Field(None, description="SSH server host name.")
-    external_port: int = Field(22, gt=0, description="SSH server port.")
+    external_port: int = Field(22, gt=0, le=65535, description="SSH server port.")
     username: Optional[str] = Field(None, description="SSH user name.")
     password: Optional[SecretStr] = Field(None, description="SSH password (prefer a key).")
     key_filename: Optional[Path] = Field(None, description="SSH private key file.")

@@ -222,6 +222,40 @@ def test_readme_commands_table_names_every_command():
         assert re.search(rf"^\|\s*`oeleo {command}\b", text, flags=re.M), f"README: no row for {command}"
 
 
+def test_every_flag_of_every_command_is_in_the_readme_or_the_configuration_doc():
+    text = README.read_text(encoding="utf-8") + CONFIGURATION.read_text(encoding="utf-8")
+    for command, parser in subcommands(build_parser()).items():
+        for option in sorted(option_strings(parser) - {"-h", "--help"}):
+            if option.startswith("--"):
+                assert re.search(rf"`[^`]*{re.escape(option)}\b[^`]*`", text), (
+                    f"oeleo {command} {option} is in neither README.md nor docs/configuration.md"
+                )
+
+
+def exit_status_paragraph() -> str:
+    text = README.read_text(encoding="utf-8")
+    found = re.search(r"^\*\*Exit status:\*\*\n(.*?)\n\n", text, flags=re.S | re.M)
+    assert found, "README.md has no **Exit status:** paragraph"
+    return found.group(1)
+
+
+def test_readme_names_every_exit_status_of_the_command():
+    from oeleo.cli import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, EXIT_SIGNAL
+
+    paragraph = exit_status_paragraph()
+    for status in (EXIT_OK, EXIT_FAILED, EXIT_CONFIG, *EXIT_SIGNAL.values()):
+        assert re.search(rf"(^|[ ;/]){status}\b", paragraph, flags=re.M), f"README: no exit status {status}"
+    scheduling = (REPO / "docs" / "scheduling.md").read_text(encoding="utf-8")
+    for status in EXIT_SIGNAL.values():
+        assert str(status) in scheduling, f"docs/scheduling.md: no exit status {status}"
+
+
+def test_readme_says_check_update_db_exits_0_for_the_differences_it_booked():
+    # tests/test_cli.py holds the behaviour: `check` exits 1 on differences, 0 after --update-db.
+    paragraph = " ".join(exit_status_paragraph().split())
+    assert "`oeleo check` found differences, unless `--update-db` booked them" in paragraph
+
+
 # -- quick start ---------------------------------------------------------------------------
 QUICK_START = [
     "python3 -m venv .venv && .venv/bin/pip install . && "
