@@ -152,6 +152,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except Exception as exc:
         from oeleo.errors import OeleoError, TransferError
 
+        if isinstance(exc, BrokenPipeError) and _stdout_is_gone():
+            # `oeleo run --dry-run | head`: the reader has what it wanted. Quietly status 1,
+            # as rich does when its console's pipe goes (`oeleo status --files | head`).
+            return EXIT_FAILED
         if debug:  # the traceback, then the same line and status as without --debug
             traceback.print_exc()
         if isinstance(exc, OeleoError):
@@ -160,6 +164,24 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         hint = "" if debug else " (run with --debug for details)"
         print(f"oeleo: unexpected error: {type(exc).__name__}: {exc}{hint}", file=sys.stderr)
         return EXIT_FAILED
+
+
+def _stdout_is_gone() -> bool:
+    """Whether standard output is a pipe whose reader has gone (POSIX); if so, it is pointed at
+    the null device, so that Python's own flush at exit does not fail a second time."""
+    import select
+
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        gone = any(event & (select.POLLERR | select.POLLHUP) for _, event in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no poll() on Windows; no real stdout
+        return False
+    if gone:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    return gone
 
 
 def _setup_console_logging(debug: bool) -> None:

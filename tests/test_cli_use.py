@@ -485,3 +485,22 @@ def test_a_windows_path_from_the_docs_gets_a_one_line_warning(work: Path) -> Non
     warnings = [line for line in done.stderr.splitlines() if "OELEO_DB_NAME" in line]
     assert len(warnings) == 1, done.stderr
     assert "C:\\oeleo\\raw.db" in warnings[0] and "looks like a Windows path" in warnings[0]
+
+
+def test_a_listing_cut_short_by_head_ends_quietly(tmp_path: Path) -> None:
+    make_tree(tmp_path / "src", {f"run-{i:05d}-{'spectrum' * 4}.csv": "1\n" for i in range(3000)})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "oeleo", "run", "--dry-run", "--from", "src", "--to", "dst"],
+        cwd=tmp_path,
+        env=clean_env(),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    first = proc.stdout.readline()  # `| head -1`: one line, then the reader goes
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    status = proc.wait(timeout=60)
+    assert first.startswith(b"run-00000-")
+    assert status == 1
+    assert "Traceback" not in err and "unexpected error" not in err, err

@@ -331,3 +331,36 @@ def test_a_pass_that_finds_the_books_busy_is_skipped_and_the_next_one_runs(
     assert worker.calls == 2, "the second pass was skipped, the third ran"
     assert scheduler.failed_runs == 0
     assert "run 2 skipped" in oeleo_log.text() and "another oeleo process" in oeleo_log.text()
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="no SIGHUP on Windows")
+def test_sighup_while_it_waits_stops_oeleo_schedule_with_status_129(tmp_path: Path) -> None:
+    src, dst, db = tmp_path / "src", tmp_path / "dst", tmp_path / "books.db"
+    write_tree(src, FILES)
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("OELEO_")}
+    err_path = tmp_path / "err.txt"
+    with open(err_path, "wb") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "oeleo", "schedule", "--from", str(src), "--to", str(dst)]
+            + ["--db", str(db), "--every", "60"],
+            cwd=tmp_path,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
+    try:
+        deadline = time.monotonic() + 30
+        while "next run at" not in err_path.read_text():
+            assert proc.poll() is None, err_path.read_text()
+            assert time.monotonic() < deadline, "the first pass did not finish"
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGHUP)
+        status = proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+    assert status == 129, err_path.read_text()
+    assert "received SIGHUP: stopping cleanly" in err_path.read_text()
+    assert [r["status"] for r in run_rows(db)] == ["ok"]
