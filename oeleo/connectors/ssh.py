@@ -11,6 +11,11 @@ when comparing the two sides) when the login runs commands, else by reading the 
 through SFTP; small files are always read back, which is quicker than starting a command.
 Unknown host keys are refused unless the user says to trust them. paramiko is imported here
 only, so the rest of oeleo starts without it.
+
+Reaching the server works as ``ssh`` does: ``[user@]host[:port]``, an alias of
+``~/.ssh/config`` (HostName, Port, User, IdentityFile, ProxyJump through jump hosts), and,
+when no key and no password is set, the SSH agent's keys and then ``~/.ssh/id_*``. Paths go
+to the server as bytes, so a name that is not UTF-8 keeps its bytes there.
 """
 
 from __future__ import annotations
@@ -320,9 +325,11 @@ class SSHConnector(Connector):
     """Files in a folder on an SSH server, written through SFTP.
 
     ``SSHConnector(host="data.lab.org", directory="/srv/data", username="oeleo",
-    key_filename="C:/Users/me/.ssh/id_ed25519")``. Arguments not given are read from the
-    settings (``OELEO_EXTERNAL_HOST``, ``OELEO_BASE_DIR_TO``, ``OELEO_USERNAME``, ...), so a
-    script written for oeleo 0.7 (``SSHConnector(directory=...)``) keeps working.
+    key_filename="C:/Users/me/.ssh/id_ed25519")``; ``host`` may also be ``oeleo@data:2222``
+    or an alias of the SSH config (``ssh_config``, default ``~/.ssh/config``). Arguments not
+    given are read from the settings (``OELEO_EXTERNAL_HOST``, ``OELEO_BASE_DIR_TO``,
+    ``OELEO_USERNAME``, ...), so a script written for oeleo 0.7
+    (``SSHConnector(directory=...)``) keeps working.
     """
 
     name = "ssh"
@@ -522,11 +529,14 @@ class SSHConnector(Connector):
         agent = self._open_agent() if self._automatic else None
         opened: List[paramiko.Transport] = []  # the jump hosts', then the destination's
         try:
-            for endpoint in (*self.jumps, self.endpoint):
+            chain = (*self.jumps, self.endpoint)
+            for hop, endpoint in enumerate(chain):
                 # Nothing to log in with: said before connecting.
                 offers, notes = self._offers(endpoint, key, agent)
-                via = opened[-1] if opened else None
-                sock = self._open_socket(endpoint) if via is None else self._open_channel(via, endpoint)
+                if hop == 0:
+                    sock: Any = self._open_socket(endpoint)
+                else:  # through the jump host before it
+                    sock = self._open_channel(opened[-1], chain[hop - 1], endpoint)
                 opened.append(self._log_in_to(endpoint, sock, offers, notes))
             transport = opened[-1]
             sftp = self._new_sftp(transport, first=True)
@@ -624,26 +634,27 @@ class SSHConnector(Connector):
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
         return sock
 
-    def _open_channel(self, via: paramiko.Transport, endpoint: Endpoint) -> paramiko.Channel:
-        """A TCP connection to ``endpoint`` opened by the jump host ``via`` (``ssh -J``)."""
-        jump = self.jumps[len(self._hops_before(endpoint)) - 1]
+    def _open_channel(self, via: paramiko.Transport, jump: Endpoint, endpoint: Endpoint) -> paramiko.Channel:
+        """A TCP connection to ``endpoint`` that the jump host ``jump`` opens over its
+        transport ``via`` (a ``direct-tcpip`` channel, as ``ssh -J``)."""
         try:
             return via.open_channel(
                 "direct-tcpip", (endpoint.host, endpoint.port), ("127.0.0.1", 0), timeout=self.timeout
             )
         except paramiko.ChannelException as exc:
+            if exc.code == paramiko.common.OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED:
+                raise self._fail_connect(
+                    f"{self._label(jump)} does not forward connections to {endpoint.address} "
+                    f"({exc.text}): its sshd_config must allow it (AllowTcpForwarding yes)"
+                ) from None
             raise self._fail_connect(
-                f"{self._label(jump)} cannot connect to {endpoint.address} ({exc.text}): check "
-                f"{endpoint.check}, and that the jump host allows forwarding (AllowTcpForwarding)"
+                f"{self._label(jump)} cannot connect to {endpoint.address} ({exc.text}): "
+                f"check {endpoint.check}"
             ) from None
         except (paramiko.SSHException, EOFError, OSError) as exc:
             raise self._fail_connect(
                 f"{self._label(jump)} did not open a connection to {endpoint.address} ({self._text(exc)})"
             ) from None
-
-    def _hops_before(self, endpoint: Endpoint) -> Tuple[Endpoint, ...]:
-        chain = (*self.jumps, self.endpoint)
-        return chain[: chain.index(endpoint)]
 
     # -- host keys --------------------------------------------------------------------
     @property
@@ -803,27 +814,27 @@ class SSHConnector(Connector):
         if path in self._file_keys:
             return self._file_keys[path]
         shown = _show(path)
-        found: Tuple[Optional[paramiko.PKey], str]
         try:
             key, encrypted = self._try_key(path, None)
             if key is None and encrypted and self._passphrase:
                 key, _ = self._try_key(path, self._passphrase)
-                if key is None:
-                    found = (None, f"{shown}: wrong passphrase (OELEO_KEY_PASSPHRASE)")
-            if key is not None:
-                found = (key, "")
-            elif encrypted and not self._passphrase:
-                found = (None, f"{shown} is protected by a passphrase (skipped: {ADD_TO_AGENT})")
-            elif not encrypted:
-                found = (None, f"{shown} is not a private key oeleo can read (skipped)")
-        except PermissionError:
-            found = (None, f"{shown}: permission denied (skipped)")
         except OSError as exc:
-            found = (None, f"{shown}: {exc.strerror or exc} (skipped)")
-        if found[1]:
-            log.debug("not offering %s", found[1])
-        self._file_keys[path] = found
-        return found
+            key, encrypted = None, False
+            reason = "permission denied" if isinstance(exc, PermissionError) else exc.strerror or str(exc)
+            note = f"{shown}: {reason} (skipped)"
+        else:
+            if key is not None:
+                note = ""
+            elif not encrypted:
+                note = f"{shown} is not a private key oeleo can read (skipped)"
+            elif self._passphrase:
+                note = f"{shown}: wrong passphrase (OELEO_KEY_PASSPHRASE)"
+            else:
+                note = f"{shown} is protected by a passphrase (skipped: {ADD_TO_AGENT})"
+        if note:
+            log.debug("not offering %s", note)
+        self._file_keys[path] = (key, note)
+        return key, note
 
     def _offers(
         self, endpoint: Endpoint, key: Optional[paramiko.PKey], agent: Optional[paramiko.Agent]
