@@ -339,6 +339,29 @@ def test_the_users_own_ssh_config_is_read_when_oeleo_ssh_config_is_not_set(sshd_
     assert tree_files(folder) == {"a.res": b"cycle 1\n"}
 
 
+def test_oeleo_ssh_config_none_reads_no_config_at_all(sshd_server, home, source_tree, tmp_path):
+    (home / ".ssh").mkdir()
+    write_config(home / ".ssh" / "config", "Host 127.0.0.1\n    HostName no-such-host.invalid\n")
+    folder = sshd_server.new_folder()
+
+    read = run_oeleo("run", "--from", str(source_tree), "--to", folder, cwd=tmp_path, env=sshd_server.env())
+    ignored = run_oeleo(
+        "run",
+        "--from",
+        str(source_tree),
+        "--to",
+        folder,
+        cwd=tmp_path,
+        env=sshd_server.env(OELEO_SSH_CONFIG="none"),
+    )
+
+    assert read.returncode == 2
+    hint = f"(HostName of Host 127.0.0.1 in {home / '.ssh' / 'config'})"
+    assert f"cannot find the SSH server 'no-such-host.invalid' {hint}" in one_error_line(read)
+    assert ignored.returncode == 0, ignored.stderr
+    assert tree_files(folder) == {"a.res": b"cycle 1\n"}
+
+
 def test_explicit_settings_win_over_the_ssh_config(sshd_server, source_tree, tmp_path):
     config = write_config(
         tmp_path / "ssh_config",
@@ -606,6 +629,32 @@ def test_a_proxyjump_chain_of_two_jump_hosts(sshd_server, start_sshd, tmp_path):
         assert isinstance(gw_2.sock, paramiko.Channel) and isinstance(conn._transport.sock, paramiko.Channel)
 
     assert tree_files(folder) == {"a.res": b"two hops"}
+
+
+def test_with_a_password_the_jump_host_gets_the_default_key_and_never_the_password(
+    sshd_server, start_sshd, home, tmp_path
+):
+    if sshd_server.password is None:
+        pytest.fail("password login is tested as root only: sshd must read a shadow file (unshare --mount)")
+    jump = start_sshd()
+    install_key(home, jump.keys["ed25519"], "id_ed25519")
+    config = write_config(
+        tmp_path / "ssh_config",
+        f"Host data-server\n    HostName 127.0.0.1\n    ProxyJump 127.0.0.1:{jump.port}\n",
+    )
+    known = both_known(tmp_path / "known_hosts", jump, sshd_server)
+    folder = sshd_server.new_folder()
+    conn = SSHConnector(
+        host=f"data-server:{sshd_server.port}", directory=folder, username=sshd_server.user,
+        password=sshd_server.password, ssh_config=config, known_hosts=known,
+    )  # fmt: skip
+
+    copy_one(conn, tmp_path)
+
+    assert tree_files(folder) == {"a.res": b"cycle 1\n"}
+    jump_log = Path(jump.tmpdir, "sshd.log").read_text()
+    assert "Accepted publickey" in jump_log and "password" not in jump_log.lower()
+    assert "Accepted password" in Path(sshd_server.tmpdir, "sshd.log").read_text()
 
 
 def test_a_server_only_the_jump_host_can_resolve_is_reached(sshd_server, start_sshd, tmp_path):

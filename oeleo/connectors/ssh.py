@@ -195,6 +195,7 @@ class Endpoint:
     identities_only: bool = False  # IdentitiesOnly yes: the agent's keys are not offered
     jump: bool = False
     check: str = "OELEO_EXTERNAL_HOST and OELEO_EXTERNAL_PORT"  # what to look at when unreachable
+    named_by: str = "OELEO_EXTERNAL_HOST"  # where the host name was written
 
     @property
     def address(self) -> str:
@@ -210,6 +211,10 @@ class Endpoint:
     def known_name(self) -> str:
         """How known_hosts names this server: ``host`` on port 22, else ``[host]:port``."""
         return self.host if self.port == 22 else f"[{self.host}]:{self.port}"
+
+
+# The way out when the user's own ~/.ssh/config is one paramiko cannot read.
+_NONE_HINT = " (OELEO_SSH_CONFIG=none reads no SSH config)"
 
 
 def load_ssh_config(
@@ -230,7 +235,9 @@ def load_ssh_config(
     try:
         return paramiko.SSHConfig.from_path(str(file)), file
     except (OSError, UnicodeDecodeError, paramiko.ConfigParseError) as exc:
-        raise ConfigError(f"cannot read the SSH config {file}: {exc}") from None
+        raise ConfigError(
+            f"cannot read the SSH config {file}: {exc}{_NONE_HINT if path is None else ''}"
+        ) from None
 
 
 def _lookup(config: Optional[paramiko.SSHConfig], file: Optional[Path], host: str) -> Dict[str, Any]:
@@ -239,7 +246,9 @@ def _lookup(config: Optional[paramiko.SSHConfig], file: Optional[Path], host: st
     try:
         return dict(config.lookup(host))
     except Exception as exc:  # noqa: BLE001 - Match exec without invoke, CanonicalizeHostname, ...
-        raise ConfigError(f"cannot use the SSH config {file} for {host}: {exc}") from None
+        raise ConfigError(
+            f"cannot use the SSH config {file} for {host}: {exc or type(exc).__name__}{_NONE_HINT}"
+        ) from None
 
 
 def resolve_endpoints(
@@ -292,7 +301,16 @@ def resolve_endpoints(
         if not hop.user:
             hop = Destination(hop.host, hop_options.get("user") or user, hop.port)
         hop_section = f"Host {hop.host} in {config_file}"
-        jumps.append(_endpoint(hop, hop_options, hop_section, jump=True, check=f"ProxyJump of {section}"))
+        jumps.append(
+            _endpoint(
+                hop,
+                hop_options,
+                hop_section,
+                jump=True,
+                check=f"ProxyJump of {section}",
+                named_by=f"ProxyJump of {section}",
+            )
+        )
     return target, tuple(jumps)
 
 
@@ -301,6 +319,8 @@ def _endpoint(dest: Destination, options: Dict[str, Any], section: str, **more: 
     port = dest.port
     if port is None:
         port = parse_port(options["port"], f"Port of {section}") if "port" in options else 22
+    if options.get("hostname", dest.host) != dest.host:
+        more["named_by"] = f"HostName of {section}"
     return Endpoint(
         host=options.get("hostname") or dest.host,
         port=port,
@@ -519,17 +539,17 @@ class SSHConnector(Connector):
             return ConnectionLost(f"cannot reconnect to {self.where}: {message}")
         return ConfigError(message)
 
-    @property
-    def _automatic(self) -> bool:
-        """No key and no password set: the agent's keys and the usual key files are tried."""
-        return self.key_filename is None and self._password is None
+    def _automatic(self, endpoint: Endpoint) -> bool:
+        """Whether the agent's keys and the usual key files are tried: no key set, and no
+        password either (a jump host never gets the password)."""
+        return self.key_filename is None and (self._password is None or endpoint.jump)
 
     def _open_locked(self) -> None:
         key = self._load_key() if self.key_filename else None
-        agent = self._open_agent() if self._automatic else None
+        chain = (*self.jumps, self.endpoint)
+        agent = self._open_agent() if any(self._automatic(hop) for hop in chain) else None
         opened: List[paramiko.Transport] = []  # the jump hosts', then the destination's
         try:
-            chain = (*self.jumps, self.endpoint)
             for hop, endpoint in enumerate(chain):
                 # Nothing to log in with: said before connecting.
                 offers, notes = self._offers(endpoint, key, agent)
@@ -618,8 +638,7 @@ class SSHConnector(Connector):
         except socket.gaierror as exc:
             what = "jump host" if endpoint.jump else "SSH server"
             raise self._fail_connect(
-                f"cannot find the {what} {host!r} ({endpoint.check.split(' and ')[0]}), port {port}: "
-                f"{exc.strerror or exc}"
+                f"cannot find the {what} {host!r} ({endpoint.named_by}), port {port}: {exc.strerror or exc}"
             ) from None
         except ConnectionRefusedError:
             raise self._fail_connect(
@@ -845,19 +864,15 @@ class SSHConnector(Connector):
         A key or a password that is set is all that is used (the key first). Without
         either, as ``ssh``: the agent's keys (unless IdentitiesOnly), then the IdentityFile
         of the SSH config, or else ~/.ssh/id_ed25519, id_ecdsa and id_rsa. Jump hosts get
-        keys only: OELEO_PASSWORD is for the destination.
+        keys only (OELEO_PASSWORD is the destination's): without OELEO_KEY_FILENAME, the
+        agent's and the key files.
         """
         offers: List[Tuple[str, Optional[paramiko.PKey]]] = []
-        if not self._automatic:
+        if not self._automatic(endpoint):
             if key is not None:
                 offers.append((f"the key {self.key_filename}", key))
             if self._password is not None and not endpoint.jump:
                 offers.append((PASSWORD, None))
-            if not offers:
-                raise ConfigError(
-                    f"cannot log in to {endpoint.where}: oeleo logs in to jump hosts with keys, "
-                    "never with OELEO_PASSWORD: set OELEO_KEY_FILENAME, or use the SSH agent"
-                )
             return offers, []
         if agent is not None and not endpoint.identities_only:
             try:
@@ -878,15 +893,13 @@ class SSHConnector(Connector):
                 notes.append(note)
         if offers:
             return offers, notes
+        # A jump host is never sent the password (it is the destination's).
+        what = "OELEO_KEY_FILENAME (a private key file)" + ("" if endpoint.jump else " or OELEO_PASSWORD")
         if notes:
-            raise ConfigError(
-                f"cannot log in to {endpoint.where}: {'; '.join(notes)}; "
-                "set OELEO_KEY_FILENAME (a private key file) or OELEO_PASSWORD"
-            )
+            raise ConfigError(f"cannot log in to {endpoint.where}: {'; '.join(notes)}; set {what}")
         defaults = f"~/.ssh/{', '.join(DEFAULT_KEYS[:-1])} or {DEFAULT_KEYS[-1]}"
         raise ConfigError(
-            f"set OELEO_KEY_FILENAME (a private key file) or OELEO_PASSWORD to log in to "
-            f"{endpoint.where} (no SSH agent holds a key, and there is no {defaults})"
+            f"set {what} to log in to {endpoint.where} (no SSH agent holds a key, and there is no {defaults})"
         )
 
     def _authenticate(
