@@ -504,3 +504,26 @@ def test_a_listing_cut_short_by_head_ends_quietly(tmp_path: Path) -> None:
     assert first.startswith(b"run-00000-")
     assert status == 1
     assert "Traceback" not in err and "unexpected error" not in err, err
+
+
+def test_status_on_an_oeleo_0_7_database_upgrades_it_and_shows_its_rows(work: Path) -> None:
+    connection = sqlite3.connect(str(work / "local2pub.db"))
+    connection.execute(
+        'CREATE TABLE "filelist" ("id" INTEGER NOT NULL PRIMARY KEY, "processed_date" DATETIME NOT NULL, '
+        '"local_name" VARCHAR(255) NOT NULL, "external_name" VARCHAR(255), "checksum" VARCHAR(255), '
+        '"code" INTEGER NOT NULL)'
+    )
+    connection.execute('CREATE UNIQUE INDEX "filelist_local_name" ON "filelist" ("local_name")')
+    connection.execute(
+        "INSERT INTO filelist VALUES (1, '2022-03-01 10:00:00', 'a.csv', 'pub/a.csv', 'abc', 2)"
+    )
+    connection.commit()
+    connection.close()
+
+    done = run_oeleo("status", "--files", "--from", "src", "--db", "local2pub.db", cwd=work)
+
+    assert done.returncode == 0, done.stderr
+    assert "upgrading the filelist table" in done.stderr
+    assert re.search(r"^a\.csv +2 .* abc$", done.stdout, flags=re.M), done.stdout
+    assert "not booked yet: 4" in done.stdout
+    assert "last run: never" in done.stdout
