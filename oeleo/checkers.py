@@ -11,7 +11,7 @@ import hashlib
 import os
 import zlib
 from pathlib import Path
-from typing import Any, Dict, Optional, Union
+from typing import Any, Callable, Dict, Optional, Union
 
 CHUNK_SIZE = 1024 * 1024
 FIRST_READ = 64 * 1024
@@ -41,16 +41,27 @@ def new_hash(algorithm: str) -> Any:
     return hashlib.new(algorithm)
 
 
-def hash_file(path: Union[str, os.PathLike], algorithm: str = "md5", chunk_size: int = CHUNK_SIZE) -> str:
-    """Hex digest of a local file, read in chunks."""
+def hash_file(
+    path: Union[str, os.PathLike],
+    algorithm: str = "md5",
+    chunk_size: int = CHUNK_SIZE,
+    progress: Optional[Callable[[int], None]] = None,
+) -> str:
+    """Hex digest of a local file, read in chunks; ``progress`` gets the bytes of each one."""
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
     try:
-        return hash_fd(fd, algorithm, chunk_size=chunk_size)
+        return hash_fd(fd, algorithm, chunk_size=chunk_size, progress=progress)
     finally:
         os.close(fd)
 
 
-def hash_fd(fd: int, algorithm: str = "md5", size: Optional[int] = None, chunk_size: int = CHUNK_SIZE) -> str:
+def hash_fd(
+    fd: int,
+    algorithm: str = "md5",
+    size: Optional[int] = None,
+    chunk_size: int = CHUNK_SIZE,
+    progress: Optional[Callable[[int], None]] = None,
+) -> str:
     """Hex digest of what an open file holds from where it stands: to its end, or the next
     ``size`` bytes (fewer if it ends before)."""
     digest = new_hash(algorithm)
@@ -65,6 +76,8 @@ def hash_fd(fd: int, algorithm: str = "md5", size: Optional[int] = None, chunk_s
         digest.update(data)
         if left is not None:
             left -= len(data)
+        if progress is not None:
+            progress(len(data))
         want = chunk_size
     return digest.hexdigest()
 

@@ -324,15 +324,9 @@ def cmd_check(args: argparse.Namespace) -> int:
     settings = _settings(args)
     _start_log_file(settings)
     worker = _worker(settings)
-    reporter = worker.reporter
     try:
         worker.connect_to_db()
-        listed = worker.filter_local()
-        reporter.check_started(len(listed), sum(_size(path) for path in listed))
-        try:
-            report = worker.check(update_db=args.update_db)
-        finally:
-            reporter.check_finished()
+        report = worker.check(update_db=args.update_db)  # with progress through the reporter
     finally:
         worker.close()
     console = _console()
@@ -351,13 +345,6 @@ def cmd_check(args: argparse.Namespace) -> int:
         console.print("the books are updated: the next run copies what is missing or different")
         return EXIT_FAILED if report.errors else EXIT_OK
     return EXIT_OK if report.in_sync else EXIT_FAILED
-
-
-def _size(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except OSError:
-        return 0
 
 
 def _console() -> Any:

@@ -56,6 +56,7 @@ class Reporter:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
+        self._verb = "copying"  # what file_started says: "checking" during oeleo check
 
     def run_started(self, files: int, nbytes: int, dry_run: bool = False) -> None:
         verb = "would copy" if dry_run else "copying"
@@ -64,7 +65,7 @@ class Reporter:
 
     def file_started(self, relpath: str, size: int) -> None:
         if log.isEnabledFor(logging.DEBUG):
-            log.debug("copying %s (%s)", printable(relpath), human_bytes(size))
+            log.debug("%s %s (%s)", self._verb, printable(relpath), human_bytes(size))
 
     def advance(self, nbytes: int) -> None:
         """Bytes done on the current file(s); called from the copying threads."""
@@ -81,10 +82,13 @@ class Reporter:
 
     def check_started(self, files: int, nbytes: int) -> None:
         """``oeleo check`` compares ``files`` files (``nbytes`` in all) with the destination;
-        ``file_started`` is called for each one. Plain lines: nothing to say until the end."""
+        ``file_started`` is called for each one, ``advance`` with the bytes hashed. Plain
+        lines: nothing to say until the end."""
+        self._verb = "checking"
 
     def check_finished(self) -> None:
         """The comparison is done (its result is printed by whoever asked for it)."""
+        self._verb = "copying"
 
     def close(self) -> None:
         """Tear down whatever the reporter drew."""
@@ -112,7 +116,8 @@ class RichReporter(Reporter):
         self._task: Any = None
         self._files_total = 0
         self._files_done = 0
-        self._checking: Optional[int] = None  # while checking: the size of the file being hashed
+        # None: not checking; False: checking, no file yet; True: a file is being compared.
+        self._checking: Optional[bool] = None
 
     def run_started(self, files: int, nbytes: int, dry_run: bool = False) -> None:
         if dry_run or not files:
@@ -168,7 +173,8 @@ class RichReporter(Reporter):
             console=self.console,
             transient=True,
         )
-        self._files_total, self._files_done, self._checking = files, 0, 0
+        super().check_started(files, nbytes)
+        self._files_total, self._files_done, self._checking = files, 0, False
         self._task = self._progress.add_task(self._checking_text(), total=nbytes)
         self._progress.start()
 
@@ -177,16 +183,16 @@ class RichReporter(Reporter):
 
     def file_started(self, relpath: str, size: int) -> None:
         if self._checking is not None and self._progress is not None:
-            with self._lock:  # the file before this one is done
-                self._progress.update(self._task, advance=self._checking)
-                if self._files_done < self._files_total:
-                    self._files_done += 1
-                self._checking = size
+            with self._lock:  # the bytes move through advance(); here the file count
+                if self._checking and self._files_done < self._files_total:
+                    self._files_done += 1  # the file before this one is done
+                self._checking = True
                 self._progress.update(self._task, description=self._checking_text())
         else:
             super().file_started(relpath, size)
 
     def check_finished(self) -> None:
+        super().check_finished()
         self._checking = None
         self.close()
 

@@ -316,11 +316,6 @@ class Worker:
         self.bookkeeper.close()
         self._db_open = False
 
-    def release_db(self) -> None:
-        """Release the books (and their lock) but keep the connections: a scheduler between passes."""
-        self.bookkeeper.close()
-        self._db_open = False
-
     def __enter__(self) -> Worker:
         self.connect_to_db()
         return self
@@ -839,22 +834,35 @@ class Worker:
             if update_db:
                 self.bookkeeper.record_code(relpath, SHOULD_BE_COPIED)
 
-        for entry in entries:
-            record = records.get(entry.relpath)
-            if record is not None and record.code == SHOULD_NOT_BE_COPIED:
-                report.locked.append(entry.relpath)
-                continue
-            try:
-                remote = self.external_connector.stat(entry.relpath)
-                if remote is None:
-                    to_copy(report.missing, entry.relpath)
-                    continue
-                if remote.size != entry.size:
-                    to_copy(report.different, entry.relpath)
-                    continue
-                same_size.append((entry, hash_file(self.local_connector.path(entry.relpath), algorithm)))
-            except (OeleoError, OSError) as exc:
-                report.errors.append((entry.relpath, str(exc)))
+        reporter = self.reporter
+        # Progress: the bytes of each file as it is hashed, the others' at once (not hashed).
+        reporter.check_started(len(entries), sum(e.size for e in entries))
+        try:
+            for entry in entries:
+                reporter.file_started(entry.relpath, entry.size)
+                record = records.get(entry.relpath)
+                hashed = False
+                try:
+                    if record is not None and record.code == SHOULD_NOT_BE_COPIED:
+                        report.locked.append(entry.relpath)
+                        continue
+                    remote = self.external_connector.stat(entry.relpath)
+                    if remote is None:
+                        to_copy(report.missing, entry.relpath)
+                        continue
+                    if remote.size != entry.size:
+                        to_copy(report.different, entry.relpath)
+                        continue
+                    path = self.local_connector.path(entry.relpath)
+                    hashed = True
+                    same_size.append((entry, hash_file(path, algorithm, progress=reporter.advance)))
+                except (OeleoError, OSError) as exc:
+                    report.errors.append((entry.relpath, str(exc)))
+                finally:
+                    if not hashed:
+                        reporter.advance(entry.size)
+        finally:
+            reporter.check_finished()
         # All stored checksums at once: one request for many files where the store can.
         try:
             stored = self.external_connector.checksums([e.relpath for e, _ in same_size], algorithm)
