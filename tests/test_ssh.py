@@ -577,6 +577,23 @@ def test_check_update_db_books_what_is_on_the_server_without_copying(sshd_server
     assert tree_files(folder) == files
 
 
+def test_check_against_a_server_folder_that_is_not_there_is_an_error_not_every_file_missing(
+    sshd_server, tmp_path
+):
+    source = tmp_path / "src"
+    make_tree(source, {"a.csv": "a\n", "run-1/b.csv": "b\n"})
+    folder = sshd_server.new_folder() / "not-there"
+    worker = ssh_worker_for(sshd_server, source, folder, tmp_path / "books.db")
+    worker.connect_to_db()
+    try:
+        with pytest.raises(ConfigError, match="does not exist"):
+            worker.check(update_db=True)
+    finally:
+        worker.close()
+
+    assert db_rows(tmp_path / "books.db") == {}
+
+
 def test_checksums_of_many_awkward_names_are_batched_and_quoted(sshd_server, tmp_path):
     names = [f"batch/{i:04d} it's $HOME `x` {'ø' * 40}.res" for i in range(600)]
     names += ["batch/new\nline.res", "batch/-dash.res", "batch/star*.res"]

@@ -1108,6 +1108,21 @@ class SSHConnector(Connector):
         with self._channel() as sftp:
             self._prepare(sftp, self._base or self.directory)
 
+    def check_base(self) -> None:
+        """The base folder must be there before two sides are compared (``oeleo check``)."""
+        base = self._base or self.directory
+        with self._channel() as sftp:
+            try:
+                attrs = self._attrs(sftp, base)
+            except PermissionError:
+                raise ConfigError(
+                    f"remote folder {base} on {self.where} cannot be read: permission denied"
+                ) from None
+        if attrs is None:
+            raise ConfigError(f"remote folder {base} on {self.where} does not exist")
+        if not stat_module.S_ISDIR(attrs.st_mode or 0):
+            raise ConfigError(f"remote {base} on {self.where} is not a folder")
+
     def _prepare(self, sftp: paramiko.SFTPClient, base: str) -> None:
         missing = f"remote folder {base} on {self.where} does not exist and cannot be created"
         try:
