@@ -582,7 +582,7 @@ def test_check_against_a_server_folder_that_is_not_there_is_an_error_not_every_f
 ):
     source = tmp_path / "src"
     make_tree(source, {"a.csv": "a\n", "run-1/b.csv": "b\n"})
-    folder = sshd_server.new_folder() / "not-there"
+    folder = os.path.join(sshd_server.new_folder(), "not-there")
     worker = ssh_worker_for(sshd_server, source, folder, tmp_path / "books.db")
     worker.connect_to_db()
     try:
