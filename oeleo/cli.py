@@ -533,6 +533,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         counts = books.counts()
         errors = list(books.rows(errors_only=True))
         runs = books.last_runs(1)
+        alive = books.run_alive() if runs and runs[0].status == "running" else None
         rows = list(books.rows()) if args.files else []
         not_booked = _not_booked(settings, base, books)
     finally:
@@ -547,7 +548,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         table.add_row(str(code), meaning, str(counts.get(code, 0)))
     console.print(table)
     console.print(not_booked, soft_wrap=True)
-    console.print(_describe_run(runs[0]) if runs else "last run: never", soft_wrap=True)
+    console.print(_describe_run(runs[0], alive) if runs else "last run: never", soft_wrap=True)
     if errors:
         console.print(f"{_counted(len(errors), 'file')} with errors:")
         for row in errors:
@@ -564,9 +565,9 @@ def _counted(n: int, noun: str) -> str:
 
 
 def _name(row: Any) -> str:
-    from oeleo.names import printable
+    from oeleo.names import from_books, printable
 
-    return printable(row.local_name)
+    return printable(from_books(row.local_name))  # m\xe9sure.csv, not the books' m‛E9sure.csv
 
 
 def _not_booked(settings: Any, base: Path, books: Any) -> str:
@@ -588,7 +589,7 @@ def _not_booked(settings: Any, base: Path, books: Any) -> str:
     return f"not booked yet: {new} (in the source folder, not tried by any run)"
 
 
-def _describe_run(run: Any) -> str:
+def _describe_run(run: Any, alive: Optional[bool] = None) -> str:
     """``last run: started ..., finished ... (took 2.1 s), ok: 3 copied (1.2 KiB), 0 failed``."""
     from oeleo.reporters import human_bytes, human_seconds
 
@@ -602,7 +603,11 @@ def _describe_run(run: Any) -> str:
         )
         took = human_seconds(max(0.0, (run.finished - started).total_seconds()))
         text += f", finished {shown} (took {took})"
-    if run.status == "running":
+    if run.status == "running" and alive is False:  # nobody holds the books: it was killed
+        state = "interrupted (the process ended before the run did; the next run records it)"
+    elif run.status == "running" and alive:
+        state = "running (still going)"
+    elif run.status == "running":
         state = "running (not finished: still going, or killed before it could say so)"
     elif run.status == "interrupted":
         state = "interrupted (the process ended before the run did)"

@@ -46,6 +46,21 @@ class ProcessLock:
         except OSError:
             pass
 
+    def held_elsewhere(self) -> Optional[bool]:
+        """Whether another process holds the lock now (None: this system cannot tell)."""
+        if self._fd is not None:
+            return False
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except FileNotFoundError:
+            return False
+        except OSError:
+            return None
+        try:
+            return _held(fd)
+        finally:
+            os.close(fd)
+
     def release(self) -> None:
         if self._fd is None:
             return
@@ -87,6 +102,9 @@ if os.name == "nt":  # pragma: no cover - exercised on Windows only
         except OSError:
             pass
 
+    def _held(fd: int) -> Optional[bool]:
+        return None  # msvcrt cannot probe a lock through a read-only descriptor
+
 else:
     import fcntl
 
@@ -95,3 +113,11 @@ else:
 
     def _unlock(fd: int) -> None:
         fcntl.flock(fd, fcntl.LOCK_UN)
+
+    def _held(fd: int) -> Optional[bool]:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # refused while a run holds it
+        except OSError:
+            return True
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False

@@ -188,6 +188,11 @@ class Bookkeeper:
     def _lock(self) -> None:
         """Refuse to run beside another oeleo process on the same books (subclasses)."""
 
+    def run_alive(self) -> Optional[bool]:
+        """Whether a run of this origin holds the books now (None: cannot tell): a run row
+        still "running" with nobody holding the books was killed."""
+        return None
+
     def _create_or_upgrade(self) -> None:
         db = self.database
         with db.atomic():
@@ -634,6 +639,9 @@ class SimpleDbHandler(Bookkeeper):
     def _lock(self) -> None:
         self._process_lock.acquire()
 
+    def run_alive(self) -> Optional[bool]:
+        return self._process_lock.held_elsewhere()
+
     def close(self) -> None:
         try:
             super().close()
@@ -677,17 +685,31 @@ class PostgresDbHandler(Bookkeeper):
 
     def _lock(self) -> None:
         # A session-level advisory lock per origin: released when the connection ends.
-        key = zlib.crc32(str(self.origin).encode("utf-8"))
-        if key >= 2**31:  # pg_try_advisory_lock(int4, int4): a signed 32-bit key
-            key -= 2**32
         got = self.database.execute_sql(
-            "SELECT pg_try_advisory_lock(%s, %s)", (_ORIGIN_LOCK_CLASS, key)
+            "SELECT pg_try_advisory_lock(%s, %s)", (_ORIGIN_LOCK_CLASS, self._origin_key())
         ).fetchone()[0]
         if not got:
             raise DatabaseBusyError(
                 f"another oeleo process is already copying {self.origin} "
                 f"with {self.description}; this one stops"
             )
+
+    def _origin_key(self) -> int:
+        key = zlib.crc32(str(self.origin).encode("utf-8"))
+        return key - 2**32 if key >= 2**31 else key  # pg_try_advisory_lock(int4, int4): signed
+
+    def run_alive(self) -> Optional[bool]:
+        try:
+            got = self.database.execute_sql(
+                "SELECT pg_try_advisory_lock(%s, %s)", (_ORIGIN_LOCK_CLASS, self._origin_key())
+            ).fetchone()[0]
+            if got:
+                self.database.execute_sql(
+                    "SELECT pg_advisory_unlock(%s, %s)", (_ORIGIN_LOCK_CLASS, self._origin_key())
+                )
+        except peewee.PeeweeException:
+            return None
+        return not got
 
 
 _ORIGIN_LOCK_CLASS = 0x0E1E0  # advisory lock keys (class, key): one class per purpose

@@ -313,8 +313,19 @@ def test_status_says_when_the_last_run_started_and_finished_and_how_long_it_took
     ), done.stdout
 
 
-@pytest.mark.parametrize("state", ["running", "interrupted"])
-def test_status_says_a_run_that_did_not_finish_is_running_or_interrupted(work: Path, state: str) -> None:
+@pytest.mark.parametrize(
+    "state, holder, shown",
+    [
+        ("running", True, "running (still going)"),
+        ("running", False, "interrupted"),  # nobody holds the books: the run was killed
+        ("interrupted", False, "interrupted"),
+    ],
+)
+def test_status_says_a_run_that_did_not_finish_is_running_or_interrupted(
+    work: Path, state: str, holder: bool, shown: str
+) -> None:
+    from oeleo.locks import ProcessLock
+
     run(work)
     connection = sqlite3.connect(str(work / "books.db"))
     with connection:
@@ -325,11 +336,16 @@ def test_status_says_a_run_that_did_not_finish_is_running_or_interrupted(work: P
             (origin, state),
         )
     connection.close()
-    done = run_oeleo("status", "--from", "src", "--db", "books.db", cwd=work)
+    lock = ProcessLock(work / "books.db.lock", "the books")  # what a live run holds
+    if holder:
+        lock.acquire()
+    try:
+        done = run_oeleo("status", "--from", "src", "--db", "books.db", cwd=work)
+    finally:
+        lock.release()
     assert done.returncode == 0, done.stderr
-    assert re.search(rf"^last run: started 2026-11-24 07:34:42, {state}\b", done.stdout, flags=re.M), (
-        done.stdout
-    )
+    pattern = rf"^last run: started 2026-11-24 07:34:42, {re.escape(shown)}"
+    assert re.search(pattern, done.stdout, flags=re.M), done.stdout
 
 
 def test_status_at_80_columns_keeps_every_name_reason_and_checksum_whole(tmp_path: Path) -> None:

@@ -362,3 +362,18 @@ def test_a_row_postgresql_refuses_fails_alone_and_the_other_files_are_booked(
     assert {row["local_name"] for row in pg_rows(postgres_db)} == {"a.csv", "z.csv"}
     (run,) = query(postgres_db, "SELECT status, files_copied FROM oeleo_runs")
     assert (run["status"], run["files_copied"]) == ("failed", 2)
+
+
+def test_run_alive_says_whether_a_run_of_the_origin_holds_the_books(postgres_db: Dict[str, Any]) -> None:
+    running = handler(postgres_db)
+    reader = handler(postgres_db)
+    reader.initialize_db(exclusive=False)
+    try:
+        assert reader.run_alive() is False
+        running.initialize_db()  # a run: holds the origin's advisory lock
+        assert reader.run_alive() is True
+        running.close()
+        assert reader.run_alive() is False
+    finally:
+        running.close()
+        reader.close()
