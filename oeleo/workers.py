@@ -453,7 +453,7 @@ class Worker:
             summary.unchanged += len(todo) - len(summary.would_copy)
             for relpath in summary.would_copy:
                 log.debug("would copy %s", relpath)
-            self._report_skipped(skipped, summary, book=False)
+            self._report_skipped(skipped, summary)
             self._stop.clear()
             summary.seconds = time.monotonic() - started
             self.reporter.run_finished(summary)
@@ -462,7 +462,7 @@ class Worker:
         previous = self.bookkeeper.start_run()
         if previous != "ok":
             self._remove_leftovers()  # the run before did not finish cleanly (or there was none)
-        self._report_skipped(skipped, summary, book=True)
+        self._report_skipped(skipped, summary)
         self.reporter.run_started(len(todo), sum(e.size for e, _, _ in todo))
         try:
             one_by_one, parallel = todo, []
@@ -541,7 +541,7 @@ class Worker:
             summary.errors.append((name, why))
             self.reporter.file_done(name, 0, error=why)
 
-    def _report_skipped(self, skipped: List[Skipped], summary: RunSummary, book: bool) -> None:
+    def _report_skipped(self, skipped: List[Skipped], summary: RunSummary) -> None:
         """What the listing left out: a folder that could not be read is a failure (the run
         exits 1), a symbolic link a notice."""
         for item in skipped:
@@ -817,6 +817,7 @@ class Worker:
         """Compare each local file with the external side; ``update_db`` books the files
         that are already there (identical) as copied, and the others as to be copied."""
         self.connect_to_db()
+        self._connect()
         # A destination that is not there is not "every file missing" (an unmounted share).
         self.external_connector.check_base()
         if self._entries is None:
