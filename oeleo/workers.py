@@ -244,6 +244,7 @@ class Worker:
         self._staged_bytes = 0
         self._staged_since = time.monotonic()
         self._connected = False
+        self._prepared = False
         self._committer: Optional[ThreadPoolExecutor] = None
         self._durable: Optional[Future] = None  # a batch being made durable in the background
 
@@ -267,9 +268,16 @@ class Worker:
             return
         self.local_connector.check_source()
         self.external_connector.connect()
-        if not self.dry_run:
-            self.external_connector.prepare()
         self._connected = True
+        self._prepared = False
+
+    def _prepare_destination(self) -> None:
+        """Create the destination if needed, once per connection: only a run that copies
+        does (``check`` and a dry run change nothing there)."""
+        self._connect()
+        if not self._prepared:
+            self.external_connector.prepare()
+            self._prepared = True
 
     def _refuse_overlap(self) -> None:
         """A destination folder inside the source (or the source itself, or holding it) is
@@ -459,6 +467,7 @@ class Worker:
             self.reporter.run_finished(summary)
             return summary
 
+        self._prepare_destination()
         previous = self.bookkeeper.start_run()
         if previous != "ok":
             self._remove_leftovers()  # the run before did not finish cleanly (or there was none)
