@@ -827,8 +827,10 @@ class Worker:
         that are already there (identical) as copied, and the others as to be copied."""
         self.connect_to_db()
         self._connect()
-        # A destination that is not there is not "every file missing" (an unmounted share).
-        self.external_connector.check_base()
+        # A destination that cannot be listed is an error, never "every file missing"; one
+        # that is not there yet (before the first run) is missing every file, and says so.
+        if not self.external_connector.check_base():
+            log.warning("%s does not exist yet: every file is missing there", self.external_connector)
         if self._entries is None:
             self.filter_local(**kwargs)
         entries = self._entries or []

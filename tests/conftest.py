@@ -19,6 +19,18 @@ if _HERE not in sys.path:  # works with or without tests/__init__.py
 import servers  # noqa: E402
 
 
+@pytest.fixture(autouse=True)
+def no_oeleo_settings_leak():
+    """Every test starts and ends with the OELEO_* variables the session started with: a
+    test that sets one in this process (``register_password`` does) cannot change the next."""
+    before = {k: v for k, v in os.environ.items() if k.upper().startswith("OELEO_")}
+    yield
+    for name in [k for k in os.environ if k.upper().startswith("OELEO_")]:
+        if name not in before:
+            del os.environ[name]
+    os.environ.update(before)
+
+
 @pytest.fixture(scope="session")
 def postgres_server():
     """A private PostgreSQL server on 127.0.0.1 (password auth) for the whole session."""

@@ -577,16 +577,17 @@ def test_check_update_db_books_what_is_on_the_server_without_copying(sshd_server
     assert tree_files(folder) == files
 
 
-def test_check_against_a_server_folder_that_is_not_there_is_an_error_not_every_file_missing(
+def test_check_against_a_server_path_that_is_not_a_folder_is_an_error_not_every_file_missing(
     sshd_server, tmp_path
 ):
     source = tmp_path / "src"
     make_tree(source, {"a.csv": "a\n", "run-1/b.csv": "b\n"})
-    folder = os.path.join(sshd_server.new_folder(), "not-there")
+    folder = os.path.join(sshd_server.new_folder(), "a-file")
+    Path(folder).write_text("not a folder")
     worker = ssh_worker_for(sshd_server, source, folder, tmp_path / "books.db")
     worker.connect_to_db()
     try:
-        with pytest.raises(ConfigError, match="does not exist"):
+        with pytest.raises(ConfigError, match="is not a folder"):
             worker.check(update_db=True)
     finally:
         worker.close()

@@ -480,11 +480,26 @@ def test_check_with_update_db_books_missing_files_as_to_copy(new_worker, db, dst
     assert tree_files(dst) == {}
 
 
-def test_check_of_a_destination_that_is_not_there_is_an_error_not_every_file_missing(new_worker, db, dst):
+def test_check_of_a_destination_not_there_yet_finds_every_file_missing_and_creates_nothing(
+    new_worker, db, dst, caplog
+):
     worker = new_worker()
     worker.connect_to_db()
 
-    with pytest.raises(ConfigError, match="does not exist"):
+    report = worker.check()
+    worker.close()
+
+    assert sorted(report.missing) == sorted(FILES)
+    assert "does not exist yet" in caplog.text
+    assert not dst.exists()  # check changes nothing at the destination
+
+
+def test_check_of_a_destination_that_cannot_be_listed_is_an_error_not_every_file_missing(new_worker, db, dst):
+    dst.write_text("a file where the folder should be")
+    worker = new_worker()
+    worker.connect_to_db()
+
+    with pytest.raises(ConfigError, match="cannot be listed"):
         worker.check(update_db=True)
     worker.close()
 

@@ -343,9 +343,11 @@ class Connector:
     def prepare(self) -> None:
         """Make the base location ready to receive files (create it, check it is writable)."""
 
-    def check_base(self) -> None:
-        """Raise ``ConfigError`` when the base location is not there or cannot be listed:
+    def check_base(self) -> bool:
+        """Whether the base location exists (False: not yet, every file is missing there);
+        ``ConfigError`` when it cannot be listed (permission denied, unreachable), since
         comparing with a store that cannot be reached must not find "every file missing"."""
+        return True
 
     def __enter__(self) -> Connector:
         self.connect()

@@ -175,17 +175,16 @@ class LocalConnector(Connector):
         if not os.access(self.directory, os.R_OK | os.X_OK):
             raise ConfigError(f"source folder {self.directory} is not readable")
 
-    def check_base(self) -> None:
+    def check_base(self) -> bool:
         try:
             with os.scandir(self.directory) as it:
                 next(it, None)
         except FileNotFoundError:
-            raise ConfigError(
-                f"destination folder {self.directory} does not exist (a share that is not mounted?)"
-            ) from None
+            return False
         except OSError as exc:
             reason = "permission denied" if isinstance(exc, PermissionError) else (exc.strerror or str(exc))
             raise ConfigError(f"destination folder {self.directory} cannot be listed: {reason}") from None
+        return True
 
     def prepare(self) -> None:
         try:

@@ -1108,8 +1108,9 @@ class SSHConnector(Connector):
         with self._channel() as sftp:
             self._prepare(sftp, self._base or self.directory)
 
-    def check_base(self) -> None:
-        """The base folder must be there before two sides are compared (``oeleo check``)."""
+    def check_base(self) -> bool:
+        """Whether the base folder is there (``oeleo check``); one that cannot be read, or
+        is not a folder, is a ``ConfigError``."""
         base = self._base or self.directory
         with self._channel() as sftp:
             try:
@@ -1119,9 +1120,10 @@ class SSHConnector(Connector):
                     f"remote folder {base} on {self.where} cannot be read: permission denied"
                 ) from None
         if attrs is None:
-            raise ConfigError(f"remote folder {base} on {self.where} does not exist")
+            return False
         if not stat_module.S_ISDIR(attrs.st_mode or 0):
             raise ConfigError(f"remote {base} on {self.where} is not a folder")
+        return True
 
     def _prepare(self, sftp: paramiko.SFTPClient, base: str) -> None:
         missing = f"remote folder {base} on {self.where} does not exist and cannot be created"
