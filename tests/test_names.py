@@ -82,6 +82,10 @@ def test_a_name_that_is_not_utf8_is_copied_and_booked_with_the_others(tmp_path):
     assert again.returncode == 0, again.stderr
     assert "copied 0 files" in again.stderr and "301 unchanged" in again.stderr
 
+    status = run_oeleo("status", "--files", "--from", str(src), "--db", str(db), cwd=tmp_path)
+    assert status.returncode == 0, status.stderr
+    assert "m\\xe9sure.csv" in status.stdout  # shown as the bytes it has, not the books' form
+
 
 @posix_only
 def test_a_backslash_is_part_of_a_posix_name_not_a_separator(tmp_path):
@@ -98,3 +102,8 @@ def test_a_backslash_is_part_of_a_posix_name_not_a_separator(tmp_path):
 
     again = run_oeleo(*args, cwd=tmp_path)
     assert "copied 0 files" in again.stderr and "2 unchanged" in again.stderr
+
+    locked = run_oeleo("lock", str(src / "back\\slash.csv"), "--db", str(db), cwd=tmp_path)
+    assert locked.returncode == 0, locked.stderr
+    assert db_rows(db)["back\\slash.csv"]["code"] == 2
+    assert set(db_rows(db)) == {"back\\slash.csv", "plain.csv"}  # not back/slash.csv
