@@ -22,6 +22,7 @@ from oeleo.checkers import Checker, ChecksumChecker, hash_file
 from oeleo.connectors.base import (
     TEMP_SUFFIX,
     Connector,
+    Failed,
     FileEntry,
     PutResult,
     Skipped,
@@ -68,19 +69,8 @@ def _overrides_put_only(connector: Connector) -> bool:
     return cls.put is not Connector.put and cls.stage is Connector.stage
 
 
-def _is_disk_full(exc: BaseException) -> bool:
-    return isinstance(exc, DiskFullError) or (isinstance(exc, OSError) and exc.errno == errno.ENOSPC)
-
-
 def _files(n: int) -> str:
     return f"{n} file" if n == 1 else f"{n} files"
-
-
-def _reason(exc: BaseException, what: str) -> str:
-    if isinstance(exc, OSError):
-        where = f": {exc.filename}" if exc.filename else ""
-        return f"{what} ({exc.strerror or exc}{where})"
-    return f"{what} ({exc})"
 
 
 @dataclass
@@ -231,7 +221,7 @@ class Worker:
         # time, as threads copying small files mostly wait for each other (Python's GIL).
         self._auto_workers = workers is None
         if workers is None:
-            workers = AUTO_WORKERS if external_connector.thread_safe else 1
+            workers = min(AUTO_WORKERS, external_connector.features.max_uploads)
         self.workers = max(1, int(workers))
         self.force = force
         self.include_locked = include_locked
@@ -746,7 +736,7 @@ class Worker:
         book them: sync the data once, rename each, sync the folders once. A row is queued
         only for a file that is under its real name and durable.
 
-        With ``wait=False`` and a connector that declares ``thread_safe``, the batch is made
+        With ``wait=False`` and a connector that allows several uploads at once, the batch is made
         durable in a second thread while the next one is copied, and booked when the next
         batch is handed over (or at the end of the pass): waiting for the disk then overlaps
         copying instead of adding to it.
@@ -756,7 +746,7 @@ class Worker:
         self._book_durable(summary)  # the batch before this one: booked in order
         if not staged:
             return
-        if wait or not self.external_connector.thread_safe:
+        if wait or self.external_connector.features.max_uploads < 2:
             self._book_outcomes(self._make_durable(staged), summary)
             return
         if self._committer is None:
@@ -770,31 +760,16 @@ class Worker:
             self._book_outcomes(future.result(), summary)
 
     def _make_durable(self, staged: List[Tuple[FileEntry, int, PutResult]]) -> List[Tuple[Any, ...]]:
-        """sync_data, rename each, sync_names; returns what to book, file by file:
-        ("copied", entry, code, result) or ("error"/"fatal", entry, reason)."""
-        external = self.external_connector
-        try:
-            external.sync_data([result for _, _, result in staged])
-        except Exception as exc:  # noqa: BLE001 - the batch fails, the run goes on
-            reason = _reason(exc, "cannot make the copies durable")
-            kind = "fatal" if _is_disk_full(exc) else "error"
-            for _, _, result in staged:
-                external.discard(result)
-            return [(kind, entry, reason) for entry, _, _ in staged]
+        """Commit the batch and make it durable (``Connector.commit_many``); returns what to
+        book, file by file: ("copied", entry, code, result) or ("error"/"fatal", entry, reason)."""
+        results = self.external_connector.commit_many([result for _, _, result in staged])
         outcomes: List[Tuple[Any, ...]] = []
-        committed = []
-        for entry, code, result in staged:
-            try:
-                committed.append((entry, code, external.commit(result)))
-            except Exception as exc:  # noqa: BLE001
-                external.discard(result)
-                outcomes.append(("error", entry, _reason(exc, "cannot rename into place")))
-        try:
-            external.sync_names([result for _, _, result in committed])
-        except Exception as exc:  # noqa: BLE001 - in place but not proven durable: not booked
-            reason = _reason(exc, "cannot make the renames durable")
-            return outcomes + [("error", entry, reason) for entry, _, _ in committed]
-        return outcomes + [("copied", entry, code, result) for entry, code, result in committed]
+        for (entry, code, _), result in zip(staged, results):
+            if isinstance(result, Failed):
+                outcomes.append(("fatal" if result.fatal else "error", entry, result.reason))
+            else:
+                outcomes.append(("copied", entry, code, result))
+        return outcomes
 
     def _book_outcomes(self, outcomes: List[Tuple[Any, ...]], summary: RunSummary) -> None:
         for outcome in outcomes:

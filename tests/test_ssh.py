@@ -781,7 +781,7 @@ def test_sftp_only_login_verifies_copies_by_reading_them_back(sftp_only_server, 
     try:
         summary = worker.run()
         report = worker.check()
-        hashes = worker.external_connector.hashes
+        hashes = worker.external_connector.features.hashes
     finally:
         worker.close()
 

@@ -6,6 +6,7 @@ import errno
 import hashlib
 import os
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -703,7 +704,7 @@ def test_a_failed_sync_leaves_no_file_under_its_real_name_and_books_no_copy(new_
 class RecordsSyncThreads(LocalConnector):
     def __init__(self, directory, thread_safe):
         super().__init__(directory)
-        self.thread_safe = thread_safe
+        self.features = replace(self.features, max_uploads=2 if thread_safe else 1)
         self.sync_threads = []
         self.stage_threads = set()
 

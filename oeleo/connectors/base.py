@@ -21,8 +21,9 @@ import hashlib
 import os
 import posixpath
 import queue
+import tempfile
 import threading
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import (
     TYPE_CHECKING,
@@ -33,6 +34,8 @@ from typing import (
     FrozenSet,
     Iterable,
     Iterator,
+    List,
+    Mapping,
     NamedTuple,
     Optional,
     Sequence,
@@ -89,6 +92,42 @@ class FileEntry(NamedTuple):
 
 
 @dataclass(frozen=True)
+class Features:
+    """What a store can do, declared once per connector (and narrowed in ``connect()`` when
+    the server turns out to lack something). The engine picks its strategy from these.
+
+    - ``hashes``: algorithms the store computes or returns for a stored file (verification
+      without reading the copy back through this process).
+    - ``readback_hash``: with no such hash, the cheap algorithm a read-back is compared with
+      (``crc32``); ``None``: the books' algorithm.
+    - ``staged_uploads``: an upload stays invisible until ``commit()`` (a temporary name, a
+      multipart upload); ``False``: a single request is the commit (a small PUT), so the
+      source is checked before it and the bytes are sent only then.
+    - ``overwrite``: the store may replace a file it holds (Arcsecond may not).
+    - ``keeps_mtime``: the store keeps the source's modification time.
+    - ``batch_sync``: commits are made durable per batch (``sync_data``/``sync_names``).
+    - ``max_uploads``: uploads that may run at once (more than 1: several copying threads).
+    """
+
+    hashes: FrozenSet[str] = frozenset()
+    readback_hash: Optional[str] = None
+    staged_uploads: bool = True
+    overwrite: bool = True
+    keeps_mtime: bool = False
+    batch_sync: bool = False
+    max_uploads: int = 1
+
+
+@dataclass(frozen=True)
+class Stored:
+    """What the store says it holds after an upload's bytes went out: size and hashes
+    (algorithm -> hex digest; empty when it computed none)."""
+
+    size: int
+    hashes: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class PutResult:
     """What ``put`` wrote: the name in the store, its size, the source's checksum and the
     source's mtime as it was while read (what the bookkeeper's fast path compares later)."""
@@ -101,6 +140,8 @@ class PutResult:
     verified: bool
     mtime_ns: int = 0
     staging: str = ""  # the temporary name while staged; equals relpath once committed
+    upload: Optional[Upload] = None  # committed or aborted by the engine; None once committed
+    verify_after_commit: bool = False  # the store received the bytes only with the commit
 
 
 # Only on Windows is a backslash a separator; on POSIX it is a character of the name
@@ -159,6 +200,36 @@ def temp_relpath(relpath: str, tag: str = "") -> str:
 def upload_tag(origin: str) -> str:
     """The tag of the temporary names written for ``origin`` (see ``temp_relpath``)."""
     return hashlib.sha1(origin.encode("utf-8", "surrogatepass")).hexdigest()[:6]
+
+
+def _disk_full(exc: OSError, relpath: str) -> Exception:
+    """``DiskFullError`` for a full destination, the error itself otherwise."""
+    if exc.errno == errno.ENOSPC:
+        return DiskFullError(f"no space left on the destination while writing {relpath}")
+    return exc
+
+
+@dataclass(frozen=True)
+class Failed:
+    """A file of a batch that could not be committed: why, in words for people, whether the
+    run must stop (a full destination), and the error itself."""
+
+    reason: str
+    fatal: bool
+    error: BaseException
+
+
+def describe_error(exc: BaseException, what: str) -> str:
+    """``what (reason: file)`` in one line."""
+    if isinstance(exc, OSError):
+        where = f": {exc.filename}" if exc.filename else ""
+        return f"{what} ({exc.strerror or exc}{where})"
+    return f"{what} ({exc})"
+
+
+def _failed(exc: BaseException, what: str) -> Failed:
+    fatal = isinstance(exc, DiskFullError) or (isinstance(exc, OSError) and exc.errno == errno.ENOSPC)
+    return Failed(describe_error(exc, what), fatal, exc)
 
 
 def matches(relpath: str, patterns: Sequence[str]) -> bool:
@@ -302,6 +373,111 @@ class SourceReader:
             os.close(fd)
 
 
+class Upload:
+    """One file on its way into a store: the engine hands it every byte (``send``), asks
+    what the store now holds (``finish``), and then either ``commit``s it (it appears under
+    its real name) or ``abort``s it. ``abort`` never touches the real name: a failed,
+    changed or abandoned upload leaves the previous good copy as it was.
+
+    A connector returns one from ``open_upload``; object stores subclass this (initiate,
+    send parts, complete or abort a multipart upload), folder-like stores get ``FolderUpload``.
+    """
+
+    def __init__(self, connector: Connector, relpath: str, size: int, mtime_ns: int) -> None:
+        self.connector = connector
+        self.relpath = relpath
+        self.size = size
+        self.mtime_ns = mtime_ns
+        self.staging = relpath  # the name the bytes go to before the commit, where there is one
+
+    def send(self, chunks: Iterable[bytes]) -> None:
+        """Take every chunk of the source (an iterable that hashes as it is read)."""
+        raise NotImplementedError
+
+    def finish(self, algorithm: Optional[str] = None) -> Stored:
+        """What the store holds now, before the commit: its size and the hashes it has
+        (``algorithm`` is the one the engine compares; a store gives it when it can)."""
+        raise NotImplementedError
+
+    def commit(self) -> None:
+        """Make the upload visible under its real name, replacing an older version."""
+        raise NotImplementedError
+
+    def abort(self) -> None:
+        """Forget the upload; never touches the real name. Must not raise."""
+
+
+class FolderUpload(Upload):
+    """A file written under a hidden temporary name next to its real one, and renamed into
+    place by ``commit`` (local folders, SFTP): the store's ``write_stream``, ``checksum``,
+    ``set_mtime``, ``rename`` and ``remove`` do the work; durability comes per batch."""
+
+    def __init__(self, connector: Connector, relpath: str, size: int, mtime_ns: int) -> None:
+        super().__init__(connector, relpath, size, mtime_ns)
+        self.staging = temp_relpath(relpath, connector.upload_tag)
+        self._written = False
+
+    def send(self, chunks: Iterable[bytes]) -> None:
+        self._written = True  # even half written: abort() removes what is there
+        self.connector.write_stream(self.staging, chunks, self.size)
+
+    def finish(self, algorithm: Optional[str] = None) -> Stored:
+        hashes = {algorithm: self.connector.checksum(self.staging, algorithm)} if algorithm else {}
+        self.connector.set_mtime(self.staging, self.mtime_ns)
+        return Stored(self.size, hashes)
+
+    def commit(self) -> None:
+        self.connector.rename(self.staging, self.relpath)
+        self._written = False
+
+    def abort(self) -> None:
+        if self._written:
+            self.connector._discard(self.staging)
+            self._written = False
+
+
+SPOOL_IN_MEMORY = 8 * 1024 * 1024  # a spooled upload keeps this much in memory, the rest on disk
+
+
+class SpooledUpload(Upload):
+    """For a store whose one write is the commit (``write_stream`` writes the real name and
+    the store swaps the version in whole): the bytes are held back (in memory, then in a
+    local temporary file) until the engine has confirmed the source did not change, and
+    written only by ``commit``. A change or a failure before that sends nothing at all."""
+
+    def __init__(self, connector: Connector, relpath: str, size: int, mtime_ns: int) -> None:
+        super().__init__(connector, relpath, size, mtime_ns)
+        self._spool: Optional[Any] = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY)
+
+    def send(self, chunks: Iterable[bytes]) -> None:
+        assert self._spool is not None
+        for chunk in chunks:
+            self._spool.write(chunk)
+
+    def finish(self, algorithm: Optional[str] = None) -> Stored:
+        assert self._spool is not None
+        return Stored(self._spool.tell())  # nothing is in the store yet: the commit verifies
+
+    def commit(self) -> None:
+        spool = self._spool
+        assert spool is not None, "an upload is committed once"
+        size = spool.tell()
+        spool.seek(0)
+        try:
+            self.connector.write_stream(self.relpath, iter(lambda: spool.read(CHUNK_SIZE), b""), size)
+        finally:
+            self.abort()
+        self.connector.set_mtime(self.relpath, self.mtime_ns)
+
+    def abort(self) -> None:
+        if self._spool is not None:
+            spool, self._spool = self._spool, None
+            spool.close()
+
+
+_LEGACY_DECLARATIONS = ("hashes", "readback_hash", "thread_safe", "atomic_rename")
+
+
 class Connector:
     """Base class of every connector. Subclass it to add a store (see docs/connectors.md).
 
@@ -321,6 +497,9 @@ class Connector:
     """
 
     name: ClassVar[str] = "base"
+    features: Features = Features()  # what the store can do; narrowed per instance in connect()
+    # The declarations of oeleo 1.0's first connectors, still read from a subclass that sets
+    # them instead of ``features`` (see __init_subclass__); the engine reads only ``features``.
     hashes: ClassVar[FrozenSet[str]] = frozenset()
     readback_hash: ClassVar[Optional[str]] = None
     thread_safe: ClassVar[bool] = False
@@ -328,6 +507,25 @@ class Connector:
 
     directory: Any = None
     upload_tag: str = ""  # set by the worker: whose temporary names this connector writes
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        own = vars(cls)
+        if "features" in own:
+            return
+        declared = {name: own[name] for name in _LEGACY_DECLARATIONS if name in own}
+        if not declared:
+            return
+        changes: Dict[str, Any] = {}
+        if "hashes" in declared:
+            changes["hashes"] = frozenset(declared["hashes"])
+        if "readback_hash" in declared:
+            changes["readback_hash"] = declared["readback_hash"]
+        if "thread_safe" in declared:
+            changes["max_uploads"] = 2 if declared["thread_safe"] else 1
+        if "atomic_rename" in declared:
+            changes["staged_uploads"] = bool(declared["atomic_rename"])
+        cls.features = replace(cls.features, **changes)
 
     # -- life cycle -------------------------------------------------------------------
     def connect(self, **kwargs: Any) -> None:
@@ -471,13 +669,66 @@ class Connector:
             should_stop=should_stop,
         )
         try:
-            self.sync_data([staged])
-            result = self.commit(staged)
+            (result,) = self.commit_many([staged])
         except BaseException:
             self.discard(staged)
             raise
-        self.sync_names([result])
+        if isinstance(result, Failed):
+            raise result.error
         return result
+
+    def commit_many(self, staged: Sequence[PutResult]) -> List[Union[PutResult, Failed]]:
+        """Commit a batch of staged uploads and make them durable; per file, the committed
+        result or why it failed. A file is reported committed only once it is durable.
+
+        Staged uploads (temporary names): their bytes are synced once for the batch, then each
+        is committed, then the commits (renames) are synced once. Uploads that the store takes
+        with the commit itself: committed, then synced.
+        """
+        results: List[Union[PutResult, Failed]] = list(staged)
+        staged_first = self.features.staged_uploads
+        if staged_first:
+            try:
+                self.sync_data(staged)
+            except Exception as exc:  # noqa: BLE001 - the batch fails, the run goes on
+                for item in staged:
+                    self.discard(item)
+                failed = _failed(exc, "cannot make the copies durable")
+                return [failed for _ in staged]
+        done: List[int] = []
+        for index, item in enumerate(staged):
+            try:
+                results[index] = self.commit(item)
+                done.append(index)
+            except Exception as exc:  # noqa: BLE001 - this file fails, the others go on
+                self.discard(item)
+                results[index] = _failed(exc, "cannot commit")
+        committed = [results[index] for index in done]
+        try:
+            if not staged_first:
+                self.sync_data(committed)  # type: ignore[arg-type]
+            self.sync_names(committed)  # type: ignore[arg-type]
+        except Exception as exc:  # noqa: BLE001 - in place but not proven durable: not booked
+            failed = _failed(exc, "cannot make the commits durable")
+            for index in done:
+                results[index] = failed
+        return results
+
+    def open_upload(self, relpath: str, size: int, mtime_ns: int) -> Upload:
+        """Start an upload of ``size`` bytes to ``relpath`` (a safe relative name).
+
+        Override it for an object store (return your ``Upload``). The default serves the
+        folder-like primitives: a ``FolderUpload`` (temporary name, then ``rename``), or,
+        for a store declaring ``staged_uploads=False`` whose ``write_stream`` writes the real
+        name, a ``SpooledUpload`` that writes it only once the source is confirmed.
+        """
+        if type(self).write_stream is Connector.write_stream:
+            raise NotImplementedError(
+                f"{type(self).__name__} must implement open_upload() (or write_stream() and rename())"
+            )
+        if self.features.staged_uploads:
+            return FolderUpload(self, relpath, size, mtime_ns)
+        return SpooledUpload(self, relpath, size, mtime_ns)
 
     def stage(
         self,
@@ -490,45 +741,45 @@ class Connector:
         progress: Optional[ProgressCallback] = None,
         should_stop: Optional[StopCheck] = None,
     ) -> PutResult:
-        """Write one file under its temporary name and verify it; ``commit`` renames it.
+        """Send one file through an upload and verify it; ``commit`` makes it visible.
 
-        On any failure the temporary file is removed and the error raised.
+        The rule, for every store: the source is read once and hashed while it is sent; it
+        must not have changed meanwhile; what the store holds must verify; only then may the
+        upload be committed. On any failure the upload is aborted (never touching the real
+        name) and the error raised.
         """
         relpath = safe_relpath(relpath)
-        staging = temp_relpath(relpath, self.upload_tag) if self.atomic_rename else relpath
+        features = self.features
         # The read-back of the copy is compared with a cheap hash when the connector says
         # so (``readback_hash``); a hash the store computes itself is compared directly.
-        store_hashes = algorithm in self.hashes
-        check_algorithm = self.readback_hash if verify and not store_hashes else None
+        store_hashes = algorithm in features.hashes
+        check_algorithm = features.readback_hash if verify and not store_hashes else None
         reader = SourceReader(local_path, algorithm, progress, should_stop, check_algorithm=check_algorithm)
-        written = False
+        upload: Optional[Upload] = None
         try:
+            upload = self.open_upload(relpath, reader.expected_size, reader.mtime_ns)
             try:
-                self.write_stream(staging, reader, reader.expected_size)
+                upload.send(reader)
             except OSError as exc:
-                if exc.errno == errno.ENOSPC:
-                    raise DiskFullError(f"no space left on the destination while writing {relpath}") from None
-                raise
-            written = True
-            digest = reader.finish()
+                raise _disk_full(exc, relpath) from None
+            digest = reader.finish()  # FileChangedError: nothing is committed
             if expected_checksum is not None and digest != expected_checksum:
                 raise FileChangedError(f"{local_path} changed since it was checked")
-            if verify:
-                used, wanted = (algorithm, digest)
-                if check_algorithm:
-                    used, wanted = (check_algorithm, reader.check_digest)
-                stored = self.checksum(staging, used)
-                if stored != wanted:
+            used, wanted = (check_algorithm, reader.check_digest) if check_algorithm else (algorithm, digest)
+            stored = upload.finish(used if verify else None)
+            verified = False
+            if verify and used in stored.hashes:
+                if stored.hashes[used] != wanted:
                     raise VerificationError(
-                        f"{relpath}: {used} of the copy is {stored}, of the source {wanted}"
+                        f"{relpath}: {used} of the copy is {stored.hashes[used]}, of the source {wanted}"
                     )
-            self.set_mtime(staging, reader.mtime_ns)
+                verified = True
+            if stored.size != reader.size:
+                raise VerificationError(f"{relpath}: the store holds {stored.size} bytes, not {reader.size}")
         except BaseException:
             reader.close()
-            # A store that commits uploads itself kept the previous version when the write
-            # failed: removing the real name then would delete a good, booked copy.
-            if staging != relpath or written:
-                self._discard(staging)
+            if upload is not None:
+                upload.abort()
             raise
         return PutResult(
             relpath=relpath,
@@ -536,20 +787,46 @@ class Connector:
             size=reader.size,
             checksum=digest,
             algorithm=algorithm,
-            verified=verify,
+            verified=verified,
             mtime_ns=reader.mtime_ns,
-            staging=staging,
+            staging=upload.staging,
+            upload=upload,
+            verify_after_commit=verify and not verified and not features.staged_uploads,
         )
 
     def commit(self, staged: PutResult) -> PutResult:
-        """Move a staged file to its real name (atomically, replacing an older version)."""
-        if staged.staging and staged.staging != staged.relpath:
-            self.rename(staged.staging, staged.relpath)
-        return replace(staged, staging=staged.relpath)
+        """Make a staged upload visible under its real name (replacing an older version).
+
+        An upload that the store received only now (``staged_uploads=False``) is verified
+        here, after the fact: a mismatch is an error, never a success.
+        """
+        upload = staged.upload
+        if upload is None:  # a PutResult made by hand: a temporary name to rename
+            if staged.staging and staged.staging != staged.relpath:
+                self.rename(staged.staging, staged.relpath)
+            return replace(staged, staging=staged.relpath)
+        try:
+            upload.commit()
+        except OSError as exc:
+            raise _disk_full(exc, staged.relpath) from None
+        verified = staged.verified
+        if staged.verify_after_commit:
+            stored = self.checksum(staged.relpath, staged.algorithm)
+            if stored != staged.checksum:
+                raise VerificationError(
+                    f"{staged.relpath}: {staged.algorithm} of the copy is {stored}, of the source "
+                    f"{staged.checksum} (the store took it whole: check it)"
+                )
+            verified = True
+        return replace(
+            staged, staging=staged.relpath, upload=None, verified=verified, verify_after_commit=False
+        )
 
     def discard(self, staged: PutResult) -> None:
-        """Forget a staged file that will not be committed (its temporary name is removed)."""
-        if staged.staging and staged.staging != staged.relpath:
+        """Forget a staged upload that will not be committed (never the real name)."""
+        if staged.upload is not None:
+            staged.upload.abort()
+        elif staged.staging and staged.staging != staged.relpath:
             self._discard(staged.staging)
 
     def _discard(self, relpath: str) -> None:

@@ -33,7 +33,7 @@ import stat as stat_module
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import (
@@ -71,7 +71,15 @@ from paramiko.sftp import (
     int64,
 )
 
-from oeleo.connectors.base import TEMP_SUFFIX, Connector, FileEntry, has_extension, matches, safe_relpath
+from oeleo.connectors.base import (
+    TEMP_SUFFIX,
+    Connector,
+    Features,
+    FileEntry,
+    has_extension,
+    matches,
+    safe_relpath,
+)
 from oeleo.errors import ConfigError, ConnectionLost, TransferError
 from oeleo.names import printable
 
@@ -353,11 +361,10 @@ class SSHConnector(Connector):
     """
 
     name = "ssh"
-    # What the server computes itself when the login has a shell; after connecting, the
-    # instance says what this server actually offers (empty: copies are read back).
-    hashes: FrozenSet[str] = frozenset(HASH_COMMANDS)  # type: ignore[misc]
-    thread_safe = True  # one SFTP channel per copying thread
-    atomic_rename = True
+    # What the server computes itself when the login has a shell; once probed, the
+    # instance says what this server actually offers (empty: copies are read back). One SFTP
+    # channel per copying thread; a temporary name renamed into place; fsync per batch.
+    features = Features(hashes=frozenset(HASH_COMMANDS), keeps_mtime=True, batch_sync=True, max_uploads=2)
 
     timeout: float = 15.0  # seconds to connect, read the banner and log in
     io_timeout: float = 300.0  # seconds without an answer before an SFTP request gives up
@@ -1350,7 +1357,7 @@ class SSHConnector(Connector):
         with self._lock:
             if self._shell_hashes is None:
                 self._shell_hashes = self._probe_hashes()
-                self.hashes = self._shell_hashes  # type: ignore[misc]
+                self.features = replace(self.features, hashes=self._shell_hashes)
                 if self._shell_hashes:
                     self._say_once(
                         "hashes",
