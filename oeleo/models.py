@@ -137,6 +137,7 @@ class Bookkeeper:
         self._pending_copied: Dict[str, dict] = {}
         self._pending_errors: Dict[str, dict] = {}
         self._pending_codes: Dict[str, dict] = {}
+        self._pending_seen: Dict[str, dict] = {}
         self._last_flush = time.monotonic()
         self.lost_copies = 0  # copies queued for the books whose write failed (not booked)
         self.refused: List[Tuple[str, str, bool]] = []  # rows the database refused, one by one
@@ -332,6 +333,22 @@ class Bookkeeper:
         }
         self._maybe_flush()
 
+    def record_seen(self, local_name: str, size: int, mtime_ns: int, note: str) -> None:
+        """Queue: this file (as it is now) was looked at and left as the store holds it (a
+        store that does not overwrite): its size and time, so it is not tried again until it
+        changes again, and ``note`` as its last word. Its checksum stays the stored version's."""
+        local_name = to_books(local_name)
+        self._pending_codes.pop(local_name, None)
+        self._pending_seen[local_name] = {
+            "origin": self.origin,
+            "local_name": local_name,
+            "size": size,
+            "mtime_ns": mtime_ns,
+            "code": SHOULD_BE_COPIED_IF_CHANGED,
+            "last_error": note,
+        }
+        self._maybe_flush()
+
     def record_code(self, local_name: str, code: int, external_name: Optional[str] = None) -> None:
         """Queue: set a file's code (creating its row), e.g. from ``check(update_db=True)``."""
         local_name = to_books(local_name)
@@ -344,20 +361,27 @@ class Bookkeeper:
         self._maybe_flush()
 
     def _maybe_flush(self) -> None:
-        pending = len(self._pending_copied) + len(self._pending_errors) + len(self._pending_codes)
+        pending = (
+            len(self._pending_copied)
+            + len(self._pending_errors)
+            + len(self._pending_codes)
+            + len(self._pending_seen)
+        )
         if pending >= BATCH_ROWS or (pending and time.monotonic() - self._last_flush > BATCH_SECONDS):
             self.flush()
 
     def flush(self) -> None:
         """Commit every queued write in one transaction."""
         self._last_flush = time.monotonic()
-        if not (self._pending_copied or self._pending_errors or self._pending_codes):
+        if not (self._pending_copied or self._pending_errors or self._pending_codes or self._pending_seen):
             return
         model = self.db_model
         copied = list(self._pending_copied.values())
         errors = list(self._pending_errors.values())
         codes = list(self._pending_codes.values())
+        seen = list(self._pending_seen.values())
         self._pending_copied, self._pending_errors, self._pending_codes = {}, {}, {}
+        self._pending_seen = {}
         keep_lock = peewee.Case(
             None, [(model.code == SHOULD_NOT_BE_COPIED, SHOULD_NOT_BE_COPIED)], peewee.EXCLUDED.code
         )
@@ -394,11 +418,23 @@ class Bookkeeper:
                 },
             )
 
+        def upsert_seen(rows: Sequence[Any], fields: Any = None) -> peewee.Insert:
+            return model.insert_many(rows, fields=fields).on_conflict(
+                conflict_target=target,
+                update={
+                    model.size: peewee.EXCLUDED.size,
+                    model.mtime_ns: peewee.EXCLUDED.mtime_ns,
+                    model.last_error: peewee.EXCLUDED.last_error,
+                    model.code: keep_lock,
+                },
+            )
+
         def run() -> None:
             with self.database.atomic():
                 self._write_rows(copied, upsert_copied)
                 self._write_rows(errors, upsert_errors)
                 self._write_rows(codes, upsert_codes)
+                self._write_rows(seen, upsert_seen)
 
         try:
             try:
@@ -410,6 +446,7 @@ class Bookkeeper:
                     [(row, upsert_copied) for row in copied]
                     + [(row, upsert_errors) for row in errors]
                     + [(row, upsert_codes) for row in codes]
+                    + [(row, upsert_seen) for row in seen]
                 )
         except peewee.PeeweeException as exc:
             self.lost_copies += len(copied)  # the transaction is rolled back: none of them booked
@@ -434,6 +471,7 @@ class Bookkeeper:
         were copies, which are then not booked."""
         dropped = len(self._pending_copied)
         self._pending_copied, self._pending_errors, self._pending_codes = {}, {}, {}
+        self._pending_seen = {}
         self.lost_copies += dropped
         return dropped
 

@@ -51,6 +51,7 @@ from oeleo.models import (
     make_origin,
 )
 from oeleo.names import printable
+from oeleo.plan import Action, PlanOptions, decide
 from oeleo.reporters import Reporter, human_bytes
 
 log = logging.getLogger("oeleo")
@@ -69,6 +70,9 @@ def _overrides_put_only(connector: Connector) -> bool:
     return cls.put is not Connector.put and cls.stage is Connector.stage
 
 
+NOT_REPLACED = "already there, not replaced (the store does not overwrite files)"
+
+
 def _files(n: int) -> str:
     return f"{n} file" if n == 1 else f"{n} files"
 
@@ -85,6 +89,7 @@ class RunSummary:
     too_young: int = 0
     changing: int = 0
     vanished: int = 0
+    not_replaced: int = 0  # changed, but the store never replaces a file it holds
     skipped: int = 0  # symbolic links and other entries that are not copied (a notice each)
     unbooked: int = 0  # copies in place whose row could not be written (copied again next run)
     bytes_copied: int = 0
@@ -125,6 +130,8 @@ class RunSummary:
             parts.append(f"{self.changing} changing (left for the next run)")
         if self.vanished:
             parts.append(f"{self.vanished} vanished")
+        if self.not_replaced:
+            parts.append(f"{self.not_replaced} already there, not replaced")
         if self.skipped:
             parts.append(f"{self.skipped} skipped")
         text = ", ".join(parts) + f" in {self.seconds:.2f} s"
@@ -399,22 +406,6 @@ class Worker:
             )
         )
 
-    def _decide(self, entry: FileEntry, record: Optional[Record], now_ns: int) -> str:
-        """``copy``, ``hash`` (legacy row: compare checksums first), or a reason to skip."""
-        locked = record is not None and record.code == SHOULD_NOT_BE_COPIED
-        if locked and not self.include_locked:
-            return "locked"
-        if self.min_age and now_ns - entry.mtime_ns < self.min_age * 1e9:
-            return "too_young"
-        if record is None or self.force or record.code == SHOULD_BE_COPIED:
-            return "copy"
-        # From here: code 1, or a locked file with include_locked: copied when it changed.
-        if record.size is None or record.mtime_ns is None:
-            return "hash"
-        if record.size == entry.size and record.mtime_ns == entry.mtime_ns and record.checksum:
-            return "unchanged"
-        return "copy"
-
     # -- one pass ---------------------------------------------------------------------
     def run(self) -> RunSummary:
         """Copy every new or changed file once, verified; book each one. Never raises for
@@ -431,17 +422,18 @@ class Worker:
         summary = RunSummary(listed=len(entries), dry_run=self.dry_run)
         skipped, self._skipped = self._skipped, []
         now_ns = time.time_ns()
+        plan = PlanOptions(force=self.force, include_locked=self.include_locked, min_age=self.min_age)
         todo: List[Tuple[FileEntry, Optional[Record], bool]] = []
         for entry in entries:
             record = records.get(entry.relpath)
-            action = self._decide(entry, record, now_ns)
-            if action in ("copy", "hash"):
-                todo.append((entry, record, action == "hash"))
-            elif action == "unchanged":
+            action = decide(entry, record, plan, now_ns)
+            if action is Action.COPY or action is Action.HASH_FIRST:
+                todo.append((entry, record, action is Action.HASH_FIRST))
+            elif action is Action.UNCHANGED:
                 summary.unchanged += 1
-            elif action == "locked":
+            elif action is Action.LOCKED:
                 summary.locked += 1
-            elif action == "too_young":
+            elif action is Action.TOO_YOUNG:
                 summary.too_young += 1
         if self.dry_run:
             self._entries = None  # the next pass lists again
@@ -667,6 +659,8 @@ class Worker:
         if reason:
             return "error", f"refused by {type(self.checker).__name__}: {reason}"
         external = self.external_connector
+        if not external.features.overwrite and external.stat(entry.relpath) is not None:
+            return "not_replaced", None  # a store that never replaces a file it holds
         options: Dict[str, Any] = {
             "algorithm": algorithm,
             "verify": self.verify,
@@ -712,6 +706,12 @@ class Worker:
                 code,
             )
             summary.unchanged += 1
+        elif kind == "not_replaced":
+            # Booked as seen, so that it is not tried again until it changes again; the row
+            # keeps the checksum of the version the store holds.
+            summary.not_replaced += 1
+            self.bookkeeper.record_seen(entry.relpath, entry.size, entry.mtime_ns, NOT_REPLACED)
+            log.warning("%s: %s", printable(entry.relpath), NOT_REPLACED)
         elif kind == "changing":
             summary.changing += 1
             log.warning("%s", value)

@@ -12,13 +12,15 @@ import errno
 import hashlib
 import os
 import posixpath
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Dict
 
 import pytest
-from helpers import write_random
+from helpers import db_rows, run_once, write_random
 
-from oeleo.connectors.base import Connector, PutResult, temp_relpath
+from oeleo.checkers import ChecksumChecker, hash_file
+from oeleo.connectors.base import Connector, FileEntry, PutResult, safe_relpath, temp_relpath
 from oeleo.connectors.local import LocalConnector
 from oeleo.errors import (
     Aborted,
@@ -27,6 +29,8 @@ from oeleo.errors import (
     UnsafePathError,
     VerificationError,
 )
+from oeleo.models import SimpleDbHandler
+from oeleo.workers import Worker
 
 
 def ssh_connector(tmp_path: Path, server) -> Connector:
@@ -49,7 +53,12 @@ FACTORIES: Dict[str, Callable[..., Connector]] = {
 SERVER_FIXTURES: Dict[str, str] = {"ssh": "sshd_server"}  # connector name -> its server's fixture
 
 
-@pytest.fixture(params=sorted(FACTORIES))
+# A connector whose server is a fixture carries its marker (tests/conftest.py cannot see a
+# fixture asked for with getfixturevalue).
+MARKS = {"ssh": [pytest.mark.ssh]}
+
+
+@pytest.fixture(params=[pytest.param(name, marks=MARKS.get(name, [])) for name in sorted(FACTORIES)])
 def connector(request, tmp_path):
     factory = FACTORIES[request.param]
     if request.param in SERVER_FIXTURES:
@@ -383,3 +392,140 @@ def test_failed_upload_to_a_store_without_rename_keeps_the_previous_version(tmp_
         store.put(src, "a.csv")
 
     assert store.checksum("a.csv", "md5") == md5(b"version 1")
+
+
+# -- the rule, through the worker, for every store -------------------------------------------
+
+
+class FinalNameStore(Connector):
+    """A newcomer's object-store connector as docs/connectors.md once suggested: no rename,
+    and ``write_stream`` writes the final name (the store's one write is its commit)."""
+
+    name = "final-name"
+    atomic_rename = False
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = Path(directory)
+
+    def _path(self, relpath: str) -> Path:
+        return self.directory / safe_relpath(relpath)
+
+    def prepare(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+
+    def list_files(self, extensions=(), include=(), exclude=(), recursive=True):
+        for path in sorted(p for p in self.directory.rglob("*") if p.is_file()):
+            st = path.stat()
+            yield FileEntry(path.relative_to(self.directory).as_posix(), st.st_size, st.st_mtime_ns)
+
+    def stat(self, relpath):
+        try:
+            st = self._path(relpath).stat()
+        except FileNotFoundError:
+            return None
+        return FileEntry(relpath, st.st_size, st.st_mtime_ns)
+
+    def checksum(self, relpath, algorithm="md5"):
+        return hash_file(self._path(relpath), algorithm)
+
+    def write_stream(self, relpath, chunks, size):
+        self._path(relpath).parent.mkdir(parents=True, exist_ok=True)
+        with open(self._path(relpath), "wb") as handle:
+            for chunk in chunks:
+                handle.write(chunk)
+
+    def remove(self, relpath):
+        self._path(relpath).unlink(missing_ok=True)
+
+
+STORES = [*sorted(FACTORIES), "final-name"]
+
+
+@pytest.fixture(params=STORES)
+def any_store(request, tmp_path):
+    """Every connector of the contract suite, and the newcomer's final-name store."""
+    if request.param == "final-name":
+        conn: Connector = FinalNameStore(tmp_path / "bucket")
+    elif request.param in SERVER_FIXTURES:
+        conn = FACTORIES[request.param](tmp_path, request.getfixturevalue(SERVER_FIXTURES[request.param]))
+    else:
+        conn = FACTORIES[request.param](tmp_path)
+    yield conn
+    conn.close()
+
+
+def copy_with_worker(store: Connector, src: Path, db: Path):
+    worker = Worker(
+        checker=ChecksumChecker(),
+        bookkeeper=SimpleDbHandler(db),
+        local_connector=LocalConnector(src),
+        external_connector=store,
+    )
+    return run_once(worker)
+
+
+def rewrite_while_uploading(store: Connector, monkeypatch, path: Path, content: bytes) -> None:
+    """The instrument rewrites ``path`` once the first chunk of its upload went out."""
+    open_upload = store.open_upload
+
+    def opening(relpath, size, mtime_ns):
+        upload = open_upload(relpath, size, mtime_ns)
+        send = upload.send
+
+        def sending(chunks):
+            def rewritten_after_the_first():
+                for index, chunk in enumerate(chunks):
+                    yield chunk
+                    if index == 0:
+                        path.write_bytes(content)
+
+            send(rewritten_after_the_first())
+
+        upload.send = sending  # type: ignore[method-assign]
+        return upload
+
+    monkeypatch.setattr(store, "open_upload", opening)
+
+
+def test_a_file_rewritten_while_it_is_uploaded_leaves_the_previous_copy_and_its_row(
+    any_store, tmp_path, monkeypatch
+):
+    src, db = tmp_path / "instrument", tmp_path / "books.db"
+    v1, v2, v3 = b"version 1\n", os.urandom(3 * 1024 * 1024), os.urandom(3 * 1024 * 1024 + 1)
+    a = write(src / "a.csv", v1)
+    assert copy_with_worker(any_store, src, db).copied == 1
+
+    a.write_bytes(v2)  # the instrument rewrites it, and again while it is being uploaded
+    rewrite_while_uploading(any_store, monkeypatch, a, v3)
+    second = copy_with_worker(any_store, src, db)
+    monkeypatch.undo()
+
+    assert (second.copied, second.changing, second.failed) == (0, 1, 0), second.describe()
+    any_store.connect()
+    assert any_store.checksum("a.csv", "md5") == md5(v1)  # the good copy is still there
+    assert db_rows(db)["a.csv"]["checksum"] == md5(v1)  # and the books say so
+    third = copy_with_worker(any_store, src, db)
+    assert third.copied == 1
+    any_store.connect()
+    assert any_store.checksum("a.csv", "md5") == md5(v3)
+    assert db_rows(db)["a.csv"]["checksum"] == md5(v3)
+
+
+def test_a_store_that_may_not_overwrite_reports_a_changed_file_as_already_there(any_store, tmp_path):
+    any_store.features = replace(any_store.features, overwrite=False)
+    src, db = tmp_path / "instrument", tmp_path / "books.db"
+    a = write(src / "a.csv", b"version 1\n")
+    write(src / "b.csv", b"b\n")
+    assert copy_with_worker(any_store, src, db).copied == 2
+
+    a.write_bytes(b"version 2, longer\n")
+    second = copy_with_worker(any_store, src, db)
+
+    assert (second.copied, second.failed, second.not_replaced, second.exit_status) == (0, 0, 1, 0)
+    assert "1 already there, not replaced" in second.describe()
+    any_store.connect()
+    assert any_store.checksum("a.csv", "md5") == md5(b"version 1\n")
+    row = db_rows(db)["a.csv"]
+    assert row["checksum"] == md5(b"version 1\n") and "not replaced" in row["last_error"]
+    third = copy_with_worker(any_store, src, db)  # no loop: it is not tried again
+    assert (third.copied, third.not_replaced, third.unchanged) == (0, 0, 2), third.describe()
