@@ -529,3 +529,31 @@ def test_a_store_that_may_not_overwrite_reports_a_changed_file_as_already_there(
     assert row["checksum"] == md5(b"version 1\n") and "not replaced" in row["last_error"]
     third = copy_with_worker(any_store, src, db)  # no loop: it is not tried again
     assert (third.copied, third.not_replaced, third.unchanged) == (0, 0, 2), third.describe()
+
+
+def test_a_connector_missing_a_method_fails_when_it_is_made_naming_the_method(tmp_path):
+    class NoStat(Connector):  # a newcomer forgot stat()
+        def list_files(self, extensions=(), include=(), exclude=(), recursive=True):
+            return iter(())
+
+        def checksum(self, relpath, algorithm="md5"):
+            return ""
+
+        def write_stream(self, relpath, chunks, size):
+            pass
+
+    with pytest.raises(TypeError, match="stat"):
+        NoStat()
+
+    class WritesNowhere(Connector):
+        def list_files(self, extensions=(), include=(), exclude=(), recursive=True):
+            return iter(())
+
+        def stat(self, relpath):
+            return None
+
+        def checksum(self, relpath, algorithm="md5"):
+            return ""
+
+    with pytest.raises(TypeError, match="open_upload"):
+        WritesNowhere()

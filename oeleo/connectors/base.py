@@ -15,6 +15,7 @@ picks its strategy from that instead of probing with try/except.
 
 from __future__ import annotations
 
+import abc
 import errno
 import fnmatch
 import hashlib
@@ -478,7 +479,7 @@ class SpooledUpload(Upload):
 _LEGACY_DECLARATIONS = ("hashes", "readback_hash", "thread_safe", "atomic_rename")
 
 
-class Connector:
+class Connector(abc.ABC):
     """Base class of every connector. Subclass it to add a store (see docs/connectors.md).
 
     Class attributes a subclass sets to declare its store's abilities:
@@ -528,17 +529,17 @@ class Connector:
         cls.features = replace(cls.features, **changes)
 
     # -- life cycle -------------------------------------------------------------------
-    def connect(self, **kwargs: Any) -> None:
+    def connect(self, **kwargs: Any) -> None:  # noqa: B027 - a hook: doing nothing is right for many stores
         """Open the connection. Idempotent: called again after a dropped connection."""
 
     def reconnect(self, **kwargs: Any) -> None:
         self.close()
         self.connect(**kwargs)
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - a hook: doing nothing is right for many stores
         """Release the connection. Idempotent."""
 
-    def prepare(self) -> None:
+    def prepare(self) -> None:  # noqa: B027 - a hook: doing nothing is right for many stores
         """Make the base location ready to receive files (create it, check it is writable)."""
 
     def check_base(self) -> bool:
@@ -572,7 +573,22 @@ class Connector:
             raise ConfigError(f"{name} is not set: the folder to copy {what}")
         return cls(directory=folder)  # type: ignore[call-arg]
 
+    def __new__(cls, *args: Any, **kwargs: Any) -> Connector:
+        # A store must be written to somehow: say so when the connector is made, not with a
+        # bare NotImplementedError in the middle of a run.
+        if (
+            cls.open_upload is Connector.open_upload
+            and cls.write_stream is Connector.write_stream
+            and cls.put is Connector.put
+        ):
+            raise TypeError(
+                f"{cls.__name__} cannot be created: it implements neither open_upload() "
+                "(an object store) nor write_stream() and rename() (a folder); see docs/connectors.md"
+            )
+        return super().__new__(cls)
+
     # -- read side (a subclass implements) ------------------------------------------------
+    @abc.abstractmethod
     def list_files(
         self,
         extensions: Sequence[str] = (),
@@ -589,12 +605,15 @@ class Connector:
         run that was killed); the worker removes them. Default: the store keeps none."""
         return iter(())
 
+    @abc.abstractmethod
     def stat(self, relpath: str) -> Optional[FileEntry]:
         """Size and mtime of a stored file, or ``None`` when it is not there."""
         raise NotImplementedError
 
+    @abc.abstractmethod
     def checksum(self, relpath: str, algorithm: str = "md5") -> str:
-        """Hex digest of a stored file, computed where the file is when the store can."""
+        """Hex digest of a stored file, computed where the file is when the store can; read
+        back through this process where it cannot."""
         raise NotImplementedError
 
     def checksums(self, relpaths: Sequence[str], algorithm: str = "md5") -> Dict[str, str]:
@@ -622,7 +641,7 @@ class Connector:
         """Delete a stored file; a missing file is not an error."""
         raise NotImplementedError
 
-    def set_mtime(self, relpath: str, mtime_ns: int) -> None:
+    def set_mtime(self, relpath: str, mtime_ns: int) -> None:  # noqa: B027 - a hook: doing nothing is right for many stores
         """Give the stored file the source's modification time, where the store can."""
 
     def external_name(self, relpath: str) -> str:
@@ -630,14 +649,14 @@ class Connector:
         return relpath
 
     # -- durability (a subclass may implement) ------------------------------------------
-    def sync_data(self, staged: Sequence[PutResult]) -> None:
+    def sync_data(self, staged: Sequence[PutResult]) -> None:  # noqa: B027 - a hook: doing nothing is right for many stores
         """Make the bytes of these staged (written, not yet renamed) files durable.
 
         Called once for a batch of files, so a store can group the work (one journal commit
         for many files instead of one per file). Default: nothing to do.
         """
 
-    def sync_names(self, committed: Sequence[PutResult]) -> None:
+    def sync_names(self, committed: Sequence[PutResult]) -> None:  # noqa: B027 - a hook: doing nothing is right for many stores
         """Make the renames of these committed files durable (their folders). Default: nothing."""
 
     # -- the shared copy engine -----------------------------------------------------------
@@ -850,3 +869,29 @@ class Connector:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.directory!r})"
+
+
+class FolderConnector(Connector):
+    """The base of folder-like stores (a local folder, a folder on an SFTP server): a file
+    is written under a hidden temporary name next to its real one (``write_stream``), made
+    durable per batch (``sync_data``), renamed into place (``rename``, atomic, replacing the
+    old version) and the renames made durable (``sync_names``). A subclass fills in those
+    primitives and the read side; ``open_upload`` comes from here."""
+
+    features = Features(batch_sync=True)
+
+    @abc.abstractmethod
+    def write_stream(self, relpath: str, chunks: Iterable[bytes], size: int) -> None:
+        """Write all ``chunks`` to ``relpath``, creating folders as needed (durability is
+        asked for per batch: ``sync_data``)."""
+
+    @abc.abstractmethod
+    def rename(self, src_relpath: str, dst_relpath: str) -> None:
+        """Move ``src`` onto ``dst``, replacing it atomically."""
+
+    @abc.abstractmethod
+    def remove(self, relpath: str) -> None:
+        """Delete a stored file; a missing file is not an error."""
+
+    def open_upload(self, relpath: str, size: int, mtime_ns: int) -> Upload:
+        return FolderUpload(self, relpath, size, mtime_ns)

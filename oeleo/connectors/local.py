@@ -16,9 +16,9 @@ from typing import Any, Callable, Dict, FrozenSet, Iterable, Iterator, List, Opt
 from oeleo.checkers import hash_fd, hash_file
 from oeleo.connectors.base import (
     TEMP_SUFFIX,
-    Connector,
     Features,
     FileEntry,
+    FolderConnector,
     PutResult,
     SkipCallback,
     Skipped,
@@ -130,7 +130,7 @@ def _is_hidden(entry: os.DirEntry) -> bool:
     return False
 
 
-class LocalConnector(Connector):
+class LocalConnector(FolderConnector):
     """Files in a local folder. Used on both sides: as the source and as a destination.
 
     ``LocalConnector(directory="C:/data/raw")``. ``include_subdirs`` is kept for scripts
