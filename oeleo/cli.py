@@ -1,7 +1,8 @@
 """The ``oeleo`` command. It parses arguments and calls the library; nothing else.
 
 Exit status: 0 all good, 1 some files failed, 2 a configuration or usage error,
-130/143/129 stopped by Ctrl-C/SIGTERM/SIGHUP. Heavy imports (pydantic-settings, rich, peewee) happen
+130/143/129 stopped by Ctrl-C/SIGTERM/SIGHUP; an error that ends a command exits as
+``EXIT_STATUS`` says for its kind. Heavy imports (pydantic-settings, rich, peewee) happen
 inside the commands so that ``oeleo --help`` and ``oeleo --version`` start fast.
 """
 
@@ -20,13 +21,25 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from oeleo import __version__
+from oeleo.errors import Behaviour, OeleoError
 
 log = logging.getLogger("oeleo")
 
-EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
-EXIT_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143}
+# The exit status an error gives the command, by what oeleo/errors.py says the engine does
+# with it; README.md's "Exit status" list repeats this table (tests/test_docs.py).
+EXIT_STATUS: Dict[Behaviour, int] = {behaviour: behaviour.exit_status for behaviour in Behaviour}
+EXIT_OK = 0
+EXIT_FAILED = EXIT_STATUS[Behaviour.FAIL_FILE]
+EXIT_CONFIG = EXIT_STATUS[Behaviour.CONFIG]
+EXIT_SIGNAL = {signal.SIGINT: EXIT_STATUS[Behaviour.INTERRUPT], signal.SIGTERM: 143}
 if hasattr(signal, "SIGHUP"):  # the terminal window closed; Windows has no SIGHUP
     EXIT_SIGNAL[signal.SIGHUP] = 129
+
+
+def exit_status(exc: OeleoError) -> int:
+    """The exit status of a command that ``exc`` ended. An error that ends a command fails it,
+    even one that only leaves a file for the next run when the engine meets it in a run."""
+    return EXIT_STATUS[exc.behaviour] or EXIT_FAILED
 
 
 class _Parser(argparse.ArgumentParser):
@@ -150,8 +163,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print("oeleo: interrupted", file=sys.stderr)
         return EXIT_SIGNAL[signal.SIGINT]
     except Exception as exc:
-        from oeleo.errors import OeleoError, TransferError
-
         if isinstance(exc, BrokenPipeError) and _stdout_is_gone():
             # `oeleo run --dry-run | head`: the reader has what it wanted. Quietly status 1,
             # as rich does when its console's pipe goes (`oeleo status --files | head`).
@@ -160,7 +171,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             traceback.print_exc()
         if isinstance(exc, OeleoError):
             print(f"oeleo: {exc}", file=sys.stderr)
-            return EXIT_FAILED if isinstance(exc, TransferError) else EXIT_CONFIG
+            return exit_status(exc)
         hint = "" if debug else " (run with --debug for details)"
         print(f"oeleo: unexpected error: {type(exc).__name__}: {exc}{hint}", file=sys.stderr)
         return EXIT_FAILED
@@ -573,7 +584,6 @@ def _name(row: Any) -> str:
 def _not_booked(settings: Any, base: Path, books: Any) -> str:
     """How many files of the source folder have no row (no run has tried them yet)."""
     from oeleo.connectors.local import LocalConnector
-    from oeleo.errors import OeleoError
 
     try:
         booked = books.load()

@@ -250,6 +250,54 @@ def test_readme_names_every_exit_status_of_the_command():
         assert str(status) in scheduling, f"docs/scheduling.md: no exit status {status}"
 
 
+# What README.md's exit-status list says of each error of oeleo.errors. The words must be on
+# the line of the status that oeleo.cli.EXIT_STATUS gives the error's kind: a new error class,
+# or one whose behaviour changes, fails here until the README says so.
+README_SAYS = {
+    "OeleoError": "some files failed",
+    "ConfigError": "a configuration or usage error",
+    "BookkeeperError": "the books cannot be opened or written",
+    "DatabaseBusyError": "another oeleo process already uses the same database",
+    "ConnectorError": "the destination is full or cannot be used",
+    "ConnectionLost": "a lost connection could not be re-opened",
+    "DiskFullError": "the destination is full",
+    "TransferError": "some files failed",
+    "FileChangedError": "a file that changed while it was copied is left for the next run",
+    "VerificationError": "some files failed",
+    "UnsafePathError": "some files failed",
+    "Aborted": "stopped by Ctrl-C",
+}
+
+
+def exit_status_lines() -> Dict[int, str]:
+    """``status -> its line`` of the README's list (a line starts with its status)."""
+    lines = {}
+    for line in exit_status_paragraph().splitlines():
+        found = re.match(r"(\d+) ", line)
+        if found:
+            lines[int(found.group(1))] = line
+    return lines
+
+
+def test_readme_exit_status_list_says_what_the_command_table_does_for_every_error():
+    import oeleo.errors as errors
+    from oeleo.cli import EXIT_SIGNAL, EXIT_STATUS
+
+    classes = {
+        name: c
+        for name, c in vars(errors).items()
+        if isinstance(c, type) and issubclass(c, errors.OeleoError)
+    }
+    assert set(README_SAYS) == set(classes), "README_SAYS: name what the README says of each error"
+    lines = exit_status_lines()
+    for name, cls in classes.items():
+        status = EXIT_STATUS[cls.behaviour]
+        assert status in lines, f"README: no line for exit status {status} ({name})"
+        assert README_SAYS[name] in lines[status], f"README, exit status {status}: {README_SAYS[name]!r}"
+    known = {0, *EXIT_STATUS.values(), *EXIT_SIGNAL.values()}
+    assert set(lines) <= known, f"README: exit statuses the command never gives: {set(lines) - known}"
+
+
 def test_readme_says_check_update_db_exits_0_for_the_differences_it_booked():
     # tests/test_cli.py holds the behaviour: `check` exits 1 on differences, 0 after --update-db.
     paragraph = " ".join(exit_status_paragraph().split())
