@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import importlib.util
 import os
 import posixpath
+import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Dict
@@ -46,9 +48,26 @@ def ssh_connector(tmp_path: Path, server) -> Connector:
     )
 
 
+def example(module: str, name: str) -> Callable[[Path], Connector]:
+    """A connector of examples/ (the ones docs/connectors.md shows), built on ``tmp_path``."""
+
+    def build(tmp_path: Path) -> Connector:
+        path = Path(__file__).resolve().parent.parent / "examples" / f"{module}.py"
+        spec = importlib.util.spec_from_file_location(f"example_{module}", path)
+        assert spec is not None and spec.loader is not None
+        loaded = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = loaded
+        spec.loader.exec_module(loaded)
+        return getattr(loaded, name)(tmp_path / "store")
+
+    return build
+
+
 FACTORIES: Dict[str, Callable[..., Connector]] = {
     "local": lambda tmp_path: LocalConnector(directory=tmp_path / "store"),
     "ssh": ssh_connector,
+    "example-folder": example("folder_connector", "PlainFolderConnector"),
+    "example-bucket": example("object_store", "BucketConnector"),
 }
 SERVER_FIXTURES: Dict[str, str] = {"ssh": "sshd_server"}  # connector name -> its server's fixture
 
@@ -101,26 +120,58 @@ def assert_nothing_stored(conn: Connector, relpath: str) -> None:
 
 
 def fill_disk_after(conn: Connector, monkeypatch, chunks: int) -> list:
-    """Make ``conn``'s writes fail with ENOSPC after ``chunks`` chunks reached the store.
+    """Make ``conn``'s uploads fail with ENOSPC after ``chunks`` chunks reached the store.
 
-    The store's own ``write_stream`` is still the one writing, so it is left with a partial
-    file exactly as after a real full disk. Returns the sizes of the chunks that got through.
+    The store's own upload is still the one writing, so it is left with whatever a real full
+    disk leaves (a partial temporary file, a half-sent upload). Returns the sizes of the
+    chunks that got through.
     """
-    real_write = conn.write_stream
     consumed: list = []
 
-    def write_until_full(relpath, stream, size):
-        def until_full():
-            for chunk in stream:
-                if len(consumed) == chunks:
-                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-                consumed.append(len(chunk))
-                yield chunk
+    def until_full(chunks_in):
+        for chunk in chunks_in:
+            if len(consumed) == chunks:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            consumed.append(len(chunk))
+            yield chunk
 
-        real_write(relpath, until_full(), size)
-
-    monkeypatch.setattr(conn, "write_stream", write_until_full)
+    if type(conn).write_stream is not Connector.write_stream:
+        real_write = conn.write_stream  # a folder-like store, and one whose write is the commit
+        monkeypatch.setattr(
+            conn, "write_stream", lambda relpath, stream, size: real_write(relpath, until_full(stream), size)
+        )
+    else:
+        wrap_uploads(conn, monkeypatch, send=lambda real, stream: real(until_full(stream)))
     return consumed
+
+
+def wrap_uploads(conn: Connector, monkeypatch, send=None, finish=None) -> None:
+    """Wrap the ``send``/``finish`` of every upload ``conn`` opens: ``send(real, chunks)``,
+    ``finish(real, algorithm)``."""
+    open_upload = conn.open_upload
+
+    def opening(relpath, size, mtime_ns):
+        upload = open_upload(relpath, size, mtime_ns)
+        if send is not None:
+            real_send = upload.send
+            upload.send = lambda chunks: send(real_send, chunks)  # type: ignore[method-assign]
+        if finish is not None:
+            real_finish = upload.finish
+            upload.finish = lambda algorithm=None: finish(real_finish, algorithm)  # type: ignore[method-assign]
+        return upload
+
+    monkeypatch.setattr(conn, "open_upload", opening)
+
+
+def store_reports_another_checksum(conn: Connector, monkeypatch) -> None:
+    """The store says it holds other bytes than were sent: every hash it gives is wrong."""
+    monkeypatch.setattr(conn, "checksum", lambda relpath, algorithm="md5": "0" * 32)
+
+    def wrong(real, algorithm):
+        stored = real(algorithm)
+        return replace(stored, hashes={name: "0" * 32 for name in stored.hashes})
+
+    wrap_uploads(conn, monkeypatch, finish=wrong)
 
 
 # -- a put that works ---------------------------------------------------------------------
@@ -303,7 +354,7 @@ def test_verification_mismatch_keeps_previous_version(connector, source, monkeyp
     connector.put(src, "a.csv")
     real_checksum = connector.checksum
     write(src, b"version 2, longer")
-    monkeypatch.setattr(connector, "checksum", lambda relpath, algorithm="md5": "0" * 32)
+    store_reports_another_checksum(connector, monkeypatch)
 
     with pytest.raises(VerificationError):
         connector.put(src, "a.csv")
@@ -315,7 +366,7 @@ def test_verification_mismatch_keeps_previous_version(connector, source, monkeyp
 
 def test_verification_mismatch_on_a_new_file_leaves_nothing(connector, source, monkeypatch):
     src = write(source / "a.csv", b"content")
-    monkeypatch.setattr(connector, "checksum", lambda relpath, algorithm="md5": "0" * 32)
+    store_reports_another_checksum(connector, monkeypatch)
 
     with pytest.raises(VerificationError):
         connector.put(src, "a.csv")

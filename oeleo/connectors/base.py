@@ -769,10 +769,13 @@ class Connector(abc.ABC):
         """
         relpath = safe_relpath(relpath)
         features = self.features
-        # The read-back of the copy is compared with a cheap hash when the connector says
-        # so (``readback_hash``); a hash the store computes itself is compared directly.
-        store_hashes = algorithm in features.hashes
-        check_algorithm = features.readback_hash if verify and not store_hashes else None
+        # What the copy is compared with: the books' algorithm when the store computes it;
+        # else a hash the store does compute (md5 where it can: rclone's common hash), the
+        # source being hashed with it too; else the connector's cheap read-back hash.
+        check_algorithm: Optional[str] = None
+        if verify and algorithm not in features.hashes:
+            common = sorted(features.hashes, key=lambda name: (name != "md5", name))
+            check_algorithm = common[0] if common else features.readback_hash
         reader = SourceReader(local_path, algorithm, progress, should_stop, check_algorithm=check_algorithm)
         upload: Optional[Upload] = None
         try:
