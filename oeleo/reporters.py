@@ -2,7 +2,9 @@
 
 ``Reporter`` writes plain log lines (a scheduled task, a script); ``RichReporter`` draws
 progress bars for files and bytes in a terminal. ``start_file_log`` adds the rotating log
-file in ``OELEO_LOG_DIR``. Connectors never print: the worker calls the reporter.
+file in ``OELEO_LOG_DIR`` (oeleo/logfile.py). Whichever reporter runs, the log file gets a
+line per copied file, each failure and warning, and the summary: people grep it. Connectors
+never print: the worker calls the reporter.
 """
 
 from __future__ import annotations
@@ -11,13 +13,16 @@ import logging
 import os
 import sys
 import threading
-from logging.handlers import RotatingFileHandler
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional, Union
+from typing import TYPE_CHECKING, Any, List, Optional, TextIO, Union
 
+from oeleo.logfile import FILE_FORMAT, LogFile, LogFormatter
 from oeleo.names import printable
 
 if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.progress import Progress
+
     from oeleo.workers import RunSummary
 
 log = logging.getLogger("oeleo")
@@ -25,7 +30,6 @@ log = logging.getLogger("oeleo")
 LOG_FILE_NAME = "oeleo.log"
 LOG_MAX_BYTES = 1_000_000
 LOG_BACKUP_COUNT = 5
-FILE_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 
 
 def counted(n: int, noun: str) -> str:
@@ -79,6 +83,7 @@ class Reporter:
     def run_finished(self, summary: RunSummary) -> None:
         level = logging.WARNING if summary.failed else logging.INFO
         log.log(level, summary.describe())
+        flush_file_logs()
 
     def check_started(self, files: int, nbytes: int) -> None:
         """``oeleo check`` compares ``files`` files (``nbytes`` in all) with the destination;
@@ -92,6 +97,7 @@ class Reporter:
 
     def close(self) -> None:
         """Tear down whatever the reporter drew."""
+        flush_file_logs()
 
     # oeleo 0.7 reporter calls, kept so old schedulers and scripts run.
     def notify(self, *args: Any, **kwargs: Any) -> None:
@@ -107,13 +113,13 @@ class Reporter:
 class RichReporter(Reporter):
     """Progress bars (files and bytes, with rate) on a terminal, via rich."""
 
-    def __init__(self, console: Any = None) -> None:
+    def __init__(self, console: Optional[Console] = None) -> None:
         super().__init__()
         from rich.console import Console
 
         self.console = console or Console(stderr=True)
-        self._progress: Any = None
-        self._task: Any = None
+        self._progress: Optional[Progress] = None
+        self._task: Any = None  # the bar's TaskID while _progress is shown
         self._files_total = 0
         self._files_done = 0
         # None: not checking; False: checking, no file yet; True: a file is being compared.
@@ -123,6 +129,7 @@ class RichReporter(Reporter):
         if dry_run or not files:
             super().run_started(files, nbytes, dry_run)
             return
+        to_file_logs(logging.INFO, "copying %s (%s)", counted(files, "file"), human_bytes(nbytes))
         from rich.progress import (
             BarColumn,
             DownloadColumn,
@@ -207,10 +214,11 @@ class RichReporter(Reporter):
                 self._progress.update(self._task, description=self._files_text())
         if error is not None:
             log.error("failed %s: %s", printable(relpath), printable(error))
-        else:
-            log.debug("copied %s", printable(relpath))
+        else:  # the bar counts it on the screen; the log file names it
+            to_file_logs(logging.INFO, "copied %s", printable(relpath))
 
     def run_finished(self, summary: RunSummary) -> None:
+        to_file_logs(logging.WARNING if summary.failed else logging.INFO, "%s", summary.describe())
         self.close()
         style = "red" if summary.failed else "green"
         self.console.print(f"[{style}]{summary.describe()}[/{style}]")
@@ -227,9 +235,10 @@ class RichReporter(Reporter):
         if self._progress is not None:
             self._progress.stop()
             self._progress = None
+        flush_file_logs()
 
 
-def choose_reporter(stream: Any = None) -> Reporter:
+def choose_reporter(stream: Optional[TextIO] = None) -> Reporter:
     """Progress bars on a terminal, plain lines otherwise (a scheduled task, a pipe)."""
     stream = stream or sys.stderr
     if hasattr(stream, "isatty") and stream.isatty() and os.environ.get("TERM") != "dumb":
@@ -237,25 +246,50 @@ def choose_reporter(stream: Any = None) -> Reporter:
     return Reporter()
 
 
-def start_file_log(log_dir: Union[str, os.PathLike, None], level: int = logging.DEBUG) -> Path:
-    """Add a rotating log file ``oeleo.log`` in ``log_dir`` to the ``oeleo`` logger."""
+def file_logs() -> List[LogFile]:
+    """The log files the ``oeleo`` logger writes to."""
+    return [h for h in log.handlers if isinstance(h, LogFile)]
+
+
+def to_file_logs(level: int, msg: str, *args: Any) -> None:
+    """A line for the log files only: what the progress bars already show on the screen."""
+    handlers = [h for h in file_logs() if level >= h.level]
+    if handlers and log.isEnabledFor(level):
+        record = log.makeRecord(log.name, level, __file__, 0, msg, args, None)
+        for handler in handlers:
+            handler.handle(record)
+
+
+def flush_file_logs() -> None:
+    """Write the log files' buffers out (the end of a run: someone may read the file now)."""
+    for handler in file_logs():
+        handler.flush()
+
+
+def start_file_log(log_dir: Union[str, os.PathLike, None], level: Optional[int] = None) -> Path:
+    """Add a rotating log file ``oeleo.log`` in ``log_dir`` to the ``oeleo`` logger, receiving
+    records of ``level`` and above. By default that is DEBUG when the logger is already set to
+    DEBUG (``oeleo --debug``, ``start_logger``), else INFO: a line per copied file, failures,
+    warnings and summaries, but not the DEBUG line per file, which costs more than the copy of
+    a small file."""
+    logger = logging.getLogger("oeleo")
+    if level is None:
+        level = logging.DEBUG if logger.level and logger.level <= logging.DEBUG else logging.INFO
     folder = Path(log_dir) if log_dir else Path.cwd()
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / LOG_FILE_NAME
-    logger = logging.getLogger("oeleo")
-    for handler in logger.handlers:
-        if isinstance(handler, RotatingFileHandler) and Path(handler.baseFilename) == path.resolve():
+    for handler in file_logs():
+        if handler.path == path.resolve():
+            handler.setLevel(min(handler.level, level))
+            _lower_to(logger, level)
             return path
-    # A file name that is not UTF-8 is written with \x escapes instead of failing the line.
-    handler = RotatingFileHandler(
-        path,
-        maxBytes=LOG_MAX_BYTES,
-        backupCount=LOG_BACKUP_COUNT,
-        encoding="utf-8",
-        errors="backslashreplace",
-    )
-    handler.setLevel(level)
-    handler.setFormatter(logging.Formatter(FILE_FORMAT))
+    handler = LogFile(path, max_bytes=LOG_MAX_BYTES, backup_count=LOG_BACKUP_COUNT, level=level)
+    handler.setFormatter(LogFormatter(FILE_FORMAT))
     logger.addHandler(handler)
-    logger.setLevel(min(logger.level or logging.DEBUG, level))
+    _lower_to(logger, level)
     return path
+
+
+def _lower_to(logger: logging.Logger, level: int) -> None:
+    """Let records of ``level`` through the logger (never raise what someone else lowered)."""
+    logger.setLevel(min(logger.level, level) if logger.level else level)
