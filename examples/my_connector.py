@@ -26,17 +26,17 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, List, Optional, Sequence
 
 from oeleo.checkers import hash_file
-from oeleo.connectors import Connector, FileEntry, LocalConnector, PutResult
-from oeleo.connectors.base import TEMP_SUFFIX, has_extension, matches, safe_relpath
+from oeleo.connectors import FileEntry, LocalConnector, PutResult
+from oeleo.connectors.base import TEMP_SUFFIX, FolderConnector, has_extension, matches, safe_relpath
 from oeleo.errors import ConfigError, TransferError
 
 
-class FlatFolderConnector(Connector):
+class FlatFolderConnector(FolderConnector):
     """A destination folder without subfolders; ``a/b.csv`` is stored as ``a__b.csv``."""
 
     name = "flatfolder"
-    hashes = frozenset()  # the store computes no hash itself: checksum() reads the file back
-    atomic_rename = True  # os.replace is atomic: stage() writes a temporary name, commit() renames
+    # FolderConnector: a temporary name, then rename() (os.replace is atomic). The store
+    # computes no hash itself (features.hashes is empty): checksum() reads the file back.
 
     separator = "__"
 

@@ -13,7 +13,7 @@ import os
 import sys
 from typing import Any, Dict, Optional, Type
 
-from oeleo.connectors.base import Connector, FileEntry, PutResult
+from oeleo.connectors.base import Connector, Features, FileEntry, FolderConnector, PutResult, Stored, Upload
 from oeleo.connectors.local import LocalConnector
 from oeleo.errors import ConfigError
 
@@ -32,8 +32,12 @@ _LAZY = {
 
 __all__ = [
     "Connector",
+    "Features",
     "FileEntry",
+    "FolderConnector",
     "PutResult",
+    "Stored",
+    "Upload",
     "LocalConnector",
     "get_connector_class",
     "register_password",
