@@ -1,0 +1,100 @@
+"""What a pass did (``RunSummary``) and how two sides compare (``CheckReport``): plain values
+that the worker fills in and the reporters, the command and the schedulers read."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import List, Optional, Tuple
+
+from oeleo.units import counted, human_bytes
+
+
+def _count_files(n: int) -> str:
+    return counted(n, "file")
+
+
+NOT_REPLACED = "already there, not replaced (the store does not overwrite files)"
+
+
+@dataclass
+class RunSummary:
+    """What one pass did. ``exit_status`` is 0 when every file is fine, 1 when some failed."""
+
+    listed: int = 0
+    copied: int = 0
+    failed: int = 0
+    unchanged: int = 0
+    locked: int = 0
+    too_young: int = 0
+    changing: int = 0
+    vanished: int = 0
+    not_replaced: int = 0  # changed, but the store never replaces a file it holds
+    skipped: int = 0  # symbolic links and other entries that are not copied (a notice each)
+    unbooked: int = 0  # copies in place whose row could not be written (copied again next run)
+    bytes_copied: int = 0
+    seconds: float = 0.0
+    dry_run: bool = False
+    stopped: bool = False
+    fatal: Optional[str] = None
+    books_error: Optional[str] = None  # the books could not be written: what the database said
+    would_copy: List[str] = field(default_factory=list)
+    errors: List[Tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def exit_status(self) -> int:
+        """0 all good, 1 some files failed, 2 the books could not be written."""
+        if self.books_error:
+            return 2
+        return 1 if (self.failed or self.fatal) else 0
+
+    @property
+    def status(self) -> str:
+        if self.stopped:
+            return "stopped"
+        return "failed" if self.exit_status else "ok"
+
+    def describe(self) -> str:
+        if self.dry_run:
+            head = f"dry run: would copy {len(self.would_copy)} of {_count_files(self.listed)}"
+        else:
+            rate = self.bytes_copied / self.seconds if self.seconds > 0 else 0.0
+            head = (
+                f"copied {_count_files(self.copied)} ({human_bytes(self.bytes_copied)}, "
+                f"{human_bytes(rate)}/s), {self.failed} failed"
+            )
+        parts = [head, f"{self.unchanged} unchanged", f"{self.locked} locked"]
+        if self.too_young:
+            parts.append(f"{self.too_young} too young")
+        if self.changing:
+            parts.append(f"{self.changing} changing (left for the next run)")
+        if self.vanished:
+            parts.append(f"{self.vanished} vanished")
+        if self.not_replaced:
+            parts.append(f"{self.not_replaced} already there, not replaced")
+        if self.skipped:
+            parts.append(f"{self.skipped} skipped")
+        text = ", ".join(parts) + f" in {self.seconds:.2f} s"
+        if self.books_error:
+            text += f"; the books could not be written: {self.books_error}"
+            if self.unbooked:
+                text += f" ({_count_files(self.unbooked)} copied but not booked: copied again next run)"
+        elif self.fatal:
+            text += f"; stopped early: {self.fatal}"
+        elif self.stopped:
+            text += "; stopped on request"
+        return text
+
+
+@dataclass
+class CheckReport:
+    """How the two sides compare (``Worker.check``)."""
+
+    same: List[str] = field(default_factory=list)
+    missing: List[str] = field(default_factory=list)
+    different: List[str] = field(default_factory=list)
+    locked: List[str] = field(default_factory=list)
+    errors: List[Tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def in_sync(self) -> bool:
+        return not (self.missing or self.different or self.errors)
