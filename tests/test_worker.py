@@ -14,7 +14,7 @@ from helpers import db_count, db_rows, make_tree, run_oeleo, run_once, set_mtime
 
 import oeleo.connectors.base as base_module
 import oeleo.connectors.local as local_module
-import oeleo.workers as workers_module
+import oeleo.worker as workers_module
 from oeleo.checkers import ChecksumChecker
 from oeleo.connectors.local import LocalConnector
 from oeleo.errors import ConfigError
