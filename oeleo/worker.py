@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 from oeleo.checkers import Checker, ChecksumChecker, hash_file
+from oeleo.compare import compare
 from oeleo.connectors.base import (
     TEMP_SUFFIX,
     Connector,
@@ -40,7 +41,6 @@ from oeleo.errors import (
     TransferError,
 )
 from oeleo.models import (
-    SHOULD_BE_COPIED,
     SHOULD_BE_COPIED_IF_CHANGED,
     SHOULD_NOT_BE_COPIED,
     Bookkeeper,
@@ -718,74 +718,18 @@ class Worker:
         if self._entries is None:
             self.filter_local(**kwargs)
         entries = self._entries or []
-        records = self.bookkeeper.load()
         report = CheckReport()
         report.errors.extend((item.relpath, item.reason) for item in self._skipped if item.failed)
         self._skipped = []
-        algorithm = self.checker.algorithm
-        same_size: List[Tuple[FileEntry, str]] = []  # (entry, local digest): compare checksums
-
-        def to_copy(bucket: List[str], relpath: str) -> None:
-            bucket.append(relpath)
-            if update_db:
-                self.bookkeeper.record_code(relpath, SHOULD_BE_COPIED)
-
-        reporter = self.reporter
-        # Progress: the bytes of each file as it is hashed, the others' at once (not hashed).
-        reporter.check_started(len(entries), sum(e.size for e in entries))
-        try:
-            for entry in entries:
-                reporter.file_started(entry.relpath, entry.size)
-                record = records.get(entry.relpath)
-                hashed = False
-                try:
-                    if record is not None and record.code == SHOULD_NOT_BE_COPIED:
-                        report.locked.append(entry.relpath)
-                        continue
-                    remote = self.external_connector.stat(entry.relpath)
-                    if remote is None:
-                        to_copy(report.missing, entry.relpath)
-                        continue
-                    if remote.size != entry.size:
-                        to_copy(report.different, entry.relpath)
-                        continue
-                    path = self.local_connector.path(entry.relpath)
-                    hashed = True
-                    same_size.append((entry, hash_file(path, algorithm, progress=reporter.advance)))
-                except (OeleoError, OSError) as exc:
-                    report.errors.append((entry.relpath, str(exc)))
-                finally:
-                    if not hashed:
-                        reporter.advance(entry.size)
-        finally:
-            reporter.check_finished()
-        # All stored checksums at once: one request for many files where the store can.
-        try:
-            stored = self.external_connector.checksums([e.relpath for e, _ in same_size], algorithm)
-        except (OeleoError, OSError):
-            stored = {}
-        for entry, digest in same_size:
-            try:
-                # A file left out of the batch is asked for alone, which says why it failed.
-                remote_digest = stored.get(entry.relpath) or self.external_connector.checksum(
-                    entry.relpath, algorithm
-                )
-            except (OeleoError, OSError) as exc:
-                report.errors.append((entry.relpath, str(exc)))
-                continue
-            if remote_digest == digest:
-                report.same.append(entry.relpath)
-                if update_db:
-                    self.bookkeeper.record_copied(
-                        entry.relpath,
-                        self.external_connector.external_name(entry.relpath),
-                        digest,
-                        entry.size,
-                        entry.mtime_ns,
-                    )
-            else:
-                to_copy(report.different, entry.relpath)
-        if update_db:
-            self.bookkeeper.flush()
+        compare(
+            entries,
+            self.local_connector,
+            self.external_connector,
+            self.bookkeeper,
+            self.reporter,
+            self.checker.algorithm,
+            update_db,
+            report,
+        )
         self._entries = None
         return report

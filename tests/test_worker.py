@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from helpers import db_count, db_rows, make_tree, run_oeleo, run_once, set_mtime, tree_files
 
+import oeleo.compare as compare_module
 import oeleo.connectors.base as base_module
 import oeleo.connectors.local as local_module
 import oeleo.worker as workers_module
@@ -96,6 +97,7 @@ def reads(monkeypatch):
 
     monkeypatch.setattr(base_module, "SourceReader", CountingReader)
     monkeypatch.setattr(workers_module, "hash_file", counting(workers_module.hash_file))
+    monkeypatch.setattr(compare_module, "hash_file", counting(compare_module.hash_file))
     monkeypatch.setattr(local_module, "hash_file", counting(local_module.hash_file))
     real_read_back = local_module._hash_from_start
 
