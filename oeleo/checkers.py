@@ -11,10 +11,21 @@ import hashlib
 import os
 import zlib
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Union
+from typing import Callable, Dict, Optional, Protocol, Union
 
 CHUNK_SIZE = 1024 * 1024
 FIRST_READ = 64 * 1024
+
+
+class Hasher(Protocol):
+    """What oeleo asks of a hash object: hashlib's, or ``Crc32``."""
+
+    @property
+    def name(self) -> str: ...
+
+    def update(self, data: bytes, /) -> None: ...
+
+    def hexdigest(self) -> str: ...
 
 
 class Crc32:
@@ -34,7 +45,7 @@ class Crc32:
         return f"{self._value:08x}"
 
 
-def new_hash(algorithm: str) -> Any:
+def new_hash(algorithm: str) -> Hasher:
     """A hash object for a hashlib name, or for ``crc32``."""
     if algorithm == "crc32":
         return Crc32()
@@ -87,10 +98,10 @@ class Checker:
 
     algorithm: str = "md5"
 
-    def new_hash(self) -> Any:
+    def new_hash(self) -> Hasher:
         return hashlib.new(self.algorithm)
 
-    def check(self, f: Path, connector: Any = None, **kwargs: Any) -> Dict[str, str]:
+    def check(self, f: Path, connector: object = None, **kwargs: object) -> Dict[str, str]:
         """Fingerprint of a local file, as ``{"checksum": hex}`` (the oeleo 0.7 call)."""
         return {"checksum": hash_file(Path(f), self.algorithm)}
 

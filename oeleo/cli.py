@@ -18,10 +18,30 @@ import sys
 import traceback
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Callable,
+    Dict,
+    List,
+    NoReturn,
+    Optional,
+    Sequence,
+    Set,
+    TextIO,
+    Type,
+    Union,
+)
 
 from oeleo import __version__
 from oeleo.errors import Behaviour, OeleoError
+
+if TYPE_CHECKING:  # imported by the commands that use them: `oeleo --help` starts fast
+    from rich.console import Console
+
+    from oeleo.models import Bookkeeper, FileListTable, RunLogTable
+    from oeleo.settings import Settings
+    from oeleo.workers import Worker
 
 log = logging.getLogger("oeleo")
 
@@ -31,7 +51,7 @@ EXIT_STATUS: Dict[Behaviour, int] = {behaviour: behaviour.exit_status for behavi
 EXIT_OK = 0
 EXIT_FAILED = EXIT_STATUS[Behaviour.FAIL_FILE]
 EXIT_CONFIG = EXIT_STATUS[Behaviour.CONFIG]
-EXIT_SIGNAL = {signal.SIGINT: EXIT_STATUS[Behaviour.INTERRUPT], signal.SIGTERM: 143}
+EXIT_SIGNAL: Dict[int, int] = {signal.SIGINT: EXIT_STATUS[Behaviour.INTERRUPT], signal.SIGTERM: 143}
 if hasattr(signal, "SIGHUP"):  # the terminal window closed; Windows has no SIGHUP
     EXIT_SIGNAL[signal.SIGHUP] = 129
 
@@ -43,7 +63,7 @@ def exit_status(exc: OeleoError) -> int:
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> Any:  # usage errors: one line, status 2
+    def error(self, message: str) -> NoReturn:  # usage errors: one line, status 2
         # prog is "oeleo" for the command itself, "oeleo run" for a subcommand
         self.exit(EXIT_CONFIG, f"oeleo: {message} (see {self.prog} --help)\n")
 
@@ -209,14 +229,19 @@ def _setup_console_logging(debug: bool) -> None:
     logger.propagate = False
 
     def one_line(
-        message: Any, category: Any, filename: str, lineno: int, file: Any = None, line: Any = None
+        message: Union[Warning, str],
+        category: Type[Warning],
+        filename: str,
+        lineno: int,
+        file: Optional[TextIO] = None,
+        line: Optional[str] = None,
     ) -> None:
         print(f"oeleo: warning: {message}", file=sys.stderr)
 
     warnings.showwarning = one_line
 
 
-def _settings(args: argparse.Namespace, **extra: Any) -> Any:
+def _settings(args: argparse.Namespace, **extra: Any) -> Settings:
     from oeleo.settings import load_settings
 
     names = (
@@ -235,7 +260,7 @@ def _settings(args: argparse.Namespace, **extra: Any) -> Any:
     return load_settings(getattr(args, "env_file", None), **overrides)
 
 
-def _start_log_file(settings: Any) -> None:
+def _start_log_file(settings: Settings) -> None:
     if settings.log_dir is not None:
         from oeleo.reporters import start_file_log
 
@@ -249,7 +274,7 @@ def _start_log_file(settings: Any) -> None:
             ) from None
 
 
-def _worker(settings: Any, **options: Any) -> Any:
+def _worker(settings: Settings, **options: Any) -> Worker:
     from oeleo.reporters import RichReporter, choose_reporter
     from oeleo.workers import worker_from_settings
 
@@ -264,7 +289,7 @@ def _worker(settings: Any, **options: Any) -> Any:
     return worker
 
 
-def _log_through(console: Any) -> None:
+def _log_through(console: Console) -> None:
     """On a terminal, log lines go through rich's console so they print above the progress
     bars instead of tearing through them."""
     from rich.logging import RichHandler
@@ -282,7 +307,7 @@ class _StopOnSignal:
     """SIGINT, SIGTERM and SIGHUP (the terminal closed) ask ``target`` to stop cleanly;
     a second Ctrl-C interrupts at once."""
 
-    def __init__(self, target: Any) -> None:
+    def __init__(self, target: Worker) -> None:
         self.target = target
         self.signum: Optional[int] = None
         self._old: Dict[int, Any] = {}
@@ -358,7 +383,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     return EXIT_OK if report.in_sync else EXIT_FAILED
 
 
-def _console() -> Any:
+def _console() -> Console:
     from rich.console import Console
 
     # File names like "[draft] a.csv" or "x :smile: y.csv" are neither markup nor emoji codes.
@@ -366,7 +391,7 @@ def _console() -> Any:
 
 
 # -- the books beside a run: status, lock, unlock ----------------------------------------------
-def _require_books(settings: Any) -> None:
+def _require_books(settings: Settings) -> None:
     """status, lock and unlock read or change books that a run made; they never create them."""
     from oeleo.errors import ConfigError
 
@@ -380,7 +405,7 @@ def _require_books(settings: Any) -> None:
         )
 
 
-def _open_books(settings: Any, origin: str, read_only: bool) -> Any:
+def _open_books(settings: Settings, origin: str, read_only: bool) -> Bookkeeper:
     """The books named by the settings, opened beside a run (without its lock)."""
     from oeleo.workers import bookkeeper_from_settings
 
@@ -390,7 +415,7 @@ def _open_books(settings: Any, origin: str, read_only: bool) -> Any:
     return books
 
 
-def _layout(books: Any) -> str:
+def _layout(books: Bookkeeper) -> str:
     """``current``, ``legacy`` (tables of oeleo 0.7, not upgraded yet) or ``empty``."""
     import peewee
 
@@ -407,18 +432,18 @@ def _layout(books: Any) -> str:
     return "current" if current else "legacy"
 
 
-def _known_folders(settings: Any) -> List[Path]:
+def _known_folders(settings: Settings) -> List[Path]:
     """The source folders of this PC that the books name (the ``origin`` of rows and runs)."""
     import peewee
 
     from oeleo.errors import BookkeeperError
 
     books = _open_books(settings, origin="", read_only=True)
-    origins = set()
+    origins: Set[str] = set()
     try:
         if _layout(books) == "current":
             for model in (books.db_model, books.run_model):
-                origins.update(origin for (origin,) in model.select(model.origin).distinct().tuples())
+                origins.update(model.select(model.origin).distinct().scalars())
     except peewee.PeeweeException as exc:
         raise BookkeeperError(f"{books.description}: {exc}") from None
     finally:
@@ -441,7 +466,7 @@ def _inside(path: Path, folder: Path) -> Optional[str]:
         return None
 
 
-def _source_folder(settings: Any, paths: Sequence[str] = ()) -> Path:
+def _source_folder(settings: Settings, paths: Sequence[str] = ()) -> Path:
     """``--from`` (``OELEO_BASE_DIR_FROM``); else the folder the books know that holds the first
     of ``paths`` (the longest such folder wins), or, with no paths, the only one of this PC."""
     from oeleo.errors import ConfigError
@@ -515,7 +540,7 @@ def _local_names(base: Path, paths: Sequence[str]) -> List[str]:
     return names
 
 
-def _status_books(settings: Any, origin: str) -> Any:
+def _status_books(settings: Settings, origin: str) -> Bookkeeper:
     """The books for ``oeleo status``: read-only (the file may be), upgraded first if they are
     oeleo 0.7's, as every command that opens them does."""
     from oeleo.errors import ConfigError
@@ -570,18 +595,18 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def _counted(n: int, noun: str) -> str:
-    from oeleo.reporters import counted
+    from oeleo.units import counted
 
     return counted(n, noun)
 
 
-def _name(row: Any) -> str:
+def _name(row: FileListTable) -> str:
     from oeleo.names import from_books, printable
 
     return printable(from_books(row.local_name))  # m\xe9sure.csv, not the books' m‛E9sure.csv
 
 
-def _not_booked(settings: Any, base: Path, books: Any) -> str:
+def _not_booked(settings: Settings, base: Path, books: Bookkeeper) -> str:
     """How many files of the source folder have no row (no run has tried them yet)."""
     from oeleo.connectors.local import LocalConnector
 
@@ -599,9 +624,9 @@ def _not_booked(settings: Any, base: Path, books: Any) -> str:
     return f"not booked yet: {new} (in the source folder, not tried by any run)"
 
 
-def _describe_run(run: Any, alive: Optional[bool] = None) -> str:
+def _describe_run(run: RunLogTable, alive: Optional[bool] = None) -> str:
     """``last run: started ..., finished ... (took 2.1 s), ok: 3 copied (1.2 KiB), 0 failed``."""
-    from oeleo.reporters import human_bytes, human_seconds
+    from oeleo.units import human_bytes, human_seconds
 
     started = run.started
     text = f"last run: started {started:%Y-%m-%d %H:%M:%S}"
@@ -632,9 +657,9 @@ def _describe_run(run: Any, alive: Optional[bool] = None) -> str:
     return text
 
 
-def _print_files(console: Any, rows: List[Any]) -> None:
+def _print_files(console: Console, rows: List[FileListTable]) -> None:
     """One line per row, never folded: whole names and checksums, to read or to grep."""
-    from oeleo.reporters import human_bytes
+    from oeleo.units import human_bytes
 
     names = [_name(row) for row in rows]
     width = min(max((len(name) for name in names), default=4), 40)

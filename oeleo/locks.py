@@ -7,6 +7,7 @@ racing (Windows Task Scheduler happily starts overlapping runs).
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -88,7 +89,7 @@ def _read_pid(fd: int) -> str:
         return ""
 
 
-if os.name == "nt":  # pragma: no cover - exercised on Windows only
+if sys.platform == "win32":  # pragma: no cover - exercised on Windows only
     import msvcrt
 
     def _lock(fd: int) -> None:

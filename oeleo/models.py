@@ -18,7 +18,7 @@ import socket
 import time
 import zlib
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Type
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Type, TypeVar, Union
 
 import peewee
 
@@ -29,6 +29,7 @@ from oeleo.names import QUOTE, from_books, printable, to_books
 log = logging.getLogger("oeleo")
 
 DEFAULT_DB_NAME = "oeleo-file-list.db"
+T = TypeVar("T")
 
 SHOULD_BE_COPIED = 0
 SHOULD_BE_COPIED_IF_CHANGED = 1
@@ -80,7 +81,7 @@ class Record:
         return all(getattr(self, n) == getattr(other, n) for n in self.__slots__)
 
 
-def make_origin(directory: Any, host: Optional[str] = None) -> str:
+def make_origin(directory: Union[str, os.PathLike], host: Optional[str] = None) -> str:
     """``host:/abs/source/folder`` - which PC and which folder a row belongs to."""
     folder = Path(str(directory)).expanduser()
     try:
@@ -90,32 +91,47 @@ def make_origin(directory: Any, host: Optional[str] = None) -> str:
     return f"{host or socket.gethostname()}:{folder.as_posix()}"
 
 
-def _make_models(database: peewee.Database) -> Tuple[Type[peewee.Model], Type[peewee.Model]]:
-    class FileList(peewee.Model):
-        processed_date = peewee.DateTimeField(default=datetime.datetime.now)
-        local_name = peewee.CharField(max_length=1024)
-        external_name = peewee.CharField(max_length=2048, null=True)
-        checksum = peewee.CharField(null=True)
-        code = peewee.SmallIntegerField(choices=CODES, default=SHOULD_BE_COPIED)
-        size = peewee.BigIntegerField(null=True)
-        mtime_ns = peewee.BigIntegerField(null=True)
-        origin = peewee.CharField(max_length=1024, default="")
-        last_error = peewee.TextField(null=True)
+class FileListTable(peewee.Model):
+    """The columns of the ``filelist`` table; each ``Bookkeeper`` binds a subclass of its own."""
 
+    id = peewee.AutoField()
+    processed_date = peewee.DateTimeField(default=datetime.datetime.now)
+    local_name = peewee.CharField(max_length=1024)
+    external_name = peewee.CharField(max_length=2048, null=True)
+    checksum = peewee.CharField(null=True)
+    code = peewee.SmallIntegerField(choices=CODES, default=SHOULD_BE_COPIED)
+    size = peewee.BigIntegerField(null=True)
+    mtime_ns = peewee.BigIntegerField(null=True)
+    origin = peewee.CharField(max_length=1024, default="")
+    last_error = peewee.TextField(null=True)
+
+    class Meta:
+        indexes = ((("origin", "local_name"), True),)
+
+
+class RunLogTable(peewee.Model):
+    """The columns of the ``oeleo_runs`` table (one row per run and origin)."""
+
+    id = peewee.AutoField()
+    origin = peewee.CharField(max_length=1024, index=True)
+    started = peewee.DateTimeField(default=datetime.datetime.now)
+    finished = peewee.DateTimeField(null=True)
+    status = peewee.CharField(default="running")
+    files_copied = peewee.IntegerField(default=0)
+    files_failed = peewee.IntegerField(default=0)
+    bytes_copied = peewee.BigIntegerField(default=0)
+    message = peewee.TextField(null=True)
+
+
+def _make_models(database: peewee.Database) -> Tuple[Type[FileListTable], Type[RunLogTable]]:
+    """Model classes of the two tables bound to ``database`` alone (the classes above stay
+    unbound: two bookkeepers never share a database through them)."""
+
+    class FileList(FileListTable):
         class Meta:
             table_name = "filelist"
-            indexes = ((("origin", "local_name"), True),)
 
-    class RunLog(peewee.Model):
-        origin = peewee.CharField(max_length=1024, index=True)
-        started = peewee.DateTimeField(default=datetime.datetime.now)
-        finished = peewee.DateTimeField(null=True)
-        status = peewee.CharField(default="running")
-        files_copied = peewee.IntegerField(default=0)
-        files_failed = peewee.IntegerField(default=0)
-        bytes_copied = peewee.BigIntegerField(default=0)
-        message = peewee.TextField(null=True)
-
+    class RunLog(RunLogTable):
         class Meta:
             table_name = "oeleo_runs"
 
@@ -227,7 +243,7 @@ class Bookkeeper:
         for index in db.get_indexes("filelist"):
             if index.unique and list(index.columns) == ["local_name"]:
                 migrate(migrator.drop_index("filelist", index.name))
-        model._schema.create_indexes(safe=True)
+        peewee.SchemaManager(model).create_indexes(safe=True)
 
     def _adopt_legacy_rows(self) -> None:
         """Rows written by oeleo 0.7 have no origin; they belong to the first origin that opens them."""
@@ -272,7 +288,7 @@ class Bookkeeper:
             records[name] = Record(name, checksum, code, size, mtime_ns, last_error)
         return records
 
-    def rows(self, code: Optional[int] = None, errors_only: bool = False) -> Iterator[Any]:
+    def rows(self, code: Optional[int] = None, errors_only: bool = False) -> Iterator[FileListTable]:
         """Rows of this origin (peewee objects) for reports, ordered by name."""
         model = self.db_model
         query = model.select().where(model.origin == self.origin)
@@ -290,9 +306,10 @@ class Bookkeeper:
             .group_by(model.code)
             .tuples()
         )
-        return {code: n for code, n in self._guard(lambda: list(query))}
+        pairs: List[Any] = self._guard(lambda: list(query))  # tuples (peewee's types say rows)
+        return {code: n for code, n in pairs}
 
-    def last_runs(self, limit: int = 1) -> List[Any]:
+    def last_runs(self, limit: int = 1) -> List[RunLogTable]:
         model = self.run_model
         query = model.select().where(model.origin == self.origin).order_by(model.id.desc()).limit(limit)
         return self._guard(lambda: list(query))
@@ -588,7 +605,7 @@ class Bookkeeper:
         """One line saying what went wrong with the database (subclasses add a hint)."""
         return _first_line(_cause(exc))
 
-    def _guard(self, call: Any) -> Any:
+    def _guard(self, call: Callable[[], T]) -> T:
         try:
             return call()
         except peewee.PeeweeException as exc:
@@ -633,7 +650,9 @@ class Bookkeeper:
 class SimpleDbHandler(Bookkeeper):
     """SQLite bookkeeping in one file (the default; the oeleo 0.7 name)."""
 
-    def __init__(self, db_name: Any = DEFAULT_DB_NAME, origin: Optional[str] = None) -> None:
+    def __init__(
+        self, db_name: Union[str, os.PathLike] = DEFAULT_DB_NAME, origin: Optional[str] = None
+    ) -> None:
         self.db_name = str(db_name)
         self.path = Path(self.db_name).expanduser()
         database = peewee.SqliteDatabase(

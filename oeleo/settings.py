@@ -230,7 +230,7 @@ def load_settings(env_file: Optional[os.PathLike] = None, **overrides: Any) -> S
     _warn_unknown([(k, "the environment") for k in os.environ])
     overrides = {k: v for k, v in overrides.items() if v is not None}
     try:
-        settings = Settings(_env_file=path, **overrides)  # type: ignore[call-arg]
+        settings = Settings(_env_file=path, **overrides)
     except ValidationError as exc:
         raise ConfigError(_describe(exc, overrides, path, file_values)) from None
     if os.name != "nt":

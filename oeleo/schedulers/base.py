@@ -5,7 +5,11 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-from typing import Any, Dict, Optional, Tuple
+from types import FrameType
+from typing import TYPE_CHECKING, Any, Dict, Optional, Protocol, Tuple
+
+if TYPE_CHECKING:
+    from oeleo.workers import RunSummary
 
 log = logging.getLogger("oeleo")
 
@@ -16,10 +20,27 @@ STOP_SIGNALS: Tuple[int, ...] = (signal.SIGINT, signal.SIGTERM) + (
 )
 
 
+class PassWorker(Protocol):
+    """What a scheduler asks of its worker: ``oeleo.workers.Worker``, or one of oeleo 0.7's
+    shape (``release_db`` is used where there is one)."""
+
+    def connect_to_db(self) -> None: ...
+
+    def filter_local(self, **kwargs: Any) -> Any: ...
+
+    def run(self) -> RunSummary: ...
+
+    def check(self, update_db: bool = ..., force: bool = ...) -> Any: ...
+
+    def stop(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
 class SchedulerBase:
     """Runs ``worker`` passes until told to stop. Subclasses implement ``start``."""
 
-    def __init__(self, worker: Any) -> None:
+    def __init__(self, worker: PassWorker) -> None:
         self.worker = worker
         self._stop = threading.Event()
         self._old_handlers: Dict[int, Any] = {}
@@ -58,7 +79,7 @@ class SchedulerBase:
             signal.signal(signum, handler)
         self._old_handlers.clear()
 
-    def _on_signal(self, signum: int, frame: Optional[Any]) -> None:
+    def _on_signal(self, signum: int, frame: Optional[FrameType]) -> None:
         log.warning("received %s: stopping cleanly", signal.Signals(signum).name)
         self.received_signal = signum
         self.stop()

@@ -5,10 +5,14 @@ from __future__ import annotations
 import logging
 import sys
 from datetime import datetime, timedelta
-from typing import Any, Optional
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
 from oeleo.errors import ConfigError, DatabaseBusyError, OeleoError
-from oeleo.schedulers.base import SchedulerBase
+from oeleo.schedulers.base import PassWorker, SchedulerBase
+
+if TYPE_CHECKING:
+    from oeleo.workers import RunSummary
 
 log = logging.getLogger("oeleo")
 
@@ -25,13 +29,13 @@ class SimpleScheduler(SchedulerBase):
 
     def __init__(
         self,
-        worker: Any,
+        worker: PassWorker,
         run_interval_time: float = 43_200,
         max_run_intervals: Optional[int] = 1000,
         update_db: bool = True,
         force: bool = False,
         add_check: bool = False,
-        additional_filters: Any = None,
+        additional_filters: Optional[Sequence[Callable[[Path], bool]]] = None,
     ) -> None:
         super().__init__(worker)
         self.run_interval_time = float(run_interval_time)
@@ -42,11 +46,11 @@ class SimpleScheduler(SchedulerBase):
         self.additional_filters = additional_filters
         self.runs = 0
         self.failed_runs = 0
-        self.last_summary: Any = None
+        self.last_summary: Optional[RunSummary] = None
         self.last_run: Optional[datetime] = None
         self.state = {"iterations": 0}
 
-    def start(self) -> Any:
+    def start(self) -> Optional[RunSummary]:
         """Run until ``max_run_intervals`` passes are done or a stop is asked for."""
         self._install_signal_handlers()
         try:
