@@ -2,6 +2,9 @@
 
 Kept small and importable without the oeleo package. A missing PostgreSQL is an
 error (with a hint to run `bash tests/run.sh`), never a skip.
+
+A test that uses a server fixture is marked ``ssh`` or ``postgres`` here, so that
+``bash tests/run.sh -m "not ssh and not postgres and not bench"`` runs the fast part alone.
 """
 
 from __future__ import annotations
@@ -17,6 +20,21 @@ if _HERE not in sys.path:  # works with or without tests/__init__.py
     sys.path.insert(0, _HERE)
 
 import servers  # noqa: E402
+
+# The marker of the tests that use a server fixture (directly or through another fixture).
+SERVER_MARKERS = {
+    "sshd_server": "ssh",
+    "sftp_only_server": "ssh",
+    "start_sshd": "ssh",
+    "postgres_server": "postgres",
+    "postgres_db": "postgres",
+}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        for name in sorted(SERVER_MARKERS.keys() & set(getattr(item, "fixturenames", ()))):
+            item.add_marker(SERVER_MARKERS[name])
 
 
 @pytest.fixture(autouse=True)

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.bench
+
 REPO = Path(__file__).resolve().parent.parent
 
 EXPECTED = {
@@ -94,6 +96,7 @@ def test_json_has_machine_facts_and_raw_samples(quick_results: dict) -> None:
     assert quick_results["targets"], "the issue's targets are evaluated"
 
 
+@pytest.mark.ssh  # the harness starts its own sshd
 def test_the_ssh_scenario_runs_against_a_loopback_server_and_writes_json(tmp_path: Path) -> None:
     out = tmp_path / "ssh.json"
     env = {k: v for k, v in os.environ.items() if not k.startswith("OELEO_")}

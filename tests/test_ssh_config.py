@@ -200,6 +200,7 @@ def test_the_host_argument_takes_user_at_host_colon_port_too(sshd_server, tmp_pa
     assert tree_files(folder) == {"a.res": b"cycle 1\n"}
 
 
+@pytest.mark.ssh
 def test_bracketed_ipv6_address_and_port_reach_the_server(dual_stack_server, tmp_path):
     folder = dual_stack_server.new_folder()
     conn = SSHConnector(
