@@ -2,29 +2,30 @@
 
 A ``Worker`` composes a checker, a local connector (the instrument's folder), an external
 connector (where files must go) and a bookkeeper. Everything that is the same for every
-store lives here once: deciding what to copy from the books, retries after a dropped
-connection, parallel copies, progress and the run summary.
+store lives once, each in a module of its own that the pass puts together: what to copy
+(``oeleo.plan``), the transfer engine (``oeleo.connectors.base``), retries (``oeleo.retries``),
+parallel copies (``oeleo.pool``), durability batches (``oeleo.batches``), booking
+(``oeleo.booking``), comparing two sides (``oeleo.compare``) and the summary (``oeleo.summary``).
 """
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import threading
 import time
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
+from oeleo.batches import Batches
+from oeleo.booking import Booking
 from oeleo.checkers import Checker, ChecksumChecker, hash_file
 from oeleo.compare import compare
 from oeleo.connectors.base import (
     TEMP_SUFFIX,
     Connector,
-    Failed,
     FileEntry,
-    PutResult,
     Skipped,
     safe_relpath,
     upload_tag,
@@ -34,33 +35,25 @@ from oeleo.errors import (
     Aborted,
     BookkeeperError,
     ConfigError,
-    ConnectionLost,
-    DiskFullError,
-    FileChangedError,
     OeleoError,
-    TransferError,
 )
 from oeleo.models import (
-    SHOULD_BE_COPIED_IF_CHANGED,
-    SHOULD_NOT_BE_COPIED,
     Bookkeeper,
     Record,
     SimpleDbHandler,
     make_origin,
 )
-from oeleo.names import printable
 from oeleo.plan import Action, PlanOptions, decide
+from oeleo.pool import copy_in_parallel
 from oeleo.reporters import Reporter
-from oeleo.summary import NOT_REPLACED, CheckReport, RunSummary
+from oeleo.retries import Outcome, with_retries
+from oeleo.summary import CheckReport, RunSummary
 from oeleo.units import counted
 
 log = logging.getLogger("oeleo")
 
-BACKOFF_SECONDS = 0.5
-# Copies are made durable and renamed into place in batches (one sync for many files):
-COMMIT_FILES = 256
-COMMIT_BYTES = 64 * 1024 * 1024
-COMMIT_SECONDS = 1.0
+Item = Tuple[FileEntry, Optional[Record], bool]  # a file to copy, its row, "compare checksums first"
+
 PARALLEL_MIN_SIZE = 4 * 1024 * 1024  # with OELEO_WORKERS not set, smaller files go one at a time
 AUTO_WORKERS = 2  # files copied at a time when OELEO_WORKERS is not set and the connector allows it
 
@@ -146,13 +139,9 @@ class Worker:
         self._stop = threading.Event()
         self._db_open = False
         self._no_books = False
-        self._staged: List[Tuple[FileEntry, int, PutResult]] = []
-        self._staged_bytes = 0
-        self._staged_since = time.monotonic()
         self._connected = False
         self._prepared = False
         self._committer: Optional[ThreadPoolExecutor] = None
-        self._durable: Optional[Future] = None  # a batch being made durable in the background
 
     def __repr__(self) -> str:
         return f"Worker({self.local_connector!r} -> {self.external_connector!r})"
@@ -352,7 +341,7 @@ class Worker:
             summary.unchanged += len(todo) - len(summary.would_copy)
             for relpath in summary.would_copy:
                 log.debug("would copy %s", relpath)
-            self._report_skipped(skipped, summary)
+            Booking(self.bookkeeper, self.reporter, self.external_connector, summary).skipped(skipped)
             self._stop.clear()
             summary.seconds = time.monotonic() - started
             self.reporter.run_finished(summary)
@@ -362,8 +351,15 @@ class Worker:
         previous = self.bookkeeper.start_run()
         if previous != "ok":
             self._remove_leftovers()  # the run before did not finish cleanly (or there was none)
-        self._report_skipped(skipped, summary)
+        booking = Booking(self.bookkeeper, self.reporter, self.external_connector, summary)
+        batches = Batches(self.external_connector, booking.outcomes, self._commit_thread)
+        booking.batches = batches
+        booking.skipped(skipped)
         self.reporter.run_started(len(todo), sum(e.size for e, _, _ in todo))
+
+        def book(item: Item, outcome: Outcome) -> None:
+            booking.outcome(item[0], item[1], *outcome)
+
         try:
             one_by_one, parallel = todo, []
             if self.workers > 1:
@@ -376,20 +372,21 @@ class Worker:
             for item in one_by_one:
                 if self._stop.is_set() or summary.fatal:
                     break
-                self._book(item, self._attempt(item), summary)
+                book(item, self._attempt(item))
             if parallel:
-                self._copy_parallel(parallel, summary)
-            self._commit_staged(summary)  # staged files are whole and verified: finish them
+                keep_going = lambda: not (self._stop.is_set() or summary.fatal)  # noqa: E731
+                copy_in_parallel(parallel, self.workers, self._attempt, book, keep_going)
+            batches.commit()  # staged files are whole and verified: finish them
             self.bookkeeper.flush()  # the pass is not done before its rows are written
-            self._count_refused(summary)
+            booking.refused()
         except BookkeeperError as exc:
-            self._books_failed(summary, exc)
+            booking.books_failed(exc)
         except BaseException as exc:
             summary.stopped = isinstance(exc, KeyboardInterrupt)
             try:
-                self._book_durable(summary)  # renamed into place and durable: book them
+                batches.book_durable()  # renamed into place and durable: book them
             finally:
-                self._discard_staged()
+                batches.discard()
             raise
         finally:
             summary.stopped = summary.stopped or self._stop.is_set()
@@ -408,50 +405,17 @@ class Worker:
                 )
             except BookkeeperError as exc:
                 if summary.books_error is None:
-                    self._books_failed(summary, exc)
+                    booking.books_failed(exc)
                 else:
                     log.error("the end of this run could not be recorded either: %s", exc)
             self.reporter.run_finished(summary)
         return summary
 
-    def _books_failed(self, summary: RunSummary, exc: BookkeeperError) -> None:
-        """The books cannot be written (a full disk under the database, a dropped server):
-        stop the pass, and count as copied only what was booked."""
-        try:
-            self._book_durable(summary)  # in place and durable; its rows cannot be written either
-        except BookkeeperError:
-            pass
-        finally:
-            self._discard_staged()
-        self.bookkeeper.drop_pending()
-        lost = min(self.bookkeeper.lost_copies, summary.copied)
-        self.bookkeeper.lost_copies = 0
-        summary.copied -= lost
-        summary.unbooked += lost
-        summary.books_error = str(exc)
-        summary.fatal = summary.fatal or "the books could not be written"
-
-    def _count_refused(self, summary: RunSummary) -> None:
-        """Rows the database refused one by one (the others were booked): those files failed."""
-        for name, reason, was_copy in self.bookkeeper.take_refused():
-            if was_copy:
-                summary.copied -= 1
-            why = f"the books refused its row ({reason}); copied again next run"
-            summary.failed += 1
-            summary.errors.append((name, why))
-            self.reporter.file_done(name, 0, error=why)
-
-    def _report_skipped(self, skipped: List[Skipped], summary: RunSummary) -> None:
-        """What the listing left out: a folder that could not be read is a failure (the run
-        exits 1), a symbolic link a notice."""
-        for item in skipped:
-            if item.failed:
-                summary.failed += 1
-                summary.errors.append((item.relpath, item.reason))
-                self.reporter.file_done(item.relpath, 0, error=item.reason)
-            else:
-                summary.skipped += 1
-                log.warning("skipped %s: %s", printable(item.relpath), item.reason)
+    def _commit_thread(self) -> ThreadPoolExecutor:
+        """The second thread that makes full batches durable (made when first needed)."""
+        if self._committer is None:
+            self._committer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="oeleo-commit")
+        return self._committer
 
     def _remove_leftovers(self) -> None:
         """Remove the temporary files that a killed run of this origin left at the
@@ -483,78 +447,19 @@ class Worker:
         except OSError:
             return False
 
-    def _copy_parallel(
-        self, todo: List[Tuple[FileEntry, Optional[Record], bool]], summary: RunSummary
-    ) -> None:
-        pending: Set[Future] = set()
-        items = iter(todo)
-        with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="oeleo-copy") as pool:
-            while True:
-                while len(pending) < self.workers * 2 and not (self._stop.is_set() or summary.fatal):
-                    item = next(items, None)
-                    if item is None:
-                        break
-                    future = pool.submit(self._attempt, item)
-                    future.item = item  # type: ignore[attr-defined]
-                    pending.add(future)
-                if not pending:
-                    return
-                done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                for future in done:
-                    self._book(future.item, future.result(), summary)  # type: ignore[attr-defined]
-
-    def _attempt(self, item: Tuple[FileEntry, Optional[Record], bool]) -> Tuple[str, Any]:
+    def _attempt(self, item: Item) -> Outcome:
         """Copy one file, retrying after dropped connections. Runs in a copying thread; the
-        result is booked by the main thread. Returns (kind, value)."""
+        result is booked by the main thread."""
         entry, record, legacy = item
         self.reporter.file_started(entry.relpath, entry.size)
-        attempt = 0
-        while True:
-            try:
-                return self._copy_one(entry, record, legacy)
-            except ConnectionLost as exc:
-                attempt += 1
-                if attempt > self.retries:
-                    return "error", f"{exc} (gave up after {attempt} attempts)"
-                delay = BACKOFF_SECONDS * (2 ** (attempt - 1))
-                log.warning(
-                    "%s: %s; reconnecting in %.1f s (attempt %d of %d)",
-                    entry.relpath,
-                    exc,
-                    delay,
-                    attempt,
-                    self.retries,
-                )
-                if self._stop.wait(delay):
-                    return "stopped", None
-                try:
-                    self.external_connector.reconnect()
-                except OeleoError as again:
-                    log.warning("reconnect failed: %s", again)
-            except Aborted:
-                return "stopped", None
-            except DiskFullError as exc:
-                return "fatal", str(exc)
-            except FileChangedError as exc:
-                return "changing", str(exc)
-            except TransferError as exc:
-                return "error", str(exc)
-            except FileNotFoundError as exc:
-                if self.local_connector.stat(entry.relpath) is not None:
-                    return "error", f"not found on the destination side: {exc.filename or exc}"
-                return "vanished", None
-            except PermissionError as exc:
-                return "error", f"permission denied ({exc.filename or entry.relpath})"
-            except OSError as exc:
-                if exc.errno == errno.ENOSPC:
-                    return "fatal", f"no space left on the destination while writing {entry.relpath}"
-                where = f": {exc.filename}" if exc.filename else ""
-                return "error", f"{exc.strerror or exc}{where}"
-            except OeleoError as exc:
-                return "error", str(exc)
-            except Exception as exc:  # noqa: BLE001 - one bad file must not stop the run
-                log.debug("unexpected error copying %s", entry.relpath, exc_info=True)
-                return "error", f"{type(exc).__name__}: {exc}"
+        return with_retries(
+            lambda: self._copy_one(entry, record, legacy),
+            entry.relpath,
+            self.retries,
+            self._stop,
+            self.external_connector.reconnect,
+            lambda: self.local_connector.stat(entry.relpath) is not None,
+        )
 
     def _copy_one(self, entry: FileEntry, record: Optional[Record], legacy: bool) -> Tuple[str, Any]:
         source = self.local_connector.path(entry.relpath)
@@ -580,130 +485,6 @@ class Worker:
             # A connector written around put() keeps working: one file at a time, unbatched.
             return "copied", external.put(source, entry.relpath, **options)
         return "staged", external.stage(source, entry.relpath, **options)
-
-    def _book(
-        self, item: Tuple[FileEntry, Optional[Record], bool], outcome: Tuple[str, Any], summary: RunSummary
-    ) -> None:
-        entry, record, _ = item
-        kind, value = outcome
-        code = (
-            SHOULD_NOT_BE_COPIED
-            if (record and record.code == SHOULD_NOT_BE_COPIED)
-            else SHOULD_BE_COPIED_IF_CHANGED
-        )
-        if kind == "staged":
-            if not self._staged:
-                self._staged_since = time.monotonic()
-            self._staged.append((entry, code, value))
-            self._staged_bytes += value.size
-            if (
-                len(self._staged) >= COMMIT_FILES
-                or self._staged_bytes >= COMMIT_BYTES
-                or time.monotonic() - self._staged_since > COMMIT_SECONDS
-            ):
-                self._commit_staged(summary, wait=False)
-        elif kind == "copied":
-            self._book_copied(entry, code, value, summary)
-        elif kind == "unchanged":
-            digest, _ = value
-            self.bookkeeper.record_copied(
-                entry.relpath,
-                self.external_connector.external_name(entry.relpath),
-                digest,
-                entry.size,
-                entry.mtime_ns,
-                code,
-            )
-            summary.unchanged += 1
-        elif kind == "not_replaced":
-            # Booked as seen, so that it is not tried again until it changes again; the row
-            # keeps the checksum of the version the store holds.
-            summary.not_replaced += 1
-            self.bookkeeper.record_seen(entry.relpath, entry.size, entry.mtime_ns, NOT_REPLACED)
-            log.warning("%s: %s", printable(entry.relpath), NOT_REPLACED)
-        elif kind == "changing":
-            summary.changing += 1
-            log.warning("%s", value)
-        elif kind == "vanished":
-            summary.vanished += 1
-            log.warning("%s disappeared before it was copied", entry.relpath)
-        elif kind == "stopped":
-            summary.stopped = True
-        else:
-            self._book_failure(entry, kind, value, summary)
-
-    def _book_failure(self, entry: FileEntry, kind: str, reason: str, summary: RunSummary) -> None:
-        summary.failed += 1
-        summary.errors.append((entry.relpath, reason))
-        self.bookkeeper.record_error(entry.relpath, reason)
-        self.reporter.file_done(entry.relpath, entry.size, error=reason)
-        if kind == "fatal":
-            summary.fatal = reason
-
-    def _commit_staged(self, summary: RunSummary, wait: bool = True) -> None:
-        """Make a batch of staged files durable and move them to their real names, then
-        book them: sync the data once, rename each, sync the folders once. A row is queued
-        only for a file that is under its real name and durable.
-
-        With ``wait=False`` and a connector that allows several uploads at once, the batch is made
-        durable in a second thread while the next one is copied, and booked when the next
-        batch is handed over (or at the end of the pass): waiting for the disk then overlaps
-        copying instead of adding to it.
-        """
-        staged, self._staged = self._staged, []
-        self._staged_bytes, self._staged_since = 0, time.monotonic()
-        self._book_durable(summary)  # the batch before this one: booked in order
-        if not staged:
-            return
-        if wait or self.external_connector.features.max_uploads < 2:
-            self._book_outcomes(self._make_durable(staged), summary)
-            return
-        if self._committer is None:
-            self._committer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="oeleo-commit")
-        self._durable = self._committer.submit(self._make_durable, staged)
-
-    def _book_durable(self, summary: RunSummary) -> None:
-        """Wait for the batch being made durable in the second thread, and book it."""
-        if self._durable is not None:
-            future, self._durable = self._durable, None
-            self._book_outcomes(future.result(), summary)
-
-    def _make_durable(self, staged: List[Tuple[FileEntry, int, PutResult]]) -> List[Tuple[Any, ...]]:
-        """Commit the batch and make it durable (``Connector.commit_many``); returns what to
-        book, file by file: ("copied", entry, code, result) or ("error"/"fatal", entry, reason)."""
-        results = self.external_connector.commit_many([result for _, _, result in staged])
-        outcomes: List[Tuple[Any, ...]] = []
-        for (entry, code, _), result in zip(staged, results):
-            if isinstance(result, Failed):
-                outcomes.append(("fatal" if result.fatal else "error", entry, result.reason))
-            else:
-                outcomes.append(("copied", entry, code, result))
-        return outcomes
-
-    def _book_outcomes(self, outcomes: List[Tuple[Any, ...]], summary: RunSummary) -> None:
-        for outcome in outcomes:
-            if outcome[0] == "copied":
-                _, entry, code, result = outcome
-                self._book_copied(entry, code, result, summary)
-            else:
-                kind, entry, reason = outcome
-                self._book_failure(entry, kind, reason, summary)
-
-    def _book_copied(self, entry: FileEntry, code: int, result: PutResult, summary: RunSummary) -> None:
-        """The file is under its real name, verified and durable: book it. (Counted first: a
-        failed write of the books takes it back out with the other rows it lost.)"""
-        summary.copied += 1
-        summary.bytes_copied += result.size
-        self.bookkeeper.record_copied(
-            entry.relpath, result.external_name, result.checksum, result.size, result.mtime_ns, code
-        )
-        self.reporter.file_done(entry.relpath, result.size)
-
-    def _discard_staged(self) -> None:
-        staged, self._staged = self._staged, []
-        self._staged_bytes = 0
-        for _, _, result in staged:
-            self.external_connector.discard(result)
 
     # -- comparing the two sides ------------------------------------------------------
     def check(self, update_db: bool = False, force: bool = True, **kwargs: Any) -> CheckReport:

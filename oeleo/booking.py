@@ -1,0 +1,136 @@
+"""Booking what happened to each file of a pass: the row in the books, the count in the
+summary, the line for the reporter. A row says "copied" only for a file that is in the store
+under its real name, verified and durable; a failed write of the books is counted as what it
+is."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Optional, Sequence
+
+from oeleo.batches import Batches, Outcomes
+from oeleo.connectors.base import Connector, FileEntry, PutResult, Skipped
+from oeleo.errors import BookkeeperError
+from oeleo.models import SHOULD_BE_COPIED_IF_CHANGED, SHOULD_NOT_BE_COPIED, Bookkeeper, Record
+from oeleo.names import printable
+from oeleo.reporters import Reporter
+from oeleo.summary import NOT_REPLACED, RunSummary
+
+log = logging.getLogger("oeleo")
+
+
+class Booking:
+    """Books the outcomes of one pass into ``bookkeeper`` and ``summary``."""
+
+    def __init__(
+        self, bookkeeper: Bookkeeper, reporter: Reporter, external: Connector, summary: RunSummary
+    ) -> None:
+        self.bookkeeper = bookkeeper
+        self.reporter = reporter
+        self.external = external
+        self.summary = summary
+        self.batches: Optional[Batches] = None  # where staged uploads go to be committed
+
+    def outcome(self, entry: FileEntry, record: Optional[Record], kind: str, value: Any) -> None:
+        """What one file's copy gave (see ``oeleo.retries``)."""
+        summary = self.summary
+        locked = record is not None and record.code == SHOULD_NOT_BE_COPIED
+        code = SHOULD_NOT_BE_COPIED if locked else SHOULD_BE_COPIED_IF_CHANGED
+        if kind == "staged":
+            assert self.batches is not None
+            self.batches.add(entry, code, value)
+        elif kind == "copied":
+            self.copied(entry, code, value)
+        elif kind == "unchanged":  # an oeleo 0.7 row whose checksum still matches
+            digest, _ = value
+            external_name = self.external.external_name(entry.relpath)
+            self.bookkeeper.record_copied(
+                entry.relpath, external_name, digest, entry.size, entry.mtime_ns, code
+            )
+            summary.unchanged += 1
+        elif kind == "not_replaced":
+            # Booked as seen, so that it is not tried again until it changes again; the row
+            # keeps the checksum of the version the store holds.
+            summary.not_replaced += 1
+            self.bookkeeper.record_seen(entry.relpath, entry.size, entry.mtime_ns, NOT_REPLACED)
+            log.warning("%s: %s", printable(entry.relpath), NOT_REPLACED)
+        elif kind == "changing":
+            summary.changing += 1
+            log.warning("%s", printable(value))
+        elif kind == "vanished":
+            summary.vanished += 1
+            log.warning("%s disappeared before it was copied", printable(entry.relpath))
+        elif kind == "stopped":
+            summary.stopped = True
+        else:
+            self.failure(entry, kind, value)
+
+    def failure(self, entry: FileEntry, kind: str, reason: str) -> None:
+        """This file failed (``kind`` "fatal": and the run stops); tried again next run."""
+        self.summary.failed += 1
+        self.summary.errors.append((entry.relpath, reason))
+        self.bookkeeper.record_error(entry.relpath, reason)
+        self.reporter.file_done(entry.relpath, entry.size, error=reason)
+        if kind == "fatal":
+            self.summary.fatal = reason
+
+    def copied(self, entry: FileEntry, code: int, result: PutResult) -> None:
+        """The file is under its real name, verified and durable: book it. (Counted first: a
+        failed write of the books takes it back out with the other rows it lost.)"""
+        self.summary.copied += 1
+        self.summary.bytes_copied += result.size
+        self.bookkeeper.record_copied(
+            entry.relpath, result.external_name, result.checksum, result.size, result.mtime_ns, code
+        )
+        self.reporter.file_done(entry.relpath, result.size)
+
+    def outcomes(self, outcomes: Outcomes) -> None:
+        """A batch made durable (``oeleo.batches``): book each file of it."""
+        for outcome in outcomes:
+            if outcome[0] == "copied":
+                _, entry, code, result = outcome
+                self.copied(entry, code, result)
+            else:
+                kind, entry, reason = outcome
+                self.failure(entry, kind, reason)
+
+    def skipped(self, skipped: Sequence[Skipped]) -> None:
+        """What the listing left out: a folder that could not be read is a failure (the run
+        exits 1), a symbolic link a notice."""
+        for item in skipped:
+            if item.failed:
+                self.summary.failed += 1
+                self.summary.errors.append((item.relpath, item.reason))
+                self.reporter.file_done(item.relpath, 0, error=item.reason)
+            else:
+                self.summary.skipped += 1
+                log.warning("skipped %s: %s", printable(item.relpath), item.reason)
+
+    def refused(self) -> None:
+        """Rows the database refused one by one (the others were booked): those files failed."""
+        for name, reason, was_copy in self.bookkeeper.take_refused():
+            if was_copy:
+                self.summary.copied -= 1
+            why = f"the books refused its row ({reason}); copied again next run"
+            self.summary.failed += 1
+            self.summary.errors.append((name, why))
+            self.reporter.file_done(name, 0, error=why)
+
+    def books_failed(self, exc: BookkeeperError) -> None:
+        """The books cannot be written (a full disk under the database, a dropped server):
+        the pass stops, and only what was booked counts as copied."""
+        if self.batches is not None:
+            try:
+                self.batches.book_durable()  # in place and durable; its rows cannot be written
+            except BookkeeperError:
+                pass
+            finally:
+                self.batches.discard()
+        self.bookkeeper.drop_pending()
+        summary = self.summary
+        lost = min(self.bookkeeper.lost_copies, summary.copied)
+        self.bookkeeper.lost_copies = 0
+        summary.copied -= lost
+        summary.unbooked += lost
+        summary.books_error = str(exc)
+        summary.fatal = summary.fatal or "the books could not be written"

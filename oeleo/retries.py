@@ -1,0 +1,87 @@
+"""What an error that ends one file's copy means, and trying again after a dropped connection.
+
+The error classes say what the engine does with them (``oeleo.errors.Behaviour``): a dropped
+connection is retried with backoff, a bounded number of times; a change of the source leaves
+the file for the next run; a full destination stops the run; anything else fails this file
+and the run goes on with the next one.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any, Callable, Tuple
+
+from oeleo.errors import Behaviour, OeleoError, behaviour_of
+from oeleo.names import printable
+
+log = logging.getLogger("oeleo")
+
+BACKOFF_SECONDS = 0.5  # the first wait before a retry; doubled each time
+
+Outcome = Tuple[str, Any]  # ("staged", result), ("error", reason), ("vanished", None), ...
+
+
+def outcome_of(exc: Exception, relpath: str, source_exists: Callable[[], bool]) -> Outcome:
+    """The outcome of a copy that raised ``exc`` (not a dropped connection: see ``with_retries``)."""
+    behaviour = behaviour_of(exc)
+    if behaviour is Behaviour.BOOKS:
+        raise exc  # the books cannot be written: the pass stops (the worker books what it can)
+    if behaviour is Behaviour.INTERRUPT:
+        return "stopped", None
+    if behaviour is Behaviour.LEAVE_FILE:
+        return "changing", str(exc)
+    if behaviour is Behaviour.STOP_RUN:
+        text = str(exc) if isinstance(exc, OeleoError) else ""
+        return "fatal", text or f"no space left on the destination while writing {relpath}"
+    if isinstance(exc, FileNotFoundError):
+        if source_exists():
+            return "error", f"not found on the destination side: {exc.filename or exc}"
+        return "vanished", None
+    if isinstance(exc, PermissionError):
+        return "error", f"permission denied ({exc.filename or relpath})"
+    if isinstance(exc, OSError):
+        where = f": {exc.filename}" if exc.filename else ""
+        return "error", f"{exc.strerror or exc}{where}"
+    if isinstance(exc, OeleoError):
+        return "error", str(exc)
+    log.debug("unexpected error copying %s", printable(relpath), exc_info=True)
+    return "error", f"{type(exc).__name__}: {exc}"
+
+
+def with_retries(
+    copy: Callable[[], Outcome],
+    relpath: str,
+    retries: int,
+    stop: threading.Event,
+    reconnect: Callable[[], None],
+    source_exists: Callable[[], bool],
+) -> Outcome:
+    """``copy()``, tried again after a dropped connection (``Behaviour.RETRY``) up to
+    ``retries`` times, waiting 0.5 s, 1 s, 2 s, ... and reconnecting in between; a stop
+    asked meanwhile ends the wait."""
+    attempt = 0
+    while True:
+        try:
+            return copy()
+        except Exception as exc:  # noqa: BLE001 - one bad file must not stop the run
+            if behaviour_of(exc) is not Behaviour.RETRY:
+                return outcome_of(exc, relpath, source_exists)
+            attempt += 1
+            if attempt > retries:
+                return "error", f"{exc} (gave up after {attempt} attempts)"
+            delay = BACKOFF_SECONDS * (2 ** (attempt - 1))
+            log.warning(
+                "%s: %s; reconnecting in %.1f s (attempt %d of %d)",
+                printable(relpath),
+                exc,
+                delay,
+                attempt,
+                retries,
+            )
+            if stop.wait(delay):
+                return "stopped", None
+            try:
+                reconnect()
+            except OeleoError as again:
+                log.warning("reconnect failed: %s", again)
