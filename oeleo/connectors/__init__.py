@@ -13,6 +13,7 @@ import os
 import sys
 from typing import Any, Dict, Optional, Type
 
+from oeleo.compat import register_password
 from oeleo.connectors.base import Connector, Features, FileEntry, FolderConnector, PutResult, Stored, Upload
 from oeleo.connectors.local import LocalConnector
 from oeleo.errors import ConfigError
@@ -42,18 +43,6 @@ __all__ = [
     "get_connector_class",
     "register_password",
 ]
-
-
-def register_password(pwd: Optional[str] = None) -> None:
-    """Make a password available to the connectors that need one (the oeleo 0.7 call).
-
-    It is kept in this process's environment as ``OELEO_PASSWORD``, never written anywhere.
-    """
-    if pwd is None:
-        import getpass
-
-        pwd = getpass.getpass("oeleo password: ")
-    os.environ["OELEO_PASSWORD"] = pwd
 
 
 def load_object(spec: str, what: str) -> Any:

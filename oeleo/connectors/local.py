@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, FrozenSet, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
+from oeleo import compat
 from oeleo.checkers import hash_fd, hash_file
 from oeleo.connectors.base import (
     TEMP_SUFFIX,
@@ -149,8 +150,7 @@ class LocalConnector(FolderConnector):
         follow_links: bool = False,
         **kwargs: Any,
     ) -> None:
-        if directory is None:
-            directory = os.environ.get("OELEO_BASE_DIR_FROM")
+        directory = compat.local_folder(directory)  # 0.7: LocalConnector() reads OELEO_BASE_DIR_FROM
         if directory is None or str(directory).strip() == "":
             raise ConfigError("LocalConnector needs a folder (directory=..., or OELEO_BASE_DIR_FROM)")
         self.directory = Path(directory).expanduser()
