@@ -25,8 +25,10 @@ Outcome = Tuple[str, Any]  # ("staged", result), ("error", reason), ("vanished",
 def outcome_of(exc: Exception, relpath: str, source_exists: Callable[[], bool]) -> Outcome:
     """The outcome of a copy that raised ``exc`` (not a dropped connection: see ``with_retries``)."""
     behaviour = behaviour_of(exc)
-    if behaviour is Behaviour.BOOKS:
-        raise exc  # the books cannot be written: the pass stops (the worker books what it can)
+    if behaviour is Behaviour.BOOKS or behaviour is Behaviour.CONFIG:
+        # The books cannot be written, or a setting is wrong (a host key that changed since
+        # the run began): the pass stops; what was booked stays booked.
+        raise exc
     if behaviour is Behaviour.INTERRUPT:
         return "stopped", None
     if behaviour is Behaviour.LEAVE_FILE:

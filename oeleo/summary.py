@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import List, Optional, Tuple
 
+from oeleo.errors import Behaviour
 from oeleo.units import counted, human_bytes
 
 
@@ -42,10 +43,13 @@ class RunSummary:
 
     @property
     def exit_status(self) -> int:
-        """0 all good, 1 some files failed, 2 the books could not be written."""
+        """0 all good, 1 some files failed or the run stopped early, 2 the books could not be
+        written: the statuses of those behaviours (``oeleo.errors.Behaviour``)."""
         if self.books_error:
-            return 2
-        return 1 if (self.failed or self.fatal) else 0
+            return Behaviour.BOOKS.exit_status
+        if self.fatal:
+            return Behaviour.STOP_RUN.exit_status
+        return Behaviour.FAIL_FILE.exit_status if self.failed else 0
 
     @property
     def status(self) -> str:

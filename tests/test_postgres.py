@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 import uuid
 import zlib
 from pathlib import Path
@@ -373,6 +374,10 @@ def test_run_alive_says_whether_a_run_of_the_origin_holds_the_books(postgres_db:
         running.initialize_db()  # a run: holds the origin's advisory lock
         assert reader.run_alive() is True
         running.close()
+        # The server ends the closed session (and releases its lock) a moment later.
+        deadline = time.monotonic() + 10
+        while reader.run_alive() and time.monotonic() < deadline:
+            time.sleep(0.01)
         assert reader.run_alive() is False
     finally:
         running.close()
