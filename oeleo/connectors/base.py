@@ -322,6 +322,7 @@ class SourceReader:
         read = os.read
         expected = self.expected_size
         size = min(self.chunk_size, expected) or self.chunk_size
+        update: Callable[[bytes], None]
         if self.expected_size >= HASH_THREAD_MIN_SIZE:
             self._hasher = _HashThread(self.digest)
             update = self._hasher.update
@@ -571,7 +572,7 @@ class Connector(abc.ABC):
                 else ("OELEO_BASE_DIR_TO", "to (or --to)")
             )
             raise ConfigError(f"{name} is not set: the folder to copy {what}")
-        return cls(directory=folder)  # type: ignore[call-arg]
+        return cls(directory=folder)
 
     def __new__(cls, *args: Any, **kwargs: Any) -> Connector:
         # A store must be written to somehow: say so when the connector is made, not with a

@@ -123,7 +123,7 @@ def _wanted(
 def _is_hidden(entry: os.DirEntry) -> bool:
     if entry.name.startswith("."):
         return True
-    if os.name == "nt":
+    if sys.platform == "win32":
         try:
             return bool(entry.stat(follow_symlinks=False).st_file_attributes & _HIDDEN)
         except OSError:
@@ -319,7 +319,7 @@ class LocalConnector(FolderConnector):
         relpath: str,
         entry: os.DirEntry,
         recursive: bool,
-        wanted: Callable[[str, str], bool],
+        wanted: Callable[..., bool],
         parents: FrozenSet[Tuple[int, int]],
         report: SkipCallback,
     ) -> Union[FileEntry, Tuple[int, int], None]:
@@ -353,7 +353,9 @@ class LocalConnector(FolderConnector):
             return None
         return FileEntry(relpath, st.st_size, st.st_mtime_ns)
 
-    def _scan(self, prefix: str, report: SkipCallback = None) -> List[Tuple[str, os.DirEntry, bool]]:
+    def _scan(
+        self, prefix: str, report: Optional[SkipCallback] = None
+    ) -> List[Tuple[str, os.DirEntry, bool]]:
         """One folder's visible entries as (relpath, entry, is_folder), in relpath order.
 
         A folder sorts as its name plus ``/``, so walking depth first yields every file in
