@@ -56,26 +56,12 @@ try:
 except ImportError as exc:  # the message the command shows for OELEO_CONNECTOR=ssh
     raise ImportError('the ssh connector needs paramiko: pip install "oeleo[ssh]"') from exc
 
-from paramiko.sftp import (
-    CMD_CLOSE,
-    CMD_EXTENDED,
-    CMD_FSETSTAT,
-    CMD_HANDLE,
-    CMD_NAME,
-    CMD_OPEN,
-    CMD_OPENDIR,
-    CMD_READ,
-    CMD_READDIR,
-    SFTP_FLAG_READ,
-    SFTPError,
-    int64,
-)
-
+from oeleo.connectors import sftp_wire
 from oeleo.connectors.base import (
     TEMP_SUFFIX,
-    Connector,
     Features,
     FileEntry,
+    FolderConnector,
     has_extension,
     matches,
     safe_relpath,
@@ -349,7 +335,7 @@ class _PerThread(threading.local):
     mtime: Optional[Tuple[str, int]] = None
 
 
-class SSHConnector(Connector):
+class SSHConnector(FolderConnector):
     """Files in a folder on an SSH server, written through SFTP.
 
     ``SSHConnector(host="data.lab.org", directory="/srv/data", username="oeleo",
@@ -594,6 +580,14 @@ class SSHConnector(Connector):
         else:
             via = "".join(f" via {hop.where}" for hop in self.jumps)
             log.debug("connected to %s%s (%s)", self.where, via, transport.remote_version)
+        if not sftp_wire.AVAILABLE:
+            self._say_once(
+                "wire",
+                "paramiko %s lacks %s: copying through its public calls, with more round trips per file",
+                paramiko.__version__,
+                ", ".join(sftp_wire.MISSING),
+                level=logging.WARNING,
+            )
         self._ever_connected = True
 
     def _log_in_to(
@@ -1248,32 +1242,10 @@ class SSHConnector(Connector):
         return [(relpath, attrs, is_dir) for _, relpath, attrs, is_dir in found]
 
     def _listdir(self, sftp: paramiko.SFTPClient, folder: str) -> List[paramiko.SFTPAttributes]:
-        """``listdir_attr`` that keeps names which are not UTF-8 (paramiko would fail on
-        them): each ``filename`` is the server's bytes decoded with surrogate escapes, the
-        form ``_wire`` turns back into the same bytes."""
-        request = sftp._request  # type: ignore[attr-defined]
-        kind, message = request(CMD_OPENDIR, self._wire(folder))
-        if kind != CMD_HANDLE:
-            raise SFTPError("Expected handle")
-        handle = message.get_binary()
-        found = []
-        try:
-            while True:
-                try:
-                    kind, message = request(CMD_READDIR, handle)
-                except EOFError:  # the end of the listing, not of the connection
-                    break
-                if kind != CMD_NAME:
-                    raise SFTPError("Expected name response")
-                for _ in range(message.get_int()):
-                    name = message.get_string().decode("utf-8", "surrogateescape")
-                    longname = message.get_string().decode("utf-8", "surrogateescape")
-                    attrs = paramiko.SFTPAttributes._from_msg(message, name, longname)
-                    if name not in (".", ".."):
-                        found.append(attrs)
-        finally:
-            request(CMD_CLOSE, handle)
-        return found
+        """``listdir_attr`` that keeps names which are not UTF-8: each ``filename`` is the
+        server's bytes decoded with surrogate escapes, the form ``_wire`` turns back into
+        the same bytes."""
+        return sftp_wire.listdir(sftp, self._wire(folder))
 
     def list_temporaries(self) -> Iterator[str]:
         """oeleo's own temporary files under the base folder (``run-1/.a.csv.oeleo-part``),
@@ -1464,7 +1436,7 @@ class SSHConnector(Connector):
                         break
                     digest.update(chunk)
             finally:
-                handle._close(async_=True)  # a read-only close has nothing to report
+                sftp_wire.close_without_waiting(handle)  # a read-only close has nothing to report
         return digest.hexdigest()
 
     # -- write side -------------------------------------------------------------------
@@ -1490,16 +1462,23 @@ class SSHConnector(Connector):
         try:
             handle.set_pipelined(True)
             handle.MAX_REQUEST_SIZE = self._request_size
+            last = b""  # without paramiko's internals, the last chunk: _finish_writes_publicly writes it
             for chunk in chunks:  # errors of the source (a change, a stop) pass untouched
+                if chunk and not sftp_wire.AVAILABLE:
+                    chunk, last = last, chunk
                 with self._remote("writing", path, sftp):
                     handle.write(chunk)
                 written += len(chunk)
+            written += len(last)
             with self._remote("writing", path, sftp):
                 read_back = written if written < READ_BACK_BELOW else None
-                data = self._finish_writes(sftp, handle, read_back, path, mtime_ns)
+                if sftp_wire.AVAILABLE:
+                    data = self._finish_writes(sftp, handle, read_back, path, mtime_ns)
+                else:
+                    data = self._finish_writes_publicly(handle, last, read_back, path, mtime_ns)
                 # Nothing can fail at the close that the answers above did not report: its
                 # answer is read (and dropped) with the next request instead of waited for.
-                handle._close(async_=True)
+                sftp_wire.close_without_waiting(handle)
             done = True
         finally:
             if not done:
@@ -1520,49 +1499,70 @@ class SSHConnector(Connector):
         Everything is sent before any answer is awaited: the whole file costs one round
         trip. paramiko's own calls would drop the answer of a pipelined write (and with it
         a failed write: a full disk) when another answer is awaited first, so each answer is
-        read here, in the order the requests went out.
+        read here, in the order the requests went out (through sftp_wire, which holds the
+        paramiko internals this takes).
         """
-        requests = sftp._async_request  # type: ignore[attr-defined]
-        answer = sftp._read_response  # type: ignore[attr-defined]
-        setstat = None
+        setstat, mtime = None, 0
         if isinstance(mtime_ns, int):
-            attrs = paramiko.SFTPAttributes()
-            attrs.st_atime, attrs.st_mtime = int(time.time()), mtime_ns // 1_000_000_000
-            setstat = requests(type(None), CMD_FSETSTAT, handle.handle, attrs)
+            mtime = mtime_ns // 1_000_000_000
+            setstat = sftp_wire.send_set_times(sftp, handle, int(time.time()), mtime)
         reads: List[Tuple[int, int]] = []  # (length asked, request)
         if read_back is not None and self._whole_reads and read_back < self._request_size:
             # OpenSSH answers a read of a regular file with all the bytes there are, so
             # asking for one byte more than was written also proves nothing follows.
-            reads.append((read_back, requests(type(None), CMD_READ, handle.handle, int64(0), read_back + 1)))
+            reads.append((read_back, sftp_wire.send_read(sftp, handle, 0, read_back + 1)))
         elif read_back is not None:
             for offset in range(0, read_back, self._request_size):
                 length = min(self._request_size, read_back - offset)
-                reads.append((length, requests(type(None), CMD_READ, handle.handle, int64(offset), length)))
+                reads.append((length, sftp_wire.send_read(sftp, handle, offset, length)))
             # One byte more must be the end of the file: nothing else wrote to it.
-            reads.append((0, requests(type(None), CMD_READ, handle.handle, int64(read_back), 1)))
-        pending = handle._reqs  # type: ignore[attr-defined]
-        while pending:
-            answer(pending.popleft())
+            reads.append((0, sftp_wire.send_read(sftp, handle, read_back, 1)))
+        sftp_wire.wait_for_writes(handle)
         if setstat is not None:
             try:
-                answer(setstat)
-                self._local.mtime = (path, attrs.st_mtime)
+                sftp_wire.read_answer(sftp, setstat)
+                self._local.mtime = (path, mtime)
             except OSError as exc:
                 log.debug("cannot set the time of %s on %s: %s", path, self.where, exc)
         if not reads:
             return None
         pieces, whole = [], True
         for length, request in reads:
-            try:
-                _, message = answer(request)
-                piece = message.get_string()
-            except EOFError:  # here the end of the file, not of the connection
-                piece = b""
+            piece = sftp_wire.read_data(sftp, request)
             pieces.append(piece)
             whole = whole and len(piece) == length
         # A short answer (allowed by SFTP) or more bytes than written: checksum() reads
         # the file again the ordinary way, and the verification decides.
         return b"".join(pieces) if whole else None
+
+    def _finish_writes_publicly(
+        self,
+        handle: paramiko.SFTPFile,
+        last: bytes,
+        read_back: Optional[int],
+        path: str,
+        mtime_ns: Optional[int],
+    ) -> Optional[bytes]:
+        """``_finish_writes`` through paramiko's public calls, when its internals are missing
+        (sftp_wire.AVAILABLE): a round trip each for the last chunk, the time and the read-back.
+
+        The last chunk goes out unpipelined: paramiko then reads the answer of every
+        pipelined write first, in order, and raises the first that failed.
+        """
+        handle.set_pipelined(False)
+        handle.write(last)
+        if isinstance(mtime_ns, int):
+            mtime = mtime_ns // 1_000_000_000
+            try:
+                handle.utime((int(time.time()), mtime))
+                self._local.mtime = (path, mtime)
+            except OSError as exc:
+                log.debug("cannot set the time of %s on %s: %s", path, self.where, exc)
+        if read_back is None:
+            return None
+        handle.seek(0)
+        data = handle.read(read_back + 1)  # one byte more must be the end of the file
+        return data if len(data) == read_back else None
 
     def sync_data(self, staged: Sequence[Any]) -> None:
         """Force a batch of staged files to the server's disk (``fsync@openssh.com``).
@@ -1580,43 +1580,34 @@ class SSHConnector(Connector):
                     return
 
     def _fsync_files(self, sftp: paramiko.SFTPClient, paths: List[str]) -> None:
-        requests = sftp._async_request  # type: ignore[attr-defined]
-        answer = sftp._read_response  # type: ignore[attr-defined]
+        if not sftp_wire.AVAILABLE:
+            self._sync_by_command(paths)
+            return
         failed: List[Tuple[str, OSError]] = []
-        opened = [
-            (
-                path,
-                requests(type(None), CMD_OPEN, self._wire(path), SFTP_FLAG_READ, paramiko.SFTPAttributes()),
-            )
-            for path in paths
-        ]
+        opened = [(path, sftp_wire.send_open_for_reading(sftp, self._wire(path))) for path in paths]
         handles = []
         for path, request in opened:  # every answer is read, so no handle is left open
             try:
-                handles.append((path, answer(request)[1].get_binary()))
+                handles.append((path, sftp_wire.read_handle(sftp, request)))
             except OSError as exc:
                 failed.append((path, exc))
         synced = [
-            (
-                path,
-                requests(type(None), CMD_EXTENDED, "fsync@openssh.com", handle),
-                requests(type(None), CMD_CLOSE, handle),
-            )
+            (path, sftp_wire.send_fsync(sftp, handle), sftp_wire.send_close(sftp, handle))
             for path, handle in handles
         ]
         for path, fsync, close in synced:
             try:
-                answer(fsync)
+                sftp_wire.read_answer(sftp, fsync)
             except OSError as exc:
                 failed.append((path, exc))
             try:
-                answer(close)
+                sftp_wire.read_answer(sftp, close)
             except OSError:
                 pass
         if not failed:
             return
-        path, exc = failed[0]
-        if "unsupported" in str(exc).lower():
+        path, error = failed[0]
+        if "unsupported" in str(error).lower():
             self._has_fsync = False
             self._say_once(
                 "fsync",
@@ -1625,7 +1616,46 @@ class SSHConnector(Connector):
                 level=logging.WARNING,
             )
             return
-        raise self._os_error(exc, "forcing to disk", path)
+        raise self._os_error(error, "forcing to disk", path)
+
+    def _sync_by_command(self, paths: List[str]) -> None:
+        """Without paramiko's internals SFTP cannot send ``fsync@openssh.com``: ``sync FILE...``
+        on the server instead (coreutils forces each file named to disk), when the login runs
+        commands."""
+        if not self._server_hashes():  # the probe of whether commands run
+            self._has_fsync = False
+            self._say_once(
+                "fsync",
+                "%s cannot force files to disk: paramiko %s lacks %s, and commands cannot run "
+                "there; a server crash may lose recent copies",
+                self.where,
+                paramiko.__version__,
+                ", ".join(sftp_wire.MISSING),
+                level=logging.WARNING,
+            )
+            return
+        batch: List[str] = []
+        length = 0
+        for path in [*paths, None]:
+            quoted = shlex.quote(path) if path is not None else ""
+            size = len(quoted.encode("utf-8", "surrogateescape")) + 1
+            if batch and (path is None or length + size > MAX_COMMAND):
+                try:
+                    status, _, err = self._exec("sync " + " ".join(batch))
+                except TransferError as exc:
+                    status, err = 1, str(exc).encode()
+                if status != 0:
+                    self._say_once(
+                        "fsync",
+                        "cannot force files to disk on %s (%s): a server crash may lose recent copies",
+                        self.where,
+                        err.decode("utf-8", "replace").strip()[:200],
+                        level=logging.WARNING,
+                    )
+                batch, length = [], 0
+            if path is not None:
+                batch.append(quoted)
+                length += size
 
     def sync_names(self, committed: Sequence[Any]) -> None:
         """Make the renames durable: ``sync`` the folders on the server, one command for a

@@ -1,0 +1,201 @@
+"""paramiko's private SFTP helpers, in one place: what the ssh connector needs beyond paramiko's API.
+
+Why they are needed: paramiko's public calls wait for one answer at a time, and a pipelined
+``SFTPFile`` drops the answer of a write (and with it a failed write: a full disk) when the
+answer of another request is awaited first. The ssh connector sends a small file's writes,
+its time and a read-back all at once (one round trip for the whole file), forces a batch of
+files to disk in two round trips, and reads every answer itself, in the order the requests
+went out, so that no failure is dropped. It also lists folders keeping names that are not
+UTF-8 as their bytes, which ``listdir_attr`` cannot.
+
+That takes paramiko's internals: ``SFTPClient._async_request`` and ``._read_response``,
+``SFTPFile._reqs`` and ``._close(async_=True)``, ``SFTPAttributes._from_msg`` and
+``paramiko.sftp.int64``. They are checked once, at import: ``AVAILABLE`` says whether they
+are all there with the call shape used here, ``MISSING`` names those that are not. Without
+them ``listdir`` and ``close_without_waiting`` use public calls, and the connector asks
+``AVAILABLE`` before the rest and copies through public calls: more round trips, but every
+write's answer is still read, and the same bytes end up on the server.
+tests/test_sftp_wire.py fails, naming the helper and paramiko's version, after an upgrade
+that removes or renames one.
+"""
+
+from __future__ import annotations
+
+import errno
+import inspect
+from collections import deque
+from typing import Any, Callable, List, Tuple
+
+import paramiko
+import paramiko.sftp
+
+# The protocol's numbers (draft-ietf-secsh-filexfer-02, which OpenSSH speaks): they do not
+# change with paramiko.
+_OPEN, _CLOSE, _READ, _FSETSTAT, _OPENDIR, _READDIR = 3, 4, 5, 10, 11, 12
+_HANDLE, _DATA, _NAME = 102, 103, 104
+_EXTENDED = 200
+_FLAG_READ = 0x1
+
+int64: Any = getattr(paramiko.sftp, "int64", None)  # paramiko sends an int64 as 8 bytes, a plain int as 4
+
+
+class _NoServer:
+    """Just enough of an ``SFTPClient`` to build an ``SFTPFile`` without a server."""
+
+    sock = None
+
+
+def _cannot_call(func: Any, *args: Any, **kwargs: Any) -> bool:
+    try:
+        inspect.signature(func).bind(*args, **kwargs)
+    except (TypeError, ValueError):
+        return True
+    return False
+
+
+def _missing() -> Tuple[str, ...]:
+    """The internals this module uses that this paramiko lacks, or has with another call shape."""
+    missing: List[str] = []
+    client, file, attributes = paramiko.SFTPClient, paramiko.SFTPFile, paramiko.SFTPAttributes
+    # (where, how this module calls it, check): a check is true when the call cannot work
+    calls: List[Tuple[Any, str, Callable[[Any], bool]]] = [
+        (
+            client,
+            "_async_request(fileobj, kind, *args)",
+            lambda f: _cannot_call(f, None, None, _READ, b"h", 0),
+        ),
+        (client, "_read_response(request)", lambda f: _cannot_call(f, None, 0)),
+        (file, "_close(async_=True)", lambda f: _cannot_call(f, None, async_=True)),
+        (attributes, "_from_msg(message, name, longname)", lambda f: _cannot_call(f, None, "n", "l")),
+    ]
+    for owner, call, fails in calls:
+        name = call.partition("(")[0]
+        func = getattr(owner, name, None)
+        if not callable(func) or fails(func):
+            missing.append(f"{owner.__name__}.{call}")
+    wide = getattr(paramiko.sftp, "int64", None)
+    if not (isinstance(wide, type) and issubclass(wide, int)):
+        missing.append("paramiko.sftp.int64")
+    try:
+        handle = file(_NoServer(), b"", "w")  # type: ignore[arg-type]
+        # Nothing to close: no request goes out when it is collected.
+        handle._closed = True  # type: ignore[attr-defined]
+        pending = getattr(handle, "_reqs", None)
+    except Exception:  # noqa: BLE001 - a constructor that changed shape is a missing internal too
+        pending = None
+    if not isinstance(pending, deque):
+        missing.append("SFTPFile._reqs (the deque of pipelined writes)")
+    return tuple(missing)
+
+
+MISSING: Tuple[str, ...] = _missing()
+AVAILABLE: bool = not MISSING
+
+
+# -- requests sent without waiting: each returns the request's id for read_answer() ------------
+def send_read(sftp: paramiko.SFTPClient, handle: paramiko.SFTPFile, offset: int, length: int) -> int:
+    """Ask for ``length`` bytes of an open file from ``offset``."""
+    return sftp._async_request(type(None), _READ, handle.handle, int64(offset), length)  # type: ignore[attr-defined]
+
+
+def send_set_times(sftp: paramiko.SFTPClient, handle: paramiko.SFTPFile, atime: int, mtime: int) -> int:
+    """Set an open file's access and modification times (whole seconds)."""
+    attrs = paramiko.SFTPAttributes()
+    attrs.st_atime, attrs.st_mtime = atime, mtime
+    return sftp._async_request(type(None), _FSETSTAT, handle.handle, attrs)  # type: ignore[attr-defined]
+
+
+def send_open_for_reading(sftp: paramiko.SFTPClient, path: bytes) -> int:
+    """Open a file read-only; its answer, read with ``read_handle``, is the server's handle."""
+    return sftp._async_request(type(None), _OPEN, path, _FLAG_READ, paramiko.SFTPAttributes())  # type: ignore[attr-defined]
+
+
+def send_fsync(sftp: paramiko.SFTPClient, handle: bytes) -> int:
+    """Force an open file to the server's disk (OpenSSH's ``fsync@openssh.com``)."""
+    return sftp._async_request(type(None), _EXTENDED, "fsync@openssh.com", handle)  # type: ignore[attr-defined]
+
+
+def send_close(sftp: paramiko.SFTPClient, handle: bytes) -> int:
+    """Close a handle that ``send_open_for_reading`` opened."""
+    return sftp._async_request(type(None), _CLOSE, handle)  # type: ignore[attr-defined]
+
+
+# -- answers --------------------------------------------------------------------------------
+def read_answer(sftp: paramiko.SFTPClient, request: int) -> paramiko.Message:
+    """Wait for the answer to ``request``; answers to earlier requests that nobody waits for
+    are read and dropped on the way, so wait for them first. A failure status raises
+    ``OSError`` (``errno`` set for a missing file and a refused permission), the end of a
+    file or listing ``EOFError``, a lost connection ``paramiko.SSHException``."""
+    return _answer(sftp, request)
+
+
+def read_handle(sftp: paramiko.SFTPClient, request: int) -> bytes:
+    """The handle a ``send_open_for_reading`` request got."""
+    return _answer(sftp, request, _HANDLE).get_binary()
+
+
+def read_data(sftp: paramiko.SFTPClient, request: int) -> bytes:
+    """The bytes a ``send_read`` request got: empty at the end of the file."""
+    try:
+        return _answer(sftp, request, _DATA).get_string()
+    except EOFError:  # here the end of the file, not of the connection
+        return b""
+
+
+def _answer(sftp: paramiko.SFTPClient, request: int, expected: int = 0) -> paramiko.Message:
+    kind, message = sftp._read_response(request)  # type: ignore[attr-defined]
+    if expected and kind != expected:
+        raise paramiko.SFTPError(f"expected an SFTP answer of type {expected}, got {kind}")
+    return message
+
+
+def wait_for_writes(handle: paramiko.SFTPFile) -> None:
+    """Read the answer of every pipelined write to ``handle``, in the order they went out;
+    the first that failed raises (``OSError``)."""
+    pending = handle._reqs  # type: ignore[attr-defined]
+    while pending:
+        read_answer(handle.sftp, pending.popleft())
+
+
+def close_without_waiting(handle: paramiko.SFTPFile) -> None:
+    """Close ``handle`` without waiting for the answer, which the next request reads and
+    drops: for a handle whose failures were all reported already. Without the internals,
+    an ordinary close (one round trip)."""
+    if AVAILABLE:
+        handle._close(async_=True)  # type: ignore[attr-defined]
+    else:
+        handle.close()
+
+
+# -- listing -----------------------------------------------------------------------------------
+def listdir(sftp: paramiko.SFTPClient, folder: bytes) -> List[paramiko.SFTPAttributes]:
+    """``listdir_attr`` that keeps names which are not UTF-8 (paramiko's would fail on them):
+    each ``filename`` is the server's bytes decoded with surrogate escapes, the form that
+    ``os.fsencode`` turns back into the same bytes. Without the internals, ``listdir_attr``,
+    and a name that is not UTF-8 makes the listing fail (``OSError``, ``EILSEQ``)."""
+    if not AVAILABLE:
+        try:
+            return sftp.listdir_attr(folder)  # type: ignore[arg-type]
+        except UnicodeDecodeError:
+            raise OSError(
+                errno.EILSEQ,
+                f"it holds a name that is not UTF-8, which paramiko {paramiko.__version__} "
+                f"cannot list (it lacks {', '.join(MISSING)})",
+            ) from None
+    handle = _answer(sftp, sftp._async_request(type(None), _OPENDIR, folder), _HANDLE).get_binary()  # type: ignore[attr-defined]
+    found = []
+    try:
+        while True:
+            try:
+                message = _answer(sftp, sftp._async_request(type(None), _READDIR, handle), _NAME)  # type: ignore[attr-defined]
+            except EOFError:  # the end of the listing, not of the connection
+                break
+            for _ in range(message.get_int()):
+                name = message.get_string().decode("utf-8", "surrogateescape")
+                longname = message.get_string().decode("utf-8", "surrogateescape")
+                attrs = paramiko.SFTPAttributes._from_msg(message, name, longname)  # type: ignore[attr-defined]
+                if name not in (".", ".."):
+                    found.append(attrs)
+    finally:
+        read_answer(sftp, send_close(sftp, handle))
+    return found
