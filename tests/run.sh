@@ -4,8 +4,8 @@
 # 1. installs missing Debian packages (postgresql, openssh-server, rsync) when
 #    run as root; otherwise prints what to install and exits 2;
 # 2. creates .venv (python3 -m venv) if absent and installs -e '.[test]' into it;
-# 3. runs `ruff check .` and `ruff format --check .` (and, once it passes on the whole
-#    tree, `mypy oeleo/`): any of them failing fails the run, before pytest;
+# 3. runs `ruff check .`, `ruff format --check .` and `mypy oeleo/`: any of them failing
+#    fails the run, before pytest;
 # 4. runs .venv/bin/python -m pytest "$@" and exits with its status
 #    ("no tests collected", pytest status 5, counts as a failure).
 #
@@ -86,9 +86,7 @@ fi
 
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
-# Not yet: `mypy oeleo/` still reports errors in modules being rewritten (workers.py,
-# connectors/). Uncomment once `.venv/bin/mypy oeleo/` passes on the whole tree.
-# .venv/bin/mypy oeleo/
+.venv/bin/mypy oeleo/
 
 # ---------------------------------------------------------------- tests
 

@@ -56,6 +56,7 @@ try:
 except ImportError as exc:  # the message the command shows for OELEO_CONNECTOR=ssh
     raise ImportError('the ssh connector needs paramiko: pip install "oeleo[ssh]"') from exc
 
+from oeleo import compat
 from oeleo.connectors import sftp_wire
 from oeleo.connectors.base import (
     TEMP_SUFFIX,
@@ -372,23 +373,25 @@ class SSHConnector(FolderConnector):
         **kwargs: Any,  # oeleo 0.7 arguments without a meaning here (is_posix, use_password)
     ) -> None:
         if host is None or directory is None or username is None:
-            from oeleo.settings import load_settings
-
-            settings = load_settings()
-            host = host or settings.external_host
-            directory = directory if directory is not None else settings.base_dir_to
-            username = username or settings.username
-            if port is None and "external_port" in settings.model_fields_set:
-                port = settings.external_port  # the default (22) must not contradict host:port
-            if password is None and settings.password is not None:
-                password = settings.password.get_secret_value()
-            if passphrase is None and settings.key_passphrase is not None:
-                passphrase = settings.key_passphrase.get_secret_value()
-            key_filename = key_filename or settings.key_filename
-            known_hosts = known_hosts or settings.known_hosts
-            ssh_config = ssh_config or settings.ssh_config
-            if accept_new_host_keys is None:
-                accept_new_host_keys = settings.accept_new_host_keys
+            # oeleo 0.7: SSHConnector(directory=...) read the rest from the settings itself.
+            given = compat.ssh_arguments(
+                {
+                    "host": host,
+                    "directory": directory,
+                    "username": username,
+                    "port": port,
+                    "password": password,
+                    "passphrase": passphrase,
+                    "key_filename": key_filename,
+                    "known_hosts": known_hosts,
+                    "ssh_config": ssh_config,
+                    "accept_new_host_keys": accept_new_host_keys,
+                }
+            )
+            host, directory, username, port = (given[k] for k in ("host", "directory", "username", "port"))
+            password, passphrase = given["password"], given["passphrase"]
+            key_filename, known_hosts = given["key_filename"], given["known_hosts"]
+            ssh_config, accept_new_host_keys = given["ssh_config"], given["accept_new_host_keys"]
         if not host:
             raise ConfigError("OELEO_EXTERNAL_HOST is not set: the SSH server to copy to")
         if directory is None or not str(directory).strip():
@@ -919,7 +922,7 @@ class SSHConnector(FolderConnector):
                 refused.append(HUNG_UP)
                 break
             if key is None:
-                attempt = partial(transport.auth_password, endpoint.username, self._password)
+                attempt = partial(transport.auth_password, endpoint.username, self._password or "")
                 kind = "passwords"
             elif no_keys:
                 continue
@@ -990,7 +993,9 @@ class SSHConnector(FolderConnector):
             raise self._fail_connect(f"connection to {self.where} lost ({self._text(exc)})") from None
         if sftp is None:
             raise ConfigError(f"{self.where} offers no SFTP: the server must allow the sftp subsystem")
-        sftp.get_channel().settimeout(self.io_timeout)
+        channel = sftp.get_channel()
+        if channel is not None:
+            channel.settimeout(self.io_timeout)
         return sftp
 
     def _sftp(self) -> paramiko.SFTPClient:
@@ -1680,7 +1685,7 @@ class SSHConnector(FolderConnector):
                 return
 
     @staticmethod
-    def _close_quietly(handle: paramiko.SFTPFile) -> None:
+    def _close_quietly(handle: Union[paramiko.SFTPFile, paramiko.SFTPClient]) -> None:
         try:
             handle.close()
         except Exception:  # noqa: BLE001 - the first error is the one to report
