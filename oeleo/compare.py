@@ -3,6 +3,7 @@ then by checksum, computed where the store can (one request for many files)."""
 
 from __future__ import annotations
 
+import functools
 from typing import List, Sequence, Tuple
 
 from oeleo.checkers import hash_file
@@ -54,7 +55,8 @@ def compare(
                     continue
                 path = local.path(entry.relpath)
                 hashed = True
-                same_size.append((entry, hash_file(path, algorithm, progress=reporter.advance)))
+                progress = functools.partial(reporter.file_progress, entry.relpath)
+                same_size.append((entry, hash_file(path, algorithm, progress=progress)))
             except (OeleoError, OSError) as exc:
                 report.errors.append((entry.relpath, str(exc)))
             finally:

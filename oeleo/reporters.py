@@ -52,6 +52,12 @@ class Reporter:
     def advance(self, nbytes: int) -> None:
         """Bytes done on the current file(s); called from the copying threads."""
 
+    def file_progress(self, relpath: str, nbytes: int) -> None:
+        """``nbytes`` more of ``relpath`` are done (read and sent, or hashed); called from the
+        copying threads. By default the bytes go to ``advance``: a reporter that shows files
+        one by one overrides this one."""
+        self.advance(nbytes)
+
     def file_done(self, relpath: str, size: int, error: Optional[str] = None) -> None:
         if error is None:
             log.info("copied %s", printable(relpath))

@@ -10,6 +10,7 @@ parallel copies (``oeleo.pool``), durability batches (``oeleo.batches``), bookin
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
@@ -478,7 +479,7 @@ class Worker:
         options: Dict[str, Any] = {
             "algorithm": algorithm,
             "verify": self.verify,
-            "progress": self.reporter.advance,
+            "progress": functools.partial(self.reporter.file_progress, entry.relpath),
             "should_stop": self._stop.is_set,
         }
         if _overrides_put_only(external):

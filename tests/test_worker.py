@@ -803,3 +803,28 @@ def test_ctrl_c_with_a_batch_being_made_durable_books_it_and_leaves_no_temporary
     assert len(in_place) == 256 and set(rows) == set(in_place)  # the batch in flight, booked
     assert all(in_place[n] == names[n].encode() for n in in_place)
     assert list(dst.rglob("*.oeleo-part")) == []
+
+
+def test_progress_says_which_file_the_bytes_belong_to(new_worker, tmp_path, dst):
+    source = tmp_path / "two"
+    make_tree(source, {"a.csv": b"a" * 3000, "b.res": b"b" * 5000})
+
+    class PerFile(Reporter):
+        def __init__(self):
+            super().__init__()
+            self.done = {}
+            self.advanced = 0
+
+        def file_progress(self, relpath, nbytes):
+            self.done[relpath] = self.done.get(relpath, 0) + nbytes
+            super().file_progress(relpath, nbytes)
+
+        def advance(self, nbytes):  # a reporter written before file_progress still gets the bytes
+            self.advanced += nbytes
+
+    reporter = PerFile()
+    summary = run_once(new_worker(source=source, reporter=reporter))
+
+    assert summary.copied == 2
+    assert reporter.done == {"a.csv": 3000, "b.res": 5000}
+    assert reporter.advanced == 8000
