@@ -23,7 +23,8 @@ import servers
 from helpers import make_tree, run_oeleo, run_once, tree_files, write_random
 
 from oeleo.connectors.base import TEMP_SUFFIX, temp_relpath
-from oeleo.connectors.ssh import Destination, SSHConnector, parse_destination, resolve_endpoints
+from oeleo.connectors.ssh import SSHConnector
+from oeleo.connectors.ssh_endpoints import Destination, parse_destination, resolve_endpoints
 from oeleo.errors import ConfigError, TransferError
 from oeleo.reporters import Reporter
 from oeleo.settings import load_settings
