@@ -26,7 +26,6 @@ import logging
 import os
 import posixpath
 import secrets
-import shlex
 import socket
 import stat as stat_module
 import threading
@@ -64,6 +63,7 @@ from oeleo.connectors.base import (
     matches,
     safe_relpath,
 )
+from oeleo.connectors.remote import command_lines
 from oeleo.connectors.ssh_endpoints import (
     Endpoint,
     _bracket,
@@ -877,22 +877,12 @@ class SSHConnector(SSHLogin, FolderConnector):
 
     def _hash_on_server(self, paths: List[str], algorithm: str) -> Dict[str, str]:
         """``md5sum a b c ...`` in as few commands as the command-line limit allows."""
-        tool = HASH_COMMANDS[algorithm]
         digests: Dict[str, str] = {}
-        batch: List[str] = []
-        length = len(tool)
-        for path in [*paths, None]:
-            quoted = shlex.quote(path) if path is not None else ""
-            size = len(quoted.encode("utf-8", "surrogateescape")) + 1
-            if batch and (path is None or length + size > MAX_COMMAND):
-                _, out, err = self._exec(" ".join([tool, *(shlex.quote(p) for p in batch)]))
-                digests.update(_parse_sums(out))
-                if err and len(batch) == 1 and batch[0] not in digests:
-                    self._raise_for(err, batch[0])  # one file: say why it has no checksum
-                batch, length = [], len(tool)
-            if path is not None:
-                batch.append(path)
-                length += size
+        for command, batch in command_lines(HASH_COMMANDS[algorithm], paths, MAX_COMMAND):
+            _, out, err = self._exec(command)
+            digests.update(_parse_sums(out))
+            if err and len(batch) == 1 and batch[0] not in digests:
+                self._raise_for(err, batch[0])  # one file: say why it has no checksum
         return {p: digests[p] for p in paths if p in digests}
 
     def _raise_for(self, stderr: bytes, path: str) -> None:
@@ -1123,28 +1113,19 @@ class SSHConnector(SSHLogin, FolderConnector):
                 level=logging.WARNING,
             )
             return
-        batch: List[str] = []
-        length = 0
-        for path in [*paths, None]:
-            quoted = shlex.quote(path) if path is not None else ""
-            size = len(quoted.encode("utf-8", "surrogateescape")) + 1
-            if batch and (path is None or length + size > MAX_COMMAND):
-                try:
-                    status, _, err = self._exec("sync " + " ".join(batch))
-                except TransferError as exc:
-                    status, err = 1, str(exc).encode()
-                if status != 0:
-                    self._say_once(
-                        "fsync",
-                        "cannot force files to disk on %s (%s): a server crash may lose recent copies",
-                        self.where,
-                        err.decode("utf-8", "replace").strip()[:200],
-                        level=logging.WARNING,
-                    )
-                batch, length = [], 0
-            if path is not None:
-                batch.append(quoted)
-                length += size
+        for command, _ in command_lines("sync", paths, MAX_COMMAND):
+            try:
+                status, _, err = self._exec(command)
+            except TransferError as exc:
+                status, err = 1, str(exc).encode()
+            if status != 0:
+                self._say_once(
+                    "fsync",
+                    "cannot force files to disk on %s (%s): a server crash may lose recent copies",
+                    self.where,
+                    err.decode("utf-8", "replace").strip()[:200],
+                    level=logging.WARNING,
+                )
 
     def sync_names(self, committed: Sequence[Any]) -> None:
         """Make the renames durable: ``sync`` the folders on the server, one command for a
@@ -1152,10 +1133,9 @@ class SSHConnector(SSHLogin, FolderConnector):
         if not committed or not self._server_hashes():
             return
         folders = sorted({posixpath.dirname(self._path(result.relpath)) for result in committed})
-        for start in range(0, len(folders), 64):
-            part = folders[start : start + 64]
+        for command, _ in command_lines("sync", folders, MAX_COMMAND):
             try:
-                status, _, err = self._exec("sync " + " ".join(shlex.quote(f) for f in part))
+                status, _, err = self._exec(command)
             except TransferError as exc:
                 status, err = 1, str(exc).encode()
             if status != 0:
