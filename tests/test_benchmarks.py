@@ -25,9 +25,11 @@ EXPECTED = {
     "oeleo-0.7.0": {"initial", "rerun", "changed1"},
     "rsync": {"initial", "rerun", "changed1"},
     "rsync-checksum": {"initial", "rerun", "changed1"},
+    "rsync-fsync": {"initial", "rerun", "changed1"},
     "rclone": {"initial", "rerun", "changed1"},
     "rclone-checksum": {"initial", "rerun", "changed1"},
     "cp": {"initial"},
+    "cp-sync": {"initial"},
 }
 WORKLOADS = {"small", "large", "mixed"}
 
@@ -64,7 +66,7 @@ def test_every_tool_has_a_row_for_every_scenario_it_supports(quick_results: dict
                 assert (tool, workload, scenario) in have, f"no row for {tool} {workload}/{scenario}"
     assert ("oeleo", "startup", "help") in have
     assert ("oeleo", "startup", "version") in have
-    assert not any(r["tool"] == "cp" and r["scenario"] != "initial" for r in rows)
+    assert not any(r["tool"] in ("cp", "cp-sync") and r["scenario"] != "initial" for r in rows)
     # The re-run over the small files plus 16 large ones: only the tools that keep books or hash.
     flat = {(r["tool"], r["scenario"]) for r in rows if r["workload"] == "flat"}
     assert flat == {("oeleo", "rerun"), ("oeleo-0.7.0", "rerun"), ("rclone-checksum", "rerun")}
@@ -94,6 +96,24 @@ def test_json_has_machine_facts_and_raw_samples(quick_results: dict) -> None:
     changed = [s for s in quick_results["samples"] if s["scenario"] == "changed1"]
     assert changed and all(s["changed_files"] >= 1 and s["changed_bytes"] > 0 for s in changed)
     assert quick_results["targets"], "the issue's targets are evaluated"
+    names = {t["target"] for t in quick_results["targets"]}
+    assert "small/initial: <= 0.5x rsync -a --fsync" in names
+    assert "large/initial: <= 1.2x cp -r + sync -f" in names
+
+
+def test_oeleo_runs_as_users_run_it_with_a_dot_env_and_a_log_file(quick_results: dict) -> None:
+    for sample in quick_results["samples"]:
+        if sample["tool"] in ("oeleo", "oeleo-sha256", "oeleo-0.7.0") and sample["workload"] != "startup":
+            assert "OELEO_LOG_DIR=" in sample["dot_env"], sample
+            assert sample["log_bytes_after"] > 0, sample
+        if sample["tool"] in ("oeleo", "oeleo-sha256") and sample["workload"] != "startup":
+            assert sample["argv"][-2:] == ["oeleo", "run"], sample  # every setting from the .env
+    initial = [s for s in quick_results["samples"] if s["tool"] == "oeleo" and s["scenario"] == "initial"]
+    small = [s for s in initial if s["workload"] == "small"]
+    # a line per copied file reached oeleo.log (the first run of a fresh log folder)
+    assert small and small[0]["log_bytes_after"] - small[0]["log_bytes_before"] > 500 * len(
+        "copied d000/f000000.dat"
+    )
 
 
 @pytest.mark.ssh  # the harness starts its own sshd
