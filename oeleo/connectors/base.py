@@ -22,7 +22,6 @@ import hashlib
 import os
 import posixpath
 import queue
-import tempfile
 import threading
 from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
@@ -448,6 +447,8 @@ class SpooledUpload(Upload):
     written only by ``commit``. A change or a failure before that sends nothing at all."""
 
     def __init__(self, connector: Connector, relpath: str, size: int, mtime_ns: int) -> None:
+        import tempfile  # here: its import costs a few ms, and few stores need a spool
+
         super().__init__(connector, relpath, size, mtime_ns)
         self._spool: Optional[Any] = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY)
 
