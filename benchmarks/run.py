@@ -92,6 +92,7 @@ TOOLS = (
     "rclone-checksum",
     "cp",
     "cp-sync",
+    "oeleo-baseline",
 )
 TOOL_SCENARIOS: Dict[str, Tuple[str, ...]] = {
     "oeleo": SCENARIOS + (STARTUP,),
@@ -109,6 +110,9 @@ TOOL_SCENARIOS: Dict[str, Tuple[str, ...]] = {
     "rclone-checksum": SCENARIOS,
     "cp": ("initial",),
     "cp-sync": ("initial",),
+    # oeleo at another commit (--baseline REV), run as oeleo is, in the same sitting: the
+    # ratios of the oeleo row to it say what a change did. Only with --baseline.
+    "oeleo-baseline": SCENARIOS,
 }
 DEBIAN_PACKAGES = {
     "rsync": "rsync",
@@ -341,12 +345,22 @@ def git_head() -> str:
     return run_quiet(["git", "-C", str(REPO), "rev-parse", "HEAD"]).stdout.strip() or "unknown"
 
 
-def snapshot_oeleo(workdir: Path) -> Tuple[Path, str]:
-    """Copy the working tree's ``oeleo/`` once, so the whole run measures one version even while
-    people commit, and compile it (an installed package has its bytecode). Returns the folder
-    to put on PYTHONPATH and a sha256 of the copied sources."""
-    root = workdir / "oeleo-snapshot"
-    shutil.copytree(REPO / "oeleo", root / "oeleo", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+def snapshot_oeleo(workdir: Path, rev: Optional[str] = None) -> Tuple[Path, str]:
+    """Copy the working tree's ``oeleo/`` once (or, with ``rev``, the one of that commit), so
+    the whole run measures one version even while people commit, and compile it (an installed
+    package has its bytecode). Returns the folder to put on PYTHONPATH and a sha256 of the
+    copied sources."""
+    root = workdir / ("oeleo-snapshot" if rev is None else "oeleo-baseline")
+    if rev is None:
+        shutil.copytree(REPO / "oeleo", root / "oeleo", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    else:
+        root.mkdir(parents=True)
+        archive = subprocess.run(
+            ["git", "-C", str(REPO), "archive", rev, "oeleo"], capture_output=True, check=False
+        )
+        if archive.returncode != 0:
+            raise SystemExit(f"--baseline {rev}: {archive.stderr.decode(errors='replace').strip()}")
+        subprocess.run(["tar", "-x", "-C", str(root)], input=archive.stdout, check=True)
     digest = hashlib.sha256()
     for path in sorted((root / "oeleo").rglob("*")):
         if path.is_file():
@@ -514,6 +528,7 @@ class Runner:
         env.pop("PYTHONDONTWRITEBYTECODE", None)
         self.env = env
         self.oeleo_env = dict(env, PYTHONPATH=str(oeleo_path))
+        self.baseline_env = self.oeleo_env  # --baseline REV: oeleo at that commit
 
     def dest(self, tool: str, workload: str) -> Path:
         return self.workdir / "dst" / workload / tool
@@ -555,7 +570,7 @@ class Runner:
     def command(self, tool: str, src: Path, workload: str) -> Tuple[List[str], Dict[str, str], Path]:
         """The command line, environment and working folder of one run of ``tool``."""
         dst, db = self.dest(tool, workload), self.db(tool, workload)
-        if tool in ("oeleo", "oeleo-sha256", "oeleo-0.7.0"):
+        if tool in ("oeleo", "oeleo-sha256", "oeleo-0.7.0", "oeleo-baseline"):
             # As users run it: settings from the .env in the folder it runs in, OELEO_LOG_DIR
             # set (the README's .env sets it; set in the environment too, where 0.7's
             # start_logger, called before its script loads the .env, looks).
@@ -574,7 +589,8 @@ class Runner:
                     EXTENSION,
                 ]
                 return argv, dict(self.env, **log_env), home
-            return [sys.executable, "-m", "oeleo", "run"], dict(self.oeleo_env, **log_env), home
+            env = self.baseline_env if tool == "oeleo-baseline" else self.oeleo_env
+            return [sys.executable, "-m", "oeleo", "run"], dict(env, **log_env), home
         if tool in ("rsync", "rsync-checksum", "rsync-fsync"):
             argv = ["rsync", "-a"] + {
                 "rsync": [],
@@ -1109,6 +1125,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", type=Path, metavar="PATH", help="JSON file (default benchmarks/results/<date>.json)"
     )
     p.add_argument("--seed", type=int, default=20240611, help="seed of the workloads' content")
+    p.add_argument(
+        "--baseline",
+        metavar="REV",
+        help="also run oeleo at this git commit (row oeleo-baseline), in the same sitting",
+    )
     p.add_argument("--workdir", type=Path, help="make the temporary folder inside this folder")
     p.add_argument("--keep", action="store_true", help="keep the temporary folder (workloads, copies, logs)")
     p.add_argument("--no-verify", action="store_true", help="do not compare destinations with sources")
@@ -1140,6 +1161,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.repeat < 1:
         raise SystemExit("--repeat must be at least 1")
     tools = parse_list(args.tools, TOOLS, "tools")
+    if args.baseline is None:
+        tools = [t for t in tools if t != "oeleo-baseline"]
+    elif "oeleo-baseline" not in tools:
+        tools.append("oeleo-baseline")
     scenarios = parse_list(args.scenarios, SCENARIOS + (STARTUP,), "scenarios")
     workloads = parse_list(args.workloads, WORKLOADS, "workloads")
     scale = 10 if args.quick else 1
@@ -1168,9 +1193,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         commit_at_snapshot = git_head()
         oeleo_path, oeleo_sha256 = snapshot_oeleo(base)
         runner = Runner(base, rclone_config, driver, oeleo_path)
+        if args.baseline is not None:
+            baseline_path, _ = snapshot_oeleo(base, args.baseline)
+            runner.baseline_env = dict(runner.env, PYTHONPATH=str(baseline_path))
         bench = Bench(args, runner, tools)
         facts = machine_facts(base, runner.oeleo_env, runner.cwd)
         facts["oeleo_git_commit"] = commit_at_snapshot
+        facts["oeleo_baseline_commit"] = args.baseline
         facts["oeleo_snapshot_sha256"] = oeleo_sha256
         imported = first_line(
             [sys.executable, "-c", "import oeleo; print(oeleo.__file__)"], runner.oeleo_env, runner.cwd
