@@ -217,8 +217,8 @@ def _stdout_is_gone() -> bool:
 
 def _setup_console_logging(debug: bool) -> None:
     logger = logging.getLogger("oeleo")
-    # DEBUG only when asked (or for a log file, which lowers it): a debug line per file
-    # costs time even when no handler prints it.
+    # DEBUG only when asked (--debug; the log file follows this level): a debug line per
+    # file costs time even when no handler prints it.
     logger.setLevel(logging.DEBUG if debug else logging.INFO)
     handler = logging.StreamHandler(sys.stderr)
     handler.setLevel(logging.DEBUG if debug else logging.INFO)
