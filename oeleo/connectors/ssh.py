@@ -1113,19 +1113,12 @@ class SSHConnector(SSHLogin, FolderConnector):
                 level=logging.WARNING,
             )
             return
-        for command, _ in command_lines("sync", paths, MAX_COMMAND):
-            try:
-                status, _, err = self._exec(command)
-            except TransferError as exc:
-                status, err = 1, str(exc).encode()
-            if status != 0:
-                self._say_once(
-                    "fsync",
-                    "cannot force files to disk on %s (%s): a server crash may lose recent copies",
-                    self.where,
-                    err.decode("utf-8", "replace").strip()[:200],
-                    level=logging.WARNING,
-                )
+        self._sync_on_server(
+            paths,
+            "fsync",
+            "cannot force files to disk on %s (%s): a server crash may lose recent copies",
+            keep_going=True,  # each line names other files: they are still worth forcing
+        )
 
     def sync_names(self, committed: Sequence[Any]) -> None:
         """Make the renames durable: ``sync`` the folders on the server, one command for a
@@ -1133,20 +1126,27 @@ class SSHConnector(SSHLogin, FolderConnector):
         if not committed or not self._server_hashes():
             return
         folders = sorted({posixpath.dirname(self._path(result.relpath)) for result in committed})
-        for command, _ in command_lines("sync", folders, MAX_COMMAND):
+        self._sync_on_server(
+            folders,
+            "sync",
+            "cannot sync folders on %s (%s): renames reach its disk within seconds anyway",
+            keep_going=False,
+        )
+
+    def _sync_on_server(self, paths: Sequence[str], key: str, warning: str, keep_going: bool) -> None:
+        """``sync PATH...`` on the server (as few command lines as it takes); a failure is
+        said once (``warning`` takes the server and the reason), and ends the syncing unless
+        ``keep_going``."""
+        for command, _ in command_lines("sync", paths, MAX_COMMAND):
             try:
                 status, _, err = self._exec(command)
             except TransferError as exc:
                 status, err = 1, str(exc).encode()
             if status != 0:
-                self._say_once(
-                    "sync",
-                    "cannot sync folders on %s (%s): renames reach its disk within seconds anyway",
-                    self.where,
-                    err.decode("utf-8", "replace").strip()[:200],
-                    level=logging.WARNING,
-                )
-                return
+                reason = err.decode("utf-8", "replace").strip()[:200]
+                self._say_once(key, warning, self.where, reason, level=logging.WARNING)
+                if not keep_going:
+                    return
 
     @staticmethod
     def _close_quietly(handle: Union[paramiko.SFTPFile, paramiko.SFTPClient]) -> None:
