@@ -1,0 +1,144 @@
+"""Reading a source file once for its copy: in chunks, hashed as it goes (a large file in a
+second thread), noticing a file that changes meanwhile, stopping when asked."""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+from typing import Any, Callable, Iterator, Optional, Union
+
+from oeleo.checkers import new_hash
+from oeleo.errors import Aborted, FileChangedError
+
+CHUNK_SIZE = 1024 * 1024
+HASH_THREAD_MIN_SIZE = 8 * CHUNK_SIZE  # from this size a file is hashed in a second thread
+HASH_QUEUE_CHUNKS = 4  # chunks waiting to be hashed, at most (memory: 4 MiB per file)
+
+ProgressCallback = Callable[[int], None]
+StopCheck = Callable[[], bool]
+
+
+class _HashThread:
+    """Feeds a hash object from a second thread, so that hashing one chunk overlaps reading
+    and writing the next: hashlib releases the GIL on large buffers, and md5 alone is slower
+    than a disk. Chunks are ``bytes`` (immutable), so handing them over is safe."""
+
+    def __init__(self, digest: Any) -> None:
+        self.digest = digest
+        self._queue: queue.Queue = queue.Queue(maxsize=HASH_QUEUE_CHUNKS)
+        self._thread = threading.Thread(target=self._run, name="oeleo-hash", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        update = self.digest.update
+        get = self._queue.get
+        while True:
+            chunk = get()
+            if chunk is None:
+                return
+            update(chunk)
+
+    def update(self, chunk: bytes) -> None:
+        self._queue.put(chunk)
+
+    def join(self) -> None:
+        """Wait until every chunk handed over is hashed (the thread drains the queue)."""
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+
+
+class SourceReader:
+    """Reads a local file in chunks, hashing as it goes, and notices if it changes meanwhile.
+
+    Iterate to get the chunks; call ``finish()`` after the last one: it raises
+    ``FileChangedError`` if the file's size or mtime moved since it was opened. With
+    ``check_algorithm`` the chunks are also fed to a second, cheap hash (``check_digest``)
+    that a read-back of the copy is compared with.
+    """
+
+    def __init__(
+        self,
+        path: Union[str, os.PathLike[str]],
+        algorithm: str,
+        progress: Optional[ProgressCallback] = None,
+        should_stop: Optional[StopCheck] = None,
+        chunk_size: int = CHUNK_SIZE,
+        check_algorithm: Optional[str] = None,
+    ) -> None:
+        self.path = path
+        self.digest = new_hash(algorithm)
+        self.check = new_hash(check_algorithm) if check_algorithm else None
+        self.progress = progress
+        self.should_stop = should_stop
+        self.chunk_size = chunk_size
+        self.size = 0
+        # A bare descriptor: a Python file object would stat the file once more on opening.
+        self._fd: Optional[int] = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+        try:
+            before = os.fstat(self._fd)
+        except BaseException:
+            self.close()
+            raise
+        self.expected_size = before.st_size
+        self.mtime_ns = before.st_mtime_ns
+        self._hasher: Optional[_HashThread] = None
+
+    def __iter__(self) -> Iterator[bytes]:
+        fd = self._fd
+        assert fd is not None, "a SourceReader is read once"
+        read = os.read
+        expected = self.expected_size
+        size = min(self.chunk_size, expected) or self.chunk_size
+        update: Callable[[bytes], None]
+        if self.expected_size >= HASH_THREAD_MIN_SIZE:
+            self._hasher = _HashThread(self.digest)
+            update = self._hasher.update
+        else:
+            update = self.digest.update
+        check = self.check.update if self.check is not None else None
+        while True:
+            if self.should_stop is not None and self.should_stop():
+                raise Aborted(f"stopped while copying {self.path}")
+            chunk = read(fd, size)
+            if not chunk:
+                return
+            update(chunk)
+            if check is not None:
+                check(chunk)
+            self.size += len(chunk)
+            if self.progress is not None:
+                self.progress(len(chunk))
+            yield chunk
+            if self.size == expected:
+                return  # a file that grew meanwhile is caught by finish(): its size moved
+
+    @property
+    def check_digest(self) -> Optional[str]:
+        return self.check.hexdigest() if self.check is not None else None
+
+    def finish(self) -> str:
+        """Close the file, check it did not change, and return the hex digest."""
+        self.close()
+        # The name, not the open file: that catches a file changed in place and one replaced
+        # under the same name (an instrument rewriting its output) alike.
+        try:
+            current = os.stat(self.path)
+        except OSError:
+            current = None
+        if (
+            self.size != self.expected_size
+            or current is None
+            or current.st_mtime_ns != self.mtime_ns
+            or current.st_size != self.expected_size
+        ):
+            raise FileChangedError(f"{self.path} changed while it was copied; left for the next run")
+        return self.digest.hexdigest()
+
+    def close(self) -> None:
+        if self._hasher is not None:
+            self._hasher.join()
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            os.close(fd)
