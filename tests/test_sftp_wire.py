@@ -24,13 +24,12 @@ import paramiko.sftp
 import pytest
 import servers
 from helpers import db_rows, make_tree, run_once, tree_files, write_random
+from test_ssh import ssh_worker_for
 
 import oeleo.connectors.ssh as ssh_module
 from oeleo.connectors import sftp_wire
 from oeleo.connectors.base import TEMP_SUFFIX
 from oeleo.connectors.ssh import SSHConnector
-from oeleo.settings import load_settings
-from oeleo.workers import worker_from_settings
 
 VERSION = f"paramiko {paramiko.__version__}"
 MiB = 1024 * 1024
@@ -49,21 +48,6 @@ def connector(server: servers.SSHServer, folder: str) -> SSHConnector:
         key_filename=server.keys["ed25519"],
         known_hosts=server.known_hosts,
     )
-
-
-def ssh_worker_for(server: servers.SSHServer, source: Path, dest: str, db: Path):
-    settings = load_settings(
-        connector="ssh",
-        base_dir_from=source,
-        base_dir_to=dest,
-        db_name=str(db),
-        external_host=server.host,
-        external_port=server.port,
-        username=server.user,
-        key_filename=server.keys["ed25519"],
-        known_hosts=server.known_hosts,
-    )
-    return worker_from_settings(settings)
 
 
 @pytest.fixture(autouse=True)
