@@ -63,6 +63,7 @@ from oeleo.connectors.base import (
     matches,
     safe_relpath,
 )
+from oeleo.connectors.clients import PerThreadClients
 from oeleo.connectors.remote import command_lines
 from oeleo.connectors.ssh_endpoints import (
     Endpoint,
@@ -106,8 +107,6 @@ SAFE_REQUEST = 32768
 
 
 class _PerThread(threading.local):
-    sftp: Optional[paramiko.SFTPClient] = None
-    generation: int = -1
     # The last file this thread wrote: (path, size, its bytes as read back from the server
     # for a small file, else None).
     written: Optional[Tuple[str, int, Optional[bytes]]] = None
@@ -202,11 +201,12 @@ class SSHConnector(SSHLogin, FolderConnector):
         self._lock = threading.RLock()
         self._transport: Optional[paramiko.Transport] = None
         self._jump_transports: List[paramiko.Transport] = []  # first hop first
-        self._generation = 0
         self._ever_connected = False
-        self._clients: Dict[threading.Thread, paramiko.SFTPClient] = {}
-        self._first: Optional[paramiko.SFTPClient] = None  # opened by connect(); shared if need be
-        self._first_lock = threading.RLock()
+        # One SFTP channel per copying thread on the one connection (the first one opened by
+        # connect(), shared when the server allows no more).
+        self._channels: PerThreadClients[paramiko.SFTPClient] = PerThreadClients(
+            self._close_quietly, lambda sftp: sftp.sock.closed
+        )
         self._local = _PerThread()
         self._base: Optional[str] = None
         self._request_size = SAFE_REQUEST
@@ -289,12 +289,7 @@ class SSHConnector(SSHLogin, FolderConnector):
             self._close_locked()
 
     def _close_locked(self) -> None:
-        clients, self._clients = self._clients, {}
-        for client in clients.values():
-            try:
-                client.close()
-            except Exception:  # noqa: BLE001 - closing a dead channel may fail in many ways
-                pass
+        self._channels.stop()
         jumps, self._jump_transports = self._jump_transports, []
         for transport in [self._transport, *reversed(jumps)]:
             if transport is not None:
@@ -303,9 +298,6 @@ class SSHConnector(SSHLogin, FolderConnector):
                 except Exception:  # noqa: BLE001
                     pass
         self._transport = None
-        self._first = None
-        self._generation += 1
-        self._local.sftp = None
 
     def _fail_connect(self, message: str) -> Exception:
         """A network failure: a setting to fix on the first connection, but a dropped
@@ -351,11 +343,7 @@ class SSHConnector(SSHLogin, FolderConnector):
                 agent.close()
         self._transport = transport
         self._jump_transports = opened[:-1]
-        self._generation += 1
-        self._first = sftp
-        self._clients[threading.current_thread()] = sftp
-        self._local.sftp = sftp
-        self._local.generation = self._generation
+        self._channels.start(sftp)
         self._shell_hashes = None
         if self._ever_connected:
             log.info("reconnected to %s", self.where)
@@ -484,51 +472,38 @@ class SSHConnector(SSHLogin, FolderConnector):
 
     def _sftp(self) -> paramiko.SFTPClient:
         """This thread's SFTP channel: one per copying thread, on the one connection."""
-        local = self._local
-        sftp = local.sftp
-        if sftp is not None and local.generation == self._generation and not sftp.sock.closed:
+        sftp = self._channels.current()
+        if sftp is not None:
             return sftp
         with self._lock:
             if self._transport is None:
                 self._open_locked()  # first use, or after close() or a failed reconnect
-                return self._local.sftp  # type: ignore[return-value]
+                return self._channels.current() or self._channels.first  # type: ignore[return-value]
             transport = self._transport
             if not transport.is_active():
                 raise ConnectionLost(f"connection to {self.where} lost")
-            for thread in [t for t in self._clients if not t.is_alive()]:
-                self._close_quietly(self._clients.pop(thread))  # a thread of an earlier run
-            stale = self._clients.pop(threading.current_thread(), None)
-            if stale is not None and stale is not self._first:
-                self._close_quietly(stale)
-            try:
-                sftp = self._new_sftp(transport)
-            except paramiko.ChannelException as exc:
-                if self._first is None or self._first.sock.closed:
-                    raise ConnectionLost(f"{self.where} refused an SFTP channel ({exc.text})") from None
+
+            def refused(exc: BaseException) -> None:
                 self._say_once(
                     "channels",
                     "%s allows no more SFTP channels (%s): copying threads take turns on one, "
                     "which is slower; lower OELEO_WORKERS, or raise MaxSessions in its sshd_config",
                     self.where,
-                    exc.text,
+                    getattr(exc, "text", exc),
                     level=logging.WARNING,
                 )
-                sftp = self._first
-            else:
-                self._clients[threading.current_thread()] = sftp
-            local.sftp, local.generation = sftp, self._generation
-            return sftp
+
+            try:
+                return self._channels.make(
+                    lambda: self._new_sftp(transport), paramiko.ChannelException, refused
+                )
+            except paramiko.ChannelException as exc:
+                raise ConnectionLost(f"{self.where} refused an SFTP channel ({exc.text})") from None
 
     @contextmanager
     def _channel(self) -> Iterator[paramiko.SFTPClient]:
-        """This thread's SFTP channel for one operation. The channel connect() opened serves
-        one operation at a time: it is the main thread's, and the one threads share when the
-        server allows no more channels."""
-        sftp = self._sftp()
-        if sftp is self._first:
-            with self._first_lock:
-                yield sftp
-        else:
+        """This thread's SFTP channel for one operation (see ``PerThreadClients.use``)."""
+        with self._channels.use(self._sftp()) as sftp:
             yield sftp
 
     def _alive(self, sftp: Optional[paramiko.SFTPClient] = None) -> bool:
