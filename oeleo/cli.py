@@ -34,7 +34,7 @@ from typing import (
 )
 
 from oeleo import __version__
-from oeleo.errors import Behaviour, OeleoError
+from oeleo.errors import Aborted, Behaviour, OeleoError
 
 if TYPE_CHECKING:  # imported by the commands that use them: `oeleo --help` starts fast
     from rich.console import Console
@@ -360,11 +360,14 @@ def cmd_check(args: argparse.Namespace) -> int:
     settings = _settings(args)
     _start_log_file(settings)
     worker = _worker(settings)
-    try:
-        worker.connect_to_db()
-        report = worker.check(update_db=args.update_db)  # with progress through the reporter
-    finally:
-        worker.close()
+    with _StopOnSignal(worker) as stopper:
+        try:
+            worker.connect_to_db()
+            report = worker.check(update_db=args.update_db)  # with progress through the reporter
+        except Aborted:  # SIGTERM, SIGHUP or Ctrl-C: what was booked stays booked
+            return stopper.status(EXIT_STATUS[Behaviour.INTERRUPT])
+        finally:
+            worker.close()
     console = _console()
     console.print(
         f"same: {len(report.same)}  missing: {len(report.missing)}  different: {len(report.different)}  "

@@ -4,12 +4,12 @@ then by checksum, computed where the store can (one request for many files)."""
 from __future__ import annotations
 
 import functools
-from typing import List, Sequence, Tuple
+from typing import Callable, List, Sequence, Tuple
 
 from oeleo.checkers import hash_file
 from oeleo.connectors.base import Connector, FileEntry
 from oeleo.connectors.local import LocalConnector
-from oeleo.errors import OeleoError
+from oeleo.errors import Aborted, OeleoError
 from oeleo.models import SHOULD_BE_COPIED, SHOULD_NOT_BE_COPIED, Bookkeeper
 from oeleo.reporters import Reporter
 from oeleo.summary import CheckReport
@@ -24,9 +24,11 @@ def compare(
     algorithm: str,
     update_db: bool,
     report: CheckReport,
+    should_stop: Callable[[], bool] = lambda: False,
 ) -> CheckReport:
     """Fill ``report`` with how each of ``entries`` compares with ``external``; with
-    ``update_db``, book identical files as copied and the others as to be copied."""
+    ``update_db``, book identical files as copied and the others as to be copied. A stop
+    asked meanwhile (SIGTERM, Ctrl-C) raises ``Aborted`` between two files."""
     records = bookkeeper.load()
     same_size: List[Tuple[FileEntry, str]] = []  # (entry, local digest): compare checksums
 
@@ -39,6 +41,8 @@ def compare(
     reporter.check_started(len(entries), sum(e.size for e in entries))
     try:
         for entry in entries:
+            if should_stop():
+                raise Aborted("stopped on request")
             reporter.file_started(entry.relpath, entry.size)
             record = records.get(entry.relpath)
             hashed = False

@@ -503,15 +503,19 @@ class Worker:
         report = CheckReport()
         report.errors.extend((item.relpath, item.reason) for item in self._skipped if item.failed)
         self._skipped = []
-        compare(
-            entries,
-            self.local_connector,
-            self.external_connector,
-            self.bookkeeper,
-            self.reporter,
-            self.checker.algorithm,
-            update_db,
-            report,
-        )
-        self._entries = None
+        try:
+            compare(
+                entries,
+                self.local_connector,
+                self.external_connector,
+                self.bookkeeper,
+                self.reporter,
+                self.checker.algorithm,
+                update_db,
+                report,
+                should_stop=self._stop.is_set,
+            )
+        finally:
+            self._stop.clear()
+            self._entries = None
         return report

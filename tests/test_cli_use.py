@@ -543,3 +543,48 @@ def test_status_on_an_oeleo_0_7_database_upgrades_it_and_shows_its_rows(work: Pa
     assert re.search(r"^a\.csv +2 .* abc$", done.stdout, flags=re.M), done.stdout
     assert "not booked yet: 4" in done.stdout
     assert "last run: never" in done.stdout
+
+
+def test_sigterm_stops_a_check_between_two_files_with_status_143(tmp_path: Path) -> None:
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.mkdir()
+    dst.mkdir()
+    block = b"\0" * (4 * MiB)
+    for i in range(200):  # 800 MiB on each side (hard links): seconds of md5 to compare
+        (src / f"f{i:04d}.dat").write_bytes(block)
+        os.link(src / f"f{i:04d}.dat", dst / f"f{i:04d}.dat")
+    err_path = tmp_path / "err.txt"
+    with open(err_path, "wb") as err:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "oeleo",
+                "check",
+                "--from",
+                "src",
+                "--to",
+                "dst",
+                "--db",
+                "books.db",
+                "--debug",
+            ],
+            cwd=tmp_path,
+            env=clean_env(),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
+    try:
+        wait_for(lambda: b"checking f0002" in err_path.read_bytes() or proc.poll() is not None, 60, "check")
+        assert proc.poll() is None, "the check ended before the signal"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 143, err_path.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    text = err_path.read_text()
+    assert "SIGTERM received, stopping cleanly" in text
+    assert "checking f0199" not in text  # it stopped, it did not finish
+    assert "Traceback" not in text
