@@ -67,10 +67,8 @@ class Booking:
 
     def failure(self, entry: FileEntry, kind: str, reason: str) -> None:
         """This file failed (``kind`` "fatal": and the run stops); tried again next run."""
-        self.summary.failed += 1
-        self.summary.errors.append((entry.relpath, reason))
+        self._count_failure(entry.relpath, entry.size, reason)
         self.bookkeeper.record_error(entry.relpath, reason)
-        self.reporter.file_done(entry.relpath, entry.size, error=reason)
         if kind == "fatal":
             self.summary.fatal = reason
 
@@ -99,9 +97,7 @@ class Booking:
         exits 1), a symbolic link a notice."""
         for item in skipped:
             if item.failed:
-                self.summary.failed += 1
-                self.summary.errors.append((item.relpath, item.reason))
-                self.reporter.file_done(item.relpath, 0, error=item.reason)
+                self._count_failure(item.relpath, 0, item.reason)  # a folder: no row to book
             else:
                 self.summary.skipped += 1
                 log.warning("skipped %s: %s", printable(item.relpath), item.reason)
@@ -111,10 +107,13 @@ class Booking:
         for name, reason, was_copy in self.bookkeeper.take_refused():
             if was_copy:
                 self.summary.copied -= 1
-            why = f"the books refused its row ({reason}); copied again next run"
-            self.summary.failed += 1
-            self.summary.errors.append((name, why))
-            self.reporter.file_done(name, 0, error=why)
+            self._count_failure(name, 0, f"the books refused its row ({reason}); copied again next run")
+
+    def _count_failure(self, relpath: str, size: int, reason: str) -> None:
+        """A failure in the summary and on the reporter (the callers say what the books get)."""
+        self.summary.failed += 1
+        self.summary.errors.append((relpath, reason))
+        self.reporter.file_done(relpath, size, error=reason)
 
     def books_failed(self, exc: BookkeeperError) -> None:
         """The books cannot be written (a full disk under the database, a dropped server):

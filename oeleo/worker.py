@@ -322,7 +322,7 @@ class Worker:
         skipped, self._skipped = self._skipped, []
         now_ns = time.time_ns()
         plan = PlanOptions(force=self.force, include_locked=self.include_locked, min_age=self.min_age)
-        todo: List[Tuple[FileEntry, Optional[Record], bool]] = []
+        todo: List[Item] = []
         for entry in entries:
             record = records.get(entry.relpath)
             action = decide(entry, record, plan, now_ns)
