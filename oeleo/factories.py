@@ -4,7 +4,7 @@ are read here, at the edge; the worker and its parts take values."""
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional
+from typing import Any, Optional
 
 from oeleo.checkers import ChecksumChecker
 from oeleo.connectors.local import LocalConnector
@@ -72,23 +72,10 @@ def simple_worker(
     Arguments left out are read from the settings (``OELEO_BASE_DIR_FROM``,
     ``OELEO_BASE_DIR_TO``, ``OELEO_DB_NAME``, ``OELEO_FILTER_EXTENSION``).
     """
-    from oeleo.settings import load_settings
-
-    overrides: Dict[str, Any] = {
-        "base_dir_from": base_directory_from,
-        "base_dir_to": str(base_directory_to) if base_directory_to is not None else None,
-        "db_name": db_name,
-        "filter_extension": extension,
-        "connector": "local",
-    }
-    settings = load_settings(**overrides)
-    return worker_from_settings(
-        settings,
-        reporter=reporter,
-        dry_run=dry_run,
-        subdirs=include_subdirs,
-        external_subdirs=external_subdirs,
-    )
+    return _published_worker(
+        "local", base_directory_from, base_directory_to, db_name, extension,
+        reporter, dry_run, include_subdirs, external_subdirs,
+    )  # fmt: skip
 
 
 def ssh_worker(
@@ -104,6 +91,24 @@ def ssh_worker(
     external_subdirs: bool = False,
 ) -> Worker:
     """A worker copying a local folder to a server over SSH (the oeleo 0.7 factory)."""
+    return _published_worker(
+        "ssh", base_directory_from, base_directory_to, db_name, extension,
+        reporter, dry_run, include_subdirs, external_subdirs,
+    )  # fmt: skip
+
+
+def _published_worker(
+    connector: str,
+    base_directory_from: Any,
+    base_directory_to: Any,
+    db_name: Optional[str],
+    extension: Optional[str],
+    reporter: Optional[Reporter],
+    dry_run: bool,
+    include_subdirs: bool,
+    external_subdirs: bool,
+) -> Worker:
+    """What both 0.7 factories do: the arguments given win over the settings."""
     from oeleo.settings import load_settings
 
     settings = load_settings(
@@ -111,7 +116,7 @@ def ssh_worker(
         base_dir_to=str(base_directory_to) if base_directory_to is not None else None,
         db_name=db_name,
         filter_extension=extension,
-        connector="ssh",
+        connector=connector,
     )
     return worker_from_settings(
         settings,
