@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, Iterable, Mapping, Optional, Union
+from typing import Any, Dict, Iterable, Mapping, Optional, Tuple, Union
 
 Content = Union[bytes, str]
 
@@ -120,3 +120,44 @@ def run_once(worker: Any) -> Any:
         return worker.run()
     finally:
         worker.close()
+
+
+def wait_for(condition: Any, timeout: float, what: str) -> None:
+    """Poll ``condition()`` until it holds; fail naming ``what`` at the deadline."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.005)
+
+
+def signal_mid_copy(
+    args: Iterable[str],
+    cwd: Union[str, os.PathLike],
+    dst: Path,
+    name: str,
+    signum: int,
+    env: Mapping[str, str],
+) -> Tuple[int, str]:
+    """Start ``python -m oeleo *args``, wait until ``name`` is being written in ``dst`` (its
+    temporary name ``.NAME.<tag>.oeleo-part`` is there), send ``signum``; returns the exit
+    status and stderr. Fails if the copy ended before the signal could be sent."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "oeleo", *args],
+        cwd=str(cwd),
+        env=dict(env),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        started = lambda: dst.is_dir() and any(dst.glob(f".{name}.*.oeleo-part"))  # noqa: E731
+        wait_for(lambda: started() or proc.poll() is not None, 30, "the temporary file")
+        assert proc.poll() is None, "the copy ended before the signal"
+        proc.send_signal(signum)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return proc.returncode, err.decode()

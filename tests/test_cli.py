@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 import pytest
+from helpers import signal_mid_copy
 
 from oeleo.locks import ProcessLock
 
@@ -464,14 +465,6 @@ def test_second_run_on_the_same_database_stops_at_once(work):
 
 
 # -- stopping -----------------------------------------------------------------------------
-def wait_for(condition, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.005)
-
-
 def test_sigterm_stops_a_copy_cleanly_and_the_next_run_completes_it(tmp_path):
     src = tmp_path / "src"
     src.mkdir()
@@ -483,24 +476,8 @@ def test_sigterm_stops_a_copy_cleanly_and_the_next_run_completes_it(tmp_path):
             digest.update(chunk)
             handle.write(chunk)
     dst = tmp_path / "dst"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "oeleo", *run_args()],
-        cwd=tmp_path,
-        env=oeleo_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    try:
-        # the temporary name carries a tag of the origin: .big.bin.<tag>.oeleo-part
-        started = lambda: dst.is_dir() and any(dst.glob(".big.bin.*.oeleo-part"))  # noqa: E731
-        wait_for(lambda: started() or proc.poll() is not None, 30, "the temporary file")
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=10)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == 143, err.decode()
+    status, err = signal_mid_copy(run_args(), tmp_path, dst, "big.bin", signal.SIGTERM, oeleo_env())
+    assert status == 143, err
     assert not (tmp_path / "dst" / "big.bin").exists()
     assert files_under(tmp_path / "dst") == []
     books = rows(tmp_path / "books.db")

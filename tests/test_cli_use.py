@@ -27,10 +27,19 @@ import threading
 import time
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
-from typing import Any, Callable, Dict, List
+from typing import Any, Dict, List
 
 import pytest
-from helpers import clean_env, db_rows, make_tree, run_oeleo, tree_files, write_random
+from helpers import (
+    clean_env,
+    db_rows,
+    make_tree,
+    run_oeleo,
+    signal_mid_copy,
+    tree_files,
+    wait_for,
+    write_random,
+)
 
 FILES = {
     "a.csv": "time,voltage\n0,3.1\n",
@@ -60,14 +69,6 @@ def one_line_error(done: subprocess.CompletedProcess) -> str:
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1, done.stderr
     return lines[0]
-
-
-def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.005)
 
 
 # -- 1. lock and unlock a path as it is on disk -------------------------------------------------
@@ -467,26 +468,10 @@ def test_debug_shows_the_traceback_and_keeps_the_exit_status(work: Path) -> None
 def test_sighup_stops_a_copy_cleanly_with_status_129(tmp_path: Path) -> None:
     write_random(tmp_path / "src" / "big.bin", 300 * MiB)
     dst = tmp_path / "dst"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "oeleo", "run", "--from", "src", "--to", "dst", "--db", "books.db"],
-        cwd=tmp_path,
-        env=clean_env(),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    try:
-        started = lambda: dst.is_dir() and any(dst.glob(".big.bin*.oeleo-part"))  # noqa: E731
-        wait_for(lambda: started() or proc.poll() is not None, 30, "the temporary file")
-        assert proc.poll() is None, "the copy ended before the signal"
-        proc.send_signal(signal.SIGHUP)
-        _, err = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == 129, err.decode()
-    assert "Traceback" not in err.decode()
+    args = ["run", "--from", "src", "--to", "dst", "--db", "books.db"]
+    status, err = signal_mid_copy(args, tmp_path, dst, "big.bin", signal.SIGHUP, clean_env())
+    assert status == 129, err
+    assert "Traceback" not in err
     assert tree_files(dst) == {}
     books = db_rows(tmp_path / "books.db")
     assert "big.bin" not in books or not books["big.bin"]["checksum"]
