@@ -123,6 +123,58 @@ class Settings(BaseSettings):
     sharepoint_sitename: Optional[str] = Field(None, description="SharePoint site name.")
     sharepoint_doc_library: Optional[str] = Field(None, description="SharePoint library name.")
 
+    # S3 and S3-compatible stores (credentials: boto3's own chain, never these settings).
+    s3_bucket: Optional[str] = Field(None, description="S3 bucket name.")
+    s3_prefix: str = Field("", description="Key prefix in the bucket (a folder name such as instr1/).")
+    s3_endpoint_url: Optional[str] = Field(
+        None, description="Endpoint of an S3-compatible store (MinIO, Ceph, ...); empty for AWS."
+    )
+    s3_region: Optional[str] = Field(None, description="S3 region (boto3's default when empty).")
+    s3_storage_class: Optional[str] = Field(
+        None, description="Storage class of new objects (STANDARD, STANDARD_IA, GLACIER_IR, ...)."
+    )
+    s3_profile: Optional[str] = Field(None, description="Profile of ~/.aws/config and ~/.aws/credentials.")
+    s3_request_checksums: Optional[str] = Field(
+        None,
+        description="boto3's request_checksum_calculation: when_supported or when_required "
+        "(default: when_required with an endpoint URL, else when_supported).",
+    )
+
+    # Arcsecond.io.
+    arcsecond_api_key: Optional[SecretStr] = Field(
+        None, description="Arcsecond API key (default: the one `arcsecond login` stored)."
+    )
+    arcsecond_organisation: Optional[str] = Field(
+        None, description="Arcsecond organisation subdomain; empty for the personal account."
+    )
+    arcsecond_telescope: Optional[str] = Field(
+        None, description="Arcsecond telescope UUID, needed to create datasets in an organisation."
+    )
+    arcsecond_api_url: str = Field("https://api.arcsecond.io", description="Arcsecond API server.")
+
+    # On the way.
+    compress: str = Field("", description="gzip: send FITS and XISF files as NAME.gz; empty: as they are.")
+
+    @field_validator("compress")
+    @classmethod
+    def _known_compression(cls, value: str) -> str:
+        value = value.strip().lower()
+        if value in ("", "none", "off", "no", "false"):
+            return ""
+        if value not in ("gzip", "gz"):
+            raise ValueError("gzip, or empty for none")
+        return "gzip"
+
+    @field_validator("s3_request_checksums")
+    @classmethod
+    def _known_checksum_mode(cls, value: Optional[str]) -> Optional[str]:
+        if value is None:
+            return None
+        value = value.strip().lower()
+        if value not in ("when_supported", "when_required"):
+            raise ValueError("when_supported or when_required")
+        return value
+
     @field_validator("checksum")
     @classmethod
     def _known_algorithm(cls, value: str) -> str:
@@ -139,7 +191,21 @@ class Settings(BaseSettings):
             return None
         return value
 
-    @field_validator("db_host", "db_user", "external_host", "username", mode="before")
+    @field_validator(
+        "db_host",
+        "db_user",
+        "external_host",
+        "username",
+        "s3_bucket",
+        "s3_endpoint_url",
+        "s3_region",
+        "s3_storage_class",
+        "s3_profile",
+        "s3_request_checksums",
+        "arcsecond_organisation",
+        "arcsecond_telescope",
+        mode="before",
+    )
     @classmethod
     def _empty_is_none(cls, value: Any) -> Any:
         if isinstance(value, str) and not value.strip():
