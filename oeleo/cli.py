@@ -78,7 +78,12 @@ def _source(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--from", dest="base_dir_from", metavar="FOLDER", help="folder to copy from (OELEO_BASE_DIR_FROM)"
     )
-    p.add_argument("--to", dest="base_dir_to", metavar="DEST", help="where to copy to (OELEO_BASE_DIR_TO)")
+    p.add_argument(
+        "--to",
+        dest="base_dir_to",
+        metavar="DEST",
+        help="where to copy to: a folder, or a URL such as s3://bucket/prefix (OELEO_BASE_DIR_TO)",
+    )
     p.add_argument(
         "--ext",
         dest="filter_extension",
@@ -242,6 +247,8 @@ def _setup_console_logging(debug: bool) -> None:
 
 
 def _settings(args: argparse.Namespace, **extra: Any) -> Settings:
+    """The settings of a command, a destination URL resolved (``oeleo config`` shows them)."""
+    from oeleo.places import resolve_destination
     from oeleo.settings import load_settings
 
     names = (
@@ -257,7 +264,7 @@ def _settings(args: argparse.Namespace, **extra: Any) -> Settings:
     )
     overrides: Dict[str, Any] = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
     overrides.update(extra)
-    return load_settings(getattr(args, "env_file", None), **overrides)
+    return resolve_destination(load_settings(getattr(args, "env_file", None), **overrides))
 
 
 def _start_log_file(settings: Settings) -> None:

@@ -1,6 +1,7 @@
 """Building workers from settings: the books named by ``OELEO_DB_*``, the connector named by
-``OELEO_CONNECTOR``, and the oeleo 0.7 factories ``simple_worker`` and ``ssh_worker``. Settings
-are read here, at the edge; the worker and its parts take values."""
+``OELEO_CONNECTOR`` (or by a destination URL, oeleo.places), the oeleo 0.7 factories
+``simple_worker`` and ``ssh_worker``, and ``s3_worker`` and ``arcsecond_worker``. Settings are
+read here, at the edge; the worker and its parts take values."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from oeleo.checkers import ChecksumChecker
 from oeleo.connectors.local import LocalConnector
 from oeleo.errors import ConfigError
 from oeleo.models import Bookkeeper, PostgresDbHandler, SimpleDbHandler
+from oeleo.places import resolve_destination
 from oeleo.reporters import Reporter
 from oeleo.worker import Worker
 
@@ -30,10 +32,12 @@ def bookkeeper_from_settings(settings: Any, origin: Optional[str] = None) -> Boo
 
 
 def worker_from_settings(settings: Any, reporter: Optional[Reporter] = None, **options: Any) -> Worker:
-    """Build a worker from settings: the connector named by ``OELEO_CONNECTOR``, the books
-    named by ``OELEO_DB_*``, the filters, and any ``Worker`` keyword in ``options``."""
+    """Build a worker from settings: the connector named by ``OELEO_CONNECTOR`` or by a
+    destination URL (``OELEO_BASE_DIR_TO=s3://bucket/prefix``), the books named by
+    ``OELEO_DB_*``, the filters, and any ``Worker`` keyword in ``options``."""
     from oeleo.connectors import get_connector_class
 
+    settings = resolve_destination(settings)
     if settings.base_dir_from is None:
         raise ConfigError("OELEO_BASE_DIR_FROM is not set: the folder to copy from (or --from)")
     connector_cls = get_connector_class(settings.connector)
@@ -95,6 +99,69 @@ def ssh_worker(
         "ssh", base_directory_from, base_directory_to, db_name, extension,
         reporter, dry_run, include_subdirs, external_subdirs,
     )  # fmt: skip
+
+
+def s3_worker(
+    base_directory_from: Any = None,
+    bucket: Optional[str] = None,
+    prefix: Optional[str] = None,
+    db_name: Optional[str] = None,
+    extension: Optional[str] = None,
+    dry_run: bool = False,
+    reporter: Optional[Reporter] = None,
+    endpoint_url: Optional[str] = None,
+    include_subdirs: Optional[bool] = None,
+) -> Worker:
+    """A worker copying a local folder to an S3 bucket, or an S3-compatible store with
+    ``endpoint_url``. Credentials come from boto3's own chain (``AWS_ACCESS_KEY_ID``, profiles).
+
+    Arguments left out are read from the settings (``OELEO_S3_BUCKET``, ``OELEO_S3_PREFIX``,
+    ``OELEO_S3_ENDPOINT_URL``, or ``OELEO_BASE_DIR_TO=s3://bucket/prefix``; ``OELEO_SUBDIRS``).
+    """
+    return _worker_for(
+        "s3", reporter, dry_run, include_subdirs,
+        base_dir_from=base_directory_from, db_name=db_name, filter_extension=extension,
+        s3_bucket=bucket, s3_prefix=prefix, s3_endpoint_url=endpoint_url,
+    )  # fmt: skip
+
+
+def arcsecond_worker(
+    base_directory_from: Any = None,
+    organisation: Optional[str] = None,
+    telescope: Optional[str] = None,
+    db_name: Optional[str] = None,
+    extension: Optional[str] = None,
+    dry_run: bool = False,
+    reporter: Optional[Reporter] = None,
+    include_subdirs: Optional[bool] = None,
+) -> Worker:
+    """A worker uploading a local folder to Arcsecond.io: each folder a dataset, in the
+    personal account or in ``organisation`` (whose new datasets need a ``telescope``).
+
+    Arguments left out are read from the settings (``OELEO_ARCSECOND_ORGANISATION``,
+    ``OELEO_ARCSECOND_TELESCOPE``, or ``OELEO_BASE_DIR_TO=arcsecond://organisation``); the key
+    from ``OELEO_ARCSECOND_API_KEY`` or the one ``arcsecond login`` stored.
+    """
+    return _worker_for(
+        "arcsecond", reporter, dry_run, include_subdirs,
+        base_dir_from=base_directory_from, db_name=db_name, filter_extension=extension,
+        arcsecond_organisation=organisation, arcsecond_telescope=telescope,
+    )  # fmt: skip
+
+
+def _worker_for(
+    connector: str,
+    reporter: Optional[Reporter],
+    dry_run: bool,
+    include_subdirs: Optional[bool],
+    **given: Any,
+) -> Worker:
+    """The factories after 0.7: the arguments given win over the settings, and an argument
+    left out (None) is read from them, ``OELEO_SUBDIRS`` included."""
+    from oeleo.settings import load_settings
+
+    settings = load_settings(connector=connector, subdirs=include_subdirs, **given)
+    return worker_from_settings(settings, reporter=reporter, dry_run=dry_run)
 
 
 def _published_worker(
