@@ -1,0 +1,283 @@
+"""Writing files over SFTP, and making sure of them, for the ssh connector: the pipelined
+writes (data, time and a small file's read-back in one round trip), forcing a batch to disk
+(``fsync@openssh.com``, or ``sync FILE...`` on the server), hashing copies on the server with
+``md5sum`` and friends, and reading them back.
+
+paramiko's internals are used through ``sftp_wire`` only; without them (``sftp_wire.AVAILABLE``
+false) every step here falls back to paramiko's public calls.
+"""
+
+from __future__ import annotations
+
+import logging
+import posixpath
+import threading
+import time
+from contextlib import contextmanager
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+
+import paramiko
+
+from oeleo.connectors import readback, sftp_wire
+from oeleo.connectors.remote import command_lines
+from oeleo.connectors.session import close_quietly
+from oeleo.connectors.ssh_endpoints import _bracket
+from oeleo.connectors.ssh_session import READ_BACK_BELOW, SSHSession
+from oeleo.errors import TransferError
+from oeleo.names import printable
+
+log = logging.getLogger("oeleo")
+
+# Longest command line sent to the server: a login shell gets it as one argument, and
+# Linux limits one argument to 128 KiB.
+MAX_COMMAND = 32 * 1024
+
+
+class _PerThread(threading.local):
+    # The last file this thread wrote: (path, size, its bytes as read back from the server
+    # for a small file, else None).
+    written: Optional[Tuple[str, int, Optional[bytes]]] = None
+    # (path, mtime in whole seconds) that the last write already gave its file.
+    mtime: Optional[Tuple[str, int]] = None
+
+
+class SSHWrites(SSHSession):
+    """Writes, syncs and server-side hashes, for ``SSHConnector`` (which calls ``_start_writes``)."""
+
+    def _start_writes(self) -> None:
+        self._local = _PerThread()
+        self._has_fsync = True
+        self._has_posix_rename = True
+
+    # -- writing one file -------------------------------------------------------------
+    def _write(self, sftp: paramiko.SFTPClient, path: str, chunks: Iterable[bytes]) -> None:
+        try:
+            with self._remote("writing", path, sftp):
+                handle = sftp.open(self._wire(path), "w+", bufsize=0)
+        except FileNotFoundError:
+            self._makedirs(sftp, posixpath.dirname(path))
+            with self._remote("writing", path, sftp):
+                handle = sftp.open(self._wire(path), "w+", bufsize=0)
+        # The source's time goes out with the writes when the chunks say it (base.SourceReader
+        # does): set_mtime() then has nothing left to ask the server.
+        mtime_ns = getattr(chunks, "mtime_ns", None)
+        done = False
+        written = 0
+        try:
+            handle.set_pipelined(True)
+            handle.MAX_REQUEST_SIZE = self._request_size
+            last = b""  # without paramiko's internals, the last chunk: _finish_writes_publicly writes it
+            for chunk in chunks:  # errors of the source (a change, a stop) pass untouched
+                if chunk and not sftp_wire.AVAILABLE:
+                    chunk, last = last, chunk
+                with self._remote("writing", path, sftp):
+                    handle.write(chunk)
+                written += len(chunk)
+            written += len(last)
+            with self._remote("writing", path, sftp):
+                read_back = written if written < READ_BACK_BELOW else None
+                if sftp_wire.AVAILABLE:
+                    data = self._finish_writes(sftp, handle, read_back, path, mtime_ns)
+                else:
+                    data = self._finish_writes_publicly(handle, last, read_back, path, mtime_ns)
+                # Nothing can fail at the close that the answers above did not report: its
+                # answer is read (and dropped) with the next request instead of waited for.
+                sftp_wire.close_without_waiting(handle)
+            done = True
+        finally:
+            if not done:
+                close_quietly(handle)
+        self._local.written = (path, written, data)
+
+    def _finish_writes(
+        self,
+        sftp: paramiko.SFTPClient,
+        handle: paramiko.SFTPFile,
+        read_back: Optional[int],
+        path: str,
+        mtime_ns: Optional[int],
+    ) -> Optional[bytes]:
+        """Wait for every pipelined write's answer, set the file's time and, for a small
+        file, read it back through the same handle; returns what was read (None if not).
+
+        Everything is sent before any answer is awaited: the whole file costs one round
+        trip. paramiko's own calls would drop the answer of a pipelined write (and with it
+        a failed write: a full disk) when another answer is awaited first, so each answer is
+        read here, in the order the requests went out (through sftp_wire, which holds the
+        paramiko internals this takes).
+        """
+        setstat, mtime = None, 0
+        if isinstance(mtime_ns, int):
+            mtime = mtime_ns // 1_000_000_000
+            setstat = sftp_wire.send_set_times(sftp, handle, int(time.time()), mtime)
+        reads: List[Tuple[int, int]] = []  # (length asked, request)
+        if read_back is not None and self._whole_reads and read_back < self._request_size:
+            # OpenSSH answers a read of a regular file with all the bytes there are, so
+            # asking for one byte more than was written also proves nothing follows.
+            reads.append((read_back, sftp_wire.send_read(sftp, handle, 0, read_back + 1)))
+        elif read_back is not None:
+            for offset in range(0, read_back, self._request_size):
+                length = min(self._request_size, read_back - offset)
+                reads.append((length, sftp_wire.send_read(sftp, handle, offset, length)))
+            # One byte more must be the end of the file: nothing else wrote to it.
+            reads.append((0, sftp_wire.send_read(sftp, handle, read_back, 1)))
+        sftp_wire.wait_for_writes(handle)
+        if setstat is not None:
+            try:
+                sftp_wire.read_answer(sftp, setstat)
+                self._local.mtime = (path, mtime)
+            except OSError as exc:
+                log.debug("cannot set the time of %s on %s: %s", path, self.where, exc)
+        if not reads:
+            return None
+        pieces, whole = [], True
+        for length, request in reads:
+            piece = sftp_wire.read_data(sftp, request)
+            pieces.append(piece)
+            whole = whole and len(piece) == length
+        # A short answer (allowed by SFTP) or more bytes than written: checksum() reads
+        # the file again the ordinary way, and the verification decides.
+        return b"".join(pieces) if whole else None
+
+    def _finish_writes_publicly(
+        self,
+        handle: paramiko.SFTPFile,
+        last: bytes,
+        read_back: Optional[int],
+        path: str,
+        mtime_ns: Optional[int],
+    ) -> Optional[bytes]:
+        """``_finish_writes`` through paramiko's public calls, when its internals are missing
+        (sftp_wire.AVAILABLE): a round trip each for the last chunk, the time and the read-back.
+
+        The last chunk goes out unpipelined: paramiko then reads the answer of every
+        pipelined write first, in order, and raises the first that failed.
+        """
+        handle.set_pipelined(False)
+        handle.write(last)
+        if isinstance(mtime_ns, int):
+            mtime = mtime_ns // 1_000_000_000
+            try:
+                handle.utime((int(time.time()), mtime))
+                self._local.mtime = (path, mtime)
+            except OSError as exc:
+                log.debug("cannot set the time of %s on %s: %s", path, self.where, exc)
+        if read_back is None:
+            return None
+        handle.seek(0)
+        data = handle.read(read_back + 1)  # one byte more must be the end of the file
+        return data if len(data) == read_back else None
+
+    # -- forcing to disk ----------------------------------------------------------------
+    def _fsync_files(self, sftp: paramiko.SFTPClient, paths: List[str]) -> None:
+        """``fsync@openssh.com`` for up to 64 files: open all, then fsync and close all, every
+        answer read (so no handle is left open); the first failure is raised."""
+        if not sftp_wire.AVAILABLE:
+            self._sync_by_command(paths)
+            return
+        failed: List[Tuple[str, OSError]] = []
+        opened = [(path, sftp_wire.send_open_for_reading(sftp, self._wire(path))) for path in paths]
+        handles = []
+        for path, request in opened:  # every answer is read, so no handle is left open
+            try:
+                handles.append((path, sftp_wire.read_handle(sftp, request)))
+            except OSError as exc:
+                failed.append((path, exc))
+        synced = [
+            (path, sftp_wire.send_fsync(sftp, handle), sftp_wire.send_close(sftp, handle))
+            for path, handle in handles
+        ]
+        for path, fsync, close in synced:
+            try:
+                sftp_wire.read_answer(sftp, fsync)
+            except OSError as exc:
+                failed.append((path, exc))
+            try:
+                sftp_wire.read_answer(sftp, close)
+            except OSError:
+                pass
+        if not failed:
+            return
+        path, error = failed[0]
+        if "unsupported" in str(error).lower():
+            self._has_fsync = False
+            self._say_once(
+                "fsync",
+                "%s cannot force files to disk (no fsync@openssh.com): a server crash may lose recent copies",
+                self.where,
+                level=logging.WARNING,
+            )
+            return
+        raise self._os_error(error, "forcing to disk", path)
+
+    def _sync_by_command(self, paths: List[str]) -> None:
+        """Without paramiko's internals SFTP cannot send ``fsync@openssh.com``: ``sync FILE...``
+        on the server instead (coreutils forces each file named to disk), when the login runs
+        commands."""
+        if not self._server_hashes():  # the probe of whether commands run
+            self._has_fsync = False
+            self._say_once(
+                "fsync",
+                "%s cannot force files to disk: paramiko %s lacks %s, and commands cannot run "
+                "there; a server crash may lose recent copies",
+                self.where,
+                paramiko.__version__,
+                ", ".join(sftp_wire.MISSING),
+                level=logging.WARNING,
+            )
+            return
+        self._sync_on_server(
+            paths,
+            "fsync",
+            "cannot force files to disk on %s (%s): a server crash may lose recent copies",
+            keep_going=True,  # each line names other files: they are still worth forcing
+        )
+
+    def _sync_on_server(self, paths: Sequence[str], key: str, warning: str, keep_going: bool) -> None:
+        """``sync PATH...`` on the server (as few command lines as it takes); a failure is
+        said once (``warning`` takes the server and the reason), and ends the syncing unless
+        ``keep_going``."""
+        for command, _ in command_lines("sync", paths, MAX_COMMAND):
+            try:
+                status, _, err = self._exec(command)
+            except TransferError as exc:
+                status, err = 1, str(exc).encode()
+            if status != 0:
+                reason = err.decode("utf-8", "replace").strip()[:200]
+                self._say_once(key, warning, self.where, reason, level=logging.WARNING)
+                if not keep_going:
+                    return
+
+    # -- verifying ----------------------------------------------------------------------
+    def _hash_on_server(self, paths: List[str], algorithm: str) -> Dict[str, str]:
+        """``md5sum a b c ...`` in as few commands as the command-line limit allows."""
+        digests: Dict[str, str] = {}
+        for command, batch in command_lines(readback.HASH_COMMANDS[algorithm], paths, MAX_COMMAND):
+            _, out, err = self._exec(command)
+            digests.update(readback.parse_sums(out))
+            if err and len(batch) == 1 and batch[0] not in digests:
+                # One file: say why it has no checksum.
+                error = readback.sum_error(err, f"{_bracket(self.host)}:{printable(batch[0])}")
+                if error is not None:
+                    raise error
+        return {p: digests[p] for p in paths if p in digests}
+
+    def _read_back(self, path: str, algorithm: str, size: Optional[int] = None) -> str:
+        """Hash a stored file by reading it back through SFTP (pipelined reads)."""
+        return readback.hash_read_back(lambda: self._reading(path, size), algorithm)
+
+    @contextmanager
+    def _reading(self, path: str, size: Optional[int]) -> Iterator[paramiko.SFTPFile]:
+        """A stored file open for reading, ``size`` bytes (asked when None) prefetched in
+        requests as large as the server takes; what paramiko raises meanwhile is oeleo's."""
+        with self._channel() as sftp, self._remote("reading", path, sftp):
+            handle = sftp.open(self._wire(path), "rb")
+            try:
+                handle.MAX_REQUEST_SIZE = self._request_size
+                if size is None:
+                    size = handle.stat().st_size or 0
+                if size > self._request_size:
+                    handle.prefetch(size)
+                yield handle
+            finally:
+                sftp_wire.close_without_waiting(handle)  # a read-only close has nothing to report
