@@ -3,8 +3,9 @@
 Kept small and importable without the oeleo package. A missing PostgreSQL is an
 error (with a hint to run `bash tests/run.sh`), never a skip.
 
-A test that uses a server fixture is marked ``ssh`` or ``postgres`` here, so that
-``bash tests/run.sh -m "not ssh and not postgres and not bench"`` runs the fast part alone.
+A test that uses a server fixture is marked ``ssh``, ``postgres`` or ``s3`` here, so that
+``bash tests/run.sh -m "not ssh and not postgres and not s3 and not bench"`` runs the fast
+part alone.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ SERVER_MARKERS = {
     "start_sshd": "ssh",
     "postgres_server": "postgres",
     "postgres_db": "postgres",
+    "s3_server": "s3",
+    "s3_bucket": "s3",
 }
 
 
@@ -112,3 +115,36 @@ def start_sshd():
     finally:
         for server in started:
             servers.stop_sshd(server)
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """moto's S3 server over HTTP on 127.0.0.1 for the whole session. This process (and the
+    ``oeleo`` commands it starts) gets fake AWS keys and none of the developer's AWS settings
+    or CA bundles (``servers.S3_ENV``)."""
+    saved = {name: os.environ.get(name) for name in (*servers.S3_ENV, *servers.S3_ENV_DROP)}
+    for name in servers.S3_ENV_DROP:
+        os.environ.pop(name, None)
+    os.environ.update(servers.S3_ENV)
+    server = servers.start_s3()
+    try:
+        yield server
+    finally:
+        servers.stop_s3(server)
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+@pytest.fixture
+def s3_bucket(s3_server):
+    """A new, empty bucket on the S3 server for one test; its faults are cleared afterwards."""
+    name = f"oeleo-{uuid.uuid4().hex[:16]}"
+    s3_server.new_bucket(name)
+    try:
+        yield name
+    finally:
+        s3_server.faults.clear()
+        s3_server.check_md5 = True

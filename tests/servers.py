@@ -30,7 +30,7 @@ import time
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 HOST = "127.0.0.1"
 PG_USER = "postgres"
@@ -896,3 +896,151 @@ def stop_ssh_agent(agent: SSHAgent) -> None:
                 proc.wait(timeout=10)
     finally:
         shutil.rmtree(agent.tmpdir, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- S3 (moto)
+
+# What boto3 sees in the tests: fake keys, no profile or CA bundle of the developer's, and no
+# instance-metadata lookup (169.254.169.254 is not on the loopback: no test leaves this machine).
+S3_ENV = {
+    "AWS_ACCESS_KEY_ID": "oeleo-test-key",
+    "AWS_SECRET_ACCESS_KEY": "oeleo-test-secret",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "AWS_EC2_METADATA_DISABLED": "true",
+    "AWS_CONFIG_FILE": os.devnull,
+    "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+}
+S3_ENV_DROP = (
+    "AWS_CA_BUNDLE",
+    "REQUESTS_CA_BUNDLE",
+    "CURL_CA_BUNDLE",
+    "AWS_PROFILE",
+    "AWS_DEFAULT_PROFILE",
+    "AWS_SESSION_TOKEN",
+    "AWS_REGION",
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_S3",
+    "AWS_REQUEST_CHECKSUM_CALCULATION",
+    "AWS_RESPONSE_CHECKSUM_VALIDATION",
+)
+
+# A fault: given the WSGI environ of a request, (HTTP status, S3 error code) to answer
+# instead of moto, or None to let the request through.
+S3Fault = Callable[[Dict[str, object]], Optional[Tuple[int, str]]]
+
+
+@dataclass
+class S3Server:
+    """moto's S3 over HTTP on 127.0.0.1, in a thread of this process.
+
+    Every request is recorded in ``requests`` as (method, path, query). ``faults`` answer
+    chosen requests with an S3 error. moto accepts any Content-MD5; with ``check_md5`` the
+    server refuses a body whose Content-MD5 differs (``400 BadDigest``), as AWS does.
+    """
+
+    host: str
+    port: int
+    requests: List[Tuple[str, str, str]] = field(default_factory=list)
+    faults: List[S3Fault] = field(default_factory=list)
+    check_md5: bool = True
+    _server: object = field(default=None, repr=False)
+    _thread: object = field(default=None, repr=False)
+
+    @property
+    def endpoint_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def env(self, extra: Optional[Dict[str, str]] = None) -> Dict[str, str]:
+        """The boto3 variables a test process gets (set ``S3_ENV_DROP`` ones to empty)."""
+        env = dict(S3_ENV)
+        env.update(extra or {})
+        return env
+
+    def client(self):
+        import boto3
+
+        return boto3.client("s3", endpoint_url=self.endpoint_url, region_name="us-east-1")
+
+    def new_bucket(self, name: str) -> str:
+        self.client().create_bucket(Bucket=name)
+        return name
+
+    def count(self, method: str, path_start: str = "", query: str = "") -> int:
+        """How many requests of ``method`` had a path starting with ``path_start`` and a
+        query containing ``query``."""
+        return sum(
+            1 for m, p, q in list(self.requests) if m == method and p.startswith(path_start) and query in q
+        )
+
+
+class _S3Front:
+    """WSGI in front of moto: records, injects faults, checks Content-MD5."""
+
+    def __init__(self, app, server: S3Server) -> None:
+        self.app = app
+        self.server = server
+
+    def __call__(self, environ, start_response):
+        import base64
+        import hashlib
+        import io
+
+        method, path = environ["REQUEST_METHOD"], environ.get("PATH_INFO", "")
+        self.server.requests.append((method, path, environ.get("QUERY_STRING", "")))
+        for fault in list(self.server.faults):
+            answer = fault(environ)
+            if answer is not None:
+                return self._error(start_response, *answer)
+        md5 = environ.get("HTTP_CONTENT_MD5")
+        chunked = "aws-chunked" in environ.get("HTTP_CONTENT_ENCODING", "") or "STREAMING" in environ.get(
+            "HTTP_X_AMZ_CONTENT_SHA256", ""
+        )
+        if self.server.check_md5 and md5 and not chunked and method in ("PUT", "POST"):
+            body = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+            if base64.b64encode(hashlib.md5(body).digest()).decode() != md5:
+                return self._error(start_response, 400, "BadDigest")
+            environ["wsgi.input"] = io.BytesIO(body)
+        return self.app(environ, start_response)
+
+    @staticmethod
+    def _error(start_response, status: int, code: str):
+        body = (
+            f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{code}</Code>'
+            f"<Message>injected by the test server</Message></Error>"
+        ).encode()
+        reason = {400: "Bad Request", 403: "Forbidden", 500: "Internal Server Error", 503: "Slow Down"}
+        start_response(
+            f"{status} {reason.get(status, 'Error')}",
+            [("Content-Type", "application/xml"), ("Content-Length", str(len(body)))],
+        )
+        return [body]
+
+
+def start_s3() -> S3Server:
+    """moto's S3 server on 127.0.0.1 and a free port (``ThreadedMotoServer``'s parts, with
+    ``_S3Front`` before them)."""
+    import logging
+    import threading
+
+    from moto.server import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
+    from werkzeug.serving import make_server
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
+    server = S3Server(HOST, 0)
+    app = _S3Front(DomainDispatcherApplication(create_backend_app), server)
+    wsgi = make_server(HOST, 0, app, threaded=True, request_handler=MotoRequestHandler)
+    server.port = wsgi.server_port
+    thread = threading.Thread(target=wsgi.serve_forever, name="moto-s3", daemon=True)
+    thread.start()
+    server._server, server._thread = wsgi, thread
+    return server
+
+
+def stop_s3(server: S3Server) -> None:
+    wsgi, thread = server._server, server._thread
+    if wsgi is not None:
+        wsgi.shutdown()  # type: ignore[attr-defined]
+        wsgi.server_close()  # type: ignore[attr-defined]
+    if thread is not None:
+        thread.join(timeout=10)  # type: ignore[attr-defined]
+    server._server = server._thread = None

@@ -24,11 +24,16 @@ ENTRY_POINT_GROUP = "oeleo.connectors"
 BUILTIN: Dict[str, str] = {
     "local": "oeleo.connectors.local:LocalConnector",
     "ssh": "oeleo.connectors.ssh:SSHConnector",
+    "s3": "oeleo.connectors.s3:S3Connector",
+    "arcsecond": "oeleo.connectors.arcsecond:ArcsecondConnector",
 }
 
-# attribute name -> "module:Class": imported on first use (paramiko only when SSH is used)
+# attribute name -> "module:Class": imported on first use (paramiko only when SSH is used,
+# boto3 only when S3 is)
 _LAZY = {
     "SSHConnector": "oeleo.connectors.ssh:SSHConnector",
+    "S3Connector": "oeleo.connectors.s3:S3Connector",
+    "ArcsecondConnector": "oeleo.connectors.arcsecond:ArcsecondConnector",
 }
 
 __all__ = [

@@ -1,0 +1,861 @@
+"""Objects in an S3 bucket (AWS, or an S3-compatible store: MinIO, Ceph, ...), through boto3.
+
+An object appears under its real key only whole and verified. A file below
+``multipart_threshold`` is held in memory while the engine reads and hashes it, and sent by
+``commit`` in one PutObject carrying its ``Content-MD5``, so S3 itself refuses a body that
+differs; a change of the source found before that sends nothing. A larger file goes up as a
+multipart upload while it is read, a few parts in flight at a time (bounded memory), each
+part with its ``Content-MD5``; ``commit`` completes it, after the engine confirmed the source
+unchanged and the digests match; ``abort`` aborts it. Client calls in a small pool, not
+boto3's transfer manager: s3transfer completes a multipart upload as soon as its last part
+is sent, and here the completion must wait for the engine's verdict.
+
+The books' checksum goes into the object's metadata (``x-amz-meta-oeleo-md5``; a multipart
+object gets it by a copy onto itself after the completion, as metadata can only be given when
+an upload starts), so ``check`` compares without downloading. The ETag is trusted as an MD5
+only for a single-part object without SSE-KMS/SSE-C. A multipart upload in progress has a
+small marker object next to its key (oeleo's temporary name with this origin's tag, holding
+the upload id): after a killed run, the next one aborts the uploads its markers name, and
+leaves other PCs' uploads alone. boto3 is imported here only; credentials come from boto3's
+own chain (environment, profiles, instance roles), never from oeleo's settings.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+import posixpath
+import re
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_for_futures
+from contextlib import contextmanager
+from dataclasses import replace
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Dict, Iterable, Iterator, List, Optional, Sequence
+from urllib.parse import urlsplit, urlunsplit
+
+try:
+    import boto3
+    from botocore import exceptions as boto_errors
+    from botocore.config import Config
+except ImportError as exc:  # the message the command shows for OELEO_CONNECTOR=s3
+    raise ImportError('the s3 connector needs boto3: pip install "oeleo[s3]"') from exc
+
+from oeleo.checkers import new_hash
+from oeleo.connectors.base import (
+    TEMP_SUFFIX,
+    Connector,
+    Features,
+    FileEntry,
+    Stored,
+    Upload,
+    has_extension,
+    matches,
+    safe_relpath,
+    temp_relpath,
+)
+from oeleo.errors import (
+    ConfigError,
+    ConnectionLost,
+    FileChangedError,
+    OeleoError,
+    TransferError,
+    VerificationError,
+)
+from oeleo.names import printable
+
+if TYPE_CHECKING:
+    from oeleo.settings import Settings
+
+log = logging.getLogger("oeleo")
+
+MiB = 1024 * 1024
+MULTIPART_THRESHOLD = 8 * MiB  # smaller files: one PutObject at the commit
+PART_SIZE = 8 * MiB  # the smallest part; larger for files that would need more than MAX_PARTS
+MAX_PARTS = 10_000  # S3's limit per upload
+PARTS_IN_FLIGHT = 4  # parts being sent or waiting to be sent, for all uploads of a connector
+COPY_LIMIT = 5 * 1024 * MiB  # the largest object one CopyObject can copy (to add its metadata)
+CHECKSUM_THREADS = 8  # HEAD requests at once for ``checksums``
+META = "oeleo-"  # x-amz-meta-oeleo-<algorithm>: the checksum; oeleo-mtime-ns: the source's mtime
+MTIME_META = "oeleo-mtime-ns"
+
+_PLAIN_ETAG = re.compile(r'^"?([0-9a-f]{32})"?$')
+_MULTIPART_ETAG = re.compile(r'^"?([0-9a-f]{32})-(\d+)"?$')
+# Errors that say the store refused the bytes because their checksum differs from the one sent.
+_DIGEST_ERRORS = {"BadDigest", "InvalidDigest", "XAmzContentSHA256Mismatch", "XAmzContentChecksumMismatch"}
+_KEY_ERRORS = {
+    "InvalidAccessKeyId": "S3 does not know the access key (InvalidAccessKeyId)",
+    "SignatureDoesNotMatch": "S3 refused the secret key (SignatureDoesNotMatch)",
+    "InvalidToken": "S3 refused the session token (InvalidToken)",
+    "ExpiredToken": "the session token has expired (ExpiredToken)",
+}
+_NETWORK_ERRORS = (
+    boto_errors.EndpointConnectionError,
+    boto_errors.ConnectTimeoutError,
+    boto_errors.ReadTimeoutError,
+    boto_errors.ConnectionClosedError,
+    boto_errors.HTTPClientError,
+)
+_NO_CREDENTIALS = (
+    "no AWS credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or name a profile "
+    "of ~/.aws/credentials with OELEO_S3_PROFILE (or AWS_PROFILE)"
+)
+
+
+def _b64(digest: bytes) -> str:
+    return base64.b64encode(digest).decode("ascii")
+
+
+def _without_userinfo(url: Optional[str]) -> str:
+    """An endpoint URL for messages: a ``user:password@`` in it is never shown."""
+    if not url:
+        return ""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
+
+
+def _sse_hides_md5(response: Dict[str, Any]) -> bool:
+    """Whether the object's ETag is not the MD5 of its bytes (SSE-KMS, SSE-C)."""
+    return str(response.get("ServerSideEncryption", "")).startswith("aws:kms") or bool(
+        response.get("SSECustomerAlgorithm")
+    )
+
+
+class _Digests:
+    """The hashes of what an upload sends: md5 (S3 checks it per request) and the books'."""
+
+    def __init__(self, algorithms: Iterable[str]) -> None:
+        self.hashes = {name: new_hash(name) for name in algorithms}
+
+    def update(self, chunk: bytes) -> None:
+        for digest in self.hashes.values():
+            digest.update(chunk)
+
+    def hexdigests(self) -> Dict[str, str]:
+        return {name: digest.hexdigest() for name, digest in self.hashes.items()}
+
+
+class S3Upload(Upload):
+    """A file below the multipart threshold: held in memory, sent whole by ``commit``."""
+
+    connector: S3Connector
+
+    def __init__(self, connector: S3Connector, relpath: str, size: int, mtime_ns: int) -> None:
+        super().__init__(connector, relpath, size, mtime_ns)
+        self.key = connector.key(relpath)
+        self._chunks: Optional[List[bytes]] = []
+        self._sent = 0
+        self._digests = _Digests(connector.upload_algorithms)
+        self._hashes: Dict[str, str] = {}
+
+    def send(self, chunks: Iterable[bytes]) -> None:
+        assert self._chunks is not None
+        limit = self.connector.multipart_threshold
+        for chunk in chunks:
+            self._sent += len(chunk)
+            if self._sent > limit:  # it grew while read: never hold an unbounded file in memory
+                raise FileChangedError(f"{printable(self.relpath)} grew while it was read")
+            self._chunks.append(chunk)
+            self._digests.update(chunk)
+
+    def finish(self, algorithm: Optional[str] = None) -> Stored:
+        # What the PutObject will carry, with its Content-MD5: S3 refuses other bytes.
+        self._hashes = self._digests.hexdigests()
+        return Stored(self._sent, self._hashes)
+
+    def commit(self) -> None:
+        chunks, self._chunks = self._chunks, None
+        assert chunks is not None, "an upload is committed once"
+        connector = self.connector
+        md5 = self._hashes["md5"]
+        options = connector.object_options(self.mtime_ns, self._hashes)
+        with connector.errors("uploading", self.relpath):
+            response = connector.client.put_object(
+                Bucket=connector.bucket,
+                Key=self.key,
+                Body=b"".join(chunks),
+                ContentMD5=_b64(bytes.fromhex(md5)),
+                **options,
+            )
+        etag = _PLAIN_ETAG.match(response.get("ETag", ""))
+        if etag and not _sse_hides_md5(response) and etag.group(1) != md5:
+            # Only a store that ignores Content-MD5 gets here; S3 refuses the request.
+            raise VerificationError(
+                f"{printable(self.relpath)}: the store holds other bytes (ETag {etag.group(1)}, "
+                f"md5 of the source {md5}); it ignored the Content-MD5"
+            )
+
+    def abort(self) -> None:
+        self._chunks = None
+
+
+class S3MultipartUpload(Upload):
+    """A large file sent as a multipart upload while it is read; ``commit`` completes it."""
+
+    connector: S3Connector
+
+    def __init__(self, connector: S3Connector, relpath: str, size: int, mtime_ns: int) -> None:
+        super().__init__(connector, relpath, size, mtime_ns)
+        self.key = connector.key(relpath)
+        self.staging = temp_relpath(relpath, connector.upload_tag)  # the marker's name
+        self.upload_id: Optional[str] = None
+        # Parts of at least PART_SIZE, whole MiB, so that the file fits in MAX_PARTS - 1000
+        # parts (room for a file that grows a little; it is refused anyway).
+        wanted = -(-size // (MAX_PARTS - 1000))
+        self.part_size = max(PART_SIZE, -(-wanted // MiB) * MiB)
+        self._futures: List[Future] = []
+        self._sent = 0
+        self._digests = _Digests(connector.upload_algorithms)
+        self._hashes: Dict[str, str] = {}
+        self._parts: List[Dict[str, Any]] = []
+        self._part_md5s: List[bytes] = []
+
+    def _start(self) -> None:
+        connector = self.connector
+        options = connector.object_options(self.mtime_ns, {})
+        if connector.crc_parts:
+            options["ChecksumAlgorithm"] = "CRC32"
+        with connector.errors("starting the upload of", self.relpath):
+            response = connector.client.create_multipart_upload(
+                Bucket=connector.bucket, Key=self.key, **options
+            )
+        self.upload_id = response["UploadId"]
+        connector.started(self)
+
+    def send(self, chunks: Iterable[bytes]) -> None:
+        self._start()
+        buffer = bytearray()
+        number = 0
+        for chunk in chunks:
+            self._digests.update(chunk)
+            self._sent += len(chunk)
+            buffer += chunk
+            while len(buffer) >= self.part_size:
+                number += 1
+                if len(buffer) == self.part_size:
+                    part, buffer = bytes(buffer), bytearray()
+                else:
+                    part = bytes(buffer[: self.part_size])
+                    del buffer[: self.part_size]
+                self._submit(number, part)
+        if buffer or number == 0:
+            number += 1
+            self._submit(number, bytes(buffer))
+        del buffer
+        wait_for_futures(self._futures)
+        self._parts = [future.result() for future in self._futures]  # a failed part raises here
+
+    def _submit(self, number: int, data: bytes) -> None:
+        if number > MAX_PARTS:
+            raise FileChangedError(f"{printable(self.relpath)} grew while it was read")
+        for future in self._futures:  # a part that failed ends the upload now, not at the end
+            if future.done() and future.exception() is not None:
+                future.result()
+        self._futures.append(self.connector.send_part(self, number, data))
+
+    def upload_part(self, number: int, data: bytes) -> Dict[str, Any]:
+        """Send one part (in a thread of the connector's pool); its entry for the completion."""
+        connector = self.connector
+        md5 = hashlib.md5(data).digest()
+        options: Dict[str, Any] = {}
+        part: Dict[str, Any] = {"PartNumber": number}
+        if connector.crc_parts:
+            import zlib
+
+            options["ChecksumCRC32"] = part["ChecksumCRC32"] = _b64(zlib.crc32(data).to_bytes(4, "big"))
+        with connector.errors(f"uploading part {number} of", self.relpath):
+            response = connector.client.upload_part(
+                Bucket=connector.bucket,
+                Key=self.key,
+                UploadId=self.upload_id,
+                PartNumber=number,
+                Body=data,
+                ContentMD5=_b64(md5),
+                **options,
+            )
+        etag = _PLAIN_ETAG.match(response.get("ETag", ""))
+        if etag and not _sse_hides_md5(response) and etag.group(1) != md5.hex():
+            raise VerificationError(
+                f"{printable(self.relpath)}: part {number} arrived as other bytes (ETag {etag.group(1)}, "
+                f"md5 sent {md5.hex()})"
+            )
+        part["ETag"] = response["ETag"]
+        part["md5"] = md5
+        return part
+
+    def finish(self, algorithm: Optional[str] = None) -> Stored:
+        # The digests of exactly the bytes S3 acknowledged, each part checked by its Content-MD5.
+        self._hashes = self._digests.hexdigests()
+        return Stored(self._sent, self._hashes)
+
+    def commit(self) -> None:
+        connector = self.connector
+        assert self.upload_id is not None, "an upload is committed once"
+        parts = [{k: v for k, v in part.items() if k != "md5"} for part in self._parts]
+        with connector.errors("completing the upload of", self.relpath):
+            response = connector.client.complete_multipart_upload(
+                Bucket=connector.bucket,
+                Key=self.key,
+                UploadId=self.upload_id,
+                MultipartUpload={"Parts": parts},
+            )
+        self.upload_id = None
+        etag = _MULTIPART_ETAG.match(response.get("ETag", ""))
+        expected = hashlib.md5(b"".join(part["md5"] for part in self._parts)).hexdigest()
+        if etag and not _sse_hides_md5(response) and etag.group(1) != expected:
+            connector.forget_marker(self)
+            raise VerificationError(
+                f"{printable(self.relpath)}: the completed object is not the parts sent "
+                f"(ETag {etag.group(1)}-{etag.group(2)}, expected {expected}-{len(parts)})"
+            )
+        connector.add_checksums(self, self._hashes)
+        connector.forget_marker(self)
+
+    def abort(self) -> None:
+        for future in self._futures:
+            future.cancel()
+        wait_for_futures(self._futures)  # S3 may keep a part that lands after the abort
+        self._futures = []
+        if self.upload_id is not None:
+            upload_id, self.upload_id = self.upload_id, None
+            self.connector.abort_upload(self.key, upload_id)
+            self.connector.forget_marker(self)
+
+
+class S3Connector(Connector):
+    """Objects under ``prefix`` in an S3 bucket: ``S3Connector("lab-data", prefix="instr1/")``;
+    ``endpoint_url`` for an S3-compatible store (``http://minio.lab:9000``).
+
+    ``request_checksums``: botocore's ``request_checksum_calculation`` (``when_supported``
+    adds CRC32 to every upload request; ``when_required`` only where S3 requires one). The
+    default is ``when_required`` with an endpoint URL (several S3-compatible stores reject
+    the aws-chunked bodies that come with it, see docs/s3.md), else ``when_supported``.
+    Either way every upload request carries its Content-MD5. ``algorithm`` is the books'
+    checksum, stored in the metadata next to the md5.
+    """
+
+    name = "s3"
+    # hashes: md5 of what S3 received (each request's Content-MD5 checked by S3), and the
+    # books' algorithm, both kept in the metadata. Nothing visible before the commit.
+    features = Features(hashes=frozenset({"md5"}), staged_uploads=True, max_uploads=8)
+
+    multipart_threshold = MULTIPART_THRESHOLD
+    connect_timeout = 10.0
+    read_timeout = 120.0
+    max_attempts = 4  # botocore's own retries of a request (throttling, 5xx, dropped connections)
+
+    def __init__(
+        self,
+        bucket: Optional[str],
+        prefix: str = "",
+        endpoint_url: Optional[str] = None,
+        region: Optional[str] = None,
+        storage_class: Optional[str] = None,
+        profile: Optional[str] = None,
+        request_checksums: Optional[str] = None,
+        algorithm: str = "md5",
+        multipart_threshold: Optional[int] = None,
+        **kwargs: Any,
+    ) -> None:
+        if not bucket or not str(bucket).strip():
+            raise ConfigError("OELEO_S3_BUCKET is not set: the bucket to copy to")
+        self.bucket = str(bucket).strip()
+        self.prefix = self.normalise_prefix(prefix)
+        self.endpoint_url = endpoint_url or None
+        self.region = region or None
+        self.storage_class = storage_class or None
+        self.profile = profile or None
+        if request_checksums is None:
+            request_checksums = "when_required" if self.endpoint_url else "when_supported"
+        if request_checksums not in ("when_supported", "when_required"):
+            raise ConfigError(
+                f"OELEO_S3_REQUEST_CHECKSUMS={request_checksums!r}: expected when_supported or when_required"
+            )
+        self.request_checksums = request_checksums
+        self.crc_parts = request_checksums == "when_supported"  # CRC32 per part, named at the start
+        self.algorithm = algorithm
+        self.upload_algorithms = tuple(dict.fromkeys(["md5", algorithm]))
+        self.features = replace(type(self).features, hashes=frozenset(self.upload_algorithms))
+        if multipart_threshold is not None:
+            self.multipart_threshold = max(int(multipart_threshold), 5 * MiB)
+        self.directory = f"s3://{self.bucket}/{self.prefix}"
+        self._client: Any = None
+        self._lock = threading.Lock()
+        self._reached = False  # a request has worked: a network error later is a dropped connection
+        self._parts: Optional[ThreadPoolExecutor] = None
+        self._in_flight = threading.BoundedSemaphore(PARTS_IN_FLIGHT)
+        self._active: Dict[str, str] = {}  # upload id -> key, of this connector's uploads in progress
+
+    @staticmethod
+    def normalise_prefix(prefix: Optional[str]) -> str:
+        """``instr1`` and ``/instr1/`` are the "folder" ``instr1/``; empty is the bucket's top."""
+        text = (prefix or "").strip().strip("/")
+        if not text:
+            return ""
+        if any(part in ("", ".", "..") for part in text.split("/")):
+            raise ConfigError(
+                f"OELEO_S3_PREFIX={prefix!r}: expected a key prefix such as instr1/ (no . or ..)"
+            )
+        return text + "/"
+
+    @classmethod
+    def from_settings(cls, settings: Settings, role: str = "external") -> S3Connector:
+        if role != "external":
+            raise ConfigError("the s3 connector is a destination; the source is always a local folder")
+        return cls(
+            bucket=settings.s3_bucket,
+            prefix=settings.s3_prefix,
+            endpoint_url=settings.s3_endpoint_url,
+            region=settings.s3_region,
+            storage_class=settings.s3_storage_class,
+            profile=settings.s3_profile,
+            request_checksums=settings.s3_request_checksums,
+            algorithm=settings.checksum,
+        )
+
+    def __repr__(self) -> str:
+        where = f" at {_without_userinfo(self.endpoint_url)}" if self.endpoint_url else ""
+        return f"S3Connector({self.directory}{where})"
+
+    def __str__(self) -> str:
+        return self.directory
+
+    # -- names ----------------------------------------------------------------------------
+    def key(self, relpath: str) -> str:
+        """The object key of a relative name: the prefix, then the POSIX path."""
+        relpath = safe_relpath(relpath)
+        key = self.prefix + relpath
+        try:
+            size = len(key.encode("utf-8"))
+        except UnicodeEncodeError:  # surrogate escapes: the local name is not UTF-8
+            raise TransferError(
+                f"{printable(relpath)}: the name is not valid UTF-8, and S3 keys must be"
+            ) from None
+        if size > 1024:
+            raise TransferError(f"{printable(relpath)}: the key would be {size} bytes; S3 allows 1024")
+        return key
+
+    def external_name(self, relpath: str) -> str:
+        return f"s3://{self.bucket}/{self.key(relpath)}"
+
+    # -- life cycle -----------------------------------------------------------------------
+    @property
+    def client(self) -> Any:
+        """The boto3 client (thread-safe: one for every copying thread)."""
+        if self._client is None:
+            self.connect()
+        return self._client
+
+    def connect(self, **kwargs: Any) -> None:
+        """Make the boto3 client (no request yet); does nothing when it is there."""
+        with self._lock:
+            if self._client is not None:
+                return
+            config = Config(
+                connect_timeout=self.connect_timeout,
+                read_timeout=self.read_timeout,
+                retries={"mode": "standard", "max_attempts": self.max_attempts},
+                max_pool_connections=PARTS_IN_FLIGHT + self.features.max_uploads + CHECKSUM_THREADS,
+                request_checksum_calculation=self.request_checksums,
+                response_checksum_validation=self.request_checksums,
+                # S3-compatible stores are usually reached by path (http://host/bucket/key).
+                s3={"addressing_style": "path"} if self.endpoint_url else None,
+            )
+            try:
+                session = boto3.session.Session(profile_name=self.profile)
+                self._client = session.client(
+                    "s3", endpoint_url=self.endpoint_url, region_name=self.region, config=config
+                )
+            except boto_errors.ProfileNotFound:
+                raise ConfigError(
+                    f"OELEO_S3_PROFILE={self.profile!r}: no such profile in ~/.aws/config "
+                    "or ~/.aws/credentials"
+                ) from None
+            except ValueError as exc:  # an endpoint URL that is not one
+                raise ConfigError(
+                    f"OELEO_S3_ENDPOINT_URL={_without_userinfo(self.endpoint_url)!r}: {exc}"
+                ) from None
+            except boto_errors.BotoCoreError as exc:
+                raise ConfigError(f"cannot set up the S3 client: {exc}") from None
+
+    def reconnect(self, **kwargs: Any) -> None:
+        """After a dropped connection: boto3's pool opens new connections by itself."""
+        self.connect()
+
+    def close(self) -> None:
+        with self._lock:
+            parts, self._parts = self._parts, None
+            client, self._client = self._client, None
+        if parts is not None:
+            parts.shutdown(wait=True)
+        if client is not None:
+            try:
+                client.close()
+            except Exception:  # noqa: BLE001 - closing must not raise
+                pass
+
+    def prepare(self) -> None:
+        """Check the bucket can be listed, and abort the multipart uploads a killed run of
+        this origin left under the prefix."""
+        self.check_base()
+        self._abort_leftover_uploads()
+
+    def check_base(self) -> bool:
+        """The bucket is there and can be listed (``ConfigError`` otherwise); a prefix
+        always exists in S3, even before its first object."""
+        with self.errors("listing", None, setup=True):
+            self.client.list_objects_v2(Bucket=self.bucket, Prefix=self.prefix, MaxKeys=1)
+        return True
+
+    # -- errors -----------------------------------------------------------------------------
+    @contextmanager
+    def errors(self, what: str, relpath: Optional[str], setup: bool = False) -> Iterator[None]:
+        """botocore's errors as oeleo's, in one line that names the setting to fix. ``setup``:
+        a request that precedes any copy (a failure there is a setting, not one file)."""
+        try:
+            yield
+        except boto_errors.ClientError as exc:
+            raise self._client_error(exc, what, relpath, setup) from None
+        except (boto_errors.NoCredentialsError, boto_errors.PartialCredentialsError):
+            raise ConfigError(_NO_CREDENTIALS) from None
+        except _NETWORK_ERRORS as exc:
+            where = _without_userinfo(self.endpoint_url) or "AWS S3"
+            if self._reached:
+                raise ConnectionLost(f"lost the connection to {where}: {exc}") from None
+            hint = (
+                "check OELEO_S3_ENDPOINT_URL"
+                if self.endpoint_url
+                else "check the network and OELEO_S3_REGION"
+            )
+            raise ConfigError(f"cannot reach S3 at {where} ({exc}); {hint}") from None
+        except boto_errors.BotoCoreError as exc:
+            raise TransferError(f"{self._what(what, relpath)}: {exc}") from None
+        else:
+            self._reached = True
+
+    def _what(self, what: str, relpath: Optional[str]) -> str:
+        return f"{what} {printable(relpath)}" if relpath else f"{what} s3://{self.bucket}/{self.prefix}"
+
+    def _client_error(
+        self, exc: boto_errors.ClientError, what: str, relpath: Optional[str], setup: bool
+    ) -> OeleoError:
+        self._reached = True  # S3 answered
+        error = exc.response.get("Error", {})
+        code = str(error.get("Code", ""))
+        message = str(error.get("Message", "")) or code
+        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+        doing = self._what(what, relpath)
+        if code in _KEY_ERRORS:
+            return ConfigError(
+                f"{_KEY_ERRORS[code]}: check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or the "
+                "profile's credentials (OELEO_S3_PROFILE)"
+            )
+        if code == "NoSuchBucket" or (setup and status == 404):
+            where = f" at {_without_userinfo(self.endpoint_url)}" if self.endpoint_url else ""
+            return ConfigError(f"OELEO_S3_BUCKET={self.bucket!r}: no such bucket{where}")
+        if code in ("AccessDenied", "AllAccessDisabled", "403") or status == 403:
+            return ConfigError(
+                f"S3 denied access {doing} ({code}): check the bucket policy and the permissions "
+                "of these credentials"
+            )
+        if code in _DIGEST_ERRORS:
+            return VerificationError(
+                f"{doing}: S3 refused the bytes, their checksum differs from the one sent ({code})"
+            )
+        if code == "NoSuchUpload":
+            return TransferError(f"{doing}: the multipart upload is gone (aborted elsewhere?)")
+        if status >= 500:
+            return TransferError(f"{doing}: S3 answered {status} {code} after {self.max_attempts} attempts")
+        return TransferError(f"{doing}: {code}: {message}")
+
+    # -- read side ------------------------------------------------------------------------
+    def _objects(self) -> Iterator[Dict[str, Any]]:
+        """Every object under the prefix, a page of up to 1,000 at a time."""
+        paginator = self.client.get_paginator("list_objects_v2")
+        with self.errors("listing", None, setup=True):
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix):
+                yield from page.get("Contents", [])
+
+    def list_files(
+        self,
+        extensions: Sequence[str] = (),
+        include: Sequence[str] = (),
+        exclude: Sequence[str] = (),
+        recursive: bool = True,
+    ) -> Iterator[FileEntry]:
+        """The objects under the prefix, in relative-path order; "folders" (keys ending in
+        ``/``) and hidden names (oeleo's markers among them) skipped, as a folder's listing
+        skips them. The mtime is when the object was written: listing returns no metadata."""
+        found = []
+        for item in self._objects():
+            relpath = item["Key"][len(self.prefix) :]
+            if not relpath or relpath.endswith("/"):
+                continue
+            parts = relpath.split("/")
+            if any(part.startswith(".") or not part for part in parts):
+                continue
+            if not recursive and len(parts) > 1:
+                continue
+            if not has_extension(parts[-1], extensions):
+                continue
+            if include and not matches(relpath, include):
+                continue
+            if exclude and (matches(relpath, exclude) or any(matches(p, exclude) for p in _parents(relpath))):
+                continue
+            found.append(FileEntry(relpath, int(item["Size"]), _ns(item["LastModified"])))
+        found.sort()
+        return iter(found)
+
+    def list_temporaries(self) -> Iterator[str]:
+        """The markers of multipart uploads in progress or left by a killed run."""
+        for item in self._objects():
+            relpath = item["Key"][len(self.prefix) :]
+            name = posixpath.basename(relpath)
+            if name.startswith(".") and name.endswith(TEMP_SUFFIX):
+                yield relpath
+
+    def head(self, relpath: str, **options: Any) -> Optional[Dict[str, Any]]:
+        """The object's HEAD response, or ``None`` when it is not there."""
+        key = self.key(relpath)
+        with self.errors("reading the metadata of", relpath):
+            try:
+                return dict(self.client.head_object(Bucket=self.bucket, Key=key, **options))
+            except boto_errors.ClientError as exc:
+                if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404:
+                    return None
+                raise
+
+    def stat(self, relpath: str) -> Optional[FileEntry]:
+        response = self.head(relpath)
+        if response is None:
+            return None
+        metadata = response.get("Metadata", {})
+        try:
+            mtime_ns = int(metadata[MTIME_META])
+        except (KeyError, ValueError):
+            mtime_ns = _ns(response["LastModified"])
+        return FileEntry(safe_relpath(relpath), int(response["ContentLength"]), mtime_ns)
+
+    def checksum(self, relpath: str, algorithm: str = "md5") -> str:
+        """The checksum oeleo stored in the object's metadata; else S3's own (the ETag of a
+        single-part object without SSE-KMS/SSE-C for md5; a full-object SHA-256/SHA-1);
+        else the object read back and hashed."""
+        response = self.head(relpath)
+        if response is None:
+            raise FileNotFoundError(2, "not in the bucket", self.external_name(relpath))
+        digest = response.get("Metadata", {}).get(META + algorithm)
+        if digest:
+            return digest
+        if algorithm == "md5":
+            etag = _PLAIN_ETAG.match(response.get("ETag", ""))
+            if etag and not _sse_hides_md5(response):
+                return etag.group(1)
+        elif algorithm in ("sha256", "sha1"):
+            with_checksums = self.head(relpath, ChecksumMode="ENABLED") or {}
+            value = with_checksums.get(f"Checksum{algorithm.upper()}")
+            if (
+                value
+                and with_checksums.get("ChecksumType", "FULL_OBJECT") == "FULL_OBJECT"
+                and "-" not in value
+            ):
+                return base64.b64decode(value).hex()
+        return self._read_back(relpath, algorithm)
+
+    def _read_back(self, relpath: str, algorithm: str) -> str:
+        digest = new_hash(algorithm)
+        with self.errors("reading back", relpath):
+            body = self.client.get_object(Bucket=self.bucket, Key=self.key(relpath))["Body"]
+            try:
+                for chunk in body.iter_chunks(MiB):
+                    digest.update(chunk)
+            finally:
+                body.close()
+        return digest.hexdigest()
+
+    def checksums(self, relpaths: Sequence[str], algorithm: str = "md5") -> Dict[str, str]:
+        """The checksums of many objects, their HEAD requests in parallel (listing returns
+        no metadata); an object that cannot be asked about is left out."""
+
+        def one(relpath: str) -> Optional[str]:
+            try:
+                return self.checksum(relpath, algorithm)
+            except (OeleoError, OSError):
+                return None
+
+        if not relpaths:
+            return {}
+        with ThreadPoolExecutor(
+            min(CHECKSUM_THREADS, len(relpaths)), thread_name_prefix="oeleo-head"
+        ) as pool:
+            found = dict(zip(relpaths, pool.map(one, relpaths)))
+        return {relpath: digest for relpath, digest in found.items() if digest}
+
+    # -- write side -----------------------------------------------------------------------
+    def open_upload(self, relpath: str, size: int, mtime_ns: int) -> Upload:
+        if size < self.multipart_threshold:
+            return S3Upload(self, relpath, size, mtime_ns)
+        return S3MultipartUpload(self, relpath, size, mtime_ns)
+
+    def object_options(self, mtime_ns: int, hashes: Dict[str, str]) -> Dict[str, Any]:
+        """The metadata and storage class of a new object."""
+        metadata = {MTIME_META: str(mtime_ns)}
+        metadata.update({META + name: digest for name, digest in hashes.items()})
+        options: Dict[str, Any] = {"Metadata": metadata}
+        if self.storage_class:
+            options["StorageClass"] = self.storage_class
+        return options
+
+    def send_part(self, upload: S3MultipartUpload, number: int, data: bytes) -> Future:
+        """Queue a part for the pool; blocks while PARTS_IN_FLIGHT parts are on their way
+        (what bounds the memory of large uploads)."""
+        self._in_flight.acquire()
+        try:
+            with self._lock:
+                if self._parts is None:
+                    self._parts = ThreadPoolExecutor(PARTS_IN_FLIGHT, thread_name_prefix="oeleo-s3-part")
+                future = self._parts.submit(upload.upload_part, number, data)
+        except BaseException:
+            self._in_flight.release()
+            raise
+        future.add_done_callback(lambda _: self._in_flight.release())  # also when cancelled
+        return future
+
+    def started(self, upload: S3MultipartUpload) -> None:
+        """A multipart upload began: its marker says it is this origin's."""
+        assert upload.upload_id is not None
+        self._active[upload.upload_id] = upload.key
+        try:
+            with self.errors("marking the upload of", upload.relpath):
+                self.client.put_object(
+                    Bucket=self.bucket, Key=self.key(upload.staging), Body=upload.upload_id.encode("ascii")
+                )
+        except BaseException:
+            self.abort_upload(upload.key, upload.upload_id)
+            raise
+
+    def forget_marker(self, upload: S3MultipartUpload) -> None:
+        try:
+            self.client.delete_object(Bucket=self.bucket, Key=self.key(upload.staging))
+        except Exception as exc:  # noqa: BLE001 - the next run removes it
+            log.debug("cannot remove the marker %s: %s", printable(upload.staging), exc)
+
+    def abort_upload(self, key: str, upload_id: str) -> None:
+        """Abort a multipart upload (its parts are deleted); must not raise."""
+        self._active.pop(upload_id, None)
+        try:
+            self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+        except boto_errors.ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") != "NoSuchUpload":
+                log.warning("cannot abort the upload of %s: %s", printable(key), exc)
+        except Exception as exc:  # noqa: BLE001 - cleanup must not hide the first error
+            log.warning("cannot abort the upload of %s: %s", printable(key), exc)
+
+    def add_checksums(self, upload: S3MultipartUpload, hashes: Dict[str, str]) -> None:
+        """Give a completed multipart object its checksums: metadata can only be given when
+        an upload starts, so the object is copied onto itself (by S3) with them."""
+        self._active.pop(upload.upload_id or "", None)
+        if upload.size > COPY_LIMIT:
+            log.info(
+                "%s: over 5 GiB, so its checksum is not in its metadata; `check` reads it back",
+                printable(upload.relpath),
+            )
+            return
+        options = self.object_options(upload.mtime_ns, hashes)
+        try:
+            with self.errors("adding the checksum to", upload.relpath):
+                self.client.copy_object(
+                    Bucket=self.bucket,
+                    Key=upload.key,
+                    CopySource={"Bucket": self.bucket, "Key": upload.key},
+                    MetadataDirective="REPLACE",
+                    **options,
+                )
+        except OeleoError as exc:  # the copy is whole and verified; `check` reads it back
+            log.warning("%s", exc)
+
+    def remove(self, relpath: str) -> None:
+        """Delete an object; a marker's multipart upload is aborted first."""
+        key = self.key(relpath)
+        name = posixpath.basename(relpath)
+        if name.startswith(".") and name.endswith(TEMP_SUFFIX):
+            upload_id = self._marker(key)
+            if upload_id:
+                self.abort_upload(self._marked_key(relpath), upload_id)
+        with self.errors("removing", relpath):
+            self.client.delete_object(Bucket=self.bucket, Key=key)
+
+    def _marked_key(self, marker_relpath: str) -> str:
+        """The key whose upload a marker names (``dir/.a.fits.1f3a9c.oeleo-part`` -> ``dir/a.fits``)."""
+        head, name = posixpath.split(marker_relpath)
+        name = name[1 : -len(TEMP_SUFFIX)]
+        if self.upload_tag and name.endswith("." + self.upload_tag):
+            name = name[: -len(self.upload_tag) - 1]
+        return self.prefix + posixpath.join(head, name)
+
+    def _marker(self, key: str) -> Optional[str]:
+        """The upload id a marker holds, or ``None`` when there is no marker."""
+        try:
+            body = self.client.get_object(Bucket=self.bucket, Key=key)["Body"]
+            try:
+                return body.read(1024).decode("ascii", "replace").strip() or None
+            finally:
+                body.close()
+        except boto_errors.ClientError:
+            return None
+
+    def _abort_leftover_uploads(self) -> None:
+        """Abort the multipart uploads under the prefix that this origin started and a
+        killed run left; other origins' are counted and left alone."""
+        aborted = others = 0
+        try:
+            paginator = self.client.get_paginator("list_multipart_uploads")
+            with self.errors("listing the multipart uploads under", None, setup=True):
+                uploads = [
+                    (upload["Key"], upload["UploadId"])
+                    for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix)
+                    for upload in page.get("Uploads", [])
+                ]
+        except ConfigError as exc:
+            if "denied" not in str(exc):
+                raise
+            log.warning("cannot look for unfinished uploads: %s", exc)
+            return
+        for key, upload_id in uploads:
+            if upload_id in self._active:
+                continue
+            relpath = key[len(self.prefix) :]
+            marker = self.prefix + temp_relpath(relpath, self.upload_tag)
+            if self._marker(marker) != upload_id:
+                others += 1
+                continue
+            self.abort_upload(key, upload_id)
+            try:
+                self.client.delete_object(Bucket=self.bucket, Key=marker)
+            except Exception as exc:  # noqa: BLE001 - the worker removes markers too
+                log.debug("cannot remove the marker %s: %s", printable(marker), exc)
+            aborted += 1
+        if aborted:
+            log.info("aborted %d unfinished multipart upload(s) that an earlier run left", aborted)
+        if others:
+            log.info(
+                "left %d unfinished multipart upload(s) under %s alone: not started by this origin",
+                others,
+                self.directory,
+            )
+
+
+def _ns(when: datetime) -> int:
+    return int(when.timestamp()) * 1_000_000_000 + when.microsecond * 1000
+
+
+def _parents(relpath: str) -> List[str]:
+    """The folders a relative path is in (``a/b/c.csv`` -> ``a``, ``a/b``), for exclusions."""
+    parts = relpath.split("/")[:-1]
+    return ["/".join(parts[: index + 1]) for index in range(len(parts))]
+
+
+__all__ = ["S3Connector", "S3Upload", "S3MultipartUpload"]
