@@ -48,6 +48,28 @@ def ssh_connector(tmp_path: Path, server) -> Connector:
     )
 
 
+def s3_connector(tmp_path: Path, server) -> Connector:
+    from oeleo.connectors.s3 import S3Connector
+
+    bucket = server.new_bucket(f"contract-{hashlib.md5(str(tmp_path).encode()).hexdigest()[:12]}")
+    return S3Connector(bucket, prefix="contract", endpoint_url=server.endpoint_url)
+
+
+def arcsecond_connector(tmp_path: Path, server) -> Connector:
+    from oeleo.connectors.arcsecond import ArcsecondConnector
+
+    return ArcsecondConnector(api_key=server.key, api_url=server.url, root_name="contract", backoff=0.01)
+
+
+@pytest.fixture
+def arcsecond_server():
+    from arcsecond_server import FakeArcsecond
+
+    server = FakeArcsecond().start()
+    yield server
+    server.stop()
+
+
 def example(module: str, name: str) -> Callable[[Path], Connector]:
     """A connector of examples/ (the ones docs/connectors.md shows), built on ``tmp_path``."""
 
@@ -66,15 +88,21 @@ def example(module: str, name: str) -> Callable[[Path], Connector]:
 FACTORIES: Dict[str, Callable[..., Connector]] = {
     "local": lambda tmp_path: LocalConnector(directory=tmp_path / "store"),
     "ssh": ssh_connector,
+    "arcsecond": arcsecond_connector,
+    "s3": s3_connector,
     "example-folder": example("folder_connector", "PlainFolderConnector"),
     "example-bucket": example("object_store", "BucketConnector"),
 }
-SERVER_FIXTURES: Dict[str, str] = {"ssh": "sshd_server"}  # connector name -> its server's fixture
+SERVER_FIXTURES: Dict[str, str] = {  # connector name -> its server's fixture
+    "ssh": "sshd_server",
+    "s3": "s3_server",
+    "arcsecond": "arcsecond_server",
+}
 
 
 # A connector whose server is a fixture carries its marker (tests/conftest.py cannot see a
 # fixture asked for with getfixturevalue).
-MARKS = {"ssh": [pytest.mark.ssh]}
+MARKS = {"ssh": [pytest.mark.ssh], "s3": [pytest.mark.s3]}
 
 
 @pytest.fixture(params=[pytest.param(name, marks=MARKS.get(name, [])) for name in sorted(FACTORIES)])
