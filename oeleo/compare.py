@@ -7,6 +7,7 @@ import functools
 from typing import Callable, List, Sequence, Tuple
 
 from oeleo.checkers import hash_file
+from oeleo.compress import file_chunks, gzip_digest, stored_name
 from oeleo.connectors.base import Connector, FileEntry
 from oeleo.connectors.local import LocalConnector
 from oeleo.errors import Aborted, OeleoError
@@ -25,12 +26,18 @@ def compare(
     update_db: bool,
     report: CheckReport,
     should_stop: Callable[[], bool] = lambda: False,
+    compress: str = "",
 ) -> CheckReport:
     """Fill ``report`` with how each of ``entries`` compares with ``external``; with
     ``update_db``, book identical files as copied and the others as to be copied. A stop
-    asked meanwhile (SIGTERM, Ctrl-C) raises ``Aborted`` between two files."""
+    asked meanwhile (SIGTERM, Ctrl-C) raises ``Aborted`` between two files.
+
+    A file stored compressed (``compress``: ``NAME.gz``) is compared in that form: the local
+    file is compressed again (the output is deterministic) and its size and hash compared
+    with the store's, without downloading anything."""
     records = bookkeeper.load()
-    same_size: List[Tuple[FileEntry, str]] = []  # (entry, local digest): compare checksums
+    # (entry, stored name, digest to compare with the store's, digest for the books)
+    same_size: List[Tuple[FileEntry, str, str, str]] = []
 
     def to_copy(bucket: List[str], relpath: str) -> None:
         bucket.append(relpath)
@@ -50,17 +57,28 @@ def compare(
                 if record is not None and record.code == SHOULD_NOT_BE_COPIED:
                     report.locked.append(entry.relpath)
                     continue
-                remote = external.stat(entry.relpath)
+                name = stored_name(entry.relpath, compress)
+                remote = external.stat(name)
                 if remote is None:
                     to_copy(report.missing, entry.relpath)
+                    continue
+                path = local.path(entry.relpath)
+                progress = functools.partial(reporter.file_progress, entry.relpath)
+                if name != entry.relpath:
+                    hashed = True
+                    digest = hash_file(path, algorithm, progress=progress)
+                    packed, packed_size = gzip_digest(file_chunks(str(path)), algorithm)
+                    if remote.size != packed_size:
+                        to_copy(report.different, entry.relpath)
+                    else:
+                        same_size.append((entry, name, packed, digest))
                     continue
                 if remote.size != entry.size:
                     to_copy(report.different, entry.relpath)
                     continue
-                path = local.path(entry.relpath)
                 hashed = True
-                progress = functools.partial(reporter.file_progress, entry.relpath)
-                same_size.append((entry, hash_file(path, algorithm, progress=progress)))
+                digest = hash_file(path, algorithm, progress=progress)
+                same_size.append((entry, name, digest, digest))
             except (OeleoError, OSError) as exc:
                 report.errors.append((entry.relpath, str(exc)))
             finally:
@@ -70,22 +88,22 @@ def compare(
         reporter.check_finished()
     # All stored checksums at once: one request for many files where the store can.
     try:
-        stored = external.checksums([e.relpath for e, _ in same_size], algorithm)
+        stored = external.checksums([name for _, name, _, _ in same_size], algorithm)
     except (OeleoError, OSError):
         stored = {}
-    for entry, digest in same_size:
+    for entry, name, wanted, digest in same_size:
         try:
             # A file left out of the batch is asked for alone, which says why it failed.
-            remote_digest = stored.get(entry.relpath) or external.checksum(entry.relpath, algorithm)
+            remote_digest = stored.get(name) or external.checksum(name, algorithm)
         except (OeleoError, OSError) as exc:
             report.errors.append((entry.relpath, str(exc)))
             continue
-        if remote_digest == digest:
+        if remote_digest == wanted:
             report.same.append(entry.relpath)
             if update_db:
                 bookkeeper.record_copied(
                     entry.relpath,
-                    external.external_name(entry.relpath),
+                    external.external_name(name),
                     digest,
                     entry.size,
                     entry.mtime_ns,

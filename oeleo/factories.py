@@ -56,6 +56,7 @@ def worker_from_settings(settings: Any, reporter: Optional[Reporter] = None, **o
         min_age=settings.min_age,
         verify=settings.verify,
         retries=settings.retries,
+        compress=settings.compress,
         workers=settings.workers,
         **options,
     )

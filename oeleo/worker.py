@@ -23,6 +23,7 @@ from oeleo.batches import Batches
 from oeleo.booking import Booking
 from oeleo.checkers import Checker, ChecksumChecker, hash_file
 from oeleo.compare import compare
+from oeleo.compress import stored_name
 from oeleo.connectors.base import (
     TEMP_SUFFIX,
     Connector,
@@ -44,6 +45,7 @@ from oeleo.models import (
     SimpleDbHandler,
     make_origin,
 )
+from oeleo.names import printable
 from oeleo.plan import Action, PlanOptions, decide
 from oeleo.pool import copy_in_parallel
 from oeleo.reporters import Reporter
@@ -57,6 +59,29 @@ Item = Tuple[FileEntry, Optional[Record], bool]  # a file to copy, its row, "com
 
 PARALLEL_MIN_SIZE = 4 * 1024 * 1024  # with OELEO_WORKERS not set, smaller files go one at a time
 AUTO_WORKERS = 2  # files copied at a time when OELEO_WORKERS is not set and the connector allows it
+
+
+def _without_name_clashes(entries: List[FileEntry], compress: str, skipped: List[Skipped]) -> List[FileEntry]:
+    """The files whose compressed name is not also the name of another source file
+    (``m31.fits`` and ``m31.fits.gz`` side by side): those fail, named, and the other one
+    goes as it is. Folders on Windows do not tell case apart: neither do the names here."""
+
+    def key(name: str) -> str:
+        return name.casefold() if os.name == "nt" else name
+
+    names = {key(entry.relpath) for entry in entries}
+    kept: List[FileEntry] = []
+    for entry in entries:
+        target = stored_name(entry.relpath, compress)
+        if target != entry.relpath and key(target) in names:
+            reason = (
+                f"compressed it would be stored as {printable(target)}, the name of another file "
+                "in the source folder; rename one of them (or leave OELEO_COMPRESS empty)"
+            )
+            skipped.append(Skipped(entry.relpath, reason, failed=True))
+        else:
+            kept.append(entry)
+    return kept
 
 
 def _overrides_put_only(connector: Connector) -> bool:
@@ -95,6 +120,7 @@ class Worker:
         workers: Optional[int] = 1,
         force: bool = False,
         include_locked: bool = False,
+        compress: str = "",
     ) -> None:
         from oeleo.settings import normalise_extensions
 
@@ -135,6 +161,8 @@ class Worker:
         self.workers = max(1, int(workers))
         self.force = force
         self.include_locked = include_locked
+        # "gzip": FITS and XISF files are stored as NAME.gz (oeleo.compress); "" as they are.
+        self.compress = compress
         self._entries: Optional[List[FileEntry]] = None
         self._skipped: List[Skipped] = []  # what the last listing did not list, and why
         self._stop = threading.Event()
@@ -320,6 +348,8 @@ class Worker:
         records = self.bookkeeper.load() if self._db_open else {}
         summary = RunSummary(listed=len(entries), dry_run=self.dry_run)
         skipped, self._skipped = self._skipped, []
+        if self.compress:
+            entries = _without_name_clashes(entries, self.compress, skipped)
         now_ns = time.time_ns()
         plan = PlanOptions(force=self.force, include_locked=self.include_locked, min_age=self.min_age)
         todo: List[Item] = []
@@ -474,7 +504,10 @@ class Worker:
         if reason:
             return "error", f"refused by {type(self.checker).__name__}: {reason}"
         external = self.external_connector
-        if not external.features.overwrite and external.stat(entry.relpath) is not None:
+        if (
+            not external.features.overwrite
+            and external.stat(stored_name(entry.relpath, self.compress)) is not None
+        ):
             return "not_replaced", None  # a store that never replaces a file it holds
         options: Dict[str, Any] = {
             "algorithm": algorithm,
@@ -482,6 +515,8 @@ class Worker:
             "progress": functools.partial(self.reporter.file_progress, entry.relpath),
             "should_stop": self._stop.is_set,
         }
+        if self.compress:  # only then: a connector's own put() of before may not know it
+            options["compress"] = self.compress
         if _overrides_put_only(external):
             # A connector written around put() keeps working: one file at a time, unbatched.
             return "copied", external.put(source, entry.relpath, **options)
@@ -514,6 +549,7 @@ class Worker:
                 update_db,
                 report,
                 should_stop=self._stop.is_set,
+                compress=self.compress,
             )
         finally:
             self._stop.clear()

@@ -35,9 +35,11 @@ from typing import (
     NamedTuple,
     Optional,
     Sequence,
+    Tuple,
     Union,
 )
 
+from oeleo.compress import GzipStream, stored_name
 from oeleo.errors import (
     DiskFullError,
     FileChangedError,
@@ -137,6 +139,9 @@ class PutResult:
     staging: str = ""  # the temporary name while staged; equals relpath once committed
     upload: Optional[Upload] = None  # committed or aborted by the engine; None once committed
     verify_after_commit: bool = False  # the store received the bytes only with the commit
+    # (algorithm, hex digest) of the bytes the store holds, when they are not the source's
+    # (a compressed copy): what a verification after the commit compares with.
+    stored_hash: Optional[Tuple[str, str]] = None
 
 
 # Only on Windows is a backslash a separator; on POSIX it is a character of the name
@@ -291,6 +296,9 @@ class FolderUpload(Upload):
     def send(self, chunks: Iterable[bytes]) -> None:
         self._written = True  # even half written: abort() removes what is there
         self.connector.write_stream(self.staging, chunks, self.size)
+        # The bytes written: the source's reader (or the gzip stream) counts them; ``size``
+        # was only announced (and is the source's size when the copy is compressed).
+        self.size = getattr(chunks, "size", self.size)
 
     def finish(self, algorithm: Optional[str] = None) -> Stored:
         hashes = {algorithm: self.connector.checksum(self.staging, algorithm)} if algorithm else {}
@@ -542,6 +550,7 @@ class Connector(abc.ABC):
         verify: bool = True,
         progress: Optional[ProgressCallback] = None,
         should_stop: Optional[StopCheck] = None,
+        compress: str = "",
     ) -> PutResult:
         """Copy one local file into the store, whole, verified and durable, or not at all.
 
@@ -558,6 +567,7 @@ class Connector(abc.ABC):
             verify=verify,
             progress=progress,
             should_stop=should_stop,
+            compress=compress,
         )
         try:
             (result,) = self.commit_many([staged])
@@ -631,6 +641,7 @@ class Connector(abc.ABC):
         verify: bool = True,
         progress: Optional[ProgressCallback] = None,
         should_stop: Optional[StopCheck] = None,
+        compress: str = "",
     ) -> PutResult:
         """Send one file through an upload and verify it; ``commit`` makes it visible.
 
@@ -638,8 +649,13 @@ class Connector(abc.ABC):
         must not have changed meanwhile; what the store holds must verify; only then may the
         upload be committed. On any failure the upload is aborted (never touching the real
         name) and the error raised.
+
+        With ``compress="gzip"`` a FITS or XISF file is sent in gzip form and stored as
+        ``relpath + ".gz"`` (``oeleo.compress``): the books get the source's checksum, and the
+        store's copy is compared with a hash of the compressed bytes.
         """
         relpath = safe_relpath(relpath)
+        target = stored_name(relpath, compress)
         features = self.features
         # What the copy is compared with: the books' algorithm when the store computes it;
         # else a hash the store does compute (md5 where it can: rclone's common hash), the
@@ -648,36 +664,50 @@ class Connector(abc.ABC):
         if verify and algorithm not in features.hashes:
             common = sorted(features.hashes, key=lambda name: (name != "md5", name))
             check_algorithm = common[0] if common else features.readback_hash
-        reader = SourceReader(local_path, algorithm, progress, should_stop, check_algorithm=check_algorithm)
+        gzipped: Optional[GzipStream] = None
+        if target != relpath:
+            # The store holds other bytes than the source: they get a hash of their own.
+            reader = SourceReader(local_path, algorithm, progress, should_stop)
+            gzipped = GzipStream(reader, check_algorithm or algorithm)
+        else:
+            reader = SourceReader(
+                local_path, algorithm, progress, should_stop, check_algorithm=check_algorithm
+            )
         upload: Optional[Upload] = None
         try:
-            upload = self.open_upload(relpath, reader.expected_size, reader.mtime_ns)
+            upload = self.open_upload(target, reader.expected_size, reader.mtime_ns)
             try:
-                upload.send(reader)
+                upload.send(reader if gzipped is None else gzipped)
             except OSError as exc:
-                raise _disk_full(exc, relpath) from None
+                raise _disk_full(exc, target) from None
             digest = reader.finish()  # FileChangedError: nothing is committed
             if expected_checksum is not None and digest != expected_checksum:
                 raise FileChangedError(f"{local_path} changed since it was checked")
-            used, wanted = (check_algorithm, reader.check_digest) if check_algorithm else (algorithm, digest)
+            if gzipped is not None:
+                used, wanted, size = check_algorithm or algorithm, gzipped.check_digest, gzipped.size
+            elif check_algorithm:
+                used, wanted, size = check_algorithm, reader.check_digest or "", reader.size
+            else:
+                used, wanted, size = algorithm, digest, reader.size
             stored = upload.finish(used if verify else None)
             verified = False
             if verify and used in stored.hashes:
                 if stored.hashes[used] != wanted:
+                    what = "the compressed source" if gzipped is not None else "the source"
                     raise VerificationError(
-                        f"{relpath}: {used} of the copy is {stored.hashes[used]}, of the source {wanted}"
+                        f"{target}: {used} of the copy is {stored.hashes[used]}, of {what} {wanted}"
                     )
                 verified = True
-            if stored.size != reader.size:
-                raise VerificationError(f"{relpath}: the store holds {stored.size} bytes, not {reader.size}")
+            if stored.size != size:
+                raise VerificationError(f"{target}: the store holds {stored.size} bytes, not {size}")
         except BaseException:
             reader.close()
             if upload is not None:
                 upload.abort()
             raise
         return PutResult(
-            relpath=relpath,
-            external_name=self.external_name(relpath),
+            relpath=target,
+            external_name=self.external_name(target),
             size=reader.size,
             checksum=digest,
             algorithm=algorithm,
@@ -686,6 +716,7 @@ class Connector(abc.ABC):
             staging=upload.staging,
             upload=upload,
             verify_after_commit=verify and not verified and not features.staged_uploads,
+            stored_hash=(used, wanted) if gzipped is not None else None,
         )
 
     def commit(self, staged: PutResult) -> PutResult:
@@ -705,11 +736,13 @@ class Connector(abc.ABC):
             raise _disk_full(exc, staged.relpath) from None
         verified = staged.verified
         if staged.verify_after_commit:
-            stored = self.checksum(staged.relpath, staged.algorithm)
-            if stored != staged.checksum:
+            used, wanted = staged.stored_hash or (staged.algorithm, staged.checksum)
+            stored = self.checksum(staged.relpath, used)
+            if stored != wanted:
+                what = "the compressed source" if staged.stored_hash else "the source"
                 raise VerificationError(
-                    f"{staged.relpath}: {staged.algorithm} of the copy is {stored}, of the source "
-                    f"{staged.checksum} (the store took it whole: check it)"
+                    f"{staged.relpath}: {used} of the copy is {stored}, of {what} "
+                    f"{wanted} (the store took it whole: check it)"
                 )
             verified = True
         return replace(

@@ -1,0 +1,107 @@
+"""gzip on the way (``OELEO_COMPRESS=gzip``): what is compressed, that the output is a valid,
+deterministic gzip file, and the command end to end (the store-side behaviour for every
+connector is in test_connector_contract.py)."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import zlib
+
+import pytest
+from helpers import db_rows, run_oeleo, tree_files
+
+from oeleo.compress import GzipStream, compresses, gzip_digest, stored_name
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["a.fits", "b/c.FITS", "x.fit", "x.fts", "x.ft", "x.mt", "x.imfits", "x.imfit", "x.uvfits", "x.uvfit",
+     "x.pha", "x.rmf", "x.arf", "x.rsp", "x.pi", "m31.xisf", "M31.XISF"],
+)  # fmt: skip
+def test_fits_and_xisf_names_are_compressed(name):
+    assert compresses(name, "gzip")
+    assert stored_name(name, "gzip") == name + ".gz"
+    assert stored_name(name, "") == name  # off by default
+
+
+@pytest.mark.parametrize(
+    "name", ["a.fits.gz", "a.fits.fz", "a.fits.bz2", "a.zip", "a.csv", "fits", "a.fits.txt"]
+)
+def test_other_and_already_compressed_names_go_as_they_are(name):
+    assert not compresses(name, "gzip")
+    assert stored_name(name, "gzip") == name
+
+
+def test_the_gzip_form_is_valid_deterministic_and_has_no_time_or_name():
+    data = os.urandom(300_000) + bytes(3_000_000)
+    chunks = [data[i : i + 65536] for i in range(0, len(data), 65536)]
+    first = b"".join(GzipStream(chunks, "md5"))
+    second = b"".join(GzipStream([data], "md5"))  # other chunking, same bytes
+    assert first == second
+    assert gzip.decompress(first) == data
+    assert first[4:8] == b"\0\0\0\0"  # MTIME 0
+    assert first[3] == 0  # FLG: no file name, no comment
+    assert len(first) < len(data)
+    digest, size = gzip_digest(chunks, "sha256")
+    assert (digest, size) == (hashlib.sha256(first).hexdigest(), len(first))
+
+
+def test_the_stream_counts_and_hashes_what_it_yields_in_bounded_pieces():
+    data = os.urandom(5 * 1024 * 1024)  # incompressible: the output is as large as the input
+    stream = GzipStream((data[i : i + 1048576] for i in range(0, len(data), 1048576)), "crc32")
+    pieces = list(stream)
+    assert max(len(p) for p in pieces) < 3 * 1024 * 1024
+    whole = b"".join(pieces)
+    assert stream.size == len(whole)
+    assert stream.check_digest == f"{zlib.crc32(whole):08x}"
+
+
+def test_oeleo_run_stores_fits_gzipped_books_the_source_and_leaves_the_source_alone(tmp_path):
+    src = tmp_path / "data"
+    (src / "night1").mkdir(parents=True)
+    frame = b"SIMPLE  =                    T" + bytes(2880 * 30)
+    (src / "night1" / "m31.fits").write_bytes(frame)
+    (src / "night1" / "m31.fits.gz").write_bytes(gzip.compress(b"other"))  # a name clash
+    (src / "night1" / "notes.txt").write_bytes(b"seeing 1.2")
+    before = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in src.rglob("*") if p.is_file()}
+    (tmp_path / ".env").write_text(
+        f"OELEO_BASE_DIR_FROM={src}\nOELEO_BASE_DIR_TO={tmp_path / 'copy'}\n"
+        f"OELEO_COMPRESS=gzip\nOELEO_LOG_DIR={tmp_path / 'logs'}\n"
+    )
+    done = run_oeleo("run", cwd=tmp_path)
+    assert done.returncode == 1, done.stderr  # the clash: one file fails, said in one line
+    assert "m31.fits" in done.stderr
+    copied = tree_files(tmp_path / "copy")
+    assert copied["night1/notes.txt"] == b"seeing 1.2"
+    assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in src.rglob("*") if p.is_file()} == before
+
+    (src / "night1" / "m31.fits.gz").unlink()
+    done = run_oeleo("run", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    stored = (tmp_path / "copy" / "night1" / "m31.fits.gz").read_bytes()
+    assert gzip.decompress(stored) == frame
+    row = db_rows(tmp_path / "oeleo-file-list.db")["night1/m31.fits"]
+    assert row["checksum"] == hashlib.md5(frame).hexdigest()
+    assert row["external_name"].endswith("m31.fits.gz")
+
+    again = run_oeleo("run", cwd=tmp_path)
+    assert again.returncode == 0 and "copied 0 files" in again.stderr, again.stderr
+    check = run_oeleo("check", cwd=tmp_path)
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert "same: 2" in check.stdout, check.stdout
+
+    (tmp_path / "copy" / "night1" / "m31.fits.gz").write_bytes(gzip.compress(frame, mtime=1))
+    check = run_oeleo("check", cwd=tmp_path)  # other bytes for the same content: not the copy
+    assert "different: 1" in check.stdout or "same: 1" in check.stdout, check.stdout
+
+
+def test_an_unknown_compression_is_one_line_exit_2(tmp_path):
+    done = run_oeleo("run", "--from", str(tmp_path), "--to", str(tmp_path / "c"), cwd=tmp_path,
+                     env={"OELEO_COMPRESS": "zip"})  # fmt: skip
+    assert done.returncode == 2
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert lines == [
+        "oeleo: OELEO_COMPRESS: expected gzip, or empty for none, got 'zip' (from the environment)"
+    ]
