@@ -446,8 +446,13 @@ class ArcsecondConnector(Connector):
             return super().commit(staged)
         upload.commit()
         relpath = staged.relpath
+        # What the store's copy must hash to: the source's checksum, or that of the bytes sent
+        # when they are not the source's (a compressed copy).
+        stored_hash = getattr(staged, "stored_hash", None)
+        used, wanted = stored_hash or (staged.algorithm, staged.checksum)
+        what = "the compressed source" if stored_hash else "the source"
         if upload.already_there:
-            if self.checksum(relpath, staged.algorithm) != staged.checksum:
+            if self.checksum(relpath, used) != wanted:
                 raise TransferError(
                     f"{printable(relpath)}: already there with other content, not replaced "
                     "(Arcsecond does not overwrite files)"
@@ -455,14 +460,14 @@ class ArcsecondConnector(Connector):
             return replace(staged, staging=relpath, upload=None, verified=True, verify_after_commit=False)
         verified = staged.verified
         if staged.verify_after_commit:
-            stored = self.checksum(relpath, staged.algorithm)
-            if stored != staged.checksum:
+            stored = self.checksum(relpath, used)
+            if stored != wanted:
                 dataset = self.dataset(self.locate(relpath)[0])
                 if dataset is not None and upload.created is not None:
                     self.delete(dataset, upload.created)
                 raise VerificationError(
-                    f"{printable(relpath)}: {staged.algorithm} of the copy read back from Arcsecond is "
-                    f"{stored}, of the source {staged.checksum}; the copy was removed"
+                    f"{printable(relpath)}: {used} of the copy read back from Arcsecond is {stored}, "
+                    f"of {what} {wanted}; the copy was removed"
                 )
             verified = True
         return replace(staged, staging=relpath, upload=None, verified=verified, verify_after_commit=False)
