@@ -1104,7 +1104,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m benchmarks.run",
         description="Benchmark `oeleo run` against oeleo 0.7.0, rsync, rclone and cp. "
-        "`python -m benchmarks.run ssh --help`: the SSH scenario (loopback OpenSSH server).",
+        "`python -m benchmarks.run ssh --help`: the SSH scenario (loopback OpenSSH server); "
+        "`python -m benchmarks.run s3 --help`: the S3 scenario (moto's S3 server).",
     )
     p.add_argument("--quick", action="store_true", help="a tenth of the sizes (under a minute)")
     p.add_argument(
@@ -1152,6 +1153,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         from benchmarks import ssh_bench
 
         return ssh_bench.main(argv[1:])
+    if argv[:1] == ["s3"]:
+        # The S3 scenario (moto's S3 server on 127.0.0.1): `python -m benchmarks.run s3 [--quick ...]`.
+        from benchmarks import s3_bench
+
+        return s3_bench.main(argv[1:])
     args = build_parser().parse_args(argv)
     if args.report:
         return report(args.report, args.markdown)
