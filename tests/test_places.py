@@ -326,3 +326,68 @@ def test_sftp_url_in_a_dot_env_and_in_ssh_worker(sshd_server, tmp_path, no_perso
         worker.close()
     assert summary.exit_status == 0
     assert tree_files(folder) == {"a.res": b"from the api"}
+
+
+# -- end to end to S3 (moto's server, tests/servers.py) ---------------------------------------------
+def stored(s3_server, bucket: str) -> dict:
+    """Every object of the bucket: key -> bytes."""
+    client = s3_server.client()
+    keys = [item["Key"] for item in client.list_objects_v2(Bucket=bucket).get("Contents", [])]
+    return {key: client.get_object(Bucket=bucket, Key=key)["Body"].read() for key in keys}
+
+
+def test_oeleo_run_to_an_s3_url_copies_under_the_prefix(s3_server, s3_bucket, tmp_path):
+    make_tree(tmp_path / "src", {"a.res": "cycle 1\n", "run 1/b.res": "cycle 2\n"})
+    env = {"OELEO_S3_ENDPOINT_URL": s3_server.endpoint_url}
+    url = f"s3://{s3_bucket}/lab/instr1"
+    done = run_oeleo("run", "--from", "src", "--to", url, "--db", "books.db", cwd=tmp_path, env=env)
+    assert done.returncode == 0, done.stderr
+    assert stored(s3_server, s3_bucket) == {
+        "lab/instr1/a.res": b"cycle 1\n",
+        "lab/instr1/run 1/b.res": b"cycle 2\n",
+    }
+    assert set(db_rows(tmp_path / "books.db")) == {"a.res", "run 1/b.res"}
+    again = run_oeleo("run", "--from", "src", "--to", url, "--db", "books.db", cwd=tmp_path, env=env)
+    assert again.returncode == 0 and "0 files" in again.stderr, again.stderr
+
+
+def test_s3_url_in_a_dot_env_as_users_write_it(s3_server, s3_bucket, tmp_path):
+    make_tree(tmp_path / "src", {"a.fits": b"SIMPLE  =                    T"})
+    (tmp_path / ".env").write_text(
+        f"OELEO_BASE_DIR_FROM=src\nOELEO_BASE_DIR_TO=s3://{s3_bucket}/night1\n"
+        f"OELEO_S3_ENDPOINT_URL={s3_server.endpoint_url}\nOELEO_DB_NAME=books.db\n"
+    )
+    done = run_oeleo("run", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert stored(s3_server, s3_bucket) == {"night1/a.fits": b"SIMPLE  =                    T"}
+
+
+def test_s3_worker_copies_with_the_bucket_and_prefix_given(s3_server, s3_bucket, tmp_path):
+    from oeleo.workers import s3_worker
+
+    make_tree(tmp_path / "src", {"a.res": "one", "sub/b.res": "two", "c.txt": "not this"})
+    worker = s3_worker(
+        base_directory_from=tmp_path / "src",
+        bucket=s3_bucket,
+        prefix="instr2",
+        db_name=str(tmp_path / "api.db"),
+        extension=".res",
+        endpoint_url=s3_server.endpoint_url,
+    )
+    try:
+        worker.connect_to_db()
+        summary = worker.run()
+    finally:
+        worker.close()
+    assert summary.exit_status == 0
+    assert stored(s3_server, s3_bucket) == {"instr2/a.res": b"one", "instr2/sub/b.res": b"two"}
+
+
+def test_s3_worker_refuses_a_dot_env_url_naming_another_bucket(tmp_path, monkeypatch):
+    from oeleo.workers import s3_worker
+
+    (tmp_path / "src").mkdir()
+    (tmp_path / ".env").write_text("OELEO_BASE_DIR_TO=s3://bucket-a/x\n")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match="says bucket bucket-a, but OELEO_S3_BUCKET=bucket-b"):
+        s3_worker(base_directory_from=tmp_path / "src", bucket="bucket-b")
