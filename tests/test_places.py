@@ -391,3 +391,62 @@ def test_s3_worker_refuses_a_dot_env_url_naming_another_bucket(tmp_path, monkeyp
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ConfigError, match="says bucket bucket-a, but OELEO_S3_BUCKET=bucket-b"):
         s3_worker(base_directory_from=tmp_path / "src", bucket="bucket-b")
+
+
+# -- end to end to Arcsecond (the loopback fake of tests/arcsecond_server.py) ----------------------
+@pytest.fixture
+def arcsecond(tmp_path_factory, monkeypatch):
+    from arcsecond_server import FakeArcsecond
+
+    # no key that `arcsecond login` stored on this machine
+    monkeypatch.setenv("HOME", str(tmp_path_factory.mktemp("home")))
+    fake = FakeArcsecond(organisations=("lab",)).start()
+    try:
+        yield fake
+    finally:
+        fake.stop()
+
+
+def arcsecond_env(fake, **more) -> dict:
+    return {"OELEO_ARCSECOND_API_KEY": fake.key, "OELEO_ARCSECOND_API_URL": fake.url, **more}
+
+
+def test_oeleo_run_to_an_arcsecond_organisation_url(arcsecond, tmp_path):
+    make_tree(tmp_path / "night1", {"m31.fits": b"frame 1"})
+    env = arcsecond_env(arcsecond, OELEO_ARCSECOND_TELESCOPE="tel-uuid")
+    done = run_oeleo(
+        "run", "--from", "night1", "--to", "arcsecond://lab", "--db", "b.db", cwd=tmp_path, env=env
+    )
+    assert done.returncode == 0, done.stderr
+    assert arcsecond.stored("lab") == {"night1": {"m31.fits": b"frame 1"}}
+    assert arcsecond.stored("") == {}
+
+
+def test_oeleo_connector_arcsecond_needs_no_to_and_uses_the_personal_account(arcsecond, tmp_path):
+    make_tree(tmp_path / "night2", {"m42.fits": b"frame 2"})
+    env = arcsecond_env(arcsecond, OELEO_CONNECTOR="arcsecond")
+    done = run_oeleo("run", "--from", "night2", "--db", "b.db", cwd=tmp_path, env=env)
+    assert done.returncode == 0, done.stderr
+    assert arcsecond.stored("") == {"night2": {"m42.fits": b"frame 2"}}
+
+
+def test_arcsecond_worker_uploads_to_the_organisation_given(arcsecond, tmp_path, monkeypatch):
+    from oeleo.workers import arcsecond_worker
+
+    make_tree(tmp_path / "night3", {"a.fits": b"A", "notes.txt": b"no"})
+    for name, value in arcsecond_env(arcsecond).items():
+        monkeypatch.setenv(name, value)
+    worker = arcsecond_worker(
+        base_directory_from=tmp_path / "night3",
+        organisation="lab",
+        telescope="tel-uuid",
+        db_name=str(tmp_path / "api.db"),
+        extension=".fits",
+    )
+    try:
+        worker.connect_to_db()
+        summary = worker.run()
+    finally:
+        worker.close()
+    assert summary.exit_status == 0
+    assert arcsecond.stored("lab") == {"night3": {"a.fits": b"A"}}
