@@ -64,15 +64,12 @@ from oeleo.connectors.base import (
 )
 from oeleo.connectors.readback import HASH_COMMANDS
 from oeleo.connectors.ssh_endpoints import load_ssh_config, parse_port, resolve_endpoints
-from oeleo.connectors.ssh_session import READ_BACK_BELOW
 from oeleo.connectors.ssh_writes import SSHWrites
 from oeleo.errors import ConfigError, TransferError
 from oeleo.names import printable
 
 if TYPE_CHECKING:
     from oeleo.settings import Settings
-
-__all__ = ["HASH_COMMANDS", "READ_BACK_BELOW", "SSHConnector"]
 
 log = logging.getLogger("oeleo")
 # paramiko logs failures (with tracebacks) that oeleo reports itself in one line; without a
@@ -375,18 +372,20 @@ class SSHConnector(SSHWrites, FolderConnector):
         """Hex digests of many stored files with one command per 32 KiB of names (for
         ``check``); files that cannot be hashed are left out."""
         if algorithm not in self._server_hashes():
-            return readback.read_back_each(
-                relpaths, lambda relpath: self._read_back(self._path(relpath), algorithm)
-            )
+            return self._read_back_many(relpaths, algorithm)
         paths = {self._path(relpath): relpath for relpath in relpaths}
         try:
             found = self._hash_on_server(list(paths), algorithm)
         except TransferError as exc:
             self._say_once("exec", "%s; reading copies back instead", exc, level=logging.WARNING)
-            return readback.read_back_each(
-                relpaths, lambda relpath: self._read_back(self._path(relpath), algorithm)
-            )
+            return self._read_back_many(relpaths, algorithm)
         return {paths[path]: digest for path, digest in found.items()}
+
+    def _read_back_many(self, relpaths: Sequence[str], algorithm: str) -> Dict[str, str]:
+        """Each file read back; one that cannot be is left out (check() asks for it alone)."""
+        return readback.read_back_each(
+            relpaths, lambda relpath: self._read_back(self._path(relpath), algorithm)
+        )
 
     # -- write side -------------------------------------------------------------------
     def write_stream(self, relpath: str, chunks: Iterable[bytes], size: int) -> None:
