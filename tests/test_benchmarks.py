@@ -142,3 +142,58 @@ def test_the_ssh_scenario_runs_against_a_loopback_server_and_writes_json(tmp_pat
     rows = json.loads(out.read_text())["summary"]
     seen = {(r["workload"], r["tool"]) for r in rows if r["ok_runs"] == r["runs"] and r["median_s"] > 0}
     assert seen == {("small", "oeleo"), ("small", "rsync"), ("large", "oeleo"), ("large", "rsync")}
+
+
+@pytest.mark.s3  # the harness starts its own moto server
+def test_the_s3_scenario_runs_oeleo_rclone_and_the_aws_cli_against_moto_and_writes_json(
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "s3.json"
+    tools = ("oeleo", "rclone", "aws", "aws-sync")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OELEO_")}
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.run",
+            "s3",
+            "--quick",
+            "--tools",
+            ",".join(tools),
+            "--out",
+            str(out),
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.is_file(), proc.stdout[-2000:] + proc.stderr[-2000:]
+    results = json.loads(out.read_text())
+    skipped = results["skipped_tools"]
+    if skipped and os.geteuid() != 0:
+        pytest.skip(f"tools missing and not root to install them: {skipped}")
+    assert not skipped, skipped
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    rows = results["summary"]
+    seen = {(r["workload"], r["scenario"], r["tool"]) for r in rows if r["ok_runs"] == r["runs"] == 1}
+    expected = {(w, s, t) for w in ("small", "large") for s in ("initial", "rerun") for t in tools}
+    assert seen == expected | {("peak", "initial", "oeleo")}
+    assert all(r["median_s"] > 0 and r["peak_rss_mib"] > 0 for r in rows)
+    names = {t["target"] for t in results["targets"]}
+    assert {
+        "small/initial: oeleo no slower than rclone (<= 1x)",
+        "large/initial: oeleo within 1.2x rclone",
+        "small/rerun: oeleo faster than rclone (< 1x)",
+        "small/rerun: oeleo faster than aws s3 sync (< 1x)",
+        "peak: oeleo's peak RSS under 200 MB for one large file (MiB)",
+    } <= names
+    assert results["workloads"]["small"] == {"files": 200, "bytes": 200 * 8192}
+    for sample in results["samples"]:
+        assert sample["ok"], sample
+        if sample["tool"] == "oeleo":  # as users run it: every setting in the .env, a log folder
+            assert sample["argv"][-2:] == ["oeleo", "run"], sample
+            assert "OELEO_BASE_DIR_TO=s3://" in sample["dot_env"] and "OELEO_LOG_DIR=" in sample["dot_env"]
+        if sample["tool"] == "rclone":
+            assert "--s3-no-head" in sample["argv"]
