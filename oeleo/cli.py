@@ -35,6 +35,7 @@ from typing import (
 
 from oeleo import __version__
 from oeleo.errors import Aborted, Behaviour, OeleoError
+from oeleo.logfile import BlockLines
 
 if TYPE_CHECKING:  # imported by the commands that use them: `oeleo --help` starts fast
     from rich.console import Console
@@ -185,7 +186,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except KeyboardInterrupt:
-        print("oeleo: interrupted", file=sys.stderr)
+        _say("oeleo: interrupted")
         return EXIT_SIGNAL[signal.SIGINT]
     except Exception as exc:
         if isinstance(exc, BrokenPipeError) and _stdout_is_gone():
@@ -195,10 +196,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if debug:  # the traceback, then the same line and status as without --debug
             traceback.print_exc()
         if isinstance(exc, OeleoError):
-            print(f"oeleo: {exc}", file=sys.stderr)
+            _say(f"oeleo: {exc}")
             return exit_status(exc)
         hint = "" if debug else " (run with --debug for details)"
-        print(f"oeleo: unexpected error: {type(exc).__name__}: {exc}{hint}", file=sys.stderr)
+        _say(f"oeleo: unexpected error: {type(exc).__name__}: {exc}{hint}")
         return EXIT_FAILED
 
 
@@ -220,12 +221,31 @@ def _stdout_is_gone() -> bool:
     return gone
 
 
+def _is_terminal(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
+
+
+def _say(text: str) -> None:
+    """A line of the command's own on standard error, after the log lines held back before it."""
+    from oeleo.reporters import flush_file_logs
+
+    flush_file_logs()
+    print(text, file=sys.stderr)
+
+
 def _setup_console_logging(debug: bool) -> None:
     logger = logging.getLogger("oeleo")
     # DEBUG only when asked (--debug; the log file follows this level): a debug line per
     # file costs time even when no handler prints it.
     logger.setLevel(logging.DEBUG if debug else logging.INFO)
-    handler = logging.StreamHandler(sys.stderr)
+    handler: logging.StreamHandler
+    if _is_terminal(sys.stderr):
+        handler = logging.StreamHandler(sys.stderr)  # rich takes it over (_log_through)
+    else:
+        handler = BlockLines(sys.stderr)  # a line per copied file, without a write per line
     handler.setLevel(logging.DEBUG if debug else logging.INFO)
     handler.setFormatter(
         logging.Formatter("%(asctime)s %(levelname)s %(message)s" if debug else "%(message)s")
@@ -241,7 +261,7 @@ def _setup_console_logging(debug: bool) -> None:
         file: Optional[TextIO] = None,
         line: Optional[str] = None,
     ) -> None:
-        print(f"oeleo: warning: {message}", file=sys.stderr)
+        _say(f"oeleo: warning: {message}")
 
     warnings.showwarning = one_line
 
@@ -330,7 +350,7 @@ class _StopOnSignal:
         self.signum = signum
         self.target.stop()
         try:
-            print(f"oeleo: {signal.Signals(signum).name} received, stopping cleanly", file=sys.stderr)
+            _say(f"oeleo: {signal.Signals(signum).name} received, stopping cleanly")
         except OSError:  # after SIGHUP the terminal may be gone: stopping matters, not saying so
             pass
 
@@ -529,10 +549,9 @@ def _local_names(base: Path, paths: Sequence[str]) -> List[str]:
             if rel is None and path.is_absolute():
                 raise ConfigError(f"{printable(text)}: not inside the source folder {base}")
             name = safe_relpath(rel if rel is not None else path.as_posix())
-            print(
+            _say(
                 f"oeleo: warning: {printable(text)}: no such file in {base}; "
-                f"booked by name as {printable(name)}",
-                file=sys.stderr,
+                f"booked by name as {printable(name)}"
             )
             names.append(name)
             continue
@@ -697,7 +716,7 @@ def _set_codes(args: argparse.Namespace, lock: bool) -> int:
     verb = "locked" if lock else "unlocked"
     for name in names:
         print(f"{verb} {printable(name)}")
-    print(f"{_counted(n, 'file')} {verb}", file=sys.stderr)
+    _say(f"{_counted(n, 'file')} {verb}")
     return EXIT_OK
 
 

@@ -20,7 +20,7 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import BinaryIO, Optional, Tuple, Union
+from typing import Any, BinaryIO, List, Optional, Tuple, Union
 
 FILE_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 BUFFER_BYTES = 64 * 1024
@@ -160,3 +160,53 @@ class LogFile(logging.Handler):
 
     def __repr__(self) -> str:
         return f"<LogFile {self.path} ({logging.getLevelName(self.level)})>"
+
+
+class BlockLines(logging.StreamHandler):
+    """Log lines to a stream that is not a terminal (a scheduled task's log, a pipe), written
+    in blocks: Python's standard error writes each line at once, which is a system call per
+    copied file. A record of WARNING or above is written at once with what came before it;
+    the others within ``flush_seconds`` (a timer thread), at the end of a run, and at exit
+    (``logging.shutdown`` flushes every handler)."""
+
+    def __init__(self, stream: Any = None, flush_seconds: float = 1.0) -> None:
+        super().__init__(stream)
+        self.flush_seconds = flush_seconds
+        self._lines: List[str] = []
+        self._chars = 0
+        self._timer: Optional[threading.Timer] = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = self.format(record) + self.terminator
+            self._lines.append(text)
+            self._chars += len(text)
+            if record.levelno >= logging.WARNING or self._chars >= BUFFER_BYTES:
+                self._write()
+            elif self._timer is None:
+                self._timer = threading.Timer(self.flush_seconds, self.flush)
+                self._timer.daemon = True
+                self._timer.start()
+        except RecursionError:
+            raise
+        except Exception:
+            self.handleError(record)
+
+    def _write(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if not self._lines:
+            return
+        text, self._lines, self._chars = "".join(self._lines), [], 0
+        self.stream.write(text)
+        self.stream.flush()
+
+    def flush(self) -> None:
+        self.acquire()
+        try:
+            self._write()
+        except (OSError, ValueError):
+            pass  # the reader went away (a closed pipe): logging must not stop the run
+        finally:
+            self.release()

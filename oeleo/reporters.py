@@ -16,7 +16,7 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, List, Optional, TextIO, Union
 
-from oeleo.logfile import FILE_FORMAT, LogFile, LogFormatter
+from oeleo.logfile import FILE_FORMAT, BlockLines, LogFile, LogFormatter
 from oeleo.names import printable
 from oeleo.units import counted, human_bytes, human_seconds  # noqa: F401 - also oeleo.reporters names
 
@@ -245,9 +245,11 @@ def to_file_logs(level: int, msg: str, *args: Any) -> None:
 
 
 def flush_file_logs() -> None:
-    """Write the log files' buffers out (the end of a run: someone may read the file now)."""
-    for handler in file_logs():
-        handler.flush()
+    """Write the log files' buffers out (the end of a run: someone may read the file now),
+    and the lines held back for standard error when it is not a terminal."""
+    for handler in log.handlers:
+        if isinstance(handler, (LogFile, BlockLines)):
+            handler.flush()
 
 
 def start_file_log(log_dir: Union[str, os.PathLike, None], level: Optional[int] = None) -> Path:
