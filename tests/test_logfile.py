@@ -266,3 +266,51 @@ def test_the_progress_bars_leave_the_copied_lines_to_the_log_file(
     assert any(line.endswith("INFO    oeleo: copied a.res") for line in text)
     assert any(line.endswith("ERROR   oeleo: failed b.res: disk full") for line in text)
     assert "copied a.res" not in screen.getvalue()
+
+
+def test_console_lines_are_held_back_and_written_in_order_in_one_block():
+    import io
+
+    from oeleo.logfile import BlockLines
+
+    class Counting(io.StringIO):
+        writes = 0
+
+        def write(self, text):
+            Counting.writes += 1
+            return super().write(text)
+
+    stream = Counting()
+    handler = BlockLines(stream, flush_seconds=60)
+    logger = logging.getLogger("oeleo.test.blocklines")
+    logger.propagate = False
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        for i in range(100):
+            logger.info("copied %d", i)
+        assert stream.getvalue() == ""  # held back
+        logger.warning("a warning")  # written at once, after what came before it
+        lines = stream.getvalue().splitlines()
+        assert lines == [f"copied {i}" for i in range(100)] + ["a warning"]
+        assert Counting.writes == 1
+        logger.info("last")
+        handler.flush()
+        assert stream.getvalue().splitlines()[-1] == "last"
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
+
+
+def test_the_timer_writes_held_back_lines_within_its_seconds():
+    import io
+
+    from helpers import wait_for
+
+    from oeleo.logfile import BlockLines
+
+    stream = io.StringIO()
+    handler = BlockLines(stream, flush_seconds=0.05)
+    handler.emit(logging.makeLogRecord({"msg": "copied a.csv", "levelno": logging.INFO}))
+    wait_for(lambda: "copied a.csv" in stream.getvalue(), 5, "the held-back line")
+    handler.close()
