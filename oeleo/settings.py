@@ -43,7 +43,16 @@ _BOUNDS = {
 }
 
 # Settings that name a path on this computer (a Windows path there is a mistake elsewhere).
-_LOCAL_PATHS = ("base_dir_from", "db_name", "log_dir", "key_filename", "known_hosts", "ssh_config")
+_LOCAL_PATHS = (
+    "base_dir_from",
+    "db_name",
+    "log_dir",
+    "key_filename",
+    "known_hosts",
+    "ssh_config",
+    "sharepoint_cert_path",
+    "sharepoint_token_cache",
+)
 # C:\data, C:/data, C: - and \\server\share
 _WINDOWS_PATH = re.compile(r"^(?:[A-Za-z]:(?:[\\/]|$)|\\\\[^\\/])")
 
@@ -122,6 +131,34 @@ class Settings(BaseSettings):
     sharepoint_url: Optional[str] = Field(None, description="SharePoint URL.")
     sharepoint_sitename: Optional[str] = Field(None, description="SharePoint site name.")
     sharepoint_doc_library: Optional[str] = Field(None, description="SharePoint library name.")
+    sharepoint_auth: str = Field(
+        "",
+        description="SharePoint login: certificate, secret, password, ntlm or device; "
+        "empty: chosen from what is set (docs/sharepoint.md).",
+    )
+    sharepoint_tenant: Optional[str] = Field(
+        None, description="Microsoft Entra tenant (contoso.onmicrosoft.com or its id), for app logins."
+    )
+    sharepoint_client_id: Optional[str] = Field(
+        None, description="Application (client) id of the app registration."
+    )
+    sharepoint_client_secret: Optional[SecretStr] = Field(
+        None, description="Client secret of the app registration."
+    )
+    sharepoint_cert_path: Optional[Path] = Field(
+        None, description="PEM file with the app's certificate private key (certificate login)."
+    )
+    sharepoint_cert_thumbprint: Optional[str] = Field(
+        None, description="Thumbprint (SHA-1, hex) of the app's certificate (certificate login)."
+    )
+    sharepoint_chunk_size: int = Field(
+        10 * 1024 * 1024,
+        ge=1024 * 1024,
+        description="Bytes per request of a chunked upload (upload session).",
+    )
+    sharepoint_token_cache: Optional[Path] = Field(
+        None, description="Token cache file of the device-code login (default: in the user's config folder)."
+    )
 
     # S3 and S3-compatible stores (credentials: boto3's own chain, never these settings).
     s3_bucket: Optional[str] = Field(None, description="S3 bucket name.")
@@ -155,6 +192,14 @@ class Settings(BaseSettings):
     # On the way.
     compress: str = Field("", description="gzip: send FITS and XISF files as NAME.gz; empty: as they are.")
 
+    @field_validator("sharepoint_auth")
+    @classmethod
+    def _known_sharepoint_auth(cls, value: str) -> str:
+        value = value.strip().lower()
+        if value not in ("", "certificate", "secret", "password", "ntlm", "device"):
+            raise ValueError("certificate, secret, password, ntlm, device, or empty")
+        return value
+
     @field_validator("compress")
     @classmethod
     def _known_compression(cls, value: str) -> str:
@@ -184,7 +229,16 @@ class Settings(BaseSettings):
             raise ValueError("a hashlib algorithm such as md5 or sha256")
         return value
 
-    @field_validator("base_dir_from", "log_dir", "key_filename", "known_hosts", "ssh_config", mode="before")
+    @field_validator(
+        "base_dir_from",
+        "log_dir",
+        "key_filename",
+        "known_hosts",
+        "ssh_config",
+        "sharepoint_cert_path",
+        "sharepoint_token_cache",
+        mode="before",
+    )
     @classmethod
     def _empty_path_is_none(cls, value: Any) -> Any:
         if isinstance(value, str) and not value.strip():
@@ -198,6 +252,9 @@ class Settings(BaseSettings):
         "username",
         "s3_bucket",
         "s3_endpoint_url",
+        "sharepoint_tenant",
+        "sharepoint_client_id",
+        "sharepoint_cert_thumbprint",
         "s3_region",
         "s3_storage_class",
         "s3_profile",

@@ -55,7 +55,7 @@ SECTIONS = {
     "connector": "Connector and scheduling",
     "db_name": "Bookkeeping and log file",
     "external_host": "SSH (the ssh connector)",
-    "sharepoint_username": "SharePoint (read now, used by the planned sharepoint connector)",
+    "sharepoint_username": "SharePoint (the sharepoint connector)",
     "s3_bucket": "S3 and S3-compatible stores (the s3 connector)",
     "arcsecond_api_key": "Arcsecond.io (the arcsecond connector)",
     "compress": "On the way",
