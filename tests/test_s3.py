@@ -1,0 +1,522 @@
+"""The S3 connector against moto's S3 server over HTTP (tests/servers.py ``start_s3``), so
+boto3's own HTTP, multipart and retry code runs.
+
+moto accepts any Content-MD5 and never fails a request by itself. The test server in front
+of it (``servers._S3Front``) checks Content-MD5 as AWS does (``400 BadDigest``), and answers
+chosen requests with the errors AWS gives (``faults``: 403 InvalidAccessKeyId, 500 ...). The
+checksum-mismatch path uses a botocore event hook (``before-send``) that changes a request's
+body after its Content-MD5 was computed.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import pytest
+import servers
+from helpers import clean_env, db_rows, make_tree, wait_for, write_random
+
+from oeleo.connectors.base import temp_relpath
+from oeleo.errors import ConfigError, ConnectionLost, FileChangedError, VerificationError
+
+MiB = 1024 * 1024
+PREFIX = "instr1/"
+
+
+def md5(data: bytes) -> str:
+    return hashlib.md5(data).hexdigest()
+
+
+def connector(server, bucket: str, **options):
+    from oeleo.connectors.s3 import S3Connector
+
+    prefix = options.pop("prefix", PREFIX)
+    conn = S3Connector(bucket, prefix=prefix, endpoint_url=server.endpoint_url, **options)
+    conn.connect()
+    return conn
+
+
+def keys(server, bucket: str) -> List[str]:
+    pages = server.client().get_paginator("list_objects_v2").paginate(Bucket=bucket)
+    return sorted(item["Key"] for page in pages for item in page.get("Contents", []))
+
+
+def unfinished(server, bucket: str) -> List[str]:
+    """Keys of the multipart uploads in progress in ``bucket``."""
+    return sorted(u["Key"] for u in server.client().list_multipart_uploads(Bucket=bucket).get("Uploads", []))
+
+
+def oeleo(
+    cwd: Path, *args: str, env: Optional[Dict[str, str]] = None, drop=(), timeout: float = 120
+) -> subprocess.CompletedProcess:
+    """``python -m oeleo *args`` with the test server's AWS variables, minus ``drop``."""
+    return subprocess.run(
+        [sys.executable, "-m", "oeleo", *args],
+        cwd=str(cwd),
+        env=clean_env({"COLUMNS": "200", **(env or {})}, drop=drop),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def s3_env(server, bucket: str, **extra: str) -> Dict[str, str]:
+    return {
+        "OELEO_CONNECTOR": "s3",
+        "OELEO_S3_BUCKET": bucket,
+        "OELEO_S3_PREFIX": PREFIX,
+        "OELEO_S3_ENDPOINT_URL": server.endpoint_url,
+        "OELEO_BASE_DIR_FROM": "src",
+        "OELEO_DB_NAME": "books.db",
+        **extra,
+    }
+
+
+def one_error_line(done: subprocess.CompletedProcess) -> str:
+    assert "Traceback" not in done.stderr, done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, done.stderr
+    return lines[0]
+
+
+TREE = {
+    "a.csv": "time,voltage\n0,3.1\n",
+    "run 1/b.res": "RES 1 2 3\n",
+    "run 1/spectra/ø+%20 c.csv": "x,y\n",
+}
+
+
+# -- the command, end to end ------------------------------------------------------------------
+
+
+def test_run_copies_a_tree_and_a_rerun_copies_nothing(s3_server, s3_bucket, tmp_path):
+    make_tree(tmp_path / "src", TREE)
+    env = s3_env(s3_server, s3_bucket)
+
+    first = oeleo(tmp_path, "run", env=env)
+    assert first.returncode == 0, first.stderr
+    assert keys(s3_server, s3_bucket) == sorted(PREFIX + name for name in TREE)
+    head = s3_server.client().head_object(Bucket=s3_bucket, Key=PREFIX + "a.csv")
+    assert head["Metadata"]["oeleo-md5"] == md5(TREE["a.csv"].encode())
+    rows = db_rows(tmp_path / "books.db")
+    assert rows["a.csv"]["external_name"] == f"s3://{s3_bucket}/{PREFIX}a.csv"
+    assert rows["run 1/spectra/ø+%20 c.csv"]["checksum"] == md5(TREE["run 1/spectra/ø+%20 c.csv"].encode())
+
+    puts = s3_server.count("PUT")
+    second = oeleo(tmp_path, "run", env=env)
+    assert second.returncode == 0, second.stderr
+    assert s3_server.count("PUT") == puts  # nothing sent again
+
+
+def test_check_compares_with_the_metadata_without_downloading(s3_server, s3_bucket, tmp_path):
+    make_tree(tmp_path / "src", TREE)
+    env = s3_env(s3_server, s3_bucket)
+    assert oeleo(tmp_path, "run", env=env).returncode == 0
+    (tmp_path / "src" / "a.csv").write_text("time,voltage\n0,9.9\n")  # same size, other bytes
+    before_get = s3_server.count("GET", f"/{s3_bucket}/{PREFIX}")
+    before_head = s3_server.count("HEAD", f"/{s3_bucket}/{PREFIX}")
+
+    done = oeleo(tmp_path, "check", env=env)
+
+    assert done.returncode == 1, done.stdout + done.stderr  # a.csv differs
+    assert "a.csv" in done.stdout
+    assert s3_server.count("GET", f"/{s3_bucket}/{PREFIX}") == before_get  # no GetObject
+    assert s3_server.count("HEAD", f"/{s3_bucket}/{PREFIX}") > before_head
+
+
+def test_a_killed_run_leaves_an_upload_that_the_next_run_aborts(s3_server, s3_bucket, tmp_path):
+    src = tmp_path / "src"
+    digest = write_random(src / "big.fits", 20 * MiB)
+    env = s3_env(s3_server, s3_bucket)
+    stalled, release = threading.Event(), threading.Event()
+
+    def stall_second_part(environ):
+        if "partNumber=2" in environ.get("QUERY_STRING", "") and not release.is_set():
+            stalled.set()
+            release.wait(30)
+        return None
+
+    s3_server.faults.append(stall_second_part)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "oeleo", "run"],
+        cwd=str(tmp_path),
+        env=clean_env(env),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for(lambda: stalled.is_set() or proc.poll() is not None, 60, "the second part")
+        assert proc.poll() is None, "the upload ended before it could be killed"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+    finally:
+        release.set()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert unfinished(s3_server, s3_bucket) == [PREFIX + "big.fits"]
+    other = connector(s3_server, s3_bucket)
+    other.upload_tag = "0ther0"  # another PC's upload of the same prefix: left alone
+    theirs = other.open_upload("other.fits", 10 * MiB, 0)
+    theirs.send([b"x" * (10 * MiB)])
+
+    done = oeleo(tmp_path, "run", env=env)
+
+    assert done.returncode == 0, done.stderr
+    assert unfinished(s3_server, s3_bucket) == [PREFIX + "other.fits"]
+    head = s3_server.client().head_object(Bucket=s3_bucket, Key=PREFIX + "big.fits")
+    assert head["Metadata"]["oeleo-md5"] == digest
+    assert [k for k in keys(s3_server, s3_bucket) if k.endswith(".oeleo-part")] == [
+        PREFIX + temp_relpath("other.fits", "0ther0")
+    ]
+    theirs.abort()
+    assert unfinished(s3_server, s3_bucket) == []
+
+
+# -- bad input: one line, the right exit status ------------------------------------------------
+
+
+def test_no_credentials_is_a_config_error_naming_the_variables(s3_server, s3_bucket, tmp_path):
+    make_tree(tmp_path / "src", TREE)
+    done = oeleo(
+        tmp_path, "run", env=s3_env(s3_server, s3_bucket), drop=("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+    )
+    assert done.returncode == 2
+    line = one_error_line(done)
+    assert "AWS_ACCESS_KEY_ID" in line and "OELEO_S3_PROFILE" in line
+
+
+def test_an_unknown_profile_is_a_config_error_naming_it(s3_server, s3_bucket, tmp_path):
+    make_tree(tmp_path / "src", TREE)
+    done = oeleo(tmp_path, "run", env=s3_env(s3_server, s3_bucket, OELEO_S3_PROFILE="nowhere"))
+    assert done.returncode == 2
+    assert "OELEO_S3_PROFILE='nowhere'" in one_error_line(done)
+
+
+@pytest.mark.parametrize("code", ["InvalidAccessKeyId", "SignatureDoesNotMatch"])
+def test_a_wrong_key_is_a_config_error_and_the_secret_is_not_shown(s3_server, s3_bucket, tmp_path, code):
+    make_tree(tmp_path / "src", TREE)
+    secret = "wrong-secret-never-shown"
+
+    # moto checks no keys: the server answers for this key id as AWS does.
+    def wrong_key(environ):
+        return (403, code) if "Credential=wrong-key/" in environ.get("HTTP_AUTHORIZATION", "") else None
+
+    s3_server.faults.append(wrong_key)
+    env = s3_env(s3_server, s3_bucket, AWS_ACCESS_KEY_ID="wrong-key", AWS_SECRET_ACCESS_KEY=secret)
+    done = oeleo(tmp_path, "run", env=env)
+    assert done.returncode == 2
+    line = one_error_line(done)
+    assert code in line and "AWS_SECRET_ACCESS_KEY" in line
+    assert secret not in done.stdout + done.stderr
+
+
+def test_a_missing_bucket_is_a_config_error_naming_the_setting(s3_server, tmp_path):
+    make_tree(tmp_path / "src", TREE)
+    done = oeleo(tmp_path, "run", env=s3_env(s3_server, "no-such-bucket-here"))
+    assert done.returncode == 2
+    assert "OELEO_S3_BUCKET='no-such-bucket-here'" in one_error_line(done)
+
+
+def test_access_denied_is_a_config_error(s3_server, s3_bucket, tmp_path):
+    make_tree(tmp_path / "src", TREE)
+    s3_server.faults.append(
+        lambda environ: (403, "AccessDenied") if environ["PATH_INFO"].startswith(f"/{s3_bucket}") else None
+    )
+    done = oeleo(tmp_path, "run", env=s3_env(s3_server, s3_bucket))
+    assert done.returncode == 2
+    assert "denied" in one_error_line(done)
+
+
+def test_an_unreachable_endpoint_is_a_config_error_naming_the_setting(s3_bucket, s3_server, tmp_path):
+    make_tree(tmp_path / "src", TREE)
+    closed = f"http://127.0.0.1:{servers.free_port()}"
+    done = oeleo(tmp_path, "run", env=s3_env(s3_server, s3_bucket, OELEO_S3_ENDPOINT_URL=closed))
+    assert done.returncode == 2
+    line = one_error_line(done)
+    assert "OELEO_S3_ENDPOINT_URL" in line and closed in line
+
+
+def test_an_endpoint_lost_after_it_worked_is_a_dropped_connection(s3_server, s3_bucket):
+    second = servers.start_s3()  # the same moto state, another port: stopped half way
+    try:
+        conn = connector(second, s3_bucket)
+        assert conn.check_base()
+    finally:
+        servers.stop_s3(second)
+    with pytest.raises(ConnectionLost):
+        conn.stat("a.csv")
+    conn.close()
+
+
+def test_a_server_error_in_the_middle_of_a_multipart_upload_fails_the_file_and_leaves_no_parts(
+    s3_server, s3_bucket, tmp_path
+):
+    src = tmp_path / "src"
+    write_random(src / "big.fits", 20 * MiB)
+    (src / "small.csv").write_text("a,b\n")
+    part_two = []
+
+    def fail_part_two(environ):
+        if "partNumber=2" in environ.get("QUERY_STRING", ""):
+            part_two.append(1)
+            return 500, "InternalError"
+        return None
+
+    s3_server.faults.append(fail_part_two)
+    done = oeleo(tmp_path, "run", env=s3_env(s3_server, s3_bucket))
+
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr
+    assert [line for line in done.stderr.splitlines() if "big.fits" in line], done.stderr
+    assert len(part_two) > 1  # botocore tried again before giving up
+    assert unfinished(s3_server, s3_bucket) == []
+    assert keys(s3_server, s3_bucket) == [PREFIX + "small.csv"]  # no object, no marker
+    assert db_rows(tmp_path / "books.db")["big.fits"]["last_error"]
+
+
+# -- uploads ------------------------------------------------------------------------------
+
+
+def test_a_large_file_is_visible_only_once_committed(s3_server, s3_bucket, tmp_path):
+    conn = connector(s3_server, s3_bucket)
+    digest = write_random(tmp_path / "big.fits", 3 * 8 * MiB + 5)
+
+    staged = conn.stage(tmp_path / "big.fits", "night/big.fits")
+
+    assert staged.verified and staged.checksum == digest
+    assert unfinished(s3_server, s3_bucket) == [PREFIX + "night/big.fits"]
+    assert conn.stat("night/big.fits") is None
+    assert [e.relpath for e in conn.list_files()] == []
+    conn.commit(staged)
+    assert unfinished(s3_server, s3_bucket) == []
+    assert keys(s3_server, s3_bucket) == [PREFIX + "night/big.fits"]  # the marker is gone
+    assert conn.checksum("night/big.fits", "md5") == digest
+    assert s3_server.count("PUT", query="partNumber=4") == 1
+
+
+def test_a_large_file_changed_during_its_upload_is_aborted_and_the_previous_copy_kept(
+    s3_server, s3_bucket, tmp_path
+):
+    conn = connector(s3_server, s3_bucket)
+    src = tmp_path / "big.fits"
+    first = write_random(src, 20 * MiB)
+    conn.put(src, "big.fits")
+    write_random(src, 20 * MiB)
+
+    def append_once(nbytes, done=[]):  # noqa: B006 - once per test
+        if not done:
+            done.append(nbytes)
+            with open(src, "ab") as handle:
+                handle.write(b"more")
+
+    with pytest.raises(FileChangedError):
+        conn.put(src, "big.fits", progress=append_once)
+
+    assert unfinished(s3_server, s3_bucket) == []
+    assert keys(s3_server, s3_bucket) == [PREFIX + "big.fits"]
+    assert conn.checksum("big.fits", "md5") == first
+
+
+def corrupt_body(conn, operation: str) -> None:
+    """Change the body of ``operation`` requests after botocore computed their Content-MD5."""
+
+    def corrupt(request, **kwargs):
+        body = request.body
+        if isinstance(body, bytes) and body:
+            request.body = b"X" + body[1:]
+        elif hasattr(body, "read"):
+            data = body.read()
+            request.body = b"X" + data[1:]
+
+    conn.client.meta.events.register(f"before-send.s3.{operation}", corrupt)
+
+
+def test_a_small_body_that_differs_from_its_md5_is_refused_and_the_previous_copy_kept(
+    s3_server, s3_bucket, tmp_path
+):
+    conn = connector(s3_server, s3_bucket)
+    src = tmp_path / "a.csv"
+    src.write_bytes(b"version 1")
+    conn.put(src, "a.csv")
+    src.write_bytes(b"version 2, longer")
+    corrupt_body(conn, "PutObject")
+
+    with pytest.raises(VerificationError, match="BadDigest"):
+        conn.put(src, "a.csv")
+
+    assert conn.checksum("a.csv", "md5") == md5(b"version 1")
+
+
+@pytest.mark.parametrize("store_checks_md5", [True, False])
+def test_a_part_that_arrives_damaged_fails_the_upload_before_it_is_completed(
+    s3_server, s3_bucket, tmp_path, store_checks_md5
+):
+    s3_server.check_md5 = store_checks_md5  # False: a store that ignores Content-MD5, as moto
+    conn = connector(s3_server, s3_bucket)
+    src = tmp_path / "big.fits"
+    first = write_random(src, 10 * MiB)
+    conn.put(src, "big.fits")
+    write_random(src, 20 * MiB)
+    corrupt_body(conn, "UploadPart")
+
+    with pytest.raises(VerificationError):
+        conn.put(src, "big.fits")
+
+    assert unfinished(s3_server, s3_bucket) == []
+    assert conn.checksum("big.fits", "md5") == first
+
+
+def test_checksums_by_s3_itself_when_asked(s3_server, s3_bucket, tmp_path):
+    conn = connector(s3_server, s3_bucket, request_checksums="when_supported")
+    digest = write_random(tmp_path / "big.fits", 17 * MiB)
+    (tmp_path / "a.csv").write_bytes(b"a")
+
+    conn.put(tmp_path / "big.fits", "big.fits")
+    conn.put(tmp_path / "a.csv", "a.csv")
+
+    assert conn.checksum("big.fits") == digest
+    assert conn.checksum("a.csv") == md5(b"a")
+
+
+def test_the_books_algorithm_is_kept_in_the_metadata_too(s3_server, s3_bucket, tmp_path):
+    conn = connector(s3_server, s3_bucket, algorithm="sha256")
+    (tmp_path / "a.csv").write_bytes(b"abc")
+
+    result = conn.put(tmp_path / "a.csv", "a.csv", algorithm="sha256")
+
+    assert result.verified
+    head = s3_server.client().head_object(Bucket=s3_bucket, Key=PREFIX + "a.csv")
+    assert head["Metadata"]["oeleo-sha256"] == hashlib.sha256(b"abc").hexdigest()
+    assert int(head["Metadata"]["oeleo-mtime-ns"]) == (tmp_path / "a.csv").stat().st_mtime_ns
+    assert conn.stat("a.csv").mtime_ns == (tmp_path / "a.csv").stat().st_mtime_ns
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads the peak memory from /proc")
+def test_a_2_gb_class_file_stays_in_bounded_memory(s3_server, s3_bucket, tmp_path):
+    """A file several times larger than the bound goes up without holding it in memory.
+
+    The peak is the process's VmHWM, not ru_maxrss: that one also counts the image of this
+    test process (moto's objects) that the child had between fork and exec."""
+    size = int(os.environ.get("OELEO_TEST_S3_BIG_MIB", "320")) * MiB
+    digest = write_random(tmp_path / "big.fits", size)
+    script = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from oeleo.connectors.s3 import S3Connector\n"
+        "conn = S3Connector(sys.argv[1], prefix='mem', endpoint_url=sys.argv[2])\n"
+        "result = conn.put(Path(sys.argv[3]), 'big.fits')\n"
+        "peak = [line.split()[1] for line in open('/proc/self/status') if line.startswith('VmHWM')]\n"
+        "print(result.checksum, peak[0])\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, s3_bucket, s3_server.endpoint_url, str(tmp_path / "big.fits")],
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    checksum, peak_kib = done.stdout.split()
+    assert checksum == digest
+    assert int(peak_kib) * 1024 < 200 * 1000 * 1000, f"{int(peak_kib) // 1024} MiB for {size // MiB} MiB"
+
+
+# -- listing and names ---------------------------------------------------------------------
+
+
+def test_more_than_1000_objects_are_listed(s3_server, s3_bucket):
+    client = s3_server.client()
+    names = [f"run/{index:05d}.csv" for index in range(1100)]
+    for name in names:
+        client.put_object(Bucket=s3_bucket, Key=PREFIX + name, Body=b"1")
+    client.put_object(Bucket=s3_bucket, Key="elsewhere/x.csv", Body=b"1")
+    conn = connector(s3_server, s3_bucket)
+
+    listed = [entry.relpath for entry in conn.list_files()]
+
+    assert listed == names
+    assert s3_server.count("GET", f"/{s3_bucket}", "list-type=2") >= 2
+
+
+def test_folder_keys_and_hidden_names_are_not_files(s3_server, s3_bucket):
+    client = s3_server.client()
+    for key in ("run/", "run/a.csv", "run/.hidden.csv", ".cache/b.csv", "c.csv"):
+        client.put_object(Bucket=s3_bucket, Key=PREFIX + key, Body=b"" if key.endswith("/") else b"1")
+    conn = connector(s3_server, s3_bucket)
+
+    assert [e.relpath for e in conn.list_files()] == ["c.csv", "run/a.csv"]
+    assert [e.relpath for e in conn.list_files(recursive=False)] == ["c.csv"]
+    assert [e.relpath for e in conn.list_files(extensions=[".csv"], exclude=["run"])] == ["c.csv"]
+
+
+@pytest.mark.parametrize(
+    "relpath",
+    ["with space/a b.csv", "målinger/prøve ü.csv", "a+b/c+d.csv", "100%/50%25.csv", "日本/データ.fits"],
+)
+def test_names_round_trip_to_their_keys(s3_server, s3_bucket, tmp_path, relpath):
+    conn = connector(s3_server, s3_bucket)
+    (tmp_path / "f").write_bytes(b"payload")
+
+    result = conn.put(tmp_path / "f", relpath)
+
+    assert keys(s3_server, s3_bucket) == [PREFIX + relpath]
+    assert result.external_name == f"s3://{s3_bucket}/{PREFIX}{relpath}"
+    assert [e.relpath for e in conn.list_files()] == [relpath]
+    assert conn.stat(relpath).size == 7
+    assert conn.checksum(relpath) == md5(b"payload")
+
+
+def test_checksums_of_many_objects_are_asked_with_head_requests(s3_server, s3_bucket, tmp_path):
+    conn = connector(s3_server, s3_bucket)
+    names = [f"f{index}.csv" for index in range(20)]
+    for name in names:
+        (tmp_path / name).write_text(name)
+        conn.put(tmp_path / name, name)
+    gets = s3_server.count("GET", f"/{s3_bucket}/{PREFIX}")
+
+    found = conn.checksums([*names, "missing.csv"])
+
+    assert found == {name: md5(name.encode()) for name in names}
+    assert s3_server.count("GET", f"/{s3_bucket}/{PREFIX}") == gets
+
+
+def test_a_prefix_is_a_folder_of_the_bucket(s3_server, s3_bucket, tmp_path):
+    conn = connector(s3_server, s3_bucket, prefix="/lab/instr 2")
+    (tmp_path / "a.csv").write_bytes(b"a")
+    conn.put(tmp_path / "a.csv", "a.csv")
+    assert keys(s3_server, s3_bucket) == ["lab/instr 2/a.csv"]
+    with pytest.raises(ConfigError, match="OELEO_S3_PREFIX"):
+        connector(s3_server, s3_bucket, prefix="lab/../x")
+
+
+def test_importing_the_connectors_does_not_import_boto3():
+    code = "import sys, oeleo.connectors; print('boto3' in sys.modules, 'botocore' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["False", "False"]
+
+
+def test_content_md5_of_a_part_is_the_md5_of_its_bytes(s3_server, s3_bucket, tmp_path):
+    conn = connector(s3_server, s3_bucket)
+    seen = []
+
+    def record(request, **kwargs):
+        seen.append(request.headers.get("Content-MD5"))
+
+    conn.client.meta.events.register("before-send.s3.UploadPart", record)
+    data = os.urandom(9 * MiB)
+    (tmp_path / "big").write_bytes(data)
+    conn.put(tmp_path / "big", "big")
+    expected = [base64.b64encode(hashlib.md5(data[: 8 * MiB]).digest()).decode()]
+    expected.append(base64.b64encode(hashlib.md5(data[8 * MiB :]).digest()).decode())
+    assert sorted(h.decode() if isinstance(h, bytes) else h for h in seen) == sorted(expected)
