@@ -23,17 +23,14 @@ own chain (environment, profiles, instance roles), never from oeleo's settings.
 from __future__ import annotations
 
 import base64
-import hashlib
 import logging
 import posixpath
-import re
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
-from concurrent.futures import wait as wait_for_futures
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Dict, Iterable, Iterator, List, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Sequence, Tuple
 from urllib.parse import urlsplit, urlunsplit
 
 try:
@@ -49,17 +46,16 @@ from oeleo.connectors.base import (
     Connector,
     Features,
     FileEntry,
-    Stored,
     Upload,
     has_extension,
     matches,
     safe_relpath,
     temp_relpath,
 )
+from oeleo.connectors.s3_uploads import PLAIN_ETAG, MiB, S3MultipartUpload, S3Upload, sse_hides_md5
 from oeleo.errors import (
     ConfigError,
     ConnectionLost,
-    FileChangedError,
     OeleoError,
     TransferError,
     VerificationError,
@@ -71,18 +67,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("oeleo")
 
-MiB = 1024 * 1024
 MULTIPART_THRESHOLD = 8 * MiB  # smaller files: one PutObject at the commit
-PART_SIZE = 8 * MiB  # the smallest part; larger for files that would need more than MAX_PARTS
-MAX_PARTS = 10_000  # S3's limit per upload
 PARTS_IN_FLIGHT = 4  # parts being sent or waiting to be sent, for all uploads of a connector
 COPY_LIMIT = 5 * 1024 * MiB  # the largest object one CopyObject can copy (to add its metadata)
 CHECKSUM_THREADS = 8  # HEAD requests at once for ``checksums``
 META = "oeleo-"  # x-amz-meta-oeleo-<algorithm>: the checksum; oeleo-mtime-ns: the source's mtime
 MTIME_META = "oeleo-mtime-ns"
 
-_PLAIN_ETAG = re.compile(r'^"?([0-9a-f]{32})"?$')
-_MULTIPART_ETAG = re.compile(r'^"?([0-9a-f]{32})-(\d+)"?$')
 # Errors that say the store refused the bytes because their checksum differs from the one sent.
 _DIGEST_ERRORS = {"BadDigest", "InvalidDigest", "XAmzContentSHA256Mismatch", "XAmzContentChecksumMismatch"}
 _KEY_ERRORS = {
@@ -104,10 +95,6 @@ _NO_CREDENTIALS = (
 )
 
 
-def _b64(digest: bytes) -> str:
-    return base64.b64encode(digest).decode("ascii")
-
-
 def _without_userinfo(url: Optional[str]) -> str:
     """An endpoint URL for messages: a ``user:password@`` in it is never shown."""
     if not url:
@@ -116,214 +103,6 @@ def _without_userinfo(url: Optional[str]) -> str:
     if "@" not in parts.netloc:
         return url
     return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
-
-
-def _sse_hides_md5(response: Dict[str, Any]) -> bool:
-    """Whether the object's ETag is not the MD5 of its bytes (SSE-KMS, SSE-C)."""
-    return str(response.get("ServerSideEncryption", "")).startswith("aws:kms") or bool(
-        response.get("SSECustomerAlgorithm")
-    )
-
-
-class _Digests:
-    """The hashes of what an upload sends: md5 (S3 checks it per request) and the books'."""
-
-    def __init__(self, algorithms: Iterable[str]) -> None:
-        self.hashes = {name: new_hash(name) for name in algorithms}
-
-    def update(self, chunk: bytes) -> None:
-        for digest in self.hashes.values():
-            digest.update(chunk)
-
-    def hexdigests(self) -> Dict[str, str]:
-        return {name: digest.hexdigest() for name, digest in self.hashes.items()}
-
-
-class S3Upload(Upload):
-    """A file below the multipart threshold: held in memory, sent whole by ``commit``."""
-
-    connector: S3Connector
-
-    def __init__(self, connector: S3Connector, relpath: str, size: int, mtime_ns: int) -> None:
-        super().__init__(connector, relpath, size, mtime_ns)
-        self.key = connector.key(relpath)
-        self._chunks: Optional[List[bytes]] = []
-        self._sent = 0
-        self._digests = _Digests(connector.upload_algorithms)
-        self._hashes: Dict[str, str] = {}
-
-    def send(self, chunks: Iterable[bytes]) -> None:
-        assert self._chunks is not None
-        limit = self.connector.multipart_threshold
-        for chunk in chunks:
-            self._sent += len(chunk)
-            if self._sent > limit:  # it grew while read: never hold an unbounded file in memory
-                raise FileChangedError(f"{printable(self.relpath)} grew while it was read")
-            self._chunks.append(chunk)
-            self._digests.update(chunk)
-
-    def finish(self, algorithm: Optional[str] = None) -> Stored:
-        # What the PutObject will carry, with its Content-MD5: S3 refuses other bytes.
-        self._hashes = self._digests.hexdigests()
-        return Stored(self._sent, self._hashes)
-
-    def commit(self) -> None:
-        chunks, self._chunks = self._chunks, None
-        assert chunks is not None, "an upload is committed once"
-        connector = self.connector
-        md5 = self._hashes["md5"]
-        options = connector.object_options(self.mtime_ns, self._hashes)
-        with connector.errors("uploading", self.relpath):
-            response = connector.client.put_object(
-                Bucket=connector.bucket,
-                Key=self.key,
-                Body=b"".join(chunks),
-                ContentMD5=_b64(bytes.fromhex(md5)),
-                **options,
-            )
-        etag = _PLAIN_ETAG.match(response.get("ETag", ""))
-        if etag and not _sse_hides_md5(response) and etag.group(1) != md5:
-            # Only a store that ignores Content-MD5 gets here; S3 refuses the request.
-            raise VerificationError(
-                f"{printable(self.relpath)}: the store holds other bytes (ETag {etag.group(1)}, "
-                f"md5 of the source {md5}); it ignored the Content-MD5"
-            )
-
-    def abort(self) -> None:
-        self._chunks = None
-
-
-class S3MultipartUpload(Upload):
-    """A large file sent as a multipart upload while it is read; ``commit`` completes it."""
-
-    connector: S3Connector
-
-    def __init__(self, connector: S3Connector, relpath: str, size: int, mtime_ns: int) -> None:
-        super().__init__(connector, relpath, size, mtime_ns)
-        self.key = connector.key(relpath)
-        self.staging = temp_relpath(relpath, connector.upload_tag)  # the marker's name
-        self.upload_id: Optional[str] = None
-        # Parts of at least PART_SIZE, whole MiB, so that the file fits in MAX_PARTS - 1000
-        # parts (room for a file that grows a little; it is refused anyway).
-        wanted = -(-size // (MAX_PARTS - 1000))
-        self.part_size = max(PART_SIZE, -(-wanted // MiB) * MiB)
-        self._futures: List[Future] = []
-        self._sent = 0
-        self._digests = _Digests(connector.upload_algorithms)
-        self._hashes: Dict[str, str] = {}
-        self._parts: List[Dict[str, Any]] = []
-        self._part_md5s: List[bytes] = []
-
-    def _start(self) -> None:
-        connector = self.connector
-        options = connector.object_options(self.mtime_ns, {})
-        if connector.crc_parts:
-            options["ChecksumAlgorithm"] = "CRC32"
-        with connector.errors("starting the upload of", self.relpath):
-            response = connector.client.create_multipart_upload(
-                Bucket=connector.bucket, Key=self.key, **options
-            )
-        self.upload_id = response["UploadId"]
-        connector.started(self)
-
-    def send(self, chunks: Iterable[bytes]) -> None:
-        self._start()
-        buffer = bytearray()
-        number = 0
-        for chunk in chunks:
-            self._digests.update(chunk)
-            self._sent += len(chunk)
-            buffer += chunk
-            while len(buffer) >= self.part_size:
-                number += 1
-                if len(buffer) == self.part_size:
-                    part, buffer = bytes(buffer), bytearray()
-                else:
-                    part = bytes(buffer[: self.part_size])
-                    del buffer[: self.part_size]
-                self._submit(number, part)
-        if buffer or number == 0:
-            number += 1
-            self._submit(number, bytes(buffer))
-        del buffer
-        wait_for_futures(self._futures)
-        self._parts = [future.result() for future in self._futures]  # a failed part raises here
-
-    def _submit(self, number: int, data: bytes) -> None:
-        if number > MAX_PARTS:
-            raise FileChangedError(f"{printable(self.relpath)} grew while it was read")
-        for future in self._futures:  # a part that failed ends the upload now, not at the end
-            if future.done() and future.exception() is not None:
-                future.result()
-        self._futures.append(self.connector.send_part(self, number, data))
-
-    def upload_part(self, number: int, data: bytes) -> Dict[str, Any]:
-        """Send one part (in a thread of the connector's pool); its entry for the completion."""
-        connector = self.connector
-        md5 = hashlib.md5(data).digest()
-        options: Dict[str, Any] = {}
-        part: Dict[str, Any] = {"PartNumber": number}
-        if connector.crc_parts:
-            import zlib
-
-            options["ChecksumCRC32"] = part["ChecksumCRC32"] = _b64(zlib.crc32(data).to_bytes(4, "big"))
-        with connector.errors(f"uploading part {number} of", self.relpath):
-            response = connector.client.upload_part(
-                Bucket=connector.bucket,
-                Key=self.key,
-                UploadId=self.upload_id,
-                PartNumber=number,
-                Body=data,
-                ContentMD5=_b64(md5),
-                **options,
-            )
-        etag = _PLAIN_ETAG.match(response.get("ETag", ""))
-        if etag and not _sse_hides_md5(response) and etag.group(1) != md5.hex():
-            raise VerificationError(
-                f"{printable(self.relpath)}: part {number} arrived as other bytes (ETag {etag.group(1)}, "
-                f"md5 sent {md5.hex()})"
-            )
-        part["ETag"] = response["ETag"]
-        part["md5"] = md5
-        return part
-
-    def finish(self, algorithm: Optional[str] = None) -> Stored:
-        # The digests of exactly the bytes S3 acknowledged, each part checked by its Content-MD5.
-        self._hashes = self._digests.hexdigests()
-        return Stored(self._sent, self._hashes)
-
-    def commit(self) -> None:
-        connector = self.connector
-        assert self.upload_id is not None, "an upload is committed once"
-        parts = [{k: v for k, v in part.items() if k != "md5"} for part in self._parts]
-        with connector.errors("completing the upload of", self.relpath):
-            response = connector.client.complete_multipart_upload(
-                Bucket=connector.bucket,
-                Key=self.key,
-                UploadId=self.upload_id,
-                MultipartUpload={"Parts": parts},
-            )
-        self.upload_id = None
-        etag = _MULTIPART_ETAG.match(response.get("ETag", ""))
-        expected = hashlib.md5(b"".join(part["md5"] for part in self._parts)).hexdigest()
-        if etag and not _sse_hides_md5(response) and etag.group(1) != expected:
-            connector.forget_marker(self)
-            raise VerificationError(
-                f"{printable(self.relpath)}: the completed object is not the parts sent "
-                f"(ETag {etag.group(1)}-{etag.group(2)}, expected {expected}-{len(parts)})"
-            )
-        connector.add_checksums(self, self._hashes)
-        connector.forget_marker(self)
-
-    def abort(self) -> None:
-        for future in self._futures:
-            future.cancel()
-        wait_for_futures(self._futures)  # S3 may keep a part that lands after the abort
-        self._futures = []
-        if self.upload_id is not None:
-            upload_id, self.upload_id = self.upload_id, None
-            self.connector.abort_upload(self.key, upload_id)
-            self.connector.forget_marker(self)
 
 
 class S3Connector(Connector):
@@ -359,7 +138,6 @@ class S3Connector(Connector):
         request_checksums: Optional[str] = None,
         algorithm: str = "md5",
         multipart_threshold: Optional[int] = None,
-        **kwargs: Any,
     ) -> None:
         if not bucket or not str(bucket).strip():
             raise ConfigError("OELEO_S3_BUCKET is not set: the bucket to copy to")
@@ -651,8 +429,8 @@ class S3Connector(Connector):
         if digest:
             return digest
         if algorithm == "md5":
-            etag = _PLAIN_ETAG.match(response.get("ETag", ""))
-            if etag and not _sse_hides_md5(response):
+            etag = PLAIN_ETAG.match(response.get("ETag", ""))
+            if etag and not sse_hides_md5(response):
                 return etag.group(1)
         elif algorithm in ("sha256", "sha1"):
             with_checksums = self.head(relpath, ChecksumMode="ENABLED") or {}
@@ -731,7 +509,9 @@ class S3Connector(Connector):
         try:
             with self.errors("marking the upload of", upload.relpath):
                 self.client.put_object(
-                    Bucket=self.bucket, Key=self.key(upload.staging), Body=upload.upload_id.encode("ascii")
+                    Bucket=self.bucket,
+                    Key=self.key(upload.staging),
+                    Body=f"{upload.upload_id}\n{upload.key}".encode(),
                 )
         except BaseException:
             self.abort_upload(upload.key, upload.upload_id)
@@ -782,30 +562,24 @@ class S3Connector(Connector):
         key = self.key(relpath)
         name = posixpath.basename(relpath)
         if name.startswith(".") and name.endswith(TEMP_SUFFIX):
-            upload_id = self._marker(key)
-            if upload_id:
-                self.abort_upload(self._marked_key(relpath), upload_id)
+            marked = self._marker(key)
+            if marked is not None:
+                self.abort_upload(marked[1], marked[0])
         with self.errors("removing", relpath):
             self.client.delete_object(Bucket=self.bucket, Key=key)
 
-    def _marked_key(self, marker_relpath: str) -> str:
-        """The key whose upload a marker names (``dir/.a.fits.1f3a9c.oeleo-part`` -> ``dir/a.fits``)."""
-        head, name = posixpath.split(marker_relpath)
-        name = name[1 : -len(TEMP_SUFFIX)]
-        if self.upload_tag and name.endswith("." + self.upload_tag):
-            name = name[: -len(self.upload_tag) - 1]
-        return self.prefix + posixpath.join(head, name)
-
-    def _marker(self, key: str) -> Optional[str]:
-        """The upload id a marker holds, or ``None`` when there is no marker."""
+    def _marker(self, key: str) -> Optional[Tuple[str, str]]:
+        """(upload id, key) that a marker names, or ``None`` when there is no such marker."""
         try:
             body = self.client.get_object(Bucket=self.bucket, Key=key)["Body"]
             try:
-                return body.read(1024).decode("ascii", "replace").strip() or None
+                text = body.read(4096).decode("utf-8", "replace")
             finally:
                 body.close()
         except boto_errors.ClientError:
             return None
+        upload_id, _, marked = text.partition("\n")
+        return (upload_id, marked) if upload_id and marked else None
 
     def _abort_leftover_uploads(self) -> None:
         """Abort the multipart uploads under the prefix that this origin started and a
@@ -819,9 +593,7 @@ class S3Connector(Connector):
                     for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix)
                     for upload in page.get("Uploads", [])
                 ]
-        except ConfigError as exc:
-            if "denied" not in str(exc):
-                raise
+        except OeleoError as exc:  # a store without the request, or keys without the right
             log.warning("cannot look for unfinished uploads: %s", exc)
             return
         for key, upload_id in uploads:
@@ -829,7 +601,7 @@ class S3Connector(Connector):
                 continue
             relpath = key[len(self.prefix) :]
             marker = self.prefix + temp_relpath(relpath, self.upload_tag)
-            if self._marker(marker) != upload_id:
+            if self._marker(marker) != (upload_id, key):
                 others += 1
                 continue
             self.abort_upload(key, upload_id)

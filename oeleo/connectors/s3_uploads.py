@@ -1,0 +1,240 @@
+"""The uploads of the S3 connector (``oeleo.connectors.s3``): a small file held in memory and
+sent whole by ``commit`` with its Content-MD5, and a large one sent as a multipart upload while
+it is read, completed by ``commit`` or aborted by ``abort``. They talk to S3 through their
+connector (its client, its pool of part senders, its error translation), so boto3 is imported
+in ``s3.py`` only."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+import zlib
+from concurrent.futures import Future
+from concurrent.futures import wait as wait_for_futures
+from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional
+
+from oeleo.checkers import new_hash
+from oeleo.connectors.base import Stored, Upload, temp_relpath
+from oeleo.errors import FileChangedError, VerificationError
+from oeleo.names import printable
+
+if TYPE_CHECKING:
+    from oeleo.connectors.s3 import S3Connector
+
+MiB = 1024 * 1024
+PART_SIZE = 8 * MiB  # the smallest part; larger for files that would need more than MAX_PARTS
+MAX_PARTS = 10_000  # S3's limit per upload
+
+PLAIN_ETAG = re.compile(r'^"?([0-9a-f]{32})"?$')
+MULTIPART_ETAG = re.compile(r'^"?([0-9a-f]{32})-(\d+)"?$')
+
+
+def _b64(digest: bytes) -> str:
+    return base64.b64encode(digest).decode("ascii")
+
+
+def sse_hides_md5(response: Dict[str, Any]) -> bool:
+    """Whether the object's ETag is not the MD5 of its bytes (SSE-KMS, SSE-C)."""
+    return str(response.get("ServerSideEncryption", "")).startswith("aws:kms") or bool(
+        response.get("SSECustomerAlgorithm")
+    )
+
+
+class _Digests:
+    """The hashes of what an upload sends: md5 (S3 checks it per request) and the books'."""
+
+    def __init__(self, algorithms: Iterable[str]) -> None:
+        self.hashes = {name: new_hash(name) for name in algorithms}
+
+    def update(self, chunk: bytes) -> None:
+        for digest in self.hashes.values():
+            digest.update(chunk)
+
+    def hexdigests(self) -> Dict[str, str]:
+        return {name: digest.hexdigest() for name, digest in self.hashes.items()}
+
+
+class S3Upload(Upload):
+    """A file below the multipart threshold: held in memory, sent whole by ``commit``."""
+
+    connector: S3Connector
+
+    def __init__(self, connector: S3Connector, relpath: str, size: int, mtime_ns: int) -> None:
+        super().__init__(connector, relpath, size, mtime_ns)
+        self.key = connector.key(relpath)
+        self._chunks: Optional[List[bytes]] = []
+        self._sent = 0
+        self._digests = _Digests(connector.upload_algorithms)
+        self._hashes: Dict[str, str] = {}
+
+    def send(self, chunks: Iterable[bytes]) -> None:
+        assert self._chunks is not None
+        limit = self.connector.multipart_threshold
+        for chunk in chunks:
+            self._sent += len(chunk)
+            if self._sent > limit:  # it grew while read: never hold an unbounded file in memory
+                raise FileChangedError(f"{printable(self.relpath)} grew while it was read")
+            self._chunks.append(chunk)
+            self._digests.update(chunk)
+
+    def finish(self, algorithm: Optional[str] = None) -> Stored:
+        # What the PutObject will carry, with its Content-MD5: S3 refuses other bytes.
+        self._hashes = self._digests.hexdigests()
+        return Stored(self._sent, self._hashes)
+
+    def commit(self) -> None:
+        chunks, self._chunks = self._chunks, None
+        assert chunks is not None, "an upload is committed once"
+        connector = self.connector
+        md5 = self._hashes["md5"]
+        options = connector.object_options(self.mtime_ns, self._hashes)
+        with connector.errors("uploading", self.relpath):
+            response = connector.client.put_object(
+                Bucket=connector.bucket,
+                Key=self.key,
+                Body=b"".join(chunks),
+                ContentMD5=_b64(bytes.fromhex(md5)),
+                **options,
+            )
+        etag = PLAIN_ETAG.match(response.get("ETag", ""))
+        if etag and not sse_hides_md5(response) and etag.group(1) != md5:
+            # Only a store that ignores Content-MD5 gets here; S3 refuses the request.
+            raise VerificationError(
+                f"{printable(self.relpath)}: the store holds other bytes (ETag {etag.group(1)}, "
+                f"md5 of the source {md5}); it ignored the Content-MD5"
+            )
+
+    def abort(self) -> None:
+        self._chunks = None
+
+
+class S3MultipartUpload(Upload):
+    """A large file sent as a multipart upload while it is read; ``commit`` completes it."""
+
+    connector: S3Connector
+
+    def __init__(self, connector: S3Connector, relpath: str, size: int, mtime_ns: int) -> None:
+        super().__init__(connector, relpath, size, mtime_ns)
+        self.key = connector.key(relpath)
+        self.staging = temp_relpath(relpath, connector.upload_tag)  # the marker's name
+        self.upload_id: Optional[str] = None
+        # Parts of at least PART_SIZE, whole MiB, so that the file fits in MAX_PARTS - 1000
+        # parts (room for a file that grows a little; it is refused anyway).
+        wanted = -(-size // (MAX_PARTS - 1000))
+        self.part_size = max(PART_SIZE, -(-wanted // MiB) * MiB)
+        self._futures: List[Future] = []
+        self._sent = 0
+        self._digests = _Digests(connector.upload_algorithms)
+        self._hashes: Dict[str, str] = {}
+        self._parts: List[Dict[str, Any]] = []
+        self._part_md5s: List[bytes] = []
+
+    def _start(self) -> None:
+        connector = self.connector
+        options = connector.object_options(self.mtime_ns, {})
+        if connector.crc_parts:
+            options["ChecksumAlgorithm"] = "CRC32"
+        with connector.errors("starting the upload of", self.relpath):
+            response = connector.client.create_multipart_upload(
+                Bucket=connector.bucket, Key=self.key, **options
+            )
+        self.upload_id = response["UploadId"]
+        connector.started(self)
+
+    def send(self, chunks: Iterable[bytes]) -> None:
+        self._start()
+        buffer = bytearray()
+        number = 0
+        for chunk in chunks:
+            self._digests.update(chunk)
+            self._sent += len(chunk)
+            buffer += chunk
+            while len(buffer) >= self.part_size:
+                number += 1
+                if len(buffer) == self.part_size:
+                    part, buffer = bytes(buffer), bytearray()
+                else:
+                    part = bytes(buffer[: self.part_size])
+                    del buffer[: self.part_size]
+                self._submit(number, part)
+        if buffer or number == 0:
+            number += 1
+            self._submit(number, bytes(buffer))
+        del buffer
+        wait_for_futures(self._futures)
+        self._parts = [future.result() for future in self._futures]  # a failed part raises here
+
+    def _submit(self, number: int, data: bytes) -> None:
+        if number > MAX_PARTS:
+            raise FileChangedError(f"{printable(self.relpath)} grew while it was read")
+        for future in self._futures:  # a part that failed ends the upload now, not at the end
+            if future.done() and future.exception() is not None:
+                future.result()
+        self._futures.append(self.connector.send_part(self, number, data))
+
+    def upload_part(self, number: int, data: bytes) -> Dict[str, Any]:
+        """Send one part (in a thread of the connector's pool); its entry for the completion."""
+        connector = self.connector
+        md5 = hashlib.md5(data).digest()
+        options: Dict[str, Any] = {}
+        part: Dict[str, Any] = {"PartNumber": number}
+        if connector.crc_parts:
+            options["ChecksumCRC32"] = part["ChecksumCRC32"] = _b64(zlib.crc32(data).to_bytes(4, "big"))
+        with connector.errors(f"uploading part {number} of", self.relpath):
+            response = connector.client.upload_part(
+                Bucket=connector.bucket,
+                Key=self.key,
+                UploadId=self.upload_id,
+                PartNumber=number,
+                Body=data,
+                ContentMD5=_b64(md5),
+                **options,
+            )
+        etag = PLAIN_ETAG.match(response.get("ETag", ""))
+        if etag and not sse_hides_md5(response) and etag.group(1) != md5.hex():
+            raise VerificationError(
+                f"{printable(self.relpath)}: part {number} arrived as other bytes (ETag {etag.group(1)}, "
+                f"md5 sent {md5.hex()})"
+            )
+        part["ETag"] = response["ETag"]
+        part["md5"] = md5
+        return part
+
+    def finish(self, algorithm: Optional[str] = None) -> Stored:
+        # The digests of exactly the bytes S3 acknowledged, each part checked by its Content-MD5.
+        self._hashes = self._digests.hexdigests()
+        return Stored(self._sent, self._hashes)
+
+    def commit(self) -> None:
+        connector = self.connector
+        assert self.upload_id is not None, "an upload is committed once"
+        parts = [{k: v for k, v in part.items() if k != "md5"} for part in self._parts]
+        with connector.errors("completing the upload of", self.relpath):
+            response = connector.client.complete_multipart_upload(
+                Bucket=connector.bucket,
+                Key=self.key,
+                UploadId=self.upload_id,
+                MultipartUpload={"Parts": parts},
+            )
+        self.upload_id = None
+        etag = MULTIPART_ETAG.match(response.get("ETag", ""))
+        expected = hashlib.md5(b"".join(part["md5"] for part in self._parts)).hexdigest()
+        if etag and not sse_hides_md5(response) and etag.group(1) != expected:
+            connector.forget_marker(self)
+            raise VerificationError(
+                f"{printable(self.relpath)}: the completed object is not the parts sent "
+                f"(ETag {etag.group(1)}-{etag.group(2)}, expected {expected}-{len(parts)})"
+            )
+        connector.add_checksums(self, self._hashes)
+        connector.forget_marker(self)
+
+    def abort(self) -> None:
+        for future in self._futures:
+            future.cancel()
+        wait_for_futures(self._futures)  # S3 may keep a part that lands after the abort
+        self._futures = []
+        if self.upload_id is not None:
+            upload_id, self.upload_id = self.upload_id, None
+            self.connector.abort_upload(self.key, upload_id)
+            self.connector.forget_marker(self)
