@@ -376,16 +376,46 @@ def test_a_part_that_arrives_damaged_fails_the_upload_before_it_is_completed(
     assert conn.checksum("big.fits", "md5") == first
 
 
-def test_checksums_by_s3_itself_when_asked(s3_server, s3_bucket, tmp_path):
+def test_with_request_checksums_each_part_carries_its_crc32_and_its_md5(s3_server, s3_bucket, tmp_path):
     conn = connector(s3_server, s3_bucket, request_checksums="when_supported")
+    sent = []
+    conn.client.meta.events.register(
+        "before-send.s3.UploadPart",
+        lambda request, **kwargs: sent.append(
+            (request.headers.get("x-amz-checksum-crc32"), request.headers.get("Content-MD5"))
+        ),
+    )
     digest = write_random(tmp_path / "big.fits", 17 * MiB)
     (tmp_path / "a.csv").write_bytes(b"a")
 
     conn.put(tmp_path / "big.fits", "big.fits")
     conn.put(tmp_path / "a.csv", "a.csv")
 
+    assert len(sent) == 3 and all(crc and content_md5 for crc, content_md5 in sent)
     assert conn.checksum("big.fits") == digest
     assert conn.checksum("a.csv") == md5(b"a")
+
+
+@pytest.mark.parametrize(
+    "endpoint, chosen, expected",
+    [("http://minio.lab:9000", None, "when_required"), (None, None, "when_supported"),
+     ("http://minio.lab:9000", "when_supported", "when_supported")],
+)  # fmt: skip
+def test_request_checksums_default_to_when_required_with_an_endpoint(endpoint, chosen, expected):
+    from oeleo.connectors.s3 import S3Connector
+    from oeleo.settings import Settings
+
+    settings = Settings(
+        _env_file=None,
+        s3_bucket="lab",
+        s3_endpoint_url=endpoint,
+        s3_request_checksums=chosen,
+        checksum="sha256",
+    )
+    conn = S3Connector.from_settings(settings)
+
+    assert conn.request_checksums == expected
+    assert conn.features.hashes == {"md5", "sha256"}
 
 
 def test_the_books_algorithm_is_kept_in_the_metadata_too(s3_server, s3_bucket, tmp_path):
