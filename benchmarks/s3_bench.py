@@ -493,6 +493,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     tools = [t for t in tools if t not in skipped]
 
     started = time.time()
+    machine = machine_facts()  # oeleo's commit as the sitting starts
     work = Path(tempfile.mkdtemp(prefix="oeleo-s3-bench-", dir=args.workdir))
     moto = Moto(work)
     samples: List[Dict[str, Any]] = []
@@ -521,7 +522,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     targets = evaluate(rows)
     print_table(rows, targets)
     payload = {
-        "machine": machine_facts(),
+        "machine": machine,
         "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "workloads": sizes,
         "skipped_tools": skipped,
