@@ -86,6 +86,34 @@ def arcsecond_server(request):
     server.stop()
 
 
+def sharepoint_connector(tmp_path: Path, server) -> Connector:
+    from oeleo.connectors.sharepoint import SharePointConnector
+
+    # read_back: each upload is downloaded and hashed before its commit, so the verification
+    # cases below hold (by default SharePoint's copies are verified by size: test_sharepoint.py).
+    return SharePointConnector(
+        server.url, folder="contract", token=server.token_provider, chunk_size=1024 * 1024, read_back=True
+    )
+
+
+SHAREPOINT_CANNOT = {
+    "test_a_backslash_in_a_posix_name_is_kept_in_the_stored_name": (
+        "SharePoint does not allow a backslash in a name: that file is refused with the reason"
+    ),
+}
+
+
+@pytest.fixture
+def sharepoint_server(request):
+    from sharepoint_server import FakeSharePoint
+
+    if request.node.originalname in SHAREPOINT_CANNOT:
+        pytest.skip(SHAREPOINT_CANNOT[request.node.originalname])
+    server = FakeSharePoint().start()
+    yield server
+    server.stop()
+
+
 def example(module: str, name: str) -> Callable[[Path], Connector]:
     """A connector of examples/ (the ones docs/connectors.md shows), built on ``tmp_path``."""
 
@@ -106,6 +134,7 @@ FACTORIES: Dict[str, Callable[..., Connector]] = {
     "ssh": ssh_connector,
     "arcsecond": arcsecond_connector,
     "s3": s3_connector,
+    "sharepoint": sharepoint_connector,
     "example-folder": example("folder_connector", "PlainFolderConnector"),
     "example-bucket": example("object_store", "BucketConnector"),
 }
@@ -113,6 +142,7 @@ SERVER_FIXTURES: Dict[str, str] = {  # connector name -> its server's fixture
     "ssh": "sshd_server",
     "s3": "s3_server",
     "arcsecond": "arcsecond_server",
+    "sharepoint": "sharepoint_server",
 }
 
 

@@ -1,0 +1,490 @@
+"""A loopback stand-in for SharePoint Online's REST API, enough for the SharePoint connector.
+
+It answers the requests that Office365-REST-Python-Client 3.3.0 sends for the connector's
+operations (found by logging them: ``FakeSharePoint.log``), in verbose OData JSON
+(``application/json;odata=verbose``: the library parses a reply only when its Content-Type
+starts with ``application/json``):
+
+- ``POST /_api/contextInfo``: the form digest (``FormDigestValue``); every other POST must
+  carry it in ``X-RequestDigest`` (a stale one: 403 ``-2130575251``, the library fetches a
+  new one and retries once);
+- ``getFolderByServerRelativePath(DecodedUrl='…')`` and ``getFileByServerRelativePath(…)``
+  (also the ``…Url('…')`` and ``Get…ById('…')`` forms), with ``$select``; a missing one:
+  404 ``-2147024894, System.IO.FileNotFoundException``;
+- ``…/Files/add(overwrite=true,url='…')`` with the bytes as the body (an empty body makes or
+  truncates the file to 0 bytes, as SharePoint Online does);
+- ``…/startUpload(uploadID='…')``, ``continueUpload(uploadID='…',fileOffset=N)``,
+  ``finishUpload(…,fileOffset=N)`` (the offsets of a session are enforced), ``CancelUpload``
+  (body ``{"uploadId"}``);
+- ``…/MoveTo(newurl='…',flags=1)`` (1: overwrite);
+- ``Web/RootFolder/Folders/Add('…')`` and ``…/Folders/Add('…')`` on a folder (a folder that
+  is there is returned as it is);
+- ``…/Files?$select=…&$top=N`` and ``…/Folders?$top=N`` with ``__next`` links (server-driven
+  paging, ``$skiptoken``);
+- ``…/$value``: the bytes; ``X-HTTP-Method: DELETE``: removes a file.
+
+Every request must carry ``Authorization: Bearer <a token in tokens>`` (else 401). On demand
+(``fail``) it answers any status (429 or 503 with ``Retry-After``, 500 in the middle of an
+upload session, 403, 404) a number of times; ``rewrite_office`` makes it add bytes to the
+Office files it stores, as SharePoint does when it writes the library's properties into them.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Dict, List, Optional, Tuple
+from urllib.parse import parse_qs, quote, unquote, urlsplit
+
+JSON = "application/json;odata=verbose;charset=utf-8"
+NOT_FOUND = "-2147024894, System.IO.FileNotFoundException"
+STALE_DIGEST = "-2130575251, Microsoft.SharePoint.SPException"
+OFFICE = (".docx", ".xlsx", ".pptx")
+
+
+@dataclass
+class Fault:
+    """Answer ``status`` to ``times`` requests whose method and decoded path match."""
+
+    method: str
+    pattern: str
+    status: int = 500
+    times: int = 1
+    headers: Dict[str, str] = field(default_factory=dict)
+    code: str = "-1, Microsoft.SharePoint.Client.ClientServiceException"
+    message: str = "injected failure"
+
+
+@dataclass
+class StoredFile:
+    data: bytes
+    mtime: float
+    uid: str = field(default_factory=lambda: str(uuid.uuid4()))
+
+
+class Reply(Exception):
+    def __init__(
+        self, status: int, code: str = "", message: str = "", headers: Optional[Dict[str, str]] = None
+    ):
+        super().__init__(message)
+        self.status, self.code, self.message, self.headers = status, code, message, headers or {}
+
+
+def split_segments(path: str) -> List[str]:
+    """``a/b('x/y')/c`` -> ``a``, ``b('x/y')``, ``c``: slashes inside quotes or brackets kept."""
+    segments, current, depth, quoted = [], "", 0, False
+    for char in path:
+        if char == "'":
+            quoted = not quoted
+        elif not quoted and char == "(":
+            depth += 1
+        elif not quoted and char == ")":
+            depth -= 1
+        if char == "/" and depth == 0 and not quoted:
+            segments.append(current)
+            current = ""
+        else:
+            current += char
+    segments.append(current)
+    return [s for s in segments if s]
+
+
+def parse_call(segment: str) -> Tuple[str, List[Any], Dict[str, Any]]:
+    """``name(a='x',b=1)`` -> ("name", [], {"a": "x", "b": 1}); ``name('x')`` -> ("name", ["x"], {})."""
+    if "(" not in segment:
+        return segment, [], {}
+    name, rest = segment.split("(", 1)
+    inner = rest[:-1] if rest.endswith(")") else rest
+    args: List[Any] = []
+    kwargs: Dict[str, Any] = {}
+    i = 0
+    while i < len(inner):
+        key = None
+        match = re.match(r"\s*([A-Za-z_][A-Za-z0-9_]*)\s*=", inner[i:])
+        if match:
+            key = match.group(1)
+            i += match.end()
+        if i < len(inner) and inner[i] == "'":
+            j = i + 1
+            text = ""
+            while j < len(inner):
+                if inner[j] == "'":
+                    if j + 1 < len(inner) and inner[j + 1] == "'":
+                        text += "'"
+                        j += 2
+                        continue
+                    break
+                text += inner[j]
+                j += 1
+            value: Any = text
+            i = j + 1
+        else:
+            j = inner.find(",", i)
+            j = len(inner) if j < 0 else j
+            raw = inner[i:j].strip()
+            value = {"true": True, "false": False}.get(
+                raw.lower(), int(raw) if raw.lstrip("-").isdigit() else raw
+            )
+            i = j
+        if key is None:
+            args.append(value)
+        else:
+            kwargs[key.lower()] = value
+        while i < len(inner) and inner[i] in ", ":
+            i += 1
+    return name, args, kwargs
+
+
+class FakeSharePoint:
+    """The site ``/sites/<site>`` with the library ``Shared Documents``, on 127.0.0.1."""
+
+    def __init__(
+        self, site: str = "lab", library: str = "Shared Documents", token: str = "test-token"
+    ) -> None:
+        self.site_path = f"/sites/{site}"
+        self.library_url = f"{self.site_path}/{library}"
+        self.tokens = {token}
+        self.token = token
+        self.digest = "0xDIGEST1,01 Jan 2026 00:00:00 -0000"
+        self.files: Dict[str, StoredFile] = {}
+        self.folders: Dict[str, str] = {
+            self.site_path: str(uuid.uuid4()),
+            self.library_url: str(uuid.uuid4()),
+        }
+        self.sessions: Dict[str, Tuple[str, bytearray]] = {}  # upload id -> (file url, bytes so far)
+        self.faults: List[Fault] = []
+        self.log: List[Tuple[str, str, Dict[str, List[str]], Dict[str, str]]] = []
+        self.rewrite_office = True
+        self.lock = threading.RLock()
+        self._server: Optional[ThreadingHTTPServer] = None
+        self._thread: Optional[threading.Thread] = None
+
+    # -- control ----------------------------------------------------------------------------
+    def start(self) -> FakeSharePoint:
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                fake.handle(self, "GET")
+
+            def do_POST(self) -> None:
+                fake.handle(self, "POST")
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    @property
+    def origin(self) -> str:
+        assert self._server is not None
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    @property
+    def url(self) -> str:
+        """The site's URL."""
+        return self.origin + self.site_path
+
+    def fail(self, method: str, pattern: str, status: int = 500, times: int = 1, **options: Any) -> Fault:
+        fault = Fault(method, pattern, status, times, **options)
+        with self.lock:
+            self.faults.append(fault)
+        return fault
+
+    def token_provider(self) -> Dict[str, Any]:
+        return {"access_token": self.token, "token_type": "Bearer", "expires_in": 3600}
+
+    def read(self, relpath: str) -> bytes:
+        """The bytes of a file under the library's top folder."""
+        return self.files[f"{self.library_url}/{relpath}"].data
+
+    def names(self) -> Dict[str, int]:
+        """Every file under the library, relative name -> size."""
+        prefix = self.library_url + "/"
+        return {url[len(prefix) :]: len(f.data) for url, f in self.files.items() if url.startswith(prefix)}
+
+    def requests_matching(self, pattern: str) -> List[str]:
+        return [f"{m} {p}" for m, p, _, _ in self.log if re.search(pattern, f"{m} {p}")]
+
+    # -- the HTTP side ------------------------------------------------------------------------
+    def handle(self, handler: BaseHTTPRequestHandler, method: str) -> None:
+        length = int(handler.headers.get("Content-Length", 0) or 0)
+        body = handler.rfile.read(length) if length else b""
+        parts = urlsplit(handler.path)
+        path = unquote(parts.path)
+        query = parse_qs(parts.query, keep_blank_values=True)
+        override = handler.headers.get("X-HTTP-Method", "")
+        with self.lock:
+            self.log.append((method, path, query, dict(handler.headers)))
+        try:
+            status, content, ctype = self.dispatch(handler, method, override, path, query, body)
+            headers: Dict[str, str] = {}
+        except Reply as reply:
+            status, ctype, headers = reply.status, JSON, reply.headers
+            error = {"error": {"code": reply.code, "message": {"lang": "en-US", "value": reply.message}}}
+            content = json.dumps(error).encode()
+        handler.send_response(status)
+        handler.send_header("Content-Type", ctype)
+        handler.send_header("Content-Length", str(len(content)))
+        for name, value in headers.items():
+            handler.send_header(name, value)
+        handler.end_headers()
+        handler.wfile.write(content)
+
+    def dispatch(
+        self, handler: Any, method: str, override: str, path: str, query: Dict[str, List[str]], body: bytes
+    ) -> Tuple[int, bytes, str]:
+        with self.lock:
+            for fault in self.faults:
+                if fault.times > 0 and fault.method == method and re.search(fault.pattern, path):
+                    fault.times -= 1
+                    raise Reply(fault.status, fault.code, fault.message, fault.headers)
+        if not path.startswith(self.site_path + "/_api/"):
+            raise Reply(404, NOT_FOUND, "the site is not found")  # a wrong site: SharePoint's 404
+        auth = handler.headers.get("Authorization", "")
+        if not auth.startswith("Bearer ") or auth[len("Bearer ") :] not in self.tokens:
+            raise Reply(401, "-2147024891, System.UnauthorizedAccessException", "Invalid JWT token.")
+        api = path[len(self.site_path + "/_api/") :]
+        if api.lower() == "contextinfo":
+            info = {"__metadata": {"type": "SP.ContextWebInformation"}, "FormDigestValue": self.digest,
+                    "FormDigestTimeoutSeconds": 1800, "LibraryVersion": "16.0.0.0",
+                    "SiteFullUrl": self.url, "WebFullUrl": self.url}  # fmt: skip
+            return self.json({"GetContextWebInformation": info})
+        if method == "POST" and handler.headers.get("X-RequestDigest") != self.digest:
+            raise Reply(403, STALE_DIGEST, "The security validation for this page is invalid.")
+        with self.lock:
+            return self.resolve(split_segments(api), method, override, query, body)
+
+    @staticmethod
+    def json(value: Any, status: int = 200) -> Tuple[int, bytes, str]:
+        return status, json.dumps({"d": value}).encode(), JSON
+
+    # -- resources ----------------------------------------------------------------------------
+    def resolve(
+        self, segments: List[str], method: str, override: str, query: Dict[str, List[str]], body: bytes
+    ) -> Tuple[int, bytes, str]:
+        current: Tuple[str, Any] = ("none", None)  # ("web"|"folder"|"file"|"files"|"folders", url)
+        for index, segment in enumerate(segments):
+            name, args, kwargs = parse_call(segment)
+            lowered = name.lower()
+            last = index == len(segments) - 1
+            kind, value = current
+            if lowered == "web":
+                current = ("web", self.site_path)
+            elif lowered == "rootfolder" and kind == "web":
+                current = ("folder", self.site_path)
+            elif lowered in ("getfolderbyserverrelativepath", "getfolderbyserverrelativeurl"):
+                current = ("folder", self.folder_url(kwargs.get("decodedurl", args[0] if args else "")))
+            elif lowered == "getfolderbyid":
+                current = ("folder", self.by_id(self.folders, args[0]))
+            elif lowered in ("getfilebyserverrelativepath", "getfilebyserverrelativeurl"):
+                current = ("file", self.file_url(kwargs.get("decodedurl", args[0] if args else "")))
+            elif lowered == "getfilebyid":
+                current = ("file", self.by_id({u: f.uid for u, f in self.files.items()}, args[0]))
+            elif lowered == "folders" and kind == "folder" and args:  # Folders('name'): a child
+                current = ("folder", f"{value}/{args[0]}".replace("//", "/"))
+            elif lowered == "files" and kind == "folder" and args:
+                current = ("file", f"{value}/{args[0]}")
+            elif lowered == "folders" and kind == "folder":
+                current = ("folders", value)
+            elif lowered == "files" and kind == "folder":
+                current = ("files", value)
+            elif lowered == "add" and kind == "folders":
+                return self.add_folder(value, args[0])
+            elif lowered == "add" and kind == "files":
+                return self.add_file(value, kwargs["url"], body, kwargs.get("overwrite", False))
+            elif kind == "file" and last:
+                return self.file_call(value, lowered, kwargs, method, override, body)
+            else:
+                raise Reply(400, "-1, Microsoft.SharePoint.Client.InvalidClientQueryException",
+                            f"the fake does not know {segment!r} after {kind}")  # fmt: skip
+        kind, value = current
+        if kind == "folder":
+            self.must_be_folder(value)
+            return self.json(self.folder_entity(value, query))
+        if kind == "file":
+            self.must_be_file(value)
+            if override.upper() == "DELETE":
+                del self.files[value]
+                return 200, b"", JSON
+            return self.json(self.file_entity(value, query))
+        if kind in ("files", "folders"):
+            return self.collection(kind, value, query)
+        raise Reply(400, "-1, Microsoft.SharePoint.Client.InvalidClientQueryException", "nothing to answer")
+
+    def folder_url(self, url: str) -> str:
+        return url.rstrip("/") or "/"
+
+    def file_url(self, url: str) -> str:
+        return url
+
+    @staticmethod
+    def by_id(table: Dict[str, str], uid: str) -> str:
+        for url, known in table.items():
+            if known == uid:
+                return url
+        raise Reply(404, NOT_FOUND, "File Not Found.")
+
+    def must_be_folder(self, url: str) -> None:
+        if url not in self.folders:
+            raise Reply(404, NOT_FOUND, "File Not Found.")
+
+    def must_be_file(self, url: str) -> None:
+        if url not in self.files:
+            raise Reply(404, NOT_FOUND, "File Not Found.")
+
+    @staticmethod
+    def iso(when: float) -> str:
+        return datetime.fromtimestamp(int(when), timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+    def selected(self, entity: Dict[str, Any], query: Dict[str, List[str]]) -> Dict[str, Any]:
+        select = query.get("$select")
+        if not select:
+            return entity
+        names = {n.strip() for n in select[0].split(",")} | {"__metadata"}
+        return {k: v for k, v in entity.items() if k in names}
+
+    def file_entity(self, url: str, query: Optional[Dict[str, List[str]]] = None) -> Dict[str, Any]:
+        stored = self.files[url]
+        uri = f"{self.url}/_api/Web/GetFileById('{stored.uid}')"
+        entity = {
+            "__metadata": {"id": uri, "uri": uri, "type": "SP.File"},
+            "Name": url.rsplit("/", 1)[1],
+            "ServerRelativeUrl": url,
+            "ServerRelativePath": {"__metadata": {"type": "SP.ResourcePath"}, "DecodedUrl": url},
+            "Length": str(len(stored.data)),
+            "TimeLastModified": self.iso(stored.mtime),
+            "UniqueId": stored.uid,
+            "Exists": True,
+        }
+        return self.selected(entity, query or {})
+
+    def folder_entity(self, url: str, query: Optional[Dict[str, List[str]]] = None) -> Dict[str, Any]:
+        uid = self.folders[url]
+        uri = f"{self.url}/_api/Web/GetFolderById('{uid}')"
+        entity = {
+            "__metadata": {"id": uri, "uri": uri, "type": "SP.Folder"},
+            "Name": url.rsplit("/", 1)[1],
+            "ServerRelativeUrl": url,
+            "ServerRelativePath": {"__metadata": {"type": "SP.ResourcePath"}, "DecodedUrl": url},
+            "UniqueId": uid,
+            "Exists": True,
+            "ItemCount": sum(1 for u in self.files if u.rsplit("/", 1)[0] == url),
+        }
+        return self.selected(entity, query or {})
+
+    def collection(self, kind: str, folder: str, query: Dict[str, List[str]]) -> Tuple[int, bytes, str]:
+        self.must_be_folder(folder)
+        if kind == "files":
+            urls = sorted(u for u in self.files if u.rsplit("/", 1)[0] == folder)
+            items = [self.file_entity(u, query) for u in urls]
+        else:
+            urls = sorted(u for u in self.folders if u != folder and u.rsplit("/", 1)[0] == folder)
+            items = [self.folder_entity(u, query) for u in urls]
+        top = int(query.get("$top", ["5000"])[0])
+        skip = int(query.get("$skiptoken", ["0"])[0] or 0)
+        page = items[skip : skip + top]
+        value: Dict[str, Any] = {"results": page}
+        if skip + top < len(items):
+            kept = {k: v[0] for k, v in query.items() if k != "$skiptoken"}
+            kept["$skiptoken"] = str(skip + top)
+            uid = self.folders[folder]
+            listing = "Files" if kind == "files" else "Folders"
+            value["__next"] = f"{self.url}/_api/Web/GetFolderById('{uid}')/{listing}?" + "&".join(
+                f"{quote(k, safe='$')}={quote(v, safe=',')}" for k, v in kept.items()
+            )
+        return self.json(value)
+
+    # -- writes ---------------------------------------------------------------------------------
+    def add_folder(self, parent: str, name: str) -> Tuple[int, bytes, str]:
+        self.must_be_folder(parent)
+        url = name if name.startswith("/") else f"{parent}/{name}".replace("//", "/")
+        if url not in self.folders:
+            if url in self.files:
+                raise Reply(
+                    400, "-2130575257, Microsoft.SharePoint.SPException", "a file of that name exists"
+                )
+            self.folders[url] = str(uuid.uuid4())
+        return self.json(self.folder_entity(url))
+
+    def stored_bytes(self, url: str, data: bytes) -> bytes:
+        """What SharePoint keeps of an upload: an Office file gets the library's properties."""
+        if self.rewrite_office and data and url.lower().endswith(OFFICE):
+            return data + b"<!-- properties SharePoint wrote into the file -->"
+        return data
+
+    def add_file(self, folder: str, name: str, body: bytes, overwrite: bool) -> Tuple[int, bytes, str]:
+        self.must_be_folder(folder)
+        url = f"{folder}/{name}"
+        if url in self.files and not overwrite:
+            raise Reply(
+                400, "-2130575257, Microsoft.SharePoint.SPException", "A file with that name already exists."
+            )
+        if url in self.folders:
+            raise Reply(400, "-2130575257, Microsoft.SharePoint.SPException", "a folder of that name exists")
+        data = self.stored_bytes(url, body)
+        previous = self.files.get(url)
+        self.files[url] = StoredFile(data, time.time(), previous.uid if previous else str(uuid.uuid4()))
+        return self.json(self.file_entity(url))
+
+    def file_call(
+        self, url: str, name: str, kwargs: Dict[str, Any], method: str, override: str, body: bytes
+    ) -> Tuple[int, bytes, str]:
+        if name == "$value":
+            self.must_be_file(url)
+            return 200, self.files[url].data, "application/octet-stream"
+        self.must_be_file(url)
+        if name == "startupload":
+            upload_id = kwargs["uploadid"]
+            self.sessions[upload_id] = (url, bytearray(body))
+            return self.json({"StartUpload": str(len(body))})
+        if name in ("continueupload", "finishupload"):
+            upload_id = kwargs["uploadid"]
+            if upload_id not in self.sessions or self.sessions[upload_id][0] != url:
+                raise Reply(400, "-2147024809, System.ArgumentException", "no such upload session")
+            held = self.sessions[upload_id][1]
+            if int(kwargs["fileoffset"]) != len(held):
+                raise Reply(400, "-2147024809, System.ArgumentException",
+                            f"fileOffset {kwargs['fileoffset']} is not {len(held)}")  # fmt: skip
+            held += body
+            if name == "continueupload":
+                return self.json({"ContinueUpload": str(len(held))})
+            del self.sessions[upload_id]
+            self.files[url] = StoredFile(
+                self.stored_bytes(url, bytes(held)), time.time(), self.files[url].uid
+            )
+            return self.json(self.file_entity(url))
+        if name == "cancelupload":
+            upload_id = json.loads(body or b"{}").get("uploadId", "")
+            self.sessions.pop(upload_id, None)
+            return self.json({"CancelUpload": None})
+        if name == "moveto":
+            target, flags = kwargs["newurl"], int(kwargs.get("flags", 0))
+            if target in self.files and not flags & 1:
+                raise Reply(400, "-2130575257, Microsoft.SharePoint.SPException", "the target exists")
+            if target.rsplit("/", 1)[0] not in self.folders:
+                raise Reply(404, NOT_FOUND, "File Not Found.")
+            moved = self.files.pop(url)
+            self.files[target] = moved
+            return self.json({"MoveTo": None})
+        raise Reply(
+            400, "-1, Microsoft.SharePoint.Client.InvalidClientQueryException", f"unknown call {name}"
+        )
