@@ -1,7 +1,7 @@
 """Building workers from settings: the books named by ``OELEO_DB_*``, the connector named by
 ``OELEO_CONNECTOR`` (or by a destination URL, oeleo.places), the oeleo 0.7 factories
-``simple_worker`` and ``ssh_worker``, and ``s3_worker`` and ``arcsecond_worker``. Settings are
-read here, at the edge; the worker and its parts take values."""
+``simple_worker`` and ``ssh_worker``, and ``s3_worker``, ``arcsecond_worker`` and
+``sharepoint_worker``. Settings are read here, at the edge; the worker and its parts take values."""
 
 from __future__ import annotations
 
@@ -147,6 +147,33 @@ def arcsecond_worker(
         "arcsecond", reporter, dry_run, include_subdirs,
         base_dir_from=base_directory_from, db_name=db_name, filter_extension=extension,
         arcsecond_organisation=organisation, arcsecond_telescope=telescope,
+    )  # fmt: skip
+
+
+def sharepoint_worker(
+    base_directory_from: Any = None,
+    base_directory_to: Any = None,
+    db_name: Optional[str] = None,
+    extension: Optional[str] = None,
+    dry_run: bool = False,
+    reporter: Optional[Reporter] = None,
+    include_subdirs: Optional[bool] = None,
+    url: Optional[str] = None,
+    sitename: Optional[str] = None,
+    doc_library: Optional[str] = None,
+) -> Worker:
+    """A worker copying a local folder to a folder (``base_directory_to``; empty: the top) of
+    a SharePoint or Teams document library. The login is chosen from the settings
+    (``OELEO_SHAREPOINT_AUTH``, see docs/sharepoint.md).
+
+    Arguments left out are read from the settings (``OELEO_SHAREPOINT_URL``,
+    ``OELEO_SHAREPOINT_SITENAME``, ``OELEO_SHAREPOINT_DOC_LIBRARY``, ``OELEO_BASE_DIR_TO``).
+    """
+    return _worker_for(
+        "sharepoint", reporter, dry_run, include_subdirs,
+        base_dir_from=base_directory_from, db_name=db_name, filter_extension=extension,
+        base_dir_to=str(base_directory_to) if base_directory_to is not None else None,
+        sharepoint_url=url, sharepoint_sitename=sitename, sharepoint_doc_library=doc_library,
     )  # fmt: skip
 
 

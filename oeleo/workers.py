@@ -1,7 +1,7 @@
 """The published oeleo 0.7 names, as a thin facade: ``Worker``, ``simple_worker``,
-``ssh_worker`` (and the newer ``s3_worker``, ``arcsecond_worker``, ``worker_from_settings``,
-``bookkeeper_from_settings``, ``RunSummary``, ``CheckReport``). The work lives in modules of one
-concern each: ``oeleo.worker`` (one pass), ``oeleo.plan`` (what to copy),
+``ssh_worker`` (and the newer ``s3_worker``, ``arcsecond_worker``, ``sharepoint_worker``,
+``worker_from_settings``, ``bookkeeper_from_settings``, ``RunSummary``, ``CheckReport``). The
+work lives in modules of one concern each: ``oeleo.worker`` (one pass), ``oeleo.plan`` (what to copy),
 ``oeleo.connectors.base`` (the transfer engine), ``oeleo.summary``, ``oeleo.factories``.
 """
 
@@ -11,6 +11,7 @@ from oeleo.factories import (
     arcsecond_worker,
     bookkeeper_from_settings,
     s3_worker,
+    sharepoint_worker,
     simple_worker,
     ssh_worker,
     worker_from_settings,
@@ -25,6 +26,7 @@ __all__ = [
     "arcsecond_worker",
     "bookkeeper_from_settings",
     "s3_worker",
+    "sharepoint_worker",
     "simple_worker",
     "ssh_worker",
     "worker_from_settings",

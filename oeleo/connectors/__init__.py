@@ -26,6 +26,7 @@ BUILTIN: Dict[str, str] = {
     "ssh": "oeleo.connectors.ssh:SSHConnector",
     "s3": "oeleo.connectors.s3:S3Connector",
     "arcsecond": "oeleo.connectors.arcsecond:ArcsecondConnector",
+    "sharepoint": "oeleo.connectors.sharepoint:SharePointConnector",
 }
 
 # attribute name -> "module:Class": imported on first use (paramiko only when SSH is used,
@@ -34,6 +35,7 @@ _LAZY = {
     "SSHConnector": "oeleo.connectors.ssh:SSHConnector",
     "S3Connector": "oeleo.connectors.s3:S3Connector",
     "ArcsecondConnector": "oeleo.connectors.arcsecond:ArcsecondConnector",
+    "SharePointConnector": "oeleo.connectors.sharepoint:SharePointConnector",
 }
 
 __all__ = [
