@@ -397,7 +397,7 @@ class ArcsecondConnector(Connector):
         try:
             reply = self.api.post_json(self.api.url("datafiles"), body=body)
         except HTTPFailure as exc:
-            if ALREADY_THERE in exc.detail.lower():
+            if ALREADY_THERE in exc.text.lower():
                 upload.already_there = True
                 with self._lock:
                     dataset.files = None  # list it again: it holds a file this pass did not see

@@ -47,12 +47,14 @@ def check_key(key: str, where: str) -> str:
 
 
 class HTTPFailure(Exception):
-    """The API answered with an error status; ``detail`` is its text (the key removed)."""
+    """The API answered with an error status; ``detail`` is its message in one line, ``text``
+    the whole body (both without the key)."""
 
-    def __init__(self, status: int, detail: str) -> None:
+    def __init__(self, status: int, detail: str, text: str = "") -> None:
         super().__init__(f"HTTP {status}: {detail}" if detail else f"HTTP {status}")
         self.status = status
         self.detail = detail
+        self.text = text or detail
 
 
 def _detail(text: str) -> str:
@@ -246,12 +248,18 @@ class ArcsecondAPI:
                 status = response.status_code
                 if status < 400:
                     return response
-                detail = self.redact(_detail(response.text))
+                text = self.redact(response.text)
+                detail = _detail(text)
                 response.close()
                 if status in (401, 403):
+                    member = (
+                        f" (and that its account is a member of {self.organisation})"
+                        if self.organisation
+                        else ""
+                    )
                     raise ConfigError(
                         f"Arcsecond refused the key (HTTP {status}{': ' + detail if detail else ''}): check "
-                        f"{KEY_ENV}, or the key `arcsecond login` stored"
+                        f"{KEY_ENV}, or the key `arcsecond login` stored{member}"
                     )
                 if status == 429:
                     wait = retry_after(response.headers.get("Retry-After"))
@@ -264,7 +272,7 @@ class ArcsecondAPI:
                     wait = self.backoff * 2 ** (attempt - 1)
                     log.warning("Arcsecond: HTTP %d; trying again in %.1f s", status, wait)
                 else:
-                    raise HTTPFailure(status, detail)
+                    raise HTTPFailure(status, detail, text)
             time.sleep(wait)
 
     def get_json(self, url: str, params: Optional[Mapping[str, str]] = None) -> Any:
