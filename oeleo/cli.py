@@ -125,6 +125,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--update-db", action="store_true", help="book identical files as copied, others as to copy"
     )
+    p.add_argument(
+        "--deep",
+        action="store_true",
+        help="download and hash the copies of a store that keeps no hash (SharePoint); else by size",
+    )
 
     p = sub.add_parser("status", help="what the books say: files per code, errors, last run")
     _common(p)
@@ -387,6 +392,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     settings = _settings(args)
     _start_log_file(settings)
     worker = _worker(settings)
+    if args.deep and hasattr(worker.external_connector, "deep_check"):
+        worker.external_connector.deep_check = True
     with _StopOnSignal(worker) as stopper:
         try:
             worker.connect_to_db()
