@@ -100,6 +100,17 @@ class Settings(BaseSettings):
     scheduler: str = Field("simple", description="Scheduler used by `oeleo schedule`.")
     run_interval: float = Field(3600.0, gt=0, description="Seconds between two scheduled runs.")
     max_runs: int = Field(0, ge=0, description="Scheduled runs before stopping; 0 for no limit.")
+    schedule: str = Field(
+        "",
+        description="When `oeleo schedule` runs: every 5m, a cron expression, between 22:00 06:00, "
+        "or a rocketry condition; empty: every OELEO_RUN_INTERVAL seconds.",
+    )
+    watch_poll: str = Field(
+        "auto", description="oeleo watch: poll the folder (yes), use the system's events (no), or auto."
+    )
+    full_pass_every: float = Field(
+        600.0, gt=0, description="oeleo watch: seconds between two full passes that catch missed events."
+    )
 
     # Bookkeeping (published oeleo names).
     db_name: str = Field(DEFAULT_DB_NAME, description="SQLite file, or database name on PostgreSQL.")
@@ -199,6 +210,18 @@ class Settings(BaseSettings):
         if value not in ("", "certificate", "secret", "password", "ntlm", "device"):
             raise ValueError("certificate, secret, password, ntlm, device, or empty")
         return value
+
+    @field_validator("watch_poll")
+    @classmethod
+    def _known_watch_poll(cls, value: str) -> str:
+        value = value.strip().lower()
+        if value in ("yes", "true", "1", "on", "poll", "polling"):
+            return "yes"
+        if value in ("no", "false", "0", "off", "native", "events"):
+            return "no"
+        if value in ("", "auto"):
+            return "auto"
+        raise ValueError("yes, no or auto")
 
     @field_validator("compress")
     @classmethod
