@@ -111,10 +111,10 @@ def test_run_copies_a_tree_and_a_rerun_copies_nothing(s3_server, s3_bucket, tmp_
     assert rows["a.csv"]["external_name"] == f"s3://{s3_bucket}/{PREFIX}a.csv"
     assert rows["run 1/spectra/ø+%20 c.csv"]["checksum"] == md5(TREE["run 1/spectra/ø+%20 c.csv"].encode())
 
-    puts = s3_server.count("PUT")
+    puts = s3_server.count("PUT", f"/{s3_bucket}")
     second = oeleo(tmp_path, "run", env=env)
     assert second.returncode == 0, second.stderr
-    assert s3_server.count("PUT") == puts  # nothing sent again
+    assert s3_server.count("PUT", f"/{s3_bucket}") == puts  # nothing sent again
 
 
 def test_check_compares_with_the_metadata_without_downloading(s3_server, s3_bucket, tmp_path):
@@ -301,7 +301,7 @@ def test_a_large_file_is_visible_only_once_committed(s3_server, s3_bucket, tmp_p
     assert unfinished(s3_server, s3_bucket) == []
     assert keys(s3_server, s3_bucket) == [PREFIX + "night/big.fits"]  # the marker is gone
     assert conn.checksum("night/big.fits", "md5") == digest
-    assert s3_server.count("PUT", query="partNumber=4") == 1
+    assert s3_server.count("PUT", f"/{s3_bucket}/{PREFIX}night/big.fits", "partNumber=4") == 1
 
 
 def test_a_large_file_changed_during_its_upload_is_aborted_and_the_previous_copy_kept(
