@@ -307,6 +307,13 @@ class Worker:
         self._set_entries(entries)
         return self.file_names
 
+    def add_entries(self, entries: Iterable[FileEntry]) -> None:
+        """Name the next pass's files as the source connector lists them (a folder watcher's
+        changed files, checked against the filters by the watcher): nothing else is listed."""
+        self._connect()
+        self._skipped = []
+        self._set_entries(list(entries))
+
     def _set_entries(self, entries: List[FileEntry]) -> None:
         self._entries = entries
         log.debug("%d candidate files in %s", len(entries), self.local_connector.directory)
