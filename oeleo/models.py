@@ -791,3 +791,54 @@ def _cause(exc: BaseException) -> BaseException:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip() or type(exc).__name__
     return text.splitlines()[0]
+
+
+# -- the scheduler's heartbeat -------------------------------------------------------------
+class HeartbeatTable(peewee.Model):
+    """The ``oeleo_scheduler`` table: one row per origin, written by a scheduler as each pass
+    starts and ends and when it stops, so that ``oeleo status`` can say whether one is alive."""
+
+    origin = peewee.CharField(max_length=1024, unique=True)
+    pid = peewee.IntegerField()
+    scheduler = peewee.CharField()  # which one, and its rule: "simple, every 5m"
+    started = peewee.DateTimeField()  # when the scheduler started
+    pass_started = peewee.DateTimeField(null=True)
+    pass_finished = peewee.DateTimeField(null=True)  # None while a pass runs
+    result = peewee.TextField(null=True)  # the last pass's status and counts
+    next_pass = peewee.DateTimeField(null=True)  # None: in a pass, or none planned
+    stopped = peewee.DateTimeField(null=True)  # set when the scheduler ends as it should
+    updated = peewee.DateTimeField(default=datetime.datetime.now)
+
+
+def _heartbeat_model(books: Bookkeeper) -> Type[HeartbeatTable]:
+    class Heartbeat(HeartbeatTable):
+        class Meta:
+            table_name = "oeleo_scheduler"  # peewee does not inherit a table's name
+
+    Heartbeat.bind(books.database, bind_refs=False, bind_backrefs=False)
+    return Heartbeat
+
+
+def write_heartbeat(books: Bookkeeper, **values: Any) -> None:
+    """Create or update this origin's heartbeat row (the table is made when first needed)."""
+    model = _heartbeat_model(books)
+
+    def run() -> None:
+        with books.database.atomic():
+            model.create_table(safe=True)
+            row = dict(values, origin=books.origin, updated=datetime.datetime.now())
+            model.insert(row).on_conflict(conflict_target=[model.origin], update=row).execute()
+
+    books._guard(run)
+
+
+def read_heartbeat(books: Bookkeeper) -> Optional[HeartbeatTable]:
+    """This origin's heartbeat row, or None (no scheduler ever ran on these books)."""
+    model = _heartbeat_model(books)
+
+    def run() -> Optional[HeartbeatTable]:
+        if "oeleo_scheduler" not in books.database.get_tables():
+            return None
+        return model.get_or_none(model.origin == books.origin)
+
+    return books._guard(run)
