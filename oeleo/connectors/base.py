@@ -597,13 +597,28 @@ class Connector(abc.ABC):
                 failed = _failed(exc, "cannot make the copies durable")
                 return [failed for _ in staged]
         done: List[int] = []
-        for index, item in enumerate(staged):
+
+        def commit_one(index: int) -> None:
+            item = staged[index]
             try:
                 results[index] = self.commit(item)
                 done.append(index)
             except Exception as exc:  # noqa: BLE001 - this file fails, the others go on
                 self.discard(item)
                 results[index] = _failed(exc, "cannot commit")
+
+        parallel = min(self.features.max_uploads, len(staged))
+        if parallel > 1 and not self.features.batch_sync:
+            # An object store's commit is a request (a PUT, CompleteMultipartUpload, a move):
+            # as many at once as the store allows. A folder's is a rename: one by one.
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(parallel, thread_name_prefix="oeleo-commit-many") as pool:
+                list(pool.map(commit_one, range(len(staged))))
+            done.sort()
+        else:
+            for index in range(len(staged)):
+                commit_one(index)
         committed = [results[index] for index in done]
         try:
             if not staged_first:

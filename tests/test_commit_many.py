@@ -1,0 +1,85 @@
+"""``Connector.commit_many``: an object store's commits (one request each) go out as many at
+once as the store allows; a folder's renames stay one by one; a failed commit fails alone."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import replace
+from pathlib import Path
+
+from oeleo.connectors.base import Failed
+from oeleo.connectors.local import LocalConnector
+
+
+def load_example(name: str):
+    import importlib.util
+    import sys
+
+    path = Path(__file__).resolve().parent.parent / "examples" / "object_store.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def staged_files(store, tmp_path: Path, n: int):
+    src = tmp_path / "src"
+    src.mkdir()
+    out = []
+    for i in range(n):
+        path = src / f"f{i}.dat"
+        path.write_bytes(b"x" * (i + 1))
+        out.append(store.stage(path, f"f{i}.dat"))
+    return out
+
+
+def test_an_object_stores_commits_run_at_once_up_to_its_max_uploads(tmp_path):
+    module = load_example("example_object_store_commits")
+    store = module.BucketConnector(tmp_path / "bucket")
+    store.features = replace(store.features, max_uploads=4, batch_sync=False)
+    staged = staged_files(store, tmp_path, 8)
+    inside, most = [0], [0]
+    lock = threading.Lock()
+    both_in = threading.Barrier(2, timeout=10)
+    real = module.BucketUpload.commit
+
+    def slow_commit(self):
+        with lock:
+            inside[0] += 1
+            most[0] = max(most[0], inside[0])
+        try:
+            if self.relpath in ("f0.dat", "f1.dat"):
+                both_in.wait()  # two commits are under way at the same moment, or this times out
+            if self.relpath == "f5.dat":
+                raise OSError("the store refused it")
+            real(self)
+        finally:
+            with lock:
+                inside[0] -= 1
+
+    module.BucketUpload.commit = slow_commit
+    try:
+        results = store.commit_many(staged)
+    finally:
+        module.BucketUpload.commit = real
+    assert most[0] >= 2
+    assert [isinstance(r, Failed) for r in results] == [i == 5 for i in range(8)]
+    assert sorted(e.relpath for e in store.list_files()) == sorted(f"f{i}.dat" for i in range(8) if i != 5)
+
+
+def test_a_folders_renames_stay_one_by_one(tmp_path, monkeypatch):
+    store = LocalConnector(tmp_path / "dst")
+    store.prepare()
+    staged = staged_files(store, tmp_path, 5)
+    threads = set()
+    real = store.rename
+
+    def rename(src, dst):
+        threads.add(threading.current_thread().name)
+        real(src, dst)
+
+    monkeypatch.setattr(store, "rename", rename)
+    results = store.commit_many(staged)
+    assert not any(isinstance(r, Failed) for r in results)
+    assert threads == {threading.current_thread().name}
