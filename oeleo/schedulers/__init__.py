@@ -15,6 +15,7 @@ ENTRY_POINT_GROUP = "oeleo.schedulers"
 
 BUILTIN: Dict[str, str] = {
     "simple": "oeleo.schedulers.simple:SimpleScheduler",
+    "watch": "oeleo.schedulers.watch:WatchScheduler",  # needs the watch extra (watchdog)
 }
 
 __all__ = ["SchedulerBase", "SimpleScheduler", "get_scheduler_class"]
