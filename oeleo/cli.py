@@ -164,6 +164,31 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--scheduler", metavar="NAME", help="scheduler (OELEO_SCHEDULER)")
 
+    p = sub.add_parser("watch", help="copy new and changed files as soon as they are stable")
+    _common(p)
+    _source(p)
+    p.add_argument(
+        "--full-pass-every",
+        dest="full_pass_every",
+        type=float,
+        metavar="SECONDS",
+        help="seconds between full passes that catch missed changes (OELEO_FULL_PASS_EVERY)",
+    )
+    p.add_argument(
+        "--poll",
+        dest="watch_poll",
+        action="store_const",
+        const="yes",
+        help="poll the folder instead of the system's change events (OELEO_WATCH_POLL=yes)",
+    )
+    p.add_argument(
+        "--no-poll",
+        dest="watch_poll",
+        action="store_const",
+        const="no",
+        help="use the system's change events, even on a network share (OELEO_WATCH_POLL=no)",
+    )
+
     p = sub.add_parser("config", help="print the effective settings (secrets masked)")
     _common(p)
     _source(p)
@@ -286,6 +311,8 @@ def _settings(args: argparse.Namespace, **extra: Any) -> Settings:
         "run_interval",
         "max_runs",
         "scheduler",
+        "full_pass_every",
+        "watch_poll",
     )
     overrides: Dict[str, Any] = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
     overrides.update(extra)
@@ -742,9 +769,25 @@ def cmd_schedule(args: argparse.Namespace) -> int:
     _start_log_file(settings)
     scheduler_cls = get_scheduler_class(settings.scheduler)
     worker = _worker(settings)
-    scheduler = scheduler_cls(
-        worker, run_interval_time=settings.run_interval, max_run_intervals=settings.max_runs or None
-    )
+    if callable(getattr(scheduler_cls, "from_settings", None)):  # one that reads its own settings
+        scheduler = scheduler_cls.from_settings(worker, settings)
+    else:
+        scheduler = scheduler_cls(
+            worker, run_interval_time=settings.run_interval, max_run_intervals=settings.max_runs or None
+        )
+    return _scheduled(scheduler)
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    from oeleo.schedulers.watch import WatchScheduler
+
+    settings = _settings(args)
+    _start_log_file(settings)
+    return _scheduled(WatchScheduler.from_settings(_worker(settings), settings))
+
+
+def _scheduled(scheduler: Any) -> int:
+    """Run a scheduler until it stops; the exit status says how it ended."""
     scheduler.start()
     signum = getattr(scheduler, "received_signal", None)
     if signum is not None:
@@ -770,6 +813,7 @@ COMMANDS: Dict[str, Callable[[argparse.Namespace], int]] = {
     "lock": cmd_lock,
     "unlock": cmd_unlock,
     "schedule": cmd_schedule,
+    "watch": cmd_watch,
     "config": cmd_config,
 }
 

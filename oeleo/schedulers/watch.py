@@ -1,0 +1,516 @@
+"""Watch mode: copy files soon after they are written, from the folder's change events.
+
+watchdog tells which paths changed; only those are looked at (a tree of 100,000 files is not
+listed again on every event). A file is copied once it is stable: unchanged for
+``OELEO_MIN_AGE`` seconds, and at least ``MIN_STABLE`` seconds, since an instrument that
+writes in bursts says nothing when it is done (the polling observer never sends "closed").
+Files that become stable together go in one pass. A full pass every ``full_pass_every``
+seconds, and one at the start, catch what events missed (a full event queue, a share that
+sends none). On network shares the native observer hears nothing of changes made by other
+computers, so the folder is polled there; ``OELEO_WATCH_POLL`` forces either way.
+
+Passes run one after the other in the calling thread and hold the books only while they run,
+as ``SimpleScheduler``'s do; a failing pass is logged and watching goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat as stat_module
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path, PureWindowsPath
+from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional, Sequence, Set, Tuple
+
+from oeleo.connectors.base import FileEntry, has_extension, matches
+from oeleo.errors import ConfigError, DatabaseBusyError, OeleoError
+from oeleo.schedulers.base import PassWorker, SchedulerBase
+
+if TYPE_CHECKING:
+    from oeleo.settings import Settings
+    from oeleo.workers import RunSummary
+
+log = logging.getLogger("oeleo")
+
+MIN_STABLE = 1.0  # seconds a file must be unchanged before it is copied, when OELEO_MIN_AGE is less
+BATCH_WAIT = 0.5  # a stable file waits at most this long for others about to become stable
+POLL_MIN_INTERVAL = 1.0  # seconds between two polls of a small tree
+POLL_CPU_SHARE = 0.01  # a large tree is polled less often: polling takes at most 1 % of a core
+
+# File systems whose changes the kernel does not report when another computer makes them
+# (Linux /proc/mounts types); every FUSE file system is treated the same (sshfs, rclone, s3fs).
+NETWORK_FS_TYPES = frozenset(
+    {
+        "cifs",
+        "smb3",
+        "smbfs",
+        "nfs",
+        "nfs4",
+        "9p",
+        "afs",
+        "ceph",
+        "glusterfs",
+        "lustre",
+        "gpfs",
+        "davfs",
+        "vboxsf",
+        "virtiofs",
+    }
+)
+
+
+# -- which observer ---------------------------------------------------------------------
+def _unescape_mount(text: str) -> str:
+    r"""/proc/mounts writes a space as ``\040`` (and tab, newline, backslash likewise)."""
+    out, i = [], 0
+    while i < len(text):
+        if text[i] == "\\" and text[i + 1 : i + 4].isdigit():
+            out.append(chr(int(text[i + 1 : i + 4], 8)))
+            i += 4
+        else:
+            out.append(text[i])
+            i += 1
+    return "".join(out)
+
+
+def mount_type(path: str, mounts: str) -> Optional[str]:
+    """The file system type of the mount that holds ``path`` (absolute, links resolved),
+    from the text of Linux ``/proc/mounts``; ``None`` if no line holds it."""
+    best: Tuple[int, Optional[str]] = (-1, None)
+    for line in mounts.splitlines():
+        fields = line.split()
+        if len(fields) < 3:
+            continue
+        point = _unescape_mount(fields[1]).rstrip("/") or "/"
+        inside = path == point or path.startswith(point.rstrip("/") + "/")
+        if inside and len(point) >= best[0]:  # of equal mount points, the last is in force
+            best = (len(point), fields[2])
+    return best[1]
+
+
+def is_network_type(fs_type: Optional[str]) -> bool:
+    return fs_type is not None and (fs_type in NETWORK_FS_TYPES or fs_type.startswith("fuse."))
+
+
+def _windows_remote_drive(path: str) -> bool:
+    """A mapped network drive (``Z:``) on Windows."""
+    import ctypes
+
+    drive = PureWindowsPath(path).drive
+    if not drive:
+        return False
+    get_drive_type = ctypes.windll.kernel32.GetDriveTypeW  # type: ignore[attr-defined]
+    return bool(get_drive_type(drive + "\\") == 4)  # DRIVE_REMOTE
+
+
+def is_network_share(path: str, platform: str = sys.platform, mounts: Optional[str] = None) -> bool:
+    """Whether ``path`` is on a network share: a UNC path or a mapped network drive on
+    Windows, a CIFS/SMB/NFS/FUSE mount on Linux (``mounts``: the text of /proc/mounts)."""
+    if platform == "win32":
+        if PureWindowsPath(path).drive.startswith(("\\\\", "//")):
+            return True
+        try:
+            return _windows_remote_drive(path)
+        except (AttributeError, OSError):
+            return False
+    if platform.startswith("linux"):
+        if mounts is None:
+            try:
+                with open("/proc/mounts", encoding="utf-8", errors="replace") as handle:
+                    mounts = handle.read()
+            except OSError:
+                return False
+        return is_network_type(mount_type(path, mounts))
+    return False
+
+
+def choose_polling(poll: str, path: str) -> bool:
+    """``OELEO_WATCH_POLL``: ``yes`` polls, ``no`` uses the system's events, ``auto`` polls on
+    network shares only."""
+    if poll == "yes":
+        return True
+    if poll == "no":
+        return False
+    return is_network_share(path)
+
+
+def poll_interval(snapshot_seconds: float) -> float:
+    """Seconds between two polls, so that polling a tree costs at most ``POLL_CPU_SHARE`` of
+    a core: 1 s for a small tree, longer for one that takes long to look at."""
+    return max(POLL_MIN_INTERVAL, snapshot_seconds * (1 - POLL_CPU_SHARE) / POLL_CPU_SHARE)
+
+
+# -- which files ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Filters:
+    """The worker's choice of files, applied to one changed path (as ``list_files`` would)."""
+
+    extensions: Sequence[str] = ()
+    include: Sequence[str] = ()
+    exclude: Sequence[str] = ()
+    subdirs: bool = True
+
+    def keeps(self, relpath: str) -> bool:
+        parts = relpath.split("/")
+        if any(part.startswith(".") for part in parts):  # hidden, or a temporary name of oeleo's
+            return False
+        if len(parts) > 1 and not self.subdirs:
+            return False
+        if self.exclude and any(matches("/".join(parts[: i + 1]), self.exclude) for i in range(len(parts))):
+            return False
+        if not has_extension(parts[-1], self.extensions):
+            return False
+        return not (self.include and not matches(relpath, self.include))
+
+
+class Pending:
+    """The changed files not copied yet, each with the size and time it was last seen with.
+
+    ``ready(now)`` gives the ones whose last change is ``stable`` seconds old (by their
+    modification time, which is what ``OELEO_MIN_AGE`` means for a run too) and still
+    what was seen; a file that changed again waits again."""
+
+    def __init__(self, root: str, stable: float, follow_links: bool = False) -> None:
+        self.root = root
+        self.stable = stable
+        self.follow_links = follow_links
+        self._files: Dict[str, Tuple[int, int]] = {}
+
+    def __len__(self) -> int:
+        return len(self._files)
+
+    def __contains__(self, relpath: object) -> bool:
+        return relpath in self._files
+
+    def _stat(self, relpath: str) -> Optional[FileEntry]:
+        path = os.path.join(self.root, *relpath.split("/"))
+        try:
+            st = os.stat(path) if self.follow_links else os.lstat(path)
+        except OSError:
+            return None
+        if not stat_module.S_ISREG(st.st_mode):
+            return None  # gone, a folder, or a link that is not followed (a full pass reports it)
+        return FileEntry(relpath, st.st_size, st.st_mtime_ns)
+
+    def touch(self, relpath: str) -> None:
+        entry = self._stat(relpath)
+        if entry is None:
+            self._files.pop(relpath, None)
+        else:
+            self._files[relpath] = (entry.size, entry.mtime_ns)
+
+    def discard(self, relpaths: Iterable[str]) -> None:
+        for relpath in relpaths:
+            self._files.pop(relpath, None)
+
+    def clear(self) -> None:
+        self._files.clear()
+
+    def ready(self, now_ns: int) -> List[FileEntry]:
+        """The files stable now, taken out; a file that is gone is forgotten."""
+        limit = now_ns - int(self.stable * 1e9)
+        found: List[FileEntry] = []
+        for relpath, (_, mtime_ns) in list(self._files.items()):
+            if mtime_ns > limit:
+                continue
+            entry = self._stat(relpath)
+            if entry is None:
+                del self._files[relpath]
+            elif entry.mtime_ns <= limit:
+                found.append(entry)
+                del self._files[relpath]
+            else:
+                self._files[relpath] = (entry.size, entry.mtime_ns)  # written again meanwhile
+        return sorted(found)
+
+    def becoming_ready(self, now: float, within: float) -> bool:
+        """Whether a file that is not stable at ``now`` (s) will be within ``within`` seconds."""
+        limit = now - self.stable
+        return any(limit < mtime_ns / 1e9 <= limit + within for _, mtime_ns in self._files.values())
+
+    def next_ready(self) -> Optional[float]:
+        """The wall-clock time (s) at which the first file becomes stable, if one is waiting."""
+        if not self._files:
+            return None
+        return min(mtime_ns for _, mtime_ns in self._files.values()) / 1e9 + self.stable
+
+
+class _Events:
+    """watchdog's handler: notes the changed paths (observer thread) for the loop to take."""
+
+    def __init__(self, root: str, wake: threading.Event) -> None:
+        self.root = root
+        self.wake = wake
+        self.lock = threading.Lock()
+        self.files: Set[str] = set()
+        self.folders: Set[str] = set()
+
+    def _relative(self, path: Any) -> Optional[str]:
+        if isinstance(path, bytes):
+            path = os.fsdecode(path)
+        rel = os.path.relpath(path, self.root)
+        if rel == "." or rel.startswith(".." + os.sep) or rel == "..":
+            return None
+        return Path(rel).as_posix()
+
+    def dispatch(self, event: Any) -> None:
+        kind = event.event_type
+        if kind not in ("created", "modified", "moved", "closed"):
+            return  # deleted, opened, closed_no_write: nothing to copy
+        path = event.dest_path if kind == "moved" else event.src_path
+        rel = self._relative(path)
+        if rel is None:
+            return
+        with self.lock:
+            if event.is_directory:
+                if kind != "modified":  # a folder made or moved in: the files it brings
+                    self.folders.add(rel)
+            else:
+                self.files.add(rel)
+        self.wake.set()
+
+    def take(self) -> Tuple[Set[str], Set[str]]:
+        with self.lock:
+            files, self.files = self.files, set()
+            folders, self.folders = self.folders, set()
+        return files, folders
+
+
+# -- the scheduler -------------------------------------------------------------------------
+class WatchScheduler(SchedulerBase):
+    """Copy new and changed files of the worker's source folder soon after they are stable.
+
+    >>> WatchScheduler(worker, full_pass_every=600).start()   # until Ctrl-C, SIGTERM, SIGHUP
+
+    ``poll``: ``"yes"``, ``"no"`` or ``"auto"`` (``OELEO_WATCH_POLL``). ``min_age``: seconds a
+    file must be unchanged (``OELEO_MIN_AGE``; at least ``MIN_STABLE``), the worker's own by
+    default. Needs the ``watch`` extra (watchdog).
+    """
+
+    def __init__(
+        self,
+        worker: PassWorker,
+        full_pass_every: float = 600.0,
+        poll: str = "auto",
+        min_age: Optional[float] = None,
+        filters: Optional[Filters] = None,
+    ) -> None:
+        super().__init__(worker)
+        if full_pass_every <= 0:
+            raise ConfigError(f"full_pass_every={full_pass_every}: expected a positive number of seconds")
+        if poll not in ("yes", "no", "auto"):
+            raise ConfigError(f"OELEO_WATCH_POLL={poll!r}: expected yes, no or auto")
+        self.full_pass_every = float(full_pass_every)
+        self.poll = poll
+        age = getattr(worker, "min_age", 0.0) if min_age is None else min_age
+        self.stable = max(float(age or 0.0), MIN_STABLE)
+        if hasattr(worker, "min_age"):
+            worker.min_age = self.stable  # the full passes leave a file being written, too
+        self.filters = filters if filters is not None else _filters_of(worker)
+        local = getattr(worker, "local_connector", None)
+        if local is None:
+            raise ConfigError("a WatchScheduler needs a worker with a local_connector (its source folder)")
+        self.root = os.path.realpath(str(local.directory))
+        self.pending = Pending(self.root, self.stable, bool(getattr(local, "follow_links", False)))
+        self.runs = 0
+        self.failed_runs = 0
+        self.last_summary: Optional[RunSummary] = None
+        self.polling = False
+        self.interval: Optional[float] = None  # seconds between polls, when polling
+        self.observer: Any = None
+        self._wake = threading.Event()
+        self._events = _Events(self.root, self._wake)
+        self.ignored = _books_files(worker, self.root)
+
+    @classmethod
+    def from_settings(cls, worker: PassWorker, settings: Settings, **options: Any) -> WatchScheduler:
+        """``oeleo watch`` and ``OELEO_SCHEDULER=watch``: ``OELEO_FULL_PASS_EVERY``,
+        ``OELEO_WATCH_POLL`` and ``OELEO_MIN_AGE``."""
+        values: Dict[str, Any] = {"full_pass_every": settings.full_pass_every, "poll": settings.watch_poll}
+        values.update({k: v for k, v in options.items() if v is not None})
+        return cls(worker, **values)
+
+    def stop(self) -> None:
+        super().stop()
+        self._wake.set()
+
+    # -- the observer -----------------------------------------------------------------------
+    def _start_observer(self) -> None:
+        try:
+            from watchdog.observers import Observer
+            from watchdog.observers.polling import PollingObserver
+        except ImportError:
+            raise ConfigError(
+                "oeleo watch needs watchdog: pip install 'oeleo[watch]' (or pip install watchdog)"
+            ) from None
+        self.polling = choose_polling(self.poll, self.root)
+        handler: Any = self._events  # what watchdog calls is dispatch(event), nothing else
+        if not self.polling:
+            try:
+                observer = Observer()
+                observer.schedule(handler, self.root, recursive=self.filters.subdirs)
+                observer.start()
+                self.observer = observer
+                return
+            except OSError as exc:  # inotify's watch or instance limit, for one
+                log.warning(
+                    "the system's change events cannot watch %s (%s): polling instead", self.root, exc
+                )
+                self.polling = True
+        self.interval = poll_interval(self._snapshot_seconds())
+        observer = PollingObserver(timeout=self.interval)
+        observer.schedule(handler, self.root, recursive=self.filters.subdirs)
+        observer.start()
+        self.observer = observer
+
+    def _snapshot_seconds(self) -> float:
+        """How long one look at the whole tree takes (what a poll does)."""
+        from watchdog.utils.dirsnapshot import DirectorySnapshot
+
+        started = time.perf_counter()
+        try:
+            DirectorySnapshot(self.root, recursive=self.filters.subdirs)
+        except OSError:
+            pass  # the pass says what is wrong with the folder
+        return time.perf_counter() - started
+
+    def _stop_observer(self) -> None:
+        if self.observer is not None:
+            self.observer.stop()
+            self.observer.join(timeout=10)
+            self.observer = None
+
+    def describe(self) -> str:
+        how = f"polling every {self.interval:.0f} s" if self.polling else "with the system's change events"
+        return (
+            f"watching {self.root} {how}: a file is copied {self.stable:g} s after its last change; "
+            f"a full pass every {self.full_pass_every:g} s"
+        )
+
+    # -- the loop -----------------------------------------------------------------------------
+    def start(self) -> Optional[RunSummary]:
+        """Watch until a stop is asked for (``stop()``, Ctrl-C, SIGTERM, SIGHUP)."""
+        self._install_signal_handlers()
+        try:
+            self._start_observer()  # before the first pass: nothing written during it is missed
+            log.info(self.describe())
+            next_full = time.monotonic()
+            first_ready: Optional[float] = None
+            while not self.stopping:
+                self._take_events()
+                if time.monotonic() >= next_full:
+                    # The stable ones are the full pass's; the others wait (it leaves them as too young).
+                    self.pending.ready(time.time_ns())
+                    began = time.monotonic()
+                    self._one_pass(None)
+                    next_full = time.monotonic() + self.full_pass_every
+                    if self.last_summary is not None and self.last_summary.too_young:
+                        # Files written just before the watching began have sent no event: a
+                        # full pass again once they are stable (not sooner than ten of this one).
+                        spent = time.monotonic() - began
+                        next_full = min(next_full, time.monotonic() + max(self.stable, 10 * spent) + 0.05)
+                    first_ready = None
+                    continue
+                ready_at = self.pending.next_ready()
+                wait = next_full - time.monotonic()
+                now = time.time()
+                if ready_at is not None and ready_at <= now:
+                    if first_ready is None:
+                        first_ready = time.monotonic()
+                    # Files about to be stable too go in the same pass (a burst), within BATCH_WAIT.
+                    soon = self.pending.becoming_ready(now, BATCH_WAIT)
+                    if not soon or time.monotonic() - first_ready >= BATCH_WAIT:
+                        entries = self.pending.ready(time.time_ns())
+                        first_ready = None
+                        if entries:
+                            self._one_pass(entries)
+                        continue
+                    wait = min(wait, 0.05)
+                elif ready_at is not None:
+                    wait = min(wait, ready_at - now + 0.01)
+                self._wake.wait(max(0.0, wait))
+                self._wake.clear()
+        finally:
+            self._stop_observer()
+            self._restore_signal_handlers()
+            self.worker.close()
+        return self.last_summary
+
+    def _take_events(self) -> None:
+        files, folders = self._events.take()
+        for folder in folders:
+            files.update(self._files_under(folder))
+        for relpath in files:
+            if self.filters.keeps(relpath) and relpath not in self.ignored:
+                self.pending.touch(relpath)
+
+    def _files_under(self, folder: str) -> List[str]:
+        """The files of a folder that was made or moved in (its own events may never come)."""
+        found: List[str] = []
+        if not self.filters.subdirs:
+            return found
+        top = os.path.join(self.root, *folder.split("/"))
+        for dirpath, _, names in os.walk(top):
+            rel = Path(os.path.relpath(dirpath, self.root)).as_posix()
+            found.extend(f"{rel}/{name}" for name in names)
+        return found
+
+    def _one_pass(self, entries: Optional[List[FileEntry]]) -> None:
+        """One pass: over ``entries`` only, or, with ``None``, a full pass over the folder.
+        The files of a pass that failed as a whole are tried again by the next full pass
+        (not at once: a destination that is down would be asked again and again)."""
+        self.runs += 1
+        what = "full pass" if entries is None else f"pass over {len(entries)} changed file(s)"
+        log.debug("watch: %s (%d)", what, self.runs)
+        try:
+            self._open_books()
+            try:
+                if entries is None:
+                    self.worker.filter_local()
+                else:
+                    self.worker.add_entries(entries)  # type: ignore[attr-defined]
+                self.last_summary = self.worker.run()
+            finally:
+                self._release_books()
+            if self.last_summary.exit_status:
+                self.failed_runs += 1
+        except DatabaseBusyError as exc:
+            if self.runs == 1:
+                raise  # another oeleo already works on these books: this one stops (status 2)
+            log.warning("%s skipped: %s; watching goes on", what, exc)
+        except ConfigError:
+            if self.runs == 1:
+                raise  # wrong from the start: say so now
+            self.failed_runs += 1
+            log.error("%s failed: %s; watching goes on", what, sys.exc_info()[1])
+        except (OeleoError, OSError) as exc:
+            self.failed_runs += 1
+            log.error("%s failed: %s; watching goes on", what, exc)
+        except Exception:  # noqa: BLE001 - a watcher outlives a bad pass
+            self.failed_runs += 1
+            log.exception("%s failed; watching goes on", what)
+
+
+def _books_files(worker: Any, root: str) -> Set[str]:
+    """The books' own files when they lie in the watched folder: every pass writes them,
+    and their events must not start the next pass."""
+    path = getattr(getattr(worker, "bookkeeper", None), "path", None)
+    if path is None:
+        return set()
+    rel = os.path.relpath(os.path.realpath(str(path)), root)
+    if rel.startswith(".."):
+        return set()
+    name = Path(rel).as_posix()
+    return {name} | {name + suffix for suffix in ("-journal", "-wal", "-shm", ".lock")}
+
+
+def _filters_of(worker: Any) -> Filters:
+    return Filters(
+        extensions=tuple(getattr(worker, "extensions", None) or ()),
+        include=tuple(getattr(worker, "include", None) or ()),
+        exclude=tuple(getattr(worker, "exclude", None) or ()),
+        subdirs=bool(getattr(worker, "subdirs", True)),
+    )
