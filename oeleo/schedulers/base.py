@@ -1,12 +1,27 @@
-"""What every scheduler shares: a worker to run, and a clean stop on a signal."""
+"""What every scheduler shares: a worker to run one pass at a time, a bad pass that does not
+end the schedule, connections opened again after a failed pass, a heartbeat in the books,
+and a clean stop on a signal.
+
+A pass holds the books (and their lock) from its start to its end, never while the scheduler
+waits. The heartbeat (``oeleo_scheduler`` table) is written while the books are held: as a
+pass starts, as it ends (with its result and the next pass planned), and once more, without
+the lock, when the scheduler stops.
+"""
 
 from __future__ import annotations
 
+import datetime
 import logging
+import os
 import signal
+import sys
 import threading
+import time
+from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, Any, Dict, Optional, Protocol, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Protocol, Sequence, Tuple
+
+from oeleo.errors import ConfigError, DatabaseBusyError, OeleoError
 
 if TYPE_CHECKING:
     from oeleo.workers import RunSummary
@@ -38,12 +53,34 @@ class PassWorker(Protocol):
 
 
 class SchedulerBase:
-    """Runs ``worker`` passes until told to stop. Subclasses implement ``start``."""
+    """Runs ``worker`` passes until told to stop. Subclasses implement ``start`` (calling
+    ``run_one_pass`` for each pass and ``finish`` at the end) and may plan the next pass in
+    ``next_pass_after``."""
 
-    def __init__(self, worker: PassWorker) -> None:
+    name = "scheduler"
+
+    def __init__(
+        self,
+        worker: PassWorker,
+        update_db: bool = True,
+        force: bool = False,
+        add_check: bool = False,
+        additional_filters: Optional[Sequence[Callable[[Path], bool]]] = None,
+    ) -> None:
         self.worker = worker
+        self.update_db = update_db
+        self.force = force
+        self.add_check = add_check
+        self.additional_filters = additional_filters
+        self.runs = 0
+        self.failed_runs = 0
+        self.last_summary: Optional[RunSummary] = None
+        self.last_run: Optional[datetime.datetime] = None
+        self.state = {"iterations": 0}
+        self.started = datetime.datetime.now()
         self._stop = threading.Event()
         self._old_handlers: Dict[int, Any] = {}
+        self._beats = 0  # heartbeats written; 0: none, so none to close either
 
     def start(self) -> Any:
         raise NotImplementedError
@@ -57,6 +94,88 @@ class SchedulerBase:
     def stopping(self) -> bool:
         return self._stop.is_set()
 
+    def describe(self) -> str:
+        """The scheduler and its rule, as the heartbeat and ``oeleo status`` show them."""
+        return self.name
+
+    def next_pass_after(self, ended: float) -> Optional[float]:
+        """When the next pass starts (seconds since the epoch), a pass having ended at
+        ``ended``; None when none is planned (the last one, or a scheduler that cannot say)."""
+        return None
+
+    # -- one pass ---------------------------------------------------------------------
+    def run_initial_check(self) -> None:
+        """``add_check``: book what is already at the destination, before the first pass."""
+        self._open_books()
+        try:
+            self.worker.check(update_db=self.update_db, force=self.force)
+        finally:
+            self._release_books()
+
+    def run_one_pass(self) -> None:
+        """One pass, the books held for its length. An error is logged and counted, and the
+        connections are closed so that the next pass opens them again; only a pass that
+        cannot start at all the first time (wrong settings, books in use) raises."""
+        self.runs += 1
+        self.state["iterations"] = self.runs
+        self.last_run = datetime.datetime.now()
+        log.debug("scheduled run %d", self.runs)
+        failed = False
+        try:
+            self._open_books()
+            try:
+                self._beat(pass_started=self.last_run, pass_finished=None, next_pass=None)
+                self.worker.filter_local(additional_filters=self.additional_filters)
+                summary = self.last_summary = self.worker.run()
+            except BaseException as exc:
+                self._beat_end(f"failed: {exc or type(exc).__name__}")
+                raise
+            else:
+                self._beat_end(f"{summary.status}: {summary.describe()}")
+            finally:
+                self._release_books()
+            if summary.exit_status:
+                self.failed_runs += 1
+            failed = bool(summary.fatal)  # the store went away during the pass
+        except DatabaseBusyError as exc:
+            if self.runs == 1:
+                raise  # another oeleo already works on these books: this one stops (status 2)
+            # A run started by hand (or another scheduler) holds them now: it does this
+            # pass's work, and the next pass comes as planned.
+            log.warning("run %d skipped: %s; the next run goes on", self.runs, exc)
+        except ConfigError:
+            if self.runs == 1:
+                raise  # wrong from the start: say so now rather than fail every interval
+            failed = True
+            self.failed_runs += 1
+            log.error("run %d failed: %s; the next run goes on", self.runs, sys.exc_info()[1])
+        except (OeleoError, OSError) as exc:
+            failed = True
+            self.failed_runs += 1
+            log.error("run %d failed: %s; the next run goes on", self.runs, exc)
+        except Exception:  # noqa: BLE001 - a scheduler outlives a bad pass
+            failed = True
+            self.failed_runs += 1
+            log.exception("run %d failed; the next run goes on", self.runs)
+        if failed:
+            self._reset_connections()
+
+    def finish(self) -> None:
+        """Close the worker and say in the heartbeat that this scheduler stopped."""
+        try:
+            self.worker.close()
+        finally:
+            if self._beats:
+                self._beat_stopped()
+
+    def _reset_connections(self) -> None:
+        """After a failed pass, close the books and the stores: a connection that was lost
+        (or a database that went away) is opened afresh by the next pass."""
+        try:
+            self.worker.close()
+        except Exception as exc:  # noqa: BLE001 - the next pass opens them again anyway
+            log.debug("closing after a failed pass: %s", exc)
+
     def _open_books(self) -> None:
         """Open (and lock) the books for one pass; a busy database raises DatabaseBusyError."""
         self.worker.connect_to_db()
@@ -68,6 +187,46 @@ class SchedulerBase:
         if release is not None:  # a worker of oeleo 0.7's shape keeps its books until close()
             release()
 
+    # -- the heartbeat ----------------------------------------------------------------
+    def _beat(self, **values: Any) -> None:
+        """Write the heartbeat; a heartbeat that cannot be written never stops a pass."""
+        from oeleo.models import Bookkeeper, write_heartbeat
+
+        books = getattr(self.worker, "bookkeeper", None)
+        if not isinstance(books, Bookkeeper) or getattr(self.worker, "dry_run", False):
+            return
+        values.update(pid=os.getpid(), scheduler=self.describe(), started=self.started)
+        values.setdefault("stopped", None)
+        try:
+            write_heartbeat(books, **values)
+        except OeleoError as exc:
+            log.warning("the scheduler's heartbeat could not be written: %s", exc)
+            return
+        self._beats += 1
+
+    def _beat_end(self, result: str) -> None:
+        ended = time.time()
+        planned = None if self.stopping else self.next_pass_after(ended)
+        self._beat(
+            pass_finished=datetime.datetime.now(),
+            result=result[:2000],
+            next_pass=datetime.datetime.fromtimestamp(planned) if planned is not None else None,
+        )
+
+    def _beat_stopped(self) -> None:
+        books = getattr(self.worker, "bookkeeper", None)
+        if books is None:
+            return
+        try:  # beside a run that may hold the books now: without their lock
+            books.initialize_db(exclusive=False)
+            try:
+                self._beat(next_pass=None, stopped=datetime.datetime.now())
+            finally:
+                books.close()
+        except OeleoError as exc:
+            log.warning("the scheduler's heartbeat could not say it stopped: %s", exc)
+
+    # -- signals ----------------------------------------------------------------------
     def _install_signal_handlers(self) -> None:
         if threading.current_thread() is not threading.main_thread():
             return

@@ -1,31 +1,45 @@
-"""The built-in scheduler: a pass every ``run_interval_time`` seconds, ``max_run_intervals`` times."""
+"""The built-in scheduler: a pass every ``run_interval_time`` seconds, or by a time rule
+(``every 5m``, a cron expression, a night window; ``oeleo.schedulers.rules``), until
+``max_run_intervals`` passes are done, ``until`` has passed, or it is stopped."""
 
 from __future__ import annotations
 
+import datetime
 import logging
-import sys
-from datetime import datetime, timedelta
+import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Optional, Sequence, Union
 
-from oeleo.errors import ConfigError, DatabaseBusyError, OeleoError
+from oeleo.errors import ConfigError
 from oeleo.schedulers.base import PassWorker, SchedulerBase
+from oeleo.schedulers.rules import Rule, ScheduleError, describe_instant, parse_schedule, parse_until
 
 if TYPE_CHECKING:
     from oeleo.workers import RunSummary
 
 log = logging.getLogger("oeleo")
 
+# The longest single wait: a wait is cut into pieces so that a clock set forward or back
+# (NTP, a laptop waking up) moves the next pass with the clock rather than by the old wait.
+_LONGEST_WAIT = 30.0
+
 
 class SimpleScheduler(SchedulerBase):
-    """Run the worker on an interval. One failing pass is logged; the next one still runs.
+    """Run the worker on an interval or a time rule. One failing pass is logged; the next
+    one still runs.
 
     >>> SimpleScheduler(worker, run_interval_time=300, max_run_intervals=12).start()
+    >>> SimpleScheduler(worker, schedule="*/10 22-23,0-6 * * *").start()
+    >>> SimpleScheduler(worker, run_interval_time=300, schedule="between 22:00 06:00").start()
 
-    ``max_run_intervals`` of 0 or ``None`` means no limit. Ctrl-C, SIGTERM or SIGHUP stops
-    cleanly. The books are held (locked) during a pass only, never while it waits: passes run
-    one after the other in this thread, and ``oeleo run`` by hand in between is not refused.
+    ``max_run_intervals`` of 0 or ``None`` means no limit. ``until`` (an ISO date and time,
+    ``HH:MM``, a ``datetime`` or seconds since the epoch): no pass starts after it. Ctrl-C,
+    SIGTERM or SIGHUP stops cleanly. The books are held (locked) during a pass only, never
+    while it waits: passes run one after the other in this thread, and ``oeleo run`` by hand
+    in between is not refused.
     """
+
+    name = "simple"
 
     def __init__(
         self,
@@ -36,71 +50,82 @@ class SimpleScheduler(SchedulerBase):
         force: bool = False,
         add_check: bool = False,
         additional_filters: Optional[Sequence[Callable[[Path], bool]]] = None,
+        *,
+        schedule: Union[str, Rule, None] = None,
+        until: Union[str, float, datetime.datetime, None] = None,
     ) -> None:
-        super().__init__(worker)
+        super().__init__(worker, update_db, force, add_check, additional_filters)
         self.run_interval_time = float(run_interval_time)
         self.max_run_intervals = max_run_intervals
-        self.update_db = update_db
-        self.force = force
-        self.add_check = add_check
-        self.additional_filters = additional_filters
-        self.runs = 0
-        self.failed_runs = 0
-        self.last_summary: Optional[RunSummary] = None
-        self.last_run: Optional[datetime] = None
-        self.state = {"iterations": 0}
+        if isinstance(schedule, Rule):
+            self.rule = schedule
+        else:
+            try:
+                self.rule = parse_schedule(schedule or "", self.run_interval_time)
+            except ScheduleError as exc:
+                raise ConfigError(f"schedule {schedule!r}: {exc}") from None
+        self.until = _until(until)
+        self.next_run: Optional[float] = None  # when the next pass starts (epoch seconds)
+
+    def describe(self) -> str:
+        return f"{self.name}, {self.rule.describe()}"
+
+    def next_pass_after(self, ended: float) -> Optional[float]:
+        if self.max_run_intervals and self.runs >= self.max_run_intervals:
+            return None
+        due = self.rule.next_after(ended)
+        if self.until is not None and due > self.until:
+            return None
+        return due
 
     def start(self) -> Optional[RunSummary]:
-        """Run until ``max_run_intervals`` passes are done or a stop is asked for."""
+        """Run until ``max_run_intervals`` passes are done, ``until`` has passed, or a stop
+        is asked for."""
         self._install_signal_handlers()
         try:
             if self.add_check:
-                self._open_books()
-                try:
-                    self.worker.check(update_db=self.update_db, force=self.force)
-                finally:
-                    self._release_books()
+                self.run_initial_check()
+            due = self.rule.first(time.time())
             while not self.stopping:
+                if self.until is not None and due > self.until:
+                    log.info("no run starts after %s: stopping", describe_instant(self.until))
+                    break
+                if due > time.time():
+                    log.info("next run at %s", describe_instant(due))
+                    if self._wait_until(due):
+                        break
                 self._one_pass()
                 if self.max_run_intervals and self.runs >= self.max_run_intervals:
                     break
-                next_run = datetime.now() + timedelta(seconds=self.run_interval_time)
-                log.info("next run at %s", next_run.strftime("%Y-%m-%d %H:%M:%S"))
-                if self._stop.wait(self.run_interval_time):
-                    break
+                due = self.rule.next_after(time.time())
+                self.next_run = due
         finally:
             self._restore_signal_handlers()
-            self.worker.close()
+            self.finish()
         return self.last_summary
 
     def _one_pass(self) -> None:
-        self.runs += 1
-        self.state["iterations"] = self.runs
-        self.last_run = datetime.now()
-        log.debug("scheduled run %d", self.runs)
-        try:
-            self._open_books()
-            try:
-                self.worker.filter_local(additional_filters=self.additional_filters)
-                self.last_summary = self.worker.run()
-            finally:
-                self._release_books()
-            if self.last_summary.exit_status:
-                self.failed_runs += 1
-        except DatabaseBusyError as exc:
-            if self.runs == 1:
-                raise  # another oeleo already works on these books: this one stops (status 2)
-            # A run started by hand (or another scheduler) holds them now: it does this
-            # pass's work, and the next pass comes as planned.
-            log.warning("run %d skipped: %s; the next run goes on", self.runs, exc)
-        except ConfigError:
-            if self.runs == 1:
-                raise  # wrong from the start: say so now rather than fail every interval
-            self.failed_runs += 1
-            log.error("run %d failed: %s; the next run goes on", self.runs, sys.exc_info()[1])
-        except (OeleoError, OSError) as exc:
-            self.failed_runs += 1
-            log.error("run %d failed: %s; the next run goes on", self.runs, exc)
-        except Exception:  # noqa: BLE001 - a scheduler outlives a bad pass
-            self.failed_runs += 1
-            log.exception("run %d failed; the next run goes on", self.runs)
+        """One pass (a subclass that notes or changes something around each pass overrides this)."""
+        self.run_one_pass()
+
+    def _wait_until(self, due: float) -> bool:
+        """Wait for ``due`` (epoch seconds); True if a stop was asked for meanwhile."""
+        while True:
+            left = due - time.time()
+            if left <= 0:
+                return self.stopping
+            if self._stop.wait(min(left, _LONGEST_WAIT)):
+                return True
+
+
+def _until(value: Union[str, float, datetime.datetime, None]) -> Optional[float]:
+    if value is None or value == "":
+        return None
+    if isinstance(value, datetime.datetime):
+        return value.timestamp()
+    if isinstance(value, (int, float)):
+        return float(value)
+    try:
+        return parse_until(value, time.time())
+    except ScheduleError as exc:
+        raise ConfigError(f"until {value!r}: {exc}") from None
