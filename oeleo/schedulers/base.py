@@ -125,7 +125,7 @@ class SchedulerBase:
             self._open_books()
             try:
                 self._beat(pass_started=self.last_run, pass_finished=None, next_pass=None)
-                self.worker.filter_local(additional_filters=self.additional_filters)
+                self.choose_files()
                 summary = self.last_summary = self.worker.run()
             except BaseException as exc:
                 self._beat_end(f"failed: {exc or type(exc).__name__}")
@@ -159,6 +159,11 @@ class SchedulerBase:
             log.exception("run %d failed; the next run goes on", self.runs)
         if failed:
             self._reset_connections()
+
+    def choose_files(self) -> None:
+        """Tell the worker which files this pass looks at: the source folder's listing (a
+        watcher names the files that changed instead)."""
+        self.worker.filter_local(additional_filters=self.additional_filters)
 
     def finish(self) -> None:
         """Close the worker and say in the heartbeat that this scheduler stopped."""
