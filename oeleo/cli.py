@@ -145,16 +145,30 @@ def build_parser() -> argparse.ArgumentParser:
         _source(p)
         p.add_argument("paths", nargs="+", metavar="PATH", help="files (or folders) in the source folder")
 
-    p = sub.add_parser("schedule", help="run again and again on an interval")
+    p = sub.add_parser(
+        "schedule", help="run again and again: on an interval, a cron expression or a night window"
+    )
     _common(p)
     _source(p)
     p.add_argument(
         "--every",
         dest="run_interval",
-        type=float,
-        metavar="SECONDS",
-        help="seconds between runs (OELEO_RUN_INTERVAL)",
+        type=_duration_arg,
+        metavar="DURATION",
+        help="time between runs: seconds, or 30s, 5m, 2h; with --between, inside the window "
+        "(OELEO_RUN_INTERVAL)",
     )
+    when = p.add_mutually_exclusive_group()
+    when.add_argument("--cron", metavar="EXPR", help='a cron expression, e.g. "*/10 22-23,0-6 * * *"')
+    when.add_argument(
+        "--between", nargs=2, metavar=("START", "END"), help="run only in this daily window, e.g. 22:00 06:00"
+    )
+    when.add_argument(
+        "--rocketry",
+        metavar="CONDITION",
+        help='the rocketry scheduler with a condition, e.g. "every 5 minutes"',
+    )
+    p.add_argument("--until", metavar="WHEN", help="start no run after this: HH:MM or an ISO date and time")
     p.add_argument(
         "--max-runs",
         dest="max_runs",
@@ -193,6 +207,16 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     _source(p)
     return parser
+
+
+def _duration_arg(text: str) -> float:
+    """``--every``: seconds (``600``), or a number with s, m or h (``5m``)."""
+    from oeleo.schedulers.rules import ScheduleError, parse_duration
+
+    try:
+        return parse_duration(text)
+    except ScheduleError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from None
 
 
 def _subparsers(parser: argparse.ArgumentParser) -> Dict[str, argparse.ArgumentParser]:
@@ -765,17 +789,90 @@ def cmd_unlock(args: argparse.Namespace) -> int:
 def cmd_schedule(args: argparse.Namespace) -> int:
     from oeleo.schedulers import get_scheduler_class
 
+    if args.rocketry is not None:
+        args.scheduler = "rocketry"
     settings = _settings(args)
+    options = _schedule_options(args, settings)
     _start_log_file(settings)
     scheduler_cls = get_scheduler_class(settings.scheduler)
+    from_settings = callable(getattr(scheduler_cls, "from_settings", None))  # reads its own settings
+    if not from_settings:
+        _accepts_options(scheduler_cls, settings.scheduler, options)
     worker = _worker(settings)
-    if callable(getattr(scheduler_cls, "from_settings", None)):  # one that reads its own settings
+    if from_settings:
         scheduler = scheduler_cls.from_settings(worker, settings)
     else:
-        scheduler = scheduler_cls(
-            worker, run_interval_time=settings.run_interval, max_run_intervals=settings.max_runs or None
-        )
+        interval, max_runs = settings.run_interval, settings.max_runs or None
+        scheduler = scheduler_cls(worker, run_interval_time=interval, max_run_intervals=max_runs, **options)
     return _scheduled(scheduler)
+
+
+def _schedule_options(args: argparse.Namespace, settings: Settings) -> Dict[str, Any]:
+    """``schedule`` and ``until`` for the scheduler, from the flags or ``OELEO_SCHEDULE``.
+
+    ``--cron``, ``--between`` and ``--rocketry`` replace ``OELEO_SCHEDULE``; ``--every`` alone
+    replaces an ``every`` or cron schedule, and is the interval inside a window. Bad input is
+    one configuration error naming the flag or the setting.
+    """
+    import time
+
+    from oeleo.errors import ConfigError
+    from oeleo.schedulers import rules
+
+    interval = settings.run_interval
+    options: Dict[str, Any] = {}
+    source = ""
+    try:
+        if args.until is not None:
+            source = f"--until {args.until!r}"
+            options["until"] = rules.parse_until(args.until, time.time())
+        if settings.scheduler.strip().lower() == "rocketry":
+            for flag, value in (("--cron", args.cron), ("--between", args.between)):
+                if value is not None:
+                    raise ConfigError(
+                        f"{flag}: OELEO_SCHEDULER=rocketry takes a rocketry condition: "
+                        'give it with --rocketry "...", or drop OELEO_SCHEDULER for the built-in scheduler'
+                    )
+            every = f"every {interval:g} seconds"
+            options["schedule"] = args.rocketry or settings.schedule.strip() or every
+            return options
+        if args.cron is not None:
+            if args.run_interval is not None:
+                raise ConfigError(
+                    "--every has no meaning with --cron: the cron expression says when runs start"
+                )
+            source = f"--cron {args.cron!r}"
+            options["schedule"] = rules.parse_cron(args.cron)
+        elif args.between is not None:
+            source = f"--between {' '.join(args.between)}"
+            options["schedule"] = rules.parse_between(args.between[0], args.between[1], interval)
+        elif settings.schedule.strip():
+            source = f"OELEO_SCHEDULE={settings.schedule!r}"
+            rule = rules.parse_schedule(settings.schedule, interval)
+            if args.run_interval is not None and not isinstance(rule, rules.Between):
+                rule = rules.Every(interval)  # --every replaces an every or cron schedule
+            options["schedule"] = rule
+    except rules.ScheduleError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    return options
+
+
+def _accepts_options(scheduler_cls: Any, name: str, options: Dict[str, Any]) -> None:
+    """A plug-in scheduler that takes no time rule is refused when one is given."""
+    import inspect
+
+    from oeleo.errors import ConfigError
+
+    try:
+        parameters = inspect.signature(scheduler_cls).parameters
+    except (TypeError, ValueError):
+        return
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return
+    for option in options:
+        if option not in parameters:
+            flag = "--until" if option == "until" else "--cron, --between or OELEO_SCHEDULE"
+            raise ConfigError(f"OELEO_SCHEDULER={name}: this scheduler takes no {option} ({flag})")
 
 
 def cmd_watch(args: argparse.Namespace) -> int:

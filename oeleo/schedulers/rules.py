@@ -210,10 +210,10 @@ def parse_duration(text: str) -> float:
     """``600`` (seconds), ``90s``, ``5m``, ``1.5h``: seconds, more than 0."""
     match = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([smh]?)\s*", text.lower())
     if not match:
-        raise ScheduleError(f"{text!r} is not a duration: expected a number of seconds or 30s, 5m, 2h")
+        raise ScheduleError("not a duration: expected a number of seconds, or 30s, 5m, 2h")
     seconds = float(match.group(1)) * UNITS.get(match.group(2) or "s", 1.0)
     if seconds <= 0:
-        raise ScheduleError(f"{text!r}: the duration must be more than 0")
+        raise ScheduleError("the duration must be more than 0")
     return seconds
 
 
@@ -225,17 +225,18 @@ def format_duration(seconds: float) -> str:
 
 
 def parse_clock(text: str) -> time:
-    """``22:00``, ``6:30``: a wall-clock time of day."""
-    match = re.fullmatch(r"\s*(\d{1,2}):(\d{2})\s*", text)
-    if not match or int(match.group(1)) > 23 or int(match.group(2)) > 59:
+    """``22:00``, ``6:30``, ``06:30:15``: a wall-clock time of day."""
+    match = re.fullmatch(r"\s*(\d{1,2}):(\d{2})(?::(\d{2}))?\s*", text)
+    hour, minute, second = (int(g or 0) for g in match.groups()) if match else (99, 0, 0)
+    if hour > 23 or minute > 59 or second > 59:
         raise ScheduleError(f"{text!r} is not a time of day: expected HH:MM, such as 22:00")
-    return time(int(match.group(1)), int(match.group(2)))
+    return time(hour, minute, second)
 
 
 def parse_between(start: str, end: str, seconds: float, tz: Optional[tzinfo] = None) -> Between:
     opens, closes = parse_clock(start), parse_clock(end)
     if opens == closes:
-        raise ScheduleError(f"between {start} and {end}: the window opens and closes at the same time")
+        raise ScheduleError("the window opens and closes at the same time")
     return Between(opens, closes, seconds, tz)
 
 
@@ -283,7 +284,7 @@ def parse_cron(expression: str, tz: Optional[tzinfo] = None) -> Cron:
         raise ScheduleError("'@reboot' is not a schedule: start oeleo from the system's startup instead")
     if len(fields) != 5:
         raise ScheduleError(
-            f"{expression!r} has {len(fields)} fields; a cron expression has 5: minute hour day month weekday"
+            f"has {len(fields)} fields; a cron expression has 5: minute hour day-of-month month day-of-week"
         )
     minute, hour, day, month, weekday = fields
     weekdays_cron = _field_values(weekday, 0, 7, DAY_NAMES, "weekday")
@@ -299,7 +300,7 @@ def parse_cron(expression: str, tz: Optional[tzinfo] = None) -> Cron:
         tz=tz,
     )
     if cron.weekday_star and not any(d <= DAYS_IN_MONTH[m - 1] for m in cron.months for d in cron.days):
-        raise ScheduleError(f"{expression!r} names no day that exists (such as 30 February)")
+        raise ScheduleError("names no day that exists (such as 30 February)")
     return cron
 
 
@@ -318,17 +319,17 @@ def parse_schedule(text: str, interval: float, tz: Optional[tzinfo] = None) -> R
     head = words[0].lower()
     if head == "every":
         if len(words) != 2:
-            raise ScheduleError(f"{text!r}: expected 'every' and one duration, such as 'every 5m'")
+            raise ScheduleError("expected 'every' and one duration, such as 'every 5m'")
         return Every(parse_duration(words[1]))
     if head == "between":
         times = [w for w in words[1:] if w.lower() != "and"]
         if len(times) != 2:
-            raise ScheduleError(f"{text!r}: expected 'between HH:MM HH:MM', such as 'between 22:00 06:00'")
+            raise ScheduleError("expected 'between HH:MM HH:MM', such as 'between 22:00 06:00'")
         return parse_between(times[0], times[1], interval, tz)
     if looks_like_cron(text):
         return parse_cron(text, tz)
     raise ScheduleError(
-        f"{text!r} is not a schedule: expected 'every 5m', 'between 22:00 06:00' or a cron expression "
+        "not a schedule: expected 'every 5m', 'between 22:00 06:00' or a cron expression "
         "such as '*/10 22-23,0-6 * * *' (a rocketry condition needs OELEO_SCHEDULER=rocketry)"
     )
 
@@ -336,7 +337,7 @@ def parse_schedule(text: str, interval: float, tz: Optional[tzinfo] = None) -> R
 def parse_until(text: str, now: float, tz: Optional[tzinfo] = None) -> float:
     """``--until``: ``06:00`` (the next 06:00 from ``now``) or an ISO date and time
     (``2026-12-24T18:00``, ``2026-12-24 18:00``): the instant after which no pass starts."""
-    if re.fullmatch(r"\s*\d{1,2}:\d{2}\s*", text):
+    if re.fullmatch(r"\s*\d{1,2}:\d{2}(:\d{2})?\s*", text):
         clock = parse_clock(text)
         today = wall_clock(now, tz).date()
         for offset in range(3):
@@ -347,7 +348,7 @@ def parse_until(text: str, now: float, tz: Optional[tzinfo] = None) -> float:
         moment = datetime.fromisoformat(text.strip())
     except ValueError:
         raise ScheduleError(
-            f"{text!r} is not a time: expected HH:MM or an ISO date and time such as 2026-12-24T18:00"
+            "not a time: expected HH:MM, or an ISO date and time such as 2026-12-24T18:00"
         ) from None
     if moment.tzinfo is not None:
         return moment.timestamp()
