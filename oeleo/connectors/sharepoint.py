@@ -65,6 +65,9 @@ if TYPE_CHECKING:
     from oeleo.settings import Settings
 
 log = logging.getLogger("oeleo")
+# The library logs every exception a request's handler raises, with its traceback, and raises
+# it again; the connector turns it into one line, so that log would only repeat it.
+logging.getLogger("office365.runtime.types.event_handler").setLevel(logging.CRITICAL)
 
 MiB = 1024 * 1024
 CHUNK_SIZE = 10 * MiB  # OELEO_SHAREPOINT_CHUNK_SIZE: one request's bytes in an upload session
@@ -535,7 +538,25 @@ class SharePointConnector(Connector):
         self._closing.clear()
         with self._lock:
             self._folders.clear()
+        if not self._reached:
+            self._probe()
         self.check_base()
+
+    def _probe(self) -> None:
+        """One plain request to the site first: the library's form-digest request retries a
+        host that cannot be reached for over a minute before it fails."""
+        try:
+            with requests.Session() as session:
+                session.headers["User-Agent"] = USER_AGENT
+                session.head(self.site_url, timeout=self.timeout, allow_redirects=False)
+        except requests.exceptions.SSLError as exc:
+            raise ConfigError(f"cannot check the certificate of {self._host()}: {exc}") from None
+        except requests.exceptions.RequestException as exc:
+            raise ConfigError(
+                f"cannot reach SharePoint at {self._host()} ({exc}); check OELEO_SHAREPOINT_URL"
+            ) from None
+        with self._lock:
+            self.requests += 1
 
     def reconnect(self, **kwargs: Any) -> None:
         self._drop_context()
@@ -626,6 +647,9 @@ class SharePointConnector(Connector):
             except ClientRequestException as exc:
                 response = getattr(exc, "response", None)
                 status = int(getattr(response, "status_code", 0) or 0)
+                if status == 404 and "/_api/contextinfo" in str(getattr(response, "url", "")).lower():
+                    self._drop_context()  # the form digest of a site that is not there
+                    raise self._error(exc, status, what, relpath, True, throttled) from None
                 if status == 404 and missing is not ...:
                     self._reached = True
                     return missing
