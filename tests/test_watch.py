@@ -235,12 +235,14 @@ def test_the_full_pass_catches_a_file_whose_event_was_missed(tmp_path: Path):
     thread = threading.Thread(target=scheduler.start, daemon=True)
     thread.start()
     try:
-        wait_for(lambda: scheduler.runs >= 1 and scheduler.observer is not None, 30, "watching")
-        scheduler.observer.unschedule_all()  # events stop: as when a queue overflows
+        wait_for(lambda: scheduler.last_summary is not None, 30, "the first full pass")
+        scheduler.observer.stop()  # no more events: as when the system's queue overflows
+        scheduler.observer.join(timeout=10)
         (tmp_path / "src" / "missed.csv").write_text("1\n")
-        wait_for(lambda: (tmp_path / "dst" / "missed.csv").exists(), 2 + MIN_STABLE + 5, "the full pass")
-        assert "missed.csv" not in scheduler.pending
-        assert "missed.csv" in db_rows(tmp_path / "books.db")
+        books = tmp_path / "books.db"
+        wait_for(lambda: "missed.csv" in booked(books), 2 + MIN_STABLE + 5, "the full pass")
+        assert "missed.csv" not in scheduler.pending, "it was seen by an event, not the full pass"
+        assert (tmp_path / "dst" / "missed.csv").read_text() == "1\n"
     finally:
         scheduler.stop()
         thread.join(timeout=30)

@@ -26,7 +26,7 @@ from pathlib import Path, PureWindowsPath
 from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 from oeleo.connectors.base import FileEntry, has_extension, matches
-from oeleo.errors import ConfigError, DatabaseBusyError, OeleoError
+from oeleo.errors import ConfigError
 from oeleo.schedulers.base import PassWorker, SchedulerBase
 
 if TYPE_CHECKING:
@@ -290,6 +290,8 @@ class WatchScheduler(SchedulerBase):
     default. Needs the ``watch`` extra (watchdog).
     """
 
+    name = "watch"
+
     def __init__(
         self,
         worker: PassWorker,
@@ -315,15 +317,14 @@ class WatchScheduler(SchedulerBase):
             raise ConfigError("a WatchScheduler needs a worker with a local_connector (its source folder)")
         self.root = os.path.realpath(str(local.directory))
         self.pending = Pending(self.root, self.stable, bool(getattr(local, "follow_links", False)))
-        self.runs = 0
-        self.failed_runs = 0
-        self.last_summary: Optional[RunSummary] = None
         self.polling = False
         self.interval: Optional[float] = None  # seconds between polls, when polling
         self.observer: Any = None
         self._wake = threading.Event()
         self._events = _Events(self.root, self._wake)
         self.ignored = _books_files(worker, self.root)
+        self._entries: Optional[List[FileEntry]] = None  # the files of the pass that runs now
+        self._next_full = 0.0  # when the next full pass is due (time.monotonic())
 
     @classmethod
     def from_settings(cls, worker: PassWorker, settings: Settings, **options: Any) -> WatchScheduler:
@@ -397,7 +398,7 @@ class WatchScheduler(SchedulerBase):
         try:
             self._start_observer()  # before the first pass: nothing written during it is missed
             log.info(self.describe())
-            next_full = time.monotonic()
+            self._next_full = next_full = time.monotonic()
             first_ready: Optional[float] = None
             while not self.stopping:
                 self._take_events()
@@ -405,6 +406,8 @@ class WatchScheduler(SchedulerBase):
                     # The stable ones are the full pass's; the others wait (it leaves them as too young).
                     self.pending.ready(time.time_ns())
                     began = time.monotonic()
+                    self._next_full = began + self.full_pass_every
+                    self.last_summary = None
                     self._one_pass(None)
                     next_full = time.monotonic() + self.full_pass_every
                     if self.last_summary is not None and self.last_summary.too_young:
@@ -412,6 +415,7 @@ class WatchScheduler(SchedulerBase):
                         # full pass again once they are stable (not sooner than ten of this one).
                         spent = time.monotonic() - began
                         next_full = min(next_full, time.monotonic() + max(self.stable, 10 * spent) + 0.05)
+                    self._next_full = next_full
                     first_ready = None
                     continue
                 ready_at = self.pending.next_ready()
@@ -436,7 +440,7 @@ class WatchScheduler(SchedulerBase):
         finally:
             self._stop_observer()
             self._restore_signal_handlers()
-            self.worker.close()
+            self.finish()
         return self.last_summary
 
     def _take_events(self) -> None:
@@ -459,39 +463,25 @@ class WatchScheduler(SchedulerBase):
         return found
 
     def _one_pass(self, entries: Optional[List[FileEntry]]) -> None:
-        """One pass: over ``entries`` only, or, with ``None``, a full pass over the folder.
-        The files of a pass that failed as a whole are tried again by the next full pass
-        (not at once: a destination that is down would be asked again and again)."""
-        self.runs += 1
-        what = "full pass" if entries is None else f"pass over {len(entries)} changed file(s)"
-        log.debug("watch: %s (%d)", what, self.runs)
+        """One pass (``SchedulerBase.run_one_pass``: errors logged, the heartbeat, a reconnect
+        after a failed pass): over ``entries`` only, or, with ``None``, over the whole folder.
+        The files of a pass that failed as a whole wait for the next full pass (not tried at
+        once: a destination that is down would be asked again and again)."""
+        self._entries = entries
         try:
-            self._open_books()
-            try:
-                if entries is None:
-                    self.worker.filter_local()
-                else:
-                    self.worker.add_entries(entries)  # type: ignore[attr-defined]
-                self.last_summary = self.worker.run()
-            finally:
-                self._release_books()
-            if self.last_summary.exit_status:
-                self.failed_runs += 1
-        except DatabaseBusyError as exc:
-            if self.runs == 1:
-                raise  # another oeleo already works on these books: this one stops (status 2)
-            log.warning("%s skipped: %s; watching goes on", what, exc)
-        except ConfigError:
-            if self.runs == 1:
-                raise  # wrong from the start: say so now
-            self.failed_runs += 1
-            log.error("%s failed: %s; watching goes on", what, sys.exc_info()[1])
-        except (OeleoError, OSError) as exc:
-            self.failed_runs += 1
-            log.error("%s failed: %s; watching goes on", what, exc)
-        except Exception:  # noqa: BLE001 - a watcher outlives a bad pass
-            self.failed_runs += 1
-            log.exception("%s failed; watching goes on", what)
+            self.run_one_pass()
+        finally:
+            self._entries = None
+
+    def choose_files(self) -> None:
+        if self._entries is None:
+            super().choose_files()
+        else:
+            self.worker.add_entries(self._entries)  # type: ignore[attr-defined]
+
+    def next_pass_after(self, ended: float) -> Optional[float]:
+        """The next full pass (a changed file may start one sooner)."""
+        return ended + max(0.0, self._next_full - time.monotonic())
 
 
 def _books_files(worker: Any, root: str) -> Set[str]:
