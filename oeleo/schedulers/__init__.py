@@ -16,9 +16,20 @@ ENTRY_POINT_GROUP = "oeleo.schedulers"
 BUILTIN: Dict[str, str] = {
     "simple": "oeleo.schedulers.simple:SimpleScheduler",
     "watch": "oeleo.schedulers.watch:WatchScheduler",  # needs the watch extra (watchdog)
+    "rocketry": "oeleo.schedulers.rocketry:RocketryScheduler",  # needs the rocketry extra
 }
 
-__all__ = ["SchedulerBase", "SimpleScheduler", "get_scheduler_class"]
+__all__ = ["RocketryScheduler", "SchedulerBase", "SimpleScheduler", "get_scheduler_class"]
+
+
+def __getattr__(name: str) -> Any:
+    """``oeleo.schedulers.RocketryScheduler``, imported when first asked for (rocketry is
+    imported only when one starts)."""
+    if name == "RocketryScheduler":
+        from oeleo.schedulers.rocketry import RocketryScheduler
+
+        return RocketryScheduler
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def get_scheduler_class(name: str) -> Any:
