@@ -502,7 +502,12 @@ class SharePointConnector(Connector):
         ctx = ClientContext(self.site_url, allow_ntlm=ntlm)
         if ntlm:
             assert self.login is not None
-            ctx.with_user_credentials(self.login.username, self.login.password)
+            try:
+                ctx.with_user_credentials(self.login.username, self.login.password)
+            except ImportError:
+                raise ConfigError(
+                    "the SharePoint ntlm login needs the requests_ntlm package: pip install requests_ntlm"
+                ) from None
         else:
             assert self._token is not None
             ctx.with_access_token(self._token)
