@@ -657,6 +657,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         errors = list(books.rows(errors_only=True))
         runs = books.last_runs(1)
         alive = books.run_alive() if runs and runs[0].status == "running" else None
+        heartbeat = _read_heartbeat(books)
         rows = list(books.rows()) if args.files else []
         not_booked = _not_booked(settings, base, books)
     finally:
@@ -672,6 +673,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     console.print(table)
     console.print(not_booked, soft_wrap=True)
     console.print(_describe_run(runs[0], alive) if runs else "last run: never", soft_wrap=True)
+    if heartbeat is not None:
+        console.print(_describe_heartbeat(heartbeat), soft_wrap=True)
     if errors:
         console.print(f"{_counted(len(errors), 'file')} with errors:")
         for row in errors:
@@ -742,6 +745,53 @@ def _describe_run(run: RunLogTable, alive: Optional[bool] = None) -> str:
     if run.message:
         text += f"; {run.message}"
     return text
+
+
+# A scheduler's next pass this late (it plans to the second) means it hangs or was stopped.
+HEARTBEAT_GRACE = 120.0
+
+
+def _read_heartbeat(books: Bookkeeper) -> Any:
+    from oeleo.models import read_heartbeat
+
+    try:
+        return read_heartbeat(books)
+    except OeleoError as exc:  # a heartbeat that cannot be read does not hide the rest
+        log.warning("the scheduler's heartbeat cannot be read: %s", exc)
+        return None
+
+
+def _describe_heartbeat(beat: Any, now: Optional[float] = None) -> str:
+    """``scheduler: running (pid 4242, simple, every 5m); last pass ...; next pass at ...``,
+    or why the heartbeat is stale: the process is gone, or its next pass is long overdue."""
+    import time
+
+    from oeleo.schedulers.base import pid_alive
+
+    now = time.time() if now is None else now
+    who = f"pid {beat.pid}, {beat.scheduler}"
+    last = ""
+    if beat.pass_started is not None:
+        last = f"; last pass started {beat.pass_started:%Y-%m-%d %H:%M:%S}"
+        if beat.pass_finished is not None and beat.result:
+            last += f", {beat.result}"
+    if beat.stopped is not None:
+        return f"scheduler: stopped at {beat.stopped:%Y-%m-%d %H:%M:%S} ({who}){last}"
+    if pid_alive(beat.pid) is False:
+        return (
+            f"scheduler: not running: stale heartbeat of {beat.updated:%Y-%m-%d %H:%M:%S}, process "
+            f"{beat.pid} is gone (killed, or the computer stopped) ({beat.scheduler}){last}"
+        )
+    if beat.pass_finished is None and beat.pass_started is not None:
+        return f"scheduler: running ({who}), in a pass since {beat.pass_started:%Y-%m-%d %H:%M:%S}"
+    if beat.next_pass is not None and now > beat.next_pass.timestamp() + HEARTBEAT_GRACE:
+        late = _counted(int((now - beat.next_pass.timestamp()) // 60), "minute")
+        return (
+            f"scheduler: overdue: its next pass was due at {beat.next_pass:%Y-%m-%d %H:%M:%S} "
+            f"({late} ago) and has not started; process {beat.pid} may hang ({beat.scheduler}){last}"
+        )
+    planned = f"; next pass at {beat.next_pass:%Y-%m-%d %H:%M:%S}" if beat.next_pass is not None else ""
+    return f"scheduler: running ({who}){last}{planned}"
 
 
 def _print_files(console: Console, rows: List[FileListTable]) -> None:

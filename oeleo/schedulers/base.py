@@ -143,6 +143,8 @@ class SchedulerBase:
             # A run started by hand (or another scheduler) holds them now: it does this
             # pass's work, and the next pass comes as planned.
             log.warning("run %d skipped: %s; the next run goes on", self.runs, exc)
+            if self._beats:
+                self._beat_beside_a_run(result=f"skipped: {exc}", next_pass=self._planned(time.time()))
         except ConfigError:
             if self.runs == 1:
                 raise  # wrong from the start: say so now rather than fail every interval
@@ -209,27 +211,32 @@ class SchedulerBase:
             return
         self._beats += 1
 
-    def _beat_end(self, result: str) -> None:
-        ended = time.time()
+    def _planned(self, ended: float) -> Optional[datetime.datetime]:
         planned = None if self.stopping else self.next_pass_after(ended)
+        return datetime.datetime.fromtimestamp(planned) if planned is not None else None
+
+    def _beat_end(self, result: str) -> None:
         self._beat(
-            pass_finished=datetime.datetime.now(),
-            result=result[:2000],
-            next_pass=datetime.datetime.fromtimestamp(planned) if planned is not None else None,
+            pass_finished=datetime.datetime.now(), result=result[:2000], next_pass=self._planned(time.time())
         )
 
     def _beat_stopped(self) -> None:
+        self._beat_beside_a_run(next_pass=None, stopped=datetime.datetime.now())
+
+    def _beat_beside_a_run(self, **values: Any) -> None:
+        """The heartbeat outside a pass (a skipped pass, the stop): with the books opened
+        without their lock, beside a run that may hold them now."""
         books = getattr(self.worker, "bookkeeper", None)
         if books is None:
             return
-        try:  # beside a run that may hold the books now: without their lock
+        try:
             books.initialize_db(exclusive=False)
             try:
-                self._beat(next_pass=None, stopped=datetime.datetime.now())
+                self._beat(**values)
             finally:
                 books.close()
         except OeleoError as exc:
-            log.warning("the scheduler's heartbeat could not say it stopped: %s", exc)
+            log.warning("the scheduler's heartbeat could not be written: %s", exc)
 
     # -- signals ----------------------------------------------------------------------
     def _install_signal_handlers(self) -> None:
@@ -249,3 +256,41 @@ class SchedulerBase:
         self.stop()
 
     received_signal: Optional[int] = None
+
+
+def pid_alive(pid: int) -> Optional[bool]:
+    """Whether process ``pid`` of this computer still runs (None: this system cannot tell)."""
+    if pid <= 0:
+        return False
+    if sys.platform == "win32":  # pragma: no cover - exercised on Windows only
+        return _windows_pid_alive(pid)
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether it could be sent
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: it is there
+        return True
+    except OSError:
+        return None
+    try:  # Linux: a process that ended but was not waited for yet is a zombie, not alive
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            return handle.read().rsplit(b")", 1)[-1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return True
+
+
+def _windows_pid_alive(pid: int) -> Optional[bool]:  # pragma: no cover - Windows only
+    # os.kill(pid, 0) would end the process on Windows: ask through the Windows API instead.
+    import ctypes
+
+    kernel32 = ctypes.windll.kernel32  # type: ignore[attr-defined]
+    handle = kernel32.OpenProcess(0x1000, False, pid)  # PROCESS_QUERY_LIMITED_INFORMATION
+    if not handle:
+        return kernel32.GetLastError() == 5  # access denied: it exists
+    try:
+        code = ctypes.c_ulong()
+        if not kernel32.GetExitCodeProcess(handle, ctypes.byref(code)):
+            return None
+        return code.value == 259  # STILL_ACTIVE
+    finally:
+        kernel32.CloseHandle(handle)
