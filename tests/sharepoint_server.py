@@ -238,6 +238,20 @@ class FakeSharePoint:
         parts = urlsplit(handler.path)
         path = unquote(parts.path)
         query = parse_qs(parts.query, keep_blank_values=True)
+        if path == "/__fake/stats":  # the benchmark's view of a fake in another process
+            with self.lock:
+                kinds: Dict[str, int] = {}
+                for logged_method, logged_path, _, _ in self.log:
+                    kind = logged_method + " " + re.sub(r"\(.*?\)", "", logged_path.rsplit("/", 1)[-1])
+                    kinds[kind] = kinds.get(kind, 0) + 1
+                stats = {"requests": len(self.log), "by_kind": kinds, "files": len(self.files)}
+            content = json.dumps(stats).encode()
+            handler.send_response(200)
+            handler.send_header("Content-Type", "application/json")
+            handler.send_header("Content-Length", str(len(content)))
+            handler.end_headers()
+            handler.wfile.write(content)
+            return
         override = handler.headers.get("X-HTTP-Method", "")
         with self.lock:
             self.log.append((method, path, query, dict(handler.headers)))
@@ -528,3 +542,18 @@ def __getattr__(name: str) -> Any:
     if name == "LoopbackSharePoint":
         return loopback_connector_class()
     raise AttributeError(name)
+
+
+def main() -> None:
+    """``python tests/sharepoint_server.py``: serve until standard input closes (the benchmark
+    runs the fake in a process of its own); the site's URL is the first line written."""
+    import sys
+
+    fake = FakeSharePoint().start()
+    print(fake.url, flush=True)
+    sys.stdin.read()
+    fake.stop()
+
+
+if __name__ == "__main__":
+    main()

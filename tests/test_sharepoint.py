@@ -155,6 +155,20 @@ def test_folders_are_created_once_per_folder_per_pass(server, tmp_path):
     assert len(server.requests_matching(r"/Folders/Add\(")) == 3
 
 
+def test_threads_copying_into_one_new_folder_create_it_once(server, tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    conn = connector(server)
+    make_tree(tmp_path / "src", {f"f{i}.csv": b"z" * i for i in range(16)})
+    server.log.clear()
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda i: conn.put(tmp_path / "src" / f"f{i}.csv", f"new/f{i}.csv"), range(16)))
+
+    assert len(server.requests_matching(r"/Folders/Add\(")) == 1
+    assert len(server.names()) == 16
+
+
 def test_listing_is_recursive_and_follows_the_pages(server, tmp_path):
     conn = connector(server, page_size=3)
     files = {f"d{d}/f{i}.csv": b"y" * (i + 1) for d in range(3) for i in range(7)}

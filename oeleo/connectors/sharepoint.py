@@ -242,7 +242,7 @@ class SharePointStagedUpload(Upload):
             held += chunk
             # A chunk is sent once more bytes follow it: the last one goes with finishUpload.
             while len(held) > limit:
-                part = bytes(held[:limit])
+                part = bytes(memoryview(held)[:limit])
                 del held[:limit]
                 self._send_part(offset, part, last=False)
                 offset += len(part)
@@ -396,6 +396,7 @@ class SharePointConnector(Connector):
         self._local = threading.local()  # one client context per copying thread
         self._lock = threading.Lock()
         self._folders: Set[str] = set()  # server-relative URLs known to exist in this pass
+        self._ensuring: Dict[str, threading.Event] = {}  # folders being created by a thread
         self._warned: Set[str] = set()  # Office files whose rewriting was reported
         self._closing = threading.Event()
         self._reached = False  # SharePoint has answered: a network error later is a dropped connection
@@ -605,26 +606,38 @@ class SharePointConnector(Connector):
         return ctx.web.get_folder_by_server_relative_path(url).get().select(["ServerRelativeUrl", "Name"])
 
     def ensure_folder(self, folder_relpath: str) -> None:
-        """Make sure a folder under the base exists, asked once per folder per pass: the base
-        through ``web.ensure_folder_path``, a subfolder by one ``Folders/Add`` in its parent."""
+        """Make sure a folder under the base exists, asked once per folder per pass (also when
+        several threads need it at once): the base through ``web.ensure_folder_path``, a
+        subfolder by one ``Folders/Add`` in its parent."""
         url = self.base_url + (f"/{folder_relpath}" if folder_relpath else "")
-        with self._lock:
-            if url in self._folders:
-                return
-        if not folder_relpath:
-            self.run("creating the folder", None, lambda ctx: ctx.web.ensure_folder_path(url), setup=True)
-        else:
-            self.server_url(folder_relpath)  # its name is one SharePoint takes
-            parent, name = posixpath.split(folder_relpath)
-            self.ensure_folder(parent)
-            parent_url = url.rsplit("/", 1)[0]
-            self.run(
-                "creating the folder",
-                folder_relpath,
-                lambda ctx: ctx.web.get_folder_by_server_relative_path(parent_url).folders.add(name),
-            )
-        with self._lock:
-            self._folders.add(url)
+        while True:
+            with self._lock:
+                if url in self._folders:
+                    return
+                pending = self._ensuring.get(url)
+                if pending is None:
+                    pending = self._ensuring[url] = threading.Event()
+                    break
+            pending.wait()  # another thread asks for it; if that failed, this one tries
+        try:
+            if not folder_relpath:
+                self.run("creating the folder", None, lambda ctx: ctx.web.ensure_folder_path(url), setup=True)
+            else:
+                self.server_url(folder_relpath)  # its name is one SharePoint takes
+                parent, name = posixpath.split(folder_relpath)
+                self.ensure_folder(parent)
+                parent_url = url.rsplit("/", 1)[0]
+                self.run(
+                    "creating the folder",
+                    folder_relpath,
+                    lambda ctx: ctx.web.get_folder_by_server_relative_path(parent_url).folders.add(name),
+                )
+            with self._lock:
+                self._folders.add(url)
+        finally:
+            with self._lock:
+                self._ensuring.pop(url, None)
+            pending.set()
 
     # -- requests ---------------------------------------------------------------------------
     def run(
