@@ -14,6 +14,7 @@ import logging
 import os
 import signal
 import socket
+import subprocess
 import sys
 import traceback
 import warnings
@@ -201,6 +202,25 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_const",
         const="no",
         help="use the system's change events, even on a network share (OELEO_WATCH_POLL=no)",
+    )
+
+    p = sub.add_parser("task", help="let the system's scheduler run oeleo: install, remove, status")
+    _common(p)
+    p.add_argument("action", choices=("install", "remove", "status"), help="what to do with the task")
+    when = p.add_mutually_exclusive_group()
+    when.add_argument("--every", metavar="DURATION", help="install: run oeleo every DURATION (5m, 1h)")
+    when.add_argument(
+        "--cron", metavar="EXPR", help='install: run oeleo at a cron expression, e.g. "*/10 * * * *"'
+    )
+    when.add_argument("--watch", action="store_true", help="install: a long-running oeleo watch")
+    p.add_argument("--name", metavar="NAME", help="the task's name (default: oeleo- and this folder's name)")
+    p.add_argument(
+        "--platform",
+        choices=("windows", "linux", "macos"),
+        help="the platform to make the task for (default: this one; another only with --print)",
+    )
+    p.add_argument(
+        "--print", dest="print_only", action="store_true", help="show what would be written and run"
     )
 
     p = sub.add_parser("config", help="print the effective settings (secrets masked)")
@@ -933,6 +953,67 @@ def cmd_watch(args: argparse.Namespace) -> int:
     return _scheduled(WatchScheduler.from_settings(_worker(settings), settings))
 
 
+def cmd_task(args: argparse.Namespace) -> int:
+    from oeleo import tasks
+    from oeleo.errors import ConfigError
+    from oeleo.settings import find_env_file
+
+    here = tasks.current_platform()
+    platform = args.platform or here
+    if platform != here and not (args.action == "install" and args.print_only):
+        raise ConfigError(
+            f"--platform {platform}: this computer is {here}; another platform only with --print"
+        )
+    workdir = os.getcwd()
+    if args.action != "install":
+        for flag, value in (("--every", args.every), ("--cron", args.cron), ("--watch", args.watch)):
+            if value:
+                raise ConfigError(f"{flag}: only oeleo task install takes it")
+        plan = tasks.existing_plan(platform, workdir, args.name)
+        if args.action == "remove":
+            tasks.remove(plan, say=_say)
+            return EXIT_OK
+        return _task_status(plan)
+    when = tasks.When.parse(args.every, args.cron, args.watch)
+    settings = _settings(args)  # a .env that does not validate is refused now, not at every start
+    if settings.base_dir_from is None or settings.base_dir_to is None:
+        raise ConfigError(
+            "OELEO_BASE_DIR_FROM and OELEO_BASE_DIR_TO: the task reads its settings from the .env of "
+            f"this folder ({workdir}); set both there first"
+        )
+    env_file = find_env_file(getattr(args, "env_file", None))
+    env_path = str(Path(env_file).resolve()) if env_file is not None else None
+    python = sys.executable if platform == here else ("python.exe" if platform == "windows" else "python3")
+    plan = tasks.plan_task(when, platform, workdir, env_path, python, args.name)
+    if args.print_only:
+        for line in tasks.describe_plan(plan):
+            print(line)
+        return EXIT_OK
+    if env_path is None:
+        _say("oeleo: warning: no .env file here: the task sees only the variables set for your account")
+    tasks.install(plan, say=lambda line: _say(f"oeleo: {line}"))
+    for note in plan.notes:
+        _say(f"oeleo: {note}")
+    return EXIT_OK
+
+
+def _task_status(plan: Any) -> int:
+    from oeleo import tasks
+
+    for item in plan.files:
+        print(f"{item.path}: {'there' if os.path.exists(item.path) else 'not there'}")
+    why = tasks.can_run_here(plan.platform, os.environ)
+    if why is not None:
+        print(f"not asked: {why}; run: " + "; ".join(tasks.shown(c, plan.platform) for c in plan.status))
+        return EXIT_FAILED
+    status = EXIT_OK
+    for command in plan.status:
+        sys.stdout.flush()
+        if subprocess.run(command, check=False).returncode != 0:
+            status = EXIT_FAILED
+    return status
+
+
 def _scheduled(scheduler: Any) -> int:
     """Run a scheduler until it stops; the exit status says how it ended."""
     scheduler.start()
@@ -961,6 +1042,7 @@ COMMANDS: Dict[str, Callable[[argparse.Namespace], int]] = {
     "unlock": cmd_unlock,
     "schedule": cmd_schedule,
     "watch": cmd_watch,
+    "task": cmd_task,
     "config": cmd_config,
 }
 
