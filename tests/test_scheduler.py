@@ -3,6 +3,7 @@ promptly (``stop()`` from another thread, SIGTERM to ``oeleo schedule``)."""
 
 from __future__ import annotations
 
+import datetime
 import logging
 import os
 import signal
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Optional
 
 import pytest
+from helpers import clean_env, run_oeleo, signal_mid_copy, tree_files, wait_for, write_random
 
 from oeleo.connectors.local import LocalConnector
 from oeleo.errors import ConnectorError
@@ -364,3 +366,309 @@ def test_sighup_while_it_waits_stops_oeleo_schedule_with_status_129(tmp_path: Pa
     assert status == 129, err_path.read_text()
     assert "received SIGHUP: stopping cleanly" in err_path.read_text()
     assert [r["status"] for r in run_rows(db)] == ["ok"]
+
+
+# -- time rules, --until, a lost connection or database, the heartbeat ------------------------
+def oeleo_args(tmp_path: Path) -> List[str]:
+    db = tmp_path / "books.db"
+    return ["--from", str(tmp_path / "src"), "--to", str(tmp_path / "dst"), "--db", str(db)]
+
+
+def clock_in(minutes: float) -> str:
+    return (datetime.datetime.now() + datetime.timedelta(minutes=minutes)).strftime("%H:%M")
+
+
+def test_inside_a_night_window_passes_run_every_interval(tmp_path: Path) -> None:
+    write_tree(tmp_path / "src", FILES)
+    window = [clock_in(-2), clock_in(120)]  # open now, whatever the time of day
+    done = run_oeleo(
+        "schedule",
+        *oeleo_args(tmp_path),
+        "--between",
+        *window,
+        "--every",
+        "0.2",
+        "--max-runs",
+        "3",
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    runs = run_rows(tmp_path / "books.db")
+    assert [r["files_copied"] for r in runs] == [2, 0, 0]
+    gaps = [(b["started"] > a["finished"]) for a, b in zip(runs, runs[1:])]
+    assert all(gaps), "each pass starts after the one before ended"
+
+
+def test_outside_the_window_the_scheduler_sleeps_until_it_opens_and_stops_promptly(
+    tmp_path: Path, oeleo_log: Records
+) -> None:
+    opens = datetime.datetime.now() + datetime.timedelta(hours=2)
+    worker = make_worker(tmp_path)
+    scheduler = SimpleScheduler(
+        worker,
+        run_interval_time=0.2,
+        schedule=f"between {opens:%H:%M} {clock_in(180)}",
+        max_run_intervals=None,
+    )
+    oeleo_log.waiting_for = "next run at"
+    thread = threading.Thread(target=scheduler.start, daemon=True)
+    thread.start()
+    try:
+        assert oeleo_log.seen.wait(timeout=30)
+        scheduler.stop()
+        thread.join(timeout=2)
+    finally:
+        scheduler.stop()
+        thread.join(timeout=10)
+    assert not thread.is_alive()
+    assert scheduler.runs == 0 and not (tmp_path / "dst").exists()
+    assert f"next run at {opens:%Y-%m-%d %H:%M}:00" in oeleo_log.text()
+
+
+def test_until_stops_starting_passes_after_it(tmp_path: Path) -> None:
+    write_tree(tmp_path / "src", FILES)
+    until = datetime.datetime.now() + datetime.timedelta(seconds=1.5)
+    done = run_oeleo(
+        "schedule", *oeleo_args(tmp_path), "--every", "0.2", "--until", until.isoformat(), cwd=tmp_path
+    )
+    assert done.returncode == 0, done.stderr
+    runs = run_rows(tmp_path / "books.db")
+    assert len(runs) >= 2
+    assert all(datetime.datetime.fromisoformat(r["started"]) <= until for r in runs)
+    assert f"no run starts after {until:%Y-%m-%d %H:%M:%S}: stopping" in done.stderr
+
+
+@pytest.mark.parametrize(
+    "extra, says",
+    [
+        (["--cron", "61 * * * *"], "oeleo: --cron '61 * * * *': minute 61 is out of range 0-59"),
+        (["--every", "5 minutes"], "argument --every: '5 minutes': not a duration"),
+        (["--between", "22:00", "6h"], "oeleo: --between 22:00 6h: '6h' is not a time of day"),
+        (["--until", "soon"], "oeleo: --until 'soon': not a time"),
+        (["--cron", "* * * * *", "--every", "5"], "--every has no meaning with --cron"),
+        (["--cron", "* * * * *", "--between", "1:00", "2:00"], "not allowed with argument --cron"),
+    ],
+)
+def test_a_bad_time_rule_is_one_line_naming_the_flag_and_status_2(
+    tmp_path: Path, extra: list, says: str
+) -> None:
+    write_tree(tmp_path / "src", FILES)
+    done = run_oeleo("schedule", *oeleo_args(tmp_path), *extra, cwd=tmp_path)
+    assert done.returncode == 2
+    assert says in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert not (tmp_path / "dst").exists()
+
+
+def test_a_bad_oeleo_schedule_setting_is_named_in_one_line(tmp_path: Path) -> None:
+    write_tree(tmp_path / "src", FILES)
+    done = run_oeleo("schedule", *oeleo_args(tmp_path), cwd=tmp_path, env={"OELEO_SCHEDULE": "*/10 25 * * *"})
+    assert done.returncode == 2
+    assert done.stderr.strip() == "oeleo: OELEO_SCHEDULE='*/10 25 * * *': hour 25 is out of range 0-23"
+
+
+def test_cron_says_its_next_run_on_the_minutes_it_names_and_sigint_stops_it_with_130(tmp_path: Path) -> None:
+    write_tree(tmp_path / "src", FILES)
+    err_path = tmp_path / "err.txt"
+    with open(err_path, "wb") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "oeleo", "schedule", *oeleo_args(tmp_path), "--cron", "*/5 * * * *"],
+            cwd=tmp_path,
+            env=clean_env(),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
+    try:
+        wait_for(lambda: proc.poll() is not None or "next run at" in err_path.read_text(), 30, "next run")
+        assert proc.poll() is None, err_path.read_text()
+        proc.send_signal(signal.SIGINT)
+        status = proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+    stderr = err_path.read_text()
+    assert status == 130, stderr
+    when = datetime.datetime.strptime(stderr.split("next run at ")[1][:19], "%Y-%m-%d %H:%M:%S")
+    assert when.minute % 5 == 0 and when.second == 0
+    assert datetime.timedelta(0) < when - datetime.datetime.now() <= datetime.timedelta(minutes=5)
+    assert "received SIGINT: stopping cleanly" in stderr and "Traceback" not in stderr
+    assert not (tmp_path / "dst").exists(), "a cron schedule waits for its first minute"
+
+
+class CountingConnector(LocalConnector):
+    """A real folder store that counts its connections; ``broken`` is a lost connection
+    (every upload fails) until it connects again."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.connects = 0
+        self.broken = False
+
+    def connect(self) -> None:
+        self.connects += 1
+        self.broken = False
+        super().connect()
+
+    def open_upload(self, *args, **kwargs):
+        if self.broken:
+            raise ConnectorError("the file server went away")
+        return super().open_upload(*args, **kwargs)
+
+
+def test_a_lost_connection_is_opened_again_at_the_next_pass(tmp_path: Path, oeleo_log: Records) -> None:
+    def add_a_file_and_lose_the_connection(pass_number: int) -> None:
+        (tmp_path / "src" / f"late-{pass_number}.csv").write_text(f"t,v\n{pass_number},1\n")
+        if pass_number == 1:
+            external.broken = True
+
+    worker = make_worker(tmp_path, after_pass=add_a_file_and_lose_the_connection)
+    external = CountingConnector(tmp_path / "dst")
+    external.upload_tag = worker.external_connector.upload_tag
+    worker.external_connector = external
+    scheduler = SimpleScheduler(worker, run_interval_time=0.05, max_run_intervals=3)
+    scheduler.start()
+
+    runs = run_rows(tmp_path / "books.db")
+    assert [r["status"] for r in runs] == ["ok", "failed", "ok"], oeleo_log.text()
+    assert "the file server went away" in runs[1]["message"]
+    assert external.connects == 2, "the failed second pass closed it; the third connected again"
+    assert (tmp_path / "dst" / "late-1.csv").read_text() == "t,v\n1,1\n"  # left by pass 2, copied by 3
+    assert scheduler.failed_runs == 1
+
+
+def test_a_database_that_went_away_is_opened_again_at_the_next_pass(
+    tmp_path: Path, oeleo_log: Records
+) -> None:
+    share = tmp_path / "share"
+    share.mkdir()
+    gone = tmp_path / "share-gone"
+
+    def add_a_file(pass_number: int) -> None:
+        if pass_number == 1:
+            (tmp_path / "src" / "late.csv").write_text("t,v\n5,5\n")
+
+    src = tmp_path / "src"
+    write_tree(src, FILES)
+    worker = SpyWorker(
+        bookkeeper=SimpleDbHandler(share / "books.db"),
+        local_connector=LocalConnector(src),
+        external_connector=LocalConnector(tmp_path / "dst"),
+        subdirs=True,
+        after_pass=add_a_file,
+    )
+
+    class Scheduler(SimpleScheduler):
+        def _one_pass(self) -> None:
+            super()._one_pass()
+            if self.runs == 1:
+                share.rename(gone)  # between passes, as a network share drops
+            elif self.runs == 2:
+                gone.rename(share)  # and comes back
+
+    scheduler = Scheduler(worker, run_interval_time=0.05, max_run_intervals=3)
+    scheduler.start()
+
+    assert scheduler.failed_runs == 1
+    assert "run 2 failed" in oeleo_log.text() and "does not exist" in oeleo_log.text()
+    assert [r["files_copied"] for r in run_rows(share / "books.db")] == [2, 1]
+    assert (tmp_path / "dst" / "late.csv").exists()
+
+
+def heartbeat(db: Path) -> dict:
+    connection = sqlite3.connect(str(db))
+    try:
+        connection.row_factory = sqlite3.Row
+        return dict(connection.execute("SELECT * FROM oeleo_scheduler").fetchone())
+    finally:
+        connection.close()
+
+
+def test_the_heartbeat_records_the_last_pass_and_the_stop(tmp_path: Path) -> None:
+    worker = make_worker(tmp_path)
+    SimpleScheduler(worker, run_interval_time=0.05, max_run_intervals=2).start()
+    beat = heartbeat(tmp_path / "books.db")
+    assert beat["pid"] == os.getpid()
+    assert beat["scheduler"] == "simple, every 0.05s"
+    assert beat["result"].startswith("ok: copied 0 files")
+    assert beat["pass_started"] <= beat["pass_finished"] <= beat["stopped"]
+    assert beat["next_pass"] is None, "the last pass plans none"
+
+
+def test_oeleo_status_tells_a_live_scheduler_from_a_stale_heartbeat(tmp_path: Path) -> None:
+    write_tree(tmp_path / "src", FILES)
+    status_args = ["status", "--from", str(tmp_path / "src"), "--db", str(tmp_path / "books.db")]
+    err_path = tmp_path / "err.txt"
+    with open(err_path, "wb") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "oeleo", "schedule", *oeleo_args(tmp_path), "--every", "5m"],
+            cwd=tmp_path,
+            env=clean_env(),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
+    try:
+        wait_for(lambda: proc.poll() is not None or "next run at" in err_path.read_text(), 30, "next run")
+        assert proc.poll() is None, err_path.read_text()
+        live = run_oeleo(*status_args, cwd=tmp_path)
+        proc.kill()  # SIGKILL: no chance to say it stopped
+        proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+    assert live.returncode == 0, live.stderr
+    line = [s for s in live.stdout.splitlines() if s.startswith("scheduler:")]
+    assert len(line) == 1, live.stdout
+    assert line[0].startswith(f"scheduler: running (pid {proc.pid}, simple, every 5m); last pass started ")
+    assert "ok: copied 2 files" in line[0] and "; next pass at " in line[0]
+
+    stale = run_oeleo(*status_args, cwd=tmp_path)
+    assert stale.returncode == 0, stale.stderr
+    assert "scheduler: not running: stale heartbeat of " in stale.stdout
+    assert f"process {proc.pid} is gone" in stale.stdout
+
+
+def test_a_heartbeat_whose_next_pass_is_long_overdue_is_called_stale() -> None:
+    from types import SimpleNamespace
+
+    from oeleo.cli import _describe_heartbeat
+
+    due = datetime.datetime(2026, 12, 1, 12, 0)
+    beat = SimpleNamespace(
+        pid=os.getpid(),  # alive: this process
+        scheduler="simple, every 5m",
+        started=due,
+        pass_started=due - datetime.timedelta(minutes=5),
+        pass_finished=due - datetime.timedelta(minutes=5),
+        result="ok: copied 1 file",
+        next_pass=due,
+        stopped=None,
+        updated=due,
+    )
+    soon = due.timestamp() + 60
+    assert _describe_heartbeat(beat, now=soon).startswith("scheduler: running")
+    late = _describe_heartbeat(beat, now=due.timestamp() + 20 * 60)
+    assert late.startswith(
+        "scheduler: overdue: its next pass was due at 2026-12-01 12:00:00 (20 minutes ago)"
+    )
+
+
+@pytest.mark.parametrize(
+    "signum, status",
+    [(signal.SIGINT, 130), (signal.SIGTERM, 143)]
+    + ([(signal.SIGHUP, 129)] if hasattr(signal, "SIGHUP") else []),
+    ids=lambda v: getattr(v, "name", str(v)),
+)
+def test_a_signal_during_a_scheduled_copy_leaves_no_partial_file(
+    tmp_path: Path, signum: int, status: int
+) -> None:
+    write_random(tmp_path / "src" / "big.bin", 200 * 1024 * 1024)
+    args = ["schedule", *oeleo_args(tmp_path), "--every", "60"]
+    got, err = signal_mid_copy(args, tmp_path, tmp_path / "dst", "big.bin", signum, clean_env())
+    assert got == status, err
+    assert "Traceback" not in err
+    assert tree_files(tmp_path / "dst") == {}
+    assert [r["status"] for r in run_rows(tmp_path / "books.db")] == ["stopped"]
+    assert heartbeat(tmp_path / "books.db")["stopped"] is not None
