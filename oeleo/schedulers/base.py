@@ -226,8 +226,10 @@ class SchedulerBase:
     def _beat_beside_a_run(self, **values: Any) -> None:
         """The heartbeat outside a pass (a skipped pass, the stop): with the books opened
         without their lock, beside a run that may hold them now."""
+        from oeleo.models import Bookkeeper
+
         books = getattr(self.worker, "bookkeeper", None)
-        if books is None:
+        if not isinstance(books, Bookkeeper) or getattr(self.worker, "dry_run", False):
             return
         try:
             books.initialize_db(exclusive=False)
