@@ -4,6 +4,8 @@ nothing, the scheduler runs the number of passes it is asked for."""
 
 from __future__ import annotations
 
+import datetime
+import importlib.util
 import os
 import socket
 import sqlite3
@@ -11,6 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 from typing import Dict, List, Optional
+
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"
@@ -121,6 +125,45 @@ def test_scheduled_example_runs_the_asked_number_of_passes(tmp_path):
     runs = rows(tmp_path / "scheduled.db", "SELECT status, files_copied FROM oeleo_runs ORDER BY id")
     assert runs == [("ok", 3), ("ok", 0), ("ok", 0)]
     assert "3 runs, 0 failed" in result.stdout
+
+
+# -- examples/night_window.py -----------------------------------------------------------------
+def test_night_window_example_runs_its_passes_inside_the_window(tmp_path):
+    source = make_source(tmp_path / "instrument")
+    env = clean_env(
+        OELEO_BASE_DIR_FROM=str(source),
+        OELEO_BASE_DIR_TO=str(tmp_path / "server"),
+        OELEO_DB_NAME=str(tmp_path / "night.db"),
+    )
+    now = datetime.datetime.now()
+    window = [f"{now - datetime.timedelta(minutes=2):%H:%M}", f"{now + datetime.timedelta(hours=2):%H:%M}"]
+    result = run([str(EXAMPLES / "night_window.py"), *window, "0.1", "3"], cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stderr
+    assert_arrived(tmp_path / "server", {name: name for name in SOURCE_FILES})
+    runs = rows(tmp_path / "night.db", "SELECT status, files_copied FROM oeleo_runs ORDER BY id")
+    assert runs == [("ok", 3), ("ok", 0), ("ok", 0)]
+    assert (
+        f"3 runs (between {window[0]} and {window[1]}, every 0.1s inside the window), 0 failed"
+        in result.stdout
+    )
+
+
+# -- examples/rocketry_schedule.py -------------------------------------------------------------
+def test_rocketry_example_runs_its_passes_on_a_rocketry_condition(tmp_path):
+    if importlib.util.find_spec("rocketry") is None:
+        pytest.skip("the rocketry extra is not installed")
+    source = make_source(tmp_path / "instrument")
+    env = clean_env(
+        OELEO_BASE_DIR_FROM=str(source),
+        OELEO_BASE_DIR_TO=str(tmp_path / "server"),
+        OELEO_DB_NAME=str(tmp_path / "rocketry.db"),
+    )
+    result = run([str(EXAMPLES / "rocketry_schedule.py"), "every 0.2 seconds", "3"], cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stderr
+    assert_arrived(tmp_path / "server", {name: name for name in SOURCE_FILES})
+    runs = rows(tmp_path / "rocketry.db", "SELECT status, files_copied FROM oeleo_runs ORDER BY id")
+    assert runs == [("ok", 3), ("ok", 0), ("ok", 0)]
+    assert "3 runs (every 0.2 seconds), 0 failed" in result.stdout
 
 
 # -- examples/my_connector.py -----------------------------------------------------------------
