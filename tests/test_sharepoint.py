@@ -529,6 +529,37 @@ def test_the_device_login_without_a_signed_in_account_says_how_to_sign_in(tmp_pa
         provider._silent_from_cache()
 
 
+def test_the_device_logins_token_cache_is_written_for_this_user_only_and_read_back(tmp_path):
+    msal = pytest.importorskip("msal")
+    path = tmp_path / "oeleo" / "token.json"
+    login = choose_login("device", tenant="t", client_id="c", token_cache=path)
+    provider = MsalToken(login, "https://contoso.sharepoint.com/sites/lab")
+    cache = msal.SerializableTokenCache()
+    cache.add(
+        {
+            "client_id": "c",
+            "scope": ["https://contoso.sharepoint.com/.default"],
+            "token_endpoint": "https://login.microsoftonline.com/t/oauth2/v2.0/token",
+            "response": {
+                "access_token": "at",
+                "refresh_token": "rt",
+                "expires_in": 3600,
+                "token_type": "Bearer",
+            },
+        }
+    )
+    provider._cache = cache
+
+    provider._save_cache()
+
+    assert path.stat().st_mode & 0o777 == 0o600 or os.name == "nt"
+    again = MsalToken(login, "https://contoso.sharepoint.com/sites/lab")._load_cache()
+    assert list(again.search(msal.TokenCache.CredentialType.REFRESH_TOKEN))[0]["secret"] == "rt"
+    path.write_text("not json")
+    with pytest.raises(ConfigError, match="OELEO_SHAREPOINT_TOKEN_CACHE=.*cannot be read"):
+        MsalToken(login, "https://contoso.sharepoint.com/sites/lab")._load_cache()
+
+
 def test_a_certificate_file_without_a_private_key_is_refused(tmp_path):
     from oeleo.connectors.sharepoint_login import certificate_credential
 

@@ -393,7 +393,7 @@ class SharePointConnector(Connector):
         if max_wait is not None:
             self.max_wait = float(max_wait)
         self.directory = f"{self.site_url}/{self.library}" + (f"/{self.folder}" if self.folder else "")
-        self._local = threading.local()  # one client context per copying thread
+        self._idle: List[Any] = []  # client contexts no thread uses now
         self._lock = threading.Lock()
         self._folders: Set[str] = set()  # server-relative URLs known to exist in this pass
         self._ensuring: Dict[str, threading.Event] = {}  # folders being created by a thread
@@ -522,21 +522,33 @@ class SharePointConnector(Connector):
         with self._lock:
             self.requests += 1
 
-    def context(self) -> Any:
-        """This thread's client context (the library's contexts are not shared by threads)."""
-        ctx = getattr(self._local, "ctx", None)
-        if ctx is None:
-            ctx = self._local.ctx = self._new_context()
-        return ctx
+    def _checkout(self) -> Any:
+        """A client context no other thread uses now (the library's are not for sharing):
+        an idle one, else a new one; at most one per copying thread, each with its digest."""
+        with self._lock:
+            if self._idle:
+                return self._idle.pop()
+        return self._new_context()
 
-    def _drop_context(self) -> None:
-        ctx = getattr(self._local, "ctx", None)
-        self._local.ctx = None
-        if ctx is not None:
-            try:
-                ctx.close()
-            except Exception:  # noqa: BLE001 - closing must not hide the first error
-                pass
+    def _checkin(self, ctx: Any) -> None:
+        with self._lock:
+            if not self._closing.is_set():
+                self._idle.append(ctx)
+                return
+        self._close_context(ctx)
+
+    @staticmethod
+    def _close_context(ctx: Any) -> None:
+        try:
+            ctx.close()
+        except Exception:  # noqa: BLE001 - closing must not hide the first error
+            pass
+
+    def _drop_contexts(self) -> None:
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for ctx in idle:
+            self._close_context(ctx)
 
     def connect(self, **kwargs: Any) -> None:
         """Reach the site and its library (a wrong URL, login or library fails here, before
@@ -565,12 +577,12 @@ class SharePointConnector(Connector):
             self.requests += 1
 
     def reconnect(self, **kwargs: Any) -> None:
-        self._drop_context()
+        self._drop_contexts()
         self.connect()
 
     def close(self) -> None:
         self._closing.set()
-        self._drop_context()
+        self._drop_contexts()
 
     def prepare(self) -> None:
         """Create the base folder in the library when it is not there yet."""
@@ -656,22 +668,21 @@ class SharePointConnector(Connector):
         throttled = 0
         refreshed = False
         while True:
-            ctx = self.context()
+            ctx = self._checkout()
+            keep = False  # a context whose request failed is closed: its queue may hold leftovers
             try:
                 result = build(ctx)
                 ctx.execute_query()
-                self._reached = True
+                self._reached = keep = True
                 return result
             except ClientRequestException as exc:
                 response = getattr(exc, "response", None)
                 status = int(getattr(response, "status_code", 0) or 0)
                 if status == 404 and "/_api/contextinfo" in str(getattr(response, "url", "")).lower():
-                    self._drop_context()  # the form digest of a site that is not there
-                    raise self._error(exc, status, what, relpath, True, throttled) from None
+                    raise self._error(exc, status, what, relpath, True, throttled) from None  # no site
                 if status == 404 and missing is not ...:
-                    self._reached = True
+                    self._reached = keep = True
                     return missing
-                self._drop_context()  # its queue may hold what followed the failed query
                 self._reached = self._reached or status != 0
                 if status in (429, 503) and throttled < self.retries:
                     throttled += 1
@@ -695,21 +706,20 @@ class SharePointConnector(Connector):
                     continue
                 raise self._error(exc, status, what, relpath, setup, throttled) from None
             except requests.exceptions.SSLError as exc:
-                self._drop_context()
                 raise ConfigError(f"cannot check the certificate of {self._host()}: {exc}") from None
             except requests.exceptions.RequestException as exc:
-                self._drop_context()
                 if self._reached:
                     raise ConnectionLost(f"lost the connection to {self._host()}: {exc}") from None
                 raise ConfigError(
                     f"cannot reach SharePoint at {self._host()} ({exc}); check OELEO_SHAREPOINT_URL"
                 ) from None
             except ValueError as exc:  # the library: a token response or a reply it cannot use
-                self._drop_context()
                 raise TransferError(f"{self._what(what, relpath)}: {str(exc)[:300]}") from None
-            except BaseException:
-                self._drop_context()
-                raise
+            finally:
+                if keep:
+                    self._checkin(ctx)
+                else:
+                    self._close_context(ctx)
 
     def _retry_after(self, response: Any, attempt: int) -> float:
         from office365.runtime.retry import response_retry_after
