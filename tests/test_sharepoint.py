@@ -701,3 +701,11 @@ def test_oeleo_run_refuses_a_forbidden_name_and_copies_the_rest(server, tmp_path
     assert "SharePoint does not allow :" in result.stderr + result.stdout
     assert server.names() == {"instrument 1/ok.csv": 1}
     assert db_rows(tmp_path / "books.db")["ok.csv"]["checksum"] == md5(b"1")
+
+
+def test_sharepoints_times_are_read_in_utc_to_nanoseconds():
+    from oeleo.connectors.sharepoint import _ns
+
+    assert _ns("2024-05-01T10:00:00Z") == 1714557600 * 10**9
+    assert _ns("2024-05-01T10:00:00.1234567Z") == 1714557600 * 10**9 + 123456000
+    assert _ns("") == _ns("not a time") == 0

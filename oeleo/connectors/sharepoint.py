@@ -148,8 +148,10 @@ def _ns(text: Any) -> int:
         value = str(text or "").strip()
         if not value:
             return 0
+        # Python 3.9's fromisoformat takes neither "Z" nor more than six digits of a second.
+        value = re.sub(r"(\.\d{6})\d+", r"\1", value.replace("Z", "+00:00"))
         try:
-            when = datetime.fromisoformat(value.replace("Z", "+00:00"))
+            when = datetime.fromisoformat(value)
         except ValueError:
             return 0
     if when.tzinfo is None:
