@@ -83,7 +83,7 @@ class Batches:
         outcomes: Outcomes = []
         for (entry, code, _), result in zip(staged, results):
             if isinstance(result, Failed):
-                outcomes.append(("fatal" if result.fatal else "error", entry, result.reason))
+                outcomes.append((result.kind, entry, result.reason))
             else:
                 outcomes.append(("copied", entry, code, result))
         return outcomes

@@ -88,6 +88,9 @@ class Booking:
             if outcome[0] == "copied":
                 _, entry, code, result = outcome
                 self.copied(entry, code, result)
+            elif outcome[0] == "not_replaced":  # the store keeps another version (never overwrites)
+                _, entry, _ = outcome
+                self.outcome(entry, None, "not_replaced", None)
             else:
                 kind, entry, reason = outcome
                 self.failure(entry, kind, reason)

@@ -19,6 +19,7 @@ class Behaviour(Enum):
     RETRY = ("reconnect and try the file again with backoff, a bounded number of times", 1)
     FAIL_FILE = ("book the file as failed with the reason and go on; tried again next run", 1)
     LEAVE_FILE = ("leave the file for the next run; not a failure", 0)
+    NOT_REPLACED = ("count the file as already there, not replaced (a store that never overwrites)", 0)
     STOP_RUN = ("stop the run: the next files would fail too; what was booked stays booked", 1)
     BOOKS = ("stop the run: the books cannot be opened or written; only booked files count", 2)
     CONFIG = ("nothing runs until a setting, an argument or a path is fixed", 2)
@@ -80,6 +81,13 @@ class FileChangedError(TransferError):
     """The source changed while it was copied; it is left for the next run."""
 
     behaviour = Behaviour.LEAVE_FILE
+
+
+class AlreadyThere(TransferError):
+    """The store already holds another version of this file and never replaces one (Arcsecond):
+    counted as "already there, not replaced", booked as seen, not tried again until it changes."""
+
+    behaviour = Behaviour.NOT_REPLACED
 
 
 class VerificationError(TransferError):

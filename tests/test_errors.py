@@ -33,6 +33,7 @@ DECIDED: Dict[str, Behaviour] = {
     "TransferError": Behaviour.FAIL_FILE,
     "FileChangedError": Behaviour.LEAVE_FILE,
     "VerificationError": Behaviour.FAIL_FILE,
+    "AlreadyThere": Behaviour.NOT_REPLACED,
     "UnsafePathError": Behaviour.FAIL_FILE,
     "Aborted": Behaviour.INTERRUPT,
 }

@@ -50,7 +50,7 @@ from oeleo.connectors.base import (
     matches,
     safe_relpath,
 )
-from oeleo.errors import ConfigError, ConnectionLost, TransferError, VerificationError
+from oeleo.errors import AlreadyThere, ConfigError, ConnectionLost, TransferError, VerificationError
 from oeleo.names import from_books, printable, to_books
 
 if TYPE_CHECKING:
@@ -453,7 +453,7 @@ class ArcsecondConnector(Connector):
         what = "the compressed source" if stored_hash else "the source"
         if upload.already_there:
             if self.checksum(relpath, used) != wanted:
-                raise TransferError(
+                raise AlreadyThere(
                     f"{printable(relpath)}: already there with other content, not replaced "
                     "(Arcsecond does not overwrite files)"
                 )

@@ -41,6 +41,7 @@ from typing import (
 
 from oeleo.compress import GzipStream, stored_name
 from oeleo.errors import (
+    AlreadyThere,
     DiskFullError,
     FileChangedError,
     OeleoError,
@@ -217,6 +218,16 @@ class Failed:
     reason: str
     fatal: bool
     error: BaseException
+
+    @property
+    def kind(self) -> str:
+        """How the worker books it: ``fatal`` (the run stops), ``not_replaced`` (the store keeps
+        another version and never overwrites: not a failure) or ``error``."""
+        if self.fatal:
+            return "fatal"
+        if isinstance(self.error, AlreadyThere):
+            return "not_replaced"
+        return "error"
 
 
 def describe_error(exc: BaseException, what: str) -> str:
