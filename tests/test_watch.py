@@ -297,7 +297,7 @@ def test_watch_poll_forces_either_way(tmp_path):
 
 def test_a_large_tree_is_polled_less_often():
     assert poll_interval(0.001) == 1.0
-    assert poll_interval(0.5) == pytest.approx(49.5)  # polling stays at 1 % of a core
+    assert poll_interval(0.5) == pytest.approx(99.5)  # a poll of 0.5 s: 0.5 % of a core
 
 
 @pytest.mark.parametrize(
