@@ -83,3 +83,39 @@ def test_a_folders_renames_stay_one_by_one(tmp_path, monkeypatch):
     results = store.commit_many(staged)
     assert not any(isinstance(r, Failed) for r in results)
     assert threads == {threading.current_thread().name}
+
+
+def test_a_commit_that_finds_another_version_there_counts_as_already_there_not_a_failure(tmp_path):
+    from helpers import db_rows, run_once
+
+    from oeleo.checkers import ChecksumChecker
+    from oeleo.errors import AlreadyThere
+    from oeleo.models import SimpleDbHandler
+    from oeleo.workers import Worker
+
+    module = load_example("example_object_store_already_there")
+    store = module.BucketConnector(tmp_path / "bucket")
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.fits").write_bytes(b"ours")
+    (src / "b.fits").write_bytes(b"b")
+    real = module.BucketUpload.commit
+
+    def another_pc_was_first(self):
+        if self.relpath == "a.fits":
+            raise AlreadyThere("a.fits: already there with other content, not replaced")
+        real(self)
+
+    module.BucketUpload.commit = another_pc_was_first
+    try:
+        worker = Worker(
+            checker=ChecksumChecker(),
+            bookkeeper=SimpleDbHandler(tmp_path / "books.db"),
+            local_connector=LocalConnector(src),
+            external_connector=store,
+        )
+        summary = run_once(worker)
+    finally:
+        module.BucketUpload.commit = real
+    assert (summary.copied, summary.failed, summary.not_replaced, summary.exit_status) == (1, 0, 1, 0)
+    assert "not replaced" in db_rows(tmp_path / "books.db")["a.fits"]["last_error"]
