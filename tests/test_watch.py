@@ -180,6 +180,18 @@ def test_a_signal_stops_oeleo_watch_cleanly(watcher_factory, signum, status):
     assert "stopping cleanly" in watcher.stderr()
     assert all(r["status"] != "running" for r in run_rows(watcher.db))
     assert not list(watcher.dst.rglob("*.oeleo-part"))
+    beat = heartbeat(watcher.db)
+    assert beat["pid"] == watcher.proc.pid and beat["stopped"], beat
+    assert beat["scheduler"] == "watch, events, full pass every 600 s"
+
+
+def heartbeat(db: Path) -> dict:
+    connection = sqlite3.connect(str(db))
+    try:
+        connection.row_factory = sqlite3.Row
+        return dict(connection.execute("SELECT * FROM oeleo_scheduler").fetchone())
+    finally:
+        connection.close()
 
 
 def test_oeleo_schedule_with_the_watch_scheduler_watches(watcher_factory):

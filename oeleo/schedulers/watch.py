@@ -260,7 +260,7 @@ class _Events:
 
     def dispatch(self, event: Any) -> None:
         kind = event.event_type
-        if kind not in ("created", "modified", "moved", "closed"):
+        if kind not in ("created", "modified", "moved", "closed", "attrib"):
             return  # deleted, opened, closed_no_write: nothing to copy
         path = event.dest_path if kind == "moved" else event.src_path
         rel = self._relative(path)
@@ -389,6 +389,11 @@ class WatchScheduler(SchedulerBase):
             self.observer = None
 
     def describe(self) -> str:
+        """As the heartbeat (and ``oeleo status``) shows it: ``watch, events, full pass every 600 s``."""
+        how = f"polling every {self.interval:.0f} s" if self.polling else "events"
+        return f"watch, {how}, full pass every {self.full_pass_every:g} s"
+
+    def _watching(self) -> str:
         how = f"polling every {self.interval:.0f} s" if self.polling else "with the system's change events"
         return (
             f"watching {self.root} {how}: a file is copied {self.stable:g} s after its last change; "
@@ -401,7 +406,7 @@ class WatchScheduler(SchedulerBase):
         self._install_signal_handlers()
         try:
             self._start_observer()  # before the first pass: nothing written during it is missed
-            log.info(self.describe())
+            log.info(self._watching())
             self._next_full = next_full = time.monotonic()
             first_ready: Optional[float] = None
             while not self.stopping:
