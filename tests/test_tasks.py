@@ -16,13 +16,14 @@ from typing import Dict, List, Optional
 import pytest
 from helpers import clean_env, run_oeleo
 
-from oeleo.errors import ConfigError
+from oeleo.errors import ConfigError, OeleoError
 from oeleo.schedulers.rules import parse_cron
 from oeleo.tasks import (
     TASK_NS,
     Task,
     When,
     calendar_intervals,
+    install,
     launchd_plist,
     on_calendar,
     plan_task,
@@ -521,3 +522,27 @@ def test_a_task_without_its_folders_in_the_env_file_is_refused(tmp_path, instrum
     done = run_oeleo("task", "install", "--every", "5m", cwd=tmp_path, env=instrument["env"])
     assert done.returncode == 2 and "OELEO_BASE_DIR_FROM" in done.stderr
     assert not instrument["units"].exists()
+
+
+def test_with_a_user_bus_install_writes_the_units_then_enables_the_timer(tmp_path):
+    env = {"XDG_CONFIG_HOME": str(tmp_path), "DBUS_SESSION_BUS_ADDRESS": "unix:path=/run/user/1000/bus"}
+    plan = plan_task(When(every=300), "linux", "/srv/xrd", "/srv/xrd/.env", "/usr/bin/python3", env=env)
+    ran: List[List[str]] = []
+
+    def runner(command, **kwargs):
+        assert all(Path(f.path).is_file() for f in plan.files), "the units are written first"
+        ran.append(command)
+        return subprocess.CompletedProcess(command, 0)
+
+    lines: List[str] = []
+    assert install(plan, lines.append, runner=runner, env=env) is True
+    assert ran == [
+        ["systemctl", "--user", "daemon-reload"],
+        ["systemctl", "--user", "enable", "--now", "oeleo-xrd.timer"],
+    ]
+
+    def failing(command, **kwargs):
+        return subprocess.CompletedProcess(command, 1)
+
+    with pytest.raises(OeleoError, match="systemctl --user daemon-reload failed"):
+        install(plan, lines.append, runner=failing, env=env)
