@@ -54,12 +54,31 @@ def unfinished(server, bucket: str) -> List[str]:
     return sorted(u["Key"] for u in server.client().list_multipart_uploads(Bucket=bucket).get("Uploads", []))
 
 
+# ``python -m oeleo`` with every file above the in-memory threshold sent as a multipart upload
+# (the default sends files up to 200 MiB in one PutObject), so that tests of multipart uploads
+# through the command need no files of hundreds of MiB.
+MULTIPART_ONLY = (
+    "import runpy, sys\n"
+    "from oeleo.connectors.s3 import S3Connector\n"
+    "S3Connector.single_put_limit = 0\n"
+    "sys.argv[0] = 'oeleo'\n"
+    "runpy.run_module('oeleo', run_name='__main__', alter_sys=True)\n"
+)
+
+
 def oeleo(
-    cwd: Path, *args: str, env: Optional[Dict[str, str]] = None, drop=(), timeout: float = 120
+    cwd: Path,
+    *args: str,
+    env: Optional[Dict[str, str]] = None,
+    drop=(),
+    timeout: float = 120,
+    multipart: bool = False,
 ) -> subprocess.CompletedProcess:
-    """``python -m oeleo *args`` with the test server's AWS variables, minus ``drop``."""
+    """``python -m oeleo *args`` with the test server's AWS variables, minus ``drop``
+    (``multipart``: files of 8 MiB and more go up as multipart uploads)."""
+    start = ["-c", MULTIPART_ONLY] if multipart else ["-m", "oeleo"]
     return subprocess.run(
-        [sys.executable, "-m", "oeleo", *args],
+        [sys.executable, *start, *args],
         cwd=str(cwd),
         env=clean_env({"COLUMNS": "200", **(env or {})}, drop=drop),
         capture_output=True,
@@ -147,7 +166,7 @@ def test_a_killed_run_leaves_an_upload_that_the_next_run_aborts(s3_server, s3_bu
 
     s3_server.faults.append(stall_second_part)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "oeleo", "run"],
+        [sys.executable, "-c", MULTIPART_ONLY, "run"],
         cwd=str(tmp_path),
         env=clean_env(env),
         stdout=subprocess.DEVNULL,
@@ -164,12 +183,12 @@ def test_a_killed_run_leaves_an_upload_that_the_next_run_aborts(s3_server, s3_bu
             proc.kill()
             proc.wait()
     assert unfinished(s3_server, s3_bucket) == [PREFIX + "big.fits"]
-    other = connector(s3_server, s3_bucket)
+    other = connector(s3_server, s3_bucket, single_put_limit=0)
     other.upload_tag = "0ther0"  # another PC's upload of the same prefix: left alone
     theirs = other.open_upload("other.fits", 10 * MiB, 0)
     theirs.send([b"x" * (10 * MiB)])
 
-    done = oeleo(tmp_path, "run", env=env)
+    done = oeleo(tmp_path, "run", env=env, multipart=True)
 
     assert done.returncode == 0, done.stderr
     assert unfinished(s3_server, s3_bucket) == [PREFIX + "other.fits"]
@@ -273,7 +292,7 @@ def test_a_server_error_in_the_middle_of_a_multipart_upload_fails_the_file_and_l
         return None
 
     s3_server.faults.append(fail_part_two)
-    done = oeleo(tmp_path, "run", env=s3_env(s3_server, s3_bucket))
+    done = oeleo(tmp_path, "run", env=s3_env(s3_server, s3_bucket), multipart=True)
 
     assert done.returncode == 1, done.stderr
     assert "Traceback" not in done.stderr
@@ -288,7 +307,7 @@ def test_a_server_error_in_the_middle_of_a_multipart_upload_fails_the_file_and_l
 
 
 def test_a_large_file_is_visible_only_once_committed(s3_server, s3_bucket, tmp_path):
-    conn = connector(s3_server, s3_bucket)
+    conn = connector(s3_server, s3_bucket, single_put_limit=0)
     digest = write_random(tmp_path / "big.fits", 3 * 8 * MiB + 5)
 
     staged = conn.stage(tmp_path / "big.fits", "night/big.fits")
@@ -304,10 +323,96 @@ def test_a_large_file_is_visible_only_once_committed(s3_server, s3_bucket, tmp_p
     assert s3_server.count("PUT", f"/{s3_bucket}/{PREFIX}night/big.fits", "partNumber=4") == 1
 
 
-def test_a_large_file_changed_during_its_upload_is_aborted_and_the_previous_copy_kept(
+def test_a_medium_file_is_sent_at_the_commit_in_one_put_with_its_md5_and_metadata(
     s3_server, s3_bucket, tmp_path
 ):
     conn = connector(s3_server, s3_bucket)
+    digest = write_random(tmp_path / "big.fits", 3 * 8 * MiB + 5)
+    sent = []
+    conn.client.meta.events.register(
+        "before-send.s3.PutObject", lambda request, **kwargs: sent.append(request.headers.get("Content-MD5"))
+    )
+    key = f"/{s3_bucket}/{PREFIX}night/big.fits"
+
+    staged = conn.stage(tmp_path / "big.fits", "night/big.fits")
+
+    assert staged.verified and staged.checksum == digest
+    assert s3_server.count("PUT", key) == 0 and sent == []  # nothing sent before the commit
+    assert keys(s3_server, s3_bucket) == [] and unfinished(s3_server, s3_bucket) == []
+    conn.commit(staged)
+    content_md5 = base64.b64encode(bytes.fromhex(digest)).decode()
+    assert [h.decode() if isinstance(h, bytes) else h for h in sent] == [content_md5]
+    assert s3_server.count("PUT", key) == 1  # no copy onto itself for the metadata
+    assert s3_server.count("POST", key) == 0  # no multipart upload
+    assert keys(s3_server, s3_bucket) == [PREFIX + "night/big.fits"]
+    head = s3_server.client().head_object(Bucket=s3_bucket, Key=PREFIX + "night/big.fits")
+    assert head["Metadata"]["oeleo-md5"] == digest and head["ContentLength"] == 3 * 8 * MiB + 5
+    assert conn.checksum("night/big.fits", "md5") == digest
+
+
+@pytest.mark.parametrize("keep_mtime", [False, True], ids=["new-mtime", "same-mtime"])
+def test_a_medium_file_changed_between_its_read_and_its_commit_keeps_the_previous_copy(
+    s3_server, s3_bucket, tmp_path, keep_mtime
+):
+    """Changed with a new mtime: seen before anything is sent. Changed with the same size and
+    mtime (a tool restoring it): the PutObject carries the md5 of the engine's read, and the
+    store refuses the other bytes (BadDigest)."""
+    conn = connector(s3_server, s3_bucket)
+    src = tmp_path / "big.fits"
+    first = write_random(src, 9 * MiB)
+    conn.put(src, "big.fits")
+    write_random(src, 9 * MiB)
+    staged = conn.stage(src, "big.fits")
+    before = src.stat()
+    write_random(src, 9 * MiB)
+    if keep_mtime:
+        os.utime(src, ns=(before.st_atime_ns, before.st_mtime_ns))
+    else:
+        os.utime(src, ns=(before.st_atime_ns, before.st_mtime_ns + 1_000_000_000))
+    puts = s3_server.count("PUT", f"/{s3_bucket}/{PREFIX}big.fits")
+
+    with pytest.raises(VerificationError if keep_mtime else FileChangedError):
+        conn.commit(staged)
+    conn.discard(staged)
+
+    assert s3_server.count("PUT", f"/{s3_bucket}/{PREFIX}big.fits") == puts + (1 if keep_mtime else 0)
+    assert keys(s3_server, s3_bucket) == [PREFIX + "big.fits"] and unfinished(s3_server, s3_bucket) == []
+    assert conn.checksum("big.fits", "md5") == first
+
+
+def test_a_medium_file_whose_store_ignores_the_md5_is_not_reported_copied(s3_server, s3_bucket, tmp_path):
+    s3_server.check_md5 = False  # a store that ignores Content-MD5, as moto
+    conn = connector(s3_server, s3_bucket)
+    src = tmp_path / "big.fits"
+    write_random(src, 9 * MiB)
+    corrupt_body(conn, "PutObject")
+
+    with pytest.raises(VerificationError, match="ignored the Content-MD5"):
+        conn.put(src, "big.fits")
+
+
+def test_a_medium_file_sent_compressed_goes_as_a_multipart_upload(s3_server, s3_bucket, tmp_path):
+    """gzip on the way: the bytes sent cannot be read again from the file."""
+    import gzip
+
+    conn = connector(s3_server, s3_bucket)
+    src = tmp_path / "big.fits"
+    src.write_bytes(os.urandom(9 * MiB))
+
+    result = conn.put(src, "big.fits", compress="gzip")
+
+    assert result.relpath == "big.fits.gz"
+    assert s3_server.count("POST", f"/{s3_bucket}/{PREFIX}big.fits.gz", "uploads") == 1
+    body = s3_server.client().get_object(Bucket=s3_bucket, Key=PREFIX + "big.fits.gz")["Body"].read()
+    assert gzip.decompress(body) == src.read_bytes()
+    assert unfinished(s3_server, s3_bucket) == [] and keys(s3_server, s3_bucket) == [PREFIX + "big.fits.gz"]
+
+
+@pytest.mark.parametrize("single_put_limit", [0, None], ids=["multipart", "one-put"])
+def test_a_large_file_changed_during_its_upload_is_aborted_and_the_previous_copy_kept(
+    s3_server, s3_bucket, tmp_path, single_put_limit
+):
+    conn = connector(s3_server, s3_bucket, single_put_limit=single_put_limit)
     src = tmp_path / "big.fits"
     first = write_random(src, 20 * MiB)
     conn.put(src, "big.fits")
@@ -362,7 +467,7 @@ def test_a_part_that_arrives_damaged_fails_the_upload_before_it_is_completed(
     s3_server, s3_bucket, tmp_path, store_checks_md5
 ):
     s3_server.check_md5 = store_checks_md5  # False: a store that ignores Content-MD5, as moto
-    conn = connector(s3_server, s3_bucket)
+    conn = connector(s3_server, s3_bucket, single_put_limit=0)
     src = tmp_path / "big.fits"
     first = write_random(src, 10 * MiB)
     conn.put(src, "big.fits")
@@ -377,7 +482,7 @@ def test_a_part_that_arrives_damaged_fails_the_upload_before_it_is_completed(
 
 
 def test_with_request_checksums_each_part_carries_its_crc32_and_its_md5(s3_server, s3_bucket, tmp_path):
-    conn = connector(s3_server, s3_bucket, request_checksums="when_supported")
+    conn = connector(s3_server, s3_bucket, request_checksums="when_supported", single_put_limit=0)
     sent = []
     conn.client.meta.events.register(
         "before-send.s3.UploadPart",
@@ -432,12 +537,15 @@ def test_the_books_algorithm_is_kept_in_the_metadata_too(s3_server, s3_bucket, t
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads the peak memory from /proc")
-def test_a_2_gb_class_file_stays_in_bounded_memory(s3_server, s3_bucket, tmp_path):
-    """A file several times larger than the bound goes up without holding it in memory.
+@pytest.mark.parametrize("mib", [None, 190], ids=["multipart", "one-put"])
+def test_a_2_gb_class_file_stays_in_bounded_memory(s3_server, s3_bucket, tmp_path, mib):
+    """A file several times larger than the bound goes up without holding it in memory: a
+    multipart upload (320 MiB by default), and one PutObject streamed from the file (190 MiB,
+    below the 200 MiB limit: the bound is 200 MB, so holding it would fail).
 
     The peak is the process's VmHWM, not ru_maxrss: that one also counts the image of this
     test process (moto's objects) that the child had between fork and exec."""
-    size = int(os.environ.get("OELEO_TEST_S3_BIG_MIB", "320")) * MiB
+    size = (mib or int(os.environ.get("OELEO_TEST_S3_BIG_MIB", "320"))) * MiB
     digest = write_random(tmp_path / "big.fits", size)
     script = (
         "import sys\n"
@@ -460,6 +568,12 @@ def test_a_2_gb_class_file_stays_in_bounded_memory(s3_server, s3_bucket, tmp_pat
     checksum, peak_kib = done.stdout.split()
     assert checksum == digest
     assert int(peak_kib) * 1024 < 200 * 1000 * 1000, f"{int(peak_kib) // 1024} MiB for {size // MiB} MiB"
+    key = f"/{s3_bucket}/mem/big.fits"
+    assert s3_server.count("POST", key, "uploads") == (0 if mib else 1)
+    assert (
+        s3_server.client().head_object(Bucket=s3_bucket, Key="mem/big.fits")["Metadata"]["oeleo-md5"]
+        == digest
+    )
 
 
 # -- listing and names ---------------------------------------------------------------------
@@ -537,7 +651,7 @@ def test_importing_the_connectors_does_not_import_boto3():
 
 
 def test_content_md5_of_a_part_is_the_md5_of_its_bytes(s3_server, s3_bucket, tmp_path):
-    conn = connector(s3_server, s3_bucket)
+    conn = connector(s3_server, s3_bucket, single_put_limit=0)
     seen = []
 
     def record(request, **kwargs):

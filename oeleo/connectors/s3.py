@@ -52,7 +52,14 @@ from oeleo.connectors.base import (
     safe_relpath,
     temp_relpath,
 )
-from oeleo.connectors.s3_uploads import PLAIN_ETAG, MiB, S3MultipartUpload, S3Upload, sse_hides_md5
+from oeleo.connectors.s3_uploads import (
+    PLAIN_ETAG,
+    MiB,
+    S3FileUpload,
+    S3MultipartUpload,
+    S3Upload,
+    sse_hides_md5,
+)
 from oeleo.errors import (
     ConfigError,
     ConnectionLost,
@@ -67,7 +74,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("oeleo")
 
-MULTIPART_THRESHOLD = 8 * MiB  # smaller files: one PutObject at the commit
+MULTIPART_THRESHOLD = 8 * MiB  # smaller files: held in memory, one PutObject at the commit
+# Files up to this size: one PutObject at the commit, streamed from the file again (rclone's
+# upload_cutoff); larger ones: a multipart upload while they are read.
+SINGLE_PUT_LIMIT = 200 * MiB
+SINGLE_PUT_MAX = 5 * 1024 * MiB  # S3's largest PutObject
 PARTS_IN_FLIGHT = 4  # parts being sent or waiting to be sent, for all uploads of a connector
 COPY_LIMIT = 5 * 1024 * MiB  # the largest object one CopyObject can copy (to add its metadata)
 CHECKSUM_THREADS = 8  # HEAD requests at once for ``checksums``
@@ -120,9 +131,10 @@ class S3Connector(Connector):
     name = "s3"
     # hashes: md5 of what S3 received (each request's Content-MD5 checked by S3), and the
     # books' algorithm, both kept in the metadata. Nothing visible before the commit.
-    features = Features(hashes=frozenset({"md5"}), staged_uploads=True, max_uploads=8)
+    features = Features(hashes=frozenset({"md5"}), staged_uploads=True, max_uploads=16)
 
     multipart_threshold = MULTIPART_THRESHOLD
+    single_put_limit = SINGLE_PUT_LIMIT
     connect_timeout = 10.0
     read_timeout = 120.0
     max_attempts = 4  # botocore's own retries of a request (throttling, 5xx, dropped connections)
@@ -138,6 +150,7 @@ class S3Connector(Connector):
         request_checksums: Optional[str] = None,
         algorithm: str = "md5",
         multipart_threshold: Optional[int] = None,
+        single_put_limit: Optional[int] = None,
     ) -> None:
         if not bucket or not str(bucket).strip():
             raise ConfigError("OELEO_S3_BUCKET is not set: the bucket to copy to")
@@ -160,6 +173,8 @@ class S3Connector(Connector):
         self.features = replace(type(self).features, hashes=frozenset(self.upload_algorithms))
         if multipart_threshold is not None:
             self.multipart_threshold = max(int(multipart_threshold), 5 * MiB)
+        if single_put_limit is not None:
+            self.single_put_limit = min(int(single_put_limit), SINGLE_PUT_MAX)
         self.directory = f"s3://{self.bucket}/{self.prefix}"
         self._client: Any = None
         self._lock = threading.Lock()
@@ -476,6 +491,8 @@ class S3Connector(Connector):
     def open_upload(self, relpath: str, size: int, mtime_ns: int) -> Upload:
         if size < self.multipart_threshold:
             return S3Upload(self, relpath, size, mtime_ns)
+        if size <= self.single_put_limit:
+            return S3FileUpload(self, relpath, size, mtime_ns)
         return S3MultipartUpload(self, relpath, size, mtime_ns)
 
     def object_options(self, mtime_ns: int, hashes: Dict[str, str]) -> Dict[str, Any]:
@@ -630,4 +647,4 @@ def _parents(relpath: str) -> List[str]:
     return ["/".join(parts[: index + 1]) for index in range(len(parts))]
 
 
-__all__ = ["S3Connector", "S3Upload", "S3MultipartUpload"]
+__all__ = ["S3Connector", "S3Upload", "S3FileUpload", "S3MultipartUpload"]

@@ -1,6 +1,8 @@
 """The uploads of the S3 connector (``oeleo.connectors.s3``): a small file held in memory and
-sent whole by ``commit`` with its Content-MD5, and a large one sent as a multipart upload while
-it is read, completed by ``commit`` or aborted by ``abort``. They talk to S3 through their
+sent whole by ``commit`` with its Content-MD5; a medium one (up to ``single_put_limit``) only
+hashed while the engine reads it, and sent again from its file by ``commit`` in one PutObject
+with the Content-MD5 of that read; and a large one sent as a multipart upload while it is
+read, completed by ``commit`` or aborted by ``abort``. They talk to S3 through their
 connector (its client, its pool of part senders, its error translation), so boto3 is imported
 in ``s3.py`` only."""
 
@@ -8,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import os
 import re
 import zlib
 from concurrent.futures import Future
@@ -18,6 +21,7 @@ from oeleo.checkers import new_hash
 from oeleo.connectors.base import Stored, Upload, temp_relpath
 from oeleo.errors import FileChangedError, VerificationError
 from oeleo.names import printable
+from oeleo.source import SourceReader
 
 if TYPE_CHECKING:
     from oeleo.connectors.s3 import S3Connector
@@ -107,6 +111,101 @@ class S3Upload(Upload):
 
     def abort(self) -> None:
         self._chunks = None
+
+
+class S3FileUpload(Upload):
+    """A medium file (``multipart_threshold`` to ``single_put_limit``): nothing is held or sent
+    while the engine reads and hashes it; ``commit`` sends the file again from disk in one
+    PutObject carrying the MD5 of that read (``Content-MD5``), so S3 refuses a body that
+    differs from what the engine hashed and verified (the file changed since: ``BadDigest``).
+    Memory stays bounded (the body is streamed from the file), the metadata is in the PutObject
+    (no copy onto itself afterwards), and nothing is visible before the commit: a PutObject
+    that does not arrive whole is discarded by S3. A stream that cannot be read again from a
+    file (gzip on the way) goes up as a multipart upload instead."""
+
+    connector: S3Connector
+
+    def __init__(self, connector: S3Connector, relpath: str, size: int, mtime_ns: int) -> None:
+        super().__init__(connector, relpath, size, mtime_ns)
+        self.key = connector.key(relpath)
+        self._reader: Optional[SourceReader] = None
+        self._multipart: Optional[S3MultipartUpload] = None
+        self._digests: Optional[_Digests] = None
+        self._sent = 0
+        self._hashes: Dict[str, str] = {}
+        self._committed = False
+
+    def send(self, chunks: Iterable[bytes]) -> None:
+        if not isinstance(chunks, SourceReader):  # nothing to read again: parts as it is read
+            self._multipart = S3MultipartUpload(self.connector, self.relpath, self.size, self.mtime_ns)
+            self.staging = self._multipart.staging
+            self._multipart.send(chunks)
+            return
+        reader = chunks
+        self._reader = reader
+        # The engine's reader hashes with its algorithm: the others are hashed here.
+        own = [name for name in self.connector.upload_algorithms if name != reader.digest.name]
+        digests = self._digests = _Digests(own)
+        update = digests.update if own else None
+        for chunk in reader:
+            self._sent += len(chunk)
+            if update is not None:
+                update(chunk)
+
+    def finish(self, algorithm: Optional[str] = None) -> Stored:
+        if self._multipart is not None:
+            return self._multipart.finish(algorithm)
+        assert self._reader is not None and self._digests is not None, "finish follows send"
+        reader = self._reader
+        reader.close()  # done by the engine's reader.finish() already; the hash is complete
+        hashes = self._digests.hexdigests()
+        hashes[reader.digest.name] = reader.digest.hexdigest()
+        # What the PutObject will carry, with its Content-MD5: S3 refuses other bytes.
+        self._hashes = {name: hashes[name] for name in self.connector.upload_algorithms}
+        return Stored(self._sent, self._hashes)
+
+    def commit(self) -> None:
+        if self._multipart is not None:
+            self._multipart.commit()
+            return
+        assert self._reader is not None and not self._committed, "an upload is committed once"
+        self._committed = True
+        connector = self.connector
+        md5 = self._hashes["md5"]
+        options = connector.object_options(self.mtime_ns, self._hashes)
+        try:
+            body = open(self._reader.path, "rb")  # noqa: SIM115 - closed below
+        except OSError as exc:
+            raise FileChangedError(
+                f"{printable(self.relpath)} cannot be read again ({exc.strerror}); nothing sent"
+            ) from None
+        try:
+            now = os.fstat(body.fileno())
+            if now.st_size != self._sent or now.st_mtime_ns != self.mtime_ns:
+                raise FileChangedError(f"{printable(self.relpath)} changed since it was read; nothing sent")
+            with connector.errors("uploading", self.relpath):
+                response = connector.client.put_object(
+                    Bucket=connector.bucket,
+                    Key=self.key,
+                    Body=body,
+                    ContentLength=self._sent,
+                    ContentMD5=_b64(bytes.fromhex(md5)),
+                    **options,
+                )
+        finally:
+            body.close()
+        etag = PLAIN_ETAG.match(response.get("ETag", ""))
+        if etag and not sse_hides_md5(response) and etag.group(1) != md5:
+            # Only a store that ignores Content-MD5 gets here; S3 refuses the request.
+            raise VerificationError(
+                f"{printable(self.relpath)}: the store holds other bytes (ETag {etag.group(1)}, "
+                f"md5 of the source {md5}); it ignored the Content-MD5"
+            )
+
+    def abort(self) -> None:
+        if self._multipart is not None:
+            self._multipart.abort()
+        self._reader = None
 
 
 class S3MultipartUpload(Upload):
