@@ -672,3 +672,25 @@ def test_a_signal_during_a_scheduled_copy_leaves_no_partial_file(
     assert tree_files(tmp_path / "dst") == {}
     assert [r["status"] for r in run_rows(tmp_path / "books.db")] == ["stopped"]
     assert heartbeat(tmp_path / "books.db")["stopped"] is not None
+
+
+def test_the_heartbeat_on_postgresql_and_oeleo_status_reading_it(tmp_path: Path, postgres_db) -> None:
+    write_tree(tmp_path / "src", FILES)
+    env = {
+        "OELEO_DB_HOST": postgres_db["host"],
+        "OELEO_DB_PORT": str(postgres_db["port"]),
+        "OELEO_DB_USER": postgres_db["user"],
+        "OELEO_DB_PASSWORD": postgres_db["password"],
+        "OELEO_DB_NAME": postgres_db["dbname"],
+    }
+    src, dst = str(tmp_path / "src"), str(tmp_path / "dst")
+    done = run_oeleo(
+        "schedule", "--from", src, "--to", dst, "--every", "0.2", "--max-runs", "2", cwd=tmp_path, env=env
+    )
+    assert done.returncode == 0, done.stderr
+    status = run_oeleo("status", "--from", src, cwd=tmp_path, env=env)
+    assert status.returncode == 0, status.stderr
+    line = [s for s in status.stdout.splitlines() if s.startswith("scheduler:")]
+    assert len(line) == 1 and line[0].startswith("scheduler: stopped at "), status.stdout
+    assert "(pid " in line[0] and "simple, every 0.2s); last pass started " in line[0]
+    assert "ok: copied 0 files" in line[0]
