@@ -85,6 +85,16 @@ class Settings(BaseSettings):
     )
     min_age: float = Field(0.0, ge=0, description="Seconds since a file's last change before it is copied.")
     checksum: str = Field("md5", description="hashlib algorithm used to compare and verify.")
+    checker: str = Field(
+        "checksum", description="What checks a file before its copy: checksum, fits, or pkg.mod:Class."
+    )
+    fits_keywords: str = Field(
+        "DATE-OBS,OBJECT,FILTER,EXPTIME,INSTRUME,TELESCOP,RA,DEC",
+        description="FITS header keywords kept in the books with the fits checker (comma separated).",
+    )
+    fits_strict: bool = Field(
+        True, description="fits checker: a file with a FITS extension that is not FITS is not copied."
+    )
     verify: bool = Field(True, description="Check the destination's checksum after each copy.")
     retries: int = Field(3, ge=0, description="Attempts per file after a dropped connection.")
     workers: Optional[int] = Field(
