@@ -447,6 +447,7 @@ def test_until_stops_starting_passes_after_it(tmp_path: Path) -> None:
         (["--until", "soon"], "oeleo: --until 'soon': not a time"),
         (["--cron", "* * * * *", "--every", "5"], "--every has no meaning with --cron"),
         (["--cron", "* * * * *", "--between", "1:00", "2:00"], "not allowed with argument --cron"),
+        (["--scheduler", "watch", "--between", "1:00", "2:00"], "--between: OELEO_SCHEDULER=watch takes no"),
     ],
 )
 def test_a_bad_time_rule_is_one_line_naming_the_flag_and_status_2(
