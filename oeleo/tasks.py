@@ -137,6 +137,8 @@ class TaskPlan:
     remove: List[List[str]]
     status: List[List[str]]
     notes: List[str] = field(default_factory=list)
+    # Run before ``install``, their failure ignored: unloading a version installed before.
+    unload: List[List[str]] = field(default_factory=list)
 
 
 # -- Windows Task Scheduler ----------------------------------------------------------------
@@ -416,7 +418,8 @@ def _systemd_plan(task: Task, env: Mapping[str, str]) -> TaskPlan:
         files=files,
         install=[
             ["systemctl", "--user", "daemon-reload"],
-            ["systemctl", "--user", "enable", "--now", main],
+            ["systemctl", "--user", "enable", main],
+            ["systemctl", "--user", "restart", main],  # a task installed again runs as it is now
         ],
         remove=[["systemctl", "--user", "disable", "--now", main]],
         status=[["systemctl", "--user", "status", "--no-pager", *units]],
@@ -501,6 +504,7 @@ def _launchd_plan(task: Task, env: Mapping[str, str]) -> TaskPlan:
         task=task,
         files=[TaskFile(str(plist), launchd_plist(task, log_file))],
         install=[["launchctl", "bootstrap", target, str(plist)]],
+        unload=[["launchctl", "bootout", f"{target}/{_launchd_label(task)}"]],
         remove=[["launchctl", "bootout", f"{target}/{_launchd_label(task)}"]],
         status=[["launchctl", "print", f"{target}/{_launchd_label(task)}"]],
         notes=[
@@ -615,6 +619,8 @@ def install(
         for command in plan.install:
             say(f"  {shown(command, plan.platform)}")
         return False
+    for command in plan.unload:
+        runner(command, check=False, text=True, capture_output=True)
     _run(plan.install, plan.platform, say, runner)
     return True
 

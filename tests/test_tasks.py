@@ -467,7 +467,7 @@ def test_task_install_writes_the_units_and_says_how_to_start_them_without_a_user
     assert f"--env-file {cwd / '.env'}" in service.read_text()
     assert unit_sections(timer.read_text())["Timer"]["OnUnitActiveSec"] == ["300s"]
     assert "not started: there is no systemd user session here" in done.stderr
-    assert "systemctl --user enable --now oeleo-xrd.timer" in done.stderr
+    assert "systemctl --user enable oeleo-xrd.timer" in done.stderr
     assert "loginctl enable-linger" in done.stderr
 
     status = run_oeleo("task", "status", cwd=cwd, env=env)
@@ -483,10 +483,7 @@ def test_task_install_print_shows_the_files_and_writes_nothing(instrument):
     cwd, env, units = instrument["cwd"], instrument["env"], instrument["units"]
     done = run_oeleo("task", "install", "--watch", "--print", cwd=cwd, env=env)
     assert done.returncode == 0, done.stderr
-    assert (
-        "Restart=on-failure" in done.stdout
-        and "systemctl --user enable --now oeleo-xrd.service" in done.stdout
-    )
+    assert "Restart=on-failure" in done.stdout and "systemctl --user restart oeleo-xrd.service" in done.stdout
     assert not units.exists()
     windows = run_oeleo(
         "task", "install", "--every", "10m", "--print", "--platform", "windows", cwd=cwd, env=env
@@ -538,7 +535,8 @@ def test_with_a_user_bus_install_writes_the_units_then_enables_the_timer(tmp_pat
     assert install(plan, lines.append, runner=runner, env=env) is True
     assert ran == [
         ["systemctl", "--user", "daemon-reload"],
-        ["systemctl", "--user", "enable", "--now", "oeleo-xrd.timer"],
+        ["systemctl", "--user", "enable", "oeleo-xrd.timer"],
+        ["systemctl", "--user", "restart", "oeleo-xrd.timer"],
     ]
 
     def failing(command, **kwargs):
