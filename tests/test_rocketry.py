@@ -182,3 +182,29 @@ def test_sigterm_stops_oeleo_schedule_rocketry_with_status_143(tmp_path: Path) -
     assert status == 143, stderr
     assert "received SIGTERM: stopping cleanly" in stderr and "Traceback" not in stderr
     assert sqlite_one(tmp_path / "books.db", "SELECT stopped FROM oeleo_scheduler")[0] is not None
+
+
+def test_a_long_rocketry_schedule_keeps_only_its_latest_task_logs(tmp_path: Path, monkeypatch) -> None:
+    import logging
+
+    import oeleo.schedulers.rocketry as rocketry_scheduler
+    from oeleo.connectors.local import LocalConnector
+    from oeleo.models import SimpleDbHandler
+    from oeleo.schedulers import RocketryScheduler
+    from oeleo.workers import Worker
+
+    monkeypatch.setattr(rocketry_scheduler, "KEEP_TASK_LOGS", 4)
+    make_tree(tmp_path / "src", FILES)
+    worker = Worker(
+        bookkeeper=SimpleDbHandler(tmp_path / "books.db"),
+        local_connector=LocalConnector(tmp_path / "src"),
+        external_connector=LocalConnector(tmp_path / "dst"),
+        subdirs=True,
+    )
+    scheduler = RocketryScheduler(worker, schedule="every 0.1 seconds", max_run_intervals=8)
+    scheduler.start()
+    assert scheduler.runs == 8
+    logger = logging.getLogger(scheduler.session.config.task_logger_basename)
+    repos = [getattr(handler, "repo", None) for handler in logger.handlers]
+    kept = [len(repo.collection) for repo in repos if hasattr(repo, "collection")]
+    assert kept and max(kept) <= 5, kept  # 4 kept, and the record of the last pass's end

@@ -11,7 +11,7 @@ redbird are imported, and puts pydantic 2 back right after: their classes keep t
 they were built with, and everything else (oeleo's settings) keeps pydantic 2. The PyPI package
 ``rocketry-fix`` does the same without putting pydantic 2 back; it is not used. redbird's SQL
 repository imports pydantic when it is used, so it is never used here (rocketry keeps its
-task logs in memory).
+task logs in memory, the latest ``KEEP_TASK_LOGS`` of them).
 
 rocketry is imported only in this module, and only when a ``RocketryScheduler`` starts.
 """
@@ -38,6 +38,9 @@ from oeleo.schedulers.simple import _until
 log = logging.getLogger("oeleo")
 
 TASK_NAME = "oeleo-pass"
+# rocketry logs two records per pass into a list it never trims (a pass every 5 minutes: 200,000
+# a year); its conditions read the task's cached times, so only the latest records are kept.
+KEEP_TASK_LOGS = 100
 # Imported while the shim is on: everything of rocketry and redbird that builds pydantic models
 # when imported (a module imported later would meet pydantic 2).
 _ROCKETRY_MODULES = ("redbird", "redbird.logging", "redbird.repos", "rocketry", "rocketry.conditions")
@@ -95,6 +98,21 @@ def import_rocketry() -> ModuleType:
             f"OELEO_SCHEDULER=rocketry needs rocketry: pip install 'oeleo[rocketry]' ({exc})"
         ) from None
     return sys.modules["rocketry"]
+
+
+@contextlib.contextmanager
+def _log_records_with_process_and_thread() -> Iterator[None]:
+    """rocketry's task log records must name their process and thread (its model refuses
+    None), which the ``oeleo`` command turns off for speed: on while rocketry runs."""
+    names = ("logThreads", "logProcesses", "logMultiprocessing")
+    saved = {name: getattr(logging, name) for name in names}
+    for name in names:
+        setattr(logging, name, True)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            setattr(logging, name, value)
 
 
 class RocketryScheduler(SchedulerBase):
@@ -170,7 +188,7 @@ class RocketryScheduler(SchedulerBase):
                 self.run_initial_check()
             if not self.stopping:
                 log.info("rocketry: a run when %r holds", str(self.schedule))
-                with warnings.catch_warnings():
+                with warnings.catch_warnings(), _log_records_with_process_and_thread():
                     # "Logger rocketry.task cannot be read": its task logs stay in memory
                     warnings.simplefilter("ignore", UserWarning)
                     app.run()
@@ -195,8 +213,16 @@ class RocketryScheduler(SchedulerBase):
             self._fatal = exc
             self.session.shut_down()
             return
+        self._trim_task_logs()
         if self.max_run_intervals and self.runs >= self.max_run_intervals:
             self.session.shut_down()
+
+    def _trim_task_logs(self) -> None:
+        logger = logging.getLogger(self.session.config.task_logger_basename)
+        for handler in logger.handlers:
+            records = getattr(getattr(handler, "repo", None), "collection", None)
+            if isinstance(records, list) and len(records) > KEEP_TASK_LOGS:
+                del records[: len(records) - KEEP_TASK_LOGS]
 
     def _until_timer(self) -> Optional[threading.Timer]:
         if self.until is None:
