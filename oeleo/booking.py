@@ -57,6 +57,11 @@ class Booking:
         elif kind == "changing":
             summary.changing += 1
             log.warning("%s", printable(value))
+        elif kind == "incomplete":
+            # Not a failure and not a copy: the reason is kept, the file is tried next run.
+            summary.incomplete += 1
+            self.bookkeeper.record_error(entry.relpath, f"incomplete, left for the next run: {value}")
+            log.warning("%s: incomplete, left for the next run: %s", printable(entry.relpath), value)
         elif kind == "vanished":
             summary.vanished += 1
             log.warning("%s disappeared before it was copied", printable(entry.relpath))

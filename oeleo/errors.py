@@ -19,6 +19,7 @@ class Behaviour(Enum):
     RETRY = ("reconnect and try the file again with backoff, a bounded number of times", 1)
     FAIL_FILE = ("book the file as failed with the reason and go on; tried again next run", 1)
     LEAVE_FILE = ("leave the file for the next run; not a failure", 0)
+    INCOMPLETE = ("leave the file for the next run: its checker says it is not whole yet; not a failure", 0)
     NOT_REPLACED = ("count the file as already there, not replaced (a store that never overwrites)", 0)
     STOP_RUN = ("stop the run: the next files would fail too; what was booked stays booked", 1)
     BOOKS = ("stop the run: the books cannot be opened or written; only booked files count", 2)
@@ -81,6 +82,13 @@ class FileChangedError(TransferError):
     """The source changed while it was copied; it is left for the next run."""
 
     behaviour = Behaviour.LEAVE_FILE
+
+
+class FileIncomplete(TransferError):
+    """A checker says the file is not whole yet (a FITS file shorter than its headers say):
+    not copied, counted as "incomplete, left for the next run", copied once it is whole."""
+
+    behaviour = Behaviour.INCOMPLETE
 
 
 class AlreadyThere(TransferError):

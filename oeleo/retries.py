@@ -33,6 +33,8 @@ def outcome_of(exc: Exception, relpath: str, source_exists: Callable[[], bool]) 
         return "stopped", None
     if behaviour is Behaviour.LEAVE_FILE:
         return "changing", str(exc)
+    if behaviour is Behaviour.INCOMPLETE:
+        return "incomplete", str(exc)
     if behaviour is Behaviour.NOT_REPLACED:
         return "not_replaced", None
     if behaviour is Behaviour.STOP_RUN:

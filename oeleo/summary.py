@@ -28,6 +28,7 @@ class RunSummary:
     locked: int = 0
     too_young: int = 0
     changing: int = 0
+    incomplete: int = 0  # a checker says the file is not whole yet (left for the next run)
     vanished: int = 0
     not_replaced: int = 0  # changed, but the store never replaces a file it holds
     skipped: int = 0  # symbolic links and other entries that are not copied (a notice each)
@@ -71,6 +72,8 @@ class RunSummary:
             parts.append(f"{self.too_young} too young")
         if self.changing:
             parts.append(f"{self.changing} changing (left for the next run)")
+        if self.incomplete:
+            parts.append(f"{self.incomplete} incomplete, left for the next run")
         if self.vanished:
             parts.append(f"{self.vanished} vanished")
         if self.not_replaced:

@@ -266,6 +266,7 @@ README_SAYS = {
     "DiskFullError": "the destination is full",
     "TransferError": "some files failed",
     "FileChangedError": "a file that changed while it was copied is left for the next run",
+    "FileIncomplete": "is counted as incomplete, left for the next run",
     "AlreadyThere": "a store that never overwrites already holds another version",
     "VerificationError": "some files failed",
     "UnsafePathError": "some files failed",
