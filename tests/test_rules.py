@@ -188,3 +188,24 @@ def test_a_bad_schedule_is_one_configuration_error_saying_what_is_wrong(text: st
 def test_macros() -> None:
     assert parse_cron("@daily").hours == {0} and parse_cron("@hourly").hours == set(range(24))
     assert parse_cron("@weekly").weekdays == {6}
+
+
+def test_the_systems_own_zone_is_used_when_none_is_given(tmp_path) -> None:
+    """tz=None (what ``oeleo schedule`` uses) reads the system's zone: TZ=Europe/Oslo gives the
+    same clock-change answers as the zoneinfo zone above."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "from datetime import datetime\n"
+        "from oeleo.schedulers.rules import parse_cron\n"
+        "t = datetime(2026, 3, 28, 12, 0).timestamp()\n"
+        "for _ in range(2):\n"
+        "    t = parse_cron('30 2 * * *').next_after(t)\n"
+        "    print(datetime.fromtimestamp(t).astimezone().strftime('%Y-%m-%d %H:%M %z'))\n"
+    )
+    env = dict(os.environ, TZ="Europe/Oslo")
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[:2] == ["2026-03-29 03:30 +0200", "2026-03-30 02:30 +0200"]
