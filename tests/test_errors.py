@@ -32,6 +32,7 @@ DECIDED: Dict[str, Behaviour] = {
     "DiskFullError": Behaviour.STOP_RUN,
     "TransferError": Behaviour.FAIL_FILE,
     "FileChangedError": Behaviour.LEAVE_FILE,
+    "FileIncomplete": Behaviour.INCOMPLETE,
     "VerificationError": Behaviour.FAIL_FILE,
     "AlreadyThere": Behaviour.NOT_REPLACED,
     "UnsafePathError": Behaviour.FAIL_FILE,
