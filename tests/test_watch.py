@@ -4,6 +4,7 @@ the full pass catches what events missed; signals stop it cleanly; network share
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -378,6 +379,27 @@ def test_polling_finds_a_new_file_by_its_folder_without_the_poll_of_every_file(t
         wait_for(
             lambda: "run9/new.csv" in booked(tmp_path / "books.db"), MIN_STABLE + 5, "the new file booked"
         )
+    finally:
+        scheduler.stop()
+        thread.join(timeout=30)
+    assert not thread.is_alive()
+
+
+@pytest.mark.parametrize("poll", ["no", "yes"])
+def test_a_source_folder_that_went_away_and_came_back_is_watched_again(tmp_path: Path, poll):
+    scheduler = WatchScheduler(make_worker(tmp_path), full_pass_every=1, poll=poll)
+    thread = threading.Thread(target=scheduler.start, daemon=True)
+    thread.start()
+    src = tmp_path / "src"
+    try:
+        wait_for(lambda: scheduler.last_summary is not None, 30, "the first full pass")
+        first = scheduler.observer
+        shutil.rmtree(src)  # the share dropped
+        wait_for(lambda: not all(e.is_alive() for e in first.emitters), 10, "the observer to notice")
+        src.mkdir()  # and came back
+        wait_for(lambda: scheduler.observer is not first, 10, "a new observer")
+        (src / "back.csv").write_text("1\n")
+        wait_for(lambda: "back.csv" in booked(tmp_path / "books.db"), MIN_STABLE + 5, "back.csv booked")
     finally:
         scheduler.stop()
         thread.join(timeout=30)

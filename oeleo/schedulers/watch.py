@@ -456,6 +456,19 @@ class WatchScheduler(SchedulerBase):
             return 0.0  # the pass says what is wrong with the folder
         return time.perf_counter() - started
 
+    def _revive_observer(self) -> None:
+        """An observer whose folder went away (a share that dropped, a folder removed and made
+        again) stops watching for good: start a new one once the folder is back."""
+        observer = self.observer
+        if observer is None or (observer.emitters and all(e.is_alive() for e in observer.emitters)):
+            return
+        if not os.path.isdir(self.root):
+            return
+        log.warning("watching %s again (its observer had stopped: the folder went away meanwhile)", self.root)
+        self._stop_observer()
+        self.folders = None
+        self._start_observer()
+
     def _stop_observer(self) -> None:
         if self.observer is not None:
             self.observer.stop()
@@ -485,6 +498,9 @@ class WatchScheduler(SchedulerBase):
         """Watch until a stop is asked for (``stop()``, Ctrl-C, SIGTERM, SIGHUP)."""
         self._install_signal_handlers()
         try:
+            check = getattr(getattr(self.worker, "local_connector", None), "check_source", None)
+            if check is not None:
+                check()  # a folder that is not there is one line (status 2), not an observer's error
             self._start_observer()  # before the first pass: nothing written during it is missed
             log.info(self._watching())
             self._next_full = next_full = time.monotonic()
@@ -496,6 +512,7 @@ class WatchScheduler(SchedulerBase):
                     self._take(self.folders.changed())
                     next_look = time.monotonic() + self.folder_interval
                 if time.monotonic() >= next_full:
+                    self._revive_observer()
                     # The stable ones are the full pass's; the others wait (it leaves them as too young).
                     self.pending.ready(time.time_ns())
                     began = time.monotonic()
