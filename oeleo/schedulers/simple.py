@@ -66,6 +66,7 @@ class SimpleScheduler(SchedulerBase):
                 raise ConfigError(f"schedule {schedule!r}: {exc}") from None
         self.until = _until(until)
         self.next_run: Optional[float] = None  # when the next pass starts (epoch seconds)
+        self._planned_due: Optional[float] = None
 
     def describe(self) -> str:
         return f"{self.name}, {self.rule.describe()}"
@@ -73,7 +74,7 @@ class SimpleScheduler(SchedulerBase):
     def next_pass_after(self, ended: float) -> Optional[float]:
         if self.max_run_intervals and self.runs >= self.max_run_intervals:
             return None
-        due = self.rule.next_after(ended)
+        due = self._planned_due = self.rule.next_after(ended)
         if self.until is not None and due > self.until:
             return None
         return due
@@ -94,10 +95,12 @@ class SimpleScheduler(SchedulerBase):
                     log.info("next run at %s", describe_instant(due))
                     if self._wait_until(due):
                         break
+                self._planned_due = None
                 self._one_pass()
                 if self.max_run_intervals and self.runs >= self.max_run_intervals:
                     break
-                due = self.rule.next_after(time.time())
+                # The time the heartbeat was given, if the pass wrote one
+                due = self._planned_due or self.rule.next_after(time.time())
                 self.next_run = due
         finally:
             self._restore_signal_handlers()
