@@ -6,7 +6,7 @@ is."""
 from __future__ import annotations
 
 import logging
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Dict, Optional, Sequence
 
 from oeleo.batches import Batches, Outcomes
 from oeleo.connectors.base import Connector, FileEntry, PutResult, Skipped
@@ -30,6 +30,8 @@ class Booking:
         self.external = external
         self.summary = summary
         self.batches: Optional[Batches] = None  # where staged uploads go to be committed
+        # What the checker kept of a file (FITS header keywords), by local name, for its row.
+        self.metadata_of: Callable[[str], Optional[Dict[str, Any]]] = lambda relpath: None
 
     def outcome(self, entry: FileEntry, record: Optional[Record], kind: str, value: Any) -> None:
         """What one file's copy gave (see ``oeleo.retries``)."""
@@ -83,7 +85,13 @@ class Booking:
         self.summary.copied += 1
         self.summary.bytes_copied += result.size
         self.bookkeeper.record_copied(
-            entry.relpath, result.external_name, result.checksum, result.size, result.mtime_ns, code
+            entry.relpath,
+            result.external_name,
+            result.checksum,
+            result.size,
+            result.mtime_ns,
+            code,
+            metadata=self.metadata_of(entry.relpath),
         )
         self.reporter.file_done(entry.relpath, result.size)
 

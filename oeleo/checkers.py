@@ -1,17 +1,28 @@
 """Checkers decide what a file's fingerprint is. ``ChecksumChecker`` hashes with hashlib.
 
 The worker asks the checker for a fresh hash object and feeds it the bytes it copies, so a
-copied file is read once. A developer may subclass ``Checker`` to add a validation step (a
-FITS header check, say) by overriding ``validate``.
+copied file is read once. A developer may subclass ``Checker`` to add a validation step by
+overriding ``validate``, as ``FitsChecker`` does: it reads the headers of FITS and XISF files
+before the copy (a few KiB: the data units are skipped by the lengths the headers give) and
+keeps the chosen header keywords for the books (``take_metadata``).
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib
+import logging
 import os
+import threading
 import zlib
 from pathlib import Path
-from typing import Callable, Dict, Optional, Protocol, Union
+from typing import Any, Callable, Dict, Optional, Protocol, Sequence, Union
+
+from oeleo import fits
+from oeleo.errors import ConfigError, FileIncomplete
+from oeleo.names import printable
+
+log = logging.getLogger("oeleo")
 
 CHUNK_SIZE = 1024 * 1024
 FIRST_READ = 64 * 1024
@@ -106,7 +117,12 @@ class Checker:
         return {"checksum": hash_file(Path(f), self.algorithm)}
 
     def validate(self, path: Path) -> Optional[str]:
-        """Return a reason to refuse this file, or ``None`` to copy it."""
+        """Return a reason to refuse this file, or ``None`` to copy it; raise
+        ``oeleo.errors.FileIncomplete`` to leave a file that is not whole yet for the next run."""
+        return None
+
+    def take_metadata(self, path: Path) -> Optional[Dict[str, Any]]:
+        """What ``validate`` found worth keeping in the books for this file (once), or None."""
         return None
 
 
@@ -119,3 +135,87 @@ class ChecksumChecker(Checker):
 
     def __repr__(self) -> str:
         return f"ChecksumChecker(algorithm={self.algorithm!r})"
+
+
+class FitsChecker(ChecksumChecker):
+    """A checksum checker that also refuses FITS and XISF files that are not whole yet.
+
+    A file with a FITS or XISF extension (``oeleo.fits.FITS_SUFFIXES``, also gzipped, ``.fz``,
+    ``.xisf``) shorter than its headers say is incomplete: left for the next run, copied once
+    whole. A bad header is refused (the file fails); a file that is not FITS at all is refused
+    when ``strict``, else copied as a plain file with a warning. Other files are copied as the
+    checksum checker copies them. ``keywords`` of the headers go to the books.
+    """
+
+    def __init__(
+        self, algorithm: str = "md5", keywords: Sequence[str] = fits.DEFAULT_KEYWORDS, strict: bool = True
+    ) -> None:
+        super().__init__(algorithm)
+        self.keywords = tuple(keywords)
+        self.strict = strict
+        self._found: Dict[str, Dict[str, Any]] = {}  # path -> keywords, until booked
+        self._lock = threading.Lock()  # files are validated in copying threads
+
+    def __repr__(self) -> str:
+        return (
+            f"FitsChecker(algorithm={self.algorithm!r}, keywords={self.keywords!r}, strict={self.strict!r})"
+        )
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> FitsChecker:
+        """``OELEO_CHECKSUM``, ``OELEO_FITS_KEYWORDS`` and ``OELEO_FITS_STRICT``."""
+        keywords = [k.strip().upper() for k in settings.fits_keywords.split(",") if k.strip()]
+        return cls(settings.checksum, keywords, settings.fits_strict)
+
+    def validate(self, path: Path) -> Optional[str]:
+        if fits.kind_of(path.name) is None:
+            return None
+        try:
+            found = fits.inspect(path, self.keywords)
+        except fits.Truncated as exc:
+            raise FileIncomplete(str(exc)) from None
+        except fits.NotFits as exc:
+            if self.strict:
+                return f"not a FITS/XISF file despite its extension: {exc} (OELEO_FITS_STRICT is on)"
+            log.warning(
+                "%s: not a FITS/XISF file despite its extension (%s); copied as a plain file "
+                "(OELEO_FITS_STRICT is off)",
+                printable(path.name),
+                exc,
+            )
+            return None
+        except fits.BadHeader as exc:
+            return f"bad FITS/XISF header: {exc}"
+        with self._lock:
+            self._found[os.fspath(path)] = found.keywords
+        return None
+
+    def take_metadata(self, path: Path) -> Optional[Dict[str, Any]]:
+        with self._lock:
+            return self._found.pop(os.fspath(path), None)
+
+
+CHECKERS = {"checksum": ChecksumChecker, "fits": FitsChecker}
+
+
+def checker_from_settings(settings: Any) -> Checker:
+    """The checker ``OELEO_CHECKER`` names: ``checksum``, ``fits``, or ``pkg.mod:Class`` (a
+    ``Checker`` subclass, built by its ``from_settings(settings)`` if it has one, else with
+    the ``OELEO_CHECKSUM`` algorithm)."""
+    name = settings.checker.strip()
+    cls: Any = CHECKERS.get(name.lower())
+    if cls is None:
+        module_name, _, class_name = name.partition(":")
+        if not (module_name and class_name):
+            raise ConfigError(f"OELEO_CHECKER={name}: expected checksum, fits, or pkg.mod:Class")
+        try:
+            cls = getattr(importlib.import_module(module_name), class_name)
+        except (ImportError, AttributeError) as exc:
+            raise ConfigError(f"OELEO_CHECKER={name}: cannot import it ({exc})") from None
+        if not (isinstance(cls, type) and issubclass(cls, Checker)):
+            raise ConfigError(f"OELEO_CHECKER={name}: not a subclass of oeleo.checkers.Checker")
+    if hasattr(cls, "from_settings"):
+        return cls.from_settings(settings)
+    if issubclass(cls, ChecksumChecker):
+        return cls(settings.checksum)
+    return cls()

@@ -99,6 +99,12 @@ def _source(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _checker(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--checker", metavar="NAME", help="what checks a file before its copy: checksum, fits (OELEO_CHECKER)"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="oeleo",
@@ -112,6 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="copy new and changed files once")
     _common(p)
     _source(p)
+    _checker(p)
     p.add_argument("--dry-run", action="store_true", help="show what would be copied; change nothing")
     p.add_argument("--force", action="store_true", help="copy every file again (locked files stay locked)")
     p.add_argument(
@@ -123,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check", help="compare the two sides and report what differs")
     _common(p)
     _source(p)
+    _checker(p)
     p.add_argument(
         "--update-db", action="store_true", help="book identical files as copied, others as to copy"
     )
@@ -136,6 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     _source(p)
     p.add_argument("--files", action="store_true", help="list every file's row")
+    p.add_argument(
+        "--fits", action="store_true", help="with --files: the header keywords the fits checker kept"
+    )
 
     for name, text in (
         ("lock", "never copy these files (code 2)"),
@@ -151,6 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _common(p)
     _source(p)
+    _checker(p)
     p.add_argument(
         "--every",
         dest="run_interval",
@@ -182,6 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("watch", help="copy new and changed files as soon as they are stable")
     _common(p)
     _source(p)
+    _checker(p)
     p.add_argument(
         "--full-pass-every",
         dest="full_pass_every",
@@ -363,6 +376,7 @@ def _settings(args: argparse.Namespace, **extra: Any) -> Settings:
         "scheduler",
         "full_pass_every",
         "watch_poll",
+        "checker",
     )
     overrides: Dict[str, Any] = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
     overrides.update(extra)
@@ -706,7 +720,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         for row in errors:
             console.print(f"  {_name(row)} (code {row.code}): {row.last_error}", soft_wrap=True)
     if args.files:
-        _print_files(console, rows)
+        _print_files(console, rows, metadata=args.fits)
     return EXIT_OK
 
 
@@ -820,17 +834,24 @@ def _describe_heartbeat(beat: Any, now: Optional[float] = None) -> str:
     return f"scheduler: running ({who}){last}{planned}"
 
 
-def _print_files(console: Console, rows: List[FileListTable]) -> None:
-    """One line per row, never folded: whole names and checksums, to read or to grep."""
+def _print_files(console: Console, rows: List[FileListTable], metadata: bool = False) -> None:
+    """One line per row, never folded: whole names and checksums, to read or to grep;
+    ``metadata``: then the header keywords the fits checker kept, ``KEY=value`` each."""
+    import json
+
     from oeleo.units import human_bytes
 
     names = [_name(row) for row in rows]
     width = min(max((len(name) for name in names), default=4), 40)
-    console.print(f"{'file':<{width}}  code  {'size':>10}  {'booked at':19}  checksum", soft_wrap=True)
+    heading = f"{'file':<{width}}  code  {'size':>10}  {'booked at':19}  checksum"
+    console.print(heading + ("  header keywords" if metadata else ""), soft_wrap=True)
     for name, row in zip(names, rows):
         size = human_bytes(row.size) if row.size is not None else ""
         when = f"{row.processed_date:%Y-%m-%d %H:%M:%S}" if row.processed_date else ""
         line = f"{name:<{width}}  {row.code:>4}  {size:>10}  {when:19}  {row.checksum or ''}"
+        kept = getattr(row, "metadata", None) if metadata else None
+        if kept:
+            line += "  " + " ".join(f"{key}={value}" for key, value in json.loads(kept).items())
         console.print(line.rstrip(), soft_wrap=True)
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from oeleo.checkers import ChecksumChecker
+from oeleo.checkers import checker_from_settings
 from oeleo.connectors.local import LocalConnector
 from oeleo.errors import ConfigError
 from oeleo.models import Bookkeeper, PostgresDbHandler, SimpleDbHandler
@@ -45,7 +45,7 @@ def worker_from_settings(settings: Any, reporter: Optional[Reporter] = None, **o
     external = connector_cls.from_settings(settings, role="external")
     options.setdefault("subdirs", settings.subdirs)
     return Worker(
-        checker=ChecksumChecker(settings.checksum),
+        checker=checker_from_settings(settings),
         bookkeeper=bookkeeper_from_settings(settings),
         local_connector=local,
         external_connector=external,

@@ -12,6 +12,7 @@ Writes are queued and committed in batches (one transaction per batch, not per f
 from __future__ import annotations
 
 import datetime
+import json
 import logging
 import os
 import socket
@@ -104,6 +105,7 @@ class FileListTable(peewee.Model):
     mtime_ns = peewee.BigIntegerField(null=True)
     origin = peewee.CharField(max_length=1024, default="")
     last_error = peewee.TextField(null=True)
+    metadata = peewee.TextField(null=True)  # JSON: what the checker kept (FITS header keywords)
 
     class Meta:
         indexes = ((("origin", "local_name"), True),)
@@ -160,6 +162,7 @@ class Bookkeeper:
         self._run_id: Optional[int] = None
         self._initialized = False
         self._layout = "current"  # or "legacy"/"empty" when read-only over an old or no table
+        self._has_metadata = True  # False when read-only over a table from before that column
         self.record: Any = None  # the oeleo 0.7 "current record"
 
     # -- opening ----------------------------------------------------------------------
@@ -226,7 +229,8 @@ class Bookkeeper:
         """Keep other processes from creating or upgrading the tables in this transaction."""
 
     def _upgrade_filelist(self) -> None:
-        """Bring an oeleo 0.7 table (no size/mtime/origin/last_error) up to date, in place."""
+        """Bring an oeleo 0.7 table (no size/mtime/origin/last_error), or one without the
+        metadata column, up to date, in place."""
         from playhouse.migrate import SchemaMigrator, migrate
 
         db = self.database
@@ -234,7 +238,7 @@ class Bookkeeper:
         columns = {c.name for c in db.get_columns("filelist")}
         migrator = SchemaMigrator.from_database(db)
         added = []
-        for name in ("size", "mtime_ns", "origin", "last_error"):
+        for name in ("size", "mtime_ns", "origin", "last_error", "metadata"):
             if name not in columns:
                 added.append(migrator.add_column("filelist", name, model._meta.fields[name]))
         if added:
@@ -261,6 +265,7 @@ class Bookkeeper:
             self._layout = "empty"
             return
         columns = {c.name for c in self.database.get_columns("filelist")}
+        self._has_metadata = "metadata" in columns
         self._layout = "current" if {"size", "mtime_ns", "origin", "last_error"} <= columns else "legacy"
 
     def load(self) -> Dict[str, Record]:
@@ -291,7 +296,8 @@ class Bookkeeper:
     def rows(self, code: Optional[int] = None, errors_only: bool = False) -> Iterator[FileListTable]:
         """Rows of this origin (peewee objects) for reports, ordered by name."""
         model = self.db_model
-        query = model.select().where(model.origin == self.origin)
+        fields = [f for f in model._meta.sorted_fields if self._has_metadata or f.name != "metadata"]
+        query = model.select(*fields).where(model.origin == self.origin)
         if code is not None:
             query = query.where(model.code == code)
         if errors_only:
@@ -323,8 +329,10 @@ class Bookkeeper:
         size: int,
         mtime_ns: int,
         code: int = SHOULD_BE_COPIED_IF_CHANGED,
+        metadata: Optional[Dict[str, Any]] = None,
     ) -> None:
-        """Queue: this file is now in the store, whole and verified."""
+        """Queue: this file is now in the store, whole and verified; ``metadata`` is what the
+        checker kept of it (FITS header keywords), stored as JSON."""
         local_name = to_books(local_name)
         self._pending_errors.pop(local_name, None)  # this copy supersedes an earlier failure
         self._pending_copied[local_name] = {
@@ -337,6 +345,7 @@ class Bookkeeper:
             "code": code,
             "processed_date": datetime.datetime.now(),
             "last_error": None,
+            "metadata": json.dumps(metadata) if metadata else None,
         }
         self._maybe_flush()
 
@@ -414,6 +423,7 @@ class Bookkeeper:
                     model.mtime_ns: peewee.EXCLUDED.mtime_ns,
                     model.processed_date: peewee.EXCLUDED.processed_date,
                     model.last_error: None,
+                    model.metadata: peewee.EXCLUDED.metadata,
                     model.code: keep_lock,
                 },
             )

@@ -390,6 +390,7 @@ class Worker:
         if previous != "ok":
             self._remove_leftovers()  # the run before did not finish cleanly (or there was none)
         booking = Booking(self.bookkeeper, self.reporter, self.external_connector, summary)
+        booking.metadata_of = lambda relpath: self.checker.take_metadata(self.local_connector.path(relpath))
         batches = Batches(self.external_connector, booking.outcomes, self._commit_thread)
         booking.batches = batches
         booking.skipped(skipped)
