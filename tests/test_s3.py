@@ -664,3 +664,31 @@ def test_content_md5_of_a_part_is_the_md5_of_its_bytes(s3_server, s3_bucket, tmp
     expected = [base64.b64encode(hashlib.md5(data[: 8 * MiB]).digest()).decode()]
     expected.append(base64.b64encode(hashlib.md5(data[8 * MiB :]).digest()).decode())
     assert sorted(h.decode() if isinstance(h, bytes) else h for h in seen) == sorted(expected)
+
+
+def test_upload_requests_sign_their_md5_instead_of_hashing_the_body_again(s3_server, s3_bucket, tmp_path):
+    """Over plain HTTP botocore would hash every body with SHA-256 for the signature; a
+    request carrying its Content-MD5 is signed with that header instead. A small body held in
+    memory is sent without waiting for ``100 Continue``; one streamed from its file waits."""
+    conn = connector(s3_server, s3_bucket)
+    seen: Dict[str, Dict[str, str]] = {}
+
+    def record(request, **kwargs):
+        headers = {k.lower(): (v.decode() if isinstance(v, bytes) else v) for k, v in request.headers.items()}
+        seen[request.url.rsplit("/", 1)[1]] = headers
+
+    conn.client.meta.events.register("before-send.s3.PutObject", record)
+    (tmp_path / "a.csv").write_bytes(b"a,b\n")
+    write_random(tmp_path / "big.fits", 9 * MiB)
+
+    conn.put(tmp_path / "a.csv", "a.csv")
+    conn.put(tmp_path / "big.fits", "big.fits")
+    conn.client.put_object(Bucket=s3_bucket, Key="plain", Body=b"no md5")
+
+    for name in ("a.csv", "big.fits"):
+        assert seen[name]["x-amz-content-sha256"] == "UNSIGNED-PAYLOAD"
+        assert "content-md5" in seen[name]["authorization"].split("SignedHeaders=")[1].split(",")[0]
+    assert "expect" not in seen["a.csv"]
+    assert seen["big.fits"]["expect"] == "100-continue"
+    assert seen["plain"]["x-amz-content-sha256"] == hashlib.sha256(b"no md5").hexdigest()
+    assert conn.checksum("a.csv") == md5(b"a,b\n")

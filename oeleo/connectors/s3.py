@@ -1,4 +1,4 @@
-"""Objects in an S3 bucket (AWS, or an S3-compatible store: MinIO, Ceph, ...), through boto3.
+"""Objects in an S3 bucket (AWS, or an S3-compatible store: MinIO, Ceph, ...), through boto3 (its botocore).
 
 An object appears under its real key only whole and verified. A file below
 ``multipart_threshold`` is held in memory while the engine reads and hashes it, and sent by
@@ -16,7 +16,7 @@ an upload starts), so ``check`` compares without downloading. The ETag is truste
 only for a single-part object without SSE-KMS/SSE-C. A multipart upload in progress has a
 small marker object next to its key (oeleo's temporary name with this origin's tag, holding
 the upload id): after a killed run, the next one aborts the uploads its markers name, and
-leaves other PCs' uploads alone. boto3 is imported here only; credentials come from boto3's
+leaves other PCs' uploads alone. botocore is imported here only; credentials come from boto3's
 own chain (environment, profiles, instance roles), never from oeleo's settings.
 """
 
@@ -33,9 +33,9 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Sequence, Tuple
 from urllib.parse import urlsplit, urlunsplit
 
-try:
-    import boto3
+try:  # botocore, which boto3 is built on: boto3's own layer adds 30 ms and nothing used here
     from botocore import exceptions as boto_errors
+    from botocore import session as boto_session
     from botocore.config import Config
 except ImportError as exc:  # the message the command shows for OELEO_CONNECTOR=s3
     raise ImportError('the s3 connector needs boto3: pip install "oeleo[s3]"') from exc
@@ -259,10 +259,16 @@ class S3Connector(Connector):
                 s3={"addressing_style": "path"} if self.endpoint_url else None,
             )
             try:
-                session = boto3.session.Session(profile_name=self.profile)
-                self._client = session.client(
+                session = boto_session.Session(profile=self.profile)
+                client = session.create_client(
                     "s3", endpoint_url=self.endpoint_url, region_name=self.region, config=config
                 )
+                unsigned = config.merge(Config(s3={**(config.s3 or {}), "payload_signing_enabled": False}))
+                for operation in ("PutObject", "UploadPart"):
+                    client.meta.events.register(
+                        f"before-sign.s3.{operation}", _upload_request(unsigned, self.multipart_threshold)
+                    )
+                self._client = client
             except boto_errors.ProfileNotFound:
                 raise ConfigError(
                     f"OELEO_S3_PROFILE={self.profile!r}: no such profile in ~/.aws/config "
@@ -635,6 +641,34 @@ class S3Connector(Connector):
                 others,
                 self.directory,
             )
+
+
+def _upload_request(unsigned: Config, in_memory: int) -> Any:
+    """A ``before-sign`` handler for PutObject and UploadPart.
+
+    - The body is not hashed again with SHA-256 for the signature when the request carries
+      its ``Content-MD5``, which the signature covers: S3 refuses a body with another MD5, and
+      a body with the same MD5 cannot be made up. botocore does the same by itself over HTTPS;
+      over plain HTTP (a lab's MinIO, moto) it would read and hash every body once more, the
+      whole file before its first byte is sent.
+    - No ``Expect: 100-continue`` for a body held in memory (below ``in_memory`` bytes):
+      botocore adds it to every PutObject, and waiting for the store's ``100 Continue`` costs a
+      round trip per small file (the AWS SDK for Go sends it only from 2 MB). A body streamed
+      from its file keeps it.
+    """
+
+    def handler(request: Any, **kwargs: Any) -> None:
+        headers = request.headers
+        if "Content-MD5" in headers:
+            request.context["client_config"] = unsigned
+        body = request.body
+        if isinstance(body, (bytes, bytearray)) or (
+            hasattr(body, "getbuffer") and body.getbuffer().nbytes < in_memory
+        ):
+            if "Expect" in headers:
+                del headers["Expect"]
+
+    return handler
 
 
 def _ns(when: datetime) -> int:
