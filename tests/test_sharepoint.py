@@ -704,8 +704,8 @@ def test_oeleo_run_refuses_a_forbidden_name_and_copies_the_rest(server, tmp_path
 
 
 def test_sharepoints_times_are_read_in_utc_to_nanoseconds():
-    from oeleo.connectors.sharepoint import _ns
+    from oeleo.connectors.sharepoint_names import parse_time
 
-    assert _ns("2024-05-01T10:00:00Z") == 1714557600 * 10**9
-    assert _ns("2024-05-01T10:00:00.1234567Z") == 1714557600 * 10**9 + 123456000
-    assert _ns("") == _ns("not a time") == 0
+    assert parse_time("2024-05-01T10:00:00Z") == 1714557600 * 10**9
+    assert parse_time("2024-05-01T10:00:00.1234567Z") == 1714557600 * 10**9 + 123456000
+    assert parse_time("") == parse_time("not a time") == 0

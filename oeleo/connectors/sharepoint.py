@@ -18,25 +18,22 @@ their size then differs; that is warned once per file and the copy kept.
 
 Every request goes through ``_run``: a 429 or 503 is retried after the server's
 ``Retry-After`` (bounded), a 401 once with a new token, and a library error becomes one
-line that says what to fix. The logins are in ``sharepoint_login``.
+line that says what to fix. The logins are in ``sharepoint_login``, the uploads in
+``sharepoint_upload``, the rules for names in ``sharepoint_names``.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import posixpath
-import re
 import threading
 from dataclasses import replace
-from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Sequence, Set, Tuple, TypeVar
 from urllib.parse import urlsplit
 
 try:
     import requests
     from office365.runtime.client_request_exception import ClientRequestException
-    from office365.runtime.queries.service_operation import ServiceOperationQuery
     from office365.sharepoint.client_context import ClientContext
 except ImportError as exc:  # the message the command shows for OELEO_CONNECTOR=sharepoint
     raise ImportError(
@@ -50,7 +47,6 @@ from oeleo.connectors.base import (
     Connector,
     Features,
     FileEntry,
-    Stored,
     Upload,
     has_extension,
     matches,
@@ -58,7 +54,16 @@ from oeleo.connectors.base import (
     temp_relpath,
 )
 from oeleo.connectors.sharepoint_login import Login, MsalToken, TokenProvider, choose_login
-from oeleo.errors import ConfigError, ConnectionLost, FileChangedError, TransferError, VerificationError
+from oeleo.connectors.sharepoint_names import (
+    MAX_PATH,
+    OFFICE_SUFFIXES,
+    is_loopback,
+    name_problem,
+    parse_time,
+    site_url_of,
+)
+from oeleo.connectors.sharepoint_upload import SharePointStagedUpload, SharePointUpload
+from oeleo.errors import ConfigError, ConnectionLost, TransferError, VerificationError
 from oeleo.names import printable
 
 if TYPE_CHECKING:
@@ -73,90 +78,9 @@ MiB = 1024 * 1024
 CHUNK_SIZE = 10 * MiB  # OELEO_SHAREPOINT_CHUNK_SIZE: one request's bytes in an upload session
 DEFAULT_LIBRARY = "Shared Documents"  # the URL of a site's (or a team's) "Documents" library
 USER_AGENT = f"ISV|oeleo|{__version__}"  # as Microsoft asks of applications that call SharePoint
-MAX_PATH = 400  # characters of the decoded server-relative path SharePoint Online accepts
 PAGE_SIZE = 2000  # files per listing request (below the 5,000-item list view threshold)
-MOVE_OVERWRITE = 1  # SP.MoveOperations.overwrite
-OFFICE_SUFFIXES = (
-    ".docx", ".docm", ".dotx", ".dotm", ".xlsx", ".xlsm", ".xltx", ".xltm", ".xlsb",
-    ".pptx", ".pptm", ".potx", ".potm", ".ppsx", ".ppsm",
-)  # fmt: skip
-_FORBIDDEN_CHARACTERS = set('"*:<>?/\\|')
-_RESERVED_NAMES = re.compile(r"^(con|prn|aux|nul|com[0-9]|lpt[0-9]|\.lock|desktop\.ini)$", re.I)
 _SELECT = ["Name", "Length", "TimeLastModified", "ServerRelativeUrl"]
 T = TypeVar("T")
-
-
-def site_url_of(url: Optional[str], sitename: Optional[str] = None) -> str:
-    """The site's URL from ``OELEO_SHAREPOINT_URL`` and ``OELEO_SHAREPOINT_SITENAME``:
-    ``https://contoso.sharepoint.com`` and ``lab`` give ``.../sites/lab``; a site name with a
-    slash (``teams/lab``) is used as it is; without a site name the URL is the site's."""
-    text = (url or "").strip().rstrip("/")
-    if not text:
-        raise ConfigError(
-            "OELEO_SHAREPOINT_URL is not set: the SharePoint address, https://contoso.sharepoint.com"
-        )
-    parts = urlsplit(text)
-    if parts.scheme not in ("https", "http") or not parts.hostname:
-        raise ConfigError(f"OELEO_SHAREPOINT_URL={text!r}: expected https://<tenant>.sharepoint.com")
-    if parts.query or parts.fragment or "@" in parts.netloc:
-        raise ConfigError(
-            f"OELEO_SHAREPOINT_URL={text!r}: expected the site's address alone, without ? # or @"
-        )
-    name = (sitename or "").strip().strip("/")
-    if not name:
-        return text
-    if any(part in ("", ".", "..") for part in name.split("/")):
-        raise ConfigError(f"OELEO_SHAREPOINT_SITENAME={sitename!r}: expected a site name such as lab")
-    return f"{text}/{name}" if "/" in name else f"{text}/sites/{name}"
-
-
-def _loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def name_problem(relpath: str) -> Optional[str]:
-    """Why SharePoint would refuse this relative name, or ``None`` (Microsoft's list of
-    restrictions for SharePoint Online and OneDrive: characters, reserved names, spaces and
-    dots at the ends, ``_vti_``)."""
-    for part in relpath.split("/"):
-        bad = sorted(set(part) & _FORBIDDEN_CHARACTERS)
-        if bad:
-            return f"SharePoint does not allow {' '.join(bad)} in a name"
-        if part != part.strip(" "):
-            return "SharePoint does not allow a name that begins or ends with a space"
-        if part.endswith("."):
-            return "SharePoint does not allow a name that ends with a dot"
-        if "_vti_" in part.lower():
-            return "SharePoint does not allow _vti_ in a name"
-        if _RESERVED_NAMES.match(part) or part.startswith("~$"):
-            return f"SharePoint reserves the name {part}"
-        if any(ord(c) < 32 for c in part):
-            return "SharePoint does not allow control characters in a name"
-    return None
-
-
-def _ns(text: Any) -> int:
-    """SharePoint's ``TimeLastModified`` (``2024-05-01T10:00:00Z``, UTC) in nanoseconds."""
-    if isinstance(text, datetime):
-        when = text
-    else:
-        value = str(text or "").strip()
-        if not value:
-            return 0
-        # Python 3.9's fromisoformat takes neither "Z" nor more than six digits of a second.
-        value = re.sub(r"(\.\d{6})\d+", r"\1", value.replace("Z", "+00:00"))
-        try:
-            when = datetime.fromisoformat(value)
-        except ValueError:
-            return 0
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    return int(when.timestamp()) * 1_000_000_000 + when.microsecond * 1000
 
 
 class _Hashing:
@@ -176,154 +100,6 @@ class _Hashing:
 
     def flush(self) -> None:
         pass
-
-
-class SharePointUpload(Upload):
-    """A file of at most ``chunk_size`` bytes: held in memory, sent by ``commit`` in one
-    ``Files/add`` request onto its real name (SharePoint swaps the new version in whole)."""
-
-    connector: SharePointConnector
-
-    def __init__(self, connector: SharePointConnector, relpath: str, size: int, mtime_ns: int) -> None:
-        super().__init__(connector, relpath, size, mtime_ns)
-        self._chunks: Optional[List[bytes]] = []
-        self._sent = 0
-
-    def send(self, chunks: Any) -> None:
-        assert self._chunks is not None
-        limit = self.connector.chunk_size
-        for chunk in chunks:
-            self._sent += len(chunk)
-            if self._sent > limit:  # it grew while read: never hold an unbounded file in memory
-                raise FileChangedError(f"{printable(self.relpath)} grew while it was read")
-            self._chunks.append(chunk)
-
-    def finish(self, algorithm: Optional[str] = None) -> Stored:
-        return Stored(self._sent)  # nothing is in the store yet; the commit checks the size
-
-    def commit(self) -> None:
-        chunks, self._chunks = self._chunks, None
-        assert chunks is not None, "an upload is committed once"
-        connector = self.connector
-        folder, name = connector.split(self.relpath)
-        connector.ensure_folder(posixpath.dirname(self.relpath))
-        content = b"".join(chunks)
-        del chunks
-        stored = connector.run(
-            "uploading",
-            self.relpath,
-            lambda ctx: ctx.web.get_folder_by_server_relative_path(folder).files.add(name, content, True),
-        )
-        connector.check_size(self.relpath, stored, self._sent)
-
-    def abort(self) -> None:
-        self._chunks = None
-
-
-class SharePointStagedUpload(Upload):
-    """A file sent under a hidden temporary name (an upload session for a large one, one
-    request for a small one when it is read back before its commit), moved onto its real
-    name by ``commit``."""
-
-    connector: SharePointConnector
-
-    def __init__(self, connector: SharePointConnector, relpath: str, size: int, mtime_ns: int) -> None:
-        super().__init__(connector, relpath, size, mtime_ns)
-        self.staging = connector.staging_name(relpath)
-        self.upload_id: Optional[str] = None  # a session in progress (cancelled by abort)
-        self._created = False  # the temporary file exists (removed by abort)
-        self._sent = 0
-        self._stored_size = -1
-
-    def send(self, chunks: Any) -> None:
-        limit = self.connector.chunk_size
-        held = bytearray()
-        offset = 0
-        for chunk in chunks:
-            self._sent += len(chunk)
-            held += chunk
-            # A chunk is sent once more bytes follow it: the last one goes with finishUpload.
-            while len(held) > limit:
-                part = bytes(memoryview(held)[:limit])
-                del held[:limit]
-                self._send_part(offset, part, last=False)
-                offset += len(part)
-        last = bytes(held)
-        del held
-        self._stored_size = self.connector.length(self._send_part(offset, last, last=True))
-
-    def _send_part(self, offset: int, part: bytes, last: bool) -> Any:
-        """One request of the upload: the whole file (``Files/add``), or a session's start
-        (after an empty ``Files/add`` of the temporary name), continuation or end."""
-        import uuid
-
-        connector = self.connector
-        folder, name = connector.split(self.staging)
-        url = connector.server_url(self.staging)
-        if self.upload_id is None and offset == 0:
-            connector.ensure_folder(posixpath.dirname(self.staging))
-            self._created = True
-            content = part if last else None  # a file that fits in one request is sent whole
-            stored = connector.run(
-                "uploading" if last else "starting the upload of",
-                self.relpath,
-                lambda ctx: ctx.web.get_folder_by_server_relative_path(folder).files.add(name, content, True),
-            )
-            if last:
-                return stored
-            self.upload_id = str(uuid.uuid4())
-        upload_id = self.upload_id
-        assert upload_id is not None
-
-        def build(ctx: Any) -> Any:
-            file = ctx.web.get_file_by_server_relative_path(url)
-            if offset == 0:
-                return file.start_upload(upload_id, part)
-            if not last:
-                return file.continue_upload(upload_id, offset, part)
-            return file.finish_upload(upload_id, offset, part)
-
-        what = "finishing the upload of" if last else "uploading"
-        stored = connector.run(what, self.relpath, build)
-        if last:
-            self.upload_id = None  # finished: nothing to cancel, the temporary file to remove
-        return stored
-
-    def finish(self, algorithm: Optional[str] = None) -> Stored:
-        hashes: Dict[str, str] = {}
-        if algorithm and self.connector.read_back:
-            hashes[algorithm] = self.connector.checksum(self.staging, algorithm)
-        return Stored(self._stored_size, hashes)
-
-    def commit(self) -> None:
-        connector = self.connector
-        source, target = connector.server_url(self.staging), connector.server_url(self.relpath)
-
-        def move(ctx: Any) -> Any:
-            file = ctx.web.get_file_by_server_relative_path(source)
-            query: Any = ServiceOperationQuery(file, "MoveTo", {"newurl": target, "flags": MOVE_OVERWRITE})
-            ctx.add_query(query)
-            return file
-
-        connector.run("moving into place", self.relpath, move)
-        self._created = False
-
-    def abort(self) -> None:
-        connector = self.connector
-        url = connector.server_url(self.staging)
-        if self.upload_id is not None:
-            upload_id, self.upload_id = self.upload_id, None
-            try:
-                connector.run(
-                    "cancelling the upload of",
-                    self.relpath,
-                    lambda ctx: ctx.web.get_file_by_server_relative_path(url).cancel_upload(upload_id),
-                )
-            except Exception as exc:  # noqa: BLE001 - the temporary file is removed below anyway
-                log.debug("cannot cancel the upload of %s: %s", printable(self.relpath), exc)
-        if self._created:
-            self._created = False
-            connector._discard(self.staging)
 
 
 class SharePointConnector(Connector):
@@ -366,7 +142,7 @@ class SharePointConnector(Connector):
         self.site_url = site_url_of(site_url)
         host = urlsplit(self.site_url).hostname or ""
         ntlm = login is not None and login.kind == "ntlm"
-        if self.site_url.startswith("http://") and not (ntlm or _loopback(host)):
+        if self.site_url.startswith("http://") and not (ntlm or is_loopback(host)):
             raise ConfigError(
                 f"OELEO_SHAREPOINT_URL={self.site_url}: a token is never sent over plain http; use https://"
             )
@@ -793,7 +569,7 @@ class SharePointConnector(Connector):
                 (
                     url[len(prefix) :],
                     int(file.properties.get("Length", 0) or 0),
-                    _ns(file.properties.get("TimeLastModified")),
+                    parse_time(file.properties.get("TimeLastModified")),
                 )
             )
         return found
@@ -843,7 +619,7 @@ class SharePointConnector(Connector):
         if file is None:
             return None
         return FileEntry(
-            safe_relpath(relpath), self.length(file), _ns(file.properties.get("TimeLastModified"))
+            safe_relpath(relpath), self.length(file), parse_time(file.properties.get("TimeLastModified"))
         )
 
     def checksum(self, relpath: str, algorithm: str = "md5") -> str:
