@@ -155,6 +155,19 @@ def test_folders_are_created_once_per_folder_per_pass(server, tmp_path):
     assert len(server.requests_matching(r"/Folders/Add\(")) == 3
 
 
+def test_quotes_hashes_percent_signs_and_non_ascii_names_go_up_as_they_are(server, tmp_path):
+    conn = connector(server, folder="a'b #1")
+    names = ["it's.csv", "#1 run%.csv", "50% + x&y=z;.csv", "ü ø/日本.csv"]
+    for name in names:
+        conn.put(write(tmp_path / "x", name.encode()), name)
+    write_random(tmp_path / "big", MiB + 3)
+    conn.put(tmp_path / "big", "it's big #%.bin")  # the upload session and MoveTo too
+
+    assert sorted(e.relpath for e in conn.list_files()) == sorted([*names, "it's big #%.bin"])
+    assert all(server.read(f"a'b #1/{name}") == name.encode() for name in names)
+    assert conn.checksum("it's.csv") == md5(b"it's.csv")
+
+
 def test_threads_copying_into_one_new_folder_create_it_once(server, tmp_path):
     from concurrent.futures import ThreadPoolExecutor
 
