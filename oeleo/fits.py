@@ -47,6 +47,8 @@ FITS_SUFFIXES = (
 )
 DEFAULT_KEYWORDS = ("DATE-OBS", "OBJECT", "FILTER", "EXPTIME", "INSTRUME", "TELESCOP", "RA", "DEC")
 
+SIMPLE = b"SIMPLE  ="  # how a FITS file starts
+GZIP_MAGIC = b"\x1f\x8b"
 XISF_SIGNATURE = b"XISF0100"
 XISF_PREAMBLE = 16  # signature, header length, reserved
 XISF_NAMESPACE = "{http://www.pixinsight.com/xisf}"
@@ -186,7 +188,9 @@ class _StreamReader:
 
 def _inspect_fits(reader: _Reader, wanted: Sequence[str], kind: str) -> Inspection:
     first = reader.read(BLOCK)
-    if not first.startswith(b"SIMPLE  ="):
+    if len(first) < len(SIMPLE) and SIMPLE.startswith(first):
+        raise Truncated(f"it has only {len(first)} bytes, not yet a FITS header")  # just created
+    if not first.startswith(SIMPLE):
         raise NotFits("it does not start with a FITS SIMPLE card")
     found = Inspection(kind)
     block: Optional[bytes] = first
@@ -293,7 +297,10 @@ def _data_length(cards: Dict[str, Any], primary: bool, where: str) -> int:
 
 
 def _inspect_gzip(handle: IO[bytes], wanted: Sequence[str]) -> Inspection:
-    if handle.read(2) != b"\x1f\x8b":
+    magic = handle.read(2)
+    if len(magic) < 2 and GZIP_MAGIC.startswith(magic):
+        raise Truncated(f"it has only {len(magic)} bytes, not yet a gzip header")
+    if magic != GZIP_MAGIC:
         raise NotFits("it ends in .gz but is not gzip-compressed")
     handle.seek(0)
     stream = gzip.GzipFile(fileobj=handle, mode="rb")
@@ -321,6 +328,8 @@ def _inspect_gzip(handle: IO[bytes], wanted: Sequence[str]) -> Inspection:
 # -- XISF ------------------------------------------------------------------------------------
 def _inspect_xisf(handle: IO[bytes], size: int, wanted: Sequence[str]) -> Inspection:
     preamble = handle.read(XISF_PREAMBLE)
+    if len(preamble) < len(XISF_SIGNATURE) and XISF_SIGNATURE.startswith(preamble):
+        raise Truncated(f"it has only {len(preamble)} bytes, not yet an XISF signature")
     if not preamble.startswith(XISF_SIGNATURE):
         raise NotFits("it does not start with the XISF0100 signature")
     if len(preamble) < XISF_PREAMBLE:
@@ -333,6 +342,8 @@ def _inspect_xisf(handle: IO[bytes], size: int, wanted: Sequence[str]) -> Inspec
         root = ElementTree.fromstring(text)
     except ElementTree.ParseError as exc:
         raise BadHeader(f"its XML header is not well formed ({exc})") from None
+    if root.tag not in (f"{XISF_NAMESPACE}xisf", "xisf"):
+        raise BadHeader(f"its XML header's root element is <{root.tag}>, not <xisf>")
     found = Inspection("xisf")
     for element in root.iter():
         location = element.get("location", "")

@@ -202,6 +202,15 @@ def test_a_header_without_a_mandatory_keyword_is_bad(tmp_path, hdus, says):
         fits.inspect(path)
 
 
+@pytest.mark.parametrize("name", ["new.fits", "new.fits.gz", "new.xisf"])
+@pytest.mark.parametrize("size", [0, 1])
+def test_a_file_just_created_is_truncated_not_foreign(tmp_path, name, size):
+    path = tmp_path / name
+    path.write_bytes({"new.fits": b"S", "new.fits.gz": b"\x1f", "new.xisf": b"X"}[name][:size])
+    with pytest.raises(fits.Truncated, match=f"it has only {size} bytes"):
+        fits.inspect(path)
+
+
 def test_a_file_that_does_not_start_as_fits_is_not_fits(tmp_path):
     path = tmp_path / "notes.fits"
     path.write_bytes(b"observing log, night of the 1st\n" * 90)
@@ -266,6 +275,9 @@ def test_xisf_whole_and_cut_short_and_bad(tmp_path):
         fits.inspect(path)
     path.write_bytes(xisf(XISF_BODY.replace("</Image>", ""), b"\x11" * 64))
     with pytest.raises(fits.BadHeader, match="XML header is not well formed"):
+        fits.inspect(path)
+    path.write_bytes(xisf(XISF_BODY.replace("<xisf ", "<fits ").replace("</xisf>", "</fits>")))
+    with pytest.raises(fits.BadHeader, match="root element is <{http://www.pixinsight.com/xisf}fits>"):
         fits.inspect(path)
     path.write_bytes(b"XISF0099" + whole[8:])
     with pytest.raises(fits.NotFits, match="XISF0100 signature"):
