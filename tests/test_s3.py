@@ -380,6 +380,43 @@ def test_a_medium_file_changed_between_its_read_and_its_commit_keeps_the_previou
     assert conn.checksum("big.fits", "md5") == first
 
 
+def test_a_medium_file_is_sent_again_from_its_start_after_a_server_error(s3_server, s3_bucket, tmp_path):
+    conn = connector(s3_server, s3_bucket)
+    digest = write_random(tmp_path / "big.fits", 9 * MiB)
+    failed = []
+
+    def fail_the_first_put(environ):
+        if environ["REQUEST_METHOD"] == "PUT" and environ["PATH_INFO"].endswith("/big.fits") and not failed:
+            failed.append(1)
+            return 500, "InternalError"
+        return None
+
+    s3_server.faults.append(fail_the_first_put)
+    conn.put(tmp_path / "big.fits", "big.fits")
+
+    assert failed and s3_server.count("PUT", f"/{s3_bucket}/{PREFIX}big.fits") == 2
+    body = s3_server.client().get_object(Bucket=s3_bucket, Key=PREFIX + "big.fits")["Body"].read()
+    assert md5(body) == digest and conn.checksum("big.fits") == digest
+
+
+def test_a_medium_file_removed_before_its_commit_fails_and_keeps_the_previous_copy(
+    s3_server, s3_bucket, tmp_path
+):
+    conn = connector(s3_server, s3_bucket)
+    src = tmp_path / "big.fits"
+    first = write_random(src, 9 * MiB)
+    conn.put(src, "big.fits")
+    write_random(src, 9 * MiB)
+    staged = conn.stage(src, "big.fits")
+    src.unlink()
+
+    with pytest.raises(FileChangedError, match="cannot be read again"):
+        conn.commit(staged)
+    conn.discard(staged)
+
+    assert conn.checksum("big.fits", "md5") == first
+
+
 def test_a_medium_file_whose_store_ignores_the_md5_is_not_reported_copied(s3_server, s3_bucket, tmp_path):
     s3_server.check_md5 = False  # a store that ignores Content-MD5, as moto
     conn = connector(s3_server, s3_bucket)
