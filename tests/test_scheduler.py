@@ -634,7 +634,7 @@ def test_oeleo_status_tells_a_live_scheduler_from_a_stale_heartbeat(tmp_path: Pa
 def test_a_heartbeat_whose_next_pass_is_long_overdue_is_called_stale() -> None:
     from types import SimpleNamespace
 
-    from oeleo.cli import _describe_heartbeat
+    from oeleo.cli_books import _describe_heartbeat
 
     due = datetime.datetime(2026, 12, 1, 12, 0)
     beat = SimpleNamespace(
