@@ -167,7 +167,8 @@ class _StreamReader:
         return data
 
     def skip(self, n: int) -> int:
-        had = 0
+        had = min(n, len(self._ahead))
+        self._ahead = self._ahead[had:]
         while had < n:
             piece = self.stream.read(min(SKIP_PIECE, n - had))
             if not piece:

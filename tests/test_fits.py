@@ -8,11 +8,13 @@ import gzip
 import json
 import sqlite3
 import struct
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any, List, Sequence, Tuple
 
 import pytest
-from helpers import db_rows, run_oeleo, tree_files
+from helpers import clean_env, db_rows, run_oeleo, tree_files
 
 from oeleo import fits
 from oeleo.checkers import ChecksumChecker, FitsChecker
@@ -464,3 +466,22 @@ def test_books_from_before_the_metadata_column_are_read_as_they_are_and_upgraded
     (night / "m31.fits").write_bytes(m31() + m31())  # changed: copied again, with its keywords
     assert run_oeleo("run", cwd=tmp_path, env=env).returncode == 0
     assert json.loads(db_rows(tmp_path / "books.db")["m31.fits"]["metadata"])["OBJECT"] == "M31"
+
+
+def test_the_fits_benchmark_runs_both_checkers_and_writes_json(tmp_path):
+    out = tmp_path / "fits.json"
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "fits_bench.py"
+    done = subprocess.run(
+        [sys.executable, str(script), "--files", "3", "--mib", "0.05", "--repeat", "1", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=clean_env(),
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    results = json.loads(out.read_text())
+    for workload in ("fits", "fits.gz"):
+        samples = results["workloads"][workload]["samples"]
+        assert set(samples) == {"checksum", "fits"}
+        assert all(len(times) == 1 and times[0] > 0 for s in samples.values() for times in s.values())
+    assert "| fits.gz | 3 |" in done.stdout
