@@ -23,6 +23,7 @@ own chain (environment, profiles, instance roles), never from oeleo's settings.
 from __future__ import annotations
 
 import base64
+import io
 import logging
 import posixpath
 import threading
@@ -661,14 +662,20 @@ def _upload_request(unsigned: Config, in_memory: int) -> Any:
         headers = request.headers
         if "Content-MD5" in headers:
             request.context["client_config"] = unsigned
-        body = request.body
-        if isinstance(body, (bytes, bytearray)) or (
-            hasattr(body, "getbuffer") and body.getbuffer().nbytes < in_memory
-        ):
-            if "Expect" in headers:
-                del headers["Expect"]
+        if "Expect" in headers and _in_memory_size(request.body) < in_memory:
+            del headers["Expect"]
 
     return handler
+
+
+def _in_memory_size(body: Any) -> float:
+    """The size of a body held in memory (bytes, or the BytesIO botocore wraps them in);
+    infinite for one read from a file."""
+    if isinstance(body, (bytes, bytearray)):
+        return len(body)
+    if isinstance(body, io.BytesIO):  # its length without copying its buffer (getbuffer would)
+        return len(body.getvalue()) - body.tell()
+    return float("inf")
 
 
 def _ns(when: datetime) -> int:
