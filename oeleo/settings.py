@@ -278,6 +278,13 @@ class Settings(BaseSettings):
             return None
         return value
 
+    @field_validator("workers", mode="before")
+    @classmethod
+    def _empty_number_is_none(cls, value: Any) -> Any:
+        if isinstance(value, str) and not value.strip():
+            return None  # `OELEO_WORKERS=` as .env.example shows it: not set
+        return value
+
     @field_validator(
         "db_host",
         "db_user",

@@ -316,3 +316,12 @@ def test_posix_paths_and_a_remote_destination_are_not_warned_about(clean_env, re
     clean_env.setenv("OELEO_BASE_DIR_FROM", "data\\raw")  # a backslash in a POSIX name is a name
     load_settings(connector="ssh", base_dir_to="C:/Users/lab/raw")  # the server's own syntax
     assert not [w for w in recwarn if "Windows" in str(w.message)]
+
+
+def test_an_empty_workers_setting_means_not_set(monkeypatch):
+    from oeleo.settings import load_settings
+
+    monkeypatch.setenv("OELEO_WORKERS", "")
+    assert load_settings().workers is None
+    monkeypatch.setenv("OELEO_WORKERS", "3")
+    assert load_settings().workers == 3
