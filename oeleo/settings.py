@@ -213,6 +213,15 @@ class Settings(BaseSettings):
     # On the way.
     compress: str = Field("", description="gzip: send FITS and XISF files as NAME.gz; empty: as they are.")
 
+    # After a copy (oeleo.hooks, docs/hooks.md).
+    hook_command: str = Field(
+        "", description="Command run once per copied file (its JSON record on stdin); empty: none."
+    )
+    hook_pass_command: str = Field(
+        "", description="Command run once per pass with the copied files (JSON on stdin); empty: none."
+    )
+    hook_timeout: float = Field(60.0, gt=0, description="Seconds a hook may run before it counts as failed.")
+
     @field_validator("sharepoint_auth")
     @classmethod
     def _known_sharepoint_auth(cls, value: str) -> str:
