@@ -212,6 +212,20 @@ class Settings(BaseSettings):
 
     # On the way.
     compress: str = Field("", description="gzip: send FITS and XISF files as NAME.gz; empty: as they are.")
+    manifest: str = Field(
+        "",
+        description="sha256 or md5: a MANIFEST.sha256 (.md5) of oeleo's copies in each destination folder.",
+    )
+
+    @field_validator("manifest")
+    @classmethod
+    def _known_manifest(cls, value: str) -> str:
+        value = value.strip().lower()
+        if value in ("", "none", "off", "no", "false"):
+            return ""
+        if value not in ("sha256", "md5"):
+            raise ValueError("sha256, md5, or empty for none")
+        return value
 
     # After a copy (oeleo.hooks, docs/hooks.md).
     hook_command: str = Field(
