@@ -6,7 +6,7 @@ is."""
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Dict, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from oeleo.batches import Batches, Outcomes
 from oeleo.connectors.base import Connector, FileEntry, PutResult, Skipped
@@ -32,6 +32,7 @@ class Booking:
         self.batches: Optional[Batches] = None  # where staged uploads go to be committed
         # What the checker kept of a file (FITS header keywords), by local name, for its row.
         self.metadata_of: Callable[[str], Optional[Dict[str, Any]]] = lambda relpath: None
+        self.arrived: List[Tuple[str, PutResult, Optional[Dict[str, Any]]]] = []  # for oeleo.hooks
 
     def outcome(self, entry: FileEntry, record: Optional[Record], kind: str, value: Any) -> None:
         """What one file's copy gave (see ``oeleo.retries``)."""
@@ -84,15 +85,11 @@ class Booking:
         failed write of the books takes it back out with the other rows it lost.)"""
         self.summary.copied += 1
         self.summary.bytes_copied += result.size
+        metadata = self.metadata_of(entry.relpath)
         self.bookkeeper.record_copied(
-            entry.relpath,
-            result.external_name,
-            result.checksum,
-            result.size,
-            result.mtime_ns,
-            code,
-            metadata=self.metadata_of(entry.relpath),
+            entry.relpath, result.external_name, result.checksum, result.size, result.mtime_ns, code, metadata
         )
+        self.arrived.append((entry.relpath, result, metadata))
         self.reporter.file_done(entry.relpath, result.size)
 
     def outcomes(self, outcomes: Outcomes) -> None:

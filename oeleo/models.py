@@ -359,6 +359,13 @@ class Bookkeeper:
         }
         self._maybe_flush()
 
+    def clear_error(self, local_name: str) -> None:
+        """Queue: the file's last error is over (its hooks ran again and succeeded, oeleo.hooks)."""
+        local_name = to_books(local_name)
+        row = {"origin": self.origin, "local_name": local_name, "last_error": None}
+        self._pending_errors[local_name] = row
+        self._maybe_flush()
+
     def record_seen(self, local_name: str, size: int, mtime_ns: int, note: str) -> None:
         """Queue: this file (as it is now) was looked at and left as the store holds it (a
         store that does not overwrite): its size and time, so it is not tried again until it
