@@ -57,6 +57,7 @@ def worker_from_settings(settings: Any, reporter: Optional[Reporter] = None, **o
         verify=settings.verify,
         retries=settings.retries,
         compress=settings.compress,
+        manifest=settings.manifest,
         workers=settings.workers,
         **options,
     )

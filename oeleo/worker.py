@@ -121,6 +121,7 @@ class Worker:
         force: bool = False,
         include_locked: bool = False,
         compress: str = "",
+        manifest: str = "",
     ) -> None:
         from oeleo.settings import normalise_extensions
 
@@ -163,6 +164,10 @@ class Worker:
         self.include_locked = include_locked
         # "gzip": FITS and XISF files are stored as NAME.gz (oeleo.compress); "" as they are.
         self.compress = compress
+        # "sha256"/"md5": a MANIFEST.<algorithm> per destination folder after each pass (oeleo.manifest).
+        self.manifest = manifest
+        if manifest:
+            self.exclude.append(f"MANIFEST.{manifest}")  # never copied, listed or counted as a file
         self._entries: Optional[List[FileEntry]] = None
         self._skipped: List[Skipped] = []  # what the last listing did not list, and why
         self._stop = threading.Event()
@@ -418,6 +423,10 @@ class Worker:
             batches.commit()  # staged files are whole and verified: finish them
             self.bookkeeper.flush()  # the pass is not done before its rows are written
             booking.refused()
+            if self.manifest:
+                from oeleo.manifest import write_manifests
+
+                write_manifests(self, summary)
         except BookkeeperError as exc:
             booking.books_failed(exc)
         except BaseException as exc:
