@@ -59,16 +59,23 @@ def manifest_line(digest: str, name: str) -> bytes:
 
 
 class _Copy:
-    __slots__ = ("stored", "checksum", "size", "compressed", "this_pass")
+    __slots__ = ("stored", "checksum", "size", "compressed", "this_pass", "booked_ns")
 
     def __init__(
-        self, stored: str, checksum: str, size: Optional[int], compressed: bool, this_pass: bool
+        self,
+        stored: str,
+        checksum: str,
+        size: Optional[int],
+        compressed: bool,
+        this_pass: bool,
+        booked_ns: int,
     ) -> None:
         self.stored = stored
         self.checksum = checksum  # of the source's bytes, with the books' algorithm
         self.size = size  # the source's size
         self.compressed = compressed  # stored as NAME.gz: other bytes than the source's
-        self.this_pass = this_pass
+        self.this_pass = this_pass  # booked by this pass
+        self.booked_ns = booked_ns  # when it was booked (this computer's clock)
 
 
 def _booked_copies(worker: Worker) -> List[_Copy]:
@@ -88,7 +95,10 @@ def _booked_copies(worker: Worker) -> List[_Copy]:
             if connector.external_name(stored) == external:
                 if not is_manifest(stored):
                     this_pass = since is not None and row.processed_date >= since
-                    copies.append(_Copy(stored, row.checksum, row.size, stored != local, this_pass))
+                    booked_ns = int(row.processed_date.timestamp() * 1e9)
+                    copies.append(
+                        _Copy(stored, row.checksum, row.size, stored != local, this_pass, booked_ns)
+                    )
                 break
     return copies
 
@@ -121,8 +131,8 @@ def write_manifests(worker: Worker, summary: RunSummary) -> None:
             folders.setdefault(posixpath.dirname(copy.stored), []).append(copy)
     for folder, in_folder in sorted(folders.items()):
         target = posixpath.join(folder, name) if folder else name
-        if target in listed and not any(copy.this_pass for copy in in_folder):
-            continue  # nothing new here: the manifest there is up to date
+        if not _out_of_date(connector.features.keeps_mtime, listed.get(target), in_folder):
+            continue
         try:
             lines = _lines(worker, algorithm, in_folder, listed)
             _put(worker, target, b"".join(line for _, line in sorted(lines)))
@@ -132,6 +142,15 @@ def write_manifests(worker: Worker, summary: RunSummary) -> None:
             _failed(summary, target, str(exc))
         else:
             log.info("wrote %s (%s)", printable(target), counted(len(lines), "file"))
+
+
+def _out_of_date(keeps_mtime: bool, manifest: Optional[FileEntry], copies: List[_Copy]) -> bool:
+    """Whether a folder's manifest must be written: there is none, a copy went there in this
+    pass, or (where the store keeps the time oeleo gives a file: this computer's clock, as the
+    books' dates) a copy was booked after the manifest was written (an earlier write failed)."""
+    if manifest is None or any(copy.this_pass for copy in copies):
+        return True
+    return keeps_mtime and max(copy.booked_ns for copy in copies) > manifest.mtime_ns
 
 
 def _lines(

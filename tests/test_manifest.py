@@ -9,6 +9,7 @@ import hashlib
 import os
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 from helpers import db_rows, make_tree, run_oeleo
@@ -76,6 +77,31 @@ def test_local_manifests_verify_with_the_coreutils_and_list_every_pass(tmp_path,
     assert not [p for p in dest.rglob("*") if p.name.endswith(".oeleo-part")]
 
 
+def test_a_stale_manifest_is_written_again_and_lists_only_what_the_store_holds(tmp_path):
+    make_tree(tmp_path / "src", TREE)
+    dest = tmp_path / "copy"
+    write_env(tmp_path, dest, OELEO_MANIFEST="sha256", OELEO_CHECKSUM="sha256")
+    assert run_oeleo("run", cwd=tmp_path).returncode == 0
+    manifest = dest / "run 1" / "MANIFEST.sha256"
+    # As an earlier pass that copied here and failed to write the manifest leaves it: older
+    # than the copies' rows, and without their lines.
+    manifest.write_text(manifest.read_text().splitlines()[0] + "\n")
+    os.utime(manifest, ns=(10**18, 10**18))
+    again = run_oeleo("run", cwd=tmp_path)
+    assert again.returncode == 0 and "copied 0 files" in again.stderr, again.stderr
+    assert manifest_names(manifest) == ["b.res", "m31.fits"]
+    expected = hashlib.sha256((dest / "run 1" / "b.res").read_bytes()).hexdigest()
+    assert f"{expected}  b.res" in manifest.read_text()  # the books' sha256: the bytes stored
+
+    (dest / "run 1" / "b.res").unlink()  # gone from the store: no line for it
+    (tmp_path / "src" / "run 1" / "c.res").write_text("RES 4\n")
+    third = run_oeleo("run", cwd=tmp_path)
+    assert third.returncode == 0 and "copied 1 file" in third.stderr, third.stderr
+    assert manifest_names(manifest) == ["c.res", "m31.fits"]
+    checked = check_sum("sha256sum", dest / "run 1", "MANIFEST.sha256")
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
 def test_a_folder_where_the_manifest_cannot_be_written_is_one_line_exit_1(tmp_path):
     make_tree(tmp_path / "src", TREE)
     dest = tmp_path / "copy"
@@ -102,10 +128,7 @@ def test_over_ssh_the_manifest_verifies_in_the_servers_folder(sshd_server, tmp_p
     )
     done = run_oeleo("run", cwd=tmp_path, env=env)
     assert done.returncode == 0, done.stderr
-    assert manifest_names(__import__("pathlib").Path(folder) / "run 1" / "MANIFEST.sha256") == [
-        "b.res",
-        "m31.fits",
-    ]
+    assert manifest_names(Path(folder) / "run 1" / "MANIFEST.sha256") == ["b.res", "m31.fits"]
     for where in (folder, os.path.join(folder, "run 1")):
         checked = check_sum("sha256sum", where, "MANIFEST.sha256")
         assert checked.returncode == 0, checked.stdout + checked.stderr
