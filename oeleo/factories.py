@@ -10,6 +10,7 @@ from typing import Any, Optional
 from oeleo.checkers import checker_from_settings
 from oeleo.connectors.local import LocalConnector
 from oeleo.errors import ConfigError
+from oeleo.hooks import Hooks
 from oeleo.models import Bookkeeper, PostgresDbHandler, SimpleDbHandler
 from oeleo.places import resolve_destination
 from oeleo.reporters import Reporter
@@ -44,6 +45,7 @@ def worker_from_settings(settings: Any, reporter: Optional[Reporter] = None, **o
     local = LocalConnector(directory=settings.base_dir_from, follow_links=settings.follow_links)
     external = connector_cls.from_settings(settings, role="external")
     options.setdefault("subdirs", settings.subdirs)
+    options["hooks"] = Hooks.from_settings(settings, options.get("hooks") or ())
     return Worker(
         checker=checker_from_settings(settings),
         bookkeeper=bookkeeper_from_settings(settings),

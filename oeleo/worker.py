@@ -39,6 +39,7 @@ from oeleo.errors import (
     ConfigError,
     OeleoError,
 )
+from oeleo.hooks import Hooks
 from oeleo.models import (
     Bookkeeper,
     Record,
@@ -122,6 +123,7 @@ class Worker:
         include_locked: bool = False,
         compress: str = "",
         manifest: str = "",
+        hooks: Any = None,
     ) -> None:
         from oeleo.settings import normalise_extensions
 
@@ -164,6 +166,8 @@ class Worker:
         self.include_locked = include_locked
         # "gzip": FITS and XISF files are stored as NAME.gz (oeleo.compress); "" as they are.
         self.compress = compress
+        # Run after each pass's copies are booked (oeleo.hooks): a Hooks, or callables.
+        self.hooks = hooks if isinstance(hooks, Hooks) else Hooks(hooks or ())
         # "sha256"/"md5": a MANIFEST.<algorithm> per destination folder after each pass (oeleo.manifest).
         self.manifest = manifest
         if manifest:
@@ -423,6 +427,9 @@ class Worker:
             batches.commit()  # staged files are whole and verified: finish them
             self.bookkeeper.flush()  # the pass is not done before its rows are written
             booking.refused()
+            self.hooks.after_pass(
+                booking.arrived, self.bookkeeper, self.local_connector.path, self._stop.is_set
+            )
             if self.manifest:
                 from oeleo.manifest import write_manifests
 
