@@ -1,0 +1,303 @@
+"""Post-transfer hooks (oeleo.hooks): run once per copied file and once per pass, after the
+copies are booked; a hook that fails, times out, raises or is killed with the run is booked for
+that file and run again next pass, and never repeats the copy or stops the run."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import sqlite3
+import sys
+from pathlib import Path
+from typing import Any, Dict, List
+
+import pytest
+from helpers import run_oeleo
+
+from oeleo.checkers import FitsChecker
+from oeleo.connectors.local import LocalConnector
+from oeleo.hooks import OUTPUT_LIMIT, Arrival, HookFailed, Hooks, not_done_names, run_command
+from oeleo.models import SimpleDbHandler
+from oeleo.worker import Worker
+
+REPO = Path(__file__).resolve().parents[1]
+
+# A hook program: appends what it was told (environment and stdin) as one JSON line to LOG,
+# then exits with the status written in the file STATUS (0 when there is none).
+RECORDER = """
+import json, os, sys
+log, status = sys.argv[1], sys.argv[2]
+told = {k: v for k, v in os.environ.items() if k.startswith("OELEO_HOOK_")}
+told["stdin"] = json.loads(sys.stdin.read())
+with open(log, "a") as f:
+    f.write(json.dumps(told) + "\\n")
+code = int(open(status).read()) if os.path.exists(status) else 0
+if code:
+    print("archive said no", file=sys.stderr)
+sys.exit(code)
+"""
+
+
+def fits_frame(obj: str) -> bytes:
+    cards = [
+        "SIMPLE  =                    T",
+        "BITPIX  =                    8",
+        "NAXIS   =                    1",
+    ]
+    cards += [
+        "NAXIS1  =                 2880",
+        f"OBJECT  = '{obj:<8}'",
+        "EXPTIME =                 30.0",
+        "END",
+    ]
+    text = "".join(c.ljust(80) for c in cards)
+    return (text + " " * (-len(text) % 2880)).encode("ascii") + bytes(range(256)) * 11 + bytes(64)
+
+
+@pytest.fixture
+def place(tmp_path: Path) -> Dict[str, Path]:
+    source, dest = tmp_path / "from", tmp_path / "to"
+    (source / "night1").mkdir(parents=True)
+    (source / "night1" / "m31.fits").write_bytes(fits_frame("M31"))
+    (source / "night1" / "m42.fits").write_bytes(fits_frame("M42"))
+    (source / "notes.txt").write_text("clear sky\n")
+    script = tmp_path / "recorder.py"
+    script.write_text(RECORDER)
+    return {
+        "root": tmp_path,
+        "source": source,
+        "dest": dest,
+        "db": tmp_path / "books.db",
+        "log": tmp_path / "hook.log",
+        "pass_log": tmp_path / "pass.log",
+        "status": tmp_path / "status",
+        "script": script,
+    }
+
+
+def command(*args: Any) -> str:
+    return " ".join(shlex.quote(str(a)) for a in (sys.executable, *args))
+
+
+def settings_env(place: Dict[str, Path], **extra: str) -> Dict[str, str]:
+    env = {
+        "OELEO_BASE_DIR_FROM": str(place["source"]),
+        "OELEO_BASE_DIR_TO": str(place["dest"]),
+        "OELEO_DB_NAME": str(place["db"]),
+        "OELEO_CHECKER": "fits",
+        "OELEO_HOOK_COMMAND": command(place["script"], place["log"], place["status"]),
+    }
+    env.update(extra)
+    return env
+
+
+def told(log: Path) -> List[Dict[str, Any]]:
+    return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+
+
+def last_errors(db: Path) -> Dict[str, Any]:
+    with sqlite3.connect(db) as con:
+        return dict(con.execute("SELECT local_name, last_error FROM filelist"))
+
+
+def test_the_command_runs_once_per_copied_file_with_its_names_checksum_and_header_keywords(place):
+    env = settings_env(place, OELEO_HOOK_PASS_COMMAND=command(place["script"], place["pass_log"], "none"))
+    done = run_oeleo("run", cwd=place["root"], env=env)
+    assert done.returncode == 0, done.stderr
+    calls = {c["stdin"]["local_name"]: c for c in told(place["log"])}
+    assert sorted(calls) == ["night1/m31.fits", "night1/m42.fits", "notes.txt"]
+    m31 = calls["night1/m31.fits"]
+    local = place["source"] / "night1" / "m31.fits"
+    assert m31["OELEO_HOOK_LOCAL_PATH"] == str(local)
+    assert m31["OELEO_HOOK_EXTERNAL_NAME"] == str(place["dest"] / "night1" / "m31.fits")
+    with sqlite3.connect(place["db"]) as con:
+        booked = con.execute("SELECT checksum FROM filelist WHERE local_name='night1/m31.fits'").fetchone()[0]
+    assert m31["OELEO_HOOK_CHECKSUM"] == booked
+    document = m31["stdin"]
+    assert document["local_path"] == str(local) and document["checksum"] == booked
+    assert document["metadata"]["OBJECT"] == "M31" and document["metadata"]["EXPTIME"] == 30.0
+    assert document["size"] == local.stat().st_size
+    # The pass command: once, with the three files.
+    (pass_call,) = told(place["pass_log"])
+    assert sorted(f["local_name"] for f in pass_call["stdin"]["files"]) == sorted(calls)
+    assert set(last_errors(place["db"]).values()) == {None}
+    # Nothing copied: no hook.
+    again = run_oeleo("run", cwd=place["root"], env=env)
+    assert again.returncode == 0, again.stderr
+    assert len(told(place["log"])) == 3 and len(told(place["pass_log"])) == 1
+
+
+def test_a_failing_hook_is_booked_for_its_file_and_runs_again_next_pass_without_a_second_copy(place):
+    env = settings_env(place)
+    place["status"].write_text("3")
+    done = run_oeleo("run", cwd=place["root"], env=env)
+    assert done.returncode == 0, done.stderr  # the copies succeeded; the hook is said and booked
+    assert "a hook did not succeed" in done.stderr + done.stdout
+    copy = place["dest"] / "night1" / "m31.fits"
+    assert copy.read_bytes() == fits_frame("M31")
+    first_copy = copy.stat().st_mtime_ns, copy.stat().st_ino
+    errors = last_errors(place["db"])
+    assert not_done_names(errors["night1/m31.fits"]) == ["command"]
+    assert "exited with status 3: archive said no" in errors["night1/m31.fits"]
+    place["status"].write_text("0")
+    again = run_oeleo("run", cwd=place["root"], env=env)
+    assert again.returncode == 0, again.stderr
+    assert len(told(place["log"])) == 6  # each file's hook once more
+    assert (copy.stat().st_mtime_ns, copy.stat().st_ino) == first_copy  # not copied again
+    assert set(last_errors(place["db"]).values()) == {None}
+    third = run_oeleo("run", cwd=place["root"], env=env)
+    assert third.returncode == 0 and len(told(place["log"])) == 6
+
+
+def test_a_hook_that_runs_too_long_is_killed_and_booked_and_the_run_goes_on(place):
+    slow = place["root"] / "slow.py"
+    slow.write_text(
+        "import subprocess, sys, time\n"
+        "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
+        "time.sleep(60)\n"
+    )
+    env = settings_env(place, OELEO_HOOK_COMMAND=command(slow), OELEO_HOOK_TIMEOUT="0.5")
+    done = run_oeleo("run", cwd=place["root"], env=env, timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in (place["dest"] / "night1").iterdir()) == ["m31.fits", "m42.fits"]
+    errors = last_errors(place["db"])
+    assert all("timed out after 0.5 s (OELEO_HOOK_TIMEOUT)" in errors[name] for name in errors)
+
+
+def test_a_hook_that_prints_megabytes_is_kept_to_its_last_64_kib():
+    program = "import sys; sys.stdout.write('x' * 20_000_000 + 'END'); sys.stderr.write('e' * 5_000_000)"
+    out, err = run_command([sys.executable, "-c", program], b"", {}, 30, "test")
+    assert len(out) == OUTPUT_LIMIT and out.endswith(b"xEND") and len(err) == OUTPUT_LIMIT
+    failing = "import sys; sys.stderr.write('y' * 5_000_000 + ' the last words'); sys.exit(1)"
+    with pytest.raises(HookFailed) as failed:
+        run_command([sys.executable, "-c", failing], b"", {}, 30, "OELEO_HOOK_COMMAND")
+    assert str(failed.value).endswith("the last words") and len(str(failed.value)) < 600
+
+
+@pytest.mark.parametrize("setting", ["OELEO_HOOK_COMMAND", "OELEO_HOOK_PASS_COMMAND"])
+def test_a_hook_command_that_does_not_exist_is_one_line_naming_the_setting_and_nothing_is_copied(
+    place, setting
+):
+    env = settings_env(place, **{setting: "/no/such/archiver --post"})
+    done = run_oeleo("run", cwd=place["root"], env=env)
+    assert done.returncode == 2
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and setting in lines[0] and "/no/such/archiver" in lines[0], done.stderr
+    assert "Traceback" not in done.stderr and not place["dest"].exists()
+    quote = settings_env(place, **{setting: "archiver 'unclosed"})
+    done = run_oeleo("run", cwd=place["root"], env=quote)
+    assert done.returncode == 2 and setting in done.stderr and "Traceback" not in done.stderr
+
+
+def make_worker(place: Dict[str, Path], hooks: Any) -> Worker:
+    return Worker(
+        checker=FitsChecker(),
+        bookkeeper=SimpleDbHandler(str(place["db"])),
+        local_connector=LocalConnector(directory=place["source"]),
+        external_connector=LocalConnector(directory=place["dest"]),
+        subdirs=True,
+        hooks=hooks,
+    )
+
+
+def run_worker(place: Dict[str, Path], hooks: Any) -> Any:
+    worker = make_worker(place, hooks)
+    try:
+        return worker.run()
+    finally:
+        worker.close()
+
+
+def test_python_hooks_per_file_and_per_pass_and_one_that_raises_does_not_stop_the_others(place):
+    seen: List[Arrival] = []
+    passes: List[List[str]] = []
+
+    def broken(arrival: Arrival) -> None:
+        raise RuntimeError(f"no archive for {arrival.local_name}")
+
+    def per_pass(arrivals: List[Arrival]) -> None:
+        passes.append(sorted(a.local_name for a in arrivals))
+
+    per_pass.per_pass = True  # type: ignore[attr-defined]
+    summary = run_worker(place, [seen.append, broken, per_pass])
+    assert summary.copied == 3 and summary.failed == 0
+    assert sorted(a.local_name for a in seen) == ["night1/m31.fits", "night1/m42.fits", "notes.txt"]
+    assert {a.metadata.get("OBJECT") for a in seen} == {"M31", "M42", None}
+    assert passes == [["night1/m31.fits", "night1/m42.fits", "notes.txt"]]
+    errors = last_errors(place["db"])
+    booked_as = f"{__name__}:{broken.__qualname__}"
+    assert all(not_done_names(errors[name]) == [booked_as] for name in errors)
+    assert "RuntimeError: no archive for notes.txt" in errors["notes.txt"]
+    # Next pass: only the hook that failed runs again, with what the books kept of each file.
+    fixed: List[Arrival] = []
+    summary = run_worker(place, [seen.append, _named(broken.__qualname__, fixed), per_pass])
+    assert summary.copied == 0 and len(seen) == 3 and len(passes) == 1
+    assert sorted(a.local_name for a in fixed) == ["night1/m31.fits", "night1/m42.fits", "notes.txt"]
+    assert [a.metadata.get("OBJECT") for a in fixed if a.local_name == "night1/m31.fits"] == ["M31"]
+    assert set(last_errors(place["db"]).values()) == {None}
+    run_worker(place, [seen.append, _named(broken.__qualname__, fixed), per_pass])
+    assert len(seen) == 3 and len(fixed) == 3 and len(passes) == 1
+
+
+def _named(qualname: str, into: List[Arrival]) -> Any:
+    def hook(arrival: Arrival) -> None:
+        into.append(arrival)
+
+    hook.__qualname__ = qualname
+    return hook
+
+
+def test_a_run_killed_in_its_hooks_runs_them_next_pass(place):
+    # The hook kills oeleo itself (SIGKILL: nothing can clean up) the first time it runs.
+    killer = place["root"] / "killer.py"
+    killer.write_text(
+        "import os, signal, sys\n"
+        f"if not os.path.exists({str(place['status'])!r}):\n"
+        f"    open({str(place['status'])!r}, 'w').write('0')\n"
+        "    os.kill(os.getppid(), signal.SIGKILL)\n"
+        f"open({str(place['log'])!r}, 'a').write(sys.stdin.read() + '\\n')\n"
+    )
+    env = settings_env(place, OELEO_HOOK_COMMAND=command(killer))
+    done = run_oeleo("run", cwd=place["root"], env=env)
+    assert done.returncode == -9
+    assert (place["dest"] / "notes.txt").exists()
+    assert all(not_done_names(e) == ["*"] for e in last_errors(place["db"]).values())
+    again = run_oeleo("run", cwd=place["root"], env=env)
+    assert again.returncode == 0, again.stderr
+    names = sorted(json.loads(line)["local_name"] for line in place["log"].read_text().splitlines())
+    assert {"night1/m31.fits", "night1/m42.fits", "notes.txt"} <= set(names)
+    assert set(last_errors(place["db"]).values()) == {None}
+
+
+def test_hooks_registered_under_the_entry_point_group_run(place, monkeypatch):
+    site = place["root"] / "site"
+    (site / "archive_plugin-1.0.dist-info").mkdir(parents=True)
+    (site / "archive_plugin-1.0.dist-info" / "METADATA").write_text("Name: archive-plugin\nVersion: 1.0\n")
+    (site / "archive_plugin-1.0.dist-info" / "entry_points.txt").write_text(
+        "[oeleo.hooks]\narchive = archive_plugin:on_arrival\n"
+    )
+    (site / "archive_plugin.py").write_text(
+        "import os\nSEEN = []\ndef on_arrival(arrival):\n    SEEN.append(arrival.local_name)\n"
+    )
+    monkeypatch.syspath_prepend(str(site))
+    summary = run_worker(place, None)
+    import archive_plugin  # type: ignore[import-not-found]
+
+    assert summary.copied == 3
+    assert sorted(archive_plugin.SEEN) == ["night1/m31.fits", "night1/m42.fits", "notes.txt"]
+    monkeypatch.delitem(sys.modules, "archive_plugin")
+
+
+def test_no_hooks_no_marks_and_a_dry_run_runs_none(place):
+    summary = run_worker(place, Hooks(entry_points=False))
+    assert summary.copied == 3 and set(last_errors(place["db"]).values()) == {None}
+    (place["source"] / "new.txt").write_text("later\n")
+    seen: List[Arrival] = []
+    worker = make_worker(place, [seen.append])
+    worker.dry_run = True
+    try:
+        assert worker.run().would_copy == ["new.txt"]
+    finally:
+        worker.close()
+    assert seen == [] and os.path.exists(place["source"] / "new.txt")
