@@ -212,6 +212,16 @@ def build_parser() -> argparse.ArgumentParser:
         const="no",
         help="use the system's change events, even on a network share (OELEO_WATCH_POLL=no)",
     )
+    p.add_argument(
+        "--until", metavar="WHEN", help="start no pass after this and stop: HH:MM or an ISO date and time"
+    )
+    p.add_argument(
+        "--max-runs",
+        dest="max_runs",
+        type=int,
+        metavar="N",
+        help="stop after N passes, full or of changed files; 0 for no limit (OELEO_MAX_RUNS)",
+    )
 
     p = sub.add_parser("task", help="let the system's scheduler run oeleo: install, remove, status")
     _common(p)
@@ -544,16 +554,18 @@ def cmd_schedule(args: argparse.Namespace) -> int:
     _start_log_file(settings)
     scheduler_cls = get_scheduler_class(settings.scheduler)
     from_settings = callable(getattr(scheduler_cls, "from_settings", None))  # reads its own settings
+    until = {k: v for k, v in options.items() if k == "until"}  # what one that reads its settings takes
     if from_settings:
-        flags = (("--cron", args.cron), ("--between", args.between), ("--until", args.until))
+        flags = (("--cron", args.cron), ("--between", args.between))
         given = [flag for flag, value in flags if value]
         if given:
             raise ConfigError(f"{given[0]}: OELEO_SCHEDULER={settings.scheduler} takes no time rule")
+        _accepts_options(scheduler_cls.from_settings, settings.scheduler, until)
     else:
         _accepts_options(scheduler_cls, settings.scheduler, options)
     worker = _worker(settings)
     if from_settings:
-        scheduler = scheduler_cls.from_settings(worker, settings)
+        scheduler = scheduler_cls.from_settings(worker, settings, **until)
     else:
         interval, max_runs = settings.run_interval, settings.max_runs or None
         scheduler = scheduler_cls(worker, run_interval_time=interval, max_run_intervals=max_runs, **options)
@@ -629,11 +641,19 @@ def _accepts_options(scheduler_cls: Any, name: str, options: Dict[str, Any]) -> 
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
+    import time
+
+    from oeleo.errors import ConfigError
+    from oeleo.schedulers.rules import ScheduleError, parse_until
     from oeleo.schedulers.watch import WatchScheduler
 
     settings = _settings(args)
+    try:
+        until = None if args.until is None else parse_until(args.until, time.time())
+    except ScheduleError as exc:
+        raise ConfigError(f"--until {args.until!r}: {exc}") from None
     _start_log_file(settings)
-    return _scheduled(WatchScheduler.from_settings(_worker(settings), settings))
+    return _scheduled(WatchScheduler.from_settings(_worker(settings), settings, until=until))
 
 
 def cmd_task(args: argparse.Namespace) -> int:

@@ -3,6 +3,7 @@ the full pass catches what events missed; signals stop it cleanly; network share
 
 from __future__ import annotations
 
+import datetime
 import os
 import shutil
 import signal
@@ -207,20 +208,91 @@ def test_oeleo_schedule_with_the_watch_scheduler_watches(watcher_factory):
     assert watcher.stop() == 143
 
 
+# Both ways to watch: `oeleo watch`, and `oeleo schedule` with the watch scheduler.
+WATCH_COMMANDS = [("watch", {}), ("schedule", {"OELEO_SCHEDULER": "watch"})]
+
+
+@pytest.mark.parametrize("command,env", WATCH_COMMANDS, ids=["watch", "schedule"])
+@pytest.mark.parametrize("by", ["flag", "setting"])
+def test_max_runs_2_copies_and_exits_0_by_itself_after_two_passes(
+    watcher_factory, tmp_path, command, env, by
+):
+    make_tree(tmp_path / "src", {"old.csv": "1\n"})
+    set_mtime(tmp_path / "src" / "old.csv", 3600)  # stable: the first (full) pass copies it
+    extra = ("--max-runs", "2") if by == "flag" else ()
+    env = dict(env, **({"OELEO_MAX_RUNS": "2"} if by == "setting" else {}))
+    watcher = watcher_factory(*extra, command=command, env=dict(env, OELEO_WATCH_POLL="no"))
+    watcher.wait_first_pass()
+    (watcher.src / "new.csv").write_text("2\n")  # the second pass: one over the changed file
+    assert watcher.proc.wait(timeout=MIN_STABLE + 20) == 0, watcher.stderr()
+    assert (watcher.dst / "old.csv").read_text() == "1\n" and (watcher.dst / "new.csv").read_text() == "2\n"
+    assert {name: row["code"] for name, row in booked(watcher.db).items()} == {"old.csv": 1, "new.csv": 1}
+    runs = run_rows(watcher.db)
+    assert [(r["status"], r["files_copied"]) for r in runs] == [("ok", 1), ("ok", 1)], runs
+    assert "max runs reached (2): stopping" in watcher.stderr()
+    beat = heartbeat(watcher.db)
+    assert beat["stopped"] and beat["next_pass"] is None and beat["pid"] == watcher.proc.pid, beat
+    assert not list(watcher.dst.rglob("*.oeleo-part"))
+
+
+@pytest.mark.parametrize("command,env", WATCH_COMMANDS, ids=["watch", "schedule"])
+def test_until_stops_the_watcher_at_that_time_with_status_0(watcher_factory, tmp_path, command, env):
+    make_tree(tmp_path / "src", {"old.csv": "1\n"})
+    set_mtime(tmp_path / "src" / "old.csv", 3600)
+    until = datetime.datetime.now().astimezone() + datetime.timedelta(seconds=6)
+    watcher = watcher_factory(
+        "--until", until.isoformat(), command=command, env=dict(env, OELEO_WATCH_POLL="no")
+    )
+    watcher.wait_first_pass()
+    (watcher.src / "new.csv").write_text("2\n")
+    wait_for(lambda: "new.csv" in booked(watcher.db), MIN_STABLE + 5, "new.csv booked before --until")
+    assert watcher.proc.poll() is None, "stopped before --until: " + watcher.stderr()
+    # Stable only after --until: no pass starts for it.
+    wait_for(lambda: time.time() >= until.timestamp() - 0.4, 10, "just before --until")
+    (watcher.src / "late.csv").write_text("3\n")
+    wait_for(lambda: watcher.proc.poll() is not None, 10, "the watcher to stop by itself")
+    stopped = time.time()
+    assert watcher.proc.returncode == 0, watcher.stderr()
+    assert until.timestamp() <= stopped < until.timestamp() + 2.5
+    assert f"no run starts after {until:%Y-%m-%d %H:%M:%S}: stopping" in watcher.stderr()
+    assert sorted(p.name for p in watcher.dst.iterdir()) == ["new.csv", "old.csv"]
+    assert "late.csv" not in booked(watcher.db)
+    runs = run_rows(watcher.db)
+    assert runs and all(
+        datetime.datetime.fromisoformat(r["started"]) <= until.replace(tzinfo=None) for r in runs
+    )
+    assert all(r["status"] == "ok" for r in runs), runs
+    beat = heartbeat(watcher.db)
+    assert beat["stopped"] and beat["next_pass"] is None, beat
+
+
+BAD_LIMITS = [
+    (["--max-runs", "-1"], {}, "OELEO_MAX_RUNS"),
+    (["--max-runs", "two"], {}, "argument --max-runs: invalid int value: 'two'"),
+    ([], {"OELEO_MAX_RUNS": "many"}, "OELEO_MAX_RUNS"),
+    (["--until", "soon"], {}, "--until 'soon': not a time"),
+    (["--until", "25:00"], {}, "--until '25:00'"),
+]
+
+
 @pytest.mark.parametrize(
-    "args,env,named",
+    "command,args,env,named",
     [
-        (["--full-pass-every", "0"], {}, "OELEO_FULL_PASS_EVERY"),
-        ([], {"OELEO_WATCH_POLL": "sometimes"}, "OELEO_WATCH_POLL"),
+        ("watch", ["--full-pass-every", "0"], {}, "OELEO_FULL_PASS_EVERY"),
+        ("watch", [], {"OELEO_WATCH_POLL": "sometimes"}, "OELEO_WATCH_POLL"),
+        *(("watch", *bad) for bad in BAD_LIMITS),
+        *(("schedule", *bad) for bad in BAD_LIMITS),  # with OELEO_SCHEDULER=watch
     ],
 )
-def test_a_bad_watch_setting_is_one_line_and_status_2(tmp_path, args, env, named):
+def test_a_bad_watch_setting_is_one_line_and_status_2(tmp_path, command, args, env, named):
     (tmp_path / "src").mkdir()
-    proc = run_oeleo("watch", "--from", "src", "--to", "dst", *args, cwd=tmp_path, env=env)
+    env = dict(env, OELEO_SCHEDULER="watch")
+    proc = run_oeleo(command, "--from", "src", "--to", "dst", *args, cwd=tmp_path, env=env)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and named in lines[0], proc.stderr
     assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "dst").exists() and not (tmp_path / "oeleo-file-list.db").exists()
 
 
 def test_without_watchdog_oeleo_watch_says_what_to_install(tmp_path):

@@ -10,11 +10,14 @@ sends none). On network shares the native observer hears nothing of changes made
 computers, so the folder is polled there; ``OELEO_WATCH_POLL`` forces either way.
 
 Passes run one after the other in the calling thread and hold the books only while they run,
-as ``SimpleScheduler``'s do; a failing pass is logged and watching goes on.
+as ``SimpleScheduler``'s do; a failing pass is logged and watching goes on. ``max_run_intervals``
+(every pass counts, full or over changed files) and ``until`` end the watching, as they end
+``SimpleScheduler``'s schedule.
 """
 
 from __future__ import annotations
 
+import datetime
 import logging
 import os
 import stat as stat_module
@@ -23,11 +26,13 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path, PureWindowsPath
-from typing import TYPE_CHECKING, Any, Dict, FrozenSet, Iterable, List, Optional, Sequence, Set, Tuple
+from typing import TYPE_CHECKING, Any, Dict, FrozenSet, Iterable, List, Optional, Sequence, Set, Tuple, Union
 
 from oeleo.connectors.base import FileEntry, has_extension, matches
 from oeleo.errors import ConfigError
 from oeleo.schedulers.base import PassWorker, SchedulerBase
+from oeleo.schedulers.rules import describe_instant
+from oeleo.schedulers.simple import _until
 
 if TYPE_CHECKING:
     from oeleo.settings import Settings
@@ -357,7 +362,10 @@ class WatchScheduler(SchedulerBase):
 
     ``poll``: ``"yes"``, ``"no"`` or ``"auto"`` (``OELEO_WATCH_POLL``). ``min_age``: seconds a
     file must be unchanged (``OELEO_MIN_AGE``; at least ``MIN_STABLE``), the worker's own by
-    default. Needs the ``watch`` extra (watchdog).
+    default. ``max_run_intervals`` (0 or ``None``: no limit): stop after that many passes, each
+    pass counting, full or over changed files. ``until`` (an ISO date and time, ``HH:MM``, a
+    ``datetime`` or seconds since the epoch): no pass starts after it, and the watching stops
+    then (a pass running then finishes first). Needs the ``watch`` extra (watchdog).
     """
 
     name = "watch"
@@ -369,10 +377,17 @@ class WatchScheduler(SchedulerBase):
         poll: str = "auto",
         min_age: Optional[float] = None,
         filters: Optional[Filters] = None,
+        max_run_intervals: Optional[int] = None,
+        until: Union[str, float, datetime.datetime, None] = None,
     ) -> None:
         super().__init__(worker)
         if full_pass_every <= 0:
             raise ConfigError(f"full_pass_every={full_pass_every}: expected a positive number of seconds")
+        if max_run_intervals is not None and max_run_intervals < 0:
+            raise ConfigError(f"max_run_intervals={max_run_intervals}: expected 0 (no limit) or more")
+        self.max_run_intervals = max_run_intervals or None
+        self.until = _until(until)
+        self._ended = False  # max_run_intervals or until reached: no pass starts any more
         if poll not in ("yes", "no", "auto"):
             raise ConfigError(f"OELEO_WATCH_POLL={poll!r}: expected yes, no or auto")
         self.full_pass_every = float(full_pass_every)
@@ -401,8 +416,12 @@ class WatchScheduler(SchedulerBase):
     @classmethod
     def from_settings(cls, worker: PassWorker, settings: Settings, **options: Any) -> WatchScheduler:
         """``oeleo watch`` and ``OELEO_SCHEDULER=watch``: ``OELEO_FULL_PASS_EVERY``,
-        ``OELEO_WATCH_POLL`` and ``OELEO_MIN_AGE``."""
-        values: Dict[str, Any] = {"full_pass_every": settings.full_pass_every, "poll": settings.watch_poll}
+        ``OELEO_WATCH_POLL``, ``OELEO_MAX_RUNS`` and ``OELEO_MIN_AGE`` (``until`` comes as an option)."""
+        values: Dict[str, Any] = {
+            "full_pass_every": settings.full_pass_every,
+            "poll": settings.watch_poll,
+            "max_run_intervals": settings.max_runs or None,
+        }
         values.update({k: v for k, v in options.items() if v is not None})
         return cls(worker, **values)
 
@@ -488,14 +507,35 @@ class WatchScheduler(SchedulerBase):
 
     def _watching(self) -> str:
         how = self._polling() if self.polling else "with the system's change events"
+        limits = ""
+        if self.max_run_intervals:
+            n = self.max_run_intervals
+            limits += f"; stopping after {n} pass{'' if n == 1 else 'es'}"
+        if self.until is not None:
+            limits += f"; no pass starts after {describe_instant(self.until)}"
         return (
             f"watching {self.root} {how}: a file is copied {self.stable:g} s after its last change; "
-            f"a full pass every {self.full_pass_every:g} s"
+            f"a full pass every {self.full_pass_every:g} s{limits}"
         )
+
+    def _done(self) -> bool:
+        """Whether no pass may start any more: ``max_run_intervals`` passes done, or ``until``
+        past (said once, as ``SimpleScheduler`` says it)."""
+        if self._ended:
+            return True
+        if self.max_run_intervals and self.runs >= self.max_run_intervals:
+            log.info("max runs reached (%d): stopping", self.runs)
+        elif self.until is not None and time.time() >= self.until:
+            log.info("no run starts after %s: stopping", describe_instant(self.until))
+        else:
+            return False
+        self._ended = True
+        return True
 
     # -- the loop -----------------------------------------------------------------------------
     def start(self) -> Optional[RunSummary]:
-        """Watch until a stop is asked for (``stop()``, Ctrl-C, SIGTERM, SIGHUP)."""
+        """Watch until a stop is asked for (``stop()``, Ctrl-C, SIGTERM, SIGHUP), or until
+        ``max_run_intervals`` passes are done or ``until`` has come."""
         self._install_signal_handlers()
         try:
             check = getattr(getattr(self.worker, "local_connector", None), "check_source", None)
@@ -506,7 +546,7 @@ class WatchScheduler(SchedulerBase):
             self._next_full = next_full = time.monotonic()
             next_look = time.monotonic() + self.folder_interval
             first_ready: Optional[float] = None
-            while not self.stopping:
+            while not self.stopping and not self._done():
                 self._take_events()
                 if self.folders is not None and time.monotonic() >= next_look:
                     self._take(self.folders.changed())
@@ -547,6 +587,8 @@ class WatchScheduler(SchedulerBase):
                     wait = min(wait, 0.05)
                 elif ready_at is not None:
                     wait = min(wait, ready_at - now + 0.01)
+                if self.until is not None:  # by the wall clock, in pieces: a clock set meanwhile counts
+                    wait = min(wait, self.until - time.time(), 30.0)
                 self._wake.wait(max(0.0, wait))
                 self._wake.clear()
         finally:
@@ -581,7 +623,10 @@ class WatchScheduler(SchedulerBase):
         """One pass (``SchedulerBase.run_one_pass``: errors logged, the heartbeat, a reconnect
         after a failed pass): over ``entries`` only, or, with ``None``, over the whole folder.
         The files of a pass that failed as a whole wait for the next full pass (not tried at
-        once: a destination that is down would be asked again and again)."""
+        once: a destination that is down would be asked again and again). None starts once
+        ``max_run_intervals`` passes are done or ``until`` has come."""
+        if self._done():
+            return
         self._entries = entries
         try:
             self.run_one_pass()
@@ -595,8 +640,11 @@ class WatchScheduler(SchedulerBase):
             self.worker.add_entries(self._entries)  # type: ignore[attr-defined]
 
     def next_pass_after(self, ended: float) -> Optional[float]:
-        """The next full pass (a changed file may start one sooner)."""
-        return ended + max(0.0, self._next_full - time.monotonic())
+        """The next full pass (a changed file may start one sooner); None after the last one."""
+        if self.max_run_intervals and self.runs >= self.max_run_intervals:
+            return None
+        due = ended + max(0.0, self._next_full - time.monotonic())
+        return None if self.until is not None and due > self.until else due
 
 
 def _books_files(worker: Any, root: str) -> Set[str]:
