@@ -767,6 +767,22 @@ class PostgresDbHandler(Bookkeeper):
                 f"another oeleo process is already copying {self.origin} "
                 f"with {self.description}; this one stops"
             )
+        self._holds_lock = True
+
+    def close(self) -> None:
+        # The lock would go with the connection, but the server ends a backend a moment after
+        # the client has gone: a run started right after this one (a scheduler's next pass, a
+        # task) could find it still held. Released here, it is free when close() returns.
+        if getattr(self, "_holds_lock", False):
+            self._holds_lock = False
+            try:
+                if not self.database.is_closed():
+                    self.database.execute_sql(
+                        "SELECT pg_advisory_unlock(%s, %s)", (_ORIGIN_LOCK_CLASS, self._origin_key())
+                    )
+            except peewee.PeeweeException:
+                pass  # the connection is gone: so is the lock
+        super().close()
 
     def _origin_key(self) -> int:
         key = zlib.crc32(str(self.origin).encode("utf-8"))
