@@ -166,3 +166,21 @@ def test_on_s3_one_manifest_object_per_prefix_with_the_objects_hashes(s3_server,
             assert hashlib.sha256(body).hexdigest() == digest, name
     rows = db_rows(tmp_path / "oeleo-file-list.db")
     assert not any("MANIFEST" in name for name in rows)
+
+
+def test_names_with_a_backslash_a_newline_or_bytes_not_utf8_verify(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    names = [b"back\\slash.csv", b"new\nline.csv", b"caf\xe9.csv"]
+    for name in names:
+        with open(os.path.join(os.fsencode(src), name), "wb") as out:
+            out.write(name * 3)
+    dest = tmp_path / "copy"
+    write_env(tmp_path, dest, OELEO_MANIFEST="sha256")
+    done = run_oeleo("run", cwd=tmp_path)
+    assert done.returncode == 0 and "copied 3 files" in done.stderr, done.stderr
+    checked = subprocess.run(
+        ["sha256sum", "--strict", "-c", "MANIFEST.sha256"], cwd=str(dest), capture_output=True, check=False
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert checked.stdout.count(b": OK") == 3, checked.stdout
