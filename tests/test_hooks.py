@@ -4,11 +4,15 @@ that file and run again next pass, and never repeats the copy or stops the run."
 
 from __future__ import annotations
 
+import http.server
+import importlib.util
 import json
 import os
 import shlex
 import sqlite3
+import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any, Dict, List
 
@@ -303,3 +307,121 @@ def test_no_hooks_no_marks_and_a_dry_run_runs_none(place):
     finally:
         worker.close()
     assert seen == [] and os.path.exists(place["source"] / "new.txt")
+
+
+# -- the examples ------------------------------------------------------------------------
+EXAMPLES = REPO / "examples"
+
+
+def load_example(name: str) -> Any:
+    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class Archive(http.server.ThreadingHTTPServer):
+    """A loopback archive API: records each POST; answers 503 to the names in ``refuse``."""
+
+    def __init__(self) -> None:
+        self.records: List[Dict[str, Any]] = []
+        self.tokens: List[str] = []
+        self.refuse: set = set()
+        super().__init__(("127.0.0.1", 0), ArchiveHandler)
+
+
+class ArchiveHandler(http.server.BaseHTTPRequestHandler):
+    server: Archive
+
+    def do_POST(self) -> None:  # noqa: N802 (the name http.server calls)
+        record = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        self.server.tokens.append(self.headers.get("Authorization", ""))
+        if record["filename"] in self.server.refuse:
+            self.send_response(503)
+        else:
+            self.server.records.append(record)
+            self.send_response(201)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def archive():
+    server = Archive()
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_example_hook_http_posts_an_archive_record_per_frame_and_again_after_a_refusal(place, archive):
+    url = f"http://127.0.0.1:{archive.server_address[1]}/api/frames/"
+    archive.refuse = {"m42.fits"}
+    env = settings_env(
+        place, OELEO_HOOK_COMMAND=command(EXAMPLES / "hook_http.py", url), ARCHIVE_TOKEN="s3cret-token"
+    )
+    done = run_oeleo("run", cwd=place["root"], env=env)
+    assert done.returncode == 0, done.stderr
+    assert sorted(r["filename"] for r in archive.records) == ["m31.fits", "notes.txt"]
+    m31 = next(r for r in archive.records if r["filename"] == "m31.fits")
+    assert m31["object"] == "M31" and m31["header"]["EXPTIME"] == 30.0
+    assert m31["path"] == str(place["dest"] / "night1" / "m31.fits") and m31["size"] == 5760
+    assert set(archive.tokens) == {"Token s3cret-token"}
+    assert "s3cret-token" not in done.stderr + done.stdout
+    assert "answered 503" in last_errors(place["db"])["night1/m42.fits"]
+    archive.refuse = set()
+    again = run_oeleo("run", cwd=place["root"], env=env)
+    assert again.returncode == 0, again.stderr
+    assert sorted(r["filename"] for r in archive.records) == ["m31.fits", "m42.fits", "notes.txt"]
+    assert set(last_errors(place["db"]).values()) == {None}
+
+
+def test_example_hook_postgres_inserts_a_metadata_row_per_frame(place, postgres_db):
+    import psycopg2
+
+    dsn = " ".join(f"{key}={value}" for key, value in postgres_db.items())
+    script = [str(EXAMPLES / "hook_postgres.py"), str(place["source"]), str(place["dest"]), dsn]
+    done = subprocess.run(
+        [sys.executable, *script, str(place["db"])], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    (place["source"] / "night1" / "m42.fits").write_bytes(fits_frame("M42b"))  # changed: copied again
+    again = subprocess.run(
+        [sys.executable, *script, str(place["db"])], capture_output=True, text=True, timeout=60
+    )
+    assert again.returncode == 0, again.stderr
+    with psycopg2.connect(dsn) as con, con.cursor() as cursor:
+        cursor.execute("SELECT path, object, exptime, header->>'OBJECT', checksum FROM frames ORDER BY id")
+        rows = cursor.fetchall()
+    con.close()
+    dest = place["dest"] / "night1"
+    got = [(r[0], r[1], r[2], r[3]) for r in rows]
+    assert sorted(got[:2]) == [
+        (str(dest / "m31.fits"), "M31", 30.0, "M31"),
+        (str(dest / "m42.fits"), "M42", 30.0, "M42"),
+    ]
+    assert got[2:] == [(str(dest / "m42.fits"), "M42b", 30.0, "M42b")]  # once: m31 was not inserted twice
+    with sqlite3.connect(place["db"]) as books:
+        booked = dict(books.execute("SELECT local_name, checksum FROM filelist"))
+    assert rows[-1][4] == booked["night1/m42.fits"]
+
+
+def test_example_hook_dask_submits_each_arrived_file_to_a_local_cluster(place):
+    distributed = pytest.importorskip("distributed")
+    example = load_example("hook_dask")
+    with distributed.LocalCluster(processes=False, dashboard_address=None, n_workers=2) as cluster:
+        with distributed.Client(cluster) as client:
+            results = example.run(str(place["source"]), str(place["dest"]), client, str(place["db"]))
+            again = example.run(str(place["source"]), str(place["dest"]), client, str(place["db"]))
+    with sqlite3.connect(place["db"]) as books:
+        booked = dict(books.execute("SELECT local_name, checksum FROM filelist"))
+    assert sorted(results) == ["night1/m31.fits", "night1/m42.fits", "notes.txt"]
+    assert {name: r["md5"] for name, r in results.items()} == booked
+    assert results["night1/m31.fits"]["size"] == 5760 and again == {}
