@@ -220,3 +220,41 @@ def test_host_folder_connector_writes_under_the_host_name(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert_arrived(tmp_path / "share" / socket.gethostname(), {name: name for name in SOURCE_FILES})
+
+
+# -- examples/watch_folder.py -------------------------------------------------------------------
+def test_watch_example_copies_what_is_there_and_stops_after_its_passes(tmp_path):
+    if importlib.util.find_spec("watchdog") is None:
+        pytest.skip("the watch extra is not installed")
+    source = make_source(tmp_path / "instrument")
+    for path in source.rglob("*"):  # written a minute ago: stable, so the first full pass takes them
+        os.utime(path, (path.stat().st_atime - 60, path.stat().st_mtime - 60))
+    env = clean_env(
+        OELEO_BASE_DIR_FROM=str(source),
+        OELEO_BASE_DIR_TO=str(tmp_path / "server"),
+        OELEO_DB_NAME=str(tmp_path / "watch.db"),
+    )
+    result = run([str(EXAMPLES / "watch_folder.py"), "1"], cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stderr
+    assert_arrived(tmp_path / "server", {name: name for name in SOURCE_FILES})
+    runs = rows(tmp_path / "watch.db", "SELECT status, files_copied FROM oeleo_runs ORDER BY id")
+    assert runs == [("ok", 3)]
+    assert "1 runs, 0 failed" in result.stdout
+
+
+# -- examples/platform_task.py ------------------------------------------------------------------
+def test_platform_task_example_prints_the_task_and_installs_nothing(tmp_path):
+    make_source(tmp_path / "instrument")
+    (tmp_path / ".env").write_text(
+        "OELEO_BASE_DIR_FROM=instrument\nOELEO_BASE_DIR_TO=server\n", encoding="utf-8"
+    )
+    env = clean_env(XDG_CONFIG_HOME=str(tmp_path / "config"), HOME=str(tmp_path))
+    result = run([str(EXAMPLES / "platform_task.py"), "print", "5m"], cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stderr
+    shown = result.stdout + result.stderr
+    if sys.platform.startswith("linux"):
+        assert "OnUnitActiveSec=5min" in shown or "OnUnitActiveSec=300" in shown, shown
+        assert "oeleo run" in shown or " run" in shown
+    assert not (tmp_path / "config").exists()  # --print writes nothing
+    bad = run([str(EXAMPLES / "platform_task.py"), "remove"], cwd=tmp_path, env=env)
+    assert bad.returncode == 2 and "usage:" in bad.stderr
