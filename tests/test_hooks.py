@@ -144,6 +144,8 @@ def test_a_failing_hook_is_booked_for_its_file_and_runs_again_next_pass_without_
     errors = last_errors(place["db"])
     assert not_done_names(errors["night1/m31.fits"]) == ["command"]
     assert "exited with status 3: archive said no" in errors["night1/m31.fits"]
+    status = run_oeleo("status", cwd=place["root"], env=env)
+    assert 'night1/m31.fits (code 1): hooks not done ["command"]' in status.stdout, status.stdout
     place["status"].write_text("0")
     again = run_oeleo("run", cwd=place["root"], env=env)
     assert again.returncode == 0, again.stderr
