@@ -427,3 +427,25 @@ def test_example_hook_dask_submits_each_arrived_file_to_a_local_cluster(place):
     assert sorted(results) == ["night1/m31.fits", "night1/m42.fits", "notes.txt"]
     assert {name: r["md5"] for name, r in results.items()} == booked
     assert results["night1/m31.fits"]["size"] == 5760 and again == {}
+
+
+@pytest.mark.parametrize("value", ["soon", "0", "-5"])
+def test_a_hook_timeout_that_is_not_a_positive_number_is_one_line_naming_it(place, value):
+    done = run_oeleo("run", cwd=place["root"], env=settings_env(place, OELEO_HOOK_TIMEOUT=value))
+    assert done.returncode == 2 and "OELEO_HOOK_TIMEOUT" in done.stderr, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
+    assert not place["dest"].exists()
+
+
+@pytest.mark.skipif(sys.platform in ("win32", "darwin"), reason="names that are not UTF-8: Linux folders")
+def test_a_name_that_is_not_utf8_reaches_the_hook_and_its_retry_as_the_same_bytes(place):
+    raw = os.path.join(os.fsencode(place["source"]), b"caf\xe9 frame.txt")
+    with open(raw, "wb") as f:
+        f.write(b"frame\n")
+    place["status"].write_text("1")
+    assert run_oeleo("run", cwd=place["root"], env=settings_env(place)).returncode == 0
+    place["status"].write_text("0")
+    assert run_oeleo("run", cwd=place["root"], env=settings_env(place)).returncode == 0
+    paths = [os.fsencode(c["OELEO_HOOK_LOCAL_PATH"]) for c in told(place["log"])]
+    assert paths.count(raw) == 2  # the failing run and the retry from the books
+    assert set(last_errors(place["db"]).values()) == {None}
