@@ -449,3 +449,32 @@ def test_a_name_that_is_not_utf8_reaches_the_hook_and_its_retry_as_the_same_byte
     paths = [os.fsencode(c["OELEO_HOOK_LOCAL_PATH"]) for c in told(place["log"])]
     assert paths.count(raw) == 2  # the failing run and the retry from the books
     assert set(last_errors(place["db"]).values()) == {None}
+
+
+def test_a_failing_pass_command_runs_again_next_pass_with_its_files_and_the_file_hooks_do_not(place):
+    pass_status = place["root"] / "pass_status"
+    pass_status.write_text("4")
+    env = settings_env(
+        place, OELEO_HOOK_PASS_COMMAND=command(place["script"], place["pass_log"], pass_status)
+    )
+    assert run_oeleo("run", cwd=place["root"], env=env).returncode == 0
+    errors = last_errors(place["db"])
+    assert all(not_done_names(errors[name]) == ["pass-command"] for name in errors), errors
+    pass_status.write_text("0")
+    (place["source"] / "late.txt").write_text("arrived later\n")
+    assert run_oeleo("run", cwd=place["root"], env=env).returncode == 0
+    first, second = told(place["pass_log"])
+    assert sorted(f["local_name"] for f in second["stdin"]["files"]) == [
+        "late.txt",
+        "night1/m31.fits",
+        "night1/m42.fits",
+        "notes.txt",
+    ]
+    assert second["OELEO_HOOK_FILES"] == "4"
+    assert sorted(c["stdin"]["local_name"] for c in told(place["log"])) == [
+        "late.txt",
+        "night1/m31.fits",
+        "night1/m42.fits",
+        "notes.txt",
+    ]  # the per-file command ran once per file: it never failed
+    assert set(last_errors(place["db"]).values()) == {None}
