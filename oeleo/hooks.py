@@ -336,8 +336,12 @@ class Hooks:
                         failures[arrival.local_name][hook_name(hook)] = error
         stopped = should_stop()
         problems = {}
-        for arrival, _ in todo:
+        ours = {hook_name(h) for h in self.all}
+        for arrival, names in todo:
             failed = failures[arrival.local_name]
+            for name in names:  # a hook this worker does not have: still to run, by one that has it
+                if name != ALL and name not in ours:
+                    failed.setdefault(name, "not run: no hook of that name in this run")
             if failed:
                 reason = "; ".join(f"{name}: {error}" for name, error in sorted(failed.items()))
                 bookkeeper.record_error(arrival.local_name, not_done_text(list(failed), reason))

@@ -22,7 +22,7 @@ from helpers import run_oeleo
 from oeleo.checkers import FitsChecker
 from oeleo.connectors.local import LocalConnector
 from oeleo.hooks import OUTPUT_LIMIT, Arrival, HookFailed, Hooks, not_done_names, run_command
-from oeleo.models import SimpleDbHandler
+from oeleo.models import SimpleDbHandler, make_origin
 from oeleo.worker import Worker
 
 REPO = Path(__file__).resolve().parents[1]
@@ -478,3 +478,49 @@ def test_a_failing_pass_command_runs_again_next_pass_with_its_files_and_the_file
         "notes.txt",
     ]  # the per-file command ran once per file: it never failed
     assert set(last_errors(place["db"]).values()) == {None}
+
+
+def test_a_failed_hook_is_booked_and_cleared_in_postgresql_books_too(place, postgres_db):
+    from oeleo.models import PostgresDbHandler
+
+    def books() -> PostgresDbHandler:
+        db = postgres_db
+        return PostgresDbHandler(db["dbname"], db["host"], db["port"], db["user"], db["password"])
+
+    def run_with(hook: Any) -> Any:
+        worker = make_worker(place, [hook])
+        worker.bookkeeper = books()
+        worker.bookkeeper.origin = make_origin(place["source"])
+        try:
+            return worker.run()
+        finally:
+            worker.close()
+
+    def failing(arrival: Arrival) -> None:
+        if arrival.local_name == "notes.txt":
+            raise OSError("archive share not mounted")
+
+    failing.hook_name = "archive"  # type: ignore[attr-defined]
+    assert run_with(failing).copied == 3
+    reader = books()
+    reader.origin = make_origin(place["source"])
+    reader.initialize_db(exclusive=False)
+    try:
+        errors = {row.local_name: row.last_error for row in reader.rows(errors_only=True)}
+    finally:
+        reader.close()
+    assert list(errors) == ["notes.txt"] and not_done_names(errors["notes.txt"]) == ["archive"]
+    retried: List[Arrival] = []
+    again = _named("unused", retried)
+    again.hook_name = "archive"  # type: ignore[attr-defined]
+    assert run_with(retried.append).copied == 0  # a hook of another name: not run, the mark stays
+    assert retried == []
+    assert run_with(again).copied == 0
+    assert [a.local_name for a in retried] == ["notes.txt"]
+    reader = books()
+    reader.origin = make_origin(place["source"])
+    reader.initialize_db(exclusive=False)
+    try:
+        assert list(reader.rows(errors_only=True)) == []
+    finally:
+        reader.close()
