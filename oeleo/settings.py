@@ -301,14 +301,8 @@ class Settings(BaseSettings):
             return None
         return value
 
-    @field_validator("workers", mode="before")
-    @classmethod
-    def _empty_number_is_none(cls, value: Any) -> Any:
-        if isinstance(value, str) and not value.strip():
-            return None  # `OELEO_WORKERS=` as .env.example shows it: not set
-        return value
-
     @field_validator(
+        "workers",  # `OELEO_WORKERS=` as .env.example shows it: not set
         "db_host",
         "db_user",
         "external_host",
