@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, Iterable, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
 Content = Union[bytes, str]
 
@@ -112,6 +112,22 @@ def run_oeleo(
         timeout=timeout,
         check=False,
     )
+
+
+def start_oeleo(
+    args: List[str], cwd: Union[str, os.PathLike], err: Union[str, os.PathLike], env: Mapping[str, str]
+) -> subprocess.Popen:
+    """Start ``python -m oeleo *args`` in ``cwd`` in the background, its standard error going to
+    the file ``err`` (read it while the process runs); stdin and stdout are closed."""
+    with open(err, "wb") as stream:
+        return subprocess.Popen(
+            [sys.executable, "-m", "oeleo", *args],
+            cwd=str(cwd),
+            env=dict(env),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=stream,
+        )
 
 
 def run_once(worker: Any) -> Any:

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import clean_env, db_count, db_rows, make_tree, run_oeleo, wait_for
+from helpers import clean_env, db_count, db_rows, make_tree, run_oeleo, start_oeleo, wait_for
 
 # Looked for, not imported: importing rocketry here would skip the shim that the tests check.
 pytestmark = pytest.mark.skipif(
@@ -158,15 +158,12 @@ def test_stop_from_another_thread_shuts_the_rocketry_session_down(tmp_path: Path
 def test_sigterm_stops_oeleo_schedule_rocketry_with_status_143(tmp_path: Path) -> None:
     make_tree(tmp_path / "src", FILES)
     err_path = tmp_path / "err.txt"
-    with open(err_path, "wb") as err:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "oeleo", "schedule", *args(tmp_path), "--rocketry", "every 60 seconds"],
-            cwd=tmp_path,
-            env=clean_env(),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=err,
-        )
+    proc = start_oeleo(
+        ["schedule", *args(tmp_path), "--rocketry", "every 60 seconds"],
+        cwd=tmp_path,
+        err=err_path,
+        env=clean_env(),
+    )
     try:
         wait_for(
             lambda: proc.poll() is not None or "copied 2 files" in err_path.read_text(), 30, "the first pass"

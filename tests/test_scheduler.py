@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Optional
 
 import pytest
-from helpers import clean_env, run_oeleo, signal_mid_copy, tree_files, wait_for, write_random
+from helpers import clean_env, run_oeleo, signal_mid_copy, start_oeleo, tree_files, wait_for, write_random
 
 from oeleo.connectors.local import LocalConnector
 from oeleo.errors import ConnectorError
@@ -196,15 +196,7 @@ def test_sigterm_after_the_first_pass_stops_oeleo_schedule_promptly_and_cleanly(
     write_tree(src, FILES)
     env = {k: v for k, v in os.environ.items() if not k.upper().startswith("OELEO_")}
     args = ["--from", str(src), "--to", str(dst), "--db", str(db)]
-    with open(tmp_path / "err.txt", "wb") as err:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "oeleo", "schedule", *args, "--every", "60"],
-            cwd=tmp_path,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=err,
-        )
+    proc = start_oeleo(["schedule", *args, "--every", "60"], cwd=tmp_path, err=tmp_path / "err.txt", env=env)
     try:
         deadline = time.monotonic() + 30
         while not first_pass_finished(db):
@@ -267,15 +259,9 @@ def test_oeleo_schedule_holds_the_books_only_during_a_pass(tmp_path: Path) -> No
     env = {k: v for k, v in os.environ.items() if not k.upper().startswith("OELEO_")}
     args = ["--from", str(src), "--to", str(dst), "--db", str(db)]
     err_path = tmp_path / "err.txt"
-    with open(err_path, "wb") as err:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "oeleo", "schedule", *args, "--every", "30", "--max-runs", "2"],
-            cwd=tmp_path,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=err,
-        )
+    proc = start_oeleo(
+        ["schedule", *args, "--every", "30", "--max-runs", "2"], cwd=tmp_path, err=err_path, env=env
+    )
     try:
         deadline = time.monotonic() + 30
         # The pass is booked, and the scheduler has said when the next one comes: it waits.
@@ -341,16 +327,12 @@ def test_sighup_while_it_waits_stops_oeleo_schedule_with_status_129(tmp_path: Pa
     write_tree(src, FILES)
     env = {k: v for k, v in os.environ.items() if not k.upper().startswith("OELEO_")}
     err_path = tmp_path / "err.txt"
-    with open(err_path, "wb") as err:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "oeleo", "schedule", "--from", str(src), "--to", str(dst)]
-            + ["--db", str(db), "--every", "60"],
-            cwd=tmp_path,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=err,
-        )
+    proc = start_oeleo(
+        ["schedule", "--from", str(src), "--to", str(dst)] + ["--db", str(db), "--every", "60"],
+        cwd=tmp_path,
+        err=err_path,
+        env=env,
+    )
     try:
         deadline = time.monotonic() + 30
         while "next run at" not in err_path.read_text():
@@ -470,15 +452,12 @@ def test_a_bad_oeleo_schedule_setting_is_named_in_one_line(tmp_path: Path) -> No
 def test_cron_says_its_next_run_on_the_minutes_it_names_and_sigint_stops_it_with_130(tmp_path: Path) -> None:
     write_tree(tmp_path / "src", FILES)
     err_path = tmp_path / "err.txt"
-    with open(err_path, "wb") as err:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "oeleo", "schedule", *oeleo_args(tmp_path), "--cron", "*/5 * * * *"],
-            cwd=tmp_path,
-            env=clean_env(),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=err,
-        )
+    proc = start_oeleo(
+        ["schedule", *oeleo_args(tmp_path), "--cron", "*/5 * * * *"],
+        cwd=tmp_path,
+        err=err_path,
+        env=clean_env(),
+    )
     try:
         wait_for(lambda: proc.poll() is not None or "next run at" in err_path.read_text(), 30, "next run")
         assert proc.poll() is None, err_path.read_text()
@@ -600,15 +579,9 @@ def test_oeleo_status_tells_a_live_scheduler_from_a_stale_heartbeat(tmp_path: Pa
     write_tree(tmp_path / "src", FILES)
     status_args = ["status", "--from", str(tmp_path / "src"), "--db", str(tmp_path / "books.db")]
     err_path = tmp_path / "err.txt"
-    with open(err_path, "wb") as err:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "oeleo", "schedule", *oeleo_args(tmp_path), "--every", "5m"],
-            cwd=tmp_path,
-            env=clean_env(),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=err,
-        )
+    proc = start_oeleo(
+        ["schedule", *oeleo_args(tmp_path), "--every", "5m"], cwd=tmp_path, err=err_path, env=clean_env()
+    )
     try:
         wait_for(lambda: proc.poll() is not None or "next run at" in err_path.read_text(), 30, "next run")
         assert proc.poll() is None, err_path.read_text()
