@@ -33,11 +33,9 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import hashlib
 import json
 import os
 import platform
-import random
 import resource
 import shutil
 import socket
@@ -62,6 +60,7 @@ from benchmarks.run import (  # noqa: E402  (the shared harness's measuring and 
     sync_disks,
     venv_python,
 )
+from benchmarks.ssh_bench import make_workload, md5_of  # noqa: E402  (the same workloads as over SSH)
 
 KiB, MiB = 1024, 1024 * 1024
 AWS_VENV = REPO / "benchmarks" / ".venv-awscli"
@@ -230,30 +229,7 @@ class Moto:
 
 
 # -- workloads -------------------------------------------------------------------------
-def make_workload(root: Path, files: int, size: int, folders: int, seed: int) -> Dict[str, int]:
-    """``files`` files of ``size`` bytes of seeded random content, in ``folders`` folders."""
-    rng = random.Random(seed)
-    made: Dict[str, int] = {}
-    for i in range(files):
-        relpath = f"run-{i % folders:02d}/file_{i:05d}.dat" if folders > 1 else f"file_{i:05d}.dat"
-        path = root / relpath
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "wb") as handle:
-            left = size
-            while left:
-                piece = min(left, MiB)
-                handle.write(rng.randbytes(piece))
-                left -= piece
-        made[relpath] = size
-    return made
-
-
-def md5_of(path: Path) -> str:
-    digest = hashlib.md5()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(MiB), b""):
-            digest.update(block)
-    return digest.hexdigest()
+# make_workload and md5_of: the SSH scenario's, so both remote scenarios copy the same files.
 
 
 # -- tools -----------------------------------------------------------------------------
