@@ -4,9 +4,9 @@ then by checksum, computed where the store can (one request for many files)."""
 from __future__ import annotations
 
 import functools
-from typing import Callable, List, Sequence, Tuple
+from typing import Callable, Iterator, List, Sequence, Tuple
 
-from oeleo.checkers import hash_file
+from oeleo.checkers import hash_file, new_hash
 from oeleo.compress import file_chunks, gzip_digest, stored_name
 from oeleo.connectors.base import Connector, FileEntry
 from oeleo.connectors.local import LocalConnector
@@ -69,8 +69,7 @@ def compare(
                 progress = functools.partial(reporter.file_progress, entry.relpath)
                 if name != entry.relpath:
                     hashed = True
-                    digest = hash_file(path, algorithm, progress=progress)
-                    packed, packed_size = gzip_digest(file_chunks(str(path)), algorithm)
+                    digest, packed, packed_size = _source_and_gzip_digests(str(path), algorithm, progress)
                     if remote.size != packed_size:
                         to_copy(report.different, entry.relpath)
                     elif by_size:
@@ -126,3 +125,20 @@ def compare(
     if update_db:
         bookkeeper.flush()
     return report
+
+
+def _source_and_gzip_digests(
+    path: str, algorithm: str, progress: Callable[[int], None]
+) -> Tuple[str, str, int]:
+    """The books' digest of a local file and the digest and size of its gzip form (what the
+    store holds when it is sent compressed), from one read of the file."""
+    source = new_hash(algorithm)
+
+    def chunks() -> Iterator[bytes]:
+        for chunk in file_chunks(path):
+            source.update(chunk)
+            progress(len(chunk))
+            yield chunk
+
+    packed, packed_size = gzip_digest(chunks(), algorithm)
+    return source.hexdigest(), packed, packed_size
