@@ -236,6 +236,42 @@ class Settings(BaseSettings):
     )
     hook_timeout: float = Field(60.0, gt=0, description="Seconds a hook may run before it counts as failed.")
 
+    # Watching it (oeleo serve, alerts: docs/monitoring.md).
+    monitor_token: Optional[SecretStr] = Field(
+        None,
+        description="Token of the monitor's actions (at least 16 characters); empty: one is made and printed.",
+    )
+    alert_webhook: Optional[SecretStr] = Field(
+        None, description="Webhook URL for alerts (Teams, Slack, Mattermost, or plain JSON); empty: none."
+    )
+    alert_email: str = Field("", description="Addresses alerts are mailed to (comma separated); empty: none.")
+    alert_after_failed_passes: int = Field(
+        3, ge=1, description="Alert when the destination was unreachable for this many passes in a row."
+    )
+    alert_quiet_hours: float = Field(
+        0.0, ge=0, description="Alert when nothing new arrived for this many hours while scheduled; 0: off."
+    )
+    smtp_host: Optional[str] = Field(None, description="SMTP server of the alert mails.")
+    smtp_port: Optional[int] = Field(
+        None, ge=1, le=65535, description="SMTP port (default: 465 with ssl, 587 with starttls, else 25)."
+    )
+    smtp_security: str = Field("starttls", description="starttls, ssl, or none.")
+    smtp_username: Optional[str] = Field(None, description="SMTP user name; empty: no login.")
+    smtp_password: Optional[SecretStr] = Field(None, description="SMTP password.")
+    smtp_from: Optional[str] = Field(None, description="Sender of alert mails (default: oeleo@<this PC>).")
+
+    @field_validator("smtp_security")
+    @classmethod
+    def _known_smtp_security(cls, value: str) -> str:
+        value = value.strip().lower()
+        if value in ("", "starttls", "tls"):
+            return "starttls"
+        if value in ("ssl", "smtps"):
+            return "ssl"
+        if value in ("none", "plain", "off", "no"):
+            return "none"
+        raise ValueError("starttls, ssl or none")
+
     @field_validator("sharepoint_auth")
     @classmethod
     def _known_sharepoint_auth(cls, value: str) -> str:
@@ -318,6 +354,10 @@ class Settings(BaseSettings):
         "s3_request_checksums",
         "arcsecond_organisation",
         "arcsecond_telescope",
+        "smtp_host",
+        "smtp_port",
+        "smtp_username",
+        "smtp_from",
         mode="before",
     )
     @classmethod
