@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # The one test command:  bash tests/run.sh [pytest args]
 #
-# 1. installs missing Debian packages (postgresql, openssh-server, rsync) when
+# 1. installs missing Debian packages (postgresql, openssh-server, rsync, chromium) when
 #    run as root; otherwise prints what to install and exits 2;
 # 2. creates .venv (python3 -m venv) if absent and installs -e '.[test]' into it;
 # 3. runs `ruff check .`, `ruff format --check .` and `mypy oeleo/`: any of them failing
 #    fails the run, before pytest;
 # 4. runs .venv/bin/python -m pytest "$@" and exits with its status
 #    ("no tests collected", pytest status 5, counts as a failure).
+#
+# chromium is the browser the monitor page's tests drive with Playwright (about 125 MB of
+# packages, some 10 s to install).
 #
 # The fast part alone (no sshd, PostgreSQL or benchmark harness):
 #    bash tests/run.sh -m "not ssh and not postgres and not bench"
@@ -29,12 +32,13 @@ have_pkg() {
         postgresql) compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null ;;
         openssh-server) [ -x /usr/sbin/sshd ] ;;
         rsync) command -v rsync >/dev/null 2>&1 ;;
+        chromium) [ -x /usr/bin/chromium ] ;;
         *) return 1 ;;
     esac
 }
 
 missing=()
-for pkg in postgresql openssh-server rsync; do
+for pkg in postgresql openssh-server rsync chromium; do
     have_pkg "$pkg" || missing+=("$pkg")
 done
 
