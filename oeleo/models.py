@@ -564,6 +564,16 @@ class Bookkeeper:
         return self._guard(run)
 
     # -- runs -------------------------------------------------------------------------
+    def last_run_status(self) -> Optional[str]:
+        """The status of this origin's last run (None: none yet), without starting one."""
+        return self._guard(self._last_status)
+
+    def _last_status(self) -> Optional[str]:
+        model = self.run_model
+        query = model.select(model.status).where(model.origin == self.origin)
+        last = query.order_by(model.id.desc()).limit(1).tuples().first()
+        return last[0] if last else None
+
     def start_run(self) -> Optional[str]:
         """Record a new run of this origin and return the status of the one before (None:
         the first). A run of this origin still marked "running" was killed (SIGKILL, a power
@@ -577,16 +587,9 @@ class Bookkeeper:
                     status="interrupted",
                     message="the process ended before the run finished (killed, or the computer stopped)",
                 ).where((model.origin == self.origin) & (model.status == "running")).execute()
-                last = (
-                    model.select(model.status)
-                    .where(model.origin == self.origin)
-                    .order_by(model.id.desc())
-                    .limit(1)
-                    .tuples()
-                    .first()
-                )
+                last = self._last_status()
                 self._run_id = model.create(origin=self.origin).id
-            return last[0] if last else None
+            return last
 
         return self._guard(run)
 

@@ -199,10 +199,15 @@ class Worker:
     def _connect(self) -> None:
         if self._connected:
             return
-        self.local_connector.check_source()
+        self._check_source()
         self.external_connector.connect()
         self._connected = True
         self._prepared = False
+
+    def _check_source(self) -> None:
+        """The source side alone: listing needs no destination (an idle pass never opens one)."""
+        if not self._connected:
+            self.local_connector.check_source()
 
     def _prepare_destination(self) -> None:
         """Create the destination if needed, once per connection: only a run that copies
@@ -286,7 +291,7 @@ class Worker:
         return self.file_names
 
     def _list_local(self, **kwargs: Any) -> None:
-        self._connect()
+        self._check_source()
         self._skipped = []
         entries = list(
             self.local_connector.list_files(
@@ -305,7 +310,7 @@ class Worker:
 
     def add_local(self, local_files: Iterable[Any]) -> List[Path]:
         """Name the files to process yourself (paths inside the source folder)."""
-        self._connect()
+        self._check_source()
         base = Path(self.local_connector.directory)
         entries = []
         for f in local_files:
@@ -319,7 +324,7 @@ class Worker:
     def add_entries(self, entries: Iterable[FileEntry]) -> None:
         """Name the next pass's files as the source connector lists them (a folder watcher's
         changed files, checked against the filters by the watcher): nothing else is listed."""
-        self._connect()
+        self._check_source()
         self._skipped = []
         self._set_entries(list(entries))
 
@@ -394,7 +399,11 @@ class Worker:
             self.reporter.run_finished(summary)
             return summary
 
-        self._prepare_destination()
+        previous = self.bookkeeper.last_run_status()
+        if todo or previous != "ok" or self.manifest or self._connected:
+            self._prepare_destination()
+        # else: nothing to copy after a clean run: the destination is not contacted (no
+        # connection, login or request), as an idle pass of a scheduler should be.
         previous = self.bookkeeper.start_run()
         if previous != "ok":
             self._remove_leftovers()  # the run before did not finish cleanly (or there was none)

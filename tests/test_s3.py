@@ -265,6 +265,35 @@ def test_an_unreachable_endpoint_is_a_config_error_naming_the_setting(s3_bucket,
     assert "OELEO_S3_ENDPOINT_URL" in line and closed in line
 
 
+def test_an_idle_rerun_after_a_clean_run_does_not_contact_the_store(s3_bucket, s3_server, tmp_path):
+    """Nothing new after a run that ended well: no request at all (an idle pass every few
+    minutes costs the store nothing). Something new: the store is asked, and an unreachable
+    one is the same clear error as on a first run, which always connects."""
+    make_tree(tmp_path / "src", TREE)
+    env = s3_env(s3_server, s3_bucket)
+    assert oeleo(tmp_path, "run", env=env).returncode == 0
+    closed = f"http://127.0.0.1:{servers.free_port()}"
+    idle = oeleo(tmp_path, "run", env=s3_env(s3_server, s3_bucket, OELEO_S3_ENDPOINT_URL=closed))
+    assert idle.returncode == 0, idle.stderr
+    assert f"{len(TREE)} unchanged" in idle.stderr  # the endpoint is a closed port: never asked
+    make_tree(tmp_path / "src", {"new.csv": "1,2\n"})
+    busy = oeleo(tmp_path, "run", env=s3_env(s3_server, s3_bucket, OELEO_S3_ENDPOINT_URL=closed))
+    assert busy.returncode == 2
+    assert "OELEO_S3_ENDPOINT_URL" in one_error_line(busy)
+    assert "new.csv" not in db_rows(tmp_path / "books.db")
+    again = oeleo(tmp_path, "run", env=env)  # the store is back: the new file goes up
+    assert again.returncode == 0, again.stderr
+    assert PREFIX + "new.csv" in keys(s3_server, s3_bucket)
+
+
+def test_a_first_run_with_nothing_to_copy_still_checks_the_store(s3_bucket, s3_server, tmp_path):
+    (tmp_path / "src").mkdir()
+    closed = f"http://127.0.0.1:{servers.free_port()}"
+    done = oeleo(tmp_path, "run", env=s3_env(s3_server, s3_bucket, OELEO_S3_ENDPOINT_URL=closed))
+    assert done.returncode == 2
+    assert "OELEO_S3_ENDPOINT_URL" in one_error_line(done)
+
+
 def test_an_endpoint_lost_after_it_worked_is_a_dropped_connection(s3_server, s3_bucket):
     second = servers.start_s3()  # the same moto state, another port: stopped half way
     try:
