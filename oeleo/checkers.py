@@ -1,10 +1,11 @@
 """Checkers decide what a file's fingerprint is. ``ChecksumChecker`` hashes with hashlib.
 
 The worker asks the checker for a fresh hash object and feeds it the bytes it copies, so a
-copied file is read once. A developer may subclass ``Checker`` to add a validation step by
-overriding ``validate``, as ``FitsChecker`` does: it reads the headers of FITS and XISF files
-before the copy (a few KiB: the data units are skipped by the lengths the headers give) and
-keeps the chosen header keywords for the books (``take_metadata``).
+copied file is read once. A developer may subclass ``Checker`` to add a validation step: by
+overriding ``validate`` (asked before the copy, with the file's path), or, to validate the
+very chunks the copy reads, ``stream_check`` (an object fed each chunk and asked at the end,
+before the copy is committed), as ``FitsChecker`` does for FITS and XISF files. What a check
+keeps for the books (``FitsChecker``: header keywords) is handed over by ``take_metadata``.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Protocol, Sequence, Union
 
 from oeleo import fits
-from oeleo.errors import ConfigError, FileIncomplete
+from oeleo.errors import ConfigError, FileIncomplete, TransferError
 from oeleo.names import printable
 
 log = logging.getLogger("oeleo")
@@ -104,6 +105,21 @@ def hash_fd(
     return digest.hexdigest()
 
 
+class StreamCheck(Protocol):
+    """Validates one file from the chunks its copy reads: ``update`` gets each, in order, in
+    the reading thread; ``finish`` is asked after the last one, before the copy is committed.
+
+    ``finish`` returns what to keep in the books for the file (or None), or raises
+    ``oeleo.errors.FileIncomplete`` (the copy is aborted and the file left for the next run)
+    or another ``TransferError`` (the copy is aborted and the file fails with that reason).
+    ``update`` may raise ``FileIncomplete`` too, once it is certain: nothing more is sent.
+    """
+
+    def update(self, chunk: bytes, /) -> None: ...
+
+    def finish(self) -> Optional[Dict[str, Any]]: ...
+
+
 class Checker:
     """What the worker needs from a checker: an algorithm name and a way to hash a file."""
 
@@ -122,8 +138,20 @@ class Checker:
         return None
 
     def take_metadata(self, path: Path) -> Optional[Dict[str, Any]]:
-        """What ``validate`` found worth keeping in the books for this file (once), or None."""
+        """What ``validate`` (or a ``stream_check``'s ``finish``) found worth keeping in the
+        books for this file (once), or None."""
         return None
+
+    def stream_check(self, path: Path, size: int) -> Optional[StreamCheck]:
+        """A check of this file fed the chunks its copy reads (``size``: its bytes when the
+        copy opened it), or None when there is nothing to check. A checker that overrides
+        this is not asked ``validate`` by the worker: its stream check is the validation."""
+        return None
+
+
+def streams(checker: Checker) -> bool:
+    """Does ``checker`` validate while the copy reads (``stream_check``), not before it?"""
+    return type(checker).stream_check is not Checker.stream_check
 
 
 class ChecksumChecker(Checker):
@@ -145,6 +173,10 @@ class FitsChecker(ChecksumChecker):
     whole. A bad header is refused (the file fails); a file that is not FITS at all is refused
     when ``strict``, else copied as a plain file with a warning. Other files are copied as the
     checksum checker copies them. ``keywords`` of the headers go to the books.
+
+    The worker checks while the copy reads the file (``stream_check``): a file is read once,
+    and one that turns out incomplete or bad is aborted before its copy is committed.
+    ``validate`` does the same check before a copy, reading the headers (a few KiB per HDU).
     """
 
     def __init__(
@@ -168,10 +200,26 @@ class FitsChecker(ChecksumChecker):
         return cls(settings.checksum, keywords, settings.fits_strict)
 
     def validate(self, path: Path) -> Optional[str]:
+        """The check before a copy, reading the file's headers (the worker uses ``stream_check``)."""
         if fits.kind_of(path.name) is None:
             return None
+        return self._judge(path, lambda: fits.inspect(path, self.keywords))
+
+    def stream_check(self, path: Path, size: int) -> Optional[StreamCheck]:
+        kind = fits.kind_of(path.name)
+        if kind is None:
+            return None
+        return _FitsStreamCheck(self, path, fits.inspector(kind, size, self.keywords))
+
+    def take_metadata(self, path: Path) -> Optional[Dict[str, Any]]:
+        with self._lock:
+            return self._found.pop(os.fspath(path), None)
+
+    def _judge(self, path: Path, inspect: Callable[[], fits.Inspection]) -> Optional[str]:
+        """What ``inspect()`` says of the file at ``path``: None to copy it (its keywords kept
+        for ``take_metadata``), a reason to refuse it; ``FileIncomplete`` if it is not whole."""
         try:
-            found = fits.inspect(path, self.keywords)
+            found = inspect()
         except fits.Truncated as exc:
             raise FileIncomplete(str(exc)) from None
         except fits.NotFits as exc:
@@ -190,9 +238,38 @@ class FitsChecker(ChecksumChecker):
             self._found[os.fspath(path)] = found.keywords
         return None
 
-    def take_metadata(self, path: Path) -> Optional[Dict[str, Any]]:
-        with self._lock:
-            return self._found.pop(os.fspath(path), None)
+
+class _FitsStreamCheck:
+    """``FitsChecker``'s check of one file while its copy reads it (see ``StreamCheck``)."""
+
+    def __init__(self, checker: FitsChecker, path: Path, inspector: fits.Inspector) -> None:
+        self.checker = checker
+        self.path = path
+        self.inspector = inspector
+        self.problem: Optional[fits.FitsProblem] = None  # what the bytes so far said, for finish()
+
+    def update(self, chunk: bytes) -> None:
+        if self.problem is not None:
+            return
+        try:
+            self.inspector.feed(chunk)
+        except fits.Truncated as exc:
+            raise FileIncomplete(str(exc)) from None  # certain from the size: nothing more is sent
+        except fits.FitsProblem as exc:
+            self.problem = exc  # said at the end: a file that is not FITS may be copied anyway
+
+    def finish(self) -> Optional[Dict[str, Any]]:
+        def inspection() -> fits.Inspection:
+            if self.problem is not None:
+                raise self.problem
+            return self.inspector.close()
+
+        checker = self.checker
+        reason = checker._judge(self.path, inspection)
+        if reason:
+            raise TransferError(f"refused by {type(checker).__name__}: {reason}")
+        with checker._lock:
+            return checker._found.get(os.fspath(self.path))
 
 
 CHECKERS = {"checksum": ChecksumChecker, "fits": FitsChecker}

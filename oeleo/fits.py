@@ -4,25 +4,29 @@ FITS (the standard, version 4.0): a file is a sequence of HDUs, each a header of
 blocks of 80-character ASCII cards ending with an ``END`` card, then a data unit whose length
 the header gives (``|BITPIX|/8 * GCOUNT * (PCOUNT + NAXIS1 * ... * NAXISn)``, padded to whole
 blocks). A file shorter than its headers say is *incomplete* (an instrument still writing it);
-one whose headers break the rules is *bad*; one that does not start as FITS is *not FITS*. Only
-the headers are read: a plain file's data units are skipped by their lengths, so the cost is a
-few KiB per HDU whatever the file's size. A ``.fits.gz`` is read through the gzip stream to its
-end, so that the trailer's CRC and length are checked too; a ``.fz`` (tile-compressed) is FITS.
+one whose headers break the rules is *bad*; one that does not start as FITS is *not FITS*. A
+``.fits.gz`` is read through the gzip stream to its end, so that the trailer's CRC and length
+are checked too; a ``.fz`` (tile-compressed) is FITS.
 
 XISF (version 1.0): ``XISF0100``, a little-endian 32-bit header length, 4 reserved bytes, the
 XML header, and data blocks the header places with ``location="attachment:POSITION:SIZE"``;
 every such block must lie inside the file.
+
+The reading is push-based (``inspector``): an inspector is fed a file's bytes in order, in
+chunks of any size (the very chunks a copy reads, so that a file is read once), and says at
+the end what the file is. Told the file's size first, it knows a short data unit as soon as its
+header is in, before the rest streams by. ``inspect`` feeds one from a file, seeking over the
+data units of a plain file (they are not needed): a few KiB per HDU, whatever the file's size.
 """
 
 from __future__ import annotations
 
-import gzip
 import os
 import re
 import struct
 import zlib
 from dataclasses import dataclass, field
-from typing import IO, Any, Dict, List, Optional, Protocol, Sequence, Union
+from typing import Any, Dict, List, Optional, Protocol, Sequence, Tuple, Union
 from xml.etree import ElementTree
 
 BLOCK = 2880
@@ -48,12 +52,15 @@ FITS_SUFFIXES = (
 DEFAULT_KEYWORDS = ("DATE-OBS", "OBJECT", "FILTER", "EXPTIME", "INSTRUME", "TELESCOP", "RA", "DEC")
 
 SIMPLE = b"SIMPLE  ="  # how a FITS file starts
+XTENSION = b"XTENSION="  # how an extension's header starts
 GZIP_MAGIC = b"\x1f\x8b"
+GZIP_WBITS = 16 + zlib.MAX_WBITS  # zlib reads the gzip format and checks its trailer (CRC-32, ISIZE)
 XISF_SIGNATURE = b"XISF0100"
 XISF_PREAMBLE = 16  # signature, header length, reserved
 XISF_NAMESPACE = "{http://www.pixinsight.com/xisf}"
-SKIP_PIECE = 1024 * 1024  # what a skip through a gzip stream decompresses at a time
+SKIP_PIECE = 1024 * 1024  # what a gzip stream is decompressed to at most at a time (bounded memory)
 NOT_ASCII = re.compile(rb"[^\x20-\x7e]")  # header cards hold printable ASCII only
+EVERYTHING = 1 << 62  # what an inspector that needs no more bytes would skip: the rest
 
 
 class FitsProblem(ValueError):
@@ -81,6 +88,21 @@ class Inspection:
     keywords: Dict[str, Any] = field(default_factory=dict)
 
 
+class Inspector(Protocol):
+    """Checks one file from its bytes, fed in order. ``feed`` raises a problem as soon as it
+    is certain (``Truncated`` only when the size told says so); ``close`` after the last byte
+    returns what the file is or raises what is wrong. ``skippable`` bytes from here on are not
+    needed (a data unit): a reader of a file may ``skip`` them instead of feeding them."""
+
+    def feed(self, data: Union[bytes, memoryview]) -> None: ...
+
+    def skippable(self) -> int: ...
+
+    def skip(self, n: int) -> None: ...
+
+    def close(self) -> Inspection: ...
+
+
 def kind_of(name: str) -> Optional[str]:
     """``"fits"``, ``"fits.gz"`` or ``"xisf"`` for a file name with such an extension, else None."""
     lower = name.lower()
@@ -93,153 +115,171 @@ def kind_of(name: str) -> Optional[str]:
     return "fits" if lower.endswith(FITS_SUFFIXES) else None
 
 
+def inspector(kind: str, size: Optional[int], keywords: Sequence[str] = DEFAULT_KEYWORDS) -> Inspector:
+    """An inspector of a file of ``kind`` (``kind_of``) and of ``size`` bytes (None: not known
+    before its end), keeping the ``keywords`` of its headers."""
+    if kind == "xisf":
+        return _XisfInspector(keywords, size)
+    if kind == "fits.gz":
+        return _GzipInspector(keywords)
+    return _FitsInspector(keywords, "fits", size)
+
+
+READ_PIECE = {"fits": BLOCK, "xisf": 64 * 1024, "fits.gz": SKIP_PIECE}  # what inspect() reads at a time
+
+
 def inspect(path: Union[str, os.PathLike], keywords: Sequence[str] = DEFAULT_KEYWORDS) -> Inspection:
     """Check that the FITS or XISF file at ``path`` is whole and well formed, and read the
     ``keywords`` from its headers. Raises ``NotFits``, ``BadHeader`` or ``Truncated``."""
-    kind = kind_of(os.fsdecode(os.fspath(path)))
-    with open(path, "rb") as handle:
-        if kind == "xisf":
-            return _inspect_xisf(handle, os.fstat(handle.fileno()).st_size, keywords)
-        if kind == "fits.gz":
-            return _inspect_gzip(handle, keywords)
-        return _inspect_fits(_PlainReader(handle), keywords, "fits")
+    kind = kind_of(os.fsdecode(os.fspath(path))) or "fits"
+    with open(path, "rb", buffering=0) as handle:
+        size = os.fstat(handle.fileno()).st_size
+        check = inspector(kind, size, keywords)
+        piece = READ_PIECE[kind]
+        at = 0
+        while at < size:
+            gap = min(check.skippable(), size - at)
+            if gap:
+                check.skip(gap)
+                at += gap
+                handle.seek(at)
+                continue
+            data = handle.read(piece)
+            if not data:
+                break
+            check.feed(data)
+            at += len(data)
+        return check.close()
 
 
 # -- FITS ------------------------------------------------------------------------------------
-class _Readable(Protocol):
-    def read(self, n: int, /) -> bytes: ...
+_START, _HEADER, _DATA, _NEXT, _AFTER = range(5)  # where a FITS inspector is in its file
 
 
-class _Reader(Protocol):
-    """Where the HDUs come from: a plain file (data skipped by seeking) or a stream."""
+class _FitsInspector:
+    """Reads the HDUs of a FITS file as its bytes stream by: header blocks are collected and
+    parsed, data units counted past by the lengths their headers give."""
 
-    offset: int
+    def __init__(self, wanted: Sequence[str], kind: str, size: Optional[int] = None) -> None:
+        self.wanted = wanted
+        self.size = size
+        self.found = Inspection(kind)
+        self.offset = 0  # bytes fed or skipped
+        self._state = _START
+        self._block = bytearray()  # the header block being collected
+        self._cards: Dict[str, Any] = {}  # of the header being read
+        self._number = 0  # cards of that header so far
+        self._left = 0  # bytes of the current data unit (with its padding) still to come
+        self._length = 0  # of the current data unit, without its padding
+        self._padded = 0
 
-    def read(self, n: int) -> bytes: ...
+    def feed(self, data: Union[bytes, memoryview]) -> None:
+        view = memoryview(data)
+        while view:
+            state = self._state
+            if state == _AFTER:
+                self.offset += len(view)
+                return
+            if state == _DATA:
+                n = min(self._left, len(view))
+                self.skip(n)
+                view = view[n:]
+                continue
+            block = self._block
+            piece = view[: BLOCK - len(block)]
+            block += piece
+            self.offset += len(piece)
+            view = view[len(piece) :]
+            if state == _START:
+                self._check_start()
+            elif state == _NEXT and len(block) >= len(XTENSION):
+                if not block.startswith(XTENSION):
+                    self._state = _AFTER  # not an extension after the last HDU: FITS readers ignore it
+                    continue
+                self._state = _HEADER
+            if len(block) == BLOCK and self._state == _HEADER:
+                self._header_block()
 
-    def skip(self, n: int) -> int: ...
+    def _check_start(self) -> None:
+        block = self._block
+        seen = min(len(block), len(SIMPLE))
+        if block[:seen] != SIMPLE[:seen]:
+            raise NotFits("it does not start with a FITS SIMPLE card")
+        if seen == len(SIMPLE):
+            self._state = _HEADER
+            if self.size is not None and self.size % BLOCK:
+                raise Truncated(self._size_problem(self.size))
 
-    def at_end(self) -> bool: ...
-
-    def check_whole(self) -> None: ...
-
-
-class _PlainReader:
-    """Reads a file's headers and skips its data units by seeking, knowing the file's size."""
-
-    def __init__(self, handle: IO[bytes]) -> None:
-        self.handle = handle
-        self.size = os.fstat(handle.fileno()).st_size
-        self.offset = 0
-
-    def read(self, n: int) -> bytes:
-        data = self.handle.read(n)
-        self.offset += len(data)
-        return data
-
-    def skip(self, n: int) -> int:
-        """Skip ``n`` bytes; returns how many the file had."""
-        had = max(0, min(n, self.size - self.offset))
-        self.offset += had
-        self.handle.seek(self.offset)
-        return had
-
-    def at_end(self) -> bool:
-        return self.offset >= self.size
-
-    def check_whole(self) -> None:
-        if self.size % BLOCK:
-            raise Truncated(f"its size ({self.size} bytes) is not a multiple of {BLOCK}")
-
-
-class _StreamReader:
-    """Reads a decompressed stream (gzip): a skip reads and drops, to the stream's end."""
-
-    def __init__(self, stream: _Readable) -> None:
-        self.stream = stream
-        self.offset = 0
-        self._ahead = b""
-
-    def read(self, n: int) -> bytes:
-        data = self._ahead + self.stream.read(n - len(self._ahead)) if self._ahead else self.stream.read(n)
-        self._ahead = b""
-        self.offset += len(data)
-        return data
-
-    def skip(self, n: int) -> int:
-        had = min(n, len(self._ahead))
-        self._ahead = self._ahead[had:]
-        while had < n:
-            piece = self.stream.read(min(SKIP_PIECE, n - had))
-            if not piece:
-                break
-            had += len(piece)
-        self.offset += had
-        return had
-
-    def at_end(self) -> bool:
-        if not self._ahead:
-            self._ahead = self.stream.read(1)
-        return not self._ahead
-
-    def check_whole(self) -> None:
-        if self.offset % BLOCK:
-            raise Truncated(f"its size ({self.offset} bytes, uncompressed) is not a multiple of {BLOCK}")
-
-
-def _inspect_fits(reader: _Reader, wanted: Sequence[str], kind: str) -> Inspection:
-    first = reader.read(BLOCK)
-    if len(first) < len(SIMPLE) and SIMPLE.startswith(first):
-        raise Truncated(f"it has only {len(first)} bytes, not yet a FITS header")  # just created
-    if not first.startswith(SIMPLE):
-        raise NotFits("it does not start with a FITS SIMPLE card")
-    found = Inspection(kind)
-    block: Optional[bytes] = first
-    while True:
-        where = "the primary header" if found.units == 0 else f"the header of extension {found.units}"
-        cards = _read_header(reader, block, where)
-        found.units += 1
-        for name in wanted:
-            if name not in found.keywords and name in cards:
-                found.keywords[name] = cards[name]
-        length = _data_length(cards, primary=found.units == 1, where=where)
-        padded = -(-length // BLOCK) * BLOCK
-        had = reader.skip(padded)
-        if had < length:
-            unit = "primary data unit" if found.units == 1 else f"data unit of extension {found.units - 1}"
-            raise Truncated(f"its {unit} has {had} of the {length} bytes its header says")
-        if had < padded or reader.at_end():
-            break
-        block = reader.read(BLOCK)
-        if not block.startswith(b"XTENSION="):
-            break  # what follows the last HDU is not an extension: FITS readers ignore it
-    reader.check_whole()
-    return found
-
-
-def _read_header(reader: _Reader, block: Optional[bytes], where: str) -> Dict[str, Any]:
-    """The cards of one header (keyword -> value, the first of each), read to its END card."""
-    cards: Dict[str, Any] = {}
-    number = 0
-    while True:
-        if block is None:
-            block = reader.read(BLOCK)
-        if len(block) < BLOCK:
-            raise Truncated(f"{where} ends before its END card")
+    def _header_block(self) -> None:
+        block, self._block = bytes(self._block), bytearray()
+        where = self._where()
         bad = NOT_ASCII.search(block)
         if bad is not None:
-            at = number + bad.start() // CARD + 1
-            byte = block[bad.start()]
-            raise BadHeader(f"{where} has a byte that is not printable ASCII (0x{byte:02x}) in card {at}")
+            at = self._number + bad.start() // CARD + 1
+            raise BadHeader(
+                f"{where} has a byte that is not printable ASCII (0x{block[bad.start()]:02x}) in card {at}"
+            )
+        cards = self._cards
         for start in range(0, BLOCK, CARD):
-            number += 1
+            self._number += 1
             card = block[start : start + CARD].decode("ascii")
             keyword = card[:8].rstrip()
             if keyword == "END":
-                return cards
+                self._header_done(where)
+                return
             if card[8:10] == "= " and keyword not in cards:
                 cards[keyword] = _value(card[10:])
-        block = None
+
+    def _header_done(self, where: str) -> None:
+        cards, found = self._cards, self.found
+        found.units += 1
+        for name in self.wanted:
+            if name not in found.keywords and name in cards:
+                found.keywords[name] = cards[name]
+        length = _data_length(cards, primary=found.units == 1, where=where)
+        self._cards, self._number = {}, 0
+        self._length, self._padded = length, -(-length // BLOCK) * BLOCK
+        self._left = self._padded
+        self._state = _DATA if self._left else _NEXT
+        if self.size is not None and self.offset + length > self.size:
+            raise Truncated(self._unit_problem(max(0, self.size - self.offset)))
+
+    def skippable(self) -> int:
+        if self._state == _DATA:
+            return self._left
+        return EVERYTHING if self._state == _AFTER else 0
+
+    def skip(self, n: int) -> None:
+        self.offset += n
+        if self._state == _DATA:
+            self._left -= n
+            if not self._left:
+                self._state = _NEXT
+
+    def close(self) -> Inspection:
+        state = self._state
+        if state == _START:  # fewer bytes than a SIMPLE card: just created
+            raise Truncated(f"it has only {len(self._block)} bytes, not yet a FITS header")
+        if state == _HEADER:
+            raise Truncated(f"{self._where()} ends before its END card")
+        if state == _DATA and self._padded - self._left < self._length:
+            raise Truncated(self._unit_problem(self._padded - self._left))
+        if self.offset % BLOCK:
+            raise Truncated(self._size_problem(self.offset))
+        return self.found
+
+    def _where(self) -> str:
+        units = self.found.units
+        return "the primary header" if units == 0 else f"the header of extension {units}"
+
+    def _unit_problem(self, had: int) -> str:
+        units = self.found.units
+        unit = "primary data unit" if units == 1 else f"data unit of extension {units - 1}"
+        return f"its {unit} has {had} of the {self._length} bytes its header says"
+
+    def _size_problem(self, size: int) -> str:
+        what = " bytes, uncompressed" if self.found.kind == "fits.gz" else " bytes"
+        return f"its size ({size}{what}) is not a multiple of {BLOCK}"
 
 
 def _value(text: str) -> Any:
@@ -297,70 +337,177 @@ def _data_length(cards: Dict[str, Any], primary: bool, where: str) -> int:
     return abs(bitpix) // 8 * gcount * (pcount + product)
 
 
-def _inspect_gzip(handle: IO[bytes], wanted: Sequence[str]) -> Inspection:
-    magic = handle.read(2)
-    if len(magic) < 2 and GZIP_MAGIC.startswith(magic):
-        raise Truncated(f"it has only {len(magic)} bytes, not yet a gzip header")
-    if magic != GZIP_MAGIC:
-        raise NotFits("it ends in .gz but is not gzip-compressed")
-    handle.seek(0)
-    stream = gzip.GzipFile(fileobj=handle, mode="rb")
-    try:
-        found = _inspect_fits(_StreamReader(stream), wanted, "fits.gz")
-        while stream.read(SKIP_PIECE):  # to the end: gzip checks the trailer's CRC and length
-            pass
-    except EOFError:
-        raise Truncated("its gzip stream ends before its end-of-stream marker") from None
-    except (gzip.BadGzipFile, zlib.error) as exc:
-        raise BadHeader(f"its gzip stream is damaged ({exc})") from None
-    except Truncated as exc:
-        # Inside a gzip stream that is whole, a short FITS file was compressed short: bad.
+# -- FITS in a gzip stream ---------------------------------------------------------------------
+def _zlib_problem(exc: zlib.error) -> BadHeader:
+    text = str(exc)
+    if "incorrect data check" in text:
+        text = "the CRC-32 in its trailer does not match its data"
+    elif "incorrect length check" in text:
+        text = "the length in its trailer does not match its data"
+    return BadHeader(f"its gzip stream is damaged ({text})")
+
+
+class _GzipInspector:
+    """Decompresses a gzip stream as it streams by (in pieces of at most ``SKIP_PIECE``) and
+    feeds the FITS file inside to a FITS inspector; zlib checks each member's trailer (CRC-32
+    and length) at its end. Members may follow one another, and zero bytes may pad the end, as
+    gzip readers allow."""
+
+    def __init__(self, wanted: Sequence[str]) -> None:
+        self.inner = _FitsInspector(wanted, "fits.gz")
+        self.offset = 0  # compressed bytes fed
+        self._inflate: Optional[Any] = None  # the member being decompressed
+        self._ahead = b""  # the first bytes of the stream, or of what follows a member's end
+        self._started = False
+
+    def feed(self, data: Union[bytes, memoryview]) -> None:
+        self.offset += len(data)
+        if self._inflate is None:
+            data = self._member_start(self._ahead + bytes(data))
+            if not data:
+                return
+        self._decompress(data)
+
+    def _member_start(self, data: bytes) -> bytes:
+        """What to decompress of ``data``, which begins where a member may begin (b"": wait)."""
+        if self._started:
+            data = data.lstrip(b"\0")  # padding after the last member
+        if len(data) < len(GZIP_MAGIC) and GZIP_MAGIC.startswith(data):
+            self._ahead = data
+            return b""
+        if not data.startswith(GZIP_MAGIC):
+            if self._started:
+                raise BadHeader("its gzip stream is damaged (bytes that are not gzip after its end)")
+            raise NotFits("it ends in .gz but is not gzip-compressed")
+        self._ahead, self._started = b"", True
+        self._inflate = zlib.decompressobj(GZIP_WBITS)
+        return data
+
+    def _decompress(self, data: Union[bytes, memoryview]) -> None:
+        while True:
+            inflate = self._inflate
+            assert inflate is not None
+            try:
+                out = inflate.decompress(data, SKIP_PIECE)
+            except zlib.error as exc:
+                raise _zlib_problem(exc) from None
+            if out:
+                self.inner.feed(out)
+            if inflate.eof:
+                self._inflate = None
+                data = self._member_start(inflate.unused_data) if inflate.unused_data else b""
+                if not data:
+                    return
+                continue
+            data = inflate.unconsumed_tail
+            if not data and len(out) < SKIP_PIECE:
+                return  # all taken, and nothing held back: the next chunk goes on
+
+    def skippable(self) -> int:
+        return 0  # every byte is decompressed: the trailer checks them all
+
+    def skip(self, n: int) -> None:
+        raise AssertionError("a gzip stream is never skipped")
+
+    def close(self) -> Inspection:
+        if not self._started:
+            raise Truncated(f"it has only {len(self._ahead)} bytes, not yet a gzip header")
+        if self._inflate is not None:
+            raise Truncated("its gzip stream ends before its end-of-stream marker")
+        if self._ahead:
+            raise BadHeader("its gzip stream is damaged (bytes that are not gzip after its end)")
         try:
-            while stream.read(SKIP_PIECE):
-                pass
-        except EOFError:
-            raise Truncated("its gzip stream ends before its end-of-stream marker") from None
-        except (gzip.BadGzipFile, zlib.error) as damaged:
-            raise BadHeader(f"its gzip stream is damaged ({damaged})") from None
-        raise BadHeader(f"the FITS file inside the gzip stream is short: {exc}") from None
-    return found
+            return self.inner.close()
+        except Truncated as exc:
+            # Inside a gzip stream that is whole, a short FITS file was compressed short: bad.
+            raise BadHeader(f"the FITS file inside the gzip stream is short: {exc}") from None
 
 
 # -- XISF ------------------------------------------------------------------------------------
-def _inspect_xisf(handle: IO[bytes], size: int, wanted: Sequence[str]) -> Inspection:
-    preamble = handle.read(XISF_PREAMBLE)
-    if len(preamble) < len(XISF_SIGNATURE) and XISF_SIGNATURE.startswith(preamble):
-        raise Truncated(f"it has only {len(preamble)} bytes, not yet an XISF signature")
-    if not preamble.startswith(XISF_SIGNATURE):
-        raise NotFits("it does not start with the XISF0100 signature")
-    if len(preamble) < XISF_PREAMBLE:
-        raise Truncated("it ends before its XISF header length")
-    (length,) = struct.unpack("<I", preamble[8:12])
-    if XISF_PREAMBLE + length > size:
-        raise Truncated(f"it has {size - XISF_PREAMBLE} of the {length} bytes of its XML header")
-    text = handle.read(length).rstrip(b"\x00")
-    try:
-        root = ElementTree.fromstring(text)
-    except ElementTree.ParseError as exc:
-        raise BadHeader(f"its XML header is not well formed ({exc})") from None
-    if root.tag not in (f"{XISF_NAMESPACE}xisf", "xisf"):
-        raise BadHeader(f"its XML header's root element is <{root.tag}>, not <xisf>")
-    found = Inspection("xisf")
-    for element in root.iter():
-        location = element.get("location", "")
-        if location.startswith("attachment:"):
-            parts = location.split(":")
-            try:
-                position, length_ = int(parts[1]), int(parts[2])
-            except (IndexError, ValueError):
-                raise BadHeader(f"its XML header has a location that does not parse: {location!r}") from None
-            found.units += 1
-            if position + length_ > size:
+class _XisfInspector:
+    """Collects the preamble and XML header of an XISF file as they stream by, then checks
+    that the data blocks the header places lie inside the file; the rest is not looked at."""
+
+    def __init__(self, wanted: Sequence[str], size: Optional[int]) -> None:
+        self.wanted = wanted
+        self.size = size
+        self.offset = 0
+        self.found = Inspection("xisf")
+        self._head = bytearray()  # the preamble and the XML header, until they are in
+        self._length: Optional[int] = None  # of the XML header
+        self._blocks: List[Tuple[int, int]] = []  # (position, size) of the attached data blocks
+        self._done = False
+
+    def feed(self, data: Union[bytes, memoryview]) -> None:
+        self.offset += len(data)
+        if self._done:
+            return
+        head = self._head
+        want = XISF_PREAMBLE + (self._length or 0)
+        head += memoryview(data)[: max(0, want - len(head))] if self._length is not None else data
+        if self._length is None:
+            seen = min(len(head), len(XISF_SIGNATURE))
+            if head[:seen] != XISF_SIGNATURE[:seen]:
+                raise NotFits("it does not start with the XISF0100 signature")
+            if len(head) < XISF_PREAMBLE:
+                return
+            (self._length,) = struct.unpack("<I", head[8:12])
+            if self.size is not None and XISF_PREAMBLE + self._length > self.size:
+                raise Truncated(self._header_problem(self.size))
+            del head[XISF_PREAMBLE + self._length :]
+        if len(head) == XISF_PREAMBLE + self._length:
+            self._parse(bytes(head[XISF_PREAMBLE:]))
+            self._head = bytearray()
+            self._done = True
+            if self.size is not None:
+                self._check_blocks(self.size)
+
+    def _parse(self, text: bytes) -> None:
+        try:
+            root = ElementTree.fromstring(text.rstrip(b"\x00"))
+        except ElementTree.ParseError as exc:
+            raise BadHeader(f"its XML header is not well formed ({exc})") from None
+        if root.tag not in (f"{XISF_NAMESPACE}xisf", "xisf"):
+            raise BadHeader(f"its XML header's root element is <{root.tag}>, not <xisf>")
+        found = self.found
+        for element in root.iter():
+            location = element.get("location", "")
+            if location.startswith("attachment:"):
+                parts = location.split(":")
+                try:
+                    self._blocks.append((int(parts[1]), int(parts[2])))
+                except (IndexError, ValueError):
+                    raise BadHeader(
+                        f"its XML header has a location that does not parse: {location!r}"
+                    ) from None
+            if element.tag in (f"{XISF_NAMESPACE}FITSKeyword", "FITSKeyword"):
+                name = element.get("name", "").strip()
+                if name in self.wanted and name not in found.keywords:
+                    found.keywords[name] = _value(element.get("value", ""))
+        found.units = len(self._blocks)
+
+    def _check_blocks(self, size: int) -> None:
+        for position, length in self._blocks:
+            if position + length > size:
                 raise Truncated(
-                    f"its data block at {position} of {length_} bytes ends past its end ({size} bytes)"
+                    f"its data block at {position} of {length} bytes ends past its end ({size} bytes)"
                 )
-        if element.tag in (f"{XISF_NAMESPACE}FITSKeyword", "FITSKeyword"):
-            name = element.get("name", "").strip()
-            if name in wanted and name not in found.keywords:
-                found.keywords[name] = _value(element.get("value", ""))
-    return found
+
+    def _header_problem(self, size: int) -> str:
+        return f"it has {max(0, size - XISF_PREAMBLE)} of the {self._length} bytes of its XML header"
+
+    def skippable(self) -> int:
+        return EVERYTHING if self._done else 0
+
+    def skip(self, n: int) -> None:
+        self.offset += n
+
+    def close(self) -> Inspection:
+        if not self._done:
+            if len(self._head) < len(XISF_SIGNATURE):
+                raise Truncated(f"it has only {len(self._head)} bytes, not yet an XISF signature")
+            if self._length is None:
+                raise Truncated("it ends before its XISF header length")
+            raise Truncated(self._header_problem(self.offset))
+        self._check_blocks(self.offset)
+        return self.found

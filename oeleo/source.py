@@ -1,5 +1,6 @@
 """Reading a source file once for its copy: in chunks, hashed as it goes (a large file in a
-second thread), noticing a file that changes meanwhile, stopping when asked."""
+second thread), shown to an observer (a checker validating the file as it streams by),
+noticing a file that changes meanwhile, stopping when asked."""
 
 from __future__ import annotations
 
@@ -55,7 +56,9 @@ class SourceReader:
     Iterate to get the chunks; call ``finish()`` after the last one: it raises
     ``FileChangedError`` if the file's size or mtime moved since it was opened. With
     ``check_algorithm`` the chunks are also fed to a second, cheap hash (``check_digest``)
-    that a read-back of the copy is compared with.
+    that a read-back of the copy is compared with. ``observer``, if set before the chunks are
+    read, is called with each chunk in the reading thread before it is passed on: what it
+    raises ends the read (a checker's ``FileIncomplete``), and that chunk is not sent.
     """
 
     def __init__(
@@ -84,6 +87,7 @@ class SourceReader:
         self.expected_size = before.st_size
         self.mtime_ns = before.st_mtime_ns
         self._hasher: Optional[_HashThread] = None
+        self.observer: Optional[Callable[[bytes], None]] = None
 
     def __iter__(self) -> Iterator[bytes]:
         fd = self._fd
@@ -98,12 +102,15 @@ class SourceReader:
         else:
             update = self.digest.update
         check = self.check.update if self.check is not None else None
+        observe = self.observer
         while True:
             if self.should_stop is not None and self.should_stop():
                 raise Aborted(f"stopped while copying {self.path}")
             chunk = read(fd, size)
             if not chunk:
                 return
+            if observe is not None:
+                observe(chunk)
             update(chunk)
             if check is not None:
                 check(chunk)

@@ -21,7 +21,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tupl
 
 from oeleo.batches import Batches
 from oeleo.booking import Booking
-from oeleo.checkers import Checker, ChecksumChecker, hash_file
+from oeleo.checkers import Checker, ChecksumChecker, hash_file, streams
 from oeleo.compare import compare
 from oeleo.compress import stored_name
 from oeleo.connectors.base import (
@@ -533,10 +533,15 @@ class Worker:
             digest = hash_file(source, algorithm)
             if digest == record.checksum:
                 return "unchanged", (digest, entry)
-        reason = self.checker.validate(source)
-        if reason:
-            return "error", f"refused by {type(self.checker).__name__}: {reason}"
         external = self.external_connector
+        # A checker that validates the chunks the copy reads does so in the engine's stage()
+        # (the file is read once); for a connector of its own put() or stage(), it checks first.
+        engine = type(external).stage is Connector.stage and not _overrides_put_only(external)
+        streaming = engine and streams(self.checker)
+        if not streaming:
+            reason = self.checker.validate(source)
+            if reason:
+                return "error", f"refused by {type(self.checker).__name__}: {reason}"
         if (
             not external.features.overwrite
             and external.stat(stored_name(entry.relpath, self.compress)) is not None
@@ -550,6 +555,8 @@ class Worker:
         }
         if self.compress:  # only then: a connector's own put() of before may not know it
             options["compress"] = self.compress
+        if streaming:
+            options["stream_check"] = functools.partial(self.checker.stream_check, source)
         if _overrides_put_only(external):
             # A connector written around put() keeps working: one file at a time, unbatched.
             return "copied", external.put(source, entry.relpath, **options)

@@ -57,6 +57,7 @@ from oeleo.source import (  # noqa: F401 - also names of this module, as before
 )
 
 if TYPE_CHECKING:
+    from oeleo.checkers import StreamCheck
     from oeleo.settings import Settings
 
 TEMP_SUFFIX = ".oeleo-part"
@@ -562,6 +563,7 @@ class Connector(abc.ABC):
         progress: Optional[ProgressCallback] = None,
         should_stop: Optional[StopCheck] = None,
         compress: str = "",
+        stream_check: Optional[Callable[[int], Optional[StreamCheck]]] = None,
     ) -> PutResult:
         """Copy one local file into the store, whole, verified and durable, or not at all.
 
@@ -579,6 +581,7 @@ class Connector(abc.ABC):
             progress=progress,
             should_stop=should_stop,
             compress=compress,
+            stream_check=stream_check,
         )
         try:
             (result,) = self.commit_many([staged])
@@ -668,6 +671,7 @@ class Connector(abc.ABC):
         progress: Optional[ProgressCallback] = None,
         should_stop: Optional[StopCheck] = None,
         compress: str = "",
+        stream_check: Optional[Callable[[int], Optional[StreamCheck]]] = None,
     ) -> PutResult:
         """Send one file through an upload and verify it; ``commit`` makes it visible.
 
@@ -679,6 +683,10 @@ class Connector(abc.ABC):
         With ``compress="gzip"`` a FITS or XISF file is sent in gzip form and stored as
         ``relpath + ".gz"`` (``oeleo.compress``): the books get the source's checksum, and the
         store's copy is compared with a hash of the compressed bytes.
+
+        ``stream_check(size)`` gives a checker's check of the file (``Checker.stream_check``):
+        fed the chunks as they are read, and finished before the upload is; what it raises
+        (``FileIncomplete``, a refusal) aborts the upload.
         """
         relpath = safe_relpath(relpath)
         target = stored_name(relpath, compress)
@@ -701,12 +709,17 @@ class Connector(abc.ABC):
             )
         upload: Optional[Upload] = None
         try:
+            check = stream_check(reader.expected_size) if stream_check is not None else None
+            if check is not None:
+                reader.observer = check.update
             upload = self.open_upload(target, reader.expected_size, reader.mtime_ns)
             try:
                 upload.send(reader if gzipped is None else gzipped)
             except OSError as exc:
                 raise _disk_full(exc, target) from None
             digest = reader.finish()  # FileChangedError: nothing is committed
+            if check is not None:
+                check.finish()  # FileIncomplete, a refusal: nothing is committed
             if expected_checksum is not None and digest != expected_checksum:
                 raise FileChangedError(f"{local_path} changed since it was checked")
             if gzipped is not None:
