@@ -95,6 +95,14 @@ def _source(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _origin(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--origin",
+        metavar="HOST:/FOLDER",
+        help="whose files to show: another PC's origin in shared books, or a folder of this one",
+    )
+
+
 def _checker(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--checker", metavar="NAME", help="what checks a file before its copy: checksum, fits (OELEO_CHECKER)"
@@ -143,6 +151,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--fits", action="store_true", help="with --files: the header keywords the fits checker kept"
     )
+    p.add_argument(
+        "--json", action="store_true", help="print the monitor's status document (GET /api/status) instead"
+    )
+    _origin(p)
 
     for name, text in (
         ("lock", "never copy these files (code 2)"),
@@ -241,6 +253,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--print", dest="print_only", action="store_true", help="show what would be written and run"
     )
+
+    p = sub.add_parser("serve", help="a web page, JSON API and /metrics over the books (the monitor)")
+    _common(p)
+    _source(p)
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        metavar="ADDRESS",
+        help="address to listen on (default 127.0.0.1; any other needs the token for every page)",
+    )
+    p.add_argument("--port", type=int, default=8765, metavar="PORT", help="port to listen on (default 8765)")
+    _origin(p)
 
     p = sub.add_parser("config", help="print the effective settings (secrets masked)")
     _common(p)
@@ -524,7 +548,7 @@ def _console() -> Console:
     return Console(markup=False, emoji=False, highlight=False)
 
 
-# -- the books beside a run: status, lock, unlock ----------------------------------------------
+# -- the books beside a run: status, lock, unlock, serve ---------------------------------------
 def cmd_status(args: argparse.Namespace) -> int:
     from oeleo.cli_books import cmd_status as status
 
@@ -541,6 +565,12 @@ def cmd_unlock(args: argparse.Namespace) -> int:
     from oeleo.cli_books import cmd_unlock as unlock
 
     return unlock(args)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from oeleo.cli_books import cmd_serve as serve
+
+    return serve(args)
 
 
 def cmd_schedule(args: argparse.Namespace) -> int:
@@ -746,6 +776,7 @@ COMMANDS: Dict[str, Callable[[argparse.Namespace], int]] = {
     "schedule": cmd_schedule,
     "watch": cmd_watch,
     "task": cmd_task,
+    "serve": cmd_serve,
     "config": cmd_config,
 }
 

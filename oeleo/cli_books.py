@@ -1,5 +1,5 @@
-"""The commands that read and change the books: ``oeleo status``, ``oeleo lock`` and
-``oeleo unlock`` (imported by ``oeleo.cli`` when one of them runs)."""
+"""The commands that read and change the books: ``oeleo status``, ``oeleo lock``,
+``oeleo unlock`` and ``oeleo serve`` (imported by ``oeleo.cli`` when one of them runs)."""
 
 from __future__ import annotations
 
@@ -20,44 +20,21 @@ if TYPE_CHECKING:
 
 
 def _require_books(settings: Settings) -> None:
-    """status, lock and unlock read or change books that a run made; they never create them."""
-    from oeleo.errors import ConfigError
+    from oeleo.monitor import require_books
 
-    if settings.db_host:
-        return
-    path = Path(settings.db_name).expanduser()
-    if not path.is_file():
-        raise ConfigError(
-            f"OELEO_DB_NAME={settings.db_name}: no database file at {path.absolute()} "
-            "(run `oeleo run` first, or name the books with --db)"
-        )
+    require_books(settings)
 
 
 def _open_books(settings: Settings, origin: str, read_only: bool) -> Bookkeeper:
-    """The books named by the settings, opened beside a run (without its lock)."""
-    from oeleo.workers import bookkeeper_from_settings
+    from oeleo.monitor import open_books
 
-    _require_books(settings)
-    books = bookkeeper_from_settings(settings, origin=origin)
-    books.initialize_db(exclusive=False, read_only=read_only)
-    return books
+    return open_books(settings, origin, read_only)
 
 
 def _layout(books: Bookkeeper) -> str:
-    """``current``, ``legacy`` (tables of oeleo 0.7, not upgraded yet) or ``empty``."""
-    import peewee
+    from oeleo.monitor import layout
 
-    from oeleo.errors import BookkeeperError
-
-    try:
-        tables = books.database.get_tables()
-        if "filelist" not in tables:
-            return "empty"
-        columns = {column.name for column in books.database.get_columns("filelist")}
-    except peewee.PeeweeException as exc:
-        raise BookkeeperError(f"{books.description}: {exc}") from None
-    current = {"size", "mtime_ns", "origin", "last_error"} <= columns and "oeleo_runs" in tables
-    return "current" if current else "legacy"
+    return layout(books)
 
 
 def _known_folders(settings: Settings) -> List[Path]:
@@ -187,11 +164,21 @@ def cmd_status(args: argparse.Namespace) -> int:
     from rich.text import Text
 
     from oeleo.models import CODE_NAMES, make_origin
+    from oeleo.monitor import choose_origin
 
     settings = _settings(args)
     _require_books(settings)
-    base = _source_folder(settings)
-    books = _status_books(settings, make_origin(base))
+    if args.json:
+        return _status_json(settings, args.origin)
+    base: Optional[Path] = None
+    if args.origin:  # maybe another PC's: its folder is not listed here
+        origin = str(choose_origin(settings, args.origin))
+        host, _, folder = origin.partition(":")
+        base = Path(folder) if host == socket.gethostname() else None
+    else:
+        base = _source_folder(settings)
+        origin = make_origin(base)
+    books = _status_books(settings, origin)
     try:
         counts = books.counts()
         errors = list(books.rows(errors_only=True))
@@ -199,7 +186,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         alive = books.run_alive() if runs and runs[0].status == "running" else None
         heartbeat = _read_heartbeat(books)
         rows = list(books.rows()) if args.files else []
-        not_booked = _not_booked(settings, base, books)
+        not_booked = _not_booked(settings, base, books) if base is not None else ""
     finally:
         books.close()
     console = _console()
@@ -211,7 +198,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     for code, meaning in CODE_NAMES.items():
         table.add_row(str(code), meaning, str(counts.get(code, 0)))
     console.print(table)
-    console.print(not_booked, soft_wrap=True)
+    if not_booked:
+        console.print(not_booked, soft_wrap=True)
     console.print(_describe_run(runs[0], alive) if runs else "last run: never", soft_wrap=True)
     if heartbeat is not None:
         console.print(_describe_heartbeat(heartbeat), soft_wrap=True)
@@ -221,6 +209,31 @@ def cmd_status(args: argparse.Namespace) -> int:
             console.print(f"  {_name(row)} (code {row.code}): {row.last_error}", soft_wrap=True)
     if args.files:
         _print_files(console, rows, metadata=args.fits)
+    return EXIT_OK
+
+
+def _status_json(settings: Settings, given: Optional[str]) -> int:
+    """``oeleo status --json``: the document of the monitor's ``GET /api/status``."""
+    import json
+
+    from oeleo.errors import ConfigError
+    from oeleo.monitor import check_books, choose_origin, status_document
+
+    origin = choose_origin(settings, given) if given or settings.base_dir_from else None
+    if origin is None:
+        check_books(settings)  # books of oeleo 0.7 are upgraded only for a known origin
+        origin = choose_origin(settings)
+    if origin is None:
+        books = _open_books(settings, "", read_only=True)
+    else:
+        books = _status_books(settings, origin)
+    try:
+        if _layout(books) != "current":
+            raise ConfigError(f"{books.description}: no books in it yet (run `oeleo run` first)")
+        document = status_document(books, origin)
+    finally:
+        books.close()
+    print(json.dumps(document, indent=2, ensure_ascii=False))
     return EXIT_OK
 
 
@@ -287,10 +300,6 @@ def _describe_run(run: RunLogTable, alive: Optional[bool] = None) -> str:
     return text
 
 
-# A scheduler's next pass this late (it plans to the second) means it hangs or was stopped.
-HEARTBEAT_GRACE = 120.0
-
-
 def _read_heartbeat(books: Bookkeeper) -> Any:
     from oeleo.models import read_heartbeat
 
@@ -306,6 +315,7 @@ def _describe_heartbeat(beat: Any, now: Optional[float] = None) -> str:
     or why the heartbeat is stale: the process is gone, or its next pass is long overdue."""
     import time
 
+    from oeleo.monitor import HEARTBEAT_GRACE
     from oeleo.schedulers.base import pid_alive
 
     now = time.time() if now is None else now
@@ -381,3 +391,52 @@ def cmd_lock(args: argparse.Namespace) -> int:
 
 def cmd_unlock(args: argparse.Namespace) -> int:
     return _set_codes(args, lock=False)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """``oeleo serve``: the monitor until Ctrl-C or SIGTERM (exit 0). Everything that can be
+    wrong (the token, the books, the port) is said before anything is created."""
+    import signal
+
+    from oeleo.cli import EXIT_SIGNAL, _start_log_file
+    from oeleo.errors import ConfigError
+    from oeleo.monitor import Monitor, check_books, choose_origin
+    from oeleo.serve import check_token, make_server
+
+    settings = _settings(args)
+    if not 0 <= args.port <= 65535:
+        raise ConfigError(f"--port {args.port}: a port from 1 to 65535")
+    secret = settings.monitor_token.get_secret_value() if settings.monitor_token is not None else None
+    token, made = check_token(secret)
+    description = check_books(settings)
+    origin = choose_origin(settings, args.origin)
+    server = make_server(args.host, args.port, Monitor(settings, origin), token)
+
+    class Stop(Exception):
+        pass
+
+    def stop(signum: int, frame: Any) -> None:
+        raise Stop
+
+    old = {signum: signal.signal(signum, stop) for signum in EXIT_SIGNAL if signum != signal.SIGINT}
+    try:
+        _start_log_file(settings)
+        host = f"[{server.host}]" if ":" in server.host else server.host
+        whose = origin or "every origin (no folder of this PC chosen: --from or --origin)"
+        _say(f"oeleo: serving {description}, files of {whose}, at http://{host}:{server.port}/")
+        if made:  # on the terminal only, never in the log file
+            _say(
+                f"oeleo: OELEO_MONITOR_TOKEN is not set: the token of this server is {token} "
+                "(shown once; set OELEO_MONITOR_TOKEN to choose one)"
+            )
+        if not server.loopback:
+            _say(f"oeleo: {args.host} is not a loopback address: every page needs the token")
+        server.serve_forever(poll_interval=0.5)
+    except (Stop, KeyboardInterrupt):
+        pass
+    finally:
+        server.server_close()
+        for signum, handler in old.items():
+            signal.signal(signum, handler)
+    _say("oeleo: the monitor stopped")
+    return EXIT_OK
