@@ -23,7 +23,13 @@ starts with ``application/json``):
   paging, ``$skiptoken``);
 - ``…/$value``: the bytes; ``X-HTTP-Method: DELETE``: removes a file.
 
-Every request must carry ``Authorization: Bearer <a token in tokens>`` (else 401). On demand
+Every request must carry ``Authorization: Bearer <a token in tokens>`` (else 401). With
+``ntlm_users`` (a file of ``DOMAIN:USER:PASSWORD`` lines) it is SharePoint Server with Windows
+authentication instead: a connection is anonymous until it has done a real NTLM handshake,
+verified by pyspnego's acceptor (401 ``WWW-Authenticate: NTLM``; the client's negotiate
+message, answered 401 with the server's challenge; the client's authenticate message,
+checked against the user's password), and then stays authenticated for its requests, as IIS
+keeps it (so replies are HTTP/1.1 with a Content-Length, and the connection is kept). On demand
 (``fail``) it answers any status (429 or 503 with ``Retry-After``, 500 in the middle of an
 upload session, 403, 404) a number of times; ``rewrite_office`` makes it add bytes to the
 Office files it stores, as SharePoint does when it writes the library's properties into them.
@@ -31,7 +37,9 @@ Office files it stores, as SharePoint does when it writes the library's properti
 
 from __future__ import annotations
 
+import base64
 import json
+import os
 import re
 import threading
 import time
@@ -39,6 +47,7 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
@@ -145,8 +154,15 @@ class FakeSharePoint:
     """The site ``/sites/<site>`` with the library ``Shared Documents``, on 127.0.0.1."""
 
     def __init__(
-        self, site: str = "lab", library: str = "Shared Documents", token: str = "test-token"
+        self,
+        site: str = "lab",
+        library: str = "Shared Documents",
+        token: str = "test-token",
+        ntlm_users: Optional[Path] = None,
     ) -> None:
+        self.ntlm_users = ntlm_users
+        self.ntlm_logins: List[str] = []  # the users of the handshakes that passed, in order
+        self.ntlm_refused = 0  # authenticate messages that did not verify
         self.site_path = f"/sites/{site}"
         self.library_url = f"{self.site_path}/{library}"
         self.tokens = {token}
@@ -164,10 +180,15 @@ class FakeSharePoint:
         self.lock = threading.RLock()
         self._server: Optional[ThreadingHTTPServer] = None
         self._thread: Optional[threading.Thread] = None
+        self._user_file: Optional[str] = None
 
     # -- control ----------------------------------------------------------------------------
     def start(self) -> FakeSharePoint:
         fake = self
+        if self.ntlm_users is not None:
+            # pyspnego's NTLM acceptor reads its users from the file this variable names.
+            self._user_file = os.environ.get("NTLM_USER_FILE")
+            os.environ["NTLM_USER_FILE"] = str(self.ntlm_users)
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
@@ -185,6 +206,9 @@ class FakeSharePoint:
                 with fake.lock:
                     fake.log.append(("HEAD", unquote(urlsplit(self.path).path), {}, dict(self.headers)))
                 self.send_response(401)
+                if fake.ntlm_users is not None:
+                    self.send_header("WWW-Authenticate", "Negotiate")
+                    self.send_header("WWW-Authenticate", "NTLM")
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 
@@ -199,6 +223,11 @@ class FakeSharePoint:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+        if self.ntlm_users is not None:
+            if self._user_file is None:
+                os.environ.pop("NTLM_USER_FILE", None)
+            else:
+                os.environ["NTLM_USER_FILE"] = self._user_file
 
     @property
     def origin(self) -> str:
@@ -256,6 +285,8 @@ class FakeSharePoint:
         with self.lock:
             self.log.append((method, path, query, dict(handler.headers)))
         try:
+            if self.ntlm_users is not None:
+                self.windows_authentication(handler)
             status, content, ctype = self.dispatch(handler, method, override, path, query, body)
             headers: Dict[str, str] = {}
         except Reply as reply:
@@ -270,6 +301,45 @@ class FakeSharePoint:
         handler.end_headers()
         handler.wfile.write(content)
 
+    def windows_authentication(self, handler: Any) -> None:
+        """NTLM on this connection: returns once it is authenticated, else raises the 401 that
+        carries the next leg of the handshake (a new handshake after a refused one)."""
+        if getattr(handler, "ntlm_user", None):
+            return
+        scheme, _, value = handler.headers.get("Authorization", "").partition(" ")
+        refuse = Reply(
+            401,
+            "-2147024891, System.UnauthorizedAccessException",
+            "Access denied.",
+            {"WWW-Authenticate": "NTLM"},
+        )
+        if scheme.lower() not in ("ntlm", "negotiate") or not value:
+            handler.ntlm_context = None
+            raise refuse
+        import spnego
+        from spnego.exceptions import SpnegoError
+
+        token = base64.b64decode(value)
+        context = getattr(handler, "ntlm_context", None)
+        if context is None or token[8:12] == b"\x01\x00\x00\x00":  # a negotiate message: a new handshake
+            context = handler.ntlm_context = spnego.server(
+                protocol="ntlm", options=spnego.NegotiateOptions.use_ntlm
+            )
+            challenge = base64.b64encode(context.step(token) or b"").decode()
+            raise Reply(401, refuse.code, "Access denied.", {"WWW-Authenticate": f"{scheme} {challenge}"})
+        handler.ntlm_context = None
+        try:
+            context.step(token)  # checks the response against the password in NTLM_USER_FILE
+        except SpnegoError:
+            with self.lock:
+                self.ntlm_refused += 1
+            raise refuse from None
+        if not context.complete:
+            raise refuse
+        handler.ntlm_user = context.client_principal
+        with self.lock:
+            self.ntlm_logins.append(str(handler.ntlm_user))
+
     def dispatch(
         self, handler: Any, method: str, override: str, path: str, query: Dict[str, List[str]], body: bytes
     ) -> Tuple[int, bytes, str]:
@@ -281,7 +351,9 @@ class FakeSharePoint:
         if not path.startswith(self.site_path + "/_api/"):
             raise Reply(404, NOT_FOUND, "the site is not found")  # a wrong site: SharePoint's 404
         auth = handler.headers.get("Authorization", "")
-        if not auth.startswith("Bearer ") or auth[len("Bearer ") :] not in self.tokens:
+        if self.ntlm_users is None and (
+            not auth.startswith("Bearer ") or auth[len("Bearer ") :] not in self.tokens
+        ):
             raise Reply(401, "-2147024891, System.UnauthorizedAccessException", "Invalid JWT token.")
         api = path[len(self.site_path + "/_api/") :]
         if api.lower() == "contextinfo":

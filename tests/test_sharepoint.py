@@ -583,21 +583,6 @@ def test_a_certificate_file_without_a_private_key_is_refused(tmp_path):
         certificate_credential(tmp_path / "cert.pem", "A" * 40)
 
 
-def test_the_ntlm_login_without_its_package_says_which_to_install(server):
-    pytest.importorskip("requests")
-    try:
-        import requests_ntlm  # noqa: F401
-
-        pytest.skip("requests_ntlm is installed here")
-    except ImportError:
-        pass
-    login = choose_login("ntlm", username="LAB\\someone", password="p")
-    conn = SharePointConnector(server.url, login=login)
-
-    with pytest.raises(ConfigError, match="pip install requests_ntlm"):
-        conn.connect()
-
-
 def test_name_problem_allows_what_sharepoint_online_takes():
     for fine in ["a.csv", "målinger 2024/prøve ü.csv", "#1 run%.csv", ".hidden", "a b/c d.csv"]:
         assert name_problem(fine) is None, fine

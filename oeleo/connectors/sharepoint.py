@@ -285,8 +285,13 @@ class SharePointConnector(Connector):
                 ctx.with_user_credentials(self.login.username, self.login.password)
             except ImportError:
                 raise ConfigError(
-                    "the SharePoint ntlm login needs the requests_ntlm package: pip install requests_ntlm"
+                    "the SharePoint ntlm login needs the requests_ntlm package: pip install requests_ntlm "
+                    '(it comes with pip install "oeleo[sharepoint]")'
                 ) from None
+            # The library's NTLM provider puts a 10 s timeout on each request, over the transport's.
+            provider = getattr(getattr(ctx.authentication_context, "_authenticate", None), "__self__", None)
+            if provider is not None and hasattr(provider, "timeout"):
+                provider.timeout = self.timeout
         else:
             assert self._token is not None
             ctx.with_access_token(self._token)
@@ -519,6 +524,8 @@ class SharePointConnector(Connector):
         doing = self._what(what, relpath)
         message = " ".join(str(getattr(exc, "message", "") or "").split())[:300] or f"HTTP {status}"
         code = str(getattr(exc, "code", "") or "")
+        if status == 401 and self.login is not None and self.login.kind == "ntlm":
+            return ConfigError(self._ntlm_refusal(exc))
         if status == 401:
             return ConfigError(
                 f"SharePoint refused the login for {self.site_url} (401): check the app's permission "
@@ -547,6 +554,22 @@ class SharePointConnector(Connector):
         if "-2130575245" in code or "-2147024809" in code:
             return TransferError(f"{doing}: SharePoint refused the name ({message})")
         return TransferError(f"{doing}: SharePoint answered {status}: {message}")
+
+    def _ntlm_refusal(self, exc: Any) -> str:
+        """A 401 to the NTLM login: after a whole handshake, the password (or user) is wrong;
+        on a connection that had signed in, the user may not use the site."""
+        assert self.login is not None
+        response = getattr(exc, "response", None)
+        handshake = len(getattr(response, "history", None) or []) >= 2
+        if handshake:
+            return (
+                f"SharePoint Server refused {self.login.username}: wrong user name or password "
+                "(OELEO_SHAREPOINT_USERNAME as DOMAIN\\user, OELEO_PASSWORD)"
+            )
+        return (
+            f"SharePoint Server refused {self.login.username} access to {self.site_url} (401): the user "
+            "needs permission to edit the library"
+        )
 
     # -- read side ------------------------------------------------------------------------
     def _listing(self, recursive: bool = True) -> List[Tuple[str, int, int]]:
