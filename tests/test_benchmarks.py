@@ -143,6 +143,30 @@ def test_the_ssh_scenario_runs_against_a_loopback_server_and_writes_json(tmp_pat
     seen = {(r["workload"], r["tool"]) for r in rows if r["ok_runs"] == r["runs"] and r["median_s"] > 0}
     assert seen == {("small", "oeleo"), ("small", "rsync"), ("large", "oeleo"), ("large", "rsync")}
 
+    # --report prints the file again, with the targets recomputed from its summary.
+    again = subprocess.run(
+        [sys.executable, "-m", "benchmarks.run", "--report", str(out)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert again.returncode == 0, again.stderr
+    assert "small: oeleo within 2x of rsync" in again.stdout
+    assert "large: oeleo within 1.2x of rsync" in again.stdout
+    bad = tmp_path / "not-results.json"
+    bad.write_text("[]")
+    refused = subprocess.run(
+        [sys.executable, "-m", "benchmarks.run", "--report", str(bad)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert refused.returncode != 0 and "Traceback" not in refused.stderr
+    assert str(bad) in refused.stderr
+
 
 @pytest.mark.s3  # the harness starts its own moto server
 def test_the_s3_scenario_runs_oeleo_rclone_and_the_aws_cli_against_moto_and_writes_json(
