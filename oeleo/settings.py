@@ -180,6 +180,11 @@ class Settings(BaseSettings):
     sharepoint_token_cache: Optional[Path] = Field(
         None, description="Token cache file of the device-code login (default: in the user's config folder)."
     )
+    sharepoint_authority: str = Field(
+        "https://login.microsoftonline.com",
+        description="Microsoft Entra sign-in host; national clouds: https://login.microsoftonline.us, "
+        "https://login.partner.microsoftonline.cn.",
+    )
 
     # S3 and S3-compatible stores (credentials: boto3's own chain, never these settings).
     s3_bucket: Optional[str] = Field(None, description="S3 bucket name.")
@@ -278,6 +283,18 @@ class Settings(BaseSettings):
         value = value.strip().lower()
         if value not in ("", "certificate", "secret", "password", "ntlm", "device"):
             raise ValueError("certificate, secret, password, ntlm, device, or empty")
+        return value
+
+    @field_validator("sharepoint_authority")
+    @classmethod
+    def _https_authority(cls, value: str) -> str:
+        value = value.strip().rstrip("/")
+        if not value:
+            return "https://login.microsoftonline.com"
+        if not re.match(r"^https://[^/\s]+$", value):
+            raise ValueError(
+                "an https:// address of a sign-in host, such as https://login.microsoftonline.com"
+            )
         return value
 
     @field_validator("watch_poll")

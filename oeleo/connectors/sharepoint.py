@@ -215,6 +215,7 @@ class SharePointConnector(Connector):
                 cert_path=settings.sharepoint_cert_path,
                 thumbprint=settings.sharepoint_cert_thumbprint,
                 token_cache=settings.sharepoint_token_cache,
+                authority=settings.sharepoint_authority,
             )
         return cls(
             site_url_of(settings.sharepoint_url, settings.sharepoint_sitename),

@@ -10,6 +10,10 @@ NTLM (SharePoint Server on premises) is the library's own ``with_user_credential
 
 ``python -m oeleo.connectors.sharepoint_login`` signs a person in once with a device code
 and writes the token cache (``OELEO_SHAREPOINT_TOKEN_CACHE``).
+
+MSAL is told the sign-in host (``OELEO_SHAREPOINT_AUTHORITY``: Microsoft's global one, or a
+national cloud's) and not to look it up in Microsoft's list of hosts (``instance_discovery=False``):
+a run asks only that host, and nothing else.
 """
 
 from __future__ import annotations
@@ -68,6 +72,7 @@ class Login:
     cert_path: Optional[Path] = None
     thumbprint: str = ""
     token_cache: Optional[Path] = None
+    authority: str = AUTHORITY_HOST
 
     def __repr__(self) -> str:  # no secret in a traceback or a log line
         return f"Login({self.kind!r}, tenant={self.tenant!r}, client_id={self.client_id!r})"
@@ -84,6 +89,7 @@ def choose_login(
     cert_path: Optional[Path] = None,
     thumbprint: Optional[str] = None,
     token_cache: Optional[Path] = None,
+    authority: Optional[str] = None,
 ) -> Login:
     """The login asked for (``OELEO_SHAREPOINT_AUTH``), or, when empty, the one the settings
     that are set point to: a certificate, else a client secret, else a user name and password
@@ -144,7 +150,13 @@ def choose_login(
         raise ConfigError(
             "OELEO_SHAREPOINT_CERT_THUMBPRINT: expected the certificate's SHA-1 thumbprint, 40 hex digits"
         )
-    return Login(kind=kind, cert_path=cert_path, token_cache=token_cache, **values)
+    host = (authority or AUTHORITY_HOST).strip().rstrip("/")
+    if not re.match(r"^https://[^/\s]+$", host):
+        raise ConfigError(
+            f"OELEO_SHAREPOINT_AUTHORITY={authority!r}: expected the https:// address of a sign-in host, "
+            f"such as {AUTHORITY_HOST}"
+        )
+    return Login(kind=kind, cert_path=cert_path, token_cache=token_cache, authority=host, **values)
 
 
 def scope_of(site_url: str) -> List[str]:
@@ -179,6 +191,7 @@ class MsalToken:
         self._lock = threading.Lock()
         self._token: Optional[Dict[str, Any]] = None
         self._expires = 0.0
+        self._refused = False  # SharePoint refused the last token: the next one is not the cached one
 
     def __call__(self) -> Dict[str, Any]:
         with self._lock:
@@ -201,6 +214,7 @@ class MsalToken:
         """SharePoint refused the token (revoked, expired early): the next call gets a new one."""
         with self._lock:
             self._token = None
+            self._refused = True
             if self._app is not None and self.login.kind in ("certificate", "secret"):
                 try:
                     self._app.remove_tokens_for_client()
@@ -209,7 +223,7 @@ class MsalToken:
 
     # -- MSAL --------------------------------------------------------------------------------
     def _authority(self) -> str:
-        return f"{AUTHORITY_HOST}/{self.login.tenant}"
+        return f"{self.login.authority}/{self.login.tenant}"
 
     def _acquire(self) -> Dict[str, Any]:
         import msal
@@ -219,19 +233,30 @@ class MsalToken:
             if login.kind in ("certificate", "secret"):
                 if self._app is None:
                     self._app = msal.ConfidentialClientApplication(
-                        login.client_id, authority=self._authority(), client_credential=self._credential()
+                        login.client_id,
+                        authority=self._authority(),
+                        client_credential=self._credential(),
+                        instance_discovery=False,
                     )
                 return self._app.acquire_token_for_client(self.scopes)
             if self._app is None:
                 self._cache = self._load_cache() if login.kind == "device" else None
                 self._app = msal.PublicClientApplication(
-                    login.client_id, authority=self._authority(), token_cache=self._cache
+                    login.client_id,
+                    authority=self._authority(),
+                    token_cache=self._cache,
+                    instance_discovery=False,
                 )
             if login.kind == "password":
                 accounts = self._app.get_accounts(username=login.username)
                 result = (
-                    self._app.acquire_token_silent(self.scopes, account=accounts[0]) if accounts else None
+                    self._app.acquire_token_silent(
+                        self.scopes, account=accounts[0], force_refresh=self._refused
+                    )
+                    if accounts
+                    else None
                 )
+                self._refused = False
                 return result or self._app.acquire_token_by_username_password(
                     login.username, login.password, scopes=self.scopes
                 )
@@ -239,7 +264,10 @@ class MsalToken:
         except ValueError as exc:  # MSAL: an authority or tenant it cannot use
             raise ConfigError(f"OELEO_SHAREPOINT_TENANT={login.tenant!r}: {exc}") from None
         except OSError as exc:
-            raise ConfigError(f"cannot reach Microsoft Entra ({AUTHORITY_HOST}) for a token: {exc}") from None
+            raise ConfigError(
+                f"cannot reach Microsoft Entra at {login.authority} (OELEO_SHAREPOINT_AUTHORITY) for a "
+                f"token: {exc}"
+            ) from None
 
     def _credential(self) -> Any:
         if self.login.kind == "secret":
@@ -282,7 +310,9 @@ class MsalToken:
                 "account): run `python -m oeleo.connectors.sharepoint_login` once at this PC, as the user "
                 "the scheduled task runs as"
             )
-        result = self._app.acquire_token_silent(self.scopes, account=accounts[0])
+        # After SharePoint refused the cached token, the refresh token gets a new one.
+        result = self._app.acquire_token_silent(self.scopes, account=accounts[0], force_refresh=self._refused)
+        self._refused = False
         self._save_cache()  # a refreshed token replaced the old one
         if not result:
             raise ConfigError(
@@ -311,7 +341,10 @@ class MsalToken:
 
         self._cache = self._load_cache()
         self._app = msal.PublicClientApplication(
-            self.login.client_id, authority=self._authority(), token_cache=self._cache
+            self.login.client_id,
+            authority=self._authority(),
+            token_cache=self._cache,
+            instance_discovery=False,
         )
 
 
@@ -358,6 +391,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             tenant=settings.sharepoint_tenant,
             client_id=settings.sharepoint_client_id,
             token_cache=settings.sharepoint_token_cache,
+            authority=settings.sharepoint_authority,
         )
         provider = MsalToken(login, site_url_of(settings.sharepoint_url, settings.sharepoint_sitename))
         who = provider.sign_in(lambda text: print(text, file=sys.stderr, flush=True))
