@@ -1,24 +1,34 @@
 """The fits checker (``OELEO_CHECKER=fits``): FITS and XISF files written here from hand-made
 headers, whole and cut short in every way an instrument still writing them leaves them, read
-by ``oeleo.fits`` and copied (or left for the next run) by the real ``oeleo run``."""
+by ``oeleo.fits`` and copied (or left for the next run) by the real ``oeleo run``. The checker
+validates the chunks the copy reads: a file is read once, and one that turns out incomplete
+or bad is aborted before its copy is committed, on a local folder, S3 (moto) and SSH."""
 
 from __future__ import annotations
 
+import builtins
 import gzip
+import hashlib
 import json
+import os
+import random
 import sqlite3
 import struct
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, List, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import pytest
-from helpers import clean_env, db_rows, run_oeleo, tree_files
+from helpers import clean_env, db_rows, run_oeleo, run_once, tree_files
 
 from oeleo import fits
-from oeleo.checkers import ChecksumChecker, FitsChecker
-from oeleo.errors import FileIncomplete
+from oeleo.checkers import Checker, ChecksumChecker, FitsChecker
+from oeleo.connectors.local import LocalConnector
+from oeleo.errors import FileIncomplete, TransferError
+from oeleo.models import SimpleDbHandler
+from oeleo.settings import load_settings
+from oeleo.workers import Worker, worker_from_settings
 
 Cards = Sequence[Tuple[str, Any]]
 
@@ -485,3 +495,431 @@ def test_the_fits_benchmark_runs_both_checkers_and_writes_json(tmp_path):
         assert set(samples) == {"checksum", "fits"}
         assert all(len(times) == 1 and times[0] > 0 for s in samples.values() for times in s.values())
     assert "| fits.gz | 3 |" in done.stdout
+
+
+# -- validating while the copy reads ------------------------------------------------------------
+def feed_in_chunks(kind: str, data: bytes, chunk: int, size: Optional[int]) -> fits.Inspection:
+    check = fits.inspector(kind, size, ("OBJECT", "EXPTIME"))
+    for start in range(0, len(data), chunk):
+        check.feed(data[start : start + chunk])
+    return check.close()
+
+
+def problem_of(call: Callable[..., Any], *args: Any) -> Tuple[str, str, Any]:
+    """What ``call(*args)`` says: the problem's class and message, or the inspection."""
+    try:
+        found = call(*args)
+    except fits.FitsProblem as exc:
+        return type(exc).__name__, str(exc), None
+    return "whole", "", (found.units, found.keywords)
+
+
+WHOLE_AND_CUT = {
+    "fits": [
+        m31(),
+        m31()[:-1000],
+        m31()[: 3 * fits.BLOCK],
+        m31()[: 8 * fits.BLOCK],
+        m31()[:5],
+        m31()[: 5 * fits.BLOCK] + b"XTENSION= 'IMAGE'",
+        header([("SIMPLE", True), ("NAXIS", 0)]),
+        b"observing log\n" * 300,
+    ],
+    "fits.gz": [
+        gzip.compress(m31(), mtime=0),
+        gzip.compress(m31(), mtime=0)[:-8],
+        gzip.compress(m31()[:-2880], mtime=0),
+        gzip.compress(b"not FITS at all" * 200, mtime=0),
+        b"\x1f",
+    ],
+    "xisf": [
+        xisf(XISF_BODY, b"\x11" * 64),
+        xisf(XISF_BODY, b"\x11" * 63),
+        xisf(XISF_BODY)[:100],
+        xisf(XISF_BODY)[:10],
+        xisf(XISF_BODY.replace("</Image>", ""), b"\x11" * 64),
+    ],
+}
+
+
+@pytest.mark.parametrize("kind", sorted(WHOLE_AND_CUT))
+@pytest.mark.parametrize("chunk", [1, 79, fits.BLOCK, 4096, 1 << 20])
+def test_an_inspector_fed_in_chunks_of_any_size_says_what_inspect_says(tmp_path, kind, chunk):
+    path = tmp_path / f"m31.{kind}"
+    said = []
+    for data in WHOLE_AND_CUT[kind]:
+        path.write_bytes(data)
+        expected = problem_of(fits.inspect, path, ("OBJECT", "EXPTIME"))
+        said.append(expected[0])
+        assert problem_of(feed_in_chunks, kind, data, chunk, len(data)) == expected, data[:20]
+        # Not told the size first (a FITS file inside a gzip stream): the same, though a size
+        # that is not a multiple of 2880 may be said after what is wrong at the end.
+        unsized = problem_of(feed_in_chunks, kind, data, chunk, None)
+        assert (unsized[0], unsized[2]) == (expected[0], expected[2]), data[:20]
+    assert said[0] == "whole" and "whole" not in said[1:]
+    assert "Truncated" in said and ("BadHeader" in said or "NotFits" in said)
+
+
+def test_an_inspector_told_the_size_knows_a_short_data_unit_once_its_header_is_in():
+    whole = m31()
+    check = fits.inspector("fits", 6 * fits.BLOCK)  # the file as it is: cut in extension 1's data
+    check.feed(whole[: 5 * fits.BLOCK])  # the primary HDU: fine
+    with pytest.raises(fits.Truncated, match="data unit of extension 1 has 0 of the 1600 bytes"):
+        check.feed(whole[5 * fits.BLOCK : 6 * fits.BLOCK])  # extension 1's header
+    check = fits.inspector("fits", 9 * fits.BLOCK + 5)
+    with pytest.raises(fits.Truncated, match=f"not a multiple of {fits.BLOCK}"):
+        check.feed(whole[:9])  # SIMPLE: a FITS file, of a size no FITS file has
+    check = fits.inspector("fits", 9 * fits.BLOCK + 5)
+    with pytest.raises(fits.NotFits):  # what is not FITS is said first: it may be copied anyway
+        check.feed(b"observing")
+    check = fits.inspector("xisf", 200)
+    with pytest.raises(fits.Truncated, match="of its XML header"):
+        check.feed(xisf(XISF_BODY)[:16])
+
+
+def test_a_gzip_stream_of_several_members_or_padded_with_zeros_is_whole_and_garbage_after_it_is_bad():
+    whole = m31()
+    members = gzip.compress(whole[: 5 * fits.BLOCK], mtime=0) + gzip.compress(
+        whole[5 * fits.BLOCK :], mtime=0
+    )
+    for data in (members, members + b"\0" * 100):
+        assert feed_in_chunks("fits.gz", data, 1000, len(data)).units == 3
+    with pytest.raises(fits.BadHeader, match="bytes that are not gzip after its end"):
+        feed_in_chunks("fits.gz", members + b"trailing junk", 1000, None)
+
+
+def test_a_gzip_stream_is_decompressed_in_bounded_memory():
+    import tracemalloc
+    import zlib
+
+    length = 36000 * fits.BLOCK  # 99 MiB of zeros, a few hundredth of that compressed
+    pack = zlib.compressobj(1, zlib.DEFLATED, 31)
+    pieces = [pack.compress(header([("SIMPLE", True), ("BITPIX", 8), ("NAXIS", 1), ("NAXIS1", length)]))]
+    zeros = bytes(1 << 20)
+    for _ in range(length // len(zeros)):
+        pieces.append(pack.compress(zeros))
+    pieces.append(pack.compress(bytes(length % len(zeros))) + pack.flush())
+    bomb = b"".join(pieces)
+    assert len(bomb) < length // 100
+    check = fits.inspector("fits.gz", len(bomb))
+    tracemalloc.start()
+    try:
+        check.feed(bomb)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert check.close().units == 1
+    assert peak < 4 * fits.SKIP_PIECE  # decompressed a piece at a time, not 99 MiB at once
+
+
+def test_the_stream_check_of_the_fits_checker_says_what_validate_says(tmp_path):
+    checker = FitsChecker(keywords=("OBJECT",))
+    cases = {
+        "m31.fits": m31(),
+        "short.fits": m31()[: 6 * fits.BLOCK],
+        "bad.fits": header([("SIMPLE", True), ("NAXIS", 0)]),
+        "notes.fits": b"observing log\n" * 300,
+        "log.csv": b"not looked at",
+    }
+    for name, data in cases.items():
+        path = tmp_path / name
+        path.write_bytes(data)
+        check = checker.stream_check(path, len(data))
+        if name == "log.csv":
+            assert check is None and checker.validate(path) is None
+            continue
+        assert check is not None
+        try:
+            for start in range(0, len(data), 1000):
+                check.update(data[start : start + 1000])
+            said: Any = check.finish()
+        except (FileIncomplete, TransferError) as exc:
+            said = (type(exc).__name__, str(exc))
+        streamed = checker.take_metadata(path)
+        try:
+            reason = checker.validate(path)
+            before: Any = ("TransferError", f"refused by FitsChecker: {reason}") if reason else None
+        except FileIncomplete as exc:
+            before = ("FileIncomplete", str(exc))
+        if before is None:
+            before = checker.take_metadata(path)
+            assert said == streamed == before == {"OBJECT": "M31"}
+        else:
+            assert said == before, name
+    assert checker.take_metadata(tmp_path / "m31.fits") is None  # once: it goes to the books
+
+
+def random_frame(mib: float, seed: int, object_name: str) -> bytes:
+    """A FITS file whose primary image (``mib`` MiB of random 16-bit pixels) does not compress,
+    then an image extension and a binary table."""
+    rng = random.Random(seed)
+    side = int((mib * 1024 * 1024 / 2) ** 0.5)
+    cards = [("SIMPLE", True), ("BITPIX", 16), ("NAXIS", 2), ("NAXIS1", side), ("NAXIS2", side)]
+    cards += [("EXTEND", True), ("OBJECT", object_name), ("EXPTIME", 30.0)]
+    first = (header(cards), padded(rng.randbytes(2 * side * side)))
+    return join(first, image_extension([64, 64]), table_extension(100, 16, 1000))
+
+
+def cut_in_its_second_hdu(frame: bytes) -> bytes:
+    """The frame up to one block into its second HDU's data: a size FITS files have."""
+    first = frame.index(b"XTENSION=")
+    return frame[: first + 2 * fits.BLOCK]
+
+
+def md5(data: bytes) -> str:
+    return hashlib.md5(data).hexdigest()
+
+
+def streaming_cases(mib: float) -> Dict[str, Tuple[bytes, bytes, bytes]]:
+    """name -> (the version copied first, the next one not whole yet or bad, that one made whole).
+
+    The frames are larger than a chunk of the copy's reading (1 MiB): the copy has sent bytes
+    when the check finds out."""
+    frame = random_frame(mib, 1, "NGC 1976")
+    packed = gzip.compress(frame, compresslevel=1, mtime=0)
+    bad_crc = bytearray(packed)
+    bad_crc[-8] ^= 0xFF
+    old_xisf = xisf(XISF_BODY.replace("NGC 7000", "M42"), b"\x22" * 64)
+    new_xisf = xisf(XISF_BODY, b"\x11" * 64)
+    return {
+        "frame.fits": (m31(), cut_in_its_second_hdu(frame), frame),
+        "bad-crc.fits.gz": (gzip.compress(m31(), mtime=0), bytes(bad_crc), packed),
+        "cut.fits.gz": (gzip.compress(m31(), mtime=0), packed[: len(packed) - 1000], packed),
+        "image.xisf": (old_xisf, new_xisf[:-1], new_xisf),
+    }
+
+
+STREAMING_SAYS = {
+    "frame.fits": "incomplete, left for the next run: its data unit of extension 1 has 2880 of the 16384",
+    "bad-crc.fits.gz": "refused by FitsChecker: bad FITS/XISF header: its gzip stream is damaged (the CRC-32",
+    "cut.fits.gz": "incomplete, left for the next run: its gzip stream ends before its end-of-stream marker",
+    "image.xisf": "incomplete, left for the next run: its data block at",
+}
+
+
+def check_streaming_cases(
+    tmp_path: Path,
+    settings: Dict[str, Any],
+    stored: Callable[[], Dict[str, bytes]],
+    mib: float = 1.5,
+    **set_up: Any,
+) -> None:
+    """Three passes: the first versions are copied; their next versions, not whole yet or bad,
+    are aborted (the first copies stay as they were, under their names only, and the books
+    still describe them); made whole, they are copied."""
+    night = tmp_path / "night"
+    night.mkdir(exist_ok=True)
+    cases = streaming_cases(mib)
+
+    def one_pass() -> Any:
+        worker = worker_from_settings(
+            load_settings(base_dir_from=night, db_name=str(tmp_path / "books.db"), checker="fits", **settings)
+        )
+        for name, value in set_up.items():
+            setattr(worker.external_connector, name, value)
+        return run_once(worker)
+
+    for step in range(3):
+        for name, versions in cases.items():
+            (night / name).write_bytes(versions[step])
+        summary = one_pass()
+        rows = db_rows(tmp_path / "books.db")
+        if step == 1:
+            assert (summary.copied, summary.incomplete, summary.failed) == (0, 3, 1), summary.errors
+            assert summary.exit_status == 1
+            for name, says in STREAMING_SAYS.items():
+                assert rows[name]["last_error"].startswith(says), rows[name]["last_error"]
+        else:
+            assert (summary.copied, summary.incomplete, summary.failed) == (4, 0, 0), summary.errors
+        version = 2 if step == 2 else 0
+        assert stored() == {name: versions[version] for name, versions in cases.items()}, step
+        for name, versions in cases.items():
+            # The books name the version the store holds: an aborted copy claims nothing.
+            assert (rows[name]["checksum"], rows[name]["size"]) == (
+                md5(versions[version]),
+                len(versions[version]),
+            )
+            assert (rows[name]["last_error"] is None) == (step != 1), name
+    assert json.loads(rows["frame.fits"]["metadata"])["OBJECT"] == "NGC 1976"
+    assert json.loads(rows["image.xisf"]["metadata"])["OBJECT"] == "NGC 7000"
+
+
+def test_a_copy_that_turns_out_incomplete_or_bad_is_aborted_and_the_previous_copy_kept_local(tmp_path):
+    archive = tmp_path / "archive"
+    check_streaming_cases(tmp_path, {"base_dir_to": str(archive)}, lambda: tree_files(archive))
+
+
+def test_a_copy_that_turns_out_incomplete_or_bad_is_aborted_and_the_previous_copy_kept_ssh(
+    tmp_path, sshd_server
+):
+    folder = sshd_server.new_folder()
+    settings = dict(
+        connector="ssh",
+        base_dir_to=folder,
+        external_host=sshd_server.host,
+        external_port=sshd_server.port,
+        username=sshd_server.user,
+        key_filename=sshd_server.keys["ed25519"],
+        known_hosts=sshd_server.known_hosts,
+    )
+    check_streaming_cases(tmp_path, settings, lambda: tree_files(folder))  # hidden names too
+
+
+@pytest.mark.parametrize("multipart", [False, True], ids=["put at the commit", "multipart"])
+def test_a_copy_that_turns_out_incomplete_or_bad_is_aborted_and_the_previous_copy_kept_s3(
+    tmp_path, s3_server, s3_bucket, multipart
+):
+    client = s3_server.client()
+
+    def stored() -> Dict[str, bytes]:
+        assert client.list_multipart_uploads(Bucket=s3_bucket).get("Uploads", []) == []
+        listed = client.list_objects_v2(Bucket=s3_bucket).get("Contents", [])
+        bodies = {o["Key"]: client.get_object(Bucket=s3_bucket, Key=o["Key"])["Body"].read() for o in listed}
+        return {key[len("night/") :]: body for key, body in bodies.items()}
+
+    settings = dict(
+        connector="s3", s3_bucket=s3_bucket, s3_prefix="night/", s3_endpoint_url=s3_server.endpoint_url
+    )
+    # Multipart: the 9 MiB frame goes up in parts (S3 sends files up to 200 MiB in one PutObject
+    # at the commit by default), some of them sent before the check finds its second HDU short.
+    options = {"single_put_limit": 0} if multipart else {}
+    check_streaming_cases(tmp_path, settings, stored, mib=9 if multipart else 1.5, **options)
+
+
+class CountingFile:
+    """A file object that counts the bytes read through it."""
+
+    def __init__(self, handle: Any, count: Callable[[int], None]) -> None:
+        self._handle, self._count = handle, count
+
+    def read(self, *args: Any) -> bytes:
+        data = self._handle.read(*args)
+        self._count(len(data))
+        return data
+
+    def readinto(self, buffer: Any) -> int:
+        n = self._handle.readinto(buffer)
+        self._count(n or 0)
+        return n
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._handle, name)
+
+    def __enter__(self) -> CountingFile:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._handle.close()
+
+
+def count_reads(monkeypatch: Any, paths: Sequence[Path]) -> Dict[str, int]:
+    """Bytes this process reads from each of ``paths`` from now on, by ``os.read`` or by a file
+    object ``open`` gives (how the checker's ``validate`` reads headers): name -> bytes."""
+    watched = {(st.st_dev, st.st_ino): path.name for path in paths for st in [path.stat()]}
+    counts = dict.fromkeys(watched.values(), 0)
+    real_read, real_open = os.read, builtins.open
+
+    def counting_read(fd: int, n: int) -> bytes:
+        data = real_read(fd, n)
+        st = os.fstat(fd)
+        name = watched.get((st.st_dev, st.st_ino))
+        if name is not None:
+            counts[name] += len(data)
+        return data
+
+    def counting_open(file: Any, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
+        handle = real_open(file, mode, *args, **kwargs)
+        if isinstance(file, int) or "r" not in mode:
+            return handle
+        st = os.fstat(handle.fileno())
+        name = watched.get((st.st_dev, st.st_ino))
+        if name is None:
+            return handle
+        return CountingFile(handle, lambda n: counts.__setitem__(name, counts[name] + n))
+
+    monkeypatch.setattr(os, "read", counting_read)
+    monkeypatch.setattr(builtins, "open", counting_open)
+    return counts
+
+
+def test_a_fits_file_and_a_fits_gz_file_are_read_once_for_their_check_and_copy(tmp_path, monkeypatch):
+    night, archive = tmp_path / "night", tmp_path / "archive"
+    night.mkdir()
+    frame = random_frame(3, 2, "M31")
+    files = {"m31.fits": frame, "m31.fits.gz": gzip.compress(frame, mtime=0), "log.csv": b"t,v\n0,1\n"}
+    for name, data in files.items():
+        (night / name).write_bytes(data)
+    worker = worker_from_settings(
+        load_settings(
+            base_dir_from=night, base_dir_to=str(archive), db_name=str(tmp_path / "books.db"), checker="fits"
+        )
+    )
+    counts = count_reads(monkeypatch, [night / name for name in files])
+    summary = run_once(worker)
+    monkeypatch.undo()
+    assert summary.copied == 3, summary.errors
+    assert counts == {name: len(data) for name, data in files.items()}
+    rows = db_rows(tmp_path / "books.db")
+    assert json.loads(rows["m31.fits"]["metadata"])["OBJECT"] == "M31"
+    assert json.loads(rows["m31.fits.gz"]["metadata"])["OBJECT"] == "M31"
+    # The counting sees the reads of a check before the copy: validate() reads headers again.
+    counts = count_reads(monkeypatch, [night / "m31.fits"])
+    assert FitsChecker().validate(night / "m31.fits") is None
+    assert 0 < counts["m31.fits"] < len(frame)
+
+
+class ValidatesBefore(Checker):
+    """A checker as a developer of oeleo 0.7's time writes one: ``validate`` and ``take_metadata``."""
+
+    def __init__(self) -> None:
+        self.seen: List[str] = []
+
+    def validate(self, path: Path) -> Optional[str]:
+        self.seen.append(path.name)
+        return "not this one" if path.name.startswith("bad") else None
+
+    def take_metadata(self, path: Path) -> Optional[Dict[str, Any]]:
+        return {"LENGTH": path.stat().st_size}
+
+
+class PutOnly(LocalConnector):
+    """A connector of its own ``put()`` (as connectors were written before the upload objects)."""
+
+    def put(self, local_path: Path, relpath: str, **options: Any) -> Any:
+        assert "stream_check" not in options
+        return super().put(local_path, relpath, **options)
+
+
+def test_a_checker_of_validate_and_take_metadata_and_a_connector_of_its_own_put_still_check_first(tmp_path):
+    night, archive = tmp_path / "night", tmp_path / "archive"
+    night.mkdir()
+    (night / "good.csv").write_text("1\n")
+    (night / "bad.csv").write_text("2\n")
+    (night / "short.fits").write_bytes(m31()[: 6 * fits.BLOCK])
+    (night / "m31.fits").write_bytes(m31())
+    checker = ValidatesBefore()
+    worker = Worker(
+        checker=checker,
+        bookkeeper=SimpleDbHandler(str(tmp_path / "a.db")),
+        local_connector=LocalConnector(night),
+        external_connector=LocalConnector(archive),
+    )
+    summary = run_once(worker)
+    assert (summary.copied, summary.failed) == (3, 1)
+    assert sorted(checker.seen) == ["bad.csv", "good.csv", "m31.fits", "short.fits"]
+    rows = db_rows(tmp_path / "a.db")
+    assert json.loads(rows["good.csv"]["metadata"]) == {"LENGTH": 2}
+    assert rows["bad.csv"]["last_error"] == "refused by ValidatesBefore: not this one"
+
+    for name in ("short.fits", "m31.fits"):
+        (night / name).rename(night / f"x-{name}")
+    worker = Worker(
+        checker=FitsChecker(),
+        bookkeeper=SimpleDbHandler(str(tmp_path / "b.db")),
+        local_connector=LocalConnector(night),
+        external_connector=PutOnly(tmp_path / "b"),
+    )
+    summary = run_once(worker)
+    assert (summary.copied, summary.incomplete) == (3, 1), summary.errors
+    assert "x-short.fits" not in tree_files(tmp_path / "b")
+    assert json.loads(db_rows(tmp_path / "b.db")["x-m31.fits"]["metadata"])["OBJECT"] == "M31"
