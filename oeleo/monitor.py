@@ -276,7 +276,7 @@ class Monitor:
     def act(self, action: str, names: Sequence[str]) -> Dict[str, List[str]]:
         origin = self._origin()
         if origin is None:
-            raise ConfigError(
+            raise ValueError(
                 "no origin chosen: start oeleo serve with --from FOLDER or --origin HOST:/FOLDER"
             )
         with self.books(origin, read_only=False) as books:

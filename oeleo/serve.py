@@ -158,6 +158,7 @@ class MonitorHandler(BaseHTTPRequestHandler):
     server_version = f"oeleo/{__version__}"
     sys_version = ""
     protocol_version = "HTTP/1.1"
+    timeout = 60  # seconds a connection may idle or dawdle before it is closed
 
     def version_string(self) -> str:
         return self.server_version
