@@ -79,6 +79,7 @@
 
   function humanSeconds(s) {
     if (s === null || s === undefined) return "–";
+    if (s < 1) return Math.round(s * 1000) + " ms";
     if (s < 60) return s.toFixed(1) + " s";
     var whole = Math.round(s);
     if (whole < 3600) return Math.floor(whole / 60) + " min " + pad2(whole % 60) + " s";
@@ -116,6 +117,7 @@
     var d = (t.getTime() - now.getTime()) / 1000;
     var a = Math.abs(d);
     var text;
+    if (a < 5) return "just now";
     if (a < 45) text = Math.round(a) + " s";
     else if (a < 5400) text = Math.round(a / 60) + " min";
     else if (a < 129600) text = Math.round(a / 3600) + " h";
@@ -315,7 +317,7 @@
     if (!hb) {
       badge.textContent = "no scheduler";
       badge.className = "badge unknown";
-      setText("hb-scheduler", "none has run on these books (oeleo run by hand or a system task)");
+      setText("hb-scheduler", "none writes a heartbeat here (runs by hand or by a system task?)");
       setText("hb-last", null);
       setText("hb-result", null);
       setText("hb-next", null);
@@ -439,11 +441,12 @@
     });
   }
 
-  // Round a maximum up to 1, 2 or 5 times a power of ten, so the axis reads well.
+  // Round a maximum up to 1, 2, 3, 4, 5, 6 or 8 times a power of ten, so the axis reads well
+  // and the tallest bar fills more than half of the plot.
   function niceMax(value) {
     if (!(value > 0)) return 1;
     var power = Math.pow(10, Math.floor(Math.log10(value)));
-    var steps = [1, 2, 5, 10];
+    var steps = [1, 2, 3, 4, 5, 6, 8, 10];
     for (var i = 0; i < steps.length; i++) {
       if (value <= steps[i] * power) return steps[i] * power;
     }
@@ -469,6 +472,7 @@
 
   function tickSeconds(v) {
     if (v === 0) return "0 s";
+    if (v < 1) return +(v * 1000).toPrecision(3) + " ms";
     if (v < 60) return (v < 10 ? v.toFixed(1).replace(".0", "") : Math.round(v)) + " s";
     return humanSeconds(v).replace(" 00 s", "").replace(" 00 min", "");
   }
@@ -607,10 +611,14 @@
     });
     var first = done[0];
     var last = done[done.length - 1];
-    node.appendChild(svg("text", { x: PLOT.left, y: PLOT.h - PLOT.bottom + 18, class: "tick x start", text: shortTime(first.started).slice(5, 16) }));
+    var oneDay = shortTime(first.started).slice(0, 10) === shortTime(last.started).slice(0, 10);
+    var label = function (iso) {
+      return oneDay ? shortTime(iso).slice(11, 19) : shortTime(iso).slice(5, 16);
+    };
+    node.appendChild(svg("text", { x: PLOT.left, y: PLOT.h - PLOT.bottom + 18, class: "tick x start", text: label(first.started) }));
     if (done.length > 1) {
       node.appendChild(
-        svg("text", { x: PLOT.w - PLOT.right, y: PLOT.h - PLOT.bottom + 18, class: "tick x end", text: shortTime(last.started).slice(5, 16) })
+        svg("text", { x: PLOT.w - PLOT.right, y: PLOT.h - PLOT.bottom + 18, class: "tick x end", text: label(last.started) })
       );
     }
     area.appendChild(node);
@@ -677,8 +685,12 @@
     return state.search.q !== "" || state.search.code !== "";
   }
 
+  var asked = 0; // the newest search: an older answer that comes late is not drawn
+  var typing = null; // the search that typing will start
+
   function search() {
     var s = state.search;
+    var mine = ++asked;
     if (!searching()) {
       clear($("files-table").querySelector("tbody"));
       $("files-table").hidden = true;
@@ -690,10 +702,13 @@
       return Promise.resolve();
     }
     var query = "?q=" + encodeURIComponent(s.q) + "&page=" + s.page + (s.code !== "" ? "&code=" + encodeURIComponent(s.code) : "");
-    return getJSON("/api/files" + query).then(renderFiles);
+    return getJSON("/api/files" + query).then(function (result) {
+      if (mine === asked) renderFiles(result);
+    });
   }
 
   function newSearch(page) {
+    clearTimeout(typing);
     state.search.q = $("search-q").value.trim();
     state.search.code = $("search-code").value;
     state.search.page = page || 1;
@@ -740,7 +755,6 @@
       event.preventDefault();
       newSearch(1);
     });
-    var typing = null;
     $("search-q").addEventListener("input", function () {
       clearTimeout(typing);
       typing = setTimeout(function () {
