@@ -7,7 +7,11 @@ from hand-made headers (no astropy), content deterministic (``--seed``):
 - **fits**: ``--files`` files (default 200) of a primary image of ``--mib`` MiB (default 1)
   and two extensions (an image and a binary table with a heap), in folders of 50;
 - **fits.gz**: the same files gzipped (level 6; the pixels repeat enough to compress by half):
-  the checker decompresses each through to its trailer before the copy reads it.
+  the checker decompresses each through to its trailer as the copy reads it.
+
+The checker validates the chunks the copy reads (``FitsChecker.stream_check``): each file is
+read once, with or without it; what the checker adds is parsing the headers as they go by,
+and for a ``.fits.gz`` decompressing the stream.
 
 Scenarios, each with a fresh destination and books: **initial** (every file copied) and
 **rerun** (nothing changed: the checker is not called, as an unchanged file is not read).
