@@ -18,6 +18,7 @@ a run asks only that host, and nothing else.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -26,7 +27,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional
 from urllib.parse import urlsplit
 
 from oeleo.errors import ConfigError
@@ -226,27 +227,15 @@ class MsalToken:
         return f"{self.login.authority}/{self.login.tenant}"
 
     def _acquire(self) -> Dict[str, Any]:
-        import msal
-
         login = self.login
-        try:
+        with self._entra_errors():
             if login.kind in ("certificate", "secret"):
                 if self._app is None:
-                    self._app = msal.ConfidentialClientApplication(
-                        login.client_id,
-                        authority=self._authority(),
-                        client_credential=self._credential(),
-                        instance_discovery=False,
-                    )
+                    self._app = self._new_app()
                 return self._app.acquire_token_for_client(self.scopes)
             if self._app is None:
                 self._cache = self._load_cache() if login.kind == "device" else None
-                self._app = msal.PublicClientApplication(
-                    login.client_id,
-                    authority=self._authority(),
-                    token_cache=self._cache,
-                    instance_discovery=False,
-                )
+                self._app = self._new_app()
             if login.kind == "password":
                 accounts = self._app.get_accounts(username=login.username)
                 result = (
@@ -261,8 +250,36 @@ class MsalToken:
                     login.username, login.password, scopes=self.scopes
                 )
             return self._silent_from_cache()
-        except ValueError as exc:  # MSAL: an authority or tenant it cannot use
-            raise ConfigError(f"OELEO_SHAREPOINT_TENANT={login.tenant!r}: {exc}") from None
+
+    def _new_app(self) -> Any:
+        """MSAL's application for this login; it reads the tenant's endpoints from the sign-in
+        host at once (an unknown tenant fails here)."""
+        import msal
+
+        login = self.login
+        if login.kind in ("certificate", "secret"):
+            return msal.ConfidentialClientApplication(
+                login.client_id,
+                authority=self._authority(),
+                client_credential=self._credential(),
+                instance_discovery=False,
+            )
+        return msal.PublicClientApplication(
+            login.client_id, authority=self._authority(), token_cache=self._cache, instance_discovery=False
+        )
+
+    @contextlib.contextmanager
+    def _entra_errors(self) -> Iterator[None]:
+        """MSAL's exceptions as one line that says what to check."""
+        login = self.login
+        try:
+            yield
+        except ValueError:  # MSAL: the sign-in host answered 4xx for the tenant's endpoints
+            raise ConfigError(
+                f"OELEO_SHAREPOINT_TENANT={login.tenant!r}: {login.authority} knows no such tenant (the "
+                "tenant's name, such as contoso.onmicrosoft.com, or its id; OELEO_SHAREPOINT_AUTHORITY "
+                "is the sign-in host of its cloud)"
+            ) from None
         except OSError as exc:
             raise ConfigError(
                 f"cannot reach Microsoft Entra at {login.authority} (OELEO_SHAREPOINT_AUTHORITY) for a "
@@ -322,30 +339,24 @@ class MsalToken:
         return result
 
     def sign_in(self, show: Callable[[str], None]) -> str:
-        """The device-code sign-in, for a person at the PC; returns the account's name."""
-        self._app = None
-        self._acquire_app_for_device()
-        flow = self._app.initiate_device_flow(scopes=self.scopes)
-        if "user_code" not in flow:
-            raise ConfigError(describe_failure(flow, self.login))
-        show(flow["message"])
-        result = self._app.acquire_token_by_device_flow(flow)
+        """The device-code sign-in, for a person at the PC: ``show`` is given the code and the
+        address to enter it at; returns the account's name once signed in. The cache then holds
+        this sign-in alone (signing in again, perhaps as someone else, replaces the last one)."""
+        import msal
+
+        with self._entra_errors():
+            self._cache = msal.SerializableTokenCache()
+            self._app = self._new_app()
+            flow = self._app.initiate_device_flow(scopes=self.scopes)
+            if "user_code" not in flow:
+                raise ConfigError(describe_failure(flow, self.login))
+            show(flow["message"])
+            result = self._app.acquire_token_by_device_flow(flow)
         if "access_token" not in result:
             raise ConfigError(describe_failure(result, self.login))
         self._save_cache()
         claims = result.get("id_token_claims") or {}
         return str(claims.get("preferred_username") or "the account")
-
-    def _acquire_app_for_device(self) -> None:
-        import msal
-
-        self._cache = self._load_cache()
-        self._app = msal.PublicClientApplication(
-            self.login.client_id,
-            authority=self._authority(),
-            token_cache=self._cache,
-            instance_discovery=False,
-        )
 
 
 def certificate_credential(cert_path: Optional[Path], thumbprint: str) -> Dict[str, str]:
