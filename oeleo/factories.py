@@ -46,6 +46,11 @@ def worker_from_settings(settings: Any, reporter: Optional[Reporter] = None, **o
     external = connector_cls.from_settings(settings, role="external")
     options.setdefault("subdirs", settings.subdirs)
     options["hooks"] = Hooks.from_settings(settings, options.get("hooks") or ())
+    wants_alerts = getattr(settings, "alert_webhook", None) or getattr(settings, "alert_email", "").strip()
+    if "alerts" not in options and wants_alerts:
+        from oeleo.alerts import Alerts  # smtplib and urllib: imported only by a worker that alerts
+
+        options["alerts"] = Alerts.from_settings(settings)
     return Worker(
         checker=checker_from_settings(settings),
         bookkeeper=bookkeeper_from_settings(settings),

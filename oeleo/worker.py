@@ -124,6 +124,7 @@ class Worker:
         compress: str = "",
         manifest: str = "",
         hooks: Any = None,
+        alerts: Any = None,
     ) -> None:
         from oeleo.settings import normalise_extensions
 
@@ -168,6 +169,8 @@ class Worker:
         self.compress = compress
         # Run after each pass's copies are booked (oeleo.hooks): a Hooks, or callables.
         self.hooks = hooks if isinstance(hooks, Hooks) else Hooks(hooks or ())
+        # Told how each pass went, one that raised included (oeleo.alerts.Alerts); None: no alerts.
+        self.alerts = alerts
         # "sha256"/"md5": a MANIFEST.<algorithm> per destination folder after each pass (oeleo.manifest).
         self.manifest = manifest
         if manifest:
@@ -357,7 +360,36 @@ class Worker:
     # -- one pass ---------------------------------------------------------------------
     def run(self) -> RunSummary:
         """Copy every new or changed file once, verified; book each one. Never raises for
-        a single file: failures are recorded with their reason and counted."""
+        a single file: failures are recorded with their reason and counted. The alerts hear
+        how the pass went, a pass that raised included (a dry run tells them nothing)."""
+        try:
+            summary = self._pass()
+        except BaseException as exc:
+            self.report_failed_pass(exc)
+            raise
+        # Books that could not be written cannot hold the alerts' state either.
+        if self.alerts is not None and self._db_open and not self.dry_run and not summary.books_error:
+            from oeleo.alerts import PassOutcome
+
+            self._tell_alerts(PassOutcome.of_summary(summary, reached=self._connected))
+        return summary
+
+    def report_failed_pass(self, exc: BaseException) -> None:
+        """Tell the alerts that a pass raised ``exc`` (a scheduler calls this when the pass
+        failed before ``run``, while it listed the files)."""
+        if self.alerts is None or not self._db_open or self.dry_run:
+            return
+        from oeleo.alerts import PassOutcome
+
+        outcome = PassOutcome.of_error(exc)
+        if outcome is not None:
+            self._tell_alerts(outcome)
+
+    def _tell_alerts(self, outcome: Any) -> None:
+        folder, destination = str(self.local_connector.directory), str(self.external_connector)
+        self.alerts.after_pass(self.bookkeeper, outcome, folder, destination)
+
+    def _pass(self) -> RunSummary:
         started = time.monotonic()
         self.connect_to_db()
         if self._entries is None:

@@ -125,7 +125,13 @@ class SchedulerBase:
             self._open_books()
             try:
                 self._beat(pass_started=self.last_run, pass_finished=None, next_pass=None)
-                self.choose_files()
+                try:
+                    self.choose_files()
+                except BaseException as exc:  # the pass failed before the worker's run: say so
+                    report = getattr(self.worker, "report_failed_pass", None)
+                    if report is not None:
+                        report(exc)
+                    raise
                 summary = self.last_summary = self.worker.run()
             except BaseException as exc:
                 self._beat_end(f"failed: {exc or type(exc).__name__}")
