@@ -14,6 +14,7 @@ docs/monitoring.md are taken here; ``MONITOR_SCREENSHOTS=docs/images`` writes th
 
 from __future__ import annotations
 
+import http.client
 import os
 import re
 import shutil
@@ -22,6 +23,8 @@ import socket
 import sqlite3
 import struct
 import tempfile
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Dict, Iterator, List
 from urllib.parse import urlsplit
@@ -497,3 +500,68 @@ def test_a_narrow_window_has_no_page_wide_scroll(lab, tmp_path, serve, visit):
     # wide tables scroll inside their box; the page itself is as wide as the window
     assert page.evaluate("() => document.documentElement.scrollWidth") <= 390
     expect(page.get_by_role("button", name="Retry run-001/b.csv")).to_be_visible()
+
+
+# -- behind a reverse proxy ------------------------------------------------------------------
+HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "proxy-connection"}
+
+
+def path_proxy(upstream: int, prefix: str) -> ThreadingHTTPServer:
+    """What docs/monitoring.md's nginx block does: ``PREFIX/...`` goes to the monitor's ``/...``
+    with the monitor's own address as Host and no Origin header."""
+
+    class Proxy(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, format, *args):  # noqa: A002 - the base class's name
+            pass
+
+        def forward(self) -> None:
+            if not self.path.startswith(prefix + "/"):
+                self.send_error(404)
+                return
+            length = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(length) if length else None
+            drop = HOP_BY_HOP | {"host", "origin", "content-length"}
+            headers = {k: v for k, v in self.headers.items() if k.lower() not in drop}
+            connection = http.client.HTTPConnection("127.0.0.1", upstream, timeout=30)
+            try:
+                connection.request(self.command, self.path[len(prefix) :], body=body, headers=headers)
+                reply = connection.getresponse()
+                data = reply.read()
+                self.send_response(reply.status)
+                for name, value in reply.getheaders():
+                    if name.lower() not in HOP_BY_HOP | {"content-length"}:
+                        self.send_header(name, value)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+            finally:
+                connection.close()
+
+        do_GET = do_POST = forward
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Proxy)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def test_the_page_works_behind_a_reverse_proxy_under_a_path(lab, serve, visit):
+    failing_books(lab)
+    served = serve(lab, "--from", "src")
+    proxy = path_proxy(served.port, "/oeleo")
+    try:
+        behind = Served(lab, served.proc, proxy.server_address[1])
+        one = visit(behind)
+        page = one.open("/oeleo/")
+        expect(rows_of(page, "failure-row")).to_have_count(1)
+        expect(page.locator("[data-testid=daily-bar]")).to_have_count(30)
+        log_in(page)
+        expect(page.get_by_test_id("login-state")).to_have_text("logged in: actions allowed")
+        page.locator('[data-testid=failure-row][data-file="run-001/b.csv"] [data-action=lock]').click()
+        expect(page.get_by_test_id("message")).to_contain_text("run-001/b.csv: locked")
+        assert db_rows(served.db)["run-001/b.csv"]["code"] == 2
+        assert all(urlsplit(url).path.startswith("/oeleo/") for url in one.requests), one.requests
+    finally:
+        proxy.shutdown()
+        proxy.server_close()

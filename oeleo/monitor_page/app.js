@@ -1,7 +1,8 @@
-/* oeleo monitor page: reads /api/status and /api/files, draws the plots as inline SVG, and
+/* oeleo monitor page: reads api/status and api/files, draws the plots as inline SVG, and
    sends the actions (retry, lock, unlock) with the session cookie and its CSRF token.
    Plain JavaScript, no framework, nothing from the internet (the Content-Security-Policy is
-   default-src 'self': no inline script or style, no eval). */
+   default-src 'self': no inline script or style, no eval). Every URL is relative (api/status,
+   static/app.js), so the page works as well behind a reverse proxy under a path (/oeleo/). */
 "use strict";
 
 (function () {
@@ -141,7 +142,7 @@
     return fetch(url, { credentials: "same-origin", cache: "no-store" }).then(function (response) {
       if (response.status === 401) {
         // Off loopback the pages need the session too: back to the login form.
-        window.location.assign("/");
+        window.location.assign("./");
         throw new Error("not logged in");
       }
       if (!response.ok) {
@@ -218,7 +219,7 @@
   }
 
   function login(token) {
-    return postJSON("/api/login", { token: token }).then(function (reply) {
+    return postJSON("api/login", { token: token }).then(function (reply) {
       if (reply.ok && reply.data.csrf) {
         try {
           sessionStorage.setItem(TOKEN_KEY, token);
@@ -240,7 +241,7 @@
   }
 
   function loadSession() {
-    return getJSON("/api/session").then(function (session) {
+    return getJSON("api/session").then(function (session) {
       if (session.logged_in && session.csrf) {
         setLoggedIn(true, session.csrf);
         return;
@@ -264,7 +265,7 @@
 
   function act(action, files) {
     var words = ACTION_WORDS[action];
-    return postJSON("/api/" + action, { files: files }).then(function (reply) {
+    return postJSON("api/" + action, { files: files }).then(function (reply) {
       if (reply.status === 401 || reply.status === 403) {
         var why = reply.data.error || "not allowed";
         showMessage(words.verb + " refused (" + reply.status + "): " + why + ". Log in with the token first.", "error");
@@ -702,7 +703,7 @@
       return Promise.resolve();
     }
     var query = "?q=" + encodeURIComponent(s.q) + "&page=" + s.page + (s.code !== "" ? "&code=" + encodeURIComponent(s.code) : "");
-    return getJSON("/api/files" + query).then(function (result) {
+    return getJSON("api/files" + query).then(function (result) {
       if (mine === asked) renderFiles(result);
     });
   }
@@ -720,7 +721,7 @@
   // ------------------------------------------------------------------ refresh
 
   function refresh() {
-    var status = getJSON("/api/status").then(function (s) {
+    var status = getJSON("api/status").then(function (s) {
       render(s);
       showBanner(null);
     });

@@ -14,7 +14,7 @@
       event.preventDefault();
       var token = field.value.trim();
       message.hidden = true;
-      fetch("/api/login", {
+      fetch("api/login", {
         method: "POST",
         credentials: "same-origin",
         cache: "no-store",
@@ -35,7 +35,7 @@
               } catch (e) {
                 /* storage off: the session cookie still works */
               }
-              window.location.assign("/");
+              window.location.assign("./");
               return;
             }
             message.textContent = "Log in refused (" + response.status + "): " + (data.error || "the token was not accepted");
