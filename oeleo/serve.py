@@ -159,6 +159,9 @@ class MonitorHandler(BaseHTTPRequestHandler):
     sys_version = ""
     protocol_version = "HTTP/1.1"
     timeout = 60  # seconds a connection may idle or dawdle before it is closed
+    # Headers and body are two writes: without TCP_NODELAY a kept-alive connection waits for
+    # the client's delayed ACK (40 ms) before the body goes out.
+    disable_nagle_algorithm = True
 
     def version_string(self) -> str:
         return self.server_version

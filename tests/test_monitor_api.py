@@ -650,6 +650,16 @@ def test_a_run_beside_the_server_works_and_is_seen_at_once(server: Served, books
     assert not os.path.exists(str(books.db) + "-journal")
 
 
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc (Linux)")
+def test_the_server_holds_no_file_of_the_books_between_requests(server: Served, books: Books) -> None:
+    for path in ("/api/status", "/api/files", "/metrics"):
+        server.request("GET", path)
+    assert server.post("/api/lock", {"files": ["d.csv"]})[0] == 200
+    fds = Path(f"/proc/{server.proc.pid}/fd")
+    held = [os.readlink(fd) for fd in fds.iterdir() if os.path.islink(fd)]
+    assert held and not [target for target in held if target.startswith(str(books.db))], held  # .lock too
+
+
 def test_a_scheduler_is_alive_while_it_waits_and_stale_once_killed(tmp_path: Path) -> None:
     books = Books(tmp_path)
     make_tree(books.src, FILES)
