@@ -8,10 +8,12 @@ from __future__ import annotations
 import datetime
 import email
 import email.policy
+import ipaddress
 import json
 import signal
 import socket
 import sqlite3
+import ssl
 import threading
 import time
 from email.message import EmailMessage
@@ -146,6 +148,77 @@ def _smtp(auth: bool) -> Iterator[Any]:
     controller = Controller(box, hostname=HOST, port=free_port(), **options)
     controller.start()
     box.port = controller.port  # type: ignore[attr-defined]
+    yield box
+    controller.stop()
+
+
+def make_certificate(folder: Path) -> Dict[str, Path]:
+    """A CA and a server certificate for 127.0.0.1 signed by it (PEM files)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "oeleo alerts test CA")])
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    server = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, HOST)]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(HOST))]), critical=False
+        )
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    paths = {"ca": folder / "ca.pem", "cert": folder / "server.pem", "key": folder / "server.key"}
+    paths["ca"].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths["cert"].write_bytes(server.public_bytes(serialization.Encoding.PEM))
+    paths["key"].write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return paths
+
+
+@pytest.fixture
+def tls_mailbox(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Mailbox]:
+    """An SMTP server with a login over TLS: STARTTLS on a plain port, or TLS from the first
+    byte (``ssl``), as ``request.param`` says; ``box.ca`` is the CA file that trusts it."""
+    paths = make_certificate(tmp_path)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(str(paths["cert"]), str(paths["key"]))
+    box = Mailbox()
+    options: Dict[str, Any] = {"authenticator": box.authenticate, "auth_required": True}
+    if request.param == "starttls":
+        options.update(tls_context=context, require_starttls=True)
+    else:
+        options.update(ssl_context=context, auth_require_tls=False)  # the whole session is TLS
+    controller = Controller(box, hostname=HOST, port=free_port(), **options)
+    controller.start()
+    box.port = controller.port  # type: ignore[attr-defined]
+    box.ca = paths["ca"]  # type: ignore[attr-defined]
     yield box
     controller.stop()
 
@@ -381,6 +454,26 @@ def test_a_rejected_smtp_password_is_one_warning_the_copies_booked_and_the_mail_
     assert_no_secret(mail.as_string(), second.stderr)
 
 
+@pytest.mark.parametrize("tls_mailbox", ["starttls", "ssl"], indirect=True)
+def test_mail_over_starttls_or_ssl_with_a_login_arrives_and_an_untrusted_server_is_one_warning(
+    tmp_path: Path, tls_mailbox: Mailbox, request: pytest.FixtureRequest
+) -> None:
+    security = request.node.callspec.params["tls_mailbox"]
+    env = setup(tmp_path, **mailed(tls_mailbox, OELEO_SMTP_SECURITY=security, OELEO_SMTP_USERNAME=SMTP_USER))
+    untrusted = oeleo(tmp_path, env)  # this system's CA list does not know the test CA
+    assert untrusted.returncode == 1
+    [line] = warnings_in(untrusted.stderr)
+    assert "TLS failed (CERTIFICATE_VERIFY_FAILED)" in line and "OELEO_SMTP_SECURITY" in line
+    assert not tls_mailbox.mails and not tls_mailbox.logins, "no password sent to a server not trusted"
+
+    env["SSL_CERT_FILE"] = str(tls_mailbox.ca)  # type: ignore[attr-defined]
+    trusted = oeleo(tmp_path, env)
+    assert trusted.returncode == 1 and not warnings_in(trusted.stderr), trusted.stderr
+    [mail] = tls_mailbox.mails
+    assert "1 file failed" in mail["Subject"]
+    assert tls_mailbox.logins == [(SMTP_USER, SMTP_PASSWORD)]
+
+
 def test_an_unreachable_destination_alerts_after_three_runs_and_recovers_when_a_pass_reaches_it(
     tmp_path: Path, receiver: Receiver, mailbox: Mailbox
 ) -> None:
@@ -417,6 +510,50 @@ def test_an_unreachable_destination_alerts_after_three_runs_and_recovers_when_a_
     assert len(mailbox.mails) == 2
     assert alert_rows(tmp_path / "books.db")[UNREACHABLE]["streak"] == 0
     assert_no_secret(*[r["body"] for r in receiver.requests], *[m.as_string() for m in mailbox.mails])
+
+
+def test_pcs_sharing_postgresql_books_each_alert_for_their_own_folder(
+    tmp_path: Path, receiver: Receiver, postgres_db: Dict[str, Any]
+) -> None:
+    import psycopg2
+
+    books = {
+        "OELEO_DB_HOST": postgres_db["host"],
+        "OELEO_DB_PORT": str(postgres_db["port"]),
+        "OELEO_DB_USER": postgres_db["user"],
+        "OELEO_DB_PASSWORD": postgres_db["password"],
+        "OELEO_DB_NAME": postgres_db["dbname"],
+    }
+    one = setup(tmp_path / "one", **hooked(receiver), **books)
+    two = setup(tmp_path / "two", **hooked(receiver), **books)
+    assert oeleo(tmp_path, one).returncode == 1
+    assert oeleo(tmp_path, two).returncode == 1
+    assert oeleo(tmp_path, one).returncode == 1  # its alert went out already
+    assert sorted(a["folder"] for a in receiver.delivered()) == [
+        str(tmp_path / n / "src") for n in ("one", "two")
+    ]
+
+    connection = psycopg2.connect(
+        host=postgres_db["host"],
+        port=postgres_db["port"],
+        user=postgres_db["user"],
+        password=postgres_db["password"],
+        dbname=postgres_db["dbname"],
+    )
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT origin, kind, raised, owed FROM oeleo_alerts ORDER BY origin, kind")
+            rows = cursor.fetchall()
+    finally:
+        connection.close()
+    assert [(origin.rsplit("/", 2)[-2], kind, raised) for origin, kind, raised, _ in rows] == [
+        (name, kind, kind == FAILED_FILES)
+        for name in ("one", "two")
+        for kind in (FAILED_FILES, QUIET, UNREACHABLE)
+    ]
+    assert all(owed == "" for *_, owed in rows)
+    assert_no_secret(*[r["body"] for r in receiver.requests])
+    assert all(postgres_db["password"] not in r["body"] for r in receiver.requests)
 
 
 def test_a_scheduler_whose_source_folder_went_away_alerts_and_recovers(
