@@ -59,7 +59,8 @@ OFFICE = (".docx", ".xlsx", ".pptx")
 
 @dataclass
 class Fault:
-    """Answer ``status`` to ``times`` requests whose method and decoded path match."""
+    """Answer ``status`` to ``times`` requests whose method and decoded path match (after
+    ``delay`` seconds: a slow server; status 0 then answers the request as usual)."""
 
     method: str
     pattern: str
@@ -68,6 +69,7 @@ class Fault:
     headers: Dict[str, str] = field(default_factory=dict)
     code: str = "-1, Microsoft.SharePoint.Client.ClientServiceException"
     message: str = "injected failure"
+    delay: float = 0.0
 
 
 @dataclass
@@ -150,6 +152,17 @@ def parse_call(segment: str) -> Tuple[str, List[Any], Dict[str, Any]]:
     return name, args, kwargs
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that gave up (its timeout) before a slow answer is no error of the fake's."""
+        import sys
+
+        if not isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+            super().handle_error(request, client_address)
+
+
 class FakeSharePoint:
     """The site ``/sites/<site>`` with the library ``Shared Documents``, on 127.0.0.1."""
 
@@ -181,6 +194,7 @@ class FakeSharePoint:
         self._server: Optional[ThreadingHTTPServer] = None
         self._thread: Optional[threading.Thread] = None
         self._user_file: Optional[str] = None
+        self._port = 0  # kept after stop(): a slow answer may still be on its way
 
     # -- control ----------------------------------------------------------------------------
     def start(self) -> FakeSharePoint:
@@ -212,7 +226,8 @@ class FakeSharePoint:
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server = _Server(("127.0.0.1", 0), Handler)
+        self._port = self._server.server_address[1]
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()
@@ -231,8 +246,8 @@ class FakeSharePoint:
 
     @property
     def origin(self) -> str:
-        assert self._server is not None
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
+        assert self._port, "the fake is not started"
+        return f"http://127.0.0.1:{self._port}"
 
     @property
     def url(self) -> str:
@@ -344,10 +359,16 @@ class FakeSharePoint:
         self, handler: Any, method: str, override: str, path: str, query: Dict[str, List[str]], body: bytes
     ) -> Tuple[int, bytes, str]:
         with self.lock:
+            matched = None
             for fault in self.faults:
                 if fault.times > 0 and fault.method == method and re.search(fault.pattern, path):
                     fault.times -= 1
-                    raise Reply(fault.status, fault.code, fault.message, fault.headers)
+                    matched = fault
+                    break
+        if matched is not None:
+            time.sleep(matched.delay)  # outside the lock: other connections go on meanwhile
+            if matched.status:
+                raise Reply(matched.status, matched.code, matched.message, matched.headers)
         if not path.startswith(self.site_path + "/_api/"):
             raise Reply(404, NOT_FOUND, "the site is not found")  # a wrong site: SharePoint's 404
         auth = handler.headers.get("Authorization", "")

@@ -27,7 +27,7 @@ from helpers import clean_env, db_rows, make_tree, run_oeleo, wait_for
 
 from oeleo.connectors.sharepoint import SharePointConnector
 from oeleo.connectors.sharepoint_login import Login, MsalToken, choose_login
-from oeleo.errors import ConfigError
+from oeleo.errors import ConfigError, ConnectionLost
 
 sys.path.insert(0, str(Path(__file__).parent))
 from identity_server import IdentityServer  # noqa: E402
@@ -162,6 +162,18 @@ def test_a_signed_in_user_without_permission_is_told_so(windows, tmp_path):
 
     with pytest.raises(ConfigError, match=r"refused LAB\\someone access to .* needs permission"):
         conn.prepare()
+
+
+def test_the_ntlm_login_keeps_the_connectors_timeout_not_the_librarys_ten_seconds(windows, tmp_path):
+    conn = ntlm_connector(windows)
+    conn.timeout = (5.0, 0.5)  # the library's NTLM provider would put (10 s) on every request
+    conn.connect()
+    conn.prepare()
+    (tmp_path / "a.csv").write_bytes(b"a")
+    windows.fail("POST", r"/Files/add\(", status=0, delay=2.0)  # a server slower than the read timeout
+
+    with pytest.raises(ConnectionLost, match="lost the connection"):
+        conn.put(tmp_path / "a.csv", "a.csv")
 
 
 def test_the_ntlm_login_without_requests_ntlm_says_which_package_to_install(windows, monkeypatch):
