@@ -194,13 +194,14 @@ class Visit:
         self.page.set_default_timeout(TIMEOUT_MS)
         self.requests: List[str] = []
         self.errors: List[str] = []
+        self.expected = [REFUSED_LOG]  # console errors the test expects
         self.page.on("request", lambda request: self.requests.append(request.url))
         self.page.on("console", self._console)
         self.page.on("pageerror", lambda exc: self.errors.append(str(exc)))
 
     def _console(self, message) -> None:
         # A refused action is a 401 the page shows; Chromium also logs it. Anything else counts.
-        if message.type == "error" and not REFUSED_LOG.match(message.text):
+        if message.type == "error" and not any(known.match(message.text) for known in self.expected):
             self.errors.append(message.text)
 
     def open(self, path: str = "/", loaded: bool = True):
@@ -335,6 +336,22 @@ def test_the_page_refreshes_by_itself_when_a_pass_has_run(lab, tmp_path, serve, 
     expect(rows_of(page, "failure-row")).to_have_count(0)
     expect(page.get_by_test_id("failures-none")).to_be_visible()
     expect(page.get_by_test_id("lp-status")).to_have_text("ok")
+
+
+def test_when_the_server_stops_the_page_says_so_and_keeps_what_it_showed(lab, serve, visit):
+    failing_books(lab)
+    served = serve(lab, "--from", "src")
+    one = visit(served)
+    one.expected.append(re.compile(r"Failed to load resource: net::ERR_CONNECTION_REFUSED"))
+    one.page.clock.install()
+    page = one.open()
+    expect(page.get_by_test_id("banner")).to_be_hidden()
+    served.proc.terminate()
+    served.proc.wait(timeout=30)
+    page.clock.run_for(15_000)
+    expect(page.get_by_test_id("banner")).to_contain_text("Cannot read the monitor: oeleo serve does not answer")
+    expect(rows_of(page, "failure-row")).to_have_count(1)  # the last data stays on the page
+    expect(page.locator("[data-testid=daily-bar]")).to_have_count(30)
 
 
 def test_search_by_name_lists_the_matching_files_a_page_at_a_time(lab, tmp_path, serve, visit):

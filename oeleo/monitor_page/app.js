@@ -727,7 +727,10 @@
     });
     var files = search();
     return Promise.all([status, files]).catch(function (error) {
-      showBanner("Cannot read the monitor: " + error.message + " (still trying every " + REFRESH_MS / 1000 + " s)");
+      var network = error instanceof TypeError; // fetch itself failed: no answer at all
+      var what = network ? "oeleo serve does not answer (" + error.message + ")" : error.message;
+      var shown = state.status ? " The page shows what it said at " + shortTime(state.status.generated) + "." : "";
+      showBanner("Cannot read the monitor: " + what + "." + shown + " Trying again every " + REFRESH_MS / 1000 + " s.");
     });
   }
 
