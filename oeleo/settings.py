@@ -244,7 +244,7 @@ class Settings(BaseSettings):
     # Watching it (oeleo serve, alerts: docs/monitoring.md).
     monitor_token: Optional[SecretStr] = Field(
         None,
-        description="Token of the monitor's actions (at least 16 characters); empty: one is made and printed.",
+        description="Token of the monitor's actions (16 characters or more); empty: one is made and printed.",
     )
     alert_webhook: Optional[SecretStr] = Field(
         None, description="Webhook URL for alerts (Teams, Slack, Mattermost, or plain JSON); empty: none."
