@@ -349,7 +349,9 @@ def test_when_the_server_stops_the_page_says_so_and_keeps_what_it_showed(lab, se
     served.proc.terminate()
     served.proc.wait(timeout=30)
     page.clock.run_for(15_000)
-    expect(page.get_by_test_id("banner")).to_contain_text("Cannot read the monitor: oeleo serve does not answer")
+    expect(page.get_by_test_id("banner")).to_contain_text(
+        "Cannot read the monitor: oeleo serve does not answer"
+    )
     expect(rows_of(page, "failure-row")).to_have_count(1)  # the last data stays on the page
     expect(page.locator("[data-testid=daily-bar]")).to_have_count(30)
 
@@ -456,10 +458,18 @@ def test_retry_lock_and_unlock_with_the_token_change_the_books(lab, tmp_path, se
     expect(row.locator("[data-action=lock]")).to_be_visible()
     assert db_rows(served.db)["run-001/a.csv"]["code"] == 1
 
-    # A reload keeps the session (the cookie), a new tab of the same browser too.
+    # A reload keeps the session (the cookie); Log out ends it, and the actions are refused again.
     page.reload()
     page.wait_for_selector("body[data-loaded=yes]")
     expect(page.get_by_test_id("login-state")).to_have_text("logged in: actions allowed")
+    page.get_by_test_id("logout-button").click()
+    expect(page.get_by_test_id("login-state")).to_have_text("not logged in")
+    assert page.evaluate("() => sessionStorage.length") == 0
+    page.get_by_label("Name contains").fill("run-001/a.csv")
+    page.get_by_test_id("search-button").click()
+    row.locator("[data-action=lock]").click()
+    expect(page.get_by_test_id("message")).to_contain_text("Lock refused (401)")
+    assert db_rows(served.db)["run-001/a.csv"]["code"] == 1
 
 
 def test_without_the_token_the_actions_are_refused_and_the_books_do_not_change(lab, tmp_path, serve, visit):

@@ -215,6 +215,7 @@
     label.textContent = yes ? "logged in: actions allowed" : "not logged in";
     label.className = "login-state " + (yes ? "yes" : "no");
     $("login-button").textContent = yes ? "Log in again" : "Log in";
+    $("logout-button").hidden = !yes;
     document.body.classList.toggle("logged-in", yes);
   }
 
@@ -229,14 +230,26 @@
         setLoggedIn(true, reply.data.csrf);
         return true;
       }
-      try {
-        sessionStorage.removeItem(TOKEN_KEY);
-      } catch (e) {
-        /* nothing kept */
-      }
+      forgetToken();
       setLoggedIn(false, null);
       showMessage("Log in refused (" + reply.status + "): " + (reply.data.error || "the token was not accepted"), "error");
       return false;
+    });
+  }
+
+  function forgetToken() {
+    try {
+      sessionStorage.removeItem(TOKEN_KEY);
+    } catch (e) {
+      /* nothing kept */
+    }
+  }
+
+  function logout() {
+    return postJSON("api/logout", {}).then(function (reply) {
+      forgetToken();
+      setLoggedIn(false, null);
+      showMessage(reply.ok ? "Logged out: the actions need the token again." : "Log out: " + (reply.data.error || reply.status), reply.ok ? "ok" : "warn");
     });
   }
 
@@ -754,6 +767,11 @@
     $("passes-more").addEventListener("click", function () {
       state.allPasses = !state.allPasses;
       if (state.status) renderPasses(state.status.passes || []);
+    });
+    $("logout-button").addEventListener("click", function () {
+      logout().catch(function (error) {
+        showMessage("Log out failed: " + error.message, "error");
+      });
     });
     $("search-form").addEventListener("submit", function (event) {
       event.preventDefault();
