@@ -430,7 +430,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 "(shown once; set OELEO_MONITOR_TOKEN to choose one)"
             )
         if not server.loopback:
-            _say(f"oeleo: {args.host} is not a loopback address: every page needs the token")
+            _say(
+                f"oeleo: {args.host} is not a loopback address: every page needs the token, which "
+                "travels unencrypted over HTTP (use a trusted network, or a TLS proxy in front)"
+            )
         server.serve_forever(poll_interval=0.5)
     except (Stop, KeyboardInterrupt):
         pass

@@ -40,6 +40,7 @@ COOKIE = "oeleo_session"
 MAX_BODY = 1024 * 1024  # an action's JSON: a list of names, not an upload
 MAX_FILES = 10_000  # names per action
 MAX_SESSIONS = 256  # logins kept; the oldest is forgotten first
+SESSION_SECONDS = 12 * 3600  # a login lasts a working day (or night)
 CONTENT_TYPES = {
     ".html": "text/html; charset=utf-8",
     ".js": "text/javascript; charset=utf-8",
@@ -106,7 +107,7 @@ class MonitorServer(ThreadingHTTPServer):
         self.page = page
         self.host = host.strip("[]")
         self.loopback = is_loopback(host)
-        self.sessions: Dict[str, str] = {}  # session id -> its CSRF token, oldest first
+        self.sessions: Dict[str, Tuple[str, float]] = {}  # id -> (CSRF token, until), oldest first
         self.sessions_lock = threading.Lock()
         super().__init__((self.host, port), MonitorHandler)
         self.port = self.server_address[1]
@@ -125,7 +126,7 @@ class MonitorServer(ThreadingHTTPServer):
     def login(self) -> Tuple[str, str]:
         session, csrf = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
         with self.sessions_lock:
-            self.sessions[session] = csrf
+            self.sessions[session] = (csrf, time.monotonic() + SESSION_SECONDS)
             while len(self.sessions) > MAX_SESSIONS:
                 self.sessions.pop(next(iter(self.sessions)))
         return session, csrf
@@ -135,11 +136,15 @@ class MonitorServer(ThreadingHTTPServer):
             self.sessions.pop(session, None)
 
     def csrf_of(self, session: Optional[str]) -> Optional[str]:
+        """The CSRF token of a session that is logged in (None: not one, or it expired)."""
         if not session:
             return None
+        now = time.monotonic()
         with self.sessions_lock:
-            for known, csrf in self.sessions.items():
-                if hmac.compare_digest(known.encode("utf-8"), session.encode("utf-8")):
+            for known, (csrf, until) in list(self.sessions.items()):
+                if until < now:
+                    del self.sessions[known]
+                elif hmac.compare_digest(known.encode("utf-8"), session.encode("utf-8")):
                     return csrf
         return None
 
@@ -370,7 +375,7 @@ class MonitorHandler(BaseHTTPRequestHandler):
             time.sleep(0.5)  # a guess costs time; the token's length makes guessing hopeless anyway
             raise _Refused(HTTPStatus.UNAUTHORIZED, "not this server's token")
         session, csrf = self.server.login()
-        self._json(HTTPStatus.OK, {"csrf": csrf}, {"Set-Cookie": self._cookie(session)})
+        self._json(HTTPStatus.OK, {"csrf": csrf}, {"Set-Cookie": self._cookie(session, SESSION_SECONDS)})
 
 
 def make_server(

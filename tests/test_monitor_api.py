@@ -494,6 +494,10 @@ def test_the_page_logs_in_with_the_token_and_acts_with_its_csrf_token(server: Se
     status, reply = server.post("/api/lock", body, token=None, Cookie=session, **{"X-CSRF-Token": csrf})
     assert (status, reply["done"]) == (200, ["d.csv"])
     assert db_rows(books.db)["d.csv"]["code"] == 2
+    status, _ = server.post("/api/logout", {}, token=None, Cookie=session, **{"X-CSRF-Token": csrf})
+    assert status == 200
+    assert server.get_json("/api/session", headers={"Cookie": session})["logged_in"] is False
+    assert server.post("/api/unlock", body, token=None, Cookie=session, **{"X-CSRF-Token": csrf})[0] == 401
 
 
 def test_secrets_never_reach_the_api_or_the_page(books: Books) -> None:
