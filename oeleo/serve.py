@@ -109,6 +109,7 @@ class MonitorServer(ThreadingHTTPServer):
         self.loopback = is_loopback(host)
         self.sessions: Dict[str, Tuple[str, float]] = {}  # id -> (CSRF token, until), oldest first
         self.sessions_lock = threading.Lock()
+        self._last_warning = ""
         super().__init__((self.host, port), MonitorHandler)
         self.port = self.server_address[1]
 
@@ -122,6 +123,14 @@ class MonitorServer(ThreadingHTTPServer):
 
     def token_matches(self, given: str) -> bool:
         return hmac.compare_digest(given.encode("utf-8"), self.token.encode("utf-8"))
+
+    def warn_once(self, message: str) -> None:
+        """Log why the books cannot be read, once while it lasts (the page asks every few seconds)."""
+        with self.sessions_lock:
+            if message == self._last_warning:
+                return
+            self._last_warning = message
+        log.warning("monitor: %s", message)
 
     def login(self) -> Tuple[str, str]:
         session, csrf = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
@@ -238,7 +247,7 @@ class MonitorHandler(BaseHTTPRequestHandler):
         except ValueError as exc:
             self._error(HTTPStatus.BAD_REQUEST, str(exc))
         except OeleoError as exc:  # the books cannot be read now (locked, gone, unreachable)
-            log.warning("monitor: %s", describe_error(exc))
+            self.server.warn_once(describe_error(exc))
             self._error(HTTPStatus.SERVICE_UNAVAILABLE, describe_error(exc))
         except (BrokenPipeError, ConnectionResetError):
             pass

@@ -697,6 +697,21 @@ def test_a_scheduler_is_alive_while_it_waits_and_stale_once_killed(tmp_path: Pat
             served.stop()
 
 
+def test_books_that_go_away_are_a_503_said_once_and_served_again_when_back(
+    server: Served, books: Books
+) -> None:
+    moved = books.root / "moved.db"
+    books.db.rename(moved)
+    try:
+        answers = [server.request("GET", "/api/status") for _ in range(3)]
+    finally:
+        moved.rename(books.db)
+    for status, _, body in answers:
+        assert status == 503 and str(books.db) in json.loads(body)["error"]
+    assert server.stderr().count(f"no database file at {books.db}") == 1
+    assert server.get_json("/api/status")["counts"]["failed"] == 2
+
+
 # -- stopping, logging ---------------------------------------------------------------------------
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_it_stops_cleanly_on_a_signal_and_logs_requests_at_debug_only(books: Books, signum: int) -> None:
