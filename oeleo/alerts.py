@@ -266,7 +266,10 @@ def _failed_files(
         context,
         now,
         title=f"oeleo on {context.host}: {_files(count)} failed in {context.folder}",
-        summary=f"The last pass could not copy {_files(count)} (they are tried again at the next pass):",
+        summary=(
+            f"The last pass could not copy {_files(count)} "
+            f"({'it is' if count == 1 else 'they are'} tried again at the next pass):"
+        ),
         lines=lines,
         failed=shown,
         failed_count=count,
@@ -783,15 +786,20 @@ class Alerts:
         names = tuple(channel.name for channel in self.channels)
         after = decide(before, outcome, self.policy, context, names, now)
         for kind, state in after.items():
-            if state.owes():
-                after[kind] = self._send(state)
+            kept = before[kind].message if kind in before else None
+            if state.message is not None and state.message != kept:
+                # Masked before it is kept or sent: the books never hold a secret either.
+                state = dataclasses.replace(
+                    state, message=self._masked(Message.from_json(state.message)).to_json()
+                )
+            after[kind] = self._send(state) if state.owes() else state
         changed = [state for kind, state in after.items() if before.get(kind) != state]
         if changed:
             write_states(books, changed)
 
     def _send(self, state: KindState) -> KindState:
         assert state.message is not None
-        message = self._masked(Message.from_json(state.message))
+        message = Message.from_json(state.message)
         owed, reached = list(state.owed), list(state.reached)
         for channel in self.channels:
             if channel.name not in owed:

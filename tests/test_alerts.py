@@ -791,6 +791,35 @@ def test_a_secret_in_a_reason_or_a_server_answer_is_masked(caplog: pytest.LogCap
     assert "********" in caplog.text and SECRETS["OELEO_SMTP_PASSWORD"] not in caplog.text
 
 
+class Recording(Channel):
+    name = MAIL
+
+    def __init__(self) -> None:
+        self.messages: List[Message] = []
+
+    def send(self, message: Message) -> None:
+        self.messages.append(message)
+
+
+def test_a_secret_in_a_reason_is_masked_in_what_is_sent_and_in_what_the_books_keep(tmp_path: Path) -> None:
+    from oeleo.models import SimpleDbHandler
+
+    books = SimpleDbHandler(tmp_path / "books.db", origin="pc:/data")
+    books.initialize_db()
+    mail = Recording()
+    alerts = Alerts([Broken(), mail], secrets=list(SECRETS.values()))
+    reason = f"login as admin:{SECRETS['OELEO_DB_PASSWORD']} refused"
+    try:
+        alerts.after_pass(books, PassOutcome(failed=(("a.csv", reason),)), "/data", now=T0)
+    finally:
+        books.close()
+    [message] = mail.messages
+    assert "login as admin:******** refused" in message.text
+    row = alert_rows(tmp_path / "books.db")[FAILED_FILES]
+    assert row["owed"] == WEBHOOK and row["reached"] == MAIL, "the webhook still owes it"
+    assert "admin:********" in row["message"] and SECRETS["OELEO_DB_PASSWORD"] not in row["message"]
+
+
 def test_teams_hosts_get_an_adaptive_card_and_others_get_text() -> None:
     message = Message(kind=QUIET, title="oeleo on pc: nothing new", summary="No file since 20:00.", host="pc")
     teams = webhook_payload(message, "prod-42.westeurope.logic.azure.com")
