@@ -214,7 +214,10 @@
     var label = $("login-state");
     label.textContent = yes ? "logged in: actions allowed" : "not logged in";
     label.className = "login-state " + (yes ? "yes" : "no");
-    $("login-button").textContent = yes ? "Log in again" : "Log in";
+    // logged in: only the state and Log out; else the token field and Log in
+    $("token").hidden = yes;
+    document.querySelector("label[for=token]").hidden = yes;
+    $("login-button").hidden = yes;
     $("logout-button").hidden = !yes;
     document.body.classList.toggle("logged-in", yes);
   }
