@@ -17,6 +17,7 @@ import json
 import logging
 import secrets
 import socket
+import sys
 import threading
 import time
 from http import HTTPStatus
@@ -97,7 +98,9 @@ class MonitorServer(ThreadingHTTPServer):
     """The HTTP server: its monitor, its token and the sessions of the page's logins."""
 
     daemon_threads = True  # a request in progress does not keep the command from stopping
-    allow_reuse_address = True
+    # A restart right after a stop may bind the port (TIME_WAIT); on Windows that option would
+    # let two servers share it, so a port in use would not be said.
+    allow_reuse_address = sys.platform != "win32"
 
     def __init__(self, host: str, port: int, monitor: Monitor, token: str, page: Path = PAGE_FOLDER):
         if ":" in host.strip("[]"):
