@@ -42,6 +42,7 @@ CHROMIUM_ARGS = [
     "--disable-background-networking",
     "--disable-component-update",
     "--disable-sync",
+    "--disable-dev-shm-usage",  # a container's small /dev/shm must not crash a tab
 ]
 TOKEN = "monitor-page-test-token-0123456789"
 VIEWPORT = {"width": 1280, "height": 900}
@@ -61,6 +62,7 @@ expect = sync_api.expect
 expect.set_options(timeout=TIMEOUT_MS)
 
 REFUSED_LOG = re.compile(r"Failed to load resource: the server responded with a status of 401 ")
+CONNECTION_REFUSED = re.compile(r"Failed to load resource: net::ERR_CONNECTION_REFUSED")
 REPO = Path(__file__).resolve().parent.parent
 SHOTS = os.environ.get("MONITOR_SCREENSHOTS")  # e.g. docs/images: also write the screenshots there
 
@@ -342,7 +344,7 @@ def test_when_the_server_stops_the_page_says_so_and_keeps_what_it_showed(lab, se
     failing_books(lab)
     served = serve(lab, "--from", "src")
     one = visit(served)
-    one.expected.append(re.compile(r"Failed to load resource: net::ERR_CONNECTION_REFUSED"))
+    one.expected.append(CONNECTION_REFUSED)
     one.page.clock.install()
     page = one.open()
     expect(page.get_by_test_id("banner")).to_be_hidden()
@@ -470,6 +472,23 @@ def test_retry_lock_and_unlock_with_the_token_change_the_books(lab, tmp_path, se
     row.locator("[data-action=lock]").click()
     expect(page.get_by_test_id("message")).to_contain_text("Lock refused (401)")
     assert db_rows(served.db)["run-001/a.csv"]["code"] == 1
+
+
+def test_after_a_restart_of_the_server_the_page_logs_in_again_with_the_kept_token(lab, serve, visit):
+    failing_books(lab)
+    first = serve(lab, "--from", "src")
+    one = visit(first)
+    one.expected.append(CONNECTION_REFUSED)  # a refresh may fall between the two servers
+    page = one.open()
+    log_in(page)
+    expect(page.get_by_test_id("login-state")).to_have_text("logged in: actions allowed")
+    first.proc.terminate()
+    first.proc.wait(timeout=30)
+    second = serve(lab, "--from", "src", "--port", str(first.port))  # its sessions are new
+    assert second.port == first.port
+    page.locator('[data-testid=failure-row][data-file="run-001/b.csv"] [data-action=lock]').click()
+    expect(page.get_by_test_id("message")).to_contain_text("run-001/b.csv: locked")
+    assert db_rows(second.db)["run-001/b.csv"]["code"] == 2
 
 
 def test_without_the_token_the_actions_are_refused_and_the_books_do_not_change(lab, tmp_path, serve, visit):

@@ -263,12 +263,7 @@
         return;
       }
       setLoggedIn(false, null);
-      var kept = null;
-      try {
-        kept = sessionStorage.getItem(TOKEN_KEY);
-      } catch (e) {
-        kept = null;
-      }
+      var kept = keptToken();
       if (kept) return login(kept);
     });
   }
@@ -279,9 +274,23 @@
     unlock: { verb: "Unlock", done: "unlocked (code 1): copied when it changes" },
   };
 
-  function act(action, files) {
+  function keptToken() {
+    try {
+      return sessionStorage.getItem(TOKEN_KEY);
+    } catch (e) {
+      return null;
+    }
+  }
+
+  function act(action, files, again) {
     var words = ACTION_WORDS[action];
     return postJSON("api/" + action, { files: files }).then(function (reply) {
+      if (reply.status === 401 && !again && keptToken()) {
+        // The session is gone (oeleo serve restarted): log in again with the kept token, once.
+        return login(keptToken()).then(function (ok) {
+          if (ok) return act(action, files, true);
+        });
+      }
       if (reply.status === 401 || reply.status === 403) {
         var why = reply.data.error || "not allowed";
         showMessage(words.verb + " refused (" + reply.status + "): " + why + ". Log in with the token first.", "error");
