@@ -386,6 +386,13 @@ def test_search_by_name_lists_the_matching_files_a_page_at_a_time(lab, tmp_path,
     expect(rows_of(page, "file-row")).to_have_count(1)
     expect(page.locator('[data-testid=file-row][data-file="run-001/b.csv"]')).to_contain_text("directory")
 
+    # a count is a button that lists its files
+    page.get_by_label("Which").select_option("")
+    page.get_by_test_id("count-button-0").click()
+    expect(page.get_by_label("Which")).to_have_value("0")
+    expect(rows_of(page, "file-row")).to_have_count(1)  # b.csv: failed, so still to copy
+    expect(rows_of(page, "file-row").first).to_have_attribute("data-file", "run-001/b.csv")
+
     page.get_by_label("Name contains").fill("no-such-file")
     page.get_by_label("Which").select_option("")
     expect(page.get_by_test_id("search-summary")).to_have_text('No file whose name contains "no-such-file".')
