@@ -40,7 +40,7 @@ from urllib.parse import urlsplit
 import peewee
 from pydantic import SecretStr
 
-from oeleo.errors import Aborted, BookkeeperError, ConfigError, DatabaseBusyError, OeleoError
+from oeleo.errors import Aborted, BookkeeperError, ConfigError, OeleoError
 from oeleo.names import printable
 
 log = logging.getLogger("oeleo")
@@ -747,10 +747,8 @@ class Alerts:
             )
         if not channels:
             return None
-        secrets = [
-            _secret(value) for value in (getattr(settings, name) for name in type(settings).model_fields)
-            if isinstance(value, SecretStr)
-        ]  # fmt: skip
+        values = [getattr(settings, name) for name in type(settings).model_fields]
+        secrets = [_secret(value) for value in values if isinstance(value, SecretStr)]
         return cls(
             channels,
             Policy(settings.alert_after_failed_passes, settings.alert_quiet_hours),
@@ -758,13 +756,18 @@ class Alerts:
             _hints(settings),
         )
 
-    def after_pass(self, books: Any, outcome: PassOutcome, folder: str, destination: str = "",
-                   now: Optional[datetime.datetime] = None) -> None:  # fmt: skip
-        """Decide, send what is due, remember: never raises (a failure is one warning line)."""
+    def after_pass(
+        self,
+        books: Any,
+        outcome: PassOutcome,
+        folder: str,
+        destination: str = "",
+        now: Optional[datetime.datetime] = None,
+    ) -> None:
+        """Decide, send what is due, remember: never raises (a failure is one warning line).
+        ``books`` are open, and held by this pass; ``now`` is the clock (a test sets it)."""
         try:
             self._after_pass(books, outcome, folder, destination, now or datetime.datetime.now())
-        except DatabaseBusyError:
-            pass
         except OeleoError as exc:
             log.warning(
                 "alerts: the state in the books could not be read or written: %s", self.mask(str(exc))
