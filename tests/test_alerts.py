@@ -567,7 +567,8 @@ def test_a_scheduler_whose_source_folder_went_away_alerts_and_recovers(
         ["schedule", "--every", "0.3s", "--max-runs", "100"], tmp_path, tmp_path / "err.txt", clean_env(env)
     )
     try:
-        wait_for(lambda: (tmp_path / "dst" / "a.csv").exists(), 30, "the first pass")
+        copied = [tmp_path / "dst" / name for name in ("a.csv", "b.csv", "run-1/c.csv")]
+        wait_for(lambda: all(path.exists() for path in copied), 30, "the first pass's copies")
         src.rename(gone)  # as a network share drops
         wait_for(lambda: receiver.delivered(), 30, "the alert")
         (gone / "late.csv").write_text("t,v\n9,9\n")
