@@ -513,12 +513,11 @@ def cmd_check(args: argparse.Namespace) -> int:
     settings = _settings(args)
     _start_log_file(settings)
     worker = _worker(settings)
-    if args.deep and hasattr(worker.external_connector, "deep_check"):
-        worker.external_connector.deep_check = True
     with _StopOnSignal(worker) as stopper:
         try:
             worker.connect_to_db()
-            report = worker.check(update_db=args.update_db)  # with progress through the reporter
+            # with progress through the reporter
+            report = worker.check(update_db=args.update_db, deep=args.deep)
         except Aborted:  # SIGTERM, SIGHUP or Ctrl-C: what was booked stays booked
             return stopper.status(EXIT_STATUS[Behaviour.INTERRUPT])
         finally:

@@ -27,6 +27,7 @@ def compare(
     report: CheckReport,
     should_stop: Callable[[], bool] = lambda: False,
     compress: str = "",
+    deep: bool = False,
 ) -> CheckReport:
     """Fill ``report`` with how each of ``entries`` compares with ``external``; with
     ``update_db``, book identical files as copied and the others as to be copied. A stop
@@ -36,9 +37,9 @@ def compare(
     file is compressed again (the output is deterministic) and its size and hash compared
     with the store's, without downloading anything."""
     records = bookkeeper.load()
-    # A store whose checksum() downloads the copy (SharePoint: ``deep_check`` False) is compared
-    # by the size it lists and the checksum the books hold; ``oeleo check --deep`` downloads.
-    by_size = getattr(external, "deep_check", None) is False
+    # A store whose checksum() downloads the copy (SharePoint) is compared by the size it
+    # lists and the checksum the books hold; ``deep`` (``oeleo check --deep``) downloads.
+    by_size = external.features.checksum_downloads and not deep
     # (entry, stored name, digest to compare with the store's, digest for the books)
     same_size: List[Tuple[FileEntry, str, str, str]] = []
 

@@ -595,9 +595,13 @@ class Worker:
         return "staged", external.stage(source, entry.relpath, **options)
 
     # -- comparing the two sides ------------------------------------------------------
-    def check(self, update_db: bool = False, force: bool = True, **kwargs: Any) -> CheckReport:
+    def check(
+        self, update_db: bool = False, force: bool = True, deep: bool = False, **kwargs: Any
+    ) -> CheckReport:
         """Compare each local file with the external side; ``update_db`` books the files
-        that are already there (identical) as copied, and the others as to be copied."""
+        that are already there (identical) as copied, and the others as to be copied.
+        ``deep``: where the store keeps no hash to read (``Features.checksum_downloads``),
+        download and hash each copy instead of comparing sizes and the books' checksum."""
         self.connect_to_db()
         self._connect()
         # A destination that cannot be listed is an error, never "every file missing"; one
@@ -622,6 +626,7 @@ class Worker:
                 report,
                 should_stop=self._stop.is_set,
                 compress=self.compress,
+                deep=deep,
             )
         finally:
             self._stop.clear()

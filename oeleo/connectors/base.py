@@ -106,6 +106,9 @@ class Features:
     - ``keeps_mtime``: the store keeps the source's modification time.
     - ``batch_sync``: commits are made durable per batch (``sync_data``/``sync_names``).
     - ``max_uploads``: uploads that may run at once (more than 1: several copying threads).
+    - ``checksum_downloads``: ``checksum()`` downloads the whole copy (no hash the store keeps
+      can be read): ``oeleo check`` compares by the listed size and the books' checksum, and
+      only ``--deep`` downloads.
     """
 
     hashes: FrozenSet[str] = frozenset()
@@ -115,6 +118,7 @@ class Features:
     keeps_mtime: bool = False
     batch_sync: bool = False
     max_uploads: int = 1
+    checksum_downloads: bool = False
 
 
 @dataclass(frozen=True)

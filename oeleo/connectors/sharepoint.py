@@ -115,9 +115,10 @@ class SharePointConnector(Connector):
 
     name = "sharepoint"
     # No hash SharePoint computes can be read back: verified by size (or read back).
-    features = Features(staged_uploads=True, overwrite=True, keeps_mtime=False, max_uploads=4)
     # ``oeleo check`` compares by the listed size and the books' checksum; ``--deep`` downloads.
-    deep_check = False
+    features = Features(
+        staged_uploads=True, overwrite=True, keeps_mtime=False, max_uploads=4, checksum_downloads=True
+    )
 
     retries = 5  # a throttled (429/503) request is sent again this many times
     max_wait = 120.0  # seconds: the longest Retry-After waited for (longer: this is the wait)
