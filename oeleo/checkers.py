@@ -209,8 +209,7 @@ class FitsChecker(ChecksumChecker):
         kind = fits.kind_of(path.name)
         if kind is None:
             return None
-        check = _GzipStreamCheck if kind == "fits.gz" else _FitsStreamCheck
-        return check(self, path, fits.inspector(kind, size, self.keywords))
+        return _FitsStreamCheck(self, path, fits.inspector(kind, size, self.keywords))
 
     def take_metadata(self, path: Path) -> Optional[Dict[str, Any]]:
         with self._lock:
@@ -271,39 +270,6 @@ class _FitsStreamCheck:
             raise TransferError(f"refused by {type(checker).__name__}: {reason}")
         with checker._lock:
             return checker._found.get(os.fspath(self.path))
-
-
-class _GzipStreamCheck(_FitsStreamCheck):
-    """For a ``.fits.gz``: each chunk is decompressed in a second thread while the copy hashes
-    and sends it (zlib lets go of the GIL while it works), one chunk at a time and in order;
-    ``finish`` waits for the last one. A check abandoned midway leaves no thread behind."""
-
-    def __init__(self, checker: FitsChecker, path: Path, inspector: fits.Inspector) -> None:
-        super().__init__(checker, path, inspector)
-        self._pending: Optional[threading.Thread] = None
-
-    def update(self, chunk: bytes) -> None:
-        self._wait()
-        if self.problem is None:
-            self._pending = threading.Thread(
-                target=self._feed, args=(chunk,), name="oeleo-gunzip", daemon=True
-            )
-            self._pending.start()
-
-    def _feed(self, chunk: bytes) -> None:
-        try:
-            self.inspector.feed(chunk)
-        except fits.FitsProblem as exc:  # a gzip stream is judged at its end, never by its size
-            self.problem = exc
-
-    def _wait(self) -> None:
-        if self._pending is not None:
-            self._pending.join()
-            self._pending = None
-
-    def finish(self) -> Optional[Dict[str, Any]]:
-        self._wait()
-        return super().finish()
 
 
 CHECKERS = {"checksum": ChecksumChecker, "fits": FitsChecker}

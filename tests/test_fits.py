@@ -16,12 +16,11 @@ import sqlite3
 import struct
 import subprocess
 import sys
-import threading
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import pytest
-from helpers import clean_env, db_rows, run_oeleo, run_once, tree_files, wait_for
+from helpers import clean_env, db_rows, run_oeleo, run_once, tree_files
 
 from oeleo import fits
 from oeleo.checkers import Checker, ChecksumChecker, FitsChecker
@@ -648,26 +647,6 @@ def test_the_stream_check_of_the_fits_checker_says_what_validate_says(tmp_path):
         else:
             assert said == before, name
     assert checker.take_metadata(tmp_path / "m31.fits") is None  # once: it goes to the books
-
-
-def test_a_gzip_check_abandoned_midway_leaves_no_thread_behind(tmp_path):
-    packed = gzip.compress(random_frame(3, 3, "M31"), compresslevel=1, mtime=0)
-    path = tmp_path / "m31.fits.gz"
-    path.write_bytes(packed)
-    check = FitsChecker().stream_check(path, len(packed))
-    assert check is not None
-    check.update(packed[: 1 << 20])  # decompressed in a second thread; then the copy fails
-    del check
-    wait_for(
-        lambda: not any(t.name == "oeleo-gunzip" for t in threading.enumerate()),
-        30,
-        "the gunzip thread to end",
-    )
-    check = FitsChecker(keywords=("OBJECT",)).stream_check(path, len(packed))
-    assert check is not None
-    for start in range(0, len(packed), 1 << 20):
-        check.update(packed[start : start + (1 << 20)])
-    assert check.finish() == {"OBJECT": "M31"}
 
 
 def random_frame(mib: float, seed: int, object_name: str) -> bytes:
