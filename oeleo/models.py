@@ -564,10 +564,6 @@ class Bookkeeper:
         return self._guard(run)
 
     # -- runs -------------------------------------------------------------------------
-    def last_run_status(self) -> Optional[str]:
-        """The status of this origin's last run (None: none yet), without starting one."""
-        return self._guard(self._last_status)
-
     def _last_status(self) -> Optional[str]:
         model = self.run_model
         query = model.select(model.status).where(model.origin == self.origin)

@@ -431,14 +431,24 @@ class Worker:
             self.reporter.run_finished(summary)
             return summary
 
-        previous = self.bookkeeper.last_run_status()
+        previous = self.bookkeeper.start_run()
         if todo or previous != "ok" or self.manifest or self._connected:
-            self._prepare_destination()
+            try:
+                self._prepare_destination()
+            except BaseException as exc:
+                # The run log says so (oeleo status, the monitor): a pass that could not reach
+                # its destination failed; the next one, even idle, connects again.
+                text = (str(exc).strip() or type(exc).__name__).splitlines()[0]
+                status = "stopped" if isinstance(exc, (KeyboardInterrupt, Aborted)) else "failed"
+                try:
+                    self.bookkeeper.finish_run(status, 0, 0, 0, f"destination not reached: {text}")
+                except Exception as books_exc:  # noqa: BLE001 - the destination's error is the one to say
+                    log.debug("the failed start of this run could not be recorded: %s", books_exc)
+                raise
+            if previous != "ok":
+                self._remove_leftovers()  # the run before did not finish cleanly (or there was none)
         # else: nothing to copy after a clean run: the destination is not contacted (no
         # connection, login or request), as an idle pass of a scheduler should be.
-        previous = self.bookkeeper.start_run()
-        if previous != "ok":
-            self._remove_leftovers()  # the run before did not finish cleanly (or there was none)
         booking = Booking(self.bookkeeper, self.reporter, self.external_connector, summary)
         booking.metadata_of = lambda relpath: self.checker.take_metadata(self.local_connector.path(relpath))
         batches = Batches(self.external_connector, booking.outcomes, self._commit_thread)

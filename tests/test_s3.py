@@ -14,6 +14,7 @@ import base64
 import hashlib
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -281,6 +282,14 @@ def test_an_idle_rerun_after_a_clean_run_does_not_contact_the_store(s3_bucket, s
     assert busy.returncode == 2
     assert "OELEO_S3_ENDPOINT_URL" in one_error_line(busy)
     assert "new.csv" not in db_rows(tmp_path / "books.db")
+    with sqlite3.connect(str(tmp_path / "books.db")) as db:
+        status, message = db.execute("SELECT status, message FROM oeleo_runs ORDER BY id DESC").fetchone()
+    assert status == "failed" and message.startswith("destination not reached:"), (status, message)
+    # After a failed pass, even an idle one asks the store again (and says it is not there).
+    (tmp_path / "src" / "new.csv").rename(tmp_path / "new.csv")
+    after_failure = oeleo(tmp_path, "run", env=s3_env(s3_server, s3_bucket, OELEO_S3_ENDPOINT_URL=closed))
+    assert after_failure.returncode == 2
+    (tmp_path / "new.csv").rename(tmp_path / "src" / "new.csv")
     again = oeleo(tmp_path, "run", env=env)  # the store is back: the new file goes up
     assert again.returncode == 0, again.stderr
     assert PREFIX + "new.csv" in keys(s3_server, s3_bucket)
