@@ -402,3 +402,19 @@ def test_relative_names_are_normalised(name, expected):
 def test_names_leaving_the_folder_are_refused(name):
     with pytest.raises(UnsafePathError):
         safe_relpath(name)
+
+
+def test_a_commit_refused_by_the_destination_names_the_real_name_not_the_temporary_one(tmp_path):
+    """The reason a person reads (books, monitor, log) names the file they know."""
+    from oeleo.connectors.base import Failed
+
+    make_tree(tmp_path / "src", {"run-001/b.csv": "1,2\n"})
+    (tmp_path / "dst" / "run-001" / "b.csv").mkdir(parents=True)  # a folder where the copy goes
+    dst = LocalConnector(tmp_path / "dst")
+    dst.connect()
+    staged = dst.stage(tmp_path / "src" / "run-001" / "b.csv", "run-001/b.csv")
+    (result,) = dst.commit_many([staged])
+    assert isinstance(result, Failed)
+    assert "run-001/b.csv)" in result.reason and ".oeleo-part" not in result.reason, result.reason
+    assert (tmp_path / "dst" / "run-001" / "b.csv").is_dir()  # the previous content untouched
+    assert not [p for p in (tmp_path / "dst" / "run-001").iterdir() if p.name.endswith(".oeleo-part")]

@@ -238,7 +238,9 @@ class Failed:
 def describe_error(exc: BaseException, what: str) -> str:
     """``what (reason: file)`` in one line."""
     if isinstance(exc, OSError):
-        where = f": {exc.filename}" if exc.filename else ""
+        # A rename names its target second: that one (the real name) is what a person looks at.
+        name = exc.filename2 or exc.filename
+        where = f": {name}" if name else ""
         return f"{what} ({exc.strerror or exc}{where})"
     return f"{what} ({exc})"
 
