@@ -786,6 +786,43 @@ def test_a_copy_that_turns_out_incomplete_or_bad_is_aborted_and_the_previous_cop
     check_streaming_cases(tmp_path, settings, stored, mib=9 if multipart else 1.5, **options)
 
 
+def test_a_file_not_whole_yet_is_never_posted_to_arcsecond_and_posted_once_whole(tmp_path):
+    from arcsecond_server import FakeArcsecond
+
+    from oeleo.connectors.arcsecond import ArcsecondConnector
+
+    # Arcsecond never replaces a file it holds: the case is a new file, sent only once whole.
+    fake = FakeArcsecond().start()
+    try:
+        night = tmp_path / "night1"
+        night.mkdir()
+        cases = streaming_cases(1.5)
+        conn = ArcsecondConnector(api_key=fake.key, api_url=fake.url, root_name="night1", backoff=0.01)
+        conn.connect()
+        for step in (1, 2):
+            for name, versions in cases.items():
+                (night / name).write_bytes(versions[step])
+            worker = Worker(
+                checker=FitsChecker(),
+                bookkeeper=SimpleDbHandler(str(tmp_path / "books.db")),
+                local_connector=LocalConnector(night),
+                external_connector=conn,
+            )
+            summary = worker.run()
+            worker.release_db()
+            if step == 1:
+                assert (summary.copied, summary.incomplete, summary.failed) == (0, 3, 1), summary.errors
+                assert fake.count("POST", "datafiles") == 0
+                assert fake.stored().get("night1", {}) == {}
+            else:
+                assert summary.copied == 4, summary.errors
+                assert fake.stored()["night1"] == {name: versions[2] for name, versions in cases.items()}
+                assert fake.count("POST", "datafiles") == 4
+        conn.close()
+    finally:
+        fake.stop()
+
+
 class CountingFile:
     """A file object that counts the bytes read through it."""
 
