@@ -29,6 +29,7 @@ import os
 import smtplib
 import socket
 import ssl
+import unicodedata
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -632,13 +633,16 @@ class Mail(Channel):
 
     def send(self, message: Message) -> None:
         mail = EmailMessage()
-        mail["Subject"] = message.title
-        mail["From"] = self.sender
-        mail["To"] = ", ".join(self.to)
-        mail["Date"] = formatdate(localtime=True)
-        mail["Message-ID"] = make_msgid(domain=_domain(self.sender))
-        mail["X-Oeleo-Kind"] = message.kind
-        mail.set_content(message.text + "\n")
+        try:
+            mail["Subject"] = message.title
+            mail["From"] = self.sender
+            mail["To"] = ", ".join(self.to)
+            mail["Date"] = formatdate(localtime=True)
+            mail["Message-ID"] = make_msgid(domain=_domain(self.sender))
+            mail["X-Oeleo-Kind"] = message.kind
+            mail.set_content(message.text + "\n")
+        except (ValueError, UnicodeError) as exc:  # a message made readable never is; say it if it is
+            raise SendError(f"the mail cannot be written: {exc}") from None
         try:
             with self._connect() as smtp:
                 if self.username:
@@ -802,7 +806,7 @@ class Alerts:
 
     def _send(self, state: KindState) -> KindState:
         assert state.message is not None
-        message = Message.from_json(state.message)
+        message = self._masked(Message.from_json(state.message))  # kept by an older oeleo, maybe
         owed, reached = list(state.owed), list(state.reached)
         for channel in self.channels:
             if channel.name not in owed:
@@ -832,19 +836,33 @@ class Alerts:
         return text
 
     def _masked(self, message: Message) -> Message:
-        """The message with every secret masked, field by field."""
-        if not self.secrets:
-            return message
+        """The message with every secret masked and every text readable, field by field."""
 
         def masked(value: Any) -> Any:
             if isinstance(value, str):
-                return self.mask(value)
+                return readable(self.mask(value))
             if isinstance(value, tuple):
                 return tuple(masked(item) for item in value)
             return value
 
         values = {f.name: masked(getattr(message, f.name)) for f in dataclasses.fields(message)}
         return Message(**values)
+
+
+_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def readable(text: str) -> str:
+    """``text`` as every channel can carry it: a byte of a name that was not UTF-8 (a reason
+    quotes the name as the system said it) as ``\\xff``, a control character (a newline in a
+    name, which would end a line of the mail or its subject) as ``\\n`` or ``\\x1b``."""
+    text = printable(text)
+    if text.isprintable():
+        return text
+    return "".join(
+        _ESCAPES.get(char, f"\\x{ord(char):02x}") if unicodedata.category(char) == "Cc" else char
+        for char in text
+    )
 
 
 def _secret(value: Any) -> str:

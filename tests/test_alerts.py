@@ -10,6 +10,7 @@ import email
 import email.policy
 import ipaddress
 import json
+import os
 import signal
 import socket
 import sqlite3
@@ -365,6 +366,48 @@ def test_more_than_twenty_failed_files_are_named_twenty_and_counted(
     [alert] = receiver.delivered()
     assert alert["failed_count"] == 26 and len(alert["failed"]) == 20
     assert "and 6 more" in alert["text"]
+
+
+def _strings(value: Any) -> Iterator[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _strings(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _strings(item)
+
+
+def test_hostile_file_names_arrive_readable_by_webhook_and_mail(
+    tmp_path: Path, receiver: Receiver, mailbox: Mailbox
+) -> None:
+    """Names an instrument can write: not UTF-8, a newline, HTML, quotes, non-ASCII, all failing."""
+    env = setup(tmp_path, **hooked(receiver), **mailed(mailbox))
+    names = [b"\xff\xfe.csv", b"new\nline.csv", b'<b x="1">it\'s\\.csv', "m\u00e5ling \u65e5.csv".encode()]
+    source, blocked = os.fsencode(tmp_path / "src"), os.fsencode(tmp_path / "dst")
+    for name in names:
+        with open(source + b"/" + name, "wb") as out:
+            out.write(b"t,v\n")
+        os.makedirs(blocked + b"/" + name + b"/in-the-way")
+
+    run = oeleo(tmp_path, env)
+    assert run.returncode == 1, run.stderr
+    assert warnings_in(run.stderr) == [], run.stderr
+    [request] = [r for r in receiver.requests if r["mode"] == "ok"]
+    alert = json.loads(request["body"])
+    for text in _strings(alert):
+        text.encode("utf-8")  # no lone surrogate: every JSON parser reads it
+    shown = sorted(f["name"] for f in alert["failed"])
+    assert shown == sorted(
+        ["\\xff\\xfe.csv", "new\\nline.csv", '<b x="1">it\'s\\.csv', "m\u00e5ling \u65e5.csv", "b.csv"]
+    )
+    assert all("\n" not in line for line in alert["details"])
+    [mail] = mailbox.mails
+    assert not mail.defects and mail["Subject"] == alert["title"]
+    body = mail.get_content()
+    assert "  \\xff\\xfe.csv: cannot commit" in body and "  new\\nline.csv: cannot commit" in body
+    assert "m\u00e5ling \u65e5.csv" in body and '<b x="1">it\'s\\.csv' in body
 
 
 def test_a_new_failure_within_the_hour_waits_until_the_last_alert_is_an_hour_old(
