@@ -145,13 +145,26 @@ class Checker:
     def stream_check(self, path: Path, size: int) -> Optional[StreamCheck]:
         """A check of this file fed the chunks its copy reads (``size``: its bytes when the
         copy opened it), or None when there is nothing to check. A checker that overrides
-        this is not asked ``validate`` by the worker: its stream check is the validation."""
+        this is not asked ``validate`` by the worker (its stream check is the validation),
+        unless a subclass overrides ``validate`` again (``streams``)."""
         return None
 
 
 def streams(checker: Checker) -> bool:
-    """Does ``checker`` validate while the copy reads (``stream_check``), not before it?"""
-    return type(checker).stream_check is not Checker.stream_check
+    """Does ``checker`` validate while the copy reads (``stream_check``), not before it?
+
+    Not when a subclass overrides ``validate`` below the class that gave the stream check (a
+    ``FitsChecker`` subclass adding a rule of its own): its ``validate`` is then asked before
+    the copy, as a checker of oeleo 0.7's shape is."""
+    cls = type(checker)
+    if cls.stream_check is Checker.stream_check:
+        return False
+
+    def owner(name: str) -> type:
+        return next(k for k in cls.__mro__ if name in vars(k))
+
+    validate, stream = owner("validate"), owner("stream_check")
+    return validate is stream or not issubclass(validate, stream)
 
 
 class ChecksumChecker(Checker):

@@ -960,3 +960,41 @@ def test_a_checker_of_validate_and_take_metadata_and_a_connector_of_its_own_put_
     assert (summary.copied, summary.incomplete) == (3, 1), summary.errors
     assert "x-short.fits" not in tree_files(tmp_path / "b")
     assert json.loads(db_rows(tmp_path / "b.db")["x-m31.fits"]["metadata"])["OBJECT"] == "M31"
+
+
+def test_a_fits_checker_subclass_with_its_own_validate_is_asked_before_each_copy(tmp_path):
+    """A rule of the user's own in validate() is never skipped by the streaming path."""
+    from oeleo.checkers import streams
+
+    asked = []
+
+    class NoFlats(FitsChecker):
+        def validate(self, path):
+            asked.append(path.name)
+            if "flat" in path.name:
+                return "flats stay on the PC"
+            return super().validate(path)
+
+    class Plain(FitsChecker):
+        pass
+
+    assert streams(FitsChecker()) and streams(Plain())
+    assert not streams(NoFlats())
+    night = tmp_path / "night"
+    night.mkdir()
+    (night / "flat-1.fits").write_bytes(m31())
+    (night / "light-1.fits").write_bytes(m31())
+    (night / "light-2.fits").write_bytes(m31()[: 6 * fits.BLOCK])  # cut short: FITS's own check
+    worker = Worker(
+        checker=NoFlats(),
+        bookkeeper=SimpleDbHandler(str(tmp_path / "a.db")),
+        local_connector=LocalConnector(night),
+        external_connector=LocalConnector(tmp_path / "archive"),
+    )
+    summary = run_once(worker)
+    assert sorted(asked) == ["flat-1.fits", "light-1.fits", "light-2.fits"]
+    assert (summary.copied, summary.failed, summary.incomplete) == (1, 1, 1), summary.errors
+    archived = tree_files(tmp_path / "archive")
+    assert "light-1.fits" in archived and "flat-1.fits" not in archived and "light-2.fits" not in archived
+    refused = db_rows(tmp_path / "a.db")["flat-1.fits"]["last_error"]
+    assert refused == "refused by NoFlats: flats stay on the PC"
