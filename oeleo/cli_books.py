@@ -401,16 +401,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from oeleo.cli import EXIT_SIGNAL, _start_log_file
     from oeleo.errors import ConfigError
     from oeleo.monitor import Monitor, check_books, choose_origin
-    from oeleo.serve import check_token, make_server
+    from oeleo.serve import check_token, make_server, public_origins
 
     settings = _settings(args)
     if not 0 <= args.port <= 65535:
         raise ConfigError(f"--port {args.port}: a port from 1 to 65535")
     secret = settings.monitor_token.get_secret_value() if settings.monitor_token is not None else None
     token, made = check_token(secret)
+    public = public_origins(settings.monitor_url)
     description = check_books(settings)
     origin = choose_origin(settings, args.origin)
-    server = make_server(args.host, args.port, Monitor(settings, origin), token)
+    server = make_server(args.host, args.port, Monitor(settings, origin), token, public=public)
 
     class Stop(Exception):
         pass
@@ -424,6 +425,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         host = f"[{server.host}]" if ":" in server.host else server.host
         whose = origin or "every origin (no folder of this PC chosen: --from or --origin)"
         _say(f"oeleo: serving {description}, files of {whose}, at http://{host}:{server.port}/")
+        if public:
+            _say(f"oeleo: through a reverse proxy at {', '.join(public)} (OELEO_MONITOR_URL)")
         if made:  # on the terminal only, never in the log file
             _say(
                 f"oeleo: OELEO_MONITOR_TOKEN is not set: the token of this server is {token} "

@@ -24,7 +24,7 @@ from http import HTTPStatus
 from http.cookies import CookieError, SimpleCookie
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Sequence, Set, Tuple
 from urllib.parse import parse_qs, urlsplit
 
 from oeleo import __version__
@@ -94,6 +94,45 @@ def check_token(token: Optional[str]) -> Tuple[str, bool]:
     return token, False
 
 
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def public_origins(text: str) -> Tuple[str, ...]:
+    """The origins (``https://lab.example.org``) of ``OELEO_MONITOR_URL``: where people open the
+    monitor through a reverse proxy. Comma separated; empty: none."""
+    found = []
+    for url in (part.strip() for part in text.split(",")):
+        if not url:
+            continue
+        parts = urlsplit(url)
+        try:
+            port = parts.port
+        except ValueError:
+            port = -1
+        if parts.scheme.lower() not in _DEFAULT_PORTS or not parts.hostname or port == -1:
+            raise ConfigError(
+                f"OELEO_MONITOR_URL: {url!r} is not an address such as https://lab.example.org/oeleo/"
+            )
+        found.append(_origin(parts.scheme, parts.hostname, port))
+    return tuple(found)
+
+
+def _origin(scheme: str, host: str, port: Optional[int]) -> str:
+    """``scheme://host[:port]`` as browsers send it in ``Origin``: lower case, no default port."""
+    scheme, host = scheme.lower(), host.lower()
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return f"{scheme}://{host}" if port in (None, _DEFAULT_PORTS[scheme]) else f"{scheme}://{host}:{port}"
+
+
+def _hosts_of(origin: str) -> Set[str]:
+    """The ``Host`` headers that name ``origin``: with its port, and without it when default."""
+    parts = urlsplit(origin)
+    port = parts.port or _DEFAULT_PORTS[parts.scheme]
+    host = parts.netloc.rsplit(":", 1)[0] if parts.port else parts.netloc
+    return {f"{host}:{port}"} | ({host} if port == _DEFAULT_PORTS[parts.scheme] else set())
+
+
 class MonitorServer(ThreadingHTTPServer):
     """The HTTP server: its monitor, its token and the sessions of the page's logins."""
 
@@ -102,12 +141,21 @@ class MonitorServer(ThreadingHTTPServer):
     # let two servers share it, so a port in use would not be said.
     allow_reuse_address = sys.platform != "win32"
 
-    def __init__(self, host: str, port: int, monitor: Monitor, token: str, page: Path = PAGE_FOLDER):
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        monitor: Monitor,
+        token: str,
+        page: Path = PAGE_FOLDER,
+        public: Sequence[str] = (),
+    ):
         if ":" in host.strip("[]"):
             self.address_family = socket.AF_INET6
         self.monitor = monitor
         self.token = token
         self.page = page
+        self.public = tuple(public)  # origins of OELEO_MONITOR_URL (a reverse proxy's address)
         self.host = host.strip("[]")
         self.loopback = is_loopback(host)
         self.sessions: Dict[str, Tuple[str, float]] = {}  # id -> (CSRF token, until), oldest first
@@ -116,13 +164,31 @@ class MonitorServer(ThreadingHTTPServer):
         super().__init__((self.host, port), MonitorHandler)
         self.port = self.server_address[1]
 
-    def allowed_hosts(self) -> Optional[set]:
-        """The ``Host`` headers a loopback server answers (None: any): a page of another site
-        whose name is made to point to 127.0.0.1 (DNS rebinding) says its own name, not these."""
+    def allowed_hosts(self) -> Optional[Set[str]]:
+        """The ``Host`` headers a loopback server answers (None: any): its own address, and the
+        public one of a proxy that passes the Host on. A page of another site whose name is made
+        to point to 127.0.0.1 (DNS rebinding) says its own name, not one of these."""
         if not self.loopback:
             return None
         shown = f"[{self.host}]" if ":" in self.host else self.host
-        return {f"{name}:{self.port}" for name in (shown, "localhost", "127.0.0.1", "[::1]")}
+        allowed = {f"{name}:{self.port}" for name in (shown, "localhost", "127.0.0.1", "[::1]")}
+        for origin in self.public:
+            allowed |= _hosts_of(origin)
+        return allowed
+
+    def same_origin(self, origin: str, host: str) -> bool:
+        """Whether a browser's ``Origin`` is this server's page: one of OELEO_MONITOR_URL, or the
+        host it asked for (``Host``, checked already) whatever the scheme: a TLS proxy that passes
+        the Host on is ``https://`` + that host. Another site says its own host."""
+        parts = urlsplit(origin.strip().lower())
+        try:
+            port = parts.port
+        except ValueError:
+            return False
+        if parts.scheme not in _DEFAULT_PORTS or not parts.hostname or parts.path not in ("", "/"):
+            return False
+        normal = _origin(parts.scheme, parts.hostname, port)
+        return normal in self.public or host.lower() in _hosts_of(normal)
 
     def token_matches(self, given: str) -> bool:
         return hmac.compare_digest(given.encode("utf-8"), self.token.encode("utf-8"))
@@ -328,9 +394,10 @@ class MonitorHandler(BaseHTTPRequestHandler):
         origin = self.headers.get("Origin")
         if origin is None:
             return
-        host = (self.headers.get("Host") or "").lower()
-        if origin.lower().rstrip("/") != f"http://{host}":
-            raise _Refused(HTTPStatus.FORBIDDEN, f"Origin {origin}: not this server's page")
+        if not self.server.same_origin(origin, self.headers.get("Host") or ""):
+            raise _Refused(
+                HTTPStatus.FORBIDDEN, f"Origin {origin}: not this server's page (OELEO_MONITOR_URL?)"
+            )
 
     def _body(self) -> Any:
         content_type = self.headers.get("Content-Type", "")
@@ -391,13 +458,18 @@ class MonitorHandler(BaseHTTPRequestHandler):
 
 
 def make_server(
-    host: str, port: int, monitor: Monitor, token: str, page: Path = PAGE_FOLDER
+    host: str,
+    port: int,
+    monitor: Monitor,
+    token: str,
+    page: Path = PAGE_FOLDER,
+    public: Sequence[str] = (),
 ) -> MonitorServer:
     """The server listening on ``host:port``; a port in use or an address that is not this
     PC's is one configuration error naming them."""
     shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     try:
-        return MonitorServer(host, port, monitor, token, page)
+        return MonitorServer(host, port, monitor, token, page, public)
     except socket.gaierror as exc:
         raise ConfigError(f"--host {host}: not an address of this computer ({exc.strerror})") from None
     except OSError as exc:

@@ -246,6 +246,9 @@ class Settings(BaseSettings):
         None,
         description="Token of the monitor's actions (16 characters or more); empty: one is made and printed.",
     )
+    monitor_url: str = Field(
+        "", description="Address of the monitor behind a reverse proxy (https://host/path); empty: none."
+    )
     alert_webhook: Optional[SecretStr] = Field(
         None, description="Webhook URL for alerts (Teams, Slack, Mattermost, or plain JSON); empty: none."
     )

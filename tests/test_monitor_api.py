@@ -461,6 +461,71 @@ def test_actions_are_refused_without_the_token_as_json_and_from_this_page_only(
     assert same[0] == 200
 
 
+def test_an_origin_of_this_host_on_https_is_this_servers_page(server: Served, books: Books) -> None:
+    """A TLS proxy that passes the Host on (Caddy, nginx with ``Host $host``): the browser says
+    ``https://`` + that host; the scheme is the proxy's, the host is this server's."""
+    body = {"files": ["run-001/b.csv"]}
+    where = f"localhost:{server.port}"
+    status, _, reply = server.request(
+        "POST",
+        "/api/lock",
+        body,
+        {"Authorization": f"Bearer {TOKEN}", "Host": where, "Origin": f"https://{where}"},
+    )
+    assert status == 200, reply
+    status, _, _ = server.request(
+        "POST",
+        "/api/unlock",
+        body,
+        {"Authorization": f"Bearer {TOKEN}", "Host": where, "Origin": "https://localhost"},
+    )
+    assert status == 403, "another port is another site"
+
+
+PUBLIC = "https://lab.example.org/oeleo/"
+
+
+def test_behind_a_tls_proxy_the_public_url_is_this_servers_page_and_host(books: Books) -> None:
+    """OELEO_MONITOR_URL: nginx's default (Host 127.0.0.1:port, the browser's Origin) and a proxy
+    that passes the Host on both work; another site or name is still refused."""
+    served = serve(books.root, books.env(OELEO_MONITOR_TOKEN=TOKEN, OELEO_MONITOR_URL=PUBLIC))
+    try:
+        body = {"files": ["run-001/b.csv"]}
+        bearer = {"Authorization": f"Bearer {TOKEN}"}
+        nginx = {**bearer, "Origin": "https://lab.example.org"}
+        assert served.request("POST", "/api/lock", body, nginx)[0] == 200
+        status, headers, _ = served.request(
+            "POST", "/api/login", {"token": TOKEN}, {"Origin": "https://lab.example.org"}
+        )
+        assert status == 200 and "oeleo_session=" in headers["set-cookie"]
+        caddy = {**nginx, "Host": "lab.example.org"}
+        assert served.request("POST", "/api/unlock", body, caddy)[0] == 200
+        assert served.request("GET", "/api/status", headers={"Host": "lab.example.org:443"})[0] == 200
+        assert served.request("GET", "/api/status", headers={"Host": "lab.example.org"})[0] == 200
+        for refused in (
+            {**bearer, "Origin": "https://evil.example"},
+            {**bearer, "Origin": "http://lab.example.org"},  # not the scheme people use
+            {**bearer, "Origin": "https://lab.example.org:8443"},
+            {**bearer, "Host": "evil.example", "Origin": "https://evil.example"},
+        ):
+            assert served.request("POST", "/api/lock", body, refused)[0] == 403, refused
+        assert served.request("GET", "/api/status", headers={"Host": "evil.example"})[0] == 403
+        assert (
+            served.request("GET", "/api/status", headers={"Host": f"lab.example.org:{served.port}"})[0] == 403
+        )
+    finally:
+        served.stop()
+
+
+def test_a_public_url_that_is_not_one_is_one_line(books: Books) -> None:
+    for wrong in ("lab.example.org/oeleo", "ftp://lab.example.org/", "https://"):
+        done = run_oeleo(
+            "serve", cwd=books.root, env=books.env(OELEO_MONITOR_TOKEN=TOKEN, OELEO_MONITOR_URL=wrong)
+        )
+        line = one_line(done)
+        assert line.startswith("oeleo: OELEO_MONITOR_URL") and "https://" in line, line
+
+
 def test_the_page_logs_in_with_the_token_and_acts_with_its_csrf_token(server: Served, books: Books) -> None:
     assert server.get_json("/api/session") == {
         "logged_in": False,
