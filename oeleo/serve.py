@@ -173,7 +173,8 @@ class MonitorServer(ThreadingHTTPServer):
         shown = f"[{self.host}]" if ":" in self.host else self.host
         allowed = {f"{name}:{self.port}" for name in (shown, "localhost", "127.0.0.1", "[::1]")}
         for origin in self.public:
-            allowed |= _hosts_of(origin)
+            # nginx's $host is the name without the port: a name is what DNS rebinding fakes
+            allowed |= _hosts_of(origin) | {urlsplit(origin).netloc.rsplit(":", 1)[0]}
         return allowed
 
     def same_origin(self, origin: str, host: str) -> bool:

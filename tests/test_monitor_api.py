@@ -482,7 +482,7 @@ def test_an_origin_of_this_host_on_https_is_this_servers_page(server: Served, bo
     assert status == 403, "another port is another site"
 
 
-PUBLIC = "https://lab.example.org/oeleo/"
+PUBLIC = "https://lab.example.org/oeleo/, https://lab.example.net:8443"
 
 
 def test_behind_a_tls_proxy_the_public_url_is_this_servers_page_and_host(books: Books) -> None:
@@ -502,6 +502,8 @@ def test_behind_a_tls_proxy_the_public_url_is_this_servers_page_and_host(books: 
         assert served.request("POST", "/api/unlock", body, caddy)[0] == 200
         assert served.request("GET", "/api/status", headers={"Host": "lab.example.org:443"})[0] == 200
         assert served.request("GET", "/api/status", headers={"Host": "lab.example.org"})[0] == 200
+        # nginx's $host drops the port of https://lab.example.org:8443/: the name is the public one
+        assert served.request("GET", "/api/status", headers={"Host": "lab.example.net"})[0] == 200
         for refused in (
             {**bearer, "Origin": "https://evil.example"},
             {**bearer, "Origin": "http://lab.example.org"},  # not the scheme people use
