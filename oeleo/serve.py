@@ -304,15 +304,19 @@ class MonitorHandler(BaseHTTPRequestHandler):
         self._send(status, body, "application/json; charset=utf-8", extra)
 
     def _error(self, status: HTTPStatus, message: str) -> None:
-        self._json(status, {"error": message})
+        extra = None
+        if self.command == "POST":
+            # Its body may not have been read: what is left of it must not be taken for the
+            # next request on this connection.
+            self.close_connection = True
+            extra = {"Connection": "close"}
+        self._json(status, {"error": message}, extra)
 
     def _answer(self, respond: Any) -> None:
         try:
             self._check_host()
             respond()
         except _Refused as refused:
-            if self.command == "POST":  # its body may not have been read: it cannot be reused
-                self.close_connection = True
             self._error(refused.status, refused.message)
         except ValueError as exc:
             self._error(HTTPStatus.BAD_REQUEST, str(exc))
@@ -401,13 +405,17 @@ class MonitorHandler(BaseHTTPRequestHandler):
             )
 
     def _body(self) -> Any:
+        if "Transfer-Encoding" in self.headers:  # http.server reads no chunked body
+            raise _Refused(HTTPStatus.LENGTH_REQUIRED, "Transfer-Encoding: not taken; send a Content-Length")
         content_type = self.headers.get("Content-Type", "")
         if content_type.split(";")[0].strip().lower() != "application/json":
             raise _Refused(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, "Content-Type: application/json expected")
         try:
             length = int(self.headers.get("Content-Length", "0"))
         except ValueError:
-            raise _Refused(HTTPStatus.BAD_REQUEST, "Content-Length: not a number") from None
+            length = -1
+        if length < 0:
+            raise _Refused(HTTPStatus.BAD_REQUEST, "Content-Length: not a number of bytes")
         if length > MAX_BODY:
             raise _Refused(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"a body of at most {MAX_BODY} bytes")
         raw = self.rfile.read(length) if length > 0 else b""

@@ -519,6 +519,39 @@ def test_behind_a_tls_proxy_the_public_url_is_this_servers_page_and_host(books: 
         served.stop()
 
 
+def raw_exchange(server: Served, data: bytes) -> bytes:
+    """Send ``data`` on one connection and read until the server closes it."""
+    with socket.create_connection((server.host, server.port), timeout=10) as connection:
+        connection.sendall(data)
+        received = b""
+        while True:
+            chunk = connection.recv(65536)
+            if not chunk:
+                return received
+            received += chunk
+
+
+def test_a_body_the_server_does_not_read_is_never_taken_for_the_next_request(
+    server: Served, books: Books
+) -> None:
+    """A chunked body (no Content-Length) or a negative length: refused, and the connection
+    closed, so that what follows on it (here a second request) is not answered as one."""
+    before = db_rows(books.db)
+    inner = f"GET /api/files?smuggled=1 HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n\r\n".encode()
+    head = (
+        f"POST /api/lock HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\nAuthorization: Bearer {TOKEN}\r\n"
+        "Content-Type: application/json\r\n"
+    ).encode()
+    chunked = head + b"Transfer-Encoding: chunked\r\n\r\n" + b"%x\r\n%s\r\n0\r\n\r\n" % (len(inner), inner)
+    negative = head + b"Content-Length: -5\r\n\r\n" + inner
+    for request, status in ((chunked, b"411"), (negative, b"400")):
+        answer = raw_exchange(server, request)
+        assert answer.count(b"HTTP/1.1 ") == 1, answer
+        assert answer.startswith(b"HTTP/1.1 " + status), answer
+        assert b"connection: close" in answer.lower() and b'"files"' not in answer
+    assert db_rows(books.db) == before
+
+
 def test_a_public_url_that_is_not_one_is_one_line(books: Books) -> None:
     for wrong in ("lab.example.org/oeleo", "ftp://lab.example.org/", "https://"):
         done = run_oeleo(
