@@ -395,6 +395,27 @@ class MonitorHandler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         self._answer(self._post)
 
+    # -- anything else ----------------------------------------------------------------------
+    def _not_allowed(self) -> None:
+        self.close_connection = True  # a body, if any, is not read
+        body = json.dumps({"error": f"{self.command}: only GET, HEAD and POST are answered"}).encode()
+        extra = {"Allow": "GET, HEAD, POST", "Connection": "close"}
+        self._send(HTTPStatus.METHOD_NOT_ALLOWED, body, "application/json; charset=utf-8", extra)
+
+    do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_TRACE = do_CONNECT = _not_allowed
+
+    def send_error(self, code: int, message: Optional[str] = None, explain: Optional[str] = None) -> None:
+        """http.server's own refusals (a broken request line, an unknown method, headers too
+        long) as JSON with the same headers as every answer, instead of its HTML page."""
+        self.close_connection = True
+        try:
+            text = message or HTTPStatus(code).phrase
+        except ValueError:
+            text = message or "refused"
+        self.log_error("code %d, message %s", code, text)
+        body = json.dumps({"error": text}).encode()
+        self._send(code, body, "application/json; charset=utf-8", {"Connection": "close"})
+
     def _same_origin(self) -> None:
         origin = self.headers.get("Origin")
         if origin is None:

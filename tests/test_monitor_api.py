@@ -721,6 +721,19 @@ def test_the_page_and_its_files_are_served_with_their_types_and_nothing_else(ser
         assert status == 404, path
 
 
+def test_other_methods_and_broken_requests_are_answered_as_json_with_the_same_headers(server: Served) -> None:
+    for method in ("PUT", "DELETE", "PATCH", "OPTIONS"):
+        status, headers, body = server.request(method, "/api/lock", {"files": ["run-001/b.csv"]})
+        assert status == 405, method
+        assert headers["allow"] == "GET, HEAD, POST" and "405" not in json.loads(body)["error"]
+        assert headers["content-security-policy"].startswith("default-src 'self'")
+    status, headers, body = server.request("BREW", "/api/status")
+    assert status == 501 and json.loads(body)["error"] and "x-frame-options" in headers
+    many = b"".join(b"X-Header-%d: x\r\n" % n for n in range(120))
+    answer = raw_exchange(server, b"GET /api/status HTTP/1.1\r\n" + many + b"\r\n")
+    assert answer.startswith(b"HTTP/1.1 431 ") and b"nosniff" in answer and b"<html" not in answer.lower()
+
+
 def test_without_the_page_a_placeholder_is_served(tmp_path: Path, template: Books) -> None:
     from oeleo.monitor import Monitor
     from oeleo.serve import make_server
