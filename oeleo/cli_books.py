@@ -397,6 +397,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     """``oeleo serve``: the monitor until Ctrl-C or SIGTERM (exit 0). Everything that can be
     wrong (the token, the books, the port) is said before anything is created."""
     import signal
+    import threading
 
     from oeleo.cli import EXIT_SIGNAL, _start_log_file
     from oeleo.errors import ConfigError
@@ -413,11 +414,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     origin = choose_origin(settings, args.origin)
     server = make_server(args.host, args.port, Monitor(settings, origin), token, public=public)
 
-    class Stop(Exception):
-        pass
-
     def stop(signum: int, frame: Any) -> None:
-        raise Stop
+        # Not an exception raised wherever the main thread is (a lock half taken): serve_forever
+        # is asked to end, from a thread, since shutdown() waits for it.
+        threading.Thread(target=server.shutdown, name="oeleo-serve-stop", daemon=True).start()
 
     old = {signum: signal.signal(signum, stop) for signum in EXIT_SIGNAL if signum != signal.SIGINT}
     try:
@@ -438,7 +438,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 "travels unencrypted over HTTP (use a trusted network, or a TLS proxy in front)"
             )
         server.serve_forever(poll_interval=0.5)
-    except (Stop, KeyboardInterrupt):
+    except KeyboardInterrupt:
         pass
     finally:
         server.server_close()
