@@ -481,6 +481,62 @@ def test_retry_lock_and_unlock_with_the_token_change_the_books(lab, tmp_path, se
     assert db_rows(served.db)["run-001/a.csv"]["code"] == 1
 
 
+HOSTILE = [
+    b"<img src=x onerror=alert(1)>.csv",
+    b'x" onmouseover="alert(2).csv',
+    b"it's a\\b.csv",
+    b"${HOME} a&b;c.csv",
+    b"\xff\xfe.csv",  # not UTF-8: the books' form is \u201bFF\u201bFE.csv
+    b"new\nline.csv",
+    "\u00f8+%20 c.csv".encode(),
+    b"L" * 200 + b".csv",
+]
+
+
+def test_hostile_file_names_are_shown_as_they_are_run_no_script_and_act_on_their_own_row(
+    lab, tmp_path, serve, visit
+):
+    """Names with HTML, quotes, bytes that are not UTF-8, a newline, 200 characters: each one
+    failing (a folder of its name in the destination), shown and found as it is, and locked
+    from its own row; no dialog opens, nothing but text is made of a name."""
+    src, dst = os.fsencode(lab / "src"), os.fsencode(lab / "dst")
+    os.makedirs(src)
+    for name in HOSTILE:
+        with open(src + b"/" + name, "wb") as out:
+            out.write(b"t,v\n")
+        os.makedirs(dst + b"/" + name + b"/in-the-way")
+    assert run(lab) == 1
+    books = db_rows(lab / "books.db")
+    assert len(books) == len(HOSTILE) and all(row["last_error"] for row in books.values())
+    served = serve(lab, "--from", "src")
+    one = visit(served)
+    dialogs: List[str] = []
+    one.page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+    page = one.open()
+    log_in(page)
+    expect(page.get_by_test_id("login-state")).to_have_text("logged in: actions allowed")
+    expect(rows_of(page, "failure-row")).to_have_count(len(HOSTILE))
+    shown = rows_of(page, "failure-file").all_inner_texts()
+    as_read = {name.replace("\n", "\\n") for name in books}  # a newline is shown as \n, not a space
+    assert set(shown) == as_read, shown
+    assert page.locator("main img, main [onerror], main [onmouseover]").count() == 0
+    for name in sorted(books):
+        part = name.split("\n")[-1][-12:]  # the end of it: a person types no newline
+        page.get_by_label("Name contains").fill(part)
+        page.get_by_test_id("search-button").click()
+        expect(page.get_by_test_id("search-summary")).to_contain_text(part)
+        rows = page.locator("[data-testid=file-row]")
+        expect(rows.first).to_be_visible()
+        found = rows.evaluate_all("(rows, name) => rows.map(r => r.dataset.file === name)", name)
+        assert found.count(True) == 1, (name, found)
+        row = rows.nth(found.index(True))
+        expect(row.locator("td.file")).to_have_text(name.replace("\n", "\\n"))
+        row.locator("[data-action=lock]").click()
+        expect(row.locator("[data-action=unlock]")).to_be_visible()
+    assert all(row["code"] == 2 for row in db_rows(lab / "books.db").values())
+    assert dialogs == []
+
+
 def test_after_a_restart_of_the_server_the_page_logs_in_again_with_the_kept_token(lab, serve, visit):
     failing_books(lab)
     first = serve(lab, "--from", "src")

@@ -62,6 +62,39 @@
     $(id).textContent = text === null || text === undefined ? "–" : String(text);
   }
 
+  // A file name as it is, in <code>: a control character (a newline in a name) is shown as
+  // \n or \x1b, marked, instead of the space or nothing that HTML would make of it.
+  var CONTROL = /[\u0000-\u001f\u007f-\u009f]/;
+  var CONTROL_NAMES = { 9: "\\t", 10: "\\n", 13: "\\r" };
+
+  function controlShown(char) {
+    var code = char.charCodeAt(0);
+    return CONTROL_NAMES[code] || "\\x" + (code < 16 ? "0" : "") + code.toString(16);
+  }
+
+  function nameCode(name) {
+    var node = el("code", null);
+    var text = String(name);
+    var plain = "";
+    for (var i = 0; i < text.length; i++) {
+      if (!CONTROL.test(text[i])) {
+        plain += text[i];
+        continue;
+      }
+      if (plain) node.appendChild(document.createTextNode(plain));
+      plain = "";
+      var shown = controlShown(text[i]);
+      node.appendChild(el("span", { class: "ctl", title: "a control character in the name", text: shown }));
+    }
+    if (plain) node.appendChild(document.createTextNode(plain));
+    return node;
+  }
+
+  // The same as plain text (in a message).
+  function nameText(name) {
+    return String(name).replace(new RegExp(CONTROL.source, "g"), controlShown);
+  }
+
   function clear(node) {
     while (node.firstChild) node.removeChild(node.firstChild);
   }
@@ -305,9 +338,9 @@
       var done = reply.data.done || [];
       var unknown = reply.data.unknown || [];
       var refused = reply.data.refused || [];
-      if (done.length) parts.push(done.join(", ") + ": " + words.done + ".");
-      if (refused.length) parts.push(refused.join(", ") + ": refused (a locked file is not retried; unlock it first).");
-      if (unknown.length) parts.push(unknown.join(", ") + ": not in the books.");
+      if (done.length) parts.push(done.map(nameText).join(", ") + ": " + words.done + ".");
+      if (refused.length) parts.push(refused.map(nameText).join(", ") + ": refused (a locked file is not retried; unlock it first).");
+      if (unknown.length) parts.push(unknown.map(nameText).join(", ") + ": not in the books.");
       showMessage(words.verb + ": " + (parts.join(" ") || "nothing to do."), done.length ? "ok" : "warn");
       return refresh();
     });
@@ -320,7 +353,7 @@
       "data-action": action,
       "data-file": file,
       "data-testid": action + "-button",
-      "aria-label": label + " " + file,
+      "aria-label": label + " " + nameText(file),
       text: label,
     });
     button.addEventListener("click", function () {
@@ -397,7 +430,7 @@
     failures.forEach(function (f) {
       body.appendChild(
         el("tr", { "data-testid": "failure-row", "data-file": f.file }, [
-          el("td", { class: "file", "data-testid": "failure-file" }, el("code", { text: f.file })),
+          el("td", { class: "file", "data-testid": "failure-file" }, nameCode(f.file)),
           el("td", { class: "reason", "data-testid": "failure-reason", text: f.error }),
           el("td", { class: "when", text: when(f.when) }),
           el("td", { class: "actions" }, [actionButton("retry", f.file, "Retry"), actionButton("lock", f.file, "Lock")]),
@@ -456,7 +489,7 @@
         el("tr", { "data-testid": "origin-row", "data-origin": o.origin, class: here ? "here" : null }, [
           el("td", null, el("span", { class: "badge small " + o.health, "data-testid": "origin-health", text: o.health })),
           el("td", { class: "host" }, [o.host, here ? el("span", { class: "here-tag", text: "this view" }) : null]),
-          el("td", null, el("code", { text: o.folder })),
+          el("td", null, nameCode(o.folder)),
           el("td", { class: "t", text: lp ? when(lp.finished || lp.started) + " · " + lp.status : "never" }),
           el("td", { class: "num", text: lp ? lp.files_copied : "–" }),
           el("td", { class: "num" + (c.failed ? " bad" : ""), text: c.failed === undefined ? "–" : c.failed }),
@@ -685,7 +718,7 @@
       buttons.push(f.code === 2 ? actionButton("unlock", f.file, "Unlock") : actionButton("lock", f.file, "Lock"));
       body.appendChild(
         el("tr", { "data-testid": "file-row", "data-file": f.file, "data-code": f.code }, [
-          el("td", { class: "file" }, el("code", { text: f.file })),
+          el("td", { class: "file" }, nameCode(f.file)),
           el("td", { "data-testid": "file-code" }, el("span", { class: "code c" + f.code, text: f.code + " · " + codeName(f.code) })),
           el("td", { class: "num", text: humanBytes(f.size) }),
           el("td", { class: "t", text: f.copied ? shortTime(f.copied) : "not yet" }),
