@@ -446,7 +446,10 @@ def files_document(
         query = query.where(model.local_name.contains(q))
     with _reading(books):
         total = query.count()
-        rows = _tuples(query.order_by(model.local_name).paginate(page, FILES_PER_PAGE))
+        # a page past the last is empty; its offset is not asked of the database (it may not
+        # fit in an SQL integer)
+        past = (page - 1) * FILES_PER_PAGE >= total
+        rows = [] if past else _tuples(query.order_by(model.local_name).paginate(page, FILES_PER_PAGE))
         files = [
             {
                 "file": name,

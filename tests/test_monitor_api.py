@@ -337,6 +337,11 @@ def test_files_are_listed_by_page_code_and_name(server: Served, books: Books) ->
         status, _, body = server.request("GET", f"/api/files?{bad}")
         assert status == 400 and "error" in json.loads(body), bad
 
+    # a page far past the last one is empty, even one past what SQLite can count to
+    for far in (10**6, 2**63, 10**30):
+        beyond = server.get_json(f"/api/files?page={far}")
+        assert beyond["files"] == [] and beyond["total"] == len(rows) and beyond["page"] == far
+
 
 # -- /metrics ----------------------------------------------------------------------------------
 def parse_metrics(text: str) -> Dict[str, Any]:
