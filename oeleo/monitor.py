@@ -442,7 +442,9 @@ def files_document(
         query = query.where(model.last_error.is_null(False))
     elif code:
         query = query.where(model.code == int(code))
-    if q:
+    if "\x00" in q:  # no file name holds one; SQLite would end the pattern there, PostgreSQL refuse it
+        query = query.where(model.id.is_null())
+    elif q:
         query = query.where(model.local_name.contains(q))
     with _reading(books):
         total = query.count()

@@ -332,6 +332,7 @@ def test_files_are_listed_by_page_code_and_name(server: Served, books: Books) ->
         "run-003/e.csv",
     ]
     assert server.get_json("/api/files?q=%25")["total"] == 0  # a % is a character, not a wildcard
+    assert server.get_json("/api/files?q=%00")["total"] == 0  # no name holds a NUL (SQLite: the end)
     assert server.get_json("/api/files?q=f-12&code=1")["total"] == 10
     for bad in ("code=9", "page=0", "page=x"):
         status, _, body = server.request("GET", f"/api/files?{bad}")
