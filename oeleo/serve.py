@@ -444,6 +444,10 @@ class MonitorHandler(BaseHTTPRequestHandler):
             return json.loads(raw.decode("utf-8")) if raw else {}
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise _Refused(HTTPStatus.BAD_REQUEST, f"the body is not JSON: {exc}") from None
+        except RecursionError:
+            raise _Refused(
+                HTTPStatus.BAD_REQUEST, "the body is not JSON of an action: nested too deep"
+            ) from None
 
     def _post(self) -> None:
         path = urlsplit(self.path).path
@@ -469,6 +473,14 @@ class MonitorHandler(BaseHTTPRequestHandler):
             raise ValueError('the body must be {"files": ["run-001/a.csv", ...]}')
         if len(files) > MAX_FILES:
             raise ValueError(f"at most {MAX_FILES} files per action")
+        for name in files:
+            try:
+                name.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError(
+                    f"{name.encode('utf-8', 'backslashreplace').decode()}: not a name the books hold "
+                    "(a byte that is not UTF-8 is written \u201b and two hex digits: m\u201bE9sure.csv)"
+                ) from None
         action = path[len("/api/") :]
         reply = self.server.monitor.act(action, files)
         log.info("monitor: %s of %d files (%d unknown)", action, len(reply["done"]), len(reply["unknown"]))

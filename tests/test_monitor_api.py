@@ -558,6 +558,15 @@ def test_a_body_the_server_does_not_read_is_never_taken_for_the_next_request(
     assert db_rows(books.db) == before
 
 
+def test_an_action_body_that_is_no_list_of_names_is_a_400(server: Served, books: Books) -> None:
+    before = db_rows(books.db)
+    for body in (b"[" * 100_000 + b"]" * 100_000, b'{"files": ["\\udcff.csv"]}', b'{"files": [1]}', b"null"):
+        status, _, reply = server.request("POST", "/api/lock", body, {"Authorization": f"Bearer {TOKEN}"})
+        error = json.loads(reply)["error"]
+        assert status == 400 and "Error" not in error and "codec" not in error, (body[:20], error)
+    assert db_rows(books.db) == before
+
+
 def test_a_public_url_that_is_not_one_is_one_line(books: Books) -> None:
     for wrong in ("lab.example.org/oeleo", "ftp://lab.example.org/", "https://"):
         done = run_oeleo(
