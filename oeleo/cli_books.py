@@ -406,7 +406,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     if not 0 <= args.port <= 65535:
-        raise ConfigError(f"--port {args.port}: a port from 1 to 65535")
+        raise ConfigError(f"--port {args.port}: a port from 1 to 65535, or 0 for any free port")
     secret = settings.monitor_token.get_secret_value() if settings.monitor_token is not None else None
     token, made = check_token(secret)
     public = public_origins(settings.monitor_url)

@@ -899,7 +899,9 @@ def test_books_that_are_not_there_are_named_and_not_created(tmp_path: Path) -> N
 
 def test_a_bad_port_or_host_is_one_line(books: Books) -> None:
     env = books.env(OELEO_MONITOR_TOKEN=TOKEN)
-    assert "--port 70000" in one_line(run_oeleo("serve", "--port", "70000", cwd=books.root, env=env))
+    for wrong in ("70000", "-1"):
+        line = one_line(run_oeleo("serve", "--port", wrong, cwd=books.root, env=env))
+        assert f"--port {wrong}" in line and "0 for any free port" in line, line
     assert "--host 192.0.2.1" in one_line(
         run_oeleo("serve", "--host", "192.0.2.1", "--port", "0", cwd=books.root, env=env)
     )
