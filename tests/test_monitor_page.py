@@ -26,7 +26,7 @@ import tempfile
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Dict, Iterator, List
+from typing import Dict, Iterator, List, Optional
 from urllib.parse import urlsplit
 
 import pytest
@@ -145,9 +145,9 @@ def serve() -> Iterator:
     wait until it says where and accepts connections; stopped at the end of the test."""
     started: List[Served] = []
 
-    def start(work: Path, *args: str) -> Served:
+    def start(work: Path, *args: str, env: Optional[Dict[str, str]] = None) -> Served:
         err = work / f"serve-{len(started)}.err"
-        env = clean_env({"OELEO_MONITOR_TOKEN": TOKEN})
+        env = clean_env({"OELEO_MONITOR_TOKEN": TOKEN, **(env or {})})
         proc = start_oeleo(["serve", "--db", "books.db", "--port", "0", *args], cwd=work, err=err, env=env)
         found: Dict[str, int] = {}
 
@@ -615,9 +615,10 @@ def test_a_narrow_window_has_no_page_wide_scroll(lab, tmp_path, serve, visit):
 HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "proxy-connection"}
 
 
-def path_proxy(upstream: int, prefix: str) -> ThreadingHTTPServer:
+def path_proxy(prefix: str, pass_host: bool = False) -> ThreadingHTTPServer:
     """What docs/monitoring.md's nginx block does: ``PREFIX/...`` goes to the monitor's ``/...``
-    with the monitor's own address as Host and no Origin header."""
+    (at ``server.upstream``, its port) with the monitor's own address as Host, and the browser's
+    Origin kept; ``pass_host``: the browser's Host kept too, as Caddy does."""
 
     class Proxy(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -631,9 +632,9 @@ def path_proxy(upstream: int, prefix: str) -> ThreadingHTTPServer:
                 return
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length) if length else None
-            drop = HOP_BY_HOP | {"host", "origin", "content-length"}
+            drop = HOP_BY_HOP | {"content-length"} | (set() if pass_host else {"host"})
             headers = {k: v for k, v in self.headers.items() if k.lower() not in drop}
-            connection = http.client.HTTPConnection("127.0.0.1", upstream, timeout=30)
+            connection = http.client.HTTPConnection("127.0.0.1", server.upstream, timeout=30)  # type: ignore[attr-defined]
             try:
                 connection.request(self.command, self.path[len(prefix) :], body=body, headers=headers)
                 reply = connection.getresponse()
@@ -655,11 +656,15 @@ def path_proxy(upstream: int, prefix: str) -> ThreadingHTTPServer:
     return server
 
 
-def test_the_page_works_behind_a_reverse_proxy_under_a_path(lab, serve, visit):
+@pytest.mark.parametrize("pass_host", [False, True], ids=["nginx", "caddy"])
+def test_the_page_works_behind_a_reverse_proxy_under_a_path(lab, serve, visit, pass_host):
+    """The browser's Origin is the proxy's address, not the monitor's: OELEO_MONITOR_URL says it."""
     failing_books(lab)
-    served = serve(lab, "--from", "src")
-    proxy = path_proxy(served.port, "/oeleo")
+    proxy = path_proxy("/oeleo", pass_host)
+    public = f"http://127.0.0.1:{proxy.server_address[1]}/oeleo/"
     try:
+        served = serve(lab, "--from", "src", env={"OELEO_MONITOR_URL": public})
+        proxy.upstream = served.port  # type: ignore[attr-defined]
         behind = Served(lab, served.proc, proxy.server_address[1])
         one = visit(behind)
         page = one.open("/oeleo/")
