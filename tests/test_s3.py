@@ -295,6 +295,37 @@ def test_an_idle_rerun_after_a_clean_run_does_not_contact_the_store(s3_bucket, s
     assert PREFIX + "new.csv" in keys(s3_server, s3_bucket)
 
 
+def test_an_idle_rerun_does_not_even_import_botocore(s3_bucket, s3_server, tmp_path):
+    """botocore costs 0.1 s to import: an idle pass (nothing to copy) does not pay it."""
+    make_tree(tmp_path / "src", TREE)
+    env = s3_env(s3_server, s3_bucket)
+    assert oeleo(tmp_path, "run", env=env).returncode == 0
+    code = (
+        "import atexit, runpy, sys\n"
+        "atexit.register(lambda: print('botocore imported:', 'botocore' in sys.modules, file=sys.stderr))\n"
+        "sys.argv = ['oeleo', 'run']\n"
+        "runpy.run_module('oeleo', run_name='__main__', alter_sys=True)\n"
+    )
+    idle = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=str(tmp_path),
+        env=clean_env(env),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert idle.returncode == 0, idle.stderr
+    assert "botocore imported: False" in idle.stderr
+    make_tree(tmp_path / "src", {"new.csv": "1\n"})
+    busy = subprocess.run(
+        [sys.executable, "-c", code], cwd=str(tmp_path), env=clean_env(env), capture_output=True, text=True
+    )
+    assert busy.returncode == 0, busy.stderr
+    assert "botocore imported: True" in busy.stderr
+    assert PREFIX + "new.csv" in keys(s3_server, s3_bucket)
+
+
 def test_a_first_run_with_nothing_to_copy_still_checks_the_store(s3_bucket, s3_server, tmp_path):
     (tmp_path / "src").mkdir()
     closed = f"http://127.0.0.1:{servers.free_port()}"

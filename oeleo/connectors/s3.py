@@ -23,6 +23,7 @@ own chain (environment, profiles, instance roles), never from oeleo's settings.
 from __future__ import annotations
 
 import base64
+import importlib.util
 import io
 import logging
 import posixpath
@@ -31,15 +32,38 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Sequence, Tuple, Type
 from urllib.parse import urlsplit, urlunsplit
 
-try:  # botocore, which boto3 is built on: boto3's own layer adds 30 ms and nothing used here
+# botocore, which boto3 is built on (boto3's own layer adds 30 ms and nothing used here), is
+# imported when first used: an idle pass, which never contacts the store, does not pay its
+# 0.1 s. Whether it is there is said at once (the message the command shows).
+if importlib.util.find_spec("botocore") is None:
+    raise ImportError('the s3 connector needs boto3: pip install "oeleo[s3]"')
+
+if TYPE_CHECKING:
     from botocore import exceptions as boto_errors
     from botocore import session as boto_session
     from botocore.config import Config
-except ImportError as exc:  # the message the command shows for OELEO_CONNECTOR=s3
-    raise ImportError('the s3 connector needs boto3: pip install "oeleo[s3]"') from exc
+else:
+
+    class _Later:
+        """A botocore module, imported at its first attribute."""
+
+        def __init__(self, name: str) -> None:
+            self._name = name
+
+        def __getattr__(self, attribute: str) -> Any:
+            return getattr(importlib.import_module(self._name), attribute)
+
+    boto_errors = _Later("botocore.exceptions")
+    boto_session = _Later("botocore.session")
+
+    def Config(*args: Any, **kwargs: Any) -> Any:  # noqa: N802 - botocore's name
+        from botocore.config import Config as config
+
+        return config(*args, **kwargs)
+
 
 from oeleo.checkers import new_hash
 from oeleo.connectors.base import (
@@ -94,13 +118,18 @@ _KEY_ERRORS = {
     "InvalidToken": "S3 refused the session token (InvalidToken)",
     "ExpiredToken": "the session token has expired (ExpiredToken)",
 }
-_NETWORK_ERRORS = (
-    boto_errors.EndpointConnectionError,
-    boto_errors.ConnectTimeoutError,
-    boto_errors.ReadTimeoutError,
-    boto_errors.ConnectionClosedError,
-    boto_errors.HTTPClientError,
-)
+
+
+def _network_errors() -> Tuple[Type[BaseException], ...]:
+    return (
+        boto_errors.EndpointConnectionError,
+        boto_errors.ConnectTimeoutError,
+        boto_errors.ReadTimeoutError,
+        boto_errors.ConnectionClosedError,
+        boto_errors.HTTPClientError,
+    )
+
+
 _NO_CREDENTIALS = (
     "no AWS credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or name a profile "
     "of ~/.aws/credentials with OELEO_S3_PROFILE (or AWS_PROFILE)"
@@ -322,7 +351,7 @@ class S3Connector(Connector):
             raise self._client_error(exc, what, relpath, setup) from None
         except (boto_errors.NoCredentialsError, boto_errors.PartialCredentialsError):
             raise ConfigError(_NO_CREDENTIALS) from None
-        except _NETWORK_ERRORS as exc:
+        except _network_errors() as exc:
             where = _without_userinfo(self.endpoint_url) or "AWS S3"
             if self._reached:
                 raise ConnectionLost(f"lost the connection to {where}: {exc}") from None
