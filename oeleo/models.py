@@ -89,7 +89,12 @@ def make_origin(directory: Union[str, os.PathLike], host: Optional[str] = None) 
         folder = folder.resolve()
     except OSError:
         folder = folder.absolute()
-    return f"{host or socket.gethostname()}:{folder.as_posix()}"
+    origin = f"{host or socket.gethostname()}:{folder.as_posix()}"
+    try:
+        origin.encode("utf-8")
+    except UnicodeEncodeError:  # a folder name that is not UTF-8: kept as file names are (‛FF)
+        return to_books(origin)
+    return origin
 
 
 class FileListTable(peewee.Model):

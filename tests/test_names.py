@@ -107,3 +107,21 @@ def test_a_backslash_is_part_of_a_posix_name_not_a_separator(tmp_path):
     assert locked.returncode == 0, locked.stderr
     assert db_rows(db)["back\\slash.csv"]["code"] == 2
     assert set(db_rows(db)) == {"back\\slash.csv", "plain.csv"}  # not back/slash.csv
+
+
+@pytest.mark.skipif(os.name == "nt", reason="a folder name that is not UTF-8 is a POSIX thing")
+def test_a_source_folder_whose_name_is_not_utf8_is_copied_and_booked(tmp_path):
+    """The origin (host and folder) is kept as names are (‛FF): it used to stop the run with
+    'unexpected error: UnicodeEncodeError'."""
+    folder = os.fsdecode(os.fsencode(str(tmp_path)) + b"/night\xff")
+    os.makedirs(folder)
+    with open(os.path.join(folder, "a.csv"), "w") as f:
+        f.write("1,2\n")
+    first = run_oeleo("run", "--from", folder, "--to", str(tmp_path / "dst"), cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert (tmp_path / "dst" / "a.csv").read_text() == "1,2\n"
+    with sqlite3.connect(str(tmp_path / "oeleo-file-list.db")) as db:
+        (origin,) = db.execute("SELECT origin FROM filelist").fetchone()
+    assert origin.endswith("/night" + QUOTE + "FF")
+    again = run_oeleo("run", "--from", folder, "--to", str(tmp_path / "dst"), cwd=tmp_path)
+    assert again.returncode == 0 and "1 unchanged" in again.stderr, again.stderr
