@@ -62,16 +62,26 @@ def from_books(text: str) -> str:
     return _QUOTED.sub(unquote, text)
 
 
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+_CONTROL_NAMES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _control(match: re.Match) -> str:
+    char = match.group()
+    return _CONTROL_NAMES.get(char) or f"\\x{ord(char):02x}"
+
+
 def printable(name: str) -> str:
-    """``name`` for people: bytes that are not UTF-8 shown as ``\\xe9``, the rest as it is."""
+    """``name`` for people: bytes that are not UTF-8 shown as ``\\xe9``, control characters as
+    ``\\n``, ``\\t``, ``\\x1b`` (a newline in a name never makes a line of its own in a log or
+    on the console), the rest as it is."""
     if name.isascii():
-        return name
+        return name if name.isprintable() else _CONTROL.sub(_control, name)
     try:
         name.encode("utf-8")
-        return name
     except UnicodeEncodeError:
-        pass
-    try:
-        return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-    except UnicodeEncodeError:  # a surrogate that stands for no byte (Windows)
-        return name.encode("utf-8", "backslashreplace").decode("utf-8")
+        try:
+            name = name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        except UnicodeEncodeError:  # a surrogate that stands for no byte (Windows)
+            name = name.encode("utf-8", "backslashreplace").decode("utf-8")
+    return _CONTROL.sub(_control, name)

@@ -125,3 +125,19 @@ def test_a_source_folder_whose_name_is_not_utf8_is_copied_and_booked(tmp_path):
     assert origin.endswith("/night" + QUOTE + "FF")
     again = run_oeleo("run", "--from", folder, "--to", str(tmp_path / "dst"), cwd=tmp_path)
     assert again.returncode == 0 and "1 unchanged" in again.stderr, again.stderr
+
+
+@pytest.mark.skipif(os.name == "nt", reason="Windows allows no newline in a file name")
+def test_a_newline_in_a_name_never_makes_a_line_of_its_own_on_the_console_or_in_the_log(tmp_path):
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "a\ncopied fake.csv").write_text("1\n")
+    (tmp_path / "src" / "b\x1b[31m.csv").write_text("2\n")
+    env = {"OELEO_LOG_DIR": str(tmp_path / "logs")}
+    done = run_oeleo("run", "--from", "src", "--to", "dst", cwd=tmp_path, env=env)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "dst" / "a\ncopied fake.csv").read_text() == "1\n"  # the file keeps its name
+    log = (tmp_path / "logs" / "oeleo.log").read_text()
+    for text in (done.stderr, log):
+        assert "copied a\\ncopied fake.csv" in text
+        assert "copied b\\x1b[31m.csv" in text and "\x1b" not in text
+        assert not any(line.startswith("copied fake.csv") for line in text.splitlines())
