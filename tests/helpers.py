@@ -177,3 +177,26 @@ def signal_mid_copy(
             proc.kill()
             proc.wait()
     return proc.returncode, err.decode()
+
+
+def pg_query(pg: Dict[str, Any], sql: str, params: tuple = ()) -> List[dict]:
+    """Run ``sql`` on a PostgreSQL connection of its own (so only committed data is seen),
+    the server given as the ``postgres_db`` fixture gives it; rows as dicts."""
+    import psycopg2
+    import psycopg2.extras
+
+    connection = psycopg2.connect(
+        host=pg["host"],
+        port=pg["port"],
+        user=pg["user"],
+        password=pg["password"],
+        dbname=pg["dbname"],
+        connect_timeout=10,
+    )
+    try:
+        connection.autocommit = True
+        with connection.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cursor:
+            cursor.execute(sql, params)
+            return [dict(row) for row in cursor.fetchall()] if cursor.description else []
+    finally:
+        connection.close()

@@ -25,7 +25,7 @@ from typing import Any, Dict, Iterator, List, Optional
 import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
-from helpers import clean_env, db_rows, make_tree, run_oeleo, start_oeleo, wait_for
+from helpers import clean_env, db_rows, make_tree, pg_query, run_oeleo, start_oeleo, wait_for
 from servers import free_port
 
 from oeleo.alerts import (
@@ -558,8 +558,6 @@ def test_an_unreachable_destination_alerts_after_three_runs_and_recovers_when_a_
 def test_pcs_sharing_postgresql_books_each_alert_for_their_own_folder(
     tmp_path: Path, receiver: Receiver, postgres_db: Dict[str, Any]
 ) -> None:
-    import psycopg2
-
     books = {
         "OELEO_DB_HOST": postgres_db["host"],
         "OELEO_DB_PORT": str(postgres_db["port"]),
@@ -576,25 +574,13 @@ def test_pcs_sharing_postgresql_books_each_alert_for_their_own_folder(
         str(tmp_path / n / "src") for n in ("one", "two")
     ]
 
-    connection = psycopg2.connect(
-        host=postgres_db["host"],
-        port=postgres_db["port"],
-        user=postgres_db["user"],
-        password=postgres_db["password"],
-        dbname=postgres_db["dbname"],
-    )
-    try:
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT origin, kind, raised, owed FROM oeleo_alerts ORDER BY origin, kind")
-            rows = cursor.fetchall()
-    finally:
-        connection.close()
-    assert [(origin.rsplit("/", 2)[-2], kind, raised) for origin, kind, raised, _ in rows] == [
+    rows = pg_query(postgres_db, "SELECT origin, kind, raised, owed FROM oeleo_alerts ORDER BY origin, kind")
+    assert [(r["origin"].rsplit("/", 2)[-2], r["kind"], r["raised"]) for r in rows] == [
         (name, kind, kind == FAILED_FILES)
         for name in ("one", "two")
         for kind in (FAILED_FILES, QUIET, UNREACHABLE)
     ]
-    assert all(owed == "" for *_, owed in rows)
+    assert all(r["owed"] == "" for r in rows)
     assert_no_secret(*[r["body"] for r in receiver.requests])
     assert all(postgres_db["password"] not in r["body"] for r in receiver.requests)
 

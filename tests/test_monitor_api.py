@@ -22,9 +22,8 @@ import threading
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
-import psycopg2
 import pytest
-from helpers import clean_env, db_rows, make_tree, run_oeleo, start_oeleo, wait_for
+from helpers import clean_env, db_rows, make_tree, pg_query, run_oeleo, start_oeleo, wait_for
 
 TOKEN = "t0ken-of-the-monitor-" + "x" * 12
 PAGE = Path(__file__).parent.parent / "oeleo" / "monitor_page"
@@ -1003,16 +1002,5 @@ def test_a_postgres_database_without_books_is_refused_and_left_empty(
     line = one_line(run_oeleo("serve", "--port", "0", cwd=tmp_path, env=env))
     assert postgres_db["dbname"] in line and "no books in it yet" in line
     assert postgres_db["password"] not in line
-    connection = psycopg2.connect(
-        host=postgres_db["host"],
-        port=postgres_db["port"],
-        user=postgres_db["user"],
-        password=postgres_db["password"],
-        dbname=postgres_db["dbname"],
-    )
-    try:
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'")
-            assert cursor.fetchall() == []
-    finally:
-        connection.close()
+    tables = "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'"
+    assert pg_query(postgres_db, tables) == []

@@ -15,10 +15,9 @@ import zlib
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-import psycopg2
-import psycopg2.extras
 import pytest
 import servers
+from helpers import pg_query
 from test_bookkeeper import ORIGIN, SHARED_CHECKS, by_name
 
 from oeleo.errors import BookkeeperError, DatabaseBusyError
@@ -37,23 +36,7 @@ def handler(pg: Dict[str, Any], origin: str = ORIGIN, **changes: Any) -> Postgre
     )
 
 
-def query(pg: Dict[str, Any], sql: str, params: tuple = ()) -> List[dict]:
-    """Run ``sql`` on a connection of its own (so only committed data is seen)."""
-    connection = psycopg2.connect(
-        host=pg["host"],
-        port=pg["port"],
-        user=pg["user"],
-        password=pg["password"],
-        dbname=pg["dbname"],
-        connect_timeout=10,
-    )
-    try:
-        connection.autocommit = True
-        with connection.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cursor:
-            cursor.execute(sql, params)
-            return [dict(row) for row in cursor.fetchall()] if cursor.description else []
-    finally:
-        connection.close()
+query = pg_query
 
 
 def pg_rows(pg: Dict[str, Any]) -> List[dict]:
