@@ -7,14 +7,29 @@ copying instead of adding to it."""
 from __future__ import annotations
 
 import time
+from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Callable, List, Optional, Tuple
+from typing import Any, Callable, Deque, List, Tuple
 
 from oeleo.connectors.base import Connector, Failed, FileEntry, PutResult
 
 COMMIT_FILES = 256
 COMMIT_BYTES = 64 * 1024 * 1024
 COMMIT_SECONDS = 1.0
+# Batches committed at once by a store without a shared durability barrier (an object store:
+# each commit is a request of its own): a large file is a batch by itself, and two of them
+# must not wait for each other's PUT.
+OBJECT_STORE_BATCHES = 4
+
+
+def batches_in_flight(connector: Connector) -> int:
+    """How many batches may be committed at once: one where a batch shares one sync (a
+    folder: the syncs would contend for the same disk), more for an object store."""
+    features = connector.features
+    if features.max_uploads < 2 or features.batch_sync:
+        return 1
+    return min(features.max_uploads, OBJECT_STORE_BATCHES)
+
 
 # What a batch gives back, file by file, to be booked:
 # ("copied", entry, code, result) or ("error" | "fatal", entry, reason).
@@ -37,7 +52,9 @@ class Batches:
         self._staged: List[Tuple[FileEntry, int, PutResult]] = []
         self._bytes = 0
         self._since = time.monotonic()
-        self._durable: Optional[Future] = None  # a batch being made durable in the background
+        # Batches being made durable in the background, oldest first (booked in that order).
+        self._durable: Deque[Future] = deque()
+        self._in_flight = batches_in_flight(connector)
 
     def add(self, entry: FileEntry, code: int, result: PutResult) -> None:
         """A staged upload, whole and verified: committed with the others of its batch."""
@@ -57,19 +74,20 @@ class Batches:
         second thread where the connector allows several uploads at once)."""
         staged, self._staged = self._staged, []
         self._bytes, self._since = 0, time.monotonic()
-        self.book_durable()  # the batch before this one: booked in order
-        if not staged:
-            return
         if wait or self.connector.features.max_uploads < 2:
-            self.book(self._make_durable(staged))
+            self.book_durable()  # the batches before this one: booked in order
+            if staged:
+                self.book(self._make_durable(staged))
             return
-        self._durable = self._committer().submit(self._make_durable, staged)
+        while len(self._durable) >= self._in_flight:
+            self.book(self._durable.popleft().result())  # the oldest first: booked in order
+        if staged:
+            self._durable.append(self._committer().submit(self._make_durable, staged))
 
     def book_durable(self) -> None:
-        """Wait for the batch being made durable in the second thread, and book it."""
-        if self._durable is not None:
-            future, self._durable = self._durable, None
-            self.book(future.result())
+        """Wait for the batches being made durable in the background, and book them in order."""
+        while self._durable:
+            self.book(self._durable.popleft().result())
 
     def discard(self) -> None:
         """Abort every staged upload that was not committed (never touching a real name)."""

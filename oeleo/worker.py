@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
-from oeleo.batches import Batches
+from oeleo.batches import Batches, batches_in_flight
 from oeleo.booking import Booking
 from oeleo.checkers import Checker, ChecksumChecker, hash_file, streams
 from oeleo.compare import compare
@@ -518,9 +518,11 @@ class Worker:
         return summary
 
     def _commit_thread(self) -> ThreadPoolExecutor:
-        """The second thread that makes full batches durable (made when first needed)."""
+        """The thread(s) that make full batches durable (made when first needed): one for a
+        folder, a few for an object store (``batches.batches_in_flight``)."""
         if self._committer is None:
-            self._committer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="oeleo-commit")
+            threads = batches_in_flight(self.external_connector)
+            self._committer = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="oeleo-commit")
         return self._committer
 
     def _remove_leftovers(self) -> None:

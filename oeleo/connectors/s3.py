@@ -65,6 +65,7 @@ else:
         return config(*args, **kwargs)
 
 
+from oeleo.batches import OBJECT_STORE_BATCHES
 from oeleo.checkers import new_hash
 from oeleo.connectors.base import (
     TEMP_SUFFIX,
@@ -282,7 +283,10 @@ class S3Connector(Connector):
                 connect_timeout=self.connect_timeout,
                 read_timeout=self.read_timeout,
                 retries={"mode": "standard", "max_attempts": self.max_attempts},
-                max_pool_connections=PARTS_IN_FLIGHT + self.features.max_uploads + CHECKSUM_THREADS,
+                # Parts, the commits of the batches in flight, and check's HEADs at once.
+                max_pool_connections=PARTS_IN_FLIGHT
+                + self.features.max_uploads * OBJECT_STORE_BATCHES
+                + CHECKSUM_THREADS,
                 request_checksum_calculation=self.request_checksums,
                 response_checksum_validation=self.request_checksums,
                 # S3-compatible stores are usually reached by path (http://host/bucket/key).
