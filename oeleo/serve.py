@@ -488,6 +488,10 @@ class MonitorHandler(BaseHTTPRequestHandler):
 
     def _cookie(self, value: str, max_age: Optional[int] = None) -> str:
         cookie = f"{COOKIE}={value}; HttpOnly; SameSite=Strict; Path=/"
+        if (self.headers.get("Origin") or "").lower().startswith("https://"):
+            # The page came through a TLS proxy (OELEO_MONITOR_URL): the browser never sends the
+            # session back over plain HTTP.
+            cookie += "; Secure"
         return cookie + (f"; Max-Age={max_age}" if max_age is not None else "")
 
     def _login(self, body: Any) -> None:

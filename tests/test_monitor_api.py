@@ -503,6 +503,7 @@ def test_behind_a_tls_proxy_the_public_url_is_this_servers_page_and_host(books: 
             "POST", "/api/login", {"token": TOKEN}, {"Origin": "https://lab.example.org"}
         )
         assert status == 200 and "oeleo_session=" in headers["set-cookie"]
+        assert "; Secure" in headers["set-cookie"]  # over TLS at the proxy: never sent back in clear
         caddy = {**nginx, "Host": "lab.example.org"}
         assert served.request("POST", "/api/unlock", body, caddy)[0] == 200
         assert served.request("GET", "/api/status", headers={"Host": "lab.example.org:443"})[0] == 200
@@ -587,6 +588,7 @@ def test_the_page_logs_in_with_the_token_and_acts_with_its_csrf_token(server: Se
     assert status == 200
     cookie = headers["set-cookie"]
     assert cookie.startswith("oeleo_session=") and "HttpOnly" in cookie and "SameSite=Strict" in cookie
+    assert "Secure" not in cookie  # plain HTTP on loopback: a Secure cookie would never come back
     csrf = json.loads(body)["csrf"]
     session = cookie.split(";")[0]
     assert server.get_json("/api/session", headers={"Cookie": session}) == {
