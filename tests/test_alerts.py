@@ -8,7 +8,6 @@ from __future__ import annotations
 import datetime
 import email
 import email.policy
-import ipaddress
 import json
 import os
 import signal
@@ -26,6 +25,7 @@ import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 from helpers import clean_env, db_rows, make_tree, pg_query, run_oeleo, start_oeleo, wait_for
+from identity_server import make_certificates
 from servers import free_port
 
 from oeleo.alerts import (
@@ -153,63 +153,13 @@ def _smtp(auth: bool) -> Iterator[Any]:
     controller.stop()
 
 
-def make_certificate(folder: Path) -> Dict[str, Path]:
-    """A CA and a server certificate for 127.0.0.1 signed by it (PEM files)."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    now = datetime.datetime.now(datetime.timezone.utc)
-    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "oeleo alerts test CA")])
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    server = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, HOST)]))
-        .issuer_name(ca_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(HOST))]), critical=False
-        )
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    paths = {"ca": folder / "ca.pem", "cert": folder / "server.pem", "key": folder / "server.key"}
-    paths["ca"].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    paths["cert"].write_bytes(server.public_bytes(serialization.Encoding.PEM))
-    paths["key"].write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
-    return paths
-
-
 @pytest.fixture
 def tls_mailbox(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Mailbox]:
     """An SMTP server with a login over TLS: STARTTLS on a plain port, or TLS from the first
     byte (``ssl``), as ``request.param`` says; ``box.ca`` is the CA file that trusts it."""
-    paths = make_certificate(tmp_path)
+    ca, cert, key = make_certificates(tmp_path)  # the same CA-signed 127.0.0.1 as the identity fake's
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(str(paths["cert"]), str(paths["key"]))
+    context.load_cert_chain(str(cert), str(key))
     box = Mailbox()
     options: Dict[str, Any] = {"authenticator": box.authenticate, "auth_required": True}
     if request.param == "starttls":
@@ -219,7 +169,7 @@ def tls_mailbox(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Mail
     controller = Controller(box, hostname=HOST, port=free_port(), **options)
     controller.start()
     box.port = controller.port  # type: ignore[attr-defined]
-    box.ca = paths["ca"]  # type: ignore[attr-defined]
+    box.ca = ca  # type: ignore[attr-defined]
     yield box
     controller.stop()
 
