@@ -402,6 +402,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from oeleo.cli import EXIT_SIGNAL, _start_log_file
     from oeleo.errors import ConfigError
     from oeleo.monitor import Monitor, check_books, choose_origin
+    from oeleo.names import printable
     from oeleo.serve import check_token, make_server, public_origins
 
     settings = _settings(args)
@@ -424,7 +425,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         _start_log_file(settings)
         host = f"[{server.host}]" if ":" in server.host else server.host
         whose = origin or "every origin (no folder of this PC chosen: --from or --origin)"
-        _say(f"oeleo: serving {description}, files of {whose}, at http://{host}:{server.port}/")
+        _say(
+            f"oeleo: serving {printable(description)}, files of {printable(whose)}, at http://{host}:{server.port}/"
+        )
         if public:
             _say(f"oeleo: through a reverse proxy at {', '.join(public)} (OELEO_MONITOR_URL)")
         if made:  # on the terminal only, never in the log file
