@@ -89,3 +89,17 @@ def test_a_destination_overlapping_the_source_is_refused(tmp_path, where):
     assert len(line.splitlines()) == 1 and "Traceback" not in line
     assert "source folder" in line and "OELEO_BASE_DIR_TO" in line
     assert tree_files(tmp_path) == before  # nothing copied, no books made
+
+
+def test_a_flat_listing_is_filtered_as_a_folder_walk_is():
+    """Object stores (S3, SharePoint) list keys, not folders: an exclude that names a folder
+    still drops the files under it, as the walk of a folder prunes it."""
+    from oeleo.connectors.base import kept_by_filters
+
+    assert kept_by_filters("run 1/a.csv", [".csv"], [], [])
+    assert not kept_by_filters("run 1/a.res", [".csv"], [], [])
+    assert not kept_by_filters("run 1/a.csv", [], [], ["run 1"])  # the folder's name
+    assert not kept_by_filters("x/run 1/a.csv", [], [], ["x/run*"])  # a path pattern of a folder
+    assert kept_by_filters("x/run 1/a.csv", [], [], ["y"])
+    assert not kept_by_filters("a.csv", [], ["*.res"], [])
+    assert kept_by_filters("b/a.res", [], ["*.res"], [])

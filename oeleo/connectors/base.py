@@ -267,6 +267,22 @@ def has_extension(name: str, extensions: Sequence[str]) -> bool:
     return any(lowered.endswith(ext.lower()) for ext in extensions)
 
 
+def kept_by_filters(
+    relpath: str, extensions: Sequence[str], include: Sequence[str], exclude: Sequence[str]
+) -> bool:
+    """Whether the filters keep a file of a flat listing (an object store's keys) as a folder
+    walk keeps it: ``exclude`` also drops a file under a folder it names, which a walk prunes."""
+    folders = relpath.split("/")[:-1]
+    if not has_extension(relpath.rsplit("/", 1)[-1], extensions):
+        return False
+    if include and not matches(relpath, include):
+        return False
+    if not exclude:
+        return True
+    paths = [relpath] + ["/".join(folders[: index + 1]) for index in range(len(folders))]
+    return not any(matches(path, exclude) for path in paths)
+
+
 class Upload:
     """One file on its way into a store: the engine hands it every byte (``send``), asks
     what the store now holds (``finish``), and then either ``commit``s it (it appears under

@@ -32,7 +32,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Sequence, Tuple, Type
+from typing import TYPE_CHECKING, Any, Dict, Iterator, Optional, Sequence, Tuple, Type
 from urllib.parse import urlsplit, urlunsplit
 
 # botocore, which boto3 is built on (boto3's own layer adds 30 ms and nothing used here), is
@@ -73,8 +73,7 @@ from oeleo.connectors.base import (
     Features,
     FileEntry,
     Upload,
-    has_extension,
-    matches,
+    kept_by_filters,
     safe_relpath,
     temp_relpath,
 )
@@ -433,11 +432,7 @@ class S3Connector(Connector):
                 continue
             if not recursive and len(parts) > 1:
                 continue
-            if not has_extension(parts[-1], extensions):
-                continue
-            if include and not matches(relpath, include):
-                continue
-            if exclude and (matches(relpath, exclude) or any(matches(p, exclude) for p in _parents(relpath))):
+            if not kept_by_filters(relpath, extensions, include, exclude):
                 continue
             found.append(FileEntry(relpath, int(item["Size"]), _ns(item["LastModified"])))
         found.sort()
@@ -713,12 +708,6 @@ def _in_memory_size(body: Any) -> float:
 
 def _ns(when: datetime) -> int:
     return int(when.timestamp()) * 1_000_000_000 + when.microsecond * 1000
-
-
-def _parents(relpath: str) -> List[str]:
-    """The folders a relative path is in (``a/b/c.csv`` -> ``a``, ``a/b``), for exclusions."""
-    parts = relpath.split("/")[:-1]
-    return ["/".join(parts[: index + 1]) for index in range(len(parts))]
 
 
 __all__ = ["S3Connector", "S3Upload", "S3FileUpload", "S3MultipartUpload"]

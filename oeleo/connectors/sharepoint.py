@@ -48,8 +48,7 @@ from oeleo.connectors.base import (
     Features,
     FileEntry,
     Upload,
-    has_extension,
-    matches,
+    kept_by_filters,
     safe_relpath,
     temp_relpath,
 )
@@ -614,11 +613,7 @@ class SharePointConnector(Connector):
             parts = relpath.split("/")
             if any(part.startswith(".") for part in parts):
                 continue
-            if not has_extension(parts[-1], extensions):
-                continue
-            if include and not matches(relpath, include):
-                continue
-            if exclude and (matches(relpath, exclude) or any(matches(p, exclude) for p in _parents(relpath))):
+            if not kept_by_filters(relpath, extensions, include, exclude):
                 continue
             found.append(FileEntry(relpath, size, mtime_ns))
         found.sort()
@@ -705,11 +700,6 @@ class SharePointConnector(Connector):
             lambda ctx: ctx.web.get_file_by_server_relative_path(url).delete_object(),
             missing=None,
         )
-
-
-def _parents(relpath: str) -> List[str]:
-    parts = relpath.split("/")[:-1]
-    return ["/".join(parts[: index + 1]) for index in range(len(parts))]
 
 
 __all__ = ["SharePointConnector", "SharePointUpload", "SharePointStagedUpload", "site_url_of", "name_problem"]
