@@ -101,13 +101,7 @@ class S3Upload(Upload):
                 ContentMD5=_b64(bytes.fromhex(md5)),
                 **options,
             )
-        etag = PLAIN_ETAG.match(response.get("ETag", ""))
-        if etag and not sse_hides_md5(response) and etag.group(1) != md5:
-            # Only a store that ignores Content-MD5 gets here; S3 refuses the request.
-            raise VerificationError(
-                f"{printable(self.relpath)}: the store holds other bytes (ETag {etag.group(1)}, "
-                f"md5 of the source {md5}); it ignored the Content-MD5"
-            )
+        _check_etag(self.relpath, response, md5)
 
     def abort(self) -> None:
         self._chunks = None
@@ -194,13 +188,7 @@ class S3FileUpload(Upload):
                 )
         finally:
             body.close()
-        etag = PLAIN_ETAG.match(response.get("ETag", ""))
-        if etag and not sse_hides_md5(response) and etag.group(1) != md5:
-            # Only a store that ignores Content-MD5 gets here; S3 refuses the request.
-            raise VerificationError(
-                f"{printable(self.relpath)}: the store holds other bytes (ETag {etag.group(1)}, "
-                f"md5 of the source {md5}); it ignored the Content-MD5"
-            )
+        _check_etag(self.relpath, response, md5)
 
     def abort(self) -> None:
         if self._multipart is not None:
@@ -337,3 +325,14 @@ class S3MultipartUpload(Upload):
             upload_id, self.upload_id = self.upload_id, None
             self.connector.abort_upload(self.key, upload_id)
             self.connector.forget_marker(self)
+
+
+def _check_etag(relpath: str, response: Dict[str, Any], md5: str) -> None:
+    """A PutObject's ETag (the MD5 of the body, where no SSE hides it) against the source's."""
+    etag = PLAIN_ETAG.match(response.get("ETag", ""))
+    if etag and not sse_hides_md5(response) and etag.group(1) != md5:
+        # Only a store that ignores Content-MD5 gets here; S3 refuses the request.
+        raise VerificationError(
+            f"{printable(relpath)}: the store holds other bytes (ETag {etag.group(1)}, "
+            f"md5 of the source {md5}); it ignored the Content-MD5"
+        )
