@@ -41,7 +41,7 @@ from urllib.parse import urlsplit
 import peewee
 from pydantic import SecretStr
 
-from oeleo.errors import Aborted, BookkeeperError, ConfigError, OeleoError
+from oeleo.errors import Aborted, BookkeeperError, ConfigError, OeleoError, first_line
 from oeleo.names import printable
 
 log = logging.getLogger("oeleo")
@@ -102,8 +102,7 @@ class PassOutcome:
             return None
         if not isinstance(exc, Exception):
             return None
-        text = (str(exc).strip() or type(exc).__name__).splitlines()[0]
-        return cls(error=text, reached=False)
+        return cls(error=first_line(exc), reached=False)
 
 
 @dataclass(frozen=True)

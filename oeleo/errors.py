@@ -122,3 +122,9 @@ def behaviour_of(exc: BaseException) -> Behaviour:
     if isinstance(exc, KeyboardInterrupt):
         return Behaviour.INTERRUPT
     return Behaviour.FAIL_FILE
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of what ``exc`` says (its class's name when it says nothing)."""
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0]

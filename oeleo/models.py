@@ -23,7 +23,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 
 import peewee
 
-from oeleo.errors import BookkeeperError, DatabaseBusyError
+from oeleo.errors import BookkeeperError, DatabaseBusyError, first_line
 from oeleo.locks import ProcessLock
 from oeleo.names import QUOTE, from_books, printable, to_books
 
@@ -624,7 +624,7 @@ class Bookkeeper:
 
     def _explain(self, exc: BaseException) -> str:
         """One line saying what went wrong with the database (subclasses add a hint)."""
-        return _first_line(_cause(exc))
+        return first_line(_cause(exc))
 
     def _guard(self, call: Callable[[], T]) -> T:
         try:
@@ -706,7 +706,7 @@ class SimpleDbHandler(Bookkeeper):
         return self.path.is_file()
 
     def _explain(self, exc: BaseException) -> str:
-        text = _first_line(_cause(exc))
+        text = first_line(_cause(exc))
         if "database is locked" in text:
             return (
                 f"locked by another program (gave up after {BUSY_TIMEOUT_MS / 1000:g} s); "
@@ -823,11 +823,6 @@ def _cause(exc: BaseException) -> BaseException:
     while "rollback" in str(seen) and isinstance(seen.__context__, Exception):
         seen = seen.__context__
     return seen
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0]
 
 
 # -- the scheduler's heartbeat -------------------------------------------------------------

@@ -38,6 +38,7 @@ from oeleo.errors import (
     BookkeeperError,
     ConfigError,
     OeleoError,
+    first_line,
 )
 from oeleo.hooks import Hooks
 from oeleo.models import (
@@ -438,10 +439,10 @@ class Worker:
             except BaseException as exc:
                 # The run log says so (oeleo status, the monitor): a pass that could not reach
                 # its destination failed; the next one, even idle, connects again.
-                text = (str(exc).strip() or type(exc).__name__).splitlines()[0]
                 status = "stopped" if isinstance(exc, (KeyboardInterrupt, Aborted)) else "failed"
+                message = f"destination not reached: {first_line(exc)}"
                 try:
-                    self.bookkeeper.finish_run(status, 0, 0, 0, f"destination not reached: {text}")
+                    self.bookkeeper.finish_run(status, 0, 0, 0, message)
                 except Exception as books_exc:  # noqa: BLE001 - the destination's error is the one to say
                     log.debug("the failed start of this run could not be recorded: %s", books_exc)
                 raise
