@@ -172,6 +172,7 @@ class Worker:
         self.hooks = hooks if isinstance(hooks, Hooks) else Hooks(hooks or ())
         # Told how each pass went, one that raised included (oeleo.alerts.Alerts); None: no alerts.
         self.alerts = alerts
+        self._streaming = False  # the checker validates during the copy's read (set each pass)
         # "sha256"/"md5": a MANIFEST.<algorithm> per destination folder after each pass (oeleo.manifest).
         self.manifest = manifest
         if manifest:
@@ -450,6 +451,7 @@ class Worker:
                 self._remove_leftovers()  # the run before did not finish cleanly (or there was none)
         # else: nothing to copy after a clean run: the destination is not contacted (no
         # connection, login or request), as an idle pass of a scheduler should be.
+        self._streaming = self._checks_while_reading()  # once a pass, not once a file
         booking = Booking(self.bookkeeper, self.reporter, self.external_connector, summary)
         booking.metadata_of = lambda relpath: self.checker.take_metadata(self.local_connector.path(relpath))
         batches = Batches(self.external_connector, booking.outcomes, self._commit_thread)
@@ -518,6 +520,13 @@ class Worker:
             self.reporter.run_finished(summary)
         return summary
 
+    def _checks_while_reading(self) -> bool:
+        """Whether the checker validates the chunks the copy reads, in the engine's stage()
+        (the file is read once); for a connector of its own put() or stage(), it checks first."""
+        external = self.external_connector
+        engine = type(external).stage is Connector.stage and not _overrides_put_only(external)
+        return engine and streams(self.checker)
+
     def _commit_thread(self) -> ThreadPoolExecutor:
         """The thread(s) that make full batches durable (made when first needed): one for a
         folder, a few for an object store (``batches.batches_in_flight``)."""
@@ -579,10 +588,7 @@ class Worker:
             if digest == record.checksum:
                 return "unchanged", (digest, entry)
         external = self.external_connector
-        # A checker that validates the chunks the copy reads does so in the engine's stage()
-        # (the file is read once); for a connector of its own put() or stage(), it checks first.
-        engine = type(external).stage is Connector.stage and not _overrides_put_only(external)
-        streaming = engine and streams(self.checker)
+        streaming = self._streaming
         if not streaming:
             reason = self.checker.validate(source)
             if reason:
