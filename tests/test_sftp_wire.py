@@ -30,6 +30,7 @@ import oeleo.connectors.ssh as ssh_module
 from oeleo.connectors import sftp_wire
 from oeleo.connectors.base import TEMP_SUFFIX
 from oeleo.connectors.ssh import SSHConnector
+from oeleo.source import SourceReader
 
 VERSION = f"paramiko {paramiko.__version__}"
 MiB = 1024 * 1024
@@ -62,6 +63,8 @@ def no_personal_ssh_setup(tmp_path_factory, monkeypatch):
 CALLS = [
     (paramiko.SFTPClient, "_async_request", (None, type(None), 5, b"handle", 0), {}),
     (paramiko.SFTPClient, "_read_response", (None, 7), {}),
+    (paramiko.SFTPClient, "_send_packet", (None, 5, None), {}),
+    (paramiko.SFTPClient, "_write_all", (None, b"data"), {}),
     (paramiko.SFTPFile, "_close", (None,), {"async_": True}),
     (paramiko.SFTPAttributes, "_from_msg", (None, "name", "longname"), {}),
 ]
@@ -148,12 +151,17 @@ def test_the_protocol_numbers_are_paramikos():
     [
         (lambda mp: mp.delattr(paramiko.SFTPClient, "_async_request"), "SFTPClient._async_request"),
         (lambda mp: mp.delattr(paramiko.SFTPClient, "_read_response"), "SFTPClient._read_response"),
+        (lambda mp: mp.delattr(paramiko.sftp.BaseSFTP, "_send_packet"), "SFTPClient._send_packet"),
+        (
+            lambda mp: reshape(mp, paramiko.sftp.BaseSFTP, "_write_all", lambda self: None),
+            "SFTPClient._write_all",
+        ),
         (lambda mp: reshape(mp, paramiko.SFTPFile, "_close", lambda self: None), "SFTPFile._close"),
         (lambda mp: mp.delattr(paramiko.SFTPAttributes, "_from_msg"), "SFTPAttributes._from_msg"),
         (lambda mp: mp.delattr(paramiko.sftp, "int64"), "paramiko.sftp.int64"),
         (lambda mp: mp.setattr(paramiko.SFTPFile, "__init__", without_reqs), "SFTPFile._reqs"),
     ],
-    ids=["async_request", "read_response", "close", "from_msg", "int64", "reqs"],
+    ids=["async_request", "read_response", "send_packet", "write_all", "close", "from_msg", "int64", "reqs"],
 )
 def test_a_missing_or_reshaped_helper_is_named(monkeypatch, change, named):
     change(monkeypatch)
@@ -365,3 +373,49 @@ def test_without_internals_a_listing_works_for_utf8_names_and_fails_loudly_other
             list(conn.list_files())
 
     assert listed == {"mésure.csv": 3, "run-1/b.csv": 2}
+
+
+def test_a_small_files_requests_after_its_open_go_out_in_one_write(sshd_server, tmp_path, monkeypatch):
+    """Writes, time, read-back and close of a small file: one write of the channel (one SSH
+    message), not one each; the copy is still whole, timed and read back."""
+    source = tmp_path / "a.res"
+    source.write_bytes(os.urandom(8192))
+    os.utime(source, (1_700_000_000, 1_700_000_000))
+    folder = sshd_server.new_folder()
+    sent: List[bytes] = []
+    real = paramiko.sftp.BaseSFTP._write_all
+
+    def counting(self, data):
+        sent.append(data)
+        return real(self, data)
+
+    with connector(sshd_server, folder) as conn:
+        conn.connect()
+        monkeypatch.setattr(paramiko.sftp.BaseSFTP, "_write_all", counting)
+        reader = SourceReader(source, "md5", None, None)
+        conn.write_stream("a.res", reader, 8192)
+        monkeypatch.undo()
+        digest = conn.checksum("a.res")
+        conn.set_mtime("a.res", reader.mtime_ns)
+
+    assert len(sent) == 2, [len(data) for data in sent]  # the open, then everything else
+    assert digest == reader.finish() == md5(source.read_bytes())
+    assert os.stat(f"{folder}/a.res").st_mtime == 1_700_000_000
+
+
+def test_corked_requests_go_out_together_and_are_answered_in_order(sshd_server):
+    folder = sshd_server.new_folder()
+    for name in "abc":
+        Path(folder, name).write_bytes(name.encode())
+    with connector(sshd_server, folder) as conn, conn._channel() as sftp:
+        with sftp_wire.Corked(sftp) as cork:
+            renames = [
+                sftp_wire.send_posix_rename(sftp, f"{folder}/{name}".encode(), f"{folder}/{name}2".encode())
+                for name in "abx"
+            ]
+            cork.send()
+        sftp_wire.read_answer(sftp, renames[0])
+        sftp_wire.read_answer(sftp, renames[1])
+        with pytest.raises(OSError):  # x is not there: its answer is its own
+            sftp_wire.read_answer(sftp, renames[2])
+    assert sorted(os.listdir(folder)) == ["a2", "b2", "c"]

@@ -8,13 +8,18 @@ files to disk in two round trips, and reads every answer itself, in the order th
 went out, so that no failure is dropped. It also lists folders keeping names that are not
 UTF-8 as their bytes, which ``listdir_attr`` cannot.
 
-That takes paramiko's internals: ``SFTPClient._async_request`` and ``._read_response``,
-``SFTPFile._reqs`` and ``._close(async_=True)``, ``SFTPAttributes._from_msg`` and
-``paramiko.sftp.int64``. They are checked once, at import: ``AVAILABLE`` says whether they
-are all there with the call shape used here, ``MISSING`` names those that are not. Without
-them ``listdir`` and ``close_without_waiting`` use public calls, and the connector asks
-``AVAILABLE`` before the rest and copies through public calls: more round trips, but every
-write's answer is still read, and the same bytes end up on the server.
+Many small requests also go out together (``Corked``): paramiko makes one SSH message of
+each request, and its cost per message (~55 µs) is most of a small file's; held back and sent
+as one write, a small file's write, time, read-back and close are one message.
+
+That takes paramiko's internals: ``SFTPClient._async_request``, ``._read_response``,
+``._send_packet`` and ``._write_all``, ``SFTPFile._reqs`` and ``._close(async_=True)``,
+``SFTPAttributes._from_msg`` and ``paramiko.sftp.int64``. They are checked once, at import:
+``AVAILABLE`` says whether they are all there with the call shape used here, ``MISSING``
+names those that are not. Without them ``listdir`` and ``close_without_waiting`` use public
+calls, and the connector asks ``AVAILABLE`` before the rest and copies through public calls:
+more round trips, but every write's answer is still read, and the same bytes end up on the
+server.
 tests/test_sftp_wire.py fails, naming the helper and paramiko's version, after an upgrade
 that removes or renames one.
 """
@@ -23,6 +28,7 @@ from __future__ import annotations
 
 import errno
 import inspect
+import struct
 from collections import deque
 from typing import Any, Callable, List, Tuple
 
@@ -65,6 +71,8 @@ def _missing() -> Tuple[str, ...]:
             lambda f: _cannot_call(f, None, None, _READ, b"h", 0),
         ),
         (client, "_read_response(request)", lambda f: _cannot_call(f, None, 0)),
+        (client, "_send_packet(kind, message)", lambda f: _cannot_call(f, None, _READ, None)),
+        (client, "_write_all(data)", lambda f: _cannot_call(f, None, b"")),
         (file, "_close(async_=True)", lambda f: _cannot_call(f, None, async_=True)),
         (attributes, "_from_msg(message, name, longname)", lambda f: _cannot_call(f, None, "n", "l")),
     ]
@@ -118,6 +126,64 @@ def send_fsync(sftp: paramiko.SFTPClient, handle: bytes) -> int:
 def send_close(sftp: paramiko.SFTPClient, handle: bytes) -> int:
     """Close a handle that ``send_open_for_reading`` opened."""
     return sftp._async_request(type(None), _CLOSE, handle)  # type: ignore[attr-defined]
+
+
+def send_posix_rename(sftp: paramiko.SFTPClient, src: bytes, dst: bytes) -> int:
+    """Move ``src`` onto ``dst``, replacing it atomically (OpenSSH's ``posix-rename@openssh.com``)."""
+    return sftp._async_request(type(None), _EXTENDED, "posix-rename@openssh.com", src, dst)  # type: ignore[attr-defined]
+
+
+def send_close_of(handle: paramiko.SFTPFile) -> int:
+    """Close an open ``SFTPFile`` now, whatever answers of its writes are still to be read
+    (``wait_for_writes`` reads them, then this one's with ``read_answer``)."""
+    handle.set_pipelined(False)  # paramiko's close would wait for the writes' answers first
+    handle.flush()
+    handle._closed = True  # type: ignore[attr-defined]  # paramiko sends no second CLOSE
+    return send_close(handle.sftp, handle.handle)  # type: ignore[arg-type]  # bytes, typed as its handle
+
+
+class Corked:
+    """Hold back every request sent on ``sftp`` inside ``with Corked(sftp) as cork:`` and send
+    them together with ``cork.send()`` (one SSH message where paramiko makes one each): for
+    the few small requests of one small file, or the renames of a batch. Whatever is still
+    held when the block ends (it raised) is sent then, so no answer is waited for in vain."""
+
+    def __init__(self, sftp: paramiko.SFTPClient) -> None:
+        self.sftp = sftp
+        self._held: List[bytes] = []
+        self._size = 0
+
+    def __enter__(self) -> Corked:
+        self.sftp._send_packet = self._hold  # type: ignore[attr-defined]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        del self.sftp._send_packet  # type: ignore[attr-defined]  # paramiko's own again
+        if self._held:
+            try:
+                self.send()
+            except Exception:  # noqa: BLE001 - the block's own error is the one to report
+                if exc[0] is None:
+                    raise
+
+    def _hold(self, kind: int, message: paramiko.Message) -> None:
+        data = message.asbytes()
+        self._held.append(struct.pack(">IB", len(data) + 1, kind) + data)
+        self._size += len(data) + 5
+        if self._size >= CORK_LIMIT:
+            self.send()
+
+    def send(self) -> None:
+        """Send what is held (a write of the channel's; paramiko splits it into SSH messages
+        of the size the server takes)."""
+        held, self._held, self._size = self._held, [], 0
+        if held:
+            self.sftp._write_all(b"".join(held))  # type: ignore[attr-defined]
+
+
+# Held back at most: beyond this much the requests go out (a large file's writes are not
+# kept in memory).
+CORK_LIMIT = 1024 * 1024
 
 
 # -- answers --------------------------------------------------------------------------------

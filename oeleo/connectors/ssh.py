@@ -392,7 +392,7 @@ class SSHConnector(SSHWrites, FolderConnector):
         path = self._path(relpath)
         self._local.written = self._local.mtime = None
         with self._channel() as sftp:
-            self._write(sftp, path, chunks)
+            self._write(sftp, path, chunks, size)
 
     def sync_data(self, staged: Sequence[Any]) -> None:
         """Force a batch of staged files to the server's disk (``fsync@openssh.com``).

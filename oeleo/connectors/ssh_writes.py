@@ -13,8 +13,8 @@ import logging
 import posixpath
 import threading
 import time
-from contextlib import contextmanager
-from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+from contextlib import contextmanager, nullcontext
+from typing import Any, ContextManager, Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
 import paramiko
 
@@ -41,6 +41,15 @@ class _PerThread(threading.local):
     mtime: Optional[Tuple[str, int]] = None
 
 
+class _Finish(NamedTuple):
+    """The requests that follow a file's writes, sent before any answer is read."""
+
+    setstat: Optional[int]  # its modification time, when the source's is known
+    mtime: int  # that time, in whole seconds
+    reads: List[Tuple[int, int]]  # a small file read back: (length asked, request)
+    close: int
+
+
 class SSHWrites(SSHSession):
     """Writes, syncs and server-side hashes, for ``SSHConnector`` (which calls ``_start_writes``)."""
 
@@ -50,7 +59,7 @@ class SSHWrites(SSHSession):
         self._has_posix_rename = True
 
     # -- writing one file -------------------------------------------------------------
-    def _write(self, sftp: paramiko.SFTPClient, path: str, chunks: Iterable[bytes]) -> None:
+    def _write(self, sftp: paramiko.SFTPClient, path: str, chunks: Iterable[bytes], size: int) -> None:
         try:
             with self._remote("writing", path, sftp):
                 handle = sftp.open(self._wire(path), "w+", bufsize=0)
@@ -63,49 +72,52 @@ class SSHWrites(SSHSession):
         mtime_ns = getattr(chunks, "mtime_ns", None)
         done = False
         written = 0
+        # A small file's requests (its writes, time, read-back and close) go out together,
+        # as one SSH message: paramiko's cost is per message, not per byte.
+        cork: ContextManager[Any] = (
+            sftp_wire.Corked(sftp) if sftp_wire.AVAILABLE and size < READ_BACK_BELOW else nullcontext()
+        )
         try:
             handle.set_pipelined(True)
             handle.MAX_REQUEST_SIZE = self._request_size
             last = b""  # without paramiko's internals, the last chunk: _finish_writes_publicly writes it
-            for chunk in chunks:  # errors of the source (a change, a stop) pass untouched
-                if chunk and not sftp_wire.AVAILABLE:
-                    chunk, last = last, chunk
-                with self._remote("writing", path, sftp):
-                    handle.write(chunk)
-                written += len(chunk)
-            written += len(last)
-            with self._remote("writing", path, sftp):
+            with cork:
+                for chunk in chunks:  # errors of the source (a change, a stop) pass untouched
+                    if chunk and not sftp_wire.AVAILABLE:
+                        chunk, last = last, chunk
+                    with self._remote("writing", path, sftp):
+                        handle.write(chunk)
+                    written += len(chunk)
+                written += len(last)
                 read_back = written if written < READ_BACK_BELOW else None
+                with self._remote("writing", path, sftp):
+                    if sftp_wire.AVAILABLE:
+                        sent = self._send_finish(sftp, handle, read_back, mtime_ns)
+                        if isinstance(cork, sftp_wire.Corked):
+                            cork.send()
+            with self._remote("writing", path, sftp):
                 if sftp_wire.AVAILABLE:
-                    data = self._finish_writes(sftp, handle, read_back, path, mtime_ns)
+                    data = self._finish_writes(sftp, handle, sent, path)
                 else:
                     data = self._finish_writes_publicly(handle, last, read_back, path, mtime_ns)
-                # Nothing can fail at the close that the answers above did not report: its
-                # answer is read (and dropped) with the next request instead of waited for.
-                sftp_wire.close_without_waiting(handle)
+                    # Nothing can fail at the close that the answers above did not report: its
+                    # answer is read (and dropped) with the next request instead of waited for.
+                    sftp_wire.close_without_waiting(handle)
             done = True
         finally:
             if not done:
                 close_quietly(handle)
         self._local.written = (path, written, data)
 
-    def _finish_writes(
+    def _send_finish(
         self,
         sftp: paramiko.SFTPClient,
         handle: paramiko.SFTPFile,
         read_back: Optional[int],
-        path: str,
         mtime_ns: Optional[int],
-    ) -> Optional[bytes]:
-        """Wait for every pipelined write's answer, set the file's time and, for a small
-        file, read it back through the same handle; returns what was read (None if not).
-
-        Everything is sent before any answer is awaited: the whole file costs one round
-        trip. paramiko's own calls would drop the answer of a pipelined write (and with it
-        a failed write: a full disk) when another answer is awaited first, so each answer is
-        read here, in the order the requests went out (through sftp_wire, which holds the
-        paramiko internals this takes).
-        """
+    ) -> _Finish:
+        """After the writes, without waiting: set the file's time, read a small file back
+        through the same handle, and close it."""
         setstat, mtime = None, 0
         if isinstance(mtime_ns, int):
             mtime = mtime_ns // 1_000_000_000
@@ -121,20 +133,36 @@ class SSHWrites(SSHSession):
                 reads.append((length, sftp_wire.send_read(sftp, handle, offset, length)))
             # One byte more must be the end of the file: nothing else wrote to it.
             reads.append((0, sftp_wire.send_read(sftp, handle, read_back, 1)))
+        return _Finish(setstat, mtime, reads, sftp_wire.send_close_of(handle))
+
+    def _finish_writes(
+        self, sftp: paramiko.SFTPClient, handle: paramiko.SFTPFile, sent: _Finish, path: str
+    ) -> Optional[bytes]:
+        """Read the answer of every pipelined write, of the time, of a small file's read-back
+        and of the close; returns what was read back (None if nothing was).
+
+        Everything was sent before any answer is awaited: the whole file costs one round
+        trip. paramiko's own calls would drop the answer of a pipelined write (and with it
+        a failed write: a full disk) when another answer is awaited first, so each answer is
+        read here, in the order the requests went out (through sftp_wire, which holds the
+        paramiko internals this takes). A failed close fails the write too (a network
+        filesystem may report a lost write only there).
+        """
         sftp_wire.wait_for_writes(handle)
-        if setstat is not None:
+        if sent.setstat is not None:
             try:
-                sftp_wire.read_answer(sftp, setstat)
-                self._local.mtime = (path, mtime)
+                sftp_wire.read_answer(sftp, sent.setstat)
+                self._local.mtime = (path, sent.mtime)
             except OSError as exc:
                 log.debug("cannot set the time of %s on %s: %s", path, self.where, exc)
-        if not reads:
-            return None
         pieces, whole = [], True
-        for length, request in reads:
+        for length, request in sent.reads:
             piece = sftp_wire.read_data(sftp, request)
             pieces.append(piece)
             whole = whole and len(piece) == length
+        sftp_wire.read_answer(sftp, sent.close)
+        if not sent.reads:
+            return None
         # A short answer (allowed by SFTP) or more bytes than written: checksum() reads
         # the file again the ordinary way, and the verification decides.
         return b"".join(pieces) if whole else None
