@@ -238,12 +238,13 @@ def wrap_uploads(conn: Connector, monkeypatch, send=None, finish=None) -> None:
 
 
 def store_reports_another_checksum(conn: Connector, monkeypatch) -> None:
-    """The store says it holds other bytes than were sent: every hash it gives is wrong."""
+    """The store says it holds other bytes than were sent: every hash it gives is wrong (and
+    a store that compares its writes found a difference)."""
     monkeypatch.setattr(conn, "checksum", lambda relpath, algorithm="md5": "0" * 32)
 
     def wrong(real, algorithm):
         stored = real(algorithm)
-        return replace(stored, hashes={name: "0" * 32 for name in stored.hashes})
+        return replace(stored, hashes={name: "0" * 32 for name in stored.hashes}, compared=False)
 
     wrap_uploads(conn, monkeypatch, finish=wrong)
 

@@ -264,24 +264,61 @@ def _hash_threads() -> list:
     return [t for t in threading.enumerate() if t.name == "oeleo-hash"]
 
 
-def test_a_copy_damaged_on_the_way_is_caught_by_the_read_back(tmp_path, monkeypatch):
+def test_a_copy_damaged_on_the_way_to_the_disk_is_caught_by_the_read_back(tmp_path, monkeypatch):
+    # Each chunk is read back as soon as it is written and compared with the bytes that were
+    # hashed: a byte that reaches the file other than it was sent fails the copy, and names
+    # where.
     src = make_tree(tmp_path / "src", {"a.res": "x" * 5000})["a.res"]
     store = LocalConnector(tmp_path / "store")
-    real_write = LocalConnector.write_stream
+    real_write = os.write
 
-    def damaged(chunks):  # what reaches the disk differs from what was read (and hashed)
-        for chunk in chunks:
-            yield chunk[:1234] + b"y" + chunk[1235:]
+    def write_damaged(fd, data):
+        data = bytes(data)
+        if len(data) > 1234:
+            data = data[:1234] + b"y" + data[1235:]
+        return real_write(fd, data)
 
-    def write_damaged(self, relpath, chunks, size):
-        real_write(self, relpath, damaged(chunks), size)
-
-    monkeypatch.setattr(LocalConnector, "write_stream", write_damaged)
-
-    with pytest.raises(VerificationError, match="crc32 of the copy"):
+    monkeypatch.setattr(local_module.os, "write", write_damaged)
+    with pytest.raises(VerificationError, match="a.res: the copy differs from the source at byte 1234"):
         store.put(src, "a.res")
+    monkeypatch.undo()
 
     assert tree_files(tmp_path / "store") == {}
+
+
+def test_a_copy_cut_short_on_the_disk_is_caught_by_the_read_back(tmp_path, monkeypatch):
+    src = make_tree(tmp_path / "src", {"a.res": "x" * 5000})["a.res"]
+    store = LocalConnector(tmp_path / "store")
+    real_read_at = local_module._read_at
+    monkeypatch.setattr(local_module, "_read_at", lambda fd, offset, n: real_read_at(fd, offset, n)[:-10])
+
+    with pytest.raises(VerificationError, match="holds 4990 bytes where 5000 were written"):
+        store.put(src, "a.res")
+    assert tree_files(tmp_path / "store") == {}
+
+
+def test_a_subclass_writing_its_own_way_is_verified_by_hashing_its_copy(tmp_path):
+    # Without the comparison as it writes (its own write_stream), the copy is read back and
+    # hashed with the books' algorithm: damage between the source and the store is caught.
+    src = make_tree(tmp_path / "src", {"a.res": "x" * 5000})["a.res"]
+
+    class Damaging(LocalConnector):
+        def write_stream(self, relpath, chunks, size):
+            damaged = (chunk[:1234] + b"y" + chunk[1235:] for chunk in chunks)
+            super().write_stream(relpath, damaged, size)
+
+    store = Damaging(tmp_path / "store")
+    with pytest.raises(VerificationError, match="md5 of the copy"):
+        store.put(src, "a.res")
+    assert tree_files(tmp_path / "store") == {}
+
+    class Plain(LocalConnector):
+        def write_stream(self, relpath, chunks, size):
+            super().write_stream(relpath, chunks, size)
+
+    result = Plain(tmp_path / "plain").put(src, "a.res")
+    assert result.verified
+    assert (tmp_path / "plain" / "a.res").read_text() == "x" * 5000
 
 
 def test_a_large_copy_is_hashed_whole_while_copied(tmp_path):

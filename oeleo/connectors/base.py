@@ -109,6 +109,11 @@ class Features:
     - ``checksum_downloads``: ``checksum()`` downloads the whole copy (no hash the store keeps
       can be read): ``oeleo check`` compares by the listed size and the books' checksum, and
       only ``--deep`` downloads.
+    - ``compares_writes``: the upload reads each chunk back as soon as it is written and
+      compares it byte for byte with the chunk it was handed (the one the engine hashed), and
+      its ``finish()`` says so (``Stored.compared``): the copy is verified without hashing it
+      (a local folder: a comparison costs far less than any hash). An upload that does not
+      say so is read back and hashed instead.
     """
 
     hashes: FrozenSet[str] = frozenset()
@@ -119,15 +124,18 @@ class Features:
     batch_sync: bool = False
     max_uploads: int = 1
     checksum_downloads: bool = False
+    compares_writes: bool = False
 
 
 @dataclass(frozen=True)
 class Stored:
     """What the store says it holds after an upload's bytes went out: size and hashes
-    (algorithm -> hex digest; empty when it computed none)."""
+    (algorithm -> hex digest; empty when it computed none); ``compared``: every byte was read
+    back as written and found equal to the bytes sent (``Features.compares_writes``)."""
 
     size: int
     hashes: Mapping[str, str] = field(default_factory=dict)
+    compared: bool = False
 
 
 @dataclass(frozen=True)
@@ -717,7 +725,9 @@ class Connector(abc.ABC):
         # else a hash the store does compute (md5 where it can: rclone's common hash), the
         # source being hashed with it too; else the connector's cheap read-back hash.
         check_algorithm: Optional[str] = None
-        if verify and algorithm not in features.hashes:
+        # A store that compares each chunk as it writes it needs no second hash at all.
+        compare = verify and features.compares_writes and algorithm not in features.hashes
+        if verify and not compare and algorithm not in features.hashes:
             common = sorted(features.hashes, key=lambda name: (name != "md5", name))
             check_algorithm = common[0] if common else features.readback_hash
         gzipped: Optional[GzipStream] = None
@@ -750,9 +760,14 @@ class Connector(abc.ABC):
                 used, wanted, size = check_algorithm, reader.check_digest or "", reader.size
             else:
                 used, wanted, size = algorithm, digest, reader.size
-            stored = upload.finish(used if verify else None)
-            verified = False
-            if verify and used in stored.hashes:
+            if compare:
+                stored = upload.finish(None)
+                if not stored.compared:  # this upload did not compare its writes: hash the copy
+                    stored = replace(stored, hashes={used: self.checksum(upload.staging, used)})
+            else:
+                stored = upload.finish(used if verify else None)
+            verified = compare and stored.compared
+            if verify and not verified and used in stored.hashes:
                 if stored.hashes[used] != wanted:
                     what = "the compressed source" if gzipped is not None else "the source"
                     raise VerificationError(
