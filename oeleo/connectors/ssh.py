@@ -55,9 +55,12 @@ from oeleo import compat
 from oeleo.connectors import readback, sftp_wire
 from oeleo.connectors.base import (
     TEMP_SUFFIX,
+    Failed,
     Features,
     FileEntry,
     FolderConnector,
+    FolderUpload,
+    PutResult,
     has_extension,
     matches,
     safe_relpath,
@@ -395,19 +398,57 @@ class SSHConnector(SSHWrites, FolderConnector):
             self._write(sftp, path, chunks, size)
 
     def sync_data(self, staged: Sequence[Any]) -> None:
-        """Force a batch of staged files to the server's disk (``fsync@openssh.com``).
+        """Force a batch of staged files to the server's disk: one ``sync FILE...`` where the
+        login runs commands, else ``fsync@openssh.com`` (see ``_force_to_disk``). Within
+        ``commit_many``, the batch's renames then go out at once."""
+        if staged:
+            self._force_to_disk([self._path(item.staging or item.relpath) for item in staged])
+        if self._local.renames == {}:  # asked for by commit_many, and not done yet
+            self._rename_ahead(staged)
 
-        The requests for the whole batch go out before any answer is awaited (open all,
-        then fsync and close all): two round trips for up to 64 files, not two per file.
-        """
-        if not staged or not self._has_fsync:
-            return
-        paths = [self._path(item.staging or item.relpath) for item in staged]
-        with self._channel() as sftp, self._remote("forcing to disk", paths[0], sftp):
-            for start in range(0, len(paths), 64):
-                self._fsync_files(sftp, paths[start : start + 64])
-                if not self._has_fsync:
-                    return
+    def commit_many(self, staged: Sequence[PutResult]) -> List[Union[PutResult, Failed]]:
+        """``Connector.commit_many`` (synced, each file committed or failed alone, the renames
+        synced), with the renames of the batch done together as soon as its bytes are on the
+        disk (``_rename_ahead``): each commit then only takes its rename's answer. One round
+        trip for the batch instead of one per file."""
+        if len(staged) < 2 or not (sftp_wire.AVAILABLE and self._has_posix_rename):
+            return super().commit_many(staged)
+        self._local.renames = {}
+        try:
+            return super().commit_many(staged)
+        finally:
+            self._local.renames = None
+
+    def _rename_ahead(self, staged: Sequence[PutResult]) -> None:
+        """Send the ``posix-rename@openssh.com`` of every staged upload at once (one write of
+        the channel), then read every answer, in order; ``rename`` takes each (a failed one
+        raises there, for its file alone). Answers that cannot be read (the connection
+        dropped) are left out: that rename is sent again, alone, and says why."""
+        pairs = []
+        for item in staged:
+            upload = item.upload
+            if isinstance(upload, FolderUpload):
+                pairs.append((self._path(upload.staging), self._path(upload.relpath)))
+            elif upload is None and item.staging and item.staging != item.relpath:
+                pairs.append((self._path(item.staging), self._path(item.relpath)))
+        answers: Dict[Tuple[str, str], Optional[OSError]] = {}
+        try:
+            with self._channel() as sftp:
+                with sftp_wire.Corked(sftp) as cork:
+                    sent = [
+                        (pair, sftp_wire.send_posix_rename(sftp, self._wire(pair[0]), self._wire(pair[1])))
+                        for pair in pairs
+                    ]
+                    cork.send()
+                for pair, request in sent:
+                    try:
+                        sftp_wire.read_answer(sftp, request)
+                        answers[pair] = None
+                    except OSError as exc:
+                        answers[pair] = exc
+        except Exception as exc:  # noqa: BLE001 - the renames not answered go alone, and fail alone
+            log.debug("the renames of a batch on %s were not all answered: %s", self.where, exc)
+        self._local.renames = answers
 
     def sync_names(self, committed: Sequence[Any]) -> None:
         """Make the renames durable: ``sync`` the folders on the server, one command for a
@@ -416,19 +457,22 @@ class SSHConnector(SSHWrites, FolderConnector):
             return
         folders = sorted({posixpath.dirname(self._path(result.relpath)) for result in committed})
         self._sync_on_server(
-            folders,
-            "sync",
-            "cannot sync folders on %s (%s): renames reach its disk within seconds anyway",
-            keep_going=False,
+            folders, "sync", "cannot sync folders on %s (%s): renames reach its disk within seconds anyway"
         )
 
     def rename(self, src_relpath: str, dst_relpath: str) -> None:
         src, dst = self._path(src_relpath), self._path(dst_relpath)
         with self._channel() as sftp:
             if self._has_posix_rename:
+                done = self._local.renames
                 try:
                     with self._remote("renaming", src, sftp):
-                        sftp.posix_rename(self._wire(src), self._wire(dst))
+                        if done and (src, dst) in done:  # done with its batch's: its answer
+                            error = done.pop((src, dst))
+                            if error is not None:
+                                raise error
+                        else:
+                            sftp.posix_rename(self._wire(src), self._wire(dst))
                     return
                 except OSError as exc:
                     if "unsupported" not in str(exc).lower():

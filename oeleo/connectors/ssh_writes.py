@@ -9,6 +9,7 @@ false) every step here falls back to paramiko's public calls.
 
 from __future__ import annotations
 
+import errno
 import logging
 import posixpath
 import threading
@@ -28,6 +29,10 @@ from oeleo.names import printable
 
 log = logging.getLogger("oeleo")
 
+# What a sync that cannot take files says (an old BusyBox, a BSD): the files are forced to
+# disk through SFTP instead. Any other failure of sync is one of the files'.
+SYNC_UNSUPPORTED = ("invalid option", "unrecognized option", "illegal option", "usage", "extra operand")
+
 # Longest command line sent to the server: a login shell gets it as one argument, and
 # Linux limits one argument to 128 KiB.
 MAX_COMMAND = 32 * 1024
@@ -39,6 +44,9 @@ class _PerThread(threading.local):
     written: Optional[Tuple[str, int, Optional[bytes]]] = None
     # (path, mtime in whole seconds) that the last write already gave its file.
     mtime: Optional[Tuple[str, int]] = None
+    # While commit_many commits a batch: the renames done ahead, {(from, to): the error or
+    # None}, each taken by rename(); None otherwise (and {} until they are done).
+    renames: Optional[Dict[Tuple[str, str], Optional[OSError]]] = None
 
 
 class _Finish(NamedTuple):
@@ -57,6 +65,7 @@ class SSHWrites(SSHSession):
         self._local = _PerThread()
         self._has_fsync = True
         self._has_posix_rename = True
+        self._sync_tool = "sync"  # the command that forces files to disk; "" once it cannot run
 
     # -- writing one file -------------------------------------------------------------
     def _write(self, sftp: paramiko.SFTPClient, path: str, chunks: Iterable[bytes], size: int) -> None:
@@ -197,24 +206,58 @@ class SSHWrites(SSHSession):
         return data if len(data) == read_back else None
 
     # -- forcing to disk ----------------------------------------------------------------
+    def _force_to_disk(self, paths: List[str]) -> None:
+        """Force a batch of written files to the server's disk; a failure raises (the batch
+        is then not committed).
+
+        Where the login runs commands: ``sync FILE...`` (one command for the batch, in as
+        few command lines as it takes; coreutils and BusyBox fsync each file named). Else
+        ``fsync@openssh.com`` through SFTP: an open, an fsync and a close per file, the
+        requests of up to 64 files sent before any answer is read. The command costs the
+        client a few messages for the whole batch where SFTP costs six per file, and
+        paramiko's cost is per message.
+        """
+        if self._sync_tool and self._server_hashes() and self._sync_by_command(paths):
+            return
+        if not self._has_fsync:
+            return
+        if not sftp_wire.AVAILABLE:  # no fsync@openssh.com without paramiko's internals
+            self._has_fsync = False
+            self._say_once(
+                "fsync",
+                "%s cannot force files to disk: paramiko %s lacks %s, and commands cannot run "
+                "there; a server crash may lose recent copies",
+                self.where,
+                paramiko.__version__,
+                ", ".join(sftp_wire.MISSING),
+                level=logging.WARNING,
+            )
+            return
+        with self._channel() as sftp, self._remote("forcing to disk", paths[0], sftp):
+            for start in range(0, len(paths), 64):
+                self._fsync_files(sftp, paths[start : start + 64])
+                if not self._has_fsync:
+                    return
+
     def _fsync_files(self, sftp: paramiko.SFTPClient, paths: List[str]) -> None:
         """``fsync@openssh.com`` for up to 64 files: open all, then fsync and close all, every
         answer read (so no handle is left open); the first failure is raised."""
-        if not sftp_wire.AVAILABLE:
-            self._sync_by_command(paths)
-            return
         failed: List[Tuple[str, OSError]] = []
-        opened = [(path, sftp_wire.send_open_for_reading(sftp, self._wire(path))) for path in paths]
+        with sftp_wire.Corked(sftp) as cork:
+            opened = [(path, sftp_wire.send_open_for_reading(sftp, self._wire(path))) for path in paths]
+            cork.send()
         handles = []
         for path, request in opened:  # every answer is read, so no handle is left open
             try:
                 handles.append((path, sftp_wire.read_handle(sftp, request)))
             except OSError as exc:
                 failed.append((path, exc))
-        synced = [
-            (path, sftp_wire.send_fsync(sftp, handle), sftp_wire.send_close(sftp, handle))
-            for path, handle in handles
-        ]
+        with sftp_wire.Corked(sftp) as cork:
+            synced = [
+                (path, sftp_wire.send_fsync(sftp, handle), sftp_wire.send_close(sftp, handle))
+                for path, handle in handles
+            ]
+            cork.send()
         for path, fsync, close in synced:
             try:
                 sftp_wire.read_answer(sftp, fsync)
@@ -238,33 +281,37 @@ class SSHWrites(SSHSession):
             return
         raise self._os_error(error, "forcing to disk", path)
 
-    def _sync_by_command(self, paths: List[str]) -> None:
-        """Without paramiko's internals SFTP cannot send ``fsync@openssh.com``: ``sync FILE...``
-        on the server instead (coreutils forces each file named to disk), when the login runs
-        commands."""
-        if not self._server_hashes():  # the probe of whether commands run
-            self._has_fsync = False
-            self._say_once(
-                "fsync",
-                "%s cannot force files to disk: paramiko %s lacks %s, and commands cannot run "
-                "there; a server crash may lose recent copies",
-                self.where,
-                paramiko.__version__,
-                ", ".join(sftp_wire.MISSING),
-                level=logging.WARNING,
-            )
-            return
-        self._sync_on_server(
-            paths,
-            "fsync",
-            "cannot force files to disk on %s (%s): a server crash may lose recent copies",
-            keep_going=True,  # each line names other files: they are still worth forcing
-        )
+    def _sync_by_command(self, paths: List[str]) -> bool:
+        """``sync FILE...`` on the server for a batch: True once every file is on its disk,
+        False when the server cannot run it (no ``sync``, a ``sync`` that takes no file, no
+        channel for a command: SFTP forces the files instead). A ``sync`` that fails for a
+        file (an I/O error, a file gone) raises ``OSError``."""
+        for command, _ in command_lines(self._sync_tool, paths, MAX_COMMAND):
+            try:
+                status, _, err = self._exec(command)
+            except TransferError as exc:  # MaxSessions: fsync@openssh.com, this batch
+                log.debug("cannot run sync on %s (%s): forcing files to disk through SFTP", self.where, exc)
+                return False
+            if status == 0:
+                continue
+            reason = err.decode("utf-8", "replace").strip()
+            if status in (126, 127) or any(word in reason.lower() for word in SYNC_UNSUPPORTED):
+                self._say_once(
+                    "sync",
+                    "%s cannot run %r (%s): files are forced to disk through SFTP instead",
+                    self.where,
+                    self._sync_tool,
+                    reason[:200] or f"exit status {status}",
+                )
+                self._sync_tool = ""
+                return False
+            first = reason.splitlines()[0] if reason else f"exit status {status}"
+            raise OSError(errno.EIO, f"forcing to disk failed on {self.where}: {first[:200]}")
+        return True
 
-    def _sync_on_server(self, paths: Sequence[str], key: str, warning: str, keep_going: bool) -> None:
+    def _sync_on_server(self, paths: Sequence[str], key: str, warning: str) -> None:
         """``sync PATH...`` on the server (as few command lines as it takes); a failure is
-        said once (``warning`` takes the server and the reason), and ends the syncing unless
-        ``keep_going``."""
+        said once (``warning`` takes the server and the reason), and ends the syncing."""
         for command, _ in command_lines("sync", paths, MAX_COMMAND):
             try:
                 status, _, err = self._exec(command)
@@ -273,8 +320,7 @@ class SSHWrites(SSHSession):
             if status != 0:
                 reason = err.decode("utf-8", "replace").strip()[:200]
                 self._say_once(key, warning, self.where, reason, level=logging.WARNING)
-                if not keep_going:
-                    return
+                return
 
     # -- verifying ----------------------------------------------------------------------
     def _hash_on_server(self, paths: List[str], algorithm: str) -> Dict[str, str]:

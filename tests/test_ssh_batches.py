@@ -1,0 +1,179 @@
+"""How the ssh connector makes a batch durable and renames it into place, against the real
+OpenSSH server on 127.0.0.1: one ``sync FILE...`` command for the batch where the login runs
+commands (``fsync@openssh.com`` where it cannot, or where ``sync`` takes no file), and the
+batch's renames sent together, each file's answer its own."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import List
+
+import paramiko
+import pytest
+from helpers import db_rows, make_tree, run_once, tree_files
+from test_ssh import ssh_worker_for
+
+from oeleo.connectors import sftp_wire
+from oeleo.connectors.base import TEMP_SUFFIX
+from oeleo.connectors.ssh import SSHConnector
+
+pytestmark = pytest.mark.ssh
+
+
+@pytest.fixture(autouse=True)
+def no_personal_ssh_setup(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path_factory.mktemp("home")))
+    monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
+
+
+def files_of(count: int) -> dict:
+    return {f"run-{i % 3}/cycle-{i:03d}.res": os.urandom(100 + i) for i in range(count)}
+
+
+@pytest.fixture
+def recorded(monkeypatch):
+    """What the connector asks of the server: the commands, the SFTP fsyncs, the renames
+    paramiko sends one by one."""
+    seen = {"commands": [], "fsyncs": 0, "renames": 0}
+    real_exec, real_fsync = SSHConnector._exec, sftp_wire.send_fsync
+    real_rename = paramiko.SFTPClient.posix_rename
+
+    def exec_(self, command, *args, **kwargs):
+        seen["commands"].append(command)
+        return real_exec(self, command, *args, **kwargs)
+
+    def fsync(*args):
+        seen["fsyncs"] += 1
+        return real_fsync(*args)
+
+    def rename(self, *args):
+        seen["renames"] += 1
+        return real_rename(self, *args)
+
+    monkeypatch.setattr(SSHConnector, "_exec", exec_)
+    monkeypatch.setattr(sftp_wire, "send_fsync", fsync)
+    monkeypatch.setattr(paramiko.SFTPClient, "posix_rename", rename)
+    return seen
+
+
+def test_a_batch_is_forced_to_disk_by_one_sync_command_and_renamed_all_at_once(
+    sshd_server, tmp_path, recorded
+):
+    files = files_of(40)
+    make_tree(tmp_path / "src", files)
+    folder = sshd_server.new_folder()
+
+    summary = run_once(
+        ssh_worker_for(sshd_server, tmp_path / "src", folder, tmp_path / "books.db", workers=1)
+    )
+
+    assert (summary.copied, summary.failed) == (40, 0), summary.errors
+    assert tree_files(folder) == files
+    assert set(db_rows(tmp_path / "books.db")) == set(files)
+    forced = [c for c in recorded["commands"] if c.startswith("sync ") and TEMP_SUFFIX in c]
+    assert len(forced) == 1 and forced[0].count(TEMP_SUFFIX) == 40
+    assert recorded["fsyncs"] == 0  # no fsync@openssh.com: the command did it
+    assert recorded["renames"] == 0  # sent together, not one round trip each
+
+
+def test_a_failed_sync_leaves_the_batch_unbooked_and_no_file_under_its_name(
+    sshd_server, tmp_path, monkeypatch
+):
+    files = files_of(5)
+    make_tree(tmp_path / "src", files)
+    folder = sshd_server.new_folder()
+    real_exec = SSHConnector._exec
+
+    def failing_sync(self, command, *args, **kwargs):
+        if command.startswith("sync ") and TEMP_SUFFIX in command:
+            return 1, b"", b"sync: error syncing '/srv/x': Input/output error\n"
+        return real_exec(self, command, *args, **kwargs)
+
+    monkeypatch.setattr(SSHConnector, "_exec", failing_sync)
+    summary = run_once(
+        ssh_worker_for(sshd_server, tmp_path / "src", folder, tmp_path / "books.db", workers=1)
+    )
+
+    assert (summary.copied, summary.failed) == (0, 5)
+    assert all("Input/output error" in reason for _, reason in summary.errors), summary.errors
+    assert tree_files(folder) == {}  # neither the real names nor the temporary ones
+    rows = db_rows(tmp_path / "books.db")
+    assert not any(row["checksum"] for row in rows.values()), rows
+
+
+def test_a_sync_that_takes_no_files_gives_way_to_fsync_over_sftp(
+    sshd_server, tmp_path, monkeypatch, recorded, caplog
+):
+    files = files_of(6)
+    make_tree(tmp_path / "src", files)
+    folder = sshd_server.new_folder()
+    recording_exec = SSHConnector._exec
+
+    def old_sync(self, command, *args, **kwargs):
+        if command.startswith("sync ") and TEMP_SUFFIX in command:
+            return 1, b"", b"sync: invalid option -- 'x'\nBusyBox v1.2 multi-call binary.\nUsage: sync\n"
+        return recording_exec(self, command, *args, **kwargs)
+
+    monkeypatch.setattr(SSHConnector, "_exec", old_sync)
+    caplog.set_level(logging.INFO, logger="oeleo")
+    summary = run_once(
+        ssh_worker_for(sshd_server, tmp_path / "src", folder, tmp_path / "books.db", workers=1)
+    )
+
+    assert (summary.copied, summary.failed) == (6, 0), summary.errors
+    assert tree_files(folder) == files
+    assert recorded["fsyncs"] == 6
+    assert caplog.text.count("files are forced to disk through SFTP instead") == 1
+
+
+def test_one_failed_rename_of_a_batch_fails_that_file_alone(sshd_server, tmp_path, recorded):
+    files = {"a.res": b"a" * 10, "b.res": b"b" * 20, "c.res": b"c" * 30}
+    make_tree(tmp_path / "src", files)
+    folder = sshd_server.new_folder()
+    Path(folder, "b.res").mkdir()  # a folder that is not empty: no file can be renamed onto it
+    Path(folder, "b.res", "keep").write_bytes(b"k")
+    sshd_server.give(folder)
+
+    summary = run_once(
+        ssh_worker_for(sshd_server, tmp_path / "src", folder, tmp_path / "books.db", workers=1)
+    )
+
+    assert (summary.copied, summary.failed) == (2, 1), summary.errors
+    ((name, reason),) = summary.errors
+    assert name == "b.res" and "cannot commit" in reason, reason
+    assert tree_files(folder) == {"a.res": files["a.res"], "c.res": files["c.res"], "b.res/keep": b"k"}
+    assert recorded["renames"] == 0  # the three went out together
+    rows = db_rows(tmp_path / "books.db")
+    assert rows["a.res"]["checksum"] and rows["c.res"]["checksum"] and not rows["b.res"]["checksum"]
+
+
+def test_renames_sent_together_all_answer_in_order(sshd_server, tmp_path):
+    """The connector's own calls: commit_many with many files, one of them failing in the
+    middle; the answers after it still belong to their own files."""
+    names: List[str] = [f"f{i:02d}.res" for i in range(20)]
+    make_tree(tmp_path / "src", {name: name.encode() for name in names})
+    folder = sshd_server.new_folder()
+    Path(folder, "f07.res").mkdir()
+    Path(folder, "f07.res", "x").write_bytes(b"x")
+    sshd_server.give(folder)
+    conn = SSHConnector(
+        host=sshd_server.host,
+        port=sshd_server.port,
+        username=sshd_server.user,
+        key_filename=sshd_server.keys["ed25519"],
+        known_hosts=sshd_server.known_hosts,
+        directory=folder,
+    )
+    with conn:
+        staged = [conn.stage(tmp_path / "src" / name, name) for name in names]
+        results = conn.commit_many(staged)
+        listed = sorted(entry.relpath for entry in conn.list_files())
+
+    failed = [name for name, result in zip(names, results) if not hasattr(result, "relpath")]
+    assert failed == ["f07.res"]
+    assert listed == sorted([name for name in names if name != "f07.res"] + ["f07.res/x"])
+    for name in names:
+        if name != "f07.res":
+            assert Path(folder, name).read_bytes() == name.encode()
