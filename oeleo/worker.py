@@ -453,7 +453,9 @@ class Worker:
         # connection, login or request), as an idle pass of a scheduler should be.
         self._streaming = self._checks_while_reading()  # once a pass, not once a file
         booking = Booking(self.bookkeeper, self.reporter, self.external_connector, summary)
-        booking.metadata_of = lambda relpath: self.checker.take_metadata(self.local_connector.path(relpath))
+        if type(self.checker).take_metadata is not Checker.take_metadata:  # else: no Path per file
+            path_of = self.local_connector.path
+            booking.metadata_of = lambda relpath: self.checker.take_metadata(path_of(relpath))
         batches = Batches(self.external_connector, booking.outcomes, self._commit_thread)
         booking.batches = batches
         booking.skipped(skipped)
