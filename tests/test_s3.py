@@ -798,3 +798,17 @@ def test_upload_requests_sign_their_md5_instead_of_hashing_the_body_again(s3_ser
     assert seen["big.fits"]["expect"] == "100-continue"
     assert seen["plain"]["x-amz-content-sha256"] == hashlib.sha256(b"no md5").hexdigest()
     assert conn.checksum("a.csv") == md5(b"a,b\n")
+
+
+def test_the_models_are_looked_for_where_botocore_would_look(tmp_path):
+    """The connector's loader skips botocore's listing of all its services, not the places
+    it reads models from (AWS_DATA_PATH first, then ~/.aws/models and botocore's own)."""
+    from botocore.loaders import create_loader
+
+    from oeleo.connectors.s3 import _s3_loader
+
+    data_path = os.pathsep.join([str(tmp_path / "a"), str(tmp_path / "b")])
+    loader = _s3_loader(data_path)
+    assert loader.search_paths == create_loader(data_path).search_paths
+    assert _s3_loader(None).search_paths == create_loader(None).search_paths
+    assert "PutObject" in loader.load_service_model("s3", "service-2")["operations"]
