@@ -14,7 +14,10 @@ the median of ``--repeat`` runs, an initial copy into an empty destination of:
 
 Workloads: ``small`` (1,000 files of 8 KiB in 10 folders) and ``large`` (2 files of
 128 MiB). Every run gets a fresh destination folder (and database); each result is checked
-against the source outside the timed region. The table is printed and the JSON written to
+against the source outside the timed region, and the destinations are deleted after the
+workload's repetitions (ext4 creates files slower for a while after many deletions). Wall
+time and the CPU time of the tool's process and its children on this machine (``os.wait4``;
+the server's sshd and sftp-server not counted). The table is printed and the JSON written to
 ``benchmarks/results/ssh-<YYYY-MM-DD>.json``.
 
     python benchmarks/ssh_bench.py                     # everything, medians of 3
@@ -150,6 +153,7 @@ class Bench:
         self.empty_config.write_text("")
         self.cwd = work / "cwd"
         self.cwd.mkdir()
+        self.trash: List[str] = []  # destinations to delete after a workload's repetitions
 
     def base_env(self) -> Dict[str, str]:
         return {k: v for k, v in os.environ.items() if not k.startswith(("OELEO_", "RCLONE_"))}
@@ -203,18 +207,46 @@ class Bench:
         os.sync()  # the previous run's dirty pages are not written on this run's time
         started = time.perf_counter()
         with open(log, "w") as out:
-            try:
-                proc = subprocess.run(
-                    argv, cwd=self.cwd, env=env, stdout=out, stderr=subprocess.STDOUT, timeout=timeout
-                )
-                status = proc.returncode
-            except subprocess.TimeoutExpired:
-                status = -1
+            proc = subprocess.Popen(argv, cwd=self.cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
+            status, cpu = wait_with_cpu(proc, timeout)
         wall = time.perf_counter() - started
         problem = None if status == 0 else f"exit status {status} (log: {log})"
         problem = problem or check_copy(source, Path(dest), expected)
-        shutil.rmtree(dest, ignore_errors=True)
-        return {"tool": tool, "wall": wall, "ok": problem is None, "problem": problem, "command": argv}
+        self.trash.append(dest)
+        return {
+            "tool": tool,
+            "wall": wall,
+            "cpu": cpu,
+            "ok": problem is None,
+            "problem": problem,
+            "command": argv,
+        }
+
+    def empty_trash(self) -> None:
+        """Delete the destinations of the runs so far (untimed), and wait for the disk: after
+        a workload's repetitions, not after each run, since ext4 creates files slower for a
+        while after many deletions, and that cost landed on whichever tool ran next."""
+        for dest in self.trash:
+            shutil.rmtree(dest, ignore_errors=True)
+        self.trash = []
+        os.sync()
+
+
+def wait_with_cpu(proc: subprocess.Popen, timeout: float) -> Tuple[int, Optional[float]]:
+    """The exit status of ``proc`` (-1 when killed at ``timeout``) and the CPU seconds (user +
+    system) it and the children it waited for used, from ``os.wait4``: on this machine only;
+    the server's sshd and sftp-server are not counted."""
+    deadline = time.monotonic() + timeout
+    while True:
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            return proc.returncode, usage.ru_utime + usage.ru_stime
+        if time.monotonic() > deadline:
+            proc.kill()
+            proc.wait()
+            return -1, None
+        time.sleep(0.002)
 
 
 # -- main ------------------------------------------------------------------------------
@@ -269,7 +301,12 @@ def main(argv: Optional[List[str]] = None) -> int:
                     sample.update(workload=name, repetition=repetition, load=os.getloadavg()[0])
                     samples.append(sample)
                     state = "ok" if sample["ok"] else f"FAILED: {sample['problem']}"
-                    say(f"{name:5} {tool:12} run {repetition + 1}: {sample['wall']:8.2f} s  {state}")
+                    cpu = f"{sample['cpu']:6.2f}" if sample["cpu"] is not None else "     -"
+                    wall = f"{sample['wall']:8.2f}"
+                    say(f"{name:5} {tool:12} run {repetition + 1}: {wall} s  cpu {cpu} s  {state}")
+                    if name != "small":  # a few large files: deleted at once, not gigabytes kept
+                        bench.empty_trash()
+            bench.empty_trash()
     finally:
         servers.stop_sshd(server)
         shutil.rmtree(work, ignore_errors=True)
@@ -318,6 +355,11 @@ def summarise(samples: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
     keys = sorted({(s["workload"], s["tool"]) for s in samples}, key=lambda k: (k[0], TOOLS.index(k[1])))
     for workload, tool in keys:
         walls = [s["wall"] for s in samples if (s["workload"], s["tool"]) == (workload, tool) and s["ok"]]
+        cpus = [
+            s["cpu"]
+            for s in samples
+            if (s["workload"], s["tool"]) == (workload, tool) and s["ok"] and s.get("cpu") is not None
+        ]
         runs = [s for s in samples if (s["workload"], s["tool"]) == (workload, tool)]
         rows.append(
             {
@@ -326,6 +368,7 @@ def summarise(samples: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
                 "median_s": statistics.median(walls) if walls else None,
                 "min_s": min(walls) if walls else None,
                 "max_s": max(walls) if walls else None,
+                "median_cpu_s": statistics.median(cpus) if cpus else None,
                 "ok_runs": len(walls),
                 "runs": len(runs),
             }
@@ -362,7 +405,8 @@ def evaluate(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
 
 def print_table(rows: List[Dict[str, Any]], targets: List[Dict[str, Any]]) -> None:
     print(
-        f"{'workload':8} {'tool':12} {'median s':>9} {'min s':>8} {'max s':>8} {'oeleo/tool':>10} {'runs':>5}"
+        f"{'workload':8} {'tool':12} {'median s':>9} {'min s':>8} {'max s':>8} {'cpu s':>7} "
+        f"{'oeleo/tool':>10} {'runs':>5}"
     )
     for r in rows:
         ratio = f"{r['oeleo_over_tool']:.2f}" if r.get("oeleo_over_tool") else "-"
@@ -370,7 +414,8 @@ def print_table(rows: List[Dict[str, Any]], targets: List[Dict[str, Any]]) -> No
         lo = f"{r['min_s']:.2f}" if r["min_s"] is not None else "-"
         hi = f"{r['max_s']:.2f}" if r["max_s"] is not None else "-"
         runs = f"{r['ok_runs']}/{r['runs']}"
-        print(f"{r['workload']:8} {r['tool']:12} {med:>9} {lo:>8} {hi:>8} {ratio:>10} {runs:>5}")
+        cpu = f"{r['median_cpu_s']:.2f}" if r.get("median_cpu_s") is not None else "-"
+        print(f"{r['workload']:8} {r['tool']:12} {med:>9} {lo:>8} {hi:>8} {cpu:>7} {ratio:>10} {runs:>5}")
     for t in targets:
         print(f"target {t['target']}: {t['measured']}x -> {'met' if t['met'] else 'NOT met'}")
 
