@@ -257,6 +257,22 @@ def test_access_denied_is_a_config_error(s3_server, s3_bucket, tmp_path):
     assert "denied" in one_error_line(done)
 
 
+def test_keys_that_may_not_list_unfinished_uploads_copy_and_say_so(s3_server, s3_bucket, tmp_path):
+    """The unfinished uploads are listed while the bucket is checked: a refusal of that
+    listing alone is a warning, and the run copies."""
+    make_tree(tmp_path / "src", TREE)
+
+    def no_upload_listing(environ):
+        listing = environ["REQUEST_METHOD"] == "GET" and "uploads" in environ.get("QUERY_STRING", "")
+        return (403, "AccessDenied") if listing else None
+
+    s3_server.faults.append(no_upload_listing)
+    done = oeleo(tmp_path, "run", env=s3_env(s3_server, s3_bucket, OELEO_LOG_DIR=str(tmp_path / "logs")))
+    assert done.returncode == 0, done.stderr
+    assert "cannot look for unfinished uploads" in done.stderr + done.stdout
+    assert keys(s3_server, s3_bucket) == sorted(PREFIX + relpath for relpath in TREE)
+
+
 def test_an_unreachable_endpoint_is_a_config_error_naming_the_setting(s3_bucket, s3_server, tmp_path):
     make_tree(tmp_path / "src", TREE)
     closed = f"http://127.0.0.1:{servers.free_port()}"

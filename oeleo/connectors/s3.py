@@ -33,7 +33,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Sequence, Tuple, Type
+from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Sequence, Tuple, Type, Union
 from urllib.parse import urlsplit, urlunsplit
 
 # botocore, which boto3 is built on (boto3's own layer adds 30 ms and nothing used here), is
@@ -294,8 +294,9 @@ class S3Connector(Connector):
             )
             try:
                 session = boto_session.Session(profile=self.profile)
-                data_path = session.get_config_variable("data_path")
-                session.register_component("data_loader", _s3_loader(data_path))
+                session.register_component(
+                    "data_loader", _s3_loader(session.get_config_variable("data_path"))
+                )
                 client = session.create_client(
                     "s3", endpoint_url=self.endpoint_url, region_name=self.region, config=config
                 )
@@ -335,9 +336,13 @@ class S3Connector(Connector):
 
     def prepare(self) -> None:
         """Check the bucket can be listed, and abort the multipart uploads a killed run of
-        this origin left under the prefix."""
-        self.check_base()
-        self._abort_leftover_uploads()
+        this origin left under the prefix. The unfinished uploads are listed while the bucket
+        is checked (one round trip before the first copy, not two); what that listing found
+        is used only once the bucket proved reachable, so a setting to fix is said as such."""
+        with ThreadPoolExecutor(1, thread_name_prefix="oeleo-s3-prepare") as pool:
+            listed = pool.submit(self._unfinished_uploads)
+            self.check_base()
+        self._abort_leftover_uploads(listed.result())
 
     def check_base(self) -> bool:
         """The bucket is there and can be listed (``ConfigError`` otherwise); a prefix
@@ -636,20 +641,26 @@ class S3Connector(Connector):
         upload_id, _, marked = text.partition("\n")
         return (upload_id, marked) if upload_id and marked else None
 
-    def _abort_leftover_uploads(self) -> None:
-        """Abort the multipart uploads under the prefix that this origin started and a
-        killed run left; other origins' are counted and left alone."""
-        aborted = others = 0
+    def _unfinished_uploads(self) -> Union[List[Tuple[str, str]], OeleoError]:
+        """(key, upload id) of every multipart upload in progress under the prefix (all
+        pages), or why they cannot be listed."""
         try:
             paginator = self.client.get_paginator("list_multipart_uploads")
             with self.errors("listing the multipart uploads under", None, setup=True):
-                uploads = [
+                return [
                     (upload["Key"], upload["UploadId"])
                     for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix)
                     for upload in page.get("Uploads", [])
                 ]
-        except OeleoError as exc:  # a store without the request, or keys without the right
-            log.warning("cannot look for unfinished uploads: %s", exc)
+        except OeleoError as exc:
+            return exc
+
+    def _abort_leftover_uploads(self, uploads: Union[List[Tuple[str, str]], OeleoError]) -> None:
+        """Abort the unfinished multipart uploads under the prefix (``uploads``) that this
+        origin started and a killed run left; other origins' are counted and left alone."""
+        aborted = others = 0
+        if isinstance(uploads, OeleoError):  # a store without the request, or keys without the right
+            log.warning("cannot look for unfinished uploads: %s", uploads)
             return
         for key, upload_id in uploads:
             if upload_id in self._active:
