@@ -273,6 +273,26 @@ def test_keys_that_may_not_list_unfinished_uploads_copy_and_say_so(s3_server, s3
     assert keys(s3_server, s3_bucket) == sorted(PREFIX + relpath for relpath in TREE)
 
 
+def test_a_refused_bucket_check_does_not_wait_for_the_listing_of_unfinished_uploads(s3_server, s3_bucket):
+    import time
+
+    def slow_upload_listing(environ):
+        if environ["REQUEST_METHOD"] == "GET" and "uploads" in environ.get("QUERY_STRING", ""):
+            time.sleep(3)
+        return None
+
+    def no_listing(environ):
+        return (403, "AccessDenied") if "list-type" in environ.get("QUERY_STRING", "") else None
+
+    s3_server.faults.extend([slow_upload_listing, no_listing])
+    conn = connector(s3_server, s3_bucket)
+    started = time.monotonic()
+    with pytest.raises(ConfigError, match="denied"):
+        conn.prepare()
+    assert time.monotonic() - started < 2
+    conn.close()
+
+
 def test_an_unreachable_endpoint_is_a_config_error_naming_the_setting(s3_bucket, s3_server, tmp_path):
     make_tree(tmp_path / "src", TREE)
     closed = f"http://127.0.0.1:{servers.free_port()}"

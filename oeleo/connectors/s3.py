@@ -338,10 +338,19 @@ class S3Connector(Connector):
         """Check the bucket can be listed, and abort the multipart uploads a killed run of
         this origin left under the prefix. The unfinished uploads are listed while the bucket
         is checked (one round trip before the first copy, not two); what that listing found
-        is used only once the bucket proved reachable, so a setting to fix is said as such."""
-        with ThreadPoolExecutor(1, thread_name_prefix="oeleo-s3-prepare") as pool:
-            listed = pool.submit(self._unfinished_uploads)
-            self.check_base()
+        is used only once the bucket proved reachable, so a setting to fix is said as such.
+        The listing's thread is a daemon: a Ctrl+C while a black-holed endpoint is being
+        tried does not wait for its timeouts."""
+        listed: Future = Future()
+
+        def list_uploads() -> None:
+            try:
+                listed.set_result(self._unfinished_uploads())
+            except BaseException as exc:  # noqa: BLE001 - raised again in the calling thread
+                listed.set_exception(exc)
+
+        threading.Thread(target=list_uploads, name="oeleo-s3-uploads", daemon=True).start()
+        self.check_base()
         self._abort_leftover_uploads(listed.result())
 
     def check_base(self) -> bool:
