@@ -137,11 +137,16 @@ def test_the_protocol_numbers_are_paramikos():
         ("_FSETSTAT", "CMD_FSETSTAT"),
         ("_OPENDIR", "CMD_OPENDIR"),
         ("_READDIR", "CMD_READDIR"),
+        ("_REMOVE", "CMD_REMOVE"),
+        ("_STATUS", "CMD_STATUS"),
         ("_HANDLE", "CMD_HANDLE"),
         ("_DATA", "CMD_DATA"),
         ("_NAME", "CMD_NAME"),
         ("_EXTENDED", "CMD_EXTENDED"),
         ("_FLAG_READ", "SFTP_FLAG_READ"),
+        ("_FLAG_WRITE", "SFTP_FLAG_WRITE"),
+        ("_FLAG_CREATE", "SFTP_FLAG_CREATE"),
+        ("_FLAG_EXCL", "SFTP_FLAG_EXCL"),
     ]:
         assert getattr(sftp_wire, ours) == getattr(paramiko.sftp, theirs), theirs
 

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import logging
 import os
+import sqlite3
 from pathlib import Path
 from typing import List
 
 import paramiko
 import pytest
 from helpers import db_rows, make_tree, run_once, tree_files
-from test_ssh import ssh_worker_for
+from test_ssh import KillSessionAfter, ssh_worker_for
 
 from oeleo.connectors import sftp_wire
 from oeleo.connectors.base import TEMP_SUFFIX
@@ -177,3 +178,65 @@ def test_renames_sent_together_all_answer_in_order(sshd_server, tmp_path):
     for name in names:
         if name != "f07.res":
             assert Path(folder, name).read_bytes() == name.encode()
+
+
+def test_the_files_of_a_folder_are_written_into_files_created_ahead(sshd_server, tmp_path, monkeypatch):
+    """Each file's temporary file is created with the previous file's last requests (no
+    round trip of its own); none is left once the run ends."""
+    files = files_of(40)
+    make_tree(tmp_path / "src", files)
+    folder = sshd_server.new_folder()
+    opened: List[bytes] = []
+    real_open = paramiko.SFTPClient.open
+
+    def open_(self, name, mode="r", *args, **kwargs):
+        if "w" in mode:
+            opened.append(name)
+        return real_open(self, name, mode, *args, **kwargs)
+
+    monkeypatch.setattr(paramiko.SFTPClient, "open", open_)
+    summary = run_once(
+        ssh_worker_for(sshd_server, tmp_path / "src", folder, tmp_path / "books.db", workers=1)
+    )
+
+    assert (summary.copied, summary.failed) == (40, 0), summary.errors
+    assert tree_files(folder) == files  # no temporary file, no spare left
+    written = [name for name in opened if TEMP_SUFFIX.encode() in name]
+    assert len(written) <= 6, written  # the first file of each folder (twice: its folder is new)
+
+
+def test_a_spare_file_left_by_a_killed_run_is_removed_by_the_next_run(sshd_server, tmp_path, monkeypatch):
+    files = files_of(4)
+    make_tree(tmp_path / "src", files)
+    folder = sshd_server.new_folder()
+    with monkeypatch.context() as killed:  # the run ends without closing its connection cleanly
+        killed.setattr(SSHConnector, "_drop_spares", lambda self: None)
+        first = run_once(ssh_worker_for(sshd_server, tmp_path / "src", folder, tmp_path / "books.db"))
+    left = [name for name in tree_files(folder) if name not in files]
+    assert first.copied == 4 and len(left) == 1 and left[0].endswith(TEMP_SUFFIX), left
+    books = sqlite3.connect(str(tmp_path / "books.db"))
+    with books:  # as a killed run leaves its row
+        books.execute("UPDATE oeleo_runs SET status = 'running'")
+    books.close()
+
+    (tmp_path / "src" / "new.res").write_bytes(b"new")
+    second = run_once(ssh_worker_for(sshd_server, tmp_path / "src", folder, tmp_path / "books.db"))
+
+    assert second.copied == 1, second.errors
+    assert tree_files(folder) == {**files, "new.res": b"new"}
+
+
+def test_a_dropped_connection_among_small_files_leaves_no_spare_file(sshd_server, tmp_path):
+    files = files_of(30)
+    make_tree(tmp_path / "src", files)
+    folder = sshd_server.new_folder()
+    reporter = KillSessionAfter(sshd_server, [], sum(len(data) for data in list(files.values())[:12]))
+    worker = ssh_worker_for(
+        sshd_server, tmp_path / "src", folder, tmp_path / "books.db", reporter=reporter, workers=1
+    )
+    reporter.connector = worker.external_connector
+    summary = run_once(worker)
+
+    assert reporter.killed
+    assert (summary.copied, summary.failed) == (30, 0), summary.errors
+    assert tree_files(folder) == files  # the spare of the dropped connection was removed too

@@ -13,7 +13,7 @@ each request, and its cost per message (~55 µs) is most of a small file's; held
 as one write, a small file's write, time, read-back and close are one message.
 
 That takes paramiko's internals: ``SFTPClient._async_request``, ``._read_response``,
-``._send_packet`` and ``._write_all``, ``SFTPFile._reqs`` and ``._close(async_=True)``,
+``._send_packet``, ``._write_all`` and ``._convert_status``, ``SFTPFile._reqs`` and ``._close(async_=True)``,
 ``SFTPAttributes._from_msg`` and ``paramiko.sftp.int64``. They are checked once, at import:
 ``AVAILABLE`` says whether they are all there with the call shape used here, ``MISSING``
 names those that are not. Without them ``listdir`` and ``close_without_waiting`` use public
@@ -37,10 +37,11 @@ import paramiko.sftp
 
 # The protocol's numbers (draft-ietf-secsh-filexfer-02, which OpenSSH speaks): they do not
 # change with paramiko.
-_OPEN, _CLOSE, _READ, _FSETSTAT, _OPENDIR, _READDIR = 3, 4, 5, 10, 11, 12
+_OPEN, _CLOSE, _READ, _FSETSTAT, _OPENDIR, _READDIR, _REMOVE = 3, 4, 5, 10, 11, 12, 13
 _HANDLE, _DATA, _NAME = 102, 103, 104
 _EXTENDED = 200
-_FLAG_READ = 0x1
+_FLAG_READ, _FLAG_WRITE, _FLAG_CREATE, _FLAG_EXCL = 0x1, 0x2, 0x8, 0x20
+_STATUS = 101
 
 int64: Any = getattr(paramiko.sftp, "int64", None)  # paramiko sends an int64 as 8 bytes, a plain int as 4
 
@@ -73,6 +74,7 @@ def _missing() -> Tuple[str, ...]:
         (client, "_read_response(request)", lambda f: _cannot_call(f, None, 0)),
         (client, "_send_packet(kind, message)", lambda f: _cannot_call(f, None, _READ, None)),
         (client, "_write_all(data)", lambda f: _cannot_call(f, None, b"")),
+        (client, "_convert_status(message)", lambda f: _cannot_call(f, None, None)),
         (file, "_close(async_=True)", lambda f: _cannot_call(f, None, async_=True)),
         (attributes, "_from_msg(message, name, longname)", lambda f: _cannot_call(f, None, "n", "l")),
     ]
@@ -184,6 +186,45 @@ class Corked:
 # Held back at most: beyond this much the requests go out (a large file's writes are not
 # kept in memory).
 CORK_LIMIT = 1024 * 1024
+
+
+class Kept:
+    """A request whose answer is kept, not dropped, when another request's answer is awaited
+    first (paramiko hands such an answer to the object a request was sent for)."""
+
+    def __init__(self) -> None:
+        self.request = -1
+        self.answer: Any = None  # (kind, message) once passed over
+
+    def _async_response(self, kind: int, message: paramiko.Message, request: int) -> None:
+        self.answer = (kind, message)
+
+
+def send_create(sftp: paramiko.SFTPClient, path: bytes) -> Kept:
+    """Create a new file (it must not exist) open for writing and reading; ``take_file``
+    gives it as an ``SFTPFile`` whenever it is needed, whatever was read meanwhile."""
+    kept = Kept()
+    flags = _FLAG_READ | _FLAG_WRITE | _FLAG_CREATE | _FLAG_EXCL
+    kept.request = sftp._async_request(kept, _OPEN, path, flags, paramiko.SFTPAttributes())  # type: ignore[attr-defined]
+    return kept
+
+
+def take_file(sftp: paramiko.SFTPClient, kept: Kept) -> paramiko.SFTPFile:
+    """The file a ``send_create`` request opened (``OSError`` when the server refused it)."""
+    if kept.answer is None:
+        kind, message = sftp._read_response(kept.request)  # type: ignore[attr-defined]
+    else:
+        kind, message = kept.answer
+        if kind == _STATUS:
+            sftp._convert_status(message)  # type: ignore[attr-defined]  # raises the failure
+    if kind != _HANDLE:
+        raise paramiko.SFTPError(f"expected an SFTP answer of type {_HANDLE}, got {kind}")
+    return paramiko.SFTPFile(sftp, message.get_binary(), "w+", bufsize=0)
+
+
+def send_remove(sftp: paramiko.SFTPClient, path: bytes) -> int:
+    """Remove a file."""
+    return sftp._async_request(type(None), _REMOVE, path)  # type: ignore[attr-defined]
 
 
 # -- answers --------------------------------------------------------------------------------

@@ -194,11 +194,16 @@ class SSHConnector(SSHWrites, FolderConnector):
         return f"{self.where}:{self.directory}"
 
     def _path(self, relpath: str) -> str:
-        """The server's absolute path of a relative name (never outside the base folder)."""
+        """The server's absolute path of a relative name (never outside the base folder):
+        for a temporary name written into a spare file, the spare's."""
+        return self._on_server(self._asked(relpath))
+
+    def _asked(self, relpath: str) -> str:
+        """The absolute path of a relative name, as the engine names it."""
         return posixpath.join(self._base or self.directory, safe_relpath(relpath))
 
     def external_name(self, relpath: str) -> str:
-        return self._path(relpath)
+        return self._asked(relpath)
 
     # -- life cycle -------------------------------------------------------------------
     def connect(self, **kwargs: Any) -> None:
@@ -211,6 +216,7 @@ class SSHConnector(SSHWrites, FolderConnector):
         self._session.reconnect()
 
     def close(self) -> None:
+        self._drop_spares()
         self._session.close()
 
     # -- the base folder --------------------------------------------------------------
@@ -392,7 +398,8 @@ class SSHConnector(SSHWrites, FolderConnector):
 
     # -- write side -------------------------------------------------------------------
     def write_stream(self, relpath: str, chunks: Iterable[bytes], size: int) -> None:
-        path = self._path(relpath)
+        path = self._asked(relpath)
+        self._written_as.pop(path, None)  # an earlier attempt's, removed by its abort
         self._local.written = self._local.mtime = None
         with self._channel() as sftp:
             self._write(sftp, path, chunks, size)
@@ -461,7 +468,10 @@ class SSHConnector(SSHWrites, FolderConnector):
         )
 
     def rename(self, src_relpath: str, dst_relpath: str) -> None:
-        src, dst = self._path(src_relpath), self._path(dst_relpath)
+        self._rename(self._path(src_relpath), self._path(dst_relpath))
+        self._written_as.pop(self._asked(src_relpath), None)
+
+    def _rename(self, src: str, dst: str) -> None:
         with self._channel() as sftp:
             if self._has_posix_rename:
                 done = self._local.renames
@@ -494,12 +504,17 @@ class SSHConnector(SSHWrites, FolderConnector):
                 sftp.rename(self._wire(src), self._wire(dst))
 
     def remove(self, relpath: str) -> None:
-        path = self._path(relpath)
+        asked = self._asked(relpath)
+        path = self._written_as.pop(asked, asked)
         try:
             with self._channel() as sftp, self._remote("removing", path, sftp):
                 sftp.remove(self._wire(path))
         except FileNotFoundError:
             pass
+        except Exception:
+            if path != asked:  # a spare's name, which no later attempt writes again
+                self._orphans.append(path)  # removed at close(), over the connection then
+            raise
 
     def set_mtime(self, relpath: str, mtime_ns: int) -> None:
         path = self._path(relpath)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import logging
 import posixpath
+import secrets
 import threading
 import time
 from contextlib import contextmanager, nullcontext
@@ -20,6 +21,7 @@ from typing import Any, ContextManager, Dict, Iterable, Iterator, List, NamedTup
 import paramiko
 
 from oeleo.connectors import readback, sftp_wire
+from oeleo.connectors.base import TEMP_SUFFIX
 from oeleo.connectors.remote import command_lines
 from oeleo.connectors.session import close_quietly
 from oeleo.connectors.ssh_endpoints import _bracket
@@ -49,6 +51,15 @@ class _PerThread(threading.local):
     renames: Optional[Dict[Tuple[str, str], Optional[OSError]]] = None
 
 
+class _Spare(NamedTuple):
+    """A temporary file created ahead for a thread's next file (``_send_spare``)."""
+
+    sftp: paramiko.SFTPClient  # the channel it was asked on
+    folder: str
+    path: str
+    kept: sftp_wire.Kept  # the request, and its answer once read
+
+
 class _Finish(NamedTuple):
     """The requests that follow a file's writes, sent before any answer is read."""
 
@@ -61,21 +72,91 @@ class _Finish(NamedTuple):
 class SSHWrites(SSHSession):
     """Writes, syncs and server-side hashes, for ``SSHConnector`` (which calls ``_start_writes``)."""
 
+    upload_tag: str
+
     def _start_writes(self) -> None:
         self._local = _PerThread()
         self._has_fsync = True
         self._has_posix_rename = True
         self._sync_tool = "sync"  # the command that forces files to disk; "" once it cannot run
+        # Temporary names written under another name (a spare's): {the name asked: the name
+        # on the server}, until renamed into place or removed.
+        self._written_as: Dict[str, str] = {}
+        self._spares: Dict[threading.Thread, _Spare] = {}  # the next file's, by copying thread
+        self._orphans: List[str] = []  # spares whose connection dropped: removed at close()
+
+    def _on_server(self, path: str) -> str:
+        """Where a temporary file the engine names ``path`` is on the server."""
+        return self._written_as.get(path, path)
 
     # -- writing one file -------------------------------------------------------------
-    def _write(self, sftp: paramiko.SFTPClient, path: str, chunks: Iterable[bytes], size: int) -> None:
+    def _open_for_writing(self, sftp: paramiko.SFTPClient, path: str) -> Tuple[paramiko.SFTPFile, str]:
+        """``path`` (a temporary name) open for writing, and the name it has on the server:
+        this thread's spare when it waits in the same folder (created with the previous
+        file's last requests: no round trip now), else ``path`` itself."""
+        spare = self._spares.pop(threading.current_thread(), None)
+        if spare is not None and spare.sftp is sftp and spare.folder == posixpath.dirname(path):
+            try:
+                with self._remote("writing", path, sftp):
+                    handle = sftp_wire.take_file(sftp, spare.kept)
+                self._written_as[path] = spare.path
+                return handle, spare.path
+            except OSError as exc:  # the folder went away meanwhile, or the server refused it
+                log.debug("cannot use the spare file %s on %s: %s", printable(spare.path), self.where, exc)
+        elif spare is not None:
+            self._drop_spare(spare)
         try:
             with self._remote("writing", path, sftp):
-                handle = sftp.open(self._wire(path), "w+", bufsize=0)
+                return sftp.open(self._wire(path), "w+", bufsize=0), path
         except FileNotFoundError:
             self._makedirs(sftp, posixpath.dirname(path))
             with self._remote("writing", path, sftp):
-                handle = sftp.open(self._wire(path), "w+", bufsize=0)
+                return sftp.open(self._wire(path), "w+", bufsize=0), path
+
+    def _send_spare(self, sftp: paramiko.SFTPClient, folder: str) -> None:
+        """Create the next file's temporary file in ``folder`` now, with this file's last
+        requests (its answer is taken when that file comes). A hidden name of oeleo's, with
+        this origin's tag: a run killed meanwhile leaves it for the next run to remove."""
+        tag = f".{self.upload_tag}" if self.upload_tag else ""
+        path = posixpath.join(folder, f".oeleo-next-{secrets.token_hex(6)}{tag}{TEMP_SUFFIX}")
+        kept = sftp_wire.send_create(sftp, self._wire(path))
+        self._spares[threading.current_thread()] = _Spare(sftp, folder, path, kept)
+
+    def _drop_spare(self, spare: _Spare, wait: bool = False) -> None:
+        """Close and remove a spare file that will not be used; ``wait``: for the answers too
+        (before the connection closes), else they are read, and dropped, with later ones."""
+        if spare.sftp.sock.closed:  # the connection dropped since: removed over the next one
+            self._orphans.append(spare.path)
+            return
+        try:
+            with self._channels.use(spare.sftp):
+                handle = sftp_wire.take_file(spare.sftp, spare.kept)
+                close = sftp_wire.send_close_of(handle)
+                remove = sftp_wire.send_remove(spare.sftp, self._wire(spare.path))
+                if wait:
+                    sftp_wire.read_answer(spare.sftp, close)
+                    sftp_wire.read_answer(spare.sftp, remove)
+        except Exception as exc:  # noqa: BLE001 - a spare left behind is removed by the next run
+            log.debug("cannot remove the spare file %s on %s: %s", printable(spare.path), self.where, exc)
+
+    def _drop_spares(self) -> None:
+        """Before the connection closes: remove every thread's spare file, and those a dropped
+        connection left (a killed run's are removed by the next run: they carry its tag)."""
+        spares, self._spares = list(self._spares.values()), {}
+        for spare in spares:
+            self._drop_spare(spare, wait=True)
+        orphans, self._orphans = self._orphans, []
+        if not orphans or not self._alive():
+            return
+        for path in orphans:
+            try:
+                with self._channel() as sftp, self._remote("removing", path, sftp):
+                    sftp.remove(self._wire(path))
+            except Exception as exc:  # noqa: BLE001 - left for the next run that did not finish
+                log.debug("cannot remove the spare file %s on %s: %s", printable(path), self.where, exc)
+
+    def _write(self, sftp: paramiko.SFTPClient, path: str, chunks: Iterable[bytes], size: int) -> None:
+        handle, stored = self._open_for_writing(sftp, path)
         # The source's time goes out with the writes when the chunks say it (base.SourceReader
         # does): set_mtime() then has nothing left to ask the server.
         mtime_ns = getattr(chunks, "mtime_ns", None)
@@ -103,12 +184,13 @@ class SSHWrites(SSHSession):
                     if sftp_wire.AVAILABLE:
                         sent = self._send_finish(sftp, handle, read_back, mtime_ns)
                         if isinstance(cork, sftp_wire.Corked):
+                            self._send_spare(sftp, posixpath.dirname(path))
                             cork.send()
             with self._remote("writing", path, sftp):
                 if sftp_wire.AVAILABLE:
-                    data = self._finish_writes(sftp, handle, sent, path)
+                    data = self._finish_writes(sftp, handle, sent, stored)
                 else:
-                    data = self._finish_writes_publicly(handle, last, read_back, path, mtime_ns)
+                    data = self._finish_writes_publicly(handle, last, read_back, stored, mtime_ns)
                     # Nothing can fail at the close that the answers above did not report: its
                     # answer is read (and dropped) with the next request instead of waited for.
                     sftp_wire.close_without_waiting(handle)
@@ -116,7 +198,7 @@ class SSHWrites(SSHSession):
         finally:
             if not done:
                 close_quietly(handle)
-        self._local.written = (path, written, data)
+        self._local.written = (stored, written, data)
 
     def _send_finish(
         self,
