@@ -2,9 +2,14 @@
 
 The usual deployment: a Windows instrument PC pushes to a Linux data server. One SSH
 connection serves the whole run; every copying thread gets its own SFTP channel on it.
-A file is written under its temporary name with pipelined requests (one round trip for
-the data, its time and, for a small file, reading it back); the worker's batches are then
-forced to disk (``fsync@openssh.com``) and renamed into place (``posix-rename@openssh.com``).
+A file is written under its temporary name with pipelined requests: for a small file its
+data, its time, reading it back, its close and the creation of the next file's temporary
+file go out as one SSH message, and cost one round trip (paramiko's cost is per message,
+so few and full ones). A temporary file made ahead (a "spare", ``.oeleo-next-*``) is renamed
+into place like any other; one not used is removed when the connection closes. The worker's
+batches are then forced to disk (one ``sync FILE...`` on the server where the login runs
+commands, else ``fsync@openssh.com``) and renamed into place all at once
+(``posix-rename@openssh.com``, every answer read, a failed rename failing its file alone).
 
 Copies are verified on the server with ``md5sum``/``sha256sum`` (one command for many files
 when comparing the two sides) when the login runs commands, else by reading the file back

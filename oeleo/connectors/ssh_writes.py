@@ -1,7 +1,12 @@
 """Writing files over SFTP, and making sure of them, for the ssh connector: the pipelined
-writes (data, time and a small file's read-back in one round trip), forcing a batch to disk
-(``fsync@openssh.com``, or ``sync FILE...`` on the server), hashing copies on the server with
-``md5sum`` and friends, and reading them back.
+writes (a small file's data, time, read-back and close, with the creation of the next
+file's temporary file, in one SSH message and one round trip), forcing a batch to disk
+(``sync FILE...`` on the server, or ``fsync@openssh.com``), hashing copies on the server
+with ``md5sum`` and friends, and reading them back.
+
+What stays true whatever fails: the bytes go to a hidden temporary name only (the file's own,
+or a spare made ahead for it, which the engine's temporary name then stands for); a batch is
+renamed into place only once forced to disk, and a ``sync`` that fails fails the batch.
 
 paramiko's internals are used through ``sftp_wire`` only; without them (``sftp_wire.AVAILABLE``
 false) every step here falls back to paramiko's public calls.
