@@ -4,7 +4,8 @@ Standalone (the shared harness is benchmarks/run.py). It starts a throwaway Open
 on 127.0.0.1 (tests/servers.py: the one the tests use), makes the workloads and times, with
 the median of ``--repeat`` runs, an initial copy into an empty destination of:
 
-- ``oeleo``: ``python -m oeleo run --connector ssh`` (key login, settings from OELEO_*);
+- ``oeleo``: ``python -m oeleo run --connector ssh`` (key login, settings from OELEO_*, the
+  default workers, ``OELEO_LOG_DIR`` set as users set it);
 - ``oeleo-w4``: the same with ``OELEO_WORKERS=4`` (four SFTP channels on one connection);
 - ``rsync``: ``rsync -a -e "ssh -p PORT -i KEY ..."``;
 - ``rclone``: ``rclone copy --checksum`` to an sftp remote defined by RCLONE_CONFIG_SSHBENCH_*
@@ -162,7 +163,13 @@ class Bench:
         s = self.server
         env = self.base_env()
         if tool in ("oeleo", "oeleo-w4"):
-            env.update(s.env(OELEO_WORKERS="4" if tool == "oeleo-w4" else "1"))
+            # As users run it: the default workers (two SFTP channels for large files, small
+            # files one at a time) and a log folder, kept across repetitions as a user's is.
+            logs = self.work / f"{tool}-logs"
+            logs.mkdir(exist_ok=True)
+            env.update(s.env(OELEO_LOG_DIR=str(logs)))
+            if tool == "oeleo-w4":
+                env["OELEO_WORKERS"] = "4"
             env["PYTHONPATH"] = str(REPO)
             argv = [sys.executable, "-m", "oeleo", "run", "--connector", "ssh"]
             return argv + ["--from", str(source), "--to", dest, "--db", str(db)], env
