@@ -79,20 +79,26 @@ def test_a_batch_is_forced_to_disk_by_one_sync_command_and_renamed_all_at_once(
     assert recorded["renames"] == 0  # sent together, not one round trip each
 
 
+def file_syncs_answer(monkeypatch, stderr: bytes) -> None:
+    """Every ``sync FILE...`` of temporary files run on the server fails with ``stderr``
+    (the other commands run; a ``recorded`` fixture set up before still counts them)."""
+    real_exec = SSHConnector._exec
+
+    def failing(self, command, *args, **kwargs):
+        if command.startswith("sync ") and TEMP_SUFFIX in command:
+            return 1, b"", stderr
+        return real_exec(self, command, *args, **kwargs)
+
+    monkeypatch.setattr(SSHConnector, "_exec", failing)
+
+
 def test_a_failed_sync_leaves_the_batch_unbooked_and_no_file_under_its_name(
     sshd_server, tmp_path, monkeypatch
 ):
     files = files_of(5)
     make_tree(tmp_path / "src", files)
     folder = sshd_server.new_folder()
-    real_exec = SSHConnector._exec
-
-    def failing_sync(self, command, *args, **kwargs):
-        if command.startswith("sync ") and TEMP_SUFFIX in command:
-            return 1, b"", b"sync: error syncing '/srv/x': Input/output error\n"
-        return real_exec(self, command, *args, **kwargs)
-
-    monkeypatch.setattr(SSHConnector, "_exec", failing_sync)
+    file_syncs_answer(monkeypatch, b"sync: error syncing '/srv/x': Input/output error\n")
     summary = run_once(
         ssh_worker_for(sshd_server, tmp_path / "src", folder, tmp_path / "books.db", workers=1)
     )
@@ -110,14 +116,8 @@ def test_a_sync_that_takes_no_files_gives_way_to_fsync_over_sftp(
     files = files_of(6)
     make_tree(tmp_path / "src", files)
     folder = sshd_server.new_folder()
-    recording_exec = SSHConnector._exec
-
-    def old_sync(self, command, *args, **kwargs):
-        if command.startswith("sync ") and TEMP_SUFFIX in command:
-            return 1, b"", b"sync: invalid option -- 'x'\nBusyBox v1.2 multi-call binary.\nUsage: sync\n"
-        return recording_exec(self, command, *args, **kwargs)
-
-    monkeypatch.setattr(SSHConnector, "_exec", old_sync)
+    busybox = b"sync: invalid option -- 'x'\nBusyBox v1.2 multi-call binary.\nUsage: sync\n"
+    file_syncs_answer(monkeypatch, busybox)
     caplog.set_level(logging.INFO, logger="oeleo")
     summary = run_once(
         ssh_worker_for(sshd_server, tmp_path / "src", folder, tmp_path / "books.db", workers=1)
