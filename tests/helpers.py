@@ -179,6 +179,19 @@ def signal_mid_copy(
     return proc.returncode, err.decode()
 
 
+def db_env(pg: Dict[str, Any], **changes: Any) -> Dict[str, str]:
+    """The ``OELEO_DB_*`` variables that point oeleo at the server the ``postgres_db`` fixture
+    gives (``changes`` replace its values: another database, a wrong password)."""
+    settings = {**pg, **changes}
+    return {
+        "OELEO_DB_HOST": settings["host"],
+        "OELEO_DB_PORT": str(settings["port"]),
+        "OELEO_DB_USER": settings["user"],
+        "OELEO_DB_PASSWORD": settings["password"],
+        "OELEO_DB_NAME": settings["dbname"],
+    }
+
+
 def pg_query(pg: Dict[str, Any], sql: str, params: tuple = ()) -> List[dict]:
     """Run ``sql`` on a PostgreSQL connection of its own (so only committed data is seen),
     the server given as the ``postgres_db`` fixture gives it; rows as dicts."""

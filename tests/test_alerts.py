@@ -24,7 +24,7 @@ from typing import Any, Dict, Iterator, List, Optional
 import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
-from helpers import clean_env, db_rows, make_tree, pg_query, run_oeleo, start_oeleo, wait_for
+from helpers import clean_env, db_env, db_rows, make_tree, pg_query, run_oeleo, start_oeleo, wait_for
 from identity_server import make_certificates
 from servers import free_port
 
@@ -508,13 +508,7 @@ def test_an_unreachable_destination_alerts_after_three_runs_and_recovers_when_a_
 def test_pcs_sharing_postgresql_books_each_alert_for_their_own_folder(
     tmp_path: Path, receiver: Receiver, postgres_db: Dict[str, Any]
 ) -> None:
-    books = {
-        "OELEO_DB_HOST": postgres_db["host"],
-        "OELEO_DB_PORT": str(postgres_db["port"]),
-        "OELEO_DB_USER": postgres_db["user"],
-        "OELEO_DB_PASSWORD": postgres_db["password"],
-        "OELEO_DB_NAME": postgres_db["dbname"],
-    }
+    books = db_env(postgres_db)
     one = setup(tmp_path / "one", **hooked(receiver), **books)
     two = setup(tmp_path / "two", **hooked(receiver), **books)
     assert oeleo(tmp_path, one).returncode == 1

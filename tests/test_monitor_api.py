@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import pytest
-from helpers import clean_env, db_rows, make_tree, pg_query, run_oeleo, start_oeleo, wait_for
+from helpers import clean_env, db_env, db_rows, make_tree, pg_query, run_oeleo, start_oeleo, wait_for
 
 TOKEN = "t0ken-of-the-monitor-" + "x" * 12
 PAGE = Path(__file__).parent.parent / "oeleo" / "monitor_page"
@@ -910,14 +910,7 @@ def test_a_bad_port_or_host_is_one_line(books: Books) -> None:
 
 # -- PostgreSQL books shared by many PCs ---------------------------------------------------------
 def test_shared_postgres_books_have_a_row_per_origin(postgres_db: Dict[str, Any], tmp_path: Path) -> None:
-    pg = {
-        "OELEO_DB_HOST": postgres_db["host"],
-        "OELEO_DB_PORT": str(postgres_db["port"]),
-        "OELEO_DB_USER": postgres_db["user"],
-        "OELEO_DB_PASSWORD": postgres_db["password"],
-        "OELEO_DB_NAME": postgres_db["dbname"],
-        "OELEO_FILTER_EXTENSION": "csv",
-    }
+    pg = {**db_env(postgres_db), "OELEO_FILTER_EXTENSION": "csv"}
     good, bad = tmp_path / "instrument-1", tmp_path / "instrument-2"
     make_tree(good, {"a.csv": "1\n", "b.csv": "2\n"})
     make_tree(bad, {"x.csv": "3\n", "y/z.csv": "4\n"})
@@ -994,13 +987,7 @@ def test_shared_postgres_books_have_a_row_per_origin(postgres_db: Dict[str, Any]
 def test_a_postgres_database_without_books_is_refused_and_left_empty(
     postgres_db: Dict[str, Any], tmp_path: Path
 ) -> None:
-    env = {
-        "OELEO_DB_HOST": postgres_db["host"],
-        "OELEO_DB_PORT": str(postgres_db["port"]),
-        "OELEO_DB_USER": postgres_db["user"],
-        "OELEO_DB_PASSWORD": postgres_db["password"],
-        "OELEO_DB_NAME": postgres_db["dbname"],
-    }
+    env = db_env(postgres_db)
     line = one_line(run_oeleo("serve", "--port", "0", cwd=tmp_path, env=env))
     assert postgres_db["dbname"] in line and "no books in it yet" in line
     assert postgres_db["password"] not in line

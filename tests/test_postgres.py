@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Optional
 
 import pytest
 import servers
-from helpers import pg_query
+from helpers import db_env, pg_query
 from test_bookkeeper import ORIGIN, SHARED_CHECKS, by_name
 
 from oeleo.errors import BookkeeperError, DatabaseBusyError
@@ -213,17 +213,6 @@ def oeleo(cwd: Path, *args: str, env: Optional[Dict[str, str]] = None) -> subpro
         text=True,
         timeout=60,
     )
-
-
-def db_env(pg: Dict[str, Any], **changes: Any) -> Dict[str, str]:
-    settings = {**pg, **changes}
-    return {
-        "OELEO_DB_HOST": settings["host"],
-        "OELEO_DB_PORT": str(settings["port"]),
-        "OELEO_DB_USER": settings["user"],
-        "OELEO_DB_PASSWORD": settings["password"],
-        "OELEO_DB_NAME": settings["dbname"],
-    }
 
 
 FILES = {"a.csv": "t,v\n0,1\n", "b.res": "RES 1 2\n", "run-1/c.csv": "t,i\n0,0.5\n"}

@@ -16,7 +16,16 @@ from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Optional
 
 import pytest
-from helpers import clean_env, run_oeleo, signal_mid_copy, start_oeleo, tree_files, wait_for, write_random
+from helpers import (
+    clean_env,
+    db_env,
+    run_oeleo,
+    signal_mid_copy,
+    start_oeleo,
+    tree_files,
+    wait_for,
+    write_random,
+)
 
 from oeleo.connectors.local import LocalConnector
 from oeleo.errors import ConnectorError
@@ -650,13 +659,7 @@ def test_a_signal_during_a_scheduled_copy_leaves_no_partial_file(
 
 def test_the_heartbeat_on_postgresql_and_oeleo_status_reading_it(tmp_path: Path, postgres_db) -> None:
     write_tree(tmp_path / "src", FILES)
-    env = {
-        "OELEO_DB_HOST": postgres_db["host"],
-        "OELEO_DB_PORT": str(postgres_db["port"]),
-        "OELEO_DB_USER": postgres_db["user"],
-        "OELEO_DB_PASSWORD": postgres_db["password"],
-        "OELEO_DB_NAME": postgres_db["dbname"],
-    }
+    env = db_env(postgres_db)
     src, dst = str(tmp_path / "src"), str(tmp_path / "dst")
     done = run_oeleo(
         "schedule", "--from", src, "--to", dst, "--every", "0.2", "--max-runs", "2", cwd=tmp_path, env=env
