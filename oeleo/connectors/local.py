@@ -173,12 +173,11 @@ class LocalConnector(FolderConnector):
     """
 
     name = "local"
-    # A copy on this computer is read back and compared byte for byte as it is written; a
+    # A copy on this computer is read back and compared byte for byte as it is written (a
+    # subclass writing its own way is read back and hashed with the books' algorithm); a
     # temporary name renamed into place, made durable per batch (syncfs); two files at a time
-    # where it pays. (readback_hash: what a subclass writing its own way is checked with.)
-    features = Features(
-        readback_hash="crc32", compares_writes=True, keeps_mtime=True, batch_sync=True, max_uploads=2
-    )
+    # where it pays.
+    features = Features(compares_writes=True, keeps_mtime=True, batch_sync=True, max_uploads=2)
 
     def __init__(
         self,
