@@ -241,6 +241,7 @@ def store_reports_another_checksum(conn: Connector, monkeypatch) -> None:
     """The store says it holds other bytes than were sent: every hash it gives is wrong (and
     a store that compares its writes found a difference)."""
     monkeypatch.setattr(conn, "checksum", lambda relpath, algorithm="md5": "0" * 32)
+    monkeypatch.setattr(conn, "checksums", lambda relpaths, algorithm="md5": {r: "0" * 32 for r in relpaths})
 
     def wrong(real, algorithm):
         stored = real(algorithm)

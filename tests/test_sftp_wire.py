@@ -273,6 +273,8 @@ def without_internals(monkeypatch):
     and every wire call that needs them fails the test if the connector still makes it."""
     monkeypatch.setattr(sftp_wire, "AVAILABLE", False)
     monkeypatch.setattr(sftp_wire, "MISSING", ("SFTPClient._async_request(fileobj, kind, *args)",))
+    # Every file over SFTP (small files would go through tar where the login runs it).
+    monkeypatch.setattr(SSHConnector, "stream_small_files", False)
 
     def internal(name):
         def called(*args: Any, **kwargs: Any):

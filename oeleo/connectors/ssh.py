@@ -66,12 +66,14 @@ from oeleo.connectors.base import (
     FolderConnector,
     FolderUpload,
     PutResult,
+    Upload,
     has_extension,
     matches,
     safe_relpath,
 )
 from oeleo.connectors.readback import HASH_COMMANDS
 from oeleo.connectors.ssh_endpoints import load_ssh_config, parse_port, resolve_endpoints
+from oeleo.connectors.ssh_streams import SSHStreams, StreamedUpload, settle
 from oeleo.connectors.ssh_writes import SSHWrites
 from oeleo.errors import ConfigError, TransferError
 from oeleo.names import printable
@@ -86,7 +88,7 @@ log = logging.getLogger("oeleo")
 logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
 
-class SSHConnector(SSHWrites, FolderConnector):
+class SSHConnector(SSHStreams, SSHWrites, FolderConnector):
     """Files in a folder on an SSH server, written through SFTP.
 
     ``SSHConnector(host="data.lab.org", directory="/srv/data", username="oeleo",
@@ -172,6 +174,7 @@ class SSHConnector(SSHWrites, FolderConnector):
         self._file_keys: Dict[Path, Tuple[Optional[paramiko.PKey], str]] = {}  # automatic keys read
         self._start_session()
         self._start_writes()
+        self._start_streams()
 
     @classmethod
     def from_settings(cls, settings: Settings, role: str = "external") -> SSHConnector:
@@ -221,6 +224,7 @@ class SSHConnector(SSHWrites, FolderConnector):
         self._session.reconnect()
 
     def close(self) -> None:
+        self._close_stream()
         self._drop_spares()
         self._session.close()
 
@@ -402,6 +406,13 @@ class SSHConnector(SSHWrites, FolderConnector):
         )
 
     # -- write side -------------------------------------------------------------------
+    def open_upload(self, relpath: str, size: int, mtime_ns: int) -> Upload:
+        """A small file goes into the batch's tar stream where the server can take it
+        (``ssh_streams``), any other over SFTP under its temporary name."""
+        if self._streams_small(size):
+            return StreamedUpload(self, relpath, size, mtime_ns)
+        return super().open_upload(relpath, size, mtime_ns)
+
     def write_stream(self, relpath: str, chunks: Iterable[bytes], size: int) -> None:
         path = self._asked(relpath)
         self._written_as.pop(path, None)  # an earlier attempt's, removed by its abort
@@ -423,6 +434,19 @@ class SSHConnector(SSHWrites, FolderConnector):
         synced), with the renames of the batch done together as soon as its bytes are on the
         disk (``_rename_ahead``): each commit then only takes its rename's answer. One round
         trip for the batch instead of one per file."""
+        settled = settle(self, staged)  # the small files sent through tar: verified now
+        if settled:
+            going = [index for index in range(len(staged)) if not isinstance(settled.get(index), Failed)]
+            results: List[Union[PutResult, Failed]] = [
+                settled.get(index, item) for index, item in enumerate(staged)
+            ]
+            committed = self._commit_batch([results[index] for index in going])  # type: ignore[misc]
+            for index, result in zip(going, committed):
+                results[index] = result
+            return results
+        return self._commit_batch(staged)
+
+    def _commit_batch(self, staged: Sequence[PutResult]) -> List[Union[PutResult, Failed]]:
         if len(staged) < 2 or not (sftp_wire.AVAILABLE and self._has_posix_rename):
             return super().commit_many(staged)
         self._local.renames = {}

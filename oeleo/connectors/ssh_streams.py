@@ -1,0 +1,499 @@
+"""Small files over SSH as one tar stream per batch, where the login runs commands.
+
+Sent one by one over SFTP, a small file costs its own requests and answers, and paramiko's
+cost is per message: about 0.6 ms a file here, most of it Python. Written into the stdin of
+``tar -x`` on the server instead, a batch of 8 KiB files is a few hundred channel packets in
+all, and no answer is awaited file by file (rsync and ``tar | ssh`` move many small files
+the same way).
+
+What stays true (the engine's rule, DESIGN §2):
+
+- A file's bytes are held in memory until the source is confirmed unchanged
+  (``StreamedUpload.finish``), and only then written into the stream: a changed file never
+  reaches the server, and a stream never holds half a file.
+- Every member is the file's hidden temporary name, never its real one; tar is told not to
+  give files the archive's owner (``-o``), and replaces whatever was under the temporary
+  name (a killed run's leftover, a symbolic link) instead of following it.
+- Before a batch is renamed into place (``settle``), its stream is closed and tar's exit
+  status read: a failed tar fails every file it held. Each file is then hashed on the server
+  (``md5sum`` and friends, one command for the batch) and compared with the source's hash:
+  a file that differs fails alone, and its temporary file is removed. Only then do the
+  batch's sync and renames run, as for any other file.
+
+Used only where it can work: the login runs commands, the server's ``tar`` extracts a test
+archive in this format (probed once per connection, writing nothing), the server hashes
+with the algorithm the engine compares with, and the file is under ``STREAM_BELOW``. Anywhere
+else (an sftp-only login, no tar, a channel refused) the file goes over SFTP as before.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import shlex
+import tarfile
+import threading
+import time
+from typing import TYPE_CHECKING, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+
+import paramiko
+
+from oeleo.connectors.base import (
+    Failed,
+    FolderUpload,
+    PutResult,
+    Stored,
+    _failed,
+    describe_error,
+    safe_relpath,
+)
+from oeleo.connectors.readback import hash_bytes
+from oeleo.connectors.session import close_quietly
+from oeleo.errors import Behaviour, ConnectionLost, TransferError, VerificationError, behaviour_of
+from oeleo.names import printable
+from oeleo.retries import BACKOFF_SECONDS, outcome_of
+
+if TYPE_CHECKING:  # pragma: no cover
+    from oeleo.connectors.ssh import SSHConnector
+
+log = logging.getLogger("oeleo")
+
+STREAM_BELOW = 256 * 1024  # files smaller than this go into the batch's tar stream
+SEND_EVERY = 256 * 1024  # members are sent to the server in writes of about this size
+BLOCK = tarfile.BLOCKSIZE
+RESEND_ATTEMPTS = 3  # connections tried for a lost stream's files (the worker's retries)
+
+# The probe: a one-member archive, with a name longer than ustar's 100 bytes (a GNU long
+# name, as the longest temporary names need), listed to stdout (-O) instead of extracted.
+_PROBE_NAME = "oeleo-probe/" + "n" * 120
+_PROBE_DATA = b"oeleo tar probe\n"
+
+
+def member(name: str, data: bytes, mtime: int) -> bytes:
+    """One regular file of a tar archive (GNU format: names of any length, any bytes), with
+    its data and padding. ``name`` is relative; surrogate escapes are written as the bytes
+    they stand for (a name that is not UTF-8)."""
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.mtime = mtime
+    info.mode = 0o644  # what SFTP gives a new file under the usual umask of 022
+    info.type = tarfile.REGTYPE
+    header = info.tobuf(tarfile.GNU_FORMAT, "utf-8", "surrogateescape")
+    return header + data + tarfile.NUL * (-len(data) % BLOCK)
+
+
+END_OF_ARCHIVE = tarfile.NUL * (2 * BLOCK)
+
+
+def probe_archive() -> bytes:
+    return member(_PROBE_NAME, _PROBE_DATA, 0) + END_OF_ARCHIVE
+
+
+class TarStream:
+    """``tar -x`` running on the server in the base folder, fed members one at a time.
+
+    ``add`` takes a whole member or nothing (False once the stream is closed: the caller
+    opens a new one); ``close`` ends the archive and waits for tar, once: what it returns
+    (None or the error) is the same for every file of the stream."""
+
+    def __init__(self, channel: paramiko.Channel, transport: paramiko.Transport, where: str) -> None:
+        self.channel = channel
+        self.transport = transport
+        self.where = where
+        self.lock = threading.Lock()
+        self._pending: List[bytes] = []
+        self._pending_bytes = 0
+        self.members = 0
+        self.closed = False
+        self.error: Optional[BaseException] = None
+        self.stderr = b""
+
+    def add(self, data: bytes) -> bool:
+        with self.lock:
+            if self.closed:
+                return False
+            self._pending.append(data)
+            self._pending_bytes += len(data)
+            self.members += 1
+            if self._pending_bytes >= SEND_EVERY:
+                self._send()
+            return True
+
+    def _send(self) -> None:
+        data, self._pending, self._pending_bytes = b"".join(self._pending), [], 0
+        try:
+            self.channel.sendall(data)
+        except Exception as exc:  # noqa: BLE001 - the stream is over; settle() reports it
+            self.closed = True
+            self.error = self.error or _lost(self.where, exc)
+            raise self.error from None
+
+    def close(self) -> Optional[BaseException]:
+        with self.lock:
+            if self.closed:
+                return self.error
+            try:
+                self._pending.append(END_OF_ARCHIVE)
+                self._send()
+                self.closed = True
+                self.channel.shutdown_write()
+                stderr = self.channel.makefile_stderr("rb").read()
+                status = self.channel.recv_exit_status()
+            except BaseException as exc:  # noqa: BLE001 - every file of the stream fails with it
+                self.closed = True
+                self.error = self.error or _lost(self.where, exc)
+                return self.error
+            finally:
+                close_quietly(self.channel)
+            if status != 0:
+                self.stderr = stderr
+                self.error = _tar_error(self.where, status, stderr)
+            return self.error
+
+    def member_errors(self) -> Dict[str, str]:
+        """What tar said about each member it could not write ({name: reason}): GNU tar's
+        ``tar: NAME: Cannot open: REASON``; other tars' words are not taken apart."""
+        said: Dict[str, str] = {}
+        for line in self.stderr.decode("utf-8", "surrogateescape").splitlines():
+            head, _, reason = line.rpartition(": ")
+            name, _, _ = head[len("tar: ") :].rpartition(": ") if head.startswith("tar: ") else ("", "", "")
+            if name and reason:
+                said[name] = reason
+        return said
+
+
+def _lost(where: str, exc: BaseException) -> BaseException:
+    if isinstance(exc, (TransferError, ConnectionLost)):
+        return exc
+    return ConnectionLost(f"connection to {where} lost while sending small files ({exc})")
+
+
+def _tar_error(where: str, status: int, stderr: bytes) -> OSError:
+    text = stderr.decode("utf-8", "replace").strip()
+    lines = [line for line in text.splitlines() if line.strip()]
+    first = lines[0][:200] if lines else f"exit status {status}"
+    lowered = text.lower()
+    if "no space left" in lowered or "disk quota" in lowered:
+        return OSError(errno.ENOSPC, f"the destination on {where} is full ({first})")
+    if "permission denied" in lowered:
+        return PermissionError(errno.EACCES, f"writing on {where} failed: {first}")
+    return OSError(errno.EIO, f"writing small files on {where} failed: tar {first}")
+
+
+class StreamedUpload(FolderUpload):
+    """A small file bound for the batch's tar stream: held in memory while the source is
+    read, written into the stream once the engine has confirmed the source (``finish``),
+    verified by ``settle`` before its batch is renamed into place. Where the stream cannot
+    be used after all, it is written over SFTP in ``finish``, as a ``FolderUpload`` is; where
+    the connection drops before tar is done, ``settle`` sends it over SFTP once reconnected
+    (its bytes are kept until then)."""
+
+    def __init__(self, connector: SSHConnector, relpath: str, size: int, mtime_ns: int) -> None:
+        super().__init__(connector, relpath, size, mtime_ns)
+        self.data = b""
+        self._chunks: List[bytes] = []
+        self.stream: Optional[TarStream] = None
+        self.verify_with: Optional[str] = None  # the algorithm settle() compares with
+        self.expected = ""  # the digest of the bytes sent, with that algorithm
+
+    def send(self, chunks: Iterable[bytes]) -> None:
+        held = [bytes(chunk) for chunk in chunks]  # errors of the source pass untouched
+        self._chunks = held
+        self.size = getattr(chunks, "size", sum(len(chunk) for chunk in held))
+
+    def finish(self, algorithm: Optional[str] = None) -> Stored:
+        connector: SSHConnector = self.connector  # type: ignore[assignment]
+        data, self._chunks = b"".join(self._chunks), []
+        if algorithm is None or algorithm in connector._server_hashes():
+            self._written = True  # from here on, abort() removes what tar may have written
+            stream = connector._stream_member(self.staging, data, self.mtime_ns // 1_000_000_000)
+            if stream is not None:
+                self.stream, self.verify_with, self.data = stream, algorithm, data
+                # The bytes sent are the bytes the engine hashed: what the server's copy
+                # must hash to (with the algorithm it compares, the books' or another).
+                self.expected = hash_bytes(data, algorithm) if algorithm else ""
+                return Stored(len(data), {})  # verified by settle(), before the commit
+        # No stream here: over SFTP, as any file.
+        super().send([data])
+        return super().finish(algorithm)
+
+    def resend(self) -> Optional[str]:
+        """Write the file over SFTP instead (its stream was lost); the digest the server's
+        copy has now with ``verify_with`` (None when not verifying)."""
+        self.stream = None
+        super().send([self.data])
+        stored = super().finish(self.verify_with)
+        return stored.hashes.get(self.verify_with) if self.verify_with else None
+
+    def abort(self) -> None:
+        if self.stream is not None and not self.stream.closed:
+            self.stream.close()  # tar must be done writing before the file is removed
+        self.data = b""
+        super().abort()
+
+
+def settle(connector: SSHConnector, staged: Sequence[PutResult]) -> Dict[int, Union[PutResult, Failed]]:
+    """Close the streams that hold these staged files and verify each file on the server:
+    {index: the verified result, or why it failed} for every streamed file of ``staged``
+    (the others are left out). A file that failed is discarded (its temporary file removed)."""
+    streamed: List[Tuple[int, PutResult, StreamedUpload, TarStream]] = []
+    for index, item in enumerate(staged):
+        upload = item.upload
+        if isinstance(upload, StreamedUpload) and upload.stream is not None:
+            streamed.append((index, item, upload, upload.stream))
+    if not streamed:
+        return {}
+    out: Dict[int, Union[PutResult, Failed]] = {}
+    errors: Dict[int, Optional[BaseException]] = {}
+    for _, _, _, stream in streamed:
+        if id(stream) not in errors:
+            errors[id(stream)] = stream.close()
+    to_hash: Dict[str, List[Tuple[int, PutResult, StreamedUpload, Optional[BaseException]]]] = {}
+    lost: List[Tuple[int, PutResult, StreamedUpload]] = []
+    for index, item, upload, stream in streamed:
+        error = errors[id(stream)]
+        if isinstance(error, ConnectionLost):
+            lost.append((index, item, upload))
+        elif error is not None and (_for_all(error) or upload.verify_with is None):
+            out[index] = _write_failed(error, item.relpath)
+        elif upload.verify_with is None:
+            out[index] = item
+        else:
+            # tar goes on after a file it cannot write (a folder that is a file there, a full
+            # disk) and fails at the end: the files it did write verify, the others fail
+            # with its words (a full disk: the run stops, what verified is booked).
+            to_hash.setdefault(upload.verify_with, []).append((index, item, upload, error))
+    if lost:
+        _resend(connector, lost, out)
+    for algorithm, files in to_hash.items():
+        # What the store says it holds: one command per 32 KiB of names on the server, or
+        # each file read back where commands stopped running meanwhile.
+        digests = connector.checksums([upload.staging for _, _, upload, _ in files], algorithm)
+        for index, item, upload, written in files:
+            digest = digests.get(upload.staging)
+            if digest != upload.expected and written is not None:  # missing or cut short
+                out[index] = _write_failed(_member_error(connector, upload, written), item.relpath)
+            else:
+                out[index] = _compared(connector, item, upload, digest)
+    for index, result in out.items():
+        upload = staged[index].upload
+        if isinstance(upload, StreamedUpload):
+            upload.data = b""
+        if isinstance(result, Failed):
+            connector.discard(staged[index])
+            log.debug("%s: %s", printable(staged[index].relpath), result.reason)
+    return out
+
+
+def _resend(
+    connector: SSHConnector,
+    lost: List[Tuple[int, PutResult, StreamedUpload]],
+    out: Dict[int, Union[PutResult, Failed]],
+) -> None:
+    """The files of a stream whose connection dropped: over SFTP on a new connection, each
+    verified as it is written; tried again after each drop, waiting 0.5 s, 1 s, 2 s, as the
+    worker retries a file whose connection dropped."""
+    log.info("connection to %s lost while sending small files: sending %d again", connector.where, len(lost))
+    pending = lost
+    error: BaseException = ConnectionLost(f"connection to {connector.where} lost")
+    for attempt in range(RESEND_ATTEMPTS):
+        if attempt:
+            time.sleep(BACKOFF_SECONDS * 2 ** (attempt - 1))
+        connector._session.drop()  # the one the stream was on stopped answering: a new one
+        try:
+            connector.reconnect()
+        except Exception as exc:  # noqa: BLE001 - tried again, then these files fail
+            error = exc
+            continue
+        again = []
+        for index, item, upload in pending:
+            try:
+                digest = upload.resend()
+            except Exception as exc:  # noqa: BLE001 - this file fails alone, or waits for a new connection
+                if behaviour_of(exc) is Behaviour.RETRY:
+                    error = exc
+                    again.append((index, item, upload))
+                else:
+                    out[index] = _write_failed(exc, item.relpath)
+                continue
+            out[index] = _compared(connector, item, upload, digest) if upload.verify_with else item
+        pending = again
+        if not pending:
+            return
+    for index, item, _ in pending:
+        out[index] = _write_failed(error, item.relpath)
+
+
+def _write_failed(exc: BaseException, relpath: str) -> Failed:
+    """A file tar did not write, said as the worker says a write that failed over SFTP."""
+    if not isinstance(exc, Exception):
+        return _failed(exc, "cannot write the copy")
+    kind, reason = outcome_of(exc, relpath, lambda: True)
+    return Failed(reason or describe_error(exc, "cannot write the copy"), kind == "fatal", exc)
+
+
+def _compared(
+    connector: SSHConnector, item: PutResult, upload: StreamedUpload, digest: Optional[str]
+) -> Union[PutResult, Failed]:
+    """The verified result, or a failure: the server's digest of the copy against the bytes sent."""
+    if digest is None:
+        error = VerificationError(f"{item.relpath}: the copy on {connector.where} could not be hashed")
+        return _failed(error, "cannot verify the copy")
+    if digest != upload.expected:
+        what = "the compressed source" if item.stored_hash else "the source"
+        error = VerificationError(
+            f"{item.relpath}: {upload.verify_with} of the copy is {digest}, of {what} {upload.expected}"
+        )
+        return _failed(error, "the copy does not verify")
+    return _verified(item)
+
+
+_REASONS = {
+    "permission denied": errno.EACCES,
+    "no such file or directory": errno.ENOENT,
+    "not a directory": errno.ENOTDIR,
+    "is a directory": errno.EISDIR,
+    "no space left on device": errno.ENOSPC,
+    "file name too long": errno.ENAMETOOLONG,
+    "read-only file system": errno.EROFS,
+}
+
+
+def _member_error(connector: SSHConnector, upload: StreamedUpload, written: BaseException) -> BaseException:
+    """Why tar did not write this file, in the words the SFTP path uses for the same cause
+    (``permission denied (host:path)``), when tar named it; else the stream's error."""
+    reason = None
+    said = upload.stream.member_errors() if upload.stream is not None else {}
+    reason = said.get(safe_relpath(upload.staging))
+    if reason is None:
+        return written
+    number = _REASONS.get(reason.strip().lower())
+    path = connector._path(upload.staging)
+    if number is None:
+        return OSError(errno.EIO, f"writing on {connector.where} failed: {reason[:200]}", printable(path))
+    return connector._os_error(OSError(number, reason), "writing", path)
+
+
+def _for_all(error: BaseException) -> bool:
+    """Whether a stream's error fails all its files (the stream itself broke), rather than
+    the files tar could not write (found missing or short when they are hashed)."""
+    return not isinstance(error, OSError)
+
+
+def _verified(item: PutResult) -> PutResult:
+    from dataclasses import replace
+
+    return replace(item, verified=True)
+
+
+class SSHStreams:
+    """The ssh connector's tar streams: one open at a time per connection, shared by the
+    copying threads (a member is written whole under the stream's lock), closed by the batch
+    that commits its files (``settle``)."""
+
+    stream_small_files = True  # False: every file over SFTP (a subclass, a test)
+
+    def _start_streams(self) -> None:
+        self._stream: Optional[TarStream] = None
+        self._stream_lock = threading.Lock()
+        self._tar_probed: Optional[Tuple[object, bool]] = None  # (transport, tar works there)
+
+    def _streams_small(self, size: int) -> bool:
+        """Whether a file of ``size`` bytes goes into the batch's tar stream."""
+        if not self.stream_small_files or size >= STREAM_BELOW:
+            return False
+        connector: SSHConnector = self  # type: ignore[assignment]
+        return bool(connector._server_hashes()) and self._tar_works()
+
+    def _tar_works(self) -> bool:
+        connector: SSHConnector = self  # type: ignore[assignment]
+        transport = connector._transport
+        probed = self._tar_probed
+        if probed is not None and probed[0] is transport:
+            return probed[1]
+        with self._stream_lock:
+            if self._tar_probed is None or self._tar_probed[0] is not transport:
+                works, why = self._probe_tar(transport)
+                self._tar_probed = (transport, works)
+                if works:
+                    connector._say_once(
+                        "tar", "%s: small files go in batches through tar there", connector.where
+                    )
+                else:
+                    connector._say_once(
+                        "tar", "%s: small files go one by one over SFTP (%s)", connector.where, why
+                    )
+            return self._tar_probed[1]
+
+    def _probe_tar(self, transport: Optional[paramiko.Transport]) -> Tuple[bool, str]:
+        """Whether the server's ``tar`` reads a test archive of ours (listed to stdout: no
+        file written), and why not."""
+        connector: SSHConnector = self  # type: ignore[assignment]
+        if transport is None or not transport.is_active():
+            return False, "not connected"
+        try:
+            channel = transport.open_session(timeout=connector.timeout)
+        except Exception as exc:  # noqa: BLE001 - no channel for a command: SFTP then
+            return False, f"no channel for a command: {exc}"
+        try:
+            channel.settimeout(connector.timeout)
+            channel.exec_command(b"tar -x -o -O -f -")
+            channel.sendall(probe_archive())
+            channel.shutdown_write()
+            out = channel.makefile("rb").read()
+            err = channel.makefile_stderr("rb").read()
+            status = channel.recv_exit_status()
+        except Exception as exc:  # noqa: BLE001 - any trouble: SFTP then
+            return False, f"the tar probe failed: {exc}"
+        finally:
+            channel.close()
+        if status == 0 and out == _PROBE_DATA:
+            return True, ""
+        said = err.decode("utf-8", "replace").strip().splitlines()
+        return False, f"tar: {said[0][:120] if said else f'exit status {status}'}"
+
+    def _stream_member(self, staging: str, data: bytes, mtime: int) -> Optional[TarStream]:
+        """Write a file into the open tar stream (opened when needed); the stream, or None
+        where none can be opened (the caller sends the file over SFTP)."""
+        connector: SSHConnector = self  # type: ignore[assignment]
+        connector._wire(staging)  # a name no bytes stand for: the same one-line error as SFTP's
+        blob = member(safe_relpath(staging), data, mtime)
+        for _ in range(2):  # a stream closed by a batch meanwhile: a new one
+            stream = self._open_stream()
+            if stream is None:
+                return None
+            if stream.add(blob):
+                return stream
+        return None
+
+    def _open_stream(self) -> Optional[TarStream]:
+        connector: SSHConnector = self  # type: ignore[assignment]
+        with self._stream_lock:
+            stream, transport = self._stream, connector._transport
+            if stream is not None and not stream.closed and stream.transport is transport:
+                return stream
+            if transport is None or not transport.is_active():
+                return None
+            base = connector._base or connector.directory
+            command = f"cd -- {shlex.quote(base)} && exec tar -x -o -f -"
+            try:
+                channel = transport.open_session(timeout=connector.timeout)
+            except Exception as exc:  # noqa: BLE001 - MaxSessions and such: this file over SFTP
+                log.debug("no channel for tar on %s (%s): small files over SFTP", connector.where, exc)
+                return None
+            try:
+                channel.settimeout(connector.io_timeout)
+                channel.exec_command(command.encode("utf-8", "surrogateescape"))
+            except Exception as exc:  # noqa: BLE001
+                channel.close()
+                log.debug("cannot start tar on %s (%s): small files over SFTP", connector.where, exc)
+                return None
+            self._stream = TarStream(channel, transport, connector.where)
+            return self._stream
+
+    def _close_stream(self) -> None:
+        """End the open stream (its files stay under temporary names: not committed)."""
+        with self._stream_lock:
+            stream, self._stream = self._stream, None
+        if stream is not None:
+            stream.close()

@@ -1,0 +1,237 @@
+"""Small files over SSH through one ``tar -x`` per batch (``oeleo.connectors.ssh_streams``),
+against a real OpenSSH server on 127.0.0.1 and the server's real GNU tar: the copies arrive
+whole, timed and verified, with hostile names; a copy that differs on the server, a file tar
+cannot write and a full disk fail as they do over SFTP; a server whose tar cannot read the
+archive gets every file over SFTP."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Dict, List
+
+import pytest
+import servers
+from helpers import db_rows, make_tree, run_once, tree_files
+from test_ssh import ssh_worker_for
+
+from oeleo.connectors import ssh_streams
+from oeleo.connectors.base import TEMP_SUFFIX
+from oeleo.connectors.ssh import SSHConnector
+
+pytestmark = pytest.mark.ssh
+
+
+@pytest.fixture(autouse=True)
+def no_personal_ssh_setup(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path_factory.mktemp("home")))
+    monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
+
+
+@pytest.fixture
+def streams(monkeypatch):
+    """The tar streams a run opens and the SFTP files it opens for writing."""
+    seen: Dict[str, List] = {"streams": [], "sftp_writes": []}
+    real_open_stream = SSHConnector._open_stream
+    real_write = SSHConnector._write
+
+    def open_stream(self):
+        stream = real_open_stream(self)
+        if stream is not None and all(stream is not s for s in seen["streams"]):
+            seen["streams"].append(stream)
+        return stream
+
+    def write(self, sftp, path, chunks, size):
+        seen["sftp_writes"].append(path)
+        return real_write(self, sftp, path, chunks, size)
+
+    monkeypatch.setattr(SSHConnector, "_open_stream", open_stream)
+    monkeypatch.setattr(SSHConnector, "_write", write)
+    return seen
+
+
+HOSTILE = {
+    "plain.res": b"cycle 1\n",
+    "empty.res": b"",
+    "with space/cell 01.csv": b"a;b\n1;2\n",
+    "-leading-dash.fits": os.urandom(3000),
+    "back\\slash.res": b"backslash\n",
+    "new\nline.res": b"newline in the name\n",
+    "mesure-\u00e9t\u00e9/\u00e5ngstr\u00f6m.csv": b"utf-8 names\n",
+    "bytes-\udce9.res": b"a name that is not UTF-8 (Latin-1 e-acute)\n",
+    "deep/" + "x" * 150 + ".fits": os.urandom(5000),  # longer than ustar's 100 bytes
+    "pct%41+plus$HOME'quote\".res": b"shell characters\n",
+}
+
+
+def test_small_files_go_through_tar_whole_timed_verified_and_books_them(
+    sshd_server, tmp_path, streams, caplog
+):
+    files = dict(HOSTILE)
+    files.update({f"run-{i % 4}/scan_{i:04d}.res": os.urandom(100 + 13 * i) for i in range(600)})
+    source = tmp_path / "src"
+    make_tree(source, files)
+    for number, name in enumerate(files):
+        os.utime(source / name, (1_700_000_000 + number, 1_600_000_000 + number))
+    folder = sshd_server.new_folder()
+    caplog.set_level(logging.INFO, logger="oeleo")
+
+    summary = run_once(ssh_worker_for(sshd_server, source, folder, tmp_path / "books.db"))
+
+    assert (summary.copied, summary.failed) == (len(files), 0), summary.errors
+    assert tree_files(folder) == files  # every byte, every name, and no temporary file left
+    for number, name in enumerate(files):
+        assert os.stat(os.path.join(folder, name)).st_mtime == 1_600_000_000 + number, name
+    assert not streams["sftp_writes"]  # not one small file over SFTP
+    # One tar per batch of at most 256 files (the batches overlap: never more than that).
+    assert 3 <= len(streams["streams"]) <= 4, len(streams["streams"])
+    assert "small files go in batches through tar" in caplog.text
+    rows = db_rows(tmp_path / "books.db")
+    assert len(rows) == len(files)
+    (row,) = [row for name, row in rows.items() if name.endswith("run-1/scan_0001.res")]
+    assert row["checksum"] == hashlib.md5(files["run-1/scan_0001.res"]).hexdigest()
+
+
+def test_a_copy_that_differs_on_the_server_fails_alone_and_the_previous_version_stays(
+    sshd_server, tmp_path, monkeypatch
+):
+    source = tmp_path / "src"
+    files = {f"cell_{i:02d}.res": f"version 1 of {i}\n".encode() for i in range(20)}
+    make_tree(source, files)
+    folder = sshd_server.new_folder()
+    assert run_once(ssh_worker_for(sshd_server, source, folder, tmp_path / "books.db")).copied == 20
+    changed = {name: f"version 2 of {name}, longer\n".encode() for name in files}
+    make_tree(source, changed)
+    real_close = ssh_streams.TarStream.close
+
+    def close_then_damage(self):
+        error = real_close(self)
+        # Once tar is done, one byte of one temporary file changes on the server's disk.
+        for path in Path(folder).glob(".cell_07.res.*" + TEMP_SUFFIX):
+            data = bytearray(path.read_bytes())
+            data[3] ^= 0xFF
+            path.write_bytes(bytes(data))
+        return error
+
+    monkeypatch.setattr(ssh_streams.TarStream, "close", close_then_damage)
+    summary = run_once(ssh_worker_for(sshd_server, source, folder, tmp_path / "books.db"))
+
+    assert (summary.copied, summary.failed) == (19, 1), summary.errors
+    ((name, reason),) = summary.errors
+    assert name == "cell_07.res" and "md5 of the copy" in reason, reason
+    expected = dict(changed, **{"cell_07.res": files["cell_07.res"]})  # the good old copy
+    assert tree_files(folder) == expected  # and no temporary file left
+
+
+def test_a_file_tar_cannot_write_fails_alone_with_the_words_sftp_would_use(sshd_server, tmp_path):
+    source = tmp_path / "src"
+    files = {"a.res": b"a\n", "run-1/b.res": b"b\n", "run-2/c.res": b"c\n"}
+    make_tree(source, files)
+    folder = sshd_server.new_folder()
+    Path(folder, "run-1").write_bytes(b"a file where the source has a folder\n")
+    sshd_server.give(folder)
+
+    summary = run_once(ssh_worker_for(sshd_server, source, folder, tmp_path / "books.db"))
+
+    assert (summary.copied, summary.failed) == (2, 1), summary.errors
+    ((name, reason),) = summary.errors
+    assert name == "run-1/b.res"
+    assert reason.startswith("not a directory: 127.0.0.1:") or "Not a directory" in reason, reason
+    assert "tar" not in reason.split(":")[0]
+    assert tree_files(folder) == {
+        "a.res": b"a\n",
+        "run-2/c.res": b"c\n",
+        "run-1": b"a file where the source has a folder\n",
+    }
+
+
+@pytest.fixture
+def full_disk_server(tmp_path):
+    """An sshd started after a 1 MiB tmpfs was mounted (root only), and that tmpfs."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    small = Path(tempfile.mkdtemp(prefix="oeleo-full-"))
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,mode=0777", "tmpfs", str(small)], check=True)
+    try:
+        server = servers.start_sshd()
+        try:
+            yield server, small
+        finally:
+            servers.stop_sshd(server)
+    finally:
+        subprocess.run(["umount", "-l", str(small)], check=False)
+        shutil.rmtree(small, ignore_errors=True)
+
+
+def test_a_full_disk_stops_the_run_and_books_nothing_it_did_not_write(full_disk_server, tmp_path):
+    server, small = full_disk_server
+    source = tmp_path / "src"
+    files = {f"run/scan_{i:03d}.res": os.urandom(100_000) for i in range(30)}  # 3 MB for 1 MiB
+    make_tree(source, files)
+
+    summary = run_once(ssh_worker_for(server, source, str(small), tmp_path / "books.db"))
+
+    assert summary.fatal and "no space left" in summary.fatal, (summary.fatal, summary.errors)
+    assert 0 < summary.copied <= 10 and summary.failed >= 20  # what fitted (1 MiB) is copied and booked
+    copied = tree_files(small)
+    assert all(copied[name] == files[name] for name in copied)  # nothing half written
+    assert not any(name.endswith(TEMP_SUFFIX) for name in copied)
+    rows = db_rows(tmp_path / "books.db")
+    booked = {name for name, row in rows.items() if row["checksum"] is not None}
+    assert booked == set(copied)  # booked as copied: exactly what is there
+    assert all("no space left" in row["last_error"] for name, row in rows.items() if name not in booked)
+
+
+@pytest.fixture
+def server_with_a_tar_that_cannot_read_it():
+    """An sshd whose login finds, first on its PATH, a ``tar`` that refuses every archive."""
+    fake = Path(tempfile.mkdtemp(prefix="oeleo-fakebin-"))
+    fake.chmod(0o755)
+    script = fake / "tar"
+    script.write_text("#!/bin/sh\necho 'tar: Archive format not recognised' >&2\nexit 2\n")
+    script.chmod(0o755)
+    server = servers.start_sshd(config=[f"SetEnv PATH={fake}:/usr/local/bin:/usr/bin:/bin"])
+    try:
+        yield server
+    finally:
+        servers.stop_sshd(server)
+        shutil.rmtree(fake, ignore_errors=True)
+
+
+def test_a_server_whose_tar_cannot_read_the_archive_gets_every_file_over_sftp(
+    server_with_a_tar_that_cannot_read_it, tmp_path, streams, caplog
+):
+    server = server_with_a_tar_that_cannot_read_it
+    files = {f"run-{i % 2}/c_{i:02d}.res": os.urandom(200 + i) for i in range(12)}
+    make_tree(tmp_path / "src", files)
+    folder = server.new_folder()
+    caplog.set_level(logging.INFO, logger="oeleo")
+
+    summary = run_once(ssh_worker_for(server, tmp_path / "src", folder, tmp_path / "books.db"))
+
+    assert (summary.copied, summary.failed) == (12, 0), summary.errors
+    assert tree_files(folder) == files
+    assert not streams["streams"] and len(streams["sftp_writes"]) == 12
+    assert "small files go one by one over SFTP (tar: tar: Archive format not recognised)" in caplog.text
+
+
+def test_the_archive_is_what_gnu_tar_lists_back(tmp_path):
+    """The members oeleo writes, read by the local GNU tar: names of any length and any
+    bytes, sizes, times, and the end of the archive."""
+    names = ["a.res", "d/" + "n" * 180 + ".fits", "bytes-\udce9.res", "new\nline"]
+    archive = b"".join(
+        ssh_streams.member(n, n.encode("utf-8", "surrogateescape") * 3, 1_650_000_000) for n in names
+    )
+    archive += ssh_streams.END_OF_ARCHIVE
+    out = tmp_path / "out"
+    out.mkdir()
+    subprocess.run(["tar", "-x", "-o", "-f", "-", "-C", str(out)], input=archive, check=True)
+    for name in names:
+        path = out / name
+        assert path.read_bytes() == name.encode("utf-8", "surrogateescape") * 3
+        assert path.stat().st_mtime == 1_650_000_000
