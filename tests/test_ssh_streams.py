@@ -1,8 +1,9 @@
-"""Small files over SSH through one ``tar -x`` per batch (``oeleo.connectors.ssh_streams``),
-against a real OpenSSH server on 127.0.0.1 and the server's real GNU tar: the copies arrive
-whole, timed and verified, with hostile names; a copy that differs on the server, a file tar
-cannot write and a full disk fail as they do over SFTP; a server whose tar cannot read the
-archive gets every file over SFTP."""
+"""Files over SSH through commands on the server (``oeleo.connectors.ssh_streams``): small
+ones through one ``tar -x`` per batch, large ones through ``cat``, against a real OpenSSH
+server on 127.0.0.1 and its real GNU tar and coreutils: the copies arrive whole, timed and
+verified, with hostile names; a copy that differs on the server, a file that cannot be
+written and a full disk fail as they do over SFTP; a server whose tar cannot read the archive
+gets every file over SFTP."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import tempfile
 from pathlib import Path
 from typing import Dict, List
 
+import paramiko
 import pytest
 import servers
 from helpers import db_rows, make_tree, run_once, tree_files
@@ -97,6 +99,57 @@ def test_small_files_go_through_tar_whole_timed_verified_and_books_them(
     assert row["checksum"] == hashlib.md5(files["run-1/scan_0001.res"]).hexdigest()
 
 
+LARGE = {
+    "run 1/frame 0001.fits": os.urandom(3 * 1024 * 1024 + 5),
+    "-dash 'quote' $x.fits": os.urandom(300_000),
+    "bytes-\udce9/b.fits": os.urandom(270_000),
+}
+
+
+def test_large_files_go_through_cat_whole_timed_and_verified(sshd_server, tmp_path, streams):
+    source = tmp_path / "src"
+    make_tree(source, LARGE)
+    for number, name in enumerate(LARGE):
+        os.utime(source / name, (1_700_000_000, 1_500_000_000 + number))
+    folder = sshd_server.new_folder()
+    commands: List[bytes] = []
+    real = paramiko.Channel.exec_command
+
+    def exec_command(self, command):
+        commands.append(command if isinstance(command, bytes) else command.encode())
+        return real(self, command)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(paramiko.Channel, "exec_command", exec_command)
+        summary = run_once(ssh_worker_for(sshd_server, source, folder, tmp_path / "books.db"))
+
+    assert (summary.copied, summary.failed) == (3, 0), summary.errors
+    assert tree_files(folder) == LARGE
+    for number, name in enumerate(LARGE):
+        assert os.stat(os.path.join(folder, name)).st_mtime == 1_500_000_000 + number
+    assert not streams["sftp_writes"]
+    assert sum(b"exec cat >" in command for command in commands) == 3
+    assert sum(command.startswith(b"md5sum ") for command in commands) >= 1  # verified there
+
+
+def test_a_large_file_cat_cannot_write_fails_alone_with_the_words_sftp_would_use(sshd_server, tmp_path):
+    source = tmp_path / "src"
+    files = {"a.fits": os.urandom(300_000), "locked/b.fits": os.urandom(300_000)}
+    make_tree(source, files)
+    folder = sshd_server.new_folder()
+    os.mkdir(f"{folder}/locked")
+    sshd_server.give(folder)
+    os.chmod(f"{folder}/locked", 0o555)
+
+    summary = run_once(ssh_worker_for(sshd_server, source, folder, tmp_path / "books.db"))
+
+    assert (summary.copied, summary.failed) == (1, 1), summary.errors
+    ((name, reason),) = summary.errors
+    assert name == "locked/b.fits"
+    assert reason.startswith("permission denied (127.0.0.1:" + folder + "/locked/.b.fits."), reason
+    assert tree_files(folder) == {"a.fits": files["a.fits"]}
+
+
 def test_a_copy_that_differs_on_the_server_fails_alone_and_the_previous_version_stays(
     sshd_server, tmp_path, monkeypatch
 ):
@@ -172,6 +225,7 @@ def test_a_full_disk_stops_the_run_and_books_nothing_it_did_not_write(full_disk_
     server, small = full_disk_server
     source = tmp_path / "src"
     files = {f"run/scan_{i:03d}.res": os.urandom(100_000) for i in range(30)}  # 3 MB for 1 MiB
+    files["run/zz-large.fits"] = os.urandom(400_000)  # through cat: the disk is full by then
     make_tree(source, files)
 
     summary = run_once(ssh_worker_for(server, source, str(small), tmp_path / "books.db"))
@@ -235,3 +289,15 @@ def test_the_archive_is_what_gnu_tar_lists_back(tmp_path):
         path = out / name
         assert path.read_bytes() == name.encode("utf-8", "surrogateescape") * 3
         assert path.stat().st_mtime == 1_650_000_000
+
+
+def test_a_large_file_on_a_full_disk_stops_the_run_and_leaves_nothing(full_disk_server, tmp_path):
+    server, small = full_disk_server
+    source = tmp_path / "src"
+    make_tree(source, {"big.fits": os.urandom(2 * 1024 * 1024)})  # 2 MiB for 1 MiB, through cat
+
+    summary = run_once(ssh_worker_for(server, source, str(small), tmp_path / "books.db"))
+
+    assert summary.fatal and "no space left" in summary.fatal, (summary.fatal, summary.errors)
+    assert summary.copied == 0
+    assert tree_files(small) == {}  # not even a temporary file

@@ -417,6 +417,11 @@ class SSHConnector(SSHStreams, SSHWrites, FolderConnector):
         path = self._asked(relpath)
         self._written_as.pop(path, None)  # an earlier attempt's, removed by its abort
         self._local.written = self._local.mtime = None
+        if self._streams_large(size):  # its bytes on the stdin of cat there (ssh_streams)
+            written = self._write_by_command(path, chunks)
+            if written is not None:
+                self._local.written = (path, written, None)
+                return
         with self._channel() as sftp:
             self._write(sftp, path, chunks, size)
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import posixpath
 import shlex
 import tarfile
 import threading
@@ -122,7 +123,7 @@ class TarStream:
     def _send(self) -> None:
         data, self._pending, self._pending_bytes = b"".join(self._pending), [], 0
         try:
-            self.channel.sendall(data)
+            self.channel.sendall(memoryview(data))  # sendall slices what is left: no copies
         except Exception as exc:  # noqa: BLE001 - the stream is over; settle() reports it
             self.closed = True
             self.error = self.error or _lost(self.where, exc)
@@ -359,6 +360,28 @@ _REASONS = {
 }
 
 
+def _end_quietly(channel: paramiko.Channel, timeout: float) -> None:
+    try:
+        channel.shutdown_write()
+        channel.status_event.wait(timeout)
+    except Exception:  # noqa: BLE001 - a connection that dropped: the next run removes the file
+        pass
+
+
+def _command_error(connector: SSHConnector, path: str, status: int, stderr: bytes) -> OSError:
+    """What ``mkdir``/``cat`` said, as the SFTP path says it (``permission denied
+    (host:path)``, a full disk, ...)."""
+    text = stderr.decode("utf-8", "replace").strip()
+    first = text.splitlines()[0][:200] if text else f"exit status {status}"
+    lowered = text.lower()
+    for words, number in _REASONS.items():
+        if words in lowered:
+            if number == errno.ENOSPC:
+                return OSError(errno.ENOSPC, f"the destination on {connector.where} is full ({first})")
+            return connector._os_error(OSError(number, words), "writing", path)
+    return OSError(errno.EIO, f"writing on {connector.where} failed: {first}", printable(path))
+
+
 def _member_error(connector: SSHConnector, upload: StreamedUpload, written: BaseException) -> BaseException:
     """Why tar did not write this file, in the words the SFTP path uses for the same cause
     (``permission denied (host:path)``), when tar named it; else the stream's error."""
@@ -391,7 +414,8 @@ class SSHStreams:
     copying threads (a member is written whole under the stream's lock), closed by the batch
     that commits its files (``settle``)."""
 
-    stream_small_files = True  # False: every file over SFTP (a subclass, a test)
+    stream_small_files = True  # False: small files one by one over SFTP (a subclass, a test)
+    stream_large_files = True  # False: large files over SFTP
 
     def _start_streams(self) -> None:
         self._stream: Optional[TarStream] = None
@@ -452,6 +476,56 @@ class SSHStreams:
         said = err.decode("utf-8", "replace").strip().splitlines()
         return False, f"tar: {said[0][:120] if said else f'exit status {status}'}"
 
+    def _streams_large(self, size: int) -> bool:
+        """Whether a file of ``size`` bytes is written by ``cat`` on the server (its bytes
+        on a command's stdin: no SFTP request and answer per 32 KiB)."""
+        if not self.stream_large_files or size < STREAM_BELOW:
+            return False
+        connector: SSHConnector = self  # type: ignore[assignment]
+        return bool(connector._server_hashes()) and self._tar_works()
+
+    def _write_by_command(self, path: str, chunks: Iterable[bytes]) -> Optional[int]:
+        """Write ``chunks`` to ``path`` (a temporary name) through ``cat`` on the server;
+        the bytes written, or None when the server gives no channel for it (the caller
+        writes over SFTP then). A failure raises what the SFTP path raises for the same
+        cause; the command has ended by then, so the abort's removal of the file holds."""
+        connector: SSHConnector = self  # type: ignore[assignment]
+        folder = posixpath.dirname(path)
+        script = f"mkdir -p -- {shlex.quote(folder)} && exec cat > {shlex.quote(path)}"
+        transport = connector._transport
+        if transport is None or not transport.is_active():
+            connector._sftp()  # connects, or raises ConnectionLost
+            transport = connector._transport
+            assert transport is not None
+        try:
+            channel = transport.open_session(timeout=connector.timeout)
+        except paramiko.ChannelException as exc:  # MaxSessions: SFTP from now on
+            self.stream_large_files = False
+            log.debug("no channel for cat on %s (%s): large files over SFTP", connector.where, exc.text)
+            return None
+        written = 0
+        done = False
+        with connector._remote("writing", path):
+            try:
+                channel.settimeout(connector.io_timeout)
+                channel.exec_command(f"sh -c {shlex.quote(script)}".encode("utf-8", "surrogateescape"))
+                for chunk in chunks:  # errors of the source (a change, a stop) pass untouched
+                    channel.sendall(memoryview(chunk))  # sendall slices what is left: no copies
+                    written += len(chunk)
+                channel.shutdown_write()
+                stderr = channel.makefile_stderr("rb").read()
+                status = channel.recv_exit_status()
+                done = True
+            finally:
+                if not done:
+                    # Whatever stopped the copy: cat is told the data ended, and waited for
+                    # (it may not have created the file yet), before the file is removed.
+                    _end_quietly(channel, connector.timeout)
+                close_quietly(channel)
+        if status != 0:
+            raise _command_error(connector, path, status, stderr)
+        return written
+
     def _stream_member(self, staging: str, data: bytes, mtime: int) -> Optional[TarStream]:
         """Write a file into the open tar stream (opened when needed); the stream, or None
         where none can be opened (the caller sends the file over SFTP)."""
@@ -478,7 +552,8 @@ class SSHStreams:
             command = f"cd -- {shlex.quote(base)} && exec tar -x -o -f -"
             try:
                 channel = transport.open_session(timeout=connector.timeout)
-            except Exception as exc:  # noqa: BLE001 - MaxSessions and such: this file over SFTP
+            except Exception as exc:  # noqa: BLE001 - MaxSessions and such: SFTP from now on
+                self.stream_small_files = False
                 log.debug("no channel for tar on %s (%s): small files over SFTP", connector.where, exc)
                 return None
             try:
