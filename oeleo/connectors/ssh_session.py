@@ -276,6 +276,10 @@ class SSHSession(SSHLogin):
         except paramiko.SSHException as exc:
             if not transport.is_active():
                 raise self._fail_connect(f"connection to {self.where} lost ({exc})") from None
+            if not first:
+                # Threads opening channels at once may get paramiko's "Unable to open
+                # channel." instead of the server's refusal (MaxSessions): refused all the same.
+                raise paramiko.ChannelException(1, str(exc)) from None
             raise ConfigError(
                 f"{self.where} offers no SFTP ({exc}): the server must allow the sftp subsystem"
             ) from None

@@ -499,9 +499,12 @@ class SSHStreams:
             assert transport is not None
         try:
             channel = transport.open_session(timeout=connector.timeout)
-        except paramiko.ChannelException as exc:  # MaxSessions: SFTP from now on
+        except (paramiko.SSHException, EOFError, OSError) as exc:
+            if not transport.is_active():
+                raise ConnectionLost(f"connection to {connector.where} lost ({exc})") from None
+            # A channel refused (MaxSessions, "Unable to open channel"): SFTP from now on.
             self.stream_large_files = False
-            log.debug("no channel for cat on %s (%s): large files over SFTP", connector.where, exc.text)
+            log.debug("no channel for cat on %s (%s): large files over SFTP", connector.where, exc)
             return None
         written = 0
         done = False
