@@ -552,7 +552,8 @@ class SSHStreams:
             if transport is None or not transport.is_active():
                 return None
             base = connector._base or connector.directory
-            command = f"cd -- {shlex.quote(base)} && exec tar -x -o -f -"
+            script = f"cd -- {shlex.quote(base)} && exec tar -x -o -f -"
+            command = f"sh -c {shlex.quote(script)}"  # whatever the login's shell is
             try:
                 channel = transport.open_session(timeout=connector.timeout)
             except Exception as exc:  # noqa: BLE001 - MaxSessions and such: SFTP from now on
