@@ -264,18 +264,25 @@ def settle(connector: SSHConnector, staged: Sequence[PutResult]) -> Dict[int, Un
             # disk) and fails at the end: the files it did write verify, the others fail
             # with its words (a full disk: the run stops, what verified is booked).
             to_hash.setdefault(upload.verify_with, []).append((index, item, upload, error))
-    if lost:
-        _resend(connector, lost, out)
     for algorithm, files in to_hash.items():
         # What the store says it holds: one command per 32 KiB of names on the server, or
         # each file read back where commands stopped running meanwhile.
-        digests = connector.checksums([upload.staging for _, _, upload, _ in files], algorithm)
+        try:
+            digests = connector.checksums([upload.staging for _, _, upload, _ in files], algorithm)
+        except Exception as exc:  # noqa: BLE001 - a dropped connection: sent again below
+            if behaviour_of(exc) is Behaviour.RETRY:
+                lost.extend((index, item, upload) for index, item, upload, _ in files)
+            else:  # these files are not verified: not booked, copied again by the next run
+                out.update((index, _write_failed(exc, item.relpath)) for index, item, _, _ in files)
+            continue
         for index, item, upload, written in files:
             digest = digests.get(upload.staging)
             if digest != upload.expected and written is not None:  # missing or cut short
                 out[index] = _write_failed(_member_error(connector, upload, written), item.relpath)
             else:
                 out[index] = _compared(connector, item, upload, digest)
+    if lost:
+        _resend(connector, lost, out)
     for index, result in out.items():
         upload = staged[index].upload
         if isinstance(upload, StreamedUpload):
