@@ -25,6 +25,7 @@ from test_ssh import ssh_worker_for
 from oeleo.connectors import ssh_streams
 from oeleo.connectors.base import TEMP_SUFFIX
 from oeleo.connectors.ssh import SSHConnector
+from oeleo.errors import VerificationError
 
 pytestmark = pytest.mark.ssh
 
@@ -301,3 +302,46 @@ def test_a_large_file_on_a_full_disk_stops_the_run_and_leaves_nothing(full_disk_
     assert summary.fatal and "no space left" in summary.fatal, (summary.fatal, summary.errors)
     assert summary.copied == 0
     assert tree_files(small) == {}  # not even a temporary file
+
+
+def test_commit_of_one_streamed_file_verifies_it_first(sshd_server, tmp_path, monkeypatch):
+    """``stage`` then ``commit`` (not ``commit_many``): the tar stream is closed and the copy
+    hashed on the server before the rename; a copy that differs is refused, and the old one
+    stays under the real name."""
+    folder = sshd_server.new_folder()
+    Path(folder, "a.res").write_bytes(b"old good copy\n")
+    sshd_server.give(folder)
+    good = tmp_path / "good.res"
+    good.write_bytes(b"first version\n")
+    bad = tmp_path / "bad.res"
+    bad.write_bytes(b"second version\n")
+    conn = SSHConnector(
+        host=sshd_server.host,
+        port=sshd_server.port,
+        username=sshd_server.user,
+        directory=folder,
+        key_filename=sshd_server.keys["ed25519"],
+        known_hosts=sshd_server.known_hosts,
+    )
+    try:
+        conn.connect()
+        staged = conn.stage(good, "b.res")
+        assert isinstance(staged.upload, ssh_streams.StreamedUpload)
+        committed = conn.commit(staged)
+        assert committed.verified and Path(folder, "b.res").read_bytes() == b"first version\n"
+
+        real_close = ssh_streams.TarStream.close
+
+        def close_then_damage(self):
+            error = real_close(self)
+            for path in Path(folder).glob(".a.res*" + TEMP_SUFFIX):
+                path.write_bytes(b"SECOND version\n")
+            return error
+
+        monkeypatch.setattr(ssh_streams.TarStream, "close", close_then_damage)
+        staged = conn.stage(bad, "a.res")
+        with pytest.raises(VerificationError, match="md5 of the copy"):
+            conn.commit(staged)
+    finally:
+        conn.close()
+    assert tree_files(folder) == {"a.res": b"old good copy\n", "b.res": b"first version\n"}

@@ -451,6 +451,17 @@ class SSHConnector(SSHStreams, SSHWrites, FolderConnector):
             return results
         return self._commit_batch(staged)
 
+    def commit(self, staged: PutResult) -> PutResult:
+        """``Connector.commit``; a file sent through tar is first verified (``settle``), as
+        ``commit_many`` does for a whole batch."""
+        upload = staged.upload
+        if isinstance(upload, StreamedUpload) and upload.stream is not None and not upload.settled:
+            result = settle(self, [staged]).get(0, staged)
+            if isinstance(result, Failed):
+                raise result.error
+            staged = result
+        return super().commit(staged)
+
     def _commit_batch(self, staged: Sequence[PutResult]) -> List[Union[PutResult, Failed]]:
         if len(staged) < 2 or not (sftp_wire.AVAILABLE and self._has_posix_rename):
             return super().commit_many(staged)

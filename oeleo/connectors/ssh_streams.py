@@ -196,6 +196,7 @@ class StreamedUpload(FolderUpload):
         self.stream: Optional[TarStream] = None
         self.verify_with: Optional[str] = None  # the algorithm settle() compares with
         self.expected = ""  # the digest of the bytes sent, with that algorithm
+        self.settled = False  # closed and verified by settle(): may be committed
 
     def send(self, chunks: Iterable[bytes]) -> None:
         held = [bytes(chunk) for chunk in chunks]  # errors of the source pass untouched
@@ -286,7 +287,7 @@ def settle(connector: SSHConnector, staged: Sequence[PutResult]) -> Dict[int, Un
     for index, result in out.items():
         upload = staged[index].upload
         if isinstance(upload, StreamedUpload):
-            upload.data = b""
+            upload.data, upload.settled = b"", True
         if isinstance(result, Failed):
             connector.discard(staged[index])
             log.debug("%s: %s", printable(staged[index].relpath), result.reason)
