@@ -107,7 +107,6 @@ class TarStream:
         self.members = 0
         self.closed = False
         self.error: Optional[BaseException] = None
-        self.stderr = b""
 
     def add(self, data: bytes) -> bool:
         with self.lock:
@@ -147,20 +146,8 @@ class TarStream:
             finally:
                 close_quietly(self.channel)
             if status != 0:
-                self.stderr = stderr
                 self.error = _tar_error(self.where, status, stderr)
             return self.error
-
-    def member_errors(self) -> Dict[str, str]:
-        """What tar said about each member it could not write ({name: reason}): GNU tar's
-        ``tar: NAME: Cannot open: REASON``; other tars' words are not taken apart."""
-        said: Dict[str, str] = {}
-        for line in self.stderr.decode("utf-8", "surrogateescape").splitlines():
-            head, _, reason = line.rpartition(": ")
-            name, _, _ = head[len("tar: ") :].rpartition(": ") if head.startswith("tar: ") else ("", "", "")
-            if name and reason:
-                said[name] = reason
-        return said
 
 
 def _lost(where: str, exc: BaseException) -> BaseException:
@@ -178,7 +165,8 @@ def _tar_error(where: str, status: int, stderr: bytes) -> OSError:
         return OSError(errno.ENOSPC, f"the destination on {where} is full ({first})")
     if "permission denied" in lowered:
         return PermissionError(errno.EACCES, f"writing on {where} failed: {first}")
-    return OSError(errno.EIO, f"writing small files on {where} failed: tar {first}")
+    said = first if first.startswith("tar") else f"tar: {first}"
+    return OSError(errno.EIO, f"writing small files on {where} failed ({said})")
 
 
 class StreamedUpload(FolderUpload):
@@ -223,6 +211,10 @@ class StreamedUpload(FolderUpload):
         """Write the file over SFTP instead (its stream was lost); the digest the server's
         copy has now with ``verify_with`` (None when not verifying)."""
         self.stream = None
+        try:  # whatever tar left under the name: SFTP may write into a spare file instead
+            self.connector.remove(self.staging)
+        except OSError:
+            pass
         super().send([self.data])
         stored = super().finish(self.verify_with)
         return stored.hashes.get(self.verify_with) if self.verify_with else None
@@ -251,19 +243,19 @@ def settle(connector: SSHConnector, staged: Sequence[PutResult]) -> Dict[int, Un
         if id(stream) not in errors:
             errors[id(stream)] = stream.close()
     to_hash: Dict[str, List[Tuple[int, PutResult, StreamedUpload, Optional[BaseException]]]] = {}
-    lost: List[Tuple[int, PutResult, StreamedUpload]] = []
+    lost: List[Tuple[int, PutResult, StreamedUpload]] = []  # the connection dropped
+    unwritten: List[Tuple[int, PutResult, StreamedUpload]] = []  # tar did not write them
     for index, item, upload, stream in streamed:
         error = errors[id(stream)]
         if isinstance(error, ConnectionLost):
             lost.append((index, item, upload))
-        elif error is not None and (_for_all(error) or upload.verify_with is None):
-            out[index] = _write_failed(error, item.relpath)
+        elif error is not None and (not isinstance(error, OSError) or upload.verify_with is None):
+            unwritten.append((index, item, upload))  # which ones tar wrote cannot be told
         elif upload.verify_with is None:
             out[index] = item
         else:
             # tar goes on after a file it cannot write (a folder that is a file there, a full
-            # disk) and fails at the end: the files it did write verify, the others fail
-            # with its words (a full disk: the run stops, what verified is booked).
+            # disk) and fails at the end: the files it did write verify.
             to_hash.setdefault(upload.verify_with, []).append((index, item, upload, error))
     for algorithm, files in to_hash.items():
         # What the store says it holds: one command per 32 KiB of names on the server, or
@@ -279,11 +271,23 @@ def settle(connector: SSHConnector, staged: Sequence[PutResult]) -> Dict[int, Un
         for index, item, upload, written in files:
             digest = digests.get(upload.staging)
             if digest != upload.expected and written is not None:  # missing or cut short
-                out[index] = _write_failed(_member_error(connector, upload, written), item.relpath)
+                if getattr(written, "errno", None) == errno.ENOSPC:
+                    # A full disk, which SFTP could only call a "Failure": the run stops.
+                    out[index] = _write_failed(written, item.relpath)
+                else:
+                    unwritten.append((index, item, upload))
             else:
                 out[index] = _compared(connector, item, upload, digest)
+    _stop_streams_that_wrote_nothing(connector, streamed, errors, out)
+    if unwritten:
+        # Over SFTP, now: what tar could not write is written there, or fails with the
+        # words the SFTP path has for the cause (permission denied, a full disk, ...).
+        _resend(connector, unwritten, out, reconnect=False)
     if lost:
-        _resend(connector, lost, out)
+        log.info(
+            "connection to %s lost while sending small files: sending %d again", connector.where, len(lost)
+        )
+        _resend(connector, lost, out, reconnect=True)
     for index, result in out.items():
         upload = staged[index].upload
         if isinstance(upload, StreamedUpload):
@@ -296,24 +300,26 @@ def settle(connector: SSHConnector, staged: Sequence[PutResult]) -> Dict[int, Un
 
 def _resend(
     connector: SSHConnector,
-    lost: List[Tuple[int, PutResult, StreamedUpload]],
+    files: List[Tuple[int, PutResult, StreamedUpload]],
     out: Dict[int, Union[PutResult, Failed]],
+    reconnect: bool,
 ) -> None:
-    """The files of a stream whose connection dropped: over SFTP on a new connection, each
-    verified as it is written; tried again after each drop, waiting 0.5 s, 1 s, 2 s, as the
-    worker retries a file whose connection dropped."""
-    log.info("connection to %s lost while sending small files: sending %d again", connector.where, len(lost))
-    pending = lost
+    """Write these streamed files over SFTP instead, each verified as it is written;
+    ``reconnect``: on a new connection first (the stream's dropped). After a drop they are
+    tried again, waiting 0.5 s, 1 s, 2 s, as the worker retries a file whose connection
+    dropped."""
+    pending = files
     error: BaseException = ConnectionLost(f"connection to {connector.where} lost")
     for attempt in range(RESEND_ATTEMPTS):
         if attempt:
             time.sleep(BACKOFF_SECONDS * 2 ** (attempt - 1))
-        connector._session.drop()  # the one the stream was on stopped answering: a new one
-        try:
-            connector.reconnect()
-        except Exception as exc:  # noqa: BLE001 - tried again, then these files fail
-            error = exc
-            continue
+        if reconnect or attempt:
+            connector._session.drop()  # the one the stream was on stopped answering: a new one
+            try:
+                connector.reconnect()
+            except Exception as exc:  # noqa: BLE001 - tried again, then these files fail
+                error = exc
+                continue
         again = []
         for index, item, upload in pending:
             try:
@@ -331,6 +337,31 @@ def _resend(
             return
     for index, item, _ in pending:
         out[index] = _write_failed(error, item.relpath)
+
+
+def _stop_streams_that_wrote_nothing(
+    connector: SSHConnector,
+    streamed: List[Tuple[int, PutResult, StreamedUpload, TarStream]],
+    errors: Dict[int, Optional[BaseException]],
+    out: Dict[int, Union[PutResult, Failed]],
+) -> None:
+    """A tar that failed without writing one file that verifies (a server whose tar or
+    shell does not do what the probe showed): small files go over SFTP from now on."""
+    for _, _, _, stream in streamed:
+        error = errors[id(stream)]
+        if (
+            error is None
+            or isinstance(error, ConnectionLost)
+            or getattr(error, "errno", None) == errno.ENOSPC
+        ):
+            continue
+        if any(s is stream and isinstance(out.get(i), PutResult) for i, _, _, s in streamed):
+            continue
+        if connector.stream_small_files:
+            connector.stream_small_files = False
+            said = getattr(error, "strerror", None) or error
+            log.warning("%s: small files go over SFTP from now on: %s", connector.where, said)
+        return
 
 
 def _write_failed(exc: BaseException, relpath: str) -> Failed:
@@ -388,21 +419,6 @@ def _command_error(connector: SSHConnector, path: str, status: int, stderr: byte
                 return OSError(errno.ENOSPC, f"the destination on {connector.where} is full ({first})")
             return connector._os_error(OSError(number, words), "writing", path)
     return OSError(errno.EIO, f"writing on {connector.where} failed: {first}", printable(path))
-
-
-def _member_error(connector: SSHConnector, upload: StreamedUpload, written: BaseException) -> BaseException:
-    """Why tar did not write this file, in the words the SFTP path uses for the same cause
-    (``permission denied (host:path)``), when tar named it; else the stream's error."""
-    reason = None
-    said = upload.stream.member_errors() if upload.stream is not None else {}
-    reason = said.get(safe_relpath(upload.staging))
-    if reason is None:
-        return written
-    number = _REASONS.get(reason.strip().lower())
-    path = connector._path(upload.staging)
-    if number is None:
-        return OSError(errno.EIO, f"writing on {connector.where} failed: {reason[:200]}", printable(path))
-    return connector._os_error(OSError(number, reason), "writing", path)
 
 
 def _for_all(error: BaseException) -> bool:
