@@ -485,7 +485,11 @@ class SSHStreams:
             return False, f"no channel for a command: {exc}"
         try:
             channel.settimeout(connector.timeout)
-            channel.exec_command(b"tar -x -o -O -f -")
+            # The stream's own command, listing to stdout (-O) instead of writing: the shell,
+            # the base folder and tar all checked at once.
+            base = connector._base or connector.directory
+            script = f"cd -- {shlex.quote(base)} && exec tar -x -o -O -f -"
+            channel.exec_command(f"sh -c {shlex.quote(script)}".encode("utf-8", "surrogateescape"))
             channel.sendall(probe_archive())
             channel.shutdown_write()
             out = channel.makefile("rb").read()
