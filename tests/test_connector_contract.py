@@ -48,6 +48,14 @@ def ssh_connector(tmp_path: Path, server) -> Connector:
     )
 
 
+def ssh_sftp_connector(tmp_path: Path, server) -> Connector:
+    """The ssh connector with every file over SFTP, as on a login that runs no commands'
+    writes (its hashes still come from md5sum on the server)."""
+    conn = ssh_connector(tmp_path, server)
+    conn.stream_small_files = conn.stream_large_files = False  # type: ignore[attr-defined]
+    return conn
+
+
 def s3_connector(tmp_path: Path, server) -> Connector:
     from oeleo.connectors.s3 import S3Connector
 
@@ -132,6 +140,7 @@ def example(module: str, name: str) -> Callable[[Path], Connector]:
 FACTORIES: Dict[str, Callable[..., Connector]] = {
     "local": lambda tmp_path: LocalConnector(directory=tmp_path / "store"),
     "ssh": ssh_connector,
+    "ssh-sftp": ssh_sftp_connector,
     "arcsecond": arcsecond_connector,
     "s3": s3_connector,
     "sharepoint": sharepoint_connector,
@@ -140,6 +149,7 @@ FACTORIES: Dict[str, Callable[..., Connector]] = {
 }
 SERVER_FIXTURES: Dict[str, str] = {  # connector name -> its server's fixture
     "ssh": "sshd_server",
+    "ssh-sftp": "sshd_server",
     "s3": "s3_server",
     "arcsecond": "arcsecond_server",
     "sharepoint": "sharepoint_server",
@@ -148,7 +158,7 @@ SERVER_FIXTURES: Dict[str, str] = {  # connector name -> its server's fixture
 
 # A connector whose server is a fixture carries its marker (tests/conftest.py cannot see a
 # fixture asked for with getfixturevalue).
-MARKS = {"ssh": [pytest.mark.ssh], "s3": [pytest.mark.s3]}
+MARKS = {"ssh": [pytest.mark.ssh], "ssh-sftp": [pytest.mark.ssh], "s3": [pytest.mark.s3]}
 
 
 @pytest.fixture(params=[pytest.param(name, marks=MARKS.get(name, [])) for name in sorted(FACTORIES)])

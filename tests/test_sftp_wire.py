@@ -13,7 +13,9 @@ import hashlib
 import inspect
 import logging
 import os
+import posixpath
 import re
+import shlex
 import time
 from collections import deque
 from pathlib import Path
@@ -273,8 +275,10 @@ def without_internals(monkeypatch):
     and every wire call that needs them fails the test if the connector still makes it."""
     monkeypatch.setattr(sftp_wire, "AVAILABLE", False)
     monkeypatch.setattr(sftp_wire, "MISSING", ("SFTPClient._async_request(fileobj, kind, *args)",))
-    # Every file over SFTP (small files would go through tar where the login runs it).
+    # Every file over SFTP (small files would go through tar, large ones through cat, where
+    # the login runs commands).
     monkeypatch.setattr(SSHConnector, "stream_small_files", False)
+    monkeypatch.setattr(SSHConnector, "stream_large_files", False)
 
     def internal(name):
         def called(*args: Any, **kwargs: Any):
@@ -333,8 +337,15 @@ def test_without_internals_files_are_copied_verified_timed_and_forced_to_disk(
     }
     for name in files:
         assert os.stat(f"{folder}/{name}").st_mtime == (source / name).stat().st_mtime, name
-    forced = [c for c in commands if c.startswith("sync ") and TEMP_SUFFIX in c]
-    assert forced and sum(c.count(TEMP_SUFFIX) for c in forced) == len(files)
+    # Forced to disk by a command: the batch's filesystem (sync -f, named by its folders), or
+    # the file itself.
+    synced = [shlex.split(c) for c in commands if c.startswith("sync -f ") or TEMP_SUFFIX in c]
+    named = {argument for command in synced for argument in command[1:]}
+    for name in files:
+        temporary = f"{folder}/{posixpath.dirname(name)}".rstrip("/")
+        assert temporary in named or any(
+            TEMP_SUFFIX in n and f"/{posixpath.basename(name)}." in n for n in named
+        )
     assert caplog.text.count("copying through its public calls") == 1
     assert "cannot force files to disk" not in caplog.text
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
 import sqlite3
 from pathlib import Path
 from typing import List
@@ -73,19 +74,23 @@ def test_a_batch_is_forced_to_disk_by_one_sync_command_and_renamed_all_at_once(
     assert (summary.copied, summary.failed) == (40, 0), summary.errors
     assert tree_files(folder) == files
     assert set(db_rows(tmp_path / "books.db")) == set(files)
-    forced = [c for c in recorded["commands"] if c.startswith("sync ") and TEMP_SUFFIX in c]
-    assert len(forced) == 1 and forced[0].count(TEMP_SUFFIX) == 40
+    # One syncfs of the batch's filesystem, named by its three folders (not 40 fsyncs).
+    forced = [c for c in recorded["commands"] if c.startswith("sync ") and c != "sync /dev/null"]
+    forced = [c for c in forced if c.startswith("sync -f ") or TEMP_SUFFIX in c]
+    assert len(forced) == 1 and forced[0].startswith("sync -f "), forced
+    assert sorted(shlex.split(forced[0])[2:]) == [f"{folder}/run-{i}" for i in range(3)]
     assert recorded["fsyncs"] == 0  # no fsync@openssh.com: the command did it
     assert recorded["renames"] == 0  # sent together, not one round trip each
 
 
 def file_syncs_answer(monkeypatch, stderr: bytes) -> None:
-    """Every ``sync FILE...`` of temporary files run on the server fails with ``stderr``
-    (the other commands run; a ``recorded`` fixture set up before still counts them)."""
+    """Every ``sync -f FOLDER...`` and ``sync FILE...`` of temporary files run on the server
+    fails with ``stderr`` (the other commands run; a ``recorded`` fixture set up before still
+    counts them)."""
     real_exec = SSHConnector._exec
 
     def failing(self, command, *args, **kwargs):
-        if command.startswith("sync ") and TEMP_SUFFIX in command:
+        if command.startswith("sync -f ") or (command.startswith("sync ") and TEMP_SUFFIX in command):
             return 1, b"", stderr
         return real_exec(self, command, *args, **kwargs)
 

