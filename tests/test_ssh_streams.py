@@ -7,6 +7,7 @@ gets every file over SFTP."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -14,13 +15,13 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, Iterator, List
 
 import paramiko
 import pytest
 import servers
 from helpers import db_rows, make_tree, run_once, tree_files
-from test_ssh import ssh_worker_for
+from test_ssh import connector, ssh_worker_for
 
 from oeleo.connectors import ssh_streams
 from oeleo.connectors.base import TEMP_SUFFIX
@@ -242,68 +243,65 @@ def test_a_full_disk_stops_the_run_and_books_nothing_it_did_not_write(full_disk_
     assert all("no space left" in row["last_error"] for name, row in rows.items() if name not in booked)
 
 
-@pytest.fixture
-def server_with_a_tar_that_cannot_read_it():
-    """An sshd whose login finds, first on its PATH, a ``tar`` that refuses every archive."""
+@contextlib.contextmanager
+def server_with_a_tar(script: str) -> Iterator[servers.SSHServer]:
+    """An sshd whose login finds first on its PATH a ``tar`` that is this shell script."""
     fake = Path(tempfile.mkdtemp(prefix="oeleo-fakebin-"))
     fake.chmod(0o755)
-    script = fake / "tar"
-    script.write_text("#!/bin/sh\necho 'tar: Archive format not recognised' >&2\nexit 2\n")
-    script.chmod(0o755)
+    (fake / "tar").write_text("#!/bin/sh\n" + script)
+    (fake / "tar").chmod(0o755)
     server = servers.start_sshd(config=[f"SetEnv PATH={fake}:/usr/local/bin:/usr/bin:/bin"])
     try:
         yield server
     finally:
         servers.stop_sshd(server)
         shutil.rmtree(fake, ignore_errors=True)
+
+
+def copy_to(server: servers.SSHServer, tmp_path: Path, files: Dict[str, bytes]):
+    """One run of ``files`` (made under tmp_path/src) to a new folder of ``server``."""
+    make_tree(tmp_path / "src", files)
+    folder = server.new_folder()
+    summary = run_once(ssh_worker_for(server, tmp_path / "src", folder, tmp_path / "books.db"))
+    return summary, folder
+
+
+@pytest.fixture
+def server_with_a_tar_that_cannot_read_it():
+    with server_with_a_tar("echo 'tar: Archive format not recognised' >&2\nexit 2\n") as server:
+        yield server
 
 
 def test_a_server_whose_tar_cannot_read_the_archive_gets_every_file_over_sftp(
     server_with_a_tar_that_cannot_read_it, tmp_path, streams, caplog
 ):
-    server = server_with_a_tar_that_cannot_read_it
     files = {f"run-{i % 2}/c_{i:02d}.res": os.urandom(200 + i) for i in range(12)}
-    make_tree(tmp_path / "src", files)
-    folder = server.new_folder()
     caplog.set_level(logging.INFO, logger="oeleo")
-
-    summary = run_once(ssh_worker_for(server, tmp_path / "src", folder, tmp_path / "books.db"))
+    summary, folder = copy_to(server_with_a_tar_that_cannot_read_it, tmp_path, files)
 
     assert (summary.copied, summary.failed) == (12, 0), summary.errors
     assert tree_files(folder) == files
     assert not streams["streams"] and len(streams["sftp_writes"]) == 12
-    assert "small files go one by one over SFTP (tar: tar: Archive format not recognised)" in caplog.text
+    assert "small files go one by one over SFTP (tar: Archive format not recognised)" in caplog.text
 
 
 @pytest.fixture
 def server_whose_tar_lists_but_cannot_extract():
-    """An sshd whose login finds a ``tar`` that passes oeleo's probe (it lists to stdout)
-    but fails to extract anything (a read-only quirk, a wrapper gone wrong)."""
-    fake = Path(tempfile.mkdtemp(prefix="oeleo-fakebin-"))
-    fake.chmod(0o755)
-    script = fake / "tar"
-    script.write_text(
-        '#!/bin/sh\ncase " $* " in *" -O "*) exec /usr/bin/tar "$@";; esac\n'
+    """A ``tar`` that passes oeleo's probe (it lists to stdout) but extracts nothing (a
+    read-only quirk, a wrapper gone wrong)."""
+    script = (
+        'case " $* " in *" -O "*) exec /usr/bin/tar "$@";; esac\n'
         "cat > /dev/null\necho 'tar: Cannot extract: Operation not permitted' >&2\nexit 2\n"
     )
-    script.chmod(0o755)
-    server = servers.start_sshd(config=[f"SetEnv PATH={fake}:/usr/local/bin:/usr/bin:/bin"])
-    try:
+    with server_with_a_tar(script) as server:
         yield server
-    finally:
-        servers.stop_sshd(server)
-        shutil.rmtree(fake, ignore_errors=True)
 
 
 def test_a_tar_that_writes_nothing_hands_its_files_and_the_next_ones_to_sftp(
     server_whose_tar_lists_but_cannot_extract, tmp_path, streams, caplog
 ):
-    server = server_whose_tar_lists_but_cannot_extract
     files = {f"run-{i % 3}/c_{i:03d}.res": os.urandom(300 + i) for i in range(600)}
-    make_tree(tmp_path / "src", files)
-    folder = server.new_folder()
-
-    summary = run_once(ssh_worker_for(server, tmp_path / "src", folder, tmp_path / "books.db"))
+    summary, folder = copy_to(server_whose_tar_lists_but_cannot_extract, tmp_path, files)
 
     assert (summary.copied, summary.failed) == (600, 0), summary.errors
     assert tree_files(folder) == files  # and no temporary file left
@@ -353,14 +351,7 @@ def test_commit_of_one_streamed_file_verifies_it_first(sshd_server, tmp_path, mo
     good.write_bytes(b"first version\n")
     bad = tmp_path / "bad.res"
     bad.write_bytes(b"second version\n")
-    conn = SSHConnector(
-        host=sshd_server.host,
-        port=sshd_server.port,
-        username=sshd_server.user,
-        directory=folder,
-        key_filename=sshd_server.keys["ed25519"],
-        known_hosts=sshd_server.known_hosts,
-    )
+    conn = connector(sshd_server, folder)
     try:
         conn.connect()
         staged = conn.stage(good, "b.res")

@@ -351,13 +351,18 @@ class SSHSession(SSHLogin):
         return OSError(exc.errno, f"{what} failed on {self.where}: {exc.strerror or exc}", printable(path))
 
     # -- commands ---------------------------------------------------------------------
-    def _exec(self, command: str, timeout: Optional[float] = None) -> Tuple[int, bytes, bytes]:
-        """Run one command on the server: (exit status, stdout, stderr)."""
+    def _live_transport(self) -> paramiko.Transport:
+        """The open connection (connected first when there is none, or ConnectionLost)."""
         transport = self._transport
         if transport is None or not transport.is_active():
             self._sftp()  # connects, or raises ConnectionLost
             transport = self._transport
             assert transport is not None
+        return transport
+
+    def _exec(self, command: str, timeout: Optional[float] = None) -> Tuple[int, bytes, bytes]:
+        """Run one command on the server: (exit status, stdout, stderr)."""
+        transport = self._live_transport()
         try:
             channel = transport.open_session(timeout=self.timeout)
         except paramiko.ChannelException as exc:  # MaxSessions: the caller reads back instead

@@ -502,7 +502,8 @@ class SSHStreams:
         if status == 0 and out == _PROBE_DATA:
             return True, ""
         said = err.decode("utf-8", "replace").strip().splitlines()
-        return False, f"tar: {said[0][:120] if said else f'exit status {status}'}"
+        first = said[0][:120] if said else f"exit status {status}"
+        return False, first if first.startswith("tar") else f"tar: {first}"
 
     def _streams_large(self, size: int) -> bool:
         """Whether a file of ``size`` bytes is written by ``cat`` on the server (its bytes
@@ -520,11 +521,7 @@ class SSHStreams:
         connector: SSHConnector = self  # type: ignore[assignment]
         folder = posixpath.dirname(path)
         script = f"mkdir -p -- {shlex.quote(folder)} && exec cat > {shlex.quote(path)}"
-        transport = connector._transport
-        if transport is None or not transport.is_active():
-            connector._sftp()  # connects, or raises ConnectionLost
-            transport = connector._transport
-            assert transport is not None
+        transport = connector._live_transport()
         try:
             channel = transport.open_session(timeout=connector.timeout)
         except (paramiko.SSHException, EOFError, OSError) as exc:
