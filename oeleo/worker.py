@@ -173,6 +173,7 @@ class Worker:
         # Told how each pass went, one that raised included (oeleo.alerts.Alerts); None: no alerts.
         self.alerts = alerts
         self._streaming = False  # the checker validates during the copy's read (set each pass)
+        self._shows_progress = True  # the reporter takes the bytes of each file (set each pass)
         # "sha256"/"md5": a MANIFEST.<algorithm> per destination folder after each pass (oeleo.manifest).
         self.manifest = manifest
         if manifest:
@@ -452,6 +453,10 @@ class Worker:
         # else: nothing to copy after a clean run: the destination is not contacted (no
         # connection, login or request), as an idle pass of a scheduler should be.
         self._streaming = self._checks_while_reading()  # once a pass, not once a file
+        reporter = type(self.reporter)
+        self._shows_progress = not (
+            reporter.file_progress is Reporter.file_progress and reporter.advance is Reporter.advance
+        )
         booking = Booking(self.bookkeeper, self.reporter, self.external_connector, summary)
         if type(self.checker).take_metadata is not Checker.take_metadata:  # else: no Path per file
             path_of = self.local_connector.path
@@ -603,7 +608,11 @@ class Worker:
         options: Dict[str, Any] = {
             "algorithm": algorithm,
             "verify": self.verify,
-            "progress": functools.partial(self.reporter.file_progress, entry.relpath),
+            # A reporter that shows no progress (the command's, writing to a file) gets no
+            # call per chunk.
+            "progress": functools.partial(self.reporter.file_progress, entry.relpath)
+            if self._shows_progress
+            else None,
             "should_stop": self._stop.is_set,
         }
         if self.compress:  # only then: a connector's own put() of before may not know it

@@ -159,8 +159,10 @@ class PutResult:
 
 
 # Only on Windows is a backslash a separator; on POSIX it is a character of the name
-# (``back\\slash.csv`` is one file there, and is copied as one).
+# (``back\\slash.csv`` is one file there, and is copied as one): what a name's separators are
+# turned from ("/" to "/" on POSIX: nothing to turn, so no name needs the long way for it).
 _BACKSLASH = "\\" if os.name == "nt" else "/"
+_TURN_SEPARATORS = os.name == "nt"
 
 
 def safe_relpath(relpath: str) -> str:
@@ -176,7 +178,7 @@ def safe_relpath(relpath: str) -> str:
         text
         and text[0] != "/"
         and text[-1] not in "/."
-        and _BACKSLASH not in text
+        and not (_TURN_SEPARATORS and _BACKSLASH in text)
         and ":" not in text
         and "//" not in text
         and "./" not in text

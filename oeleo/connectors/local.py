@@ -10,7 +10,6 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Dict, FrozenSet, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
@@ -123,7 +122,8 @@ class _LocalUpload(FolderUpload):
         self.compared = done == self.staging
 
     def finish(self, algorithm: Optional[str] = None) -> Stored:
-        return replace(super().finish(algorithm), compared=self.compared)
+        stored = super().finish(algorithm)
+        return Stored(stored.size, stored.hashes, self.compared)
 
 
 _HOW = " (OELEO_FOLLOW_LINKS=true copies what links point to)"
