@@ -1,29 +1,32 @@
-"""Small files over SSH as one tar stream per batch, where the login runs commands.
+"""Files over SSH through programs on the server, where the login runs commands: small ones
+as one ``tar -x`` stream per batch, large ones on the stdin of ``cat``.
 
 Sent one by one over SFTP, a small file costs its own requests and answers, and paramiko's
 cost is per message: about 0.6 ms a file here, most of it Python. Written into the stdin of
 ``tar -x`` on the server instead, a batch of 8 KiB files is a few hundred channel packets in
 all, and no answer is awaited file by file (rsync and ``tar | ssh`` move many small files
-the same way).
+the same way). A large file through ``cat`` has no SFTP request and answer per 32 KiB.
 
 What stays true (the engine's rule, DESIGN §2):
 
-- A file's bytes are held in memory until the source is confirmed unchanged
+- A small file's bytes are held in memory until the source is confirmed unchanged
   (``StreamedUpload.finish``), and only then written into the stream: a changed file never
   reaches the server, and a stream never holds half a file.
 - Every member is the file's hidden temporary name, never its real one; tar is told not to
   give files the archive's owner (``-o``), and replaces whatever was under the temporary
   name (a killed run's leftover, a symbolic link) instead of following it.
 - Before a batch is renamed into place (``settle``), its stream is closed and tar's exit
-  status read: a failed tar fails every file it held. Each file is then hashed on the server
-  (``md5sum`` and friends, one command for the batch) and compared with the source's hash:
-  a file that differs fails alone, and its temporary file is removed. Only then do the
-  batch's sync and renames run, as for any other file.
+  status read, and each file is hashed on the server (``md5sum`` and friends, one command
+  for the batch) and compared with the hash of the bytes sent: a file that differs fails
+  alone, and its temporary file is removed. What tar did not write is sent over SFTP then
+  (and fails with SFTP's words if it fails there too); a full disk stops the run; a lost
+  connection sends the batch again over SFTP on a new one. Only then do the batch's sync and
+  renames run, as for any other file.
 
-Used only where it can work: the login runs commands, the server's ``tar`` extracts a test
-archive in this format (probed once per connection, writing nothing), the server hashes
-with the algorithm the engine compares with, and the file is under ``STREAM_BELOW``. Anywhere
-else (an sftp-only login, no tar, a channel refused) the file goes over SFTP as before.
+Used only where it can work: the login runs commands, the server hashes with the algorithm
+the engine compares with, and the stream's own command lists a test archive of this format
+(probed once per connection, writing nothing). Anywhere else (an sftp-only login, no tar, a
+channel refused) the files go over SFTP as before.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ import shlex
 import tarfile
 import threading
 import time
+from dataclasses import replace
 from typing import TYPE_CHECKING, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import paramiko
@@ -104,7 +108,6 @@ class TarStream:
         self.lock = threading.Lock()
         self._pending: List[bytes] = []
         self._pending_bytes = 0
-        self.members = 0
         self.closed = False
         self.error: Optional[BaseException] = None
 
@@ -114,7 +117,6 @@ class TarStream:
                 return False
             self._pending.append(data)
             self._pending_bytes += len(data)
-            self.members += 1
             if self._pending_bytes >= SEND_EVERY:
                 self._send()
             return True
@@ -421,15 +423,7 @@ def _command_error(connector: SSHConnector, path: str, status: int, stderr: byte
     return OSError(errno.EIO, f"writing on {connector.where} failed: {first}", printable(path))
 
 
-def _for_all(error: BaseException) -> bool:
-    """Whether a stream's error fails all its files (the stream itself broke), rather than
-    the files tar could not write (found missing or short when they are hashed)."""
-    return not isinstance(error, OSError)
-
-
 def _verified(item: PutResult) -> PutResult:
-    from dataclasses import replace
-
     return replace(item, verified=True)
 
 
@@ -498,7 +492,7 @@ class SSHStreams:
         except Exception as exc:  # noqa: BLE001 - any trouble: SFTP then
             return False, f"the tar probe failed: {exc}"
         finally:
-            channel.close()
+            close_quietly(channel)
         if status == 0 and out == _PROBE_DATA:
             return True, ""
         said = err.decode("utf-8", "replace").strip().splitlines()
@@ -589,7 +583,7 @@ class SSHStreams:
                 channel.settimeout(connector.io_timeout)
                 channel.exec_command(command.encode("utf-8", "surrogateescape"))
             except Exception as exc:  # noqa: BLE001
-                channel.close()
+                close_quietly(channel)
                 log.debug("cannot start tar on %s (%s): small files over SFTP", connector.where, exc)
                 return None
             self._stream = TarStream(channel, transport, connector.where)
