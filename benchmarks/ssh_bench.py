@@ -7,6 +7,9 @@ the median of ``--repeat`` runs, an initial copy into an empty destination of:
 - ``oeleo``: ``python -m oeleo run --connector ssh`` (key login, settings from OELEO_*, the
   default workers, ``OELEO_LOG_DIR`` set as users set it);
 - ``oeleo-w4``: the same with ``OELEO_WORKERS=4`` (four SFTP channels on one connection);
+- ``oeleo-sftp``: ``oeleo`` against a second server whose login runs no commands
+  (``ForceCommand internal-sftp``, the dedicated login docs/ssh.md recommends): every file over
+  SFTP, verified by reading it back (information: issue 9's targets judge ``oeleo``);
 - ``rsync``: ``rsync -a -e "ssh -p PORT -i KEY ..."``;
 - ``rclone``: ``rclone copy --checksum`` to an sftp remote defined by RCLONE_CONFIG_SSHBENCH_*
   variables, with MD5SUM_COMMAND/SHA1SUM_COMMAND so it hashes on the server;
@@ -52,7 +55,7 @@ import servers  # noqa: E402  (tests/servers.py: the throwaway sshd)
 KiB, MiB = 1024, 1024 * 1024
 VENV07 = REPO / "benchmarks" / ".venv-oeleo07"
 RESULTS = REPO / "benchmarks" / "results"
-TOOLS = ("oeleo", "oeleo-w4", "rsync", "rclone", "oeleo-0.7.0")
+TOOLS = ("oeleo", "oeleo-w4", "oeleo-sftp", "rsync", "rclone", "oeleo-0.7.0")
 # (workload, peer, limit, wording): oeleo's median over the peer's, issue 9's targets.
 TARGETS = (
     ("small", "rsync", 2.0, "within {limit:g}x of {peer}"),
@@ -143,8 +146,11 @@ def ensure_oeleo07() -> Optional[str]:
 
 
 class Bench:
-    def __init__(self, server: servers.SSHServer, work: Path) -> None:
+    def __init__(
+        self, server: servers.SSHServer, work: Path, sftp_only: Optional[servers.SSHServer] = None
+    ) -> None:
         self.server = server
+        self.sftp_only = sftp_only  # the server of oeleo-sftp: a login that runs no commands
         self.work = work
         self.ssh = (
             f"ssh -p {server.port} -i {server.keys['ed25519']} -o UserKnownHostsFile={server.known_hosts} "
@@ -159,10 +165,16 @@ class Bench:
     def base_env(self) -> Dict[str, str]:
         return {k: v for k, v in os.environ.items() if not k.startswith(("OELEO_", "RCLONE_"))}
 
+    def server_for(self, tool: str) -> servers.SSHServer:
+        if tool == "oeleo-sftp":
+            assert self.sftp_only is not None
+            return self.sftp_only
+        return self.server
+
     def command(self, tool: str, source: Path, dest: str, db: Path) -> Tuple[List[str], Dict[str, str]]:
-        s = self.server
+        s = self.server_for(tool)
         env = self.base_env()
-        if tool in ("oeleo", "oeleo-w4"):
+        if tool in ("oeleo", "oeleo-w4", "oeleo-sftp"):
             # As users run it: the default workers (two SFTP channels for large files, small
             # files one at a time) and a log folder, kept across repetitions as a user's is.
             logs = self.work / f"{tool}-logs"
@@ -207,7 +219,7 @@ class Bench:
         raise ValueError(tool)
 
     def run(self, tool: str, source: Path, expected: Dict[str, int], timeout: float) -> Dict[str, Any]:
-        dest = self.server.new_folder(tool)
+        dest = self.server_for(tool).new_folder(tool)
         db = self.work / f"{tool}-{Path(dest).name}.db"
         argv, env = self.command(tool, source, dest, db)
         log = self.work / f"{tool}-{Path(dest).name}.log"
@@ -288,6 +300,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     work = Path(tempfile.mkdtemp(prefix="oeleo-ssh-bench-"))
     server = servers.start_sshd()
+    sftp_only = servers.start_sshd(shell=False) if "oeleo-sftp" in tools else None
     samples: List[Dict[str, Any]] = []
     try:
         workloads: Dict[str, Tuple[Path, Dict[str, int]]] = {}
@@ -300,7 +313,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             else:
                 parser.error(f"unknown workload {name}")
             workloads[name] = (root, files)
-        bench = Bench(server, work)
+        bench = Bench(server, work, sftp_only)
         for name, (root, files) in workloads.items():
             for repetition in range(args.repeat):
                 for tool in tools:  # interleaved: a slow minute of the machine falls on all
@@ -316,6 +329,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             bench.empty_trash()
     finally:
         servers.stop_sshd(server)
+        if sftp_only is not None:
+            servers.stop_sshd(sftp_only)
         shutil.rmtree(work, ignore_errors=True)
 
     rows = summarise(samples)
