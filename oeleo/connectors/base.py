@@ -158,11 +158,9 @@ class PutResult:
     stored_hash: Optional[Tuple[str, str]] = None
 
 
-# Only on Windows is a backslash a separator; on POSIX it is a character of the name
-# (``back\\slash.csv`` is one file there, and is copied as one): what a name's separators are
-# turned from ("/" to "/" on POSIX: nothing to turn, so no name needs the long way for it).
-_BACKSLASH = "\\" if os.name == "nt" else "/"
-_TURN_SEPARATORS = os.name == "nt"
+# Only on Windows is a backslash a separator (turned into "/"); on POSIX it is a character of
+# the name (``back\\slash.csv`` is one file there, and is copied as one).
+_TURN_BACKSLASHES = os.name == "nt"
 
 
 def safe_relpath(relpath: str) -> str:
@@ -178,13 +176,14 @@ def safe_relpath(relpath: str) -> str:
         text
         and text[0] != "/"
         and text[-1] not in "/."
-        and not (_TURN_SEPARATORS and _BACKSLASH in text)
+        and not (_TURN_BACKSLASHES and "\\" in text)
         and ":" not in text
         and "//" not in text
         and "./" not in text
     ):
         return text
-    text = text.replace(_BACKSLASH, "/")
+    if _TURN_BACKSLASHES:
+        text = text.replace("\\", "/")
     if not text or text.startswith("/") or (text[1:2] == ":" and text[0].isalpha()):
         raise UnsafePathError(f"{relpath!r} is not a relative file name")
     parts = [p for p in text.split("/") if p not in ("", ".")]

@@ -165,8 +165,6 @@ def _tar_error(where: str, status: int, stderr: bytes) -> OSError:
     lowered = text.lower()
     if "no space left" in lowered or "disk quota" in lowered:
         return OSError(errno.ENOSPC, f"the destination on {where} is full ({first})")
-    if "permission denied" in lowered:
-        return PermissionError(errno.EACCES, f"writing on {where} failed: {first}")
     said = first if first.startswith("tar") else f"tar: {first}"
     return OSError(errno.EIO, f"writing small files on {where} failed ({said})")
 
@@ -427,6 +425,21 @@ def _verified(item: PutResult) -> PutResult:
     return replace(item, verified=True)
 
 
+def _start_shell(
+    transport: paramiko.Transport, script: str, timeout: float, io_timeout: float
+) -> paramiko.Channel:
+    """A new channel running ``sh -c SCRIPT`` on the server (whatever the login's shell is);
+    what opening it raises is the caller's to judge (a channel refused, a dropped connection)."""
+    channel = transport.open_session(timeout=timeout)
+    try:
+        channel.settimeout(io_timeout)
+        channel.exec_command(f"sh -c {shlex.quote(script)}".encode("utf-8", "surrogateescape"))
+    except BaseException:
+        close_quietly(channel)
+        raise
+    return channel
+
+
 class SSHStreams:
     """The ssh connector's tar streams: one open at a time per connection, shared by the
     copying threads (a member is written whole under the stream's lock), closed by the batch
@@ -442,8 +455,15 @@ class SSHStreams:
 
     def _streams_small(self, size: int) -> bool:
         """Whether a file of ``size`` bytes goes into the batch's tar stream."""
-        if not self.stream_small_files or size >= STREAM_BELOW:
-            return False
+        return self.stream_small_files and size < STREAM_BELOW and self._commands_take_files()
+
+    def _streams_large(self, size: int) -> bool:
+        """Whether a file of ``size`` bytes is written by ``cat`` on the server (its bytes
+        on a command's stdin: no SFTP request and answer per 32 KiB)."""
+        return self.stream_large_files and size >= STREAM_BELOW and self._commands_take_files()
+
+    def _commands_take_files(self) -> bool:
+        """The server hashes copies (the login runs commands) and its tar reads our archive."""
         connector: SSHConnector = self  # type: ignore[assignment]
         return bool(connector._server_hashes()) and self._tar_works()
 
@@ -473,17 +493,15 @@ class SSHStreams:
         connector: SSHConnector = self  # type: ignore[assignment]
         if transport is None or not transport.is_active():
             return False, "not connected"
+        # The stream's own command, listing to stdout (-O) instead of writing: the shell, the
+        # base folder and tar all checked at once.
+        base = connector._base or connector.directory
+        script = f"cd -- {shlex.quote(base)} && exec tar -x -o -O -f -"
         try:
-            channel = transport.open_session(timeout=connector.timeout)
+            channel = _start_shell(transport, script, connector.timeout, connector.timeout)
         except Exception as exc:  # noqa: BLE001 - no channel for a command: SFTP then
             return False, f"no channel for a command: {exc}"
         try:
-            channel.settimeout(connector.timeout)
-            # The stream's own command, listing to stdout (-O) instead of writing: the shell,
-            # the base folder and tar all checked at once.
-            base = connector._base or connector.directory
-            script = f"cd -- {shlex.quote(base)} && exec tar -x -o -O -f -"
-            channel.exec_command(f"sh -c {shlex.quote(script)}".encode("utf-8", "surrogateescape"))
             channel.sendall(probe_archive())
             channel.shutdown_write()
             out = channel.makefile("rb").read()
@@ -499,14 +517,6 @@ class SSHStreams:
         first = said[0][:120] if said else f"exit status {status}"
         return False, first if first.startswith("tar") else f"tar: {first}"
 
-    def _streams_large(self, size: int) -> bool:
-        """Whether a file of ``size`` bytes is written by ``cat`` on the server (its bytes
-        on a command's stdin: no SFTP request and answer per 32 KiB)."""
-        if not self.stream_large_files or size < STREAM_BELOW:
-            return False
-        connector: SSHConnector = self  # type: ignore[assignment]
-        return bool(connector._server_hashes()) and self._tar_works()
-
     def _write_by_command(self, path: str, chunks: Iterable[bytes]) -> Optional[int]:
         """Write ``chunks`` to ``path`` (a temporary name) through ``cat`` on the server;
         the bytes written, or None when the server gives no channel for it (the caller
@@ -517,7 +527,7 @@ class SSHStreams:
         script = f"mkdir -p -- {shlex.quote(folder)} && exec cat > {shlex.quote(path)}"
         transport = connector._live_transport()
         try:
-            channel = transport.open_session(timeout=connector.timeout)
+            channel = _start_shell(transport, script, connector.timeout, connector.io_timeout)
         except (paramiko.SSHException, EOFError, OSError) as exc:
             if not transport.is_active():
                 raise ConnectionLost(f"connection to {connector.where} lost ({exc})") from None
@@ -529,8 +539,6 @@ class SSHStreams:
         done = False
         with connector._remote("writing", path):
             try:
-                channel.settimeout(connector.io_timeout)
-                channel.exec_command(f"sh -c {shlex.quote(script)}".encode("utf-8", "surrogateescape"))
                 for chunk in chunks:  # errors of the source (a change, a stop) pass untouched
                     channel.sendall(memoryview(chunk))  # sendall slices what is left: no copies
                     written += len(chunk)
@@ -572,18 +580,10 @@ class SSHStreams:
                 return None
             base = connector._base or connector.directory
             script = f"cd -- {shlex.quote(base)} && exec tar -x -o -f -"
-            command = f"sh -c {shlex.quote(script)}"  # whatever the login's shell is
             try:
-                channel = transport.open_session(timeout=connector.timeout)
+                channel = _start_shell(transport, script, connector.timeout, connector.io_timeout)
             except Exception as exc:  # noqa: BLE001 - MaxSessions and such: SFTP from now on
                 self.stream_small_files = False
-                log.debug("no channel for tar on %s (%s): small files over SFTP", connector.where, exc)
-                return None
-            try:
-                channel.settimeout(connector.io_timeout)
-                channel.exec_command(command.encode("utf-8", "surrogateescape"))
-            except Exception as exc:  # noqa: BLE001
-                close_quietly(channel)
                 log.debug("cannot start tar on %s (%s): small files over SFTP", connector.where, exc)
                 return None
             self._stream = TarStream(channel, transport, connector.where)
