@@ -2,14 +2,17 @@
 
 The usual deployment: a Windows instrument PC pushes to a Linux data server. One SSH
 connection serves the whole run; every copying thread gets its own SFTP channel on it.
-A file is written under its temporary name with pipelined requests: for a small file its
-data, its time, reading it back, its close and the creation of the next file's temporary
-file go out as one SSH message, and cost one round trip (paramiko's cost is per message,
-so few and full ones). A temporary file made ahead (a "spare", ``.oeleo-next-*``) is renamed
-into place like any other; one not used is removed when the connection closes. The worker's
-batches are then forced to disk (one ``sync FILE...`` on the server where the login runs
-commands, else ``fsync@openssh.com``) and renamed into place all at once
-(``posix-rename@openssh.com``, every answer read, a failed rename failing its file alone).
+A file is written under its temporary name. Where the login runs commands, small files go
+through one ``tar -x`` per batch and large ones through ``cat`` on the server, verified there
+before the renames (``ssh_streams``). Elsewhere they go over SFTP with pipelined requests: for
+a small file its data, its time, reading it back, its close and the creation of the next
+file's temporary file go out as one SSH message, and cost one round trip (paramiko's cost is
+per message, so few and full ones). A temporary file made ahead (a "spare", ``.oeleo-next-*``)
+is renamed into place like any other; one not used is removed when the connection closes. The
+worker's batches are then forced to disk (one ``sync -f`` on the server where the login runs
+commands, ``sync FILE...`` where ``-f`` is refused, else ``fsync@openssh.com``) and renamed
+into place all at once (``posix-rename@openssh.com``, every answer read, a failed rename
+failing its file alone).
 
 Copies are verified on the server with ``md5sum``/``sha256sum`` (one command for many files
 when comparing the two sides) when the login runs commands, else by reading the file back
@@ -426,8 +429,9 @@ class SSHConnector(SSHStreams, SSHWrites, FolderConnector):
             self._write(sftp, path, chunks, size)
 
     def sync_data(self, staged: Sequence[Any]) -> None:
-        """Force a batch of staged files to the server's disk: one ``sync FILE...`` where the
-        login runs commands, else ``fsync@openssh.com`` (see ``_force_to_disk``). Within
+        """Force a batch of staged files to the server's disk: one ``sync -f`` (or ``sync
+        FILE...``) where the login runs commands, else ``fsync@openssh.com`` (see
+        ``_force_to_disk``). Within
         ``commit_many``, the batch's renames then go out at once."""
         if staged:
             self._force_to_disk([self._path(item.staging or item.relpath) for item in staged])

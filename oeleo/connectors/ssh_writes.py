@@ -1,8 +1,8 @@
 """Writing files over SFTP, and making sure of them, for the ssh connector: the pipelined
 writes (a small file's data, time, read-back and close, with the creation of the next
 file's temporary file, in one SSH message and one round trip), forcing a batch to disk
-(``sync FILE...`` on the server, or ``fsync@openssh.com``), hashing copies on the server
-with ``md5sum`` and friends, and reading them back.
+(``sync -f`` or ``sync FILE...`` on the server, or ``fsync@openssh.com``), hashing copies on
+the server with ``md5sum`` and friends, and reading them back.
 
 What stays true whatever fails: the bytes go to a hidden temporary name only (the file's own,
 or a spare made ahead for it, which the engine's temporary name then stands for); a batch is
@@ -301,8 +301,9 @@ class SSHWrites(SSHSession):
         """Force a batch of written files to the server's disk; a failure raises (the batch
         is then not committed).
 
-        Where the login runs commands: ``sync FILE...`` (one command for the batch, in as
-        few command lines as it takes; coreutils and BusyBox fsync each file named). Else
+        Where the login runs commands: ``sync -f FOLDER...`` for several files, else ``sync
+        FILE...`` (one command for the batch, in as few command lines as it takes; see
+        ``_sync_by_command``). Else
         ``fsync@openssh.com`` through SFTP: an open, an fsync and a close per file, the
         requests of up to 64 files sent before any answer is read. The command costs the
         client a few messages for the whole batch where SFTP costs six per file, and
