@@ -17,7 +17,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 from oeleo.batches import Batches, batches_in_flight
 from oeleo.booking import Booking
@@ -84,6 +84,14 @@ def _without_name_clashes(entries: List[FileEntry], compress: str, skipped: List
         else:
             kept.append(entry)
     return kept
+
+
+def _source_path_of(local: Any) -> Callable[[str], Union[str, Path]]:
+    """How a copy names its source: the built-in local folder's path as a string (a ``Path``
+    built per file costs more than the system calls that use it), else ``path()``."""
+    if isinstance(local, LocalConnector) and type(local).path is LocalConnector.path:
+        return local._fs_path
+    return local.path
 
 
 def _overrides_put_only(connector: Connector) -> bool:
@@ -174,6 +182,8 @@ class Worker:
         self.alerts = alerts
         self._streaming = False  # the checker validates during the copy's read (set each pass)
         self._shows_progress = True  # the reporter takes the bytes of each file (set each pass)
+        self._validates = True  # the checker has a validate() of its own (set each pass)
+        self._source_path: Callable[[str], Union[str, Path]] = local_connector.path
         # "sha256"/"md5": a MANIFEST.<algorithm> per destination folder after each pass (oeleo.manifest).
         self.manifest = manifest
         if manifest:
@@ -453,6 +463,8 @@ class Worker:
         # else: nothing to copy after a clean run: the destination is not contacted (no
         # connection, login or request), as an idle pass of a scheduler should be.
         self._streaming = self._checks_while_reading()  # once a pass, not once a file
+        self._validates = type(self.checker).validate is not Checker.validate
+        self._source_path = _source_path_of(self.local_connector)
         reporter = type(self.reporter)
         self._shows_progress = not (
             reporter.file_progress is Reporter.file_progress and reporter.advance is Reporter.advance
@@ -587,7 +599,7 @@ class Worker:
         )
 
     def _copy_one(self, entry: FileEntry, record: Optional[Record], legacy: bool) -> Tuple[str, Any]:
-        source = self.local_connector.path(entry.relpath)
+        source = self._source_path(entry.relpath)  # a str for the built-in local folder
         algorithm = self.checker.algorithm
         if legacy and record is not None and record.checksum:
             # A row from oeleo 0.7 has a checksum but no size/mtime: compare before copying.
@@ -596,8 +608,8 @@ class Worker:
                 return "unchanged", (digest, entry)
         external = self.external_connector
         streaming = self._streaming
-        if not streaming:
-            reason = self.checker.validate(source)
+        if not streaming and self._validates:
+            reason = self.checker.validate(Path(source))
             if reason:
                 return "error", f"refused by {type(self.checker).__name__}: {reason}"
         if (
@@ -618,10 +630,10 @@ class Worker:
         if self.compress:  # only then: a connector's own put() of before may not know it
             options["compress"] = self.compress
         if streaming:
-            options["stream_check"] = functools.partial(self.checker.stream_check, source)
+            options["stream_check"] = functools.partial(self.checker.stream_check, Path(source))
         if _overrides_put_only(external):
             # A connector written around put() keeps working: one file at a time, unbatched.
-            return "copied", external.put(source, entry.relpath, **options)
+            return "copied", external.put(Path(source), entry.relpath, **options)
         return "staged", external.stage(source, entry.relpath, **options)
 
     # -- comparing the two sides ------------------------------------------------------

@@ -693,7 +693,7 @@ class Connector(abc.ABC):
 
     def stage(
         self,
-        local_path: Path,
+        local_path: Union[str, os.PathLike],
         relpath: str,
         *,
         algorithm: str = "md5",
