@@ -32,6 +32,7 @@ the server's sshd and sftp-server not counted). The table is printed and the JSO
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import hashlib
 import json
@@ -49,8 +50,12 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
+if str(REPO) not in sys.path:  # run as `python benchmarks/ssh_bench.py` too
+    sys.path.insert(0, str(REPO))
 
 import servers  # noqa: E402  (tests/servers.py: the throwaway sshd)
+
+from benchmarks import delay_proxy  # noqa: E402  (--rtt-ms: a link with latency)
 
 KiB, MiB = 1024, 1024 * 1024
 VENV07 = REPO / "benchmarks" / ".venv-oeleo07"
@@ -251,6 +256,16 @@ class Bench:
         os.sync()
 
 
+def behind_delay(server: servers.SSHServer, rtt_ms: float, work: Path) -> Tuple[servers.SSHServer, Any]:
+    """``server`` as the tools see it through a delay proxy (``benchmarks/delay_proxy.py``):
+    the proxy's port, and a known_hosts file that names the server's key under that port."""
+    port, proc = delay_proxy.start(server.port, rtt_ms)
+    key = server.host_key_line.split(" ", 1)[1]
+    known = work / f"known_hosts-{port}"
+    known.write_text(f"[{server.host}]:{port} {key}\n")
+    return dataclasses.replace(server, port=port, known_hosts=str(known)), proc
+
+
 def wait_with_cpu(proc: subprocess.Popen, timeout: float) -> Tuple[int, Optional[float]]:
     """The exit status of ``proc`` (-1 when killed at ``timeout``) and the CPU seconds (user +
     system) it and the children it waited for used, from ``os.wait4``: on this machine only;
@@ -281,6 +296,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--timeout", type=float, default=1800.0)
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--seed", type=int, default=20240611)
+    parser.add_argument(
+        "--rtt-ms",
+        type=float,
+        default=0.0,
+        help="put a proxy that adds this round trip (ms) between every tool and the server",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.small_files, args.large_mib, args.repeat = 200, 16, 1
@@ -302,7 +323,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     server = servers.start_sshd()
     sftp_only = servers.start_sshd(shell=False) if "oeleo-sftp" in tools else None
     samples: List[Dict[str, Any]] = []
+    proxies: List[Any] = []
     try:
+        if args.rtt_ms > 0:  # every tool connects through a proxy that delays each byte
+            real = (server, sftp_only)
+            server, proxy = behind_delay(real[0], args.rtt_ms, work)
+            proxies.append(proxy)
+            if real[1] is not None:
+                sftp_only, proxy = behind_delay(real[1], args.rtt_ms, work)
+                proxies.append(proxy)
         workloads: Dict[str, Tuple[Path, Dict[str, int]]] = {}
         for name in args.workloads.split(","):
             root = work / name
@@ -328,6 +357,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                         bench.empty_trash()
             bench.empty_trash()
     finally:
+        for proxy in proxies:
+            proxy.kill()
+            proxy.wait()
         servers.stop_sshd(server)
         if sftp_only is not None:
             servers.stop_sshd(sftp_only)
@@ -354,9 +386,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         "targets": targets,
         "samples": samples,
     }
-    out = (
-        args.out or RESULTS / f"ssh-{datetime.date.today().isoformat()}{'-quick' if args.quick else ''}.json"
-    )
+    suffix = ("-quick" if args.quick else "") + (f"-rtt{args.rtt_ms:g}ms" if args.rtt_ms else "")
+    out = args.out or RESULTS / f"ssh-{datetime.date.today().isoformat()}{suffix}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(payload, indent=2) + "\n")
     say(f"wrote {out}")

@@ -26,6 +26,7 @@ from oeleo.connectors.clients import PerThreadClients
 from oeleo.connectors.session import Session, close_quietly, describe
 from oeleo.connectors.ssh_endpoints import Endpoint, _bracket
 from oeleo.connectors.ssh_login import SSHLogin
+from oeleo.connectors.ssh_shell import ShellSlot
 from oeleo.errors import ConfigError, ConnectionLost, TransferError
 from oeleo.names import printable
 
@@ -44,6 +45,8 @@ class SSHSession(SSHLogin):
     endpoints, the folder and the timeouts, then calls ``_start_session``)."""
 
     jumps: Sequence[Endpoint]
+    # Commands go to one shell kept open on the server (False: a channel per command).
+    keep_shell = True
     host: str
     directory: str
     timeout: float
@@ -71,6 +74,8 @@ class SSHSession(SSHLogin):
         self._request_size = SAFE_REQUEST
         self._whole_reads = False  # the server's reads return every byte asked for up to EOF
         self._shell_hashes: Optional[FrozenSet[str]] = None  # None: not probed yet
+        # Where the login runs commands, they go to one shell kept open (ssh_shell).
+        self._shell = ShellSlot()
         self._said: Set[str] = set()  # things logged once per connector
 
     # -- names ------------------------------------------------------------------------
@@ -147,6 +152,7 @@ class SSHSession(SSHLogin):
         self._jump_transports = opened[:-1]
         self._channels.start(sftp)
         self._shell_hashes = None
+        self._shell.reset()
         if not self._session.ever_connected:  # a reconnect is said by the session
             via = "".join(f" via {hop.where}" for hop in self.jumps)
             log.debug("connected to %s%s (%s)", self.where, via, transport.remote_version)
@@ -361,8 +367,16 @@ class SSHSession(SSHLogin):
         return transport
 
     def _exec(self, command: str, timeout: Optional[float] = None) -> Tuple[int, bytes, bytes]:
-        """Run one command on the server: (exit status, stdout, stderr)."""
+        """Run one command on the server: (exit status, stdout, stderr). Once the login is
+        known to run commands, through the shell kept open there (one round trip), else (or
+        when that shell is busy or gone) on a channel of its own (three)."""
         transport = self._live_transport()
+        wire = command.encode("utf-8", "surrogateescape")
+        if self._shell_hashes and self.keep_shell:
+            with self._remote("running a command on", self.host):
+                done = self._shell.run(transport, wire, timeout, self.timeout)
+            if done is not None:
+                return done
         try:
             channel = transport.open_session(timeout=self.timeout)
         except paramiko.ChannelException as exc:  # MaxSessions: the caller reads back instead
@@ -372,7 +386,7 @@ class SSHSession(SSHLogin):
         try:
             with self._remote("running a command on", self.host):
                 channel.settimeout(timeout)
-                channel.exec_command(command.encode("utf-8", "surrogateescape"))
+                channel.exec_command(wire)
                 channel.shutdown_write()
                 stdout = channel.makefile("rb").read()
                 stderr = channel.makefile_stderr("rb").read()
