@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import Any, List, Optional, Tuple
 
 CHUNK = 256 * 1024
 
@@ -79,6 +80,17 @@ def start(target_port: int, rtt_ms: float, target_host: str = "127.0.0.1") -> Tu
         proc.kill()
         raise RuntimeError(f"the delay proxy did not start: {line!r}")
     return int(line.split()[-1]), proc
+
+
+def behind_delay(server: Any, rtt_ms: float, work: Path) -> Tuple[Any, subprocess.Popen]:
+    """An SSH server of tests/servers.py (``SSHServer``) as clients see it through a proxy
+    started here: a copy with the proxy's port and a known_hosts file naming the server's
+    key under that port; and the proxy's process (kill it to stop it)."""
+    port, proc = start(server.port, rtt_ms, server.host)
+    key = server.host_key_line.split(" ", 1)[1]
+    known = Path(work) / f"known_hosts-{port}"
+    known.write_text(f"[{server.host}]:{port} {key}\n")
+    return dataclasses.replace(server, port=port, known_hosts=str(known)), proc
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -32,7 +32,6 @@ the server's sshd and sftp-server not counted). The table is printed and the JSO
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime
 import hashlib
 import json
@@ -55,7 +54,7 @@ if str(REPO) not in sys.path:  # run as `python benchmarks/ssh_bench.py` too
 
 import servers  # noqa: E402  (tests/servers.py: the throwaway sshd)
 
-from benchmarks import delay_proxy  # noqa: E402  (--rtt-ms: a link with latency)
+from benchmarks.delay_proxy import behind_delay  # noqa: E402  (--rtt-ms: a link with latency)
 
 KiB, MiB = 1024, 1024 * 1024
 VENV07 = REPO / "benchmarks" / ".venv-oeleo07"
@@ -254,16 +253,6 @@ class Bench:
             shutil.rmtree(dest, ignore_errors=True)
         self.trash = []
         os.sync()
-
-
-def behind_delay(server: servers.SSHServer, rtt_ms: float, work: Path) -> Tuple[servers.SSHServer, Any]:
-    """``server`` as the tools see it through a delay proxy (``benchmarks/delay_proxy.py``):
-    the proxy's port, and a known_hosts file that names the server's key under that port."""
-    port, proc = delay_proxy.start(server.port, rtt_ms)
-    key = server.host_key_line.split(" ", 1)[1]
-    known = work / f"known_hosts-{port}"
-    known.write_text(f"[{server.host}]:{port} {key}\n")
-    return dataclasses.replace(server, port=port, known_hosts=str(known)), proc
 
 
 def wait_with_cpu(proc: subprocess.Popen, timeout: float) -> Tuple[int, Optional[float]]:

@@ -61,6 +61,8 @@ Item = Tuple[FileEntry, Optional[Record], bool]  # a file to copy, its row, "com
 
 PARALLEL_MIN_SIZE = 4 * 1024 * 1024  # with OELEO_WORKERS not set, smaller files go one at a time
 AUTO_WORKERS = 2  # files copied at a time when OELEO_WORKERS is not set and the connector allows it
+# ... and small files too, where each one waits for the store's answers (Features.waits_per_file).
+LATENCY_WORKERS = 4
 
 
 def _without_name_clashes(entries: List[FileEntry], compress: str, skipped: List[Skipped]) -> List[FileEntry]:
@@ -483,8 +485,13 @@ class Worker:
 
         try:
             one_by_one, parallel = todo, []
-            if self.workers > 1:
-                smallest = PARALLEL_MIN_SIZE if self._auto_workers else 0
+            workers = self.workers
+            smallest = PARALLEL_MIN_SIZE if self._auto_workers else 0
+            features = self.external_connector.features
+            if self._auto_workers and features.waits_per_file:
+                # Each small file waits for the store's answers: threads overlap the waits.
+                workers, smallest = min(LATENCY_WORKERS, features.max_uploads), 0
+            if workers > 1:
                 parallel = [item for item in todo if item[0].size >= smallest]
                 if len(parallel) > 1:
                     one_by_one = [item for item in todo if item[0].size < smallest]
@@ -496,7 +503,7 @@ class Worker:
                 book(item, self._attempt(item))
             if parallel:
                 keep_going = lambda: not (self._stop.is_set() or summary.fatal)  # noqa: E731
-                copy_in_parallel(parallel, self.workers, self._attempt, book, keep_going)
+                copy_in_parallel(parallel, workers, self._attempt, book, keep_going)
             batches.commit()  # staged files are whole and verified: finish them
             self.bookkeeper.flush()  # the pass is not done before its rows are written
             booking.refused()

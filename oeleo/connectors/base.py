@@ -114,6 +114,10 @@ class Features:
       its ``finish()`` says so (``Stored.compared``): the copy is verified without hashing it
       (a local folder: a comparison costs far less than any hash). An upload that does not
       say so is read back and hashed instead.
+    - ``waits_per_file``: each small file waits for the store's answers (a request and an
+      answer per file over a link with latency): with ``OELEO_WORKERS`` not set, small files
+      are copied ``max_uploads`` at a time too, as the threads overlap their waits (on a fast
+      link they would only contend for Python's GIL, and go one at a time).
     """
 
     hashes: FrozenSet[str] = frozenset()
@@ -125,6 +129,7 @@ class Features:
     max_uploads: int = 1
     checksum_downloads: bool = False
     compares_writes: bool = False
+    waits_per_file: bool = False
 
 
 @dataclass(frozen=True)

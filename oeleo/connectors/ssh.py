@@ -40,6 +40,7 @@ import posixpath
 import secrets
 import stat as stat_module
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import (
     TYPE_CHECKING,
@@ -89,6 +90,10 @@ log = logging.getLogger("oeleo")
 # handler of its own, Python would print them to stderr. An application that configures
 # logging still gets them.
 logging.getLogger("paramiko").addHandler(logging.NullHandler())
+
+# A request answered more slowly than this is a link with latency (a LAN answers in under a
+# millisecond): small files sent over SFTP, each waiting for its answers, go several at a time.
+SLOW_ROUND_TRIP = 0.002
 
 
 class SSHConnector(SSHStreams, SSHWrites, FolderConnector):
@@ -233,9 +238,21 @@ class SSHConnector(SSHStreams, SSHWrites, FolderConnector):
 
     # -- the base folder --------------------------------------------------------------
     def prepare(self) -> None:
-        """Create the base folder on the server if needed and check it can be written."""
+        """Create the base folder on the server if needed and check it can be written. Over
+        a link with latency where files go over SFTP (a login that runs no commands), each
+        small file waits for its answers: the engine is told so (``waits_per_file``)."""
         with self._channel() as sftp:
-            self._prepare(sftp, self._base or self.directory)
+            round_trip = self._prepare(sftp, self._base or self.directory)
+        if round_trip >= SLOW_ROUND_TRIP and not self._commands_take_files():
+            self.features = replace(
+                self.features, waits_per_file=True, max_uploads=max(self.features.max_uploads, 4)
+            )
+            log.debug(
+                "%s answers in %.1f ms, and files go over SFTP: small files %d at a time",
+                self.where,
+                round_trip * 1000,
+                self.features.max_uploads,
+            )
 
     def check_base(self) -> bool:
         """Whether the base folder is there (``oeleo check``); one that cannot be read, or
@@ -254,7 +271,9 @@ class SSHConnector(SSHStreams, SSHWrites, FolderConnector):
             raise ConfigError(f"remote {base} on {self.where} is not a folder")
         return True
 
-    def _prepare(self, sftp: paramiko.SFTPClient, base: str) -> None:
+    def _prepare(self, sftp: paramiko.SFTPClient, base: str) -> float:
+        """Make sure ``base`` is a folder oeleo can write to; the seconds one request and
+        its answer took (the probe's removal)."""
         missing = f"remote folder {base} on {self.where} does not exist and cannot be created"
         try:
             self._makedirs(sftp, base)
@@ -268,7 +287,9 @@ class SSHConnector(SSHStreams, SSHWrites, FolderConnector):
         try:
             with self._remote("writing", probe, sftp):
                 sftp.open(self._wire(probe), "wb").close()
+                started = time.monotonic()
                 sftp.remove(self._wire(probe))
+                return time.monotonic() - started
         except OSError as exc:
             reason = "permission denied" if isinstance(exc, PermissionError) else (exc.strerror or str(exc))
             raise ConfigError(f"remote folder {base} on {self.where} is not writable: {reason}") from None
