@@ -79,6 +79,14 @@ def postgres_db(postgres_server):
         servers.drop_database(postgres_server, name)
 
 
+@pytest.fixture
+def no_personal_ssh_setup(tmp_path_factory, monkeypatch):
+    """The developer's own ~/.ssh (config, keys, known hosts) and SSH agent stay out of the
+    SSH tests that use this: HOME is an empty folder and no agent is reachable."""
+    monkeypatch.setenv("HOME", str(tmp_path_factory.mktemp("home")))
+    monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
+
+
 @pytest.fixture(scope="session")
 def sshd_server():
     """A real OpenSSH server on 127.0.0.1 whose test user has a shell (md5sum runs there)."""

@@ -53,10 +53,8 @@ def connector(server: servers.SSHServer, folder: str) -> SSHConnector:
     )
 
 
-@pytest.fixture(autouse=True)
-def no_personal_ssh_setup(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("HOME", str(tmp_path_factory.mktemp("home")))
-    monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
+# The developer's own ~/.ssh and SSH agent stay out of these tests (conftest.py).
+pytestmark = pytest.mark.usefixtures("no_personal_ssh_setup")
 
 
 # -- the private helpers are there, with the call shape sftp_wire uses ---------------------------

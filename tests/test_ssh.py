@@ -116,12 +116,8 @@ def one_error_line(done: subprocess.CompletedProcess) -> str:
     return lines[0]
 
 
-@pytest.fixture(autouse=True)
-def no_personal_ssh_setup(tmp_path_factory, monkeypatch):
-    """The developer's own ~/.ssh (config, keys, known hosts) and SSH agent stay out of
-    these tests: HOME is an empty folder and no agent is reachable."""
-    monkeypatch.setenv("HOME", str(tmp_path_factory.mktemp("home")))
-    monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
+# The developer's own ~/.ssh and SSH agent stay out of these tests (conftest.py).
+pytestmark = pytest.mark.usefixtures("no_personal_ssh_setup")
 
 
 @pytest.fixture

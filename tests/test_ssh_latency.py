@@ -23,13 +23,7 @@ from oeleo.connectors.ssh import SSHConnector
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.delay_proxy import behind_delay  # noqa: E402
 
-pytestmark = pytest.mark.ssh
-
-
-@pytest.fixture(autouse=True)
-def no_personal_ssh_setup(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("HOME", str(tmp_path_factory.mktemp("home")))
-    monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
+pytestmark = [pytest.mark.ssh, pytest.mark.usefixtures("no_personal_ssh_setup")]
 
 
 @pytest.fixture

@@ -21,13 +21,7 @@ from test_ssh import connector, ssh_worker_for
 from oeleo.connectors.ssh import SSHConnector
 from oeleo.errors import ConnectionLost
 
-pytestmark = pytest.mark.ssh
-
-
-@pytest.fixture(autouse=True)
-def no_personal_ssh_setup(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("HOME", str(tmp_path_factory.mktemp("home")))
-    monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
+pytestmark = [pytest.mark.ssh, pytest.mark.usefixtures("no_personal_ssh_setup")]
 
 
 @pytest.fixture
