@@ -40,25 +40,25 @@ def copying_threads(monkeypatch) -> Set[int]:
     return seen
 
 
-@pytest.fixture
-def slow_sftp_only(sftp_only_server, tmp_path) -> Iterator[servers.SSHServer]:
-    """The sftp-only server, 20 ms of round trip away."""
-    server, proxy = behind_delay(sftp_only_server, 20, tmp_path)
+def _behind_20_ms(server: servers.SSHServer, tmp_path: Path) -> Iterator[servers.SSHServer]:
+    slow, proxy = behind_delay(server, 20, tmp_path)
     try:
-        yield server
+        yield slow
     finally:
         proxy.kill()
         proxy.wait()
+
+
+@pytest.fixture
+def slow_sftp_only(sftp_only_server, tmp_path) -> Iterator[servers.SSHServer]:
+    """The sftp-only server, 20 ms of round trip away."""
+    yield from _behind_20_ms(sftp_only_server, tmp_path)
 
 
 @pytest.fixture
 def slow_shell(sshd_server, tmp_path) -> Iterator[servers.SSHServer]:
-    server, proxy = behind_delay(sshd_server, 20, tmp_path)
-    try:
-        yield server
-    finally:
-        proxy.kill()
-        proxy.wait()
+    """The server whose login runs commands, 20 ms of round trip away."""
+    yield from _behind_20_ms(sshd_server, tmp_path)
 
 
 def files(n: int):

@@ -151,18 +151,9 @@ def test_a_login_that_runs_no_commands_gets_no_shell(sftp_only_server, channels)
         c.close()
 
 
-def test_a_subclass_can_run_each_command_on_a_channel_of_its_own(sshd_server, channels):
-    class OneChannelEach(SSHConnector):
-        keep_shell = False
-
-    c = OneChannelEach(
-        host=sshd_server.host,
-        port=sshd_server.port,
-        username=sshd_server.user,
-        directory=sshd_server.new_folder("each"),
-        key_filename=sshd_server.keys["ed25519"],
-        known_hosts=sshd_server.known_hosts,
-    )
+def test_a_connector_told_to_keep_no_shell_runs_each_command_on_a_channel_of_its_own(sshd_server, channels):
+    c = connector(sshd_server, sshd_server.new_folder("each"))
+    c.keep_shell = False  # what a subclass sets as a class attribute
     c.connect()
     try:
         c._server_hashes()

@@ -94,6 +94,7 @@ logging.getLogger("paramiko").addHandler(logging.NullHandler())
 # A request answered more slowly than this is a link with latency (a LAN answers in under a
 # millisecond): small files sent over SFTP, each waiting for its answers, go several at a time.
 SLOW_ROUND_TRIP = 0.002
+SLOW_LINK_UPLOADS = 4  # SFTP channels copying at once then (OpenSSH allows 10 sessions)
 
 
 class SSHConnector(SSHStreams, SSHWrites, FolderConnector):
@@ -244,9 +245,8 @@ class SSHConnector(SSHStreams, SSHWrites, FolderConnector):
         with self._channel() as sftp:
             round_trip = self._prepare(sftp, self._base or self.directory)
         if round_trip >= SLOW_ROUND_TRIP and not self._commands_take_files():
-            self.features = replace(
-                self.features, waits_per_file=True, max_uploads=max(self.features.max_uploads, 4)
-            )
+            uploads = max(self.features.max_uploads, SLOW_LINK_UPLOADS)
+            self.features = replace(self.features, waits_per_file=True, max_uploads=uploads)
             log.debug(
                 "%s answers in %.1f ms, and files go over SFTP: small files %d at a time",
                 self.where,
