@@ -33,7 +33,7 @@ from typing import (
 
 from oeleo import __version__
 from oeleo.errors import Aborted, Behaviour, OeleoError
-from oeleo.logfile import BlockLines
+from oeleo.logfile import BlockLines, MessageFormatter
 
 if TYPE_CHECKING:  # imported by the commands that use them: `oeleo --help` starts fast
     from rich.console import Console
@@ -365,7 +365,7 @@ def _setup_console_logging(debug: bool) -> None:
         handler = BlockLines(sys.stderr)  # a line per copied file, without a write per line
     handler.setLevel(logging.DEBUG if debug else logging.INFO)
     handler.setFormatter(
-        logging.Formatter("%(asctime)s %(levelname)s %(message)s" if debug else "%(message)s")
+        logging.Formatter("%(asctime)s %(levelname)s %(message)s") if debug else MessageFormatter()
     )
     logger.addHandler(handler)
     logger.propagate = False

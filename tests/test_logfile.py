@@ -314,3 +314,38 @@ def test_the_timer_writes_held_back_lines_within_its_seconds():
     handler.emit(logging.makeLogRecord({"msg": "copied a.csv", "levelno": logging.INFO}))
     wait_for(lambda: "copied a.csv" in stream.getvalue(), 5, "the held-back line")
     handler.close()
+
+
+def _records() -> List[logging.LogRecord]:
+    """Records of every kind a formatter meets: arguments, a non-str message, non-ASCII, a
+    traceback, a stack, levels of every width."""
+    records = []
+    for level, msg, args in (
+        (logging.INFO, "copied %s", ("run-1/cycle 7.res",)),
+        (logging.WARNING, "copied %d files, %s", (3, "m\u00e9sure")),
+        (logging.ERROR, ValueError("not a str"), ()),
+        (logging.DEBUG, "100% done", ()),
+        (logging.CRITICAL, "bye", ()),
+    ):
+        records.append(logging.LogRecord("oeleo", level, __file__, 1, msg, args, None))
+    try:
+        raise RuntimeError("boom")
+    except RuntimeError:
+        failed = logging.LogRecord("oeleo", logging.ERROR, __file__, 2, "failed %s", ("x",), sys.exc_info())
+        records.append(failed)
+    with_stack = logging.LogRecord("oeleo", logging.INFO, __file__, 3, "here", (), None)
+    with_stack.stack_info = "Stack (most recent call last):\n  a frame"
+    records.append(with_stack)
+    return records
+
+
+def test_the_formatters_write_what_the_standard_formatter_writes() -> None:
+    from oeleo.logfile import FILE_FORMAT, MessageFormatter
+
+    for ours, standard in (
+        (LogFormatter(FILE_FORMAT), logging.Formatter(FILE_FORMAT)),
+        (MessageFormatter(), logging.Formatter("%(message)s")),
+    ):
+        for record, again in zip(_records(), _records()):
+            again.created, again.msecs = record.created, record.msecs
+            assert ours.format(record) == standard.format(again)
