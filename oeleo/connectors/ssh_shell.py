@@ -152,16 +152,15 @@ class ShellSlot:
                     return None  # the channel of its own says what is wrong, if anything
             try:
                 return shell.run(command, timeout)
-            except ShellDied:
-                self.broken = True
-            except BaseException:
-                # A timeout, a stop, a dropped connection: what the shell holds is unknown.
+            except BaseException as exc:
+                # The shell ended, or a timeout, a stop, a dropped connection: what it holds
+                # is unknown, so it is not used again.
                 shell.close()
                 self._shell = None
-                raise
-            shell.close()
-            self._shell = None
-            return None
+                if not isinstance(exc, ShellDied):
+                    raise
+                self.broken = True
+                return None
         finally:
             self._lock.release()
 
