@@ -14,6 +14,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 from pathlib import Path
 from typing import List, Optional
 
@@ -339,6 +340,69 @@ def test_the_users_own_ssh_config_is_read_when_oeleo_ssh_config_is_not_set(sshd_
 
     assert conn.ssh_config_file == home / ".ssh" / "config"
     assert tree_files(folder) == {"a.res": b"cycle 1\n"}
+
+
+def test_a_match_exec_block_applies_though_paramiko_is_imported_without_invoke(
+    sshd_server, source_tree, tmp_path
+):
+    # The port is set only in blocks whose commands must run: `true` applies, `false` not.
+    config = write_config(
+        tmp_path / "ssh_config",
+        "Host data-server\n"
+        "    HostName 127.0.0.1\n"
+        f"    User {sshd_server.user}\n"
+        f"    IdentityFile {sshd_server.keys['ed25519']}\n"
+        'Match originalhost data-server exec "false"\n'
+        "    Port 1\n"
+        'Match originalhost data-server exec "true"\n'
+        f"    Port {sshd_server.port}\n",
+    )
+    folder = sshd_server.new_folder()
+    env = {
+        "OELEO_CONNECTOR": "ssh",
+        "OELEO_EXTERNAL_HOST": "data-server",
+        "OELEO_SSH_CONFIG": str(config),
+        "OELEO_KNOWN_HOSTS": sshd_server.known_hosts,
+    }
+
+    done = run_oeleo("run", "--from", str(source_tree), "--to", folder, cwd=tmp_path, env=env)
+
+    assert done.returncode == 0, done.stderr
+    assert tree_files(folder) == {"a.res": b"cycle 1\n"}
+
+
+@pytest.mark.parametrize("first", ["oeleo", "invoke"])
+def test_paramiko_comes_without_invoke_unless_it_was_imported_before(first):
+    # invoke is 40 % of importing paramiko, and paramiko needs it only for Match exec.
+    script = (
+        "import sys\n"
+        + ("import invoke\n" if first == "invoke" else "")
+        + "import oeleo.connectors.ssh, paramiko.config\n"
+        + "print('invoke' in sys.modules, paramiko.config.invoke is sys.modules.get('invoke', 0))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+
+    assert done.stdout.split() == (["False", "False"] if first == "oeleo" else ["True", "True"])
+
+
+def test_a_match_exec_without_invoke_installed_is_one_config_error_naming_the_file(tmp_path):
+    config = write_config(tmp_path / "ssh_config", 'Match exec "true"\n    Port 2222\n')
+    script = (
+        "import sys\n"
+        "sys.modules['invoke'] = None  # as if it were not installed\n"
+        "from oeleo.connectors.ssh_endpoints import resolve_endpoints, load_ssh_config\n"
+        "from oeleo.errors import ConfigError\n"
+        f"config, path = load_ssh_config({str(config)!r})\n"
+        "try:\n"
+        "    resolve_endpoints('lab', config=config, config_file=path)\n"
+        "except ConfigError as exc:\n"
+        "    print(exc)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+
+    assert done.stdout.startswith(f"cannot use the SSH config {config} for lab: "), done.stdout
+    assert "invoke" in done.stdout
+    assert done.stdout.count("\n") == 1
 
 
 def test_oeleo_ssh_config_none_reads_no_config_at_all(sshd_server, home, source_tree, tmp_path):

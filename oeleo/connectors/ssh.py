@@ -55,8 +55,11 @@ from typing import (
     Union,
 )
 
+from oeleo.connectors.paramiko_import import invoke_left_out
+
 try:
-    import paramiko
+    with invoke_left_out():
+        import paramiko
 except ImportError as exc:  # the message the command shows for OELEO_CONNECTOR=ssh
     raise ImportError('the ssh connector needs paramiko: pip install "oeleo[ssh]"') from exc
 

@@ -13,6 +13,7 @@ from typing import Any, Dict, Optional, Tuple, Union
 
 import paramiko
 
+from oeleo.connectors.paramiko_import import import_invoke
 from oeleo.errors import ConfigError
 
 log = logging.getLogger("oeleo")
@@ -129,7 +130,11 @@ def _lookup(config: Optional[paramiko.SSHConfig], file: Optional[Path], host: st
     if config is None:
         return {}
     try:
-        return dict(config.lookup(host))
+        try:
+            return dict(config.lookup(host))
+        except ImportError as exc:  # a Match exec: paramiko runs its command with invoke
+            import_invoke(exc)
+            return dict(config.lookup(host))
     except Exception as exc:  # noqa: BLE001 - Match exec without invoke, CanonicalizeHostname, ...
         raise ConfigError(
             f"cannot use the SSH config {file} for {host}: {exc or type(exc).__name__}{_NONE_HINT}"
