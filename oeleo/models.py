@@ -236,22 +236,26 @@ class Bookkeeper:
     def _upgrade_filelist(self) -> None:
         """Bring an oeleo 0.7 table (no size/mtime/origin/last_error), or one without the
         metadata column, up to date, in place."""
-        from playhouse.migrate import SchemaMigrator, migrate
-
         db = self.database
         model = self.db_model
         columns = {c.name for c in db.get_columns("filelist")}
-        migrator = SchemaMigrator.from_database(db)
-        added = []
-        for name in ("size", "mtime_ns", "origin", "last_error", "metadata"):
-            if name not in columns:
-                added.append(migrator.add_column("filelist", name, model._meta.fields[name]))
-        if added:
-            log.info("upgrading the filelist table of %s (adding %d columns)", self.description, len(added))
-            migrate(*added)
-        for index in db.get_indexes("filelist"):
-            if index.unique and list(index.columns) == ["local_name"]:
-                migrate(migrator.drop_index("filelist", index.name))
+        missing = [n for n in ("size", "mtime_ns", "origin", "last_error", "metadata") if n not in columns]
+        legacy_indexes = [
+            index.name
+            for index in db.get_indexes("filelist")
+            if index.unique and list(index.columns) == ["local_name"]
+        ]
+        if missing or legacy_indexes:  # peewee's migrations are imported only then (~4 ms)
+            from playhouse.migrate import SchemaMigrator, migrate
+
+            migrator = SchemaMigrator.from_database(db)
+            if missing:
+                count = len(missing)
+                log.info("upgrading the filelist table of %s (adding %d columns)", self.description, count)
+                fields = model._meta.fields
+                migrate(*(migrator.add_column("filelist", name, fields[name]) for name in missing))
+            for name in legacy_indexes:
+                migrate(migrator.drop_index("filelist", name))
         peewee.SchemaManager(model).create_indexes(safe=True)
 
     def _adopt_legacy_rows(self) -> None:
