@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any, Callable, Tuple
+from typing import Any, Callable, Optional, Tuple
 
-from oeleo.errors import Behaviour, OeleoError, behaviour_of
+from oeleo.errors import Behaviour, OeleoError, behaviour_of, first_line
 from oeleo.names import printable
 
 log = logging.getLogger("oeleo")
@@ -62,19 +62,34 @@ def with_retries(
     stop: threading.Event,
     reconnect: Callable[[], None],
     source_exists: Callable[[], bool],
+    unreachable: Optional[threading.Event] = None,
 ) -> Outcome:
     """``copy()``, tried again after a dropped connection (``Behaviour.RETRY``) up to
     ``retries`` times, waiting 0.5 s, 1 s, 2 s, ... and reconnecting in between; a stop
-    asked meanwhile ends the wait."""
+    asked meanwhile ends the wait.
+
+    When the connection cannot be re-opened at all (the last reconnect failed too), the
+    outcome is "fatal": the run stops, as it does for a full destination, rather than spend
+    the same retries on every file left. ``unreachable`` is set then, so that the copies
+    already under way in other threads stop at their first dropped connection. A reconnect
+    refused for a setting to fix (a host key that changed) stops the pass at once. A
+    connection that re-opens but drops again during this file fails this file alone."""
     attempt = 0
+    reconnect_failed: Optional[OeleoError] = None
     while True:
         try:
             return copy()
         except Exception as exc:  # noqa: BLE001 - one bad file must not stop the run
             if behaviour_of(exc) is not Behaviour.RETRY:
                 return outcome_of(exc, relpath, source_exists)
+            if unreachable is not None and unreachable.is_set():
+                return "fatal", f"{first_line(exc)} (the connection could not be re-opened)"
             attempt += 1
             if attempt > retries:
+                if reconnect_failed is not None:
+                    if unreachable is not None:
+                        unreachable.set()
+                    return "fatal", f"{first_line(reconnect_failed)} (gave up after {attempt} attempts)"
                 return "error", f"{exc} (gave up after {attempt} attempts)"
             delay = BACKOFF_SECONDS * (2 ** (attempt - 1))
             log.warning(
@@ -89,5 +104,9 @@ def with_retries(
                 return "stopped", None
             try:
                 reconnect()
+                reconnect_failed = None
             except OeleoError as again:
+                if behaviour_of(again) in (Behaviour.CONFIG, Behaviour.BOOKS):
+                    raise
+                reconnect_failed = again
                 log.warning("reconnect failed: %s", again)

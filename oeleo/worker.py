@@ -193,6 +193,7 @@ class Worker:
         self._entries: Optional[List[FileEntry]] = None
         self._skipped: List[Skipped] = []  # what the last listing did not list, and why
         self._stop = threading.Event()
+        self._unreachable = threading.Event()  # set in a pass whose connection cannot be re-opened
         self._db_open = False
         self._no_books = False
         self._connected = False
@@ -447,6 +448,7 @@ class Worker:
             return summary
 
         previous = self.bookkeeper.start_run()
+        self._unreachable.clear()  # a scheduler's next pass tries the connection again
         if todo or previous != "ok" or self.manifest or self._connected:
             try:
                 self._prepare_destination()
@@ -603,6 +605,7 @@ class Worker:
             self._stop,
             self.external_connector.reconnect,
             lambda: self.local_connector.stat(entry.relpath) is not None,
+            self._unreachable,
         )
 
     def _copy_one(self, entry: FileEntry, record: Optional[Record], legacy: bool) -> Tuple[str, Any]:

@@ -6,13 +6,14 @@ from __future__ import annotations
 import errno
 import logging
 import signal
+import threading
 import warnings
 from typing import Dict, List, Type
 
 import pytest
 
 import oeleo.errors as errors
-from oeleo import cli
+from oeleo import cli, retries
 from oeleo.errors import Behaviour, OeleoError, behaviour_of
 from oeleo.workers import RunSummary
 
@@ -104,3 +105,60 @@ def test_other_exceptions_are_classified_too():
     assert behaviour_of(KeyboardInterrupt()) is Behaviour.INTERRUPT
     assert behaviour_of(ValueError("odd")) is Behaviour.FAIL_FILE
     assert behaviour_of(errors.ConnectionLost("gone")) is Behaviour.RETRY
+
+
+# -- retries after a dropped connection (oeleo.retries.with_retries) -----------------------
+
+
+def _retry(copy, reconnect, unreachable, times=2):
+    return retries.with_retries(copy, "a.csv", times, threading.Event(), reconnect, lambda: True, unreachable)
+
+
+@pytest.fixture
+def no_backoff(monkeypatch):
+    monkeypatch.setattr(retries, "BACKOFF_SECONDS", 0.0)
+
+
+def test_a_connection_that_cannot_be_reopened_stops_the_run_and_says_so_to_the_other_copies(no_backoff):
+    attempts: List[int] = []
+    unreachable = threading.Event()
+
+    def copy():
+        attempts.append(1)
+        raise errors.ConnectionLost("connection to lab lost")
+
+    def reconnect():
+        raise errors.ConnectionLost("cannot reconnect to lab: refused")
+
+    kind, reason = _retry(copy, reconnect, unreachable)
+
+    assert (kind, reason) == ("fatal", "cannot reconnect to lab: refused (gave up after 3 attempts)")
+    assert len(attempts) == 3 and unreachable.is_set()
+    # A copy under way in another thread stops at its first dropped connection, no retry.
+    reconnects: List[int] = []
+    kind, reason = _retry(copy, lambda: reconnects.append(1), unreachable)
+    assert kind == "fatal" and "could not be re-opened" in reason
+    assert len(attempts) == 4 and not reconnects
+
+
+def test_a_connection_that_reopens_but_drops_again_fails_this_file_alone(no_backoff):
+    unreachable = threading.Event()
+
+    def copy():
+        raise errors.ConnectionLost("connection to lab lost")
+
+    kind, reason = _retry(copy, lambda: None, unreachable)
+
+    assert (kind, reason) == ("error", "connection to lab lost (gave up after 3 attempts)")
+    assert not unreachable.is_set()
+
+
+def test_a_reconnect_refused_for_a_setting_stops_the_pass_at_once(no_backoff):
+    def copy():
+        raise errors.ConnectionLost("connection to lab lost")
+
+    def reconnect():
+        raise errors.ConfigError("the host key of lab changed")
+
+    with pytest.raises(errors.ConfigError):
+        _retry(copy, reconnect, threading.Event())

@@ -639,6 +639,27 @@ class KillSessionAfter(Reporter):
                     os.kill(pid, signal.SIGKILL)
 
 
+class KillEverySessionOf(Reporter):
+    """Kills the server side of the worker's SSH connection each time ``limit`` more bytes
+    went out: every attempt at a file larger than that drops its connection."""
+
+    def __init__(self, server: servers.SSHServer, limit: int) -> None:
+        super().__init__()
+        self.server, self.limit, self.sent, self.kills = server, limit, 0, 0
+        self.connector = None
+        self.lock = threading.Lock()
+
+    def advance(self, nbytes: int) -> None:
+        with self.lock:
+            self.sent += nbytes
+            if self.sent >= self.limit:
+                self.sent = 0
+                port = self.connector._transport.sock.getsockname()[1]
+                for pid in self.server.session_pids(port):
+                    os.kill(pid, signal.SIGKILL)
+                self.kills += 1
+
+
 def test_dropped_connection_mid_file_reconnects_and_completes(sshd_server, tmp_path, caplog):
     source = tmp_path / "src"
     digest = write_random(source / "big.fits", 40 * MiB)
@@ -690,27 +711,59 @@ class StopServerAfter(Reporter):
             self.partial = True
 
 
-def test_connection_lost_for_good_fails_the_file_in_one_line_and_leaves_no_partial_file(start_sshd, tmp_path):
+def test_connection_lost_for_good_stops_the_run_in_one_line_and_leaves_no_partial_file(
+    start_sshd, tmp_path, caplog
+):
+    # The server dies for good while the first file is sent: the run stops once that file's
+    # retries found nothing to reconnect to, instead of spending them on each of the 20 left.
     server = start_sshd()
     source = tmp_path / "src"
     write_random(source / "big.fits", 16 * MiB)
-    make_tree(source, {"z.res": b"after"})
+    make_tree(source, {f"z{i:02d}.res": b"after" for i in range(20)})
     folder = server.new_folder()
     reporter = StopServerAfter(server, 4 * MiB)
     worker = ssh_worker_for(server, source, folder, tmp_path / "books.db", reporter=reporter, retries=1)
+    caplog.set_level(logging.WARNING, logger="oeleo")
     summary = run_once(worker)
 
-    assert summary.failed == 2 and summary.copied == 0
+    assert summary.copied == 0 and 1 <= summary.failed <= 2  # the files in flight at most
     reason = dict(summary.errors)["big.fits"]
     assert "\n" not in reason and f"{server.user}@127.0.0.1:{server.port}" in reason
     assert "gave up after 2 attempts" in reason
+    assert summary.fatal == reason  # stopped early: exit status 1
+    assert caplog.text.count("reconnecting in") <= 2
     assert not (Path(folder) / "big.fits").exists()
     # At most temporary names (two files are in flight at once), which the next run replaces.
     left = set(tree_files(folder))
-    assert all(name.startswith((".big.fits.", ".z.res.")) and name.endswith(TEMP_SUFFIX) for name in left), (
-        left
-    )
-    assert db_rows(tmp_path / "books.db")["big.fits"]["last_error"] == reason
+    assert all(name.startswith((".big.fits.", ".z")) and name.endswith(TEMP_SUFFIX) for name in left), left
+    rows = db_rows(tmp_path / "books.db")
+    assert rows["big.fits"]["last_error"] == reason
+    assert not any(row["code"] == 1 and not row["last_error"] for row in rows.values())  # none booked copied
+
+
+def test_a_connection_that_comes_back_fails_only_the_file_it_dropped_under(sshd_server, tmp_path):
+    # Every attempt at big.fits drops the connection, yet each reconnect works: that file
+    # fails alone and the run goes on.
+    source = tmp_path / "src"
+    write_random(source / "big.fits", 16 * MiB)
+    make_tree(source, {"z.res": b"after"})
+    folder = sshd_server.new_folder()
+    reporter = KillEverySessionOf(sshd_server, 4 * MiB)
+    worker = ssh_worker_for(sshd_server, source, folder, tmp_path / "books.db", reporter=reporter, retries=1)
+    reporter.connector = worker.external_connector
+    summary = run_once(worker)
+
+    assert reporter.kills >= 2
+    assert (summary.copied, summary.failed) == (1, 1), summary.errors
+    assert "gave up after 2 attempts" in dict(summary.errors)["big.fits"]
+    assert not summary.fatal
+    left = tree_files(folder)
+    assert left.pop("z.res") == b"after"
+    assert all(name.startswith(".big.fits.") and name.endswith(TEMP_SUFFIX) for name in left), left
+    # The next run replaces what the dropped attempts left and copies the file.
+    again = run_once(ssh_worker_for(sshd_server, source, folder, tmp_path / "books.db"))
+    assert (again.copied, again.failed) == (1, 0), again.errors
+    assert tree_files(folder).keys() == {"big.fits", "z.res"}
 
 
 # -- parallel copies ---------------------------------------------------------------------
