@@ -6,6 +6,7 @@ copying instead of adding to it."""
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -55,6 +56,10 @@ class Batches:
         # Batches being made durable in the background, oldest first (booked in that order).
         self._durable: Deque[Future] = deque()
         self._in_flight = batches_in_flight(connector)
+        # Files put under their real names so far (committed and durable), booked or not: a
+        # pass whose books fail says how many copies it left unbooked.
+        self.committed = 0
+        self._count = threading.Lock()
 
     def add(self, entry: FileEntry, code: int, result: PutResult) -> None:
         """A staged upload, whole and verified: committed with the others of its batch."""
@@ -71,23 +76,44 @@ class Batches:
 
     def commit(self, wait: bool = True) -> None:
         """Commit what is staged and make it durable, then book it (``wait=False``: in the
-        second thread where the connector allows several uploads at once)."""
-        staged, self._staged = self._staged, []
-        self._bytes, self._since = 0, time.monotonic()
+        second thread where the connector allows several uploads at once). The batches
+        before it are booked first; until then this one stays staged, so that a failure to
+        book them leaves it to ``discard`` (no temporary file left behind)."""
         if wait or self.connector.features.max_uploads < 2:
             self.book_durable()  # the batches before this one: booked in order
+            staged = self._take()
             if staged:
                 self.book(self._make_durable(staged))
             return
         while len(self._durable) >= self._in_flight:
             self.book(self._durable.popleft().result())  # the oldest first: booked in order
+        staged = self._take()
         if staged:
             self._durable.append(self._committer().submit(self._make_durable, staged))
+
+    def _take(self) -> List[Tuple[FileEntry, int, PutResult]]:
+        staged, self._staged = self._staged, []
+        self._bytes, self._since = 0, time.monotonic()
+        return staged
 
     def book_durable(self) -> None:
         """Wait for the batches being made durable in the background, and book them in order."""
         while self._durable:
             self.book(self._durable.popleft().result())
+
+    def abandon(self) -> None:
+        """The pass stops without booking (the books failed): wait for the batches being
+        committed in the background (``committed`` then counts them), and abort what is
+        staged."""
+        try:
+            while self._durable:
+                future = self._durable.popleft()
+                try:
+                    future.result()
+                except Exception:  # noqa: BLE001 - a batch that failed to commit: nothing in place
+                    pass
+        finally:
+            self.discard()
 
     def discard(self) -> None:
         """Abort every staged upload that was not committed (never touching a real name)."""
@@ -104,4 +130,6 @@ class Batches:
                 outcomes.append((result.kind, entry, result.reason))
             else:
                 outcomes.append(("copied", entry, code, result))
+        with self._count:
+            self.committed += len(outcomes) - sum(1 for outcome in outcomes if outcome[0] != "copied")
         return outcomes

@@ -33,6 +33,7 @@ class Booking:
         # What the checker kept of a file (FITS header keywords), by local name, for its row.
         self.metadata_of: Callable[[str], Optional[Dict[str, Any]]] = lambda relpath: None
         self.arrived: List[Tuple[str, PutResult, Optional[Dict[str, Any]]]] = []  # for oeleo.hooks
+        self.batch_copies = 0  # copies of the batches handed to ``copied``
 
     def outcome(self, entry: FileEntry, record: Optional[Record], kind: str, value: Any) -> None:
         """What one file's copy gave (see ``oeleo.retries``)."""
@@ -97,6 +98,7 @@ class Booking:
         for outcome in outcomes:
             if outcome[0] == "copied":
                 _, entry, code, result = outcome
+                self.batch_copies += 1  # counted, booked or not: see books_failed
                 self.copied(entry, code, result)
             elif outcome[0] == "not_replaced":  # the store keeps another version (never overwrites)
                 _, entry, _ = outcome
@@ -131,18 +133,21 @@ class Booking:
     def books_failed(self, exc: BookkeeperError) -> None:
         """The books cannot be written (a full disk under the database, a dropped server):
         the pass stops, and only what was booked counts as copied."""
+        uncounted = 0  # copies in place that never reached ``copied``
         if self.batches is not None:
             try:
                 self.batches.book_durable()  # in place and durable; its rows cannot be written
             except BookkeeperError:
                 pass
             finally:
-                self.batches.discard()
+                self.batches.abandon()  # the batches still being committed, then the staged ones
+            uncounted = max(0, self.batches.committed - self.batch_copies)
         self.bookkeeper.drop_pending()
         summary = self.summary
         lost = min(self.bookkeeper.lost_copies, summary.copied)
-        self.bookkeeper.lost_copies = 0
+        summary.bytes_copied = max(0, summary.bytes_copied - self.bookkeeper.lost_bytes)
+        self.bookkeeper.lost_copies = self.bookkeeper.lost_bytes = 0
         summary.copied -= lost
-        summary.unbooked += lost
+        summary.unbooked += lost + uncounted
         summary.books_error = str(exc)
         summary.fatal = summary.fatal or "the books could not be written"

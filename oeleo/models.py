@@ -163,6 +163,7 @@ class Bookkeeper:
         self._pending_seen: Dict[str, dict] = {}
         self._last_flush = time.monotonic()
         self.lost_copies = 0  # copies queued for the books whose write failed (not booked)
+        self.lost_bytes = 0  # and their sizes
         self.refused: List[Tuple[str, str, bool]] = []  # rows the database refused, one by one
         self._run_id: Optional[int] = None
         self._initialized = False
@@ -493,6 +494,7 @@ class Bookkeeper:
                 )
         except peewee.PeeweeException as exc:
             self.lost_copies += len(copied)  # the transaction is rolled back: none of them booked
+            self.lost_bytes += sum(row["size"] or 0 for row in copied)
             raise BookkeeperError(f"{self.description}: {self._explain(exc)}") from None
 
     def _write_one_by_one(self, rows: List[Tuple[dict, Callable[..., peewee.Insert]]]) -> None:
@@ -513,6 +515,7 @@ class Bookkeeper:
         """Forget every queued write (the books cannot be written); returns how many of them
         were copies, which are then not booked."""
         dropped = len(self._pending_copied)
+        self.lost_bytes += sum(row["size"] or 0 for row in self._pending_copied.values())
         self._pending_copied, self._pending_errors, self._pending_codes = {}, {}, {}
         self._pending_seen = {}
         self.lost_copies += dropped

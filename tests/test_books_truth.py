@@ -17,6 +17,7 @@ import pytest
 from helpers import db_count, make_tree, run_oeleo
 
 from oeleo.checkers import ChecksumChecker
+from oeleo.connectors.base import TEMP_SUFFIX
 from oeleo.connectors.local import LocalConnector
 from oeleo.models import SimpleDbHandler
 from oeleo.workers import Worker
@@ -26,6 +27,14 @@ FILES = 3000
 
 def many_files(src: Path, n: int = FILES) -> None:
     make_tree(src, {f"run-{i // 500}/f{i:05d}.csv": f"{i}\n" for i in range(n)})
+
+
+def temporaries(folder: Path) -> list:
+    return sorted(p.name for p in folder.rglob("*") if p.name.endswith(TEMP_SUFFIX))
+
+
+def copies(folder: Path) -> int:
+    return sum(1 for p in folder.rglob("*") if p.is_file() and not p.name.endswith(TEMP_SUFFIX))
 
 
 def run_rows(db: Path) -> list:
@@ -64,6 +73,14 @@ def test_a_books_write_that_fails_is_counted_as_not_booked_and_the_run_as_failed
     ((status, copied, message),) = run_rows(db)
     assert (status, copied) == ("failed", booked)
     assert "full" in message
+    # What the summary says of the destination is what it holds: no temporary file is left
+    # (a batch staged when the books failed is aborted), and every copy in place that has
+    # no row is counted as copied but not booked.
+    assert temporaries(dst) == []
+    assert summary.unbooked == copies(dst) - booked, summary.describe()
+    with sqlite3.connect(str(db)) as connection:
+        (booked_bytes,) = connection.execute("SELECT SUM(size) FROM filelist").fetchone()
+    assert summary.bytes_copied == booked_bytes  # the bytes said are those of the booked files
 
 
 @pytest.fixture
@@ -108,6 +125,9 @@ def test_a_nearly_full_disk_under_the_database_books_only_what_it_says(tmp_path,
     assert summary.startswith(f"copied {booked} file")
     assert f"database {db}" in summary and "full" in summary
     assert [row[:2] for row in run_rows(db)] == [("failed", booked)]
+    assert temporaries(dst) == []
+    unbooked = copies(dst) - booked
+    assert unbooked > 0 and f"({unbooked} files copied but not booked" in summary, summary
 
 
 def test_a_database_on_a_full_disk_is_one_line_naming_it_and_exit_2(tmp_path, small_disk):
