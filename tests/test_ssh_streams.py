@@ -237,6 +237,23 @@ def test_a_full_disk_stops_the_run_and_books_nothing_it_did_not_write(full_disk_
     assert all("no space left" in row["last_error"] for name, row in rows.items() if name not in booked)
 
 
+def test_a_large_file_that_fills_the_disk_through_cat_stops_the_run_saying_so(full_disk_server, tmp_path):
+    # cat ends at the full disk while the data is still being sent: its channel closes under
+    # the data, and what cat said is the reason, not the closed socket.
+    server, small = full_disk_server
+    source = tmp_path / "src"
+    make_tree(source, {"big.fits": os.urandom(5 * 1024 * 1024), "later.res": b"after"})
+
+    summary = run_once(ssh_worker_for(server, source, str(small), tmp_path / "books.db"))
+
+    reason = dict(summary.errors)["big.fits"]
+    assert "Socket is closed" not in reason
+    assert "no space left on the destination" in reason, reason
+    assert summary.fatal == reason  # the run stops
+    assert summary.copied == 0
+    assert not any(name.endswith(TEMP_SUFFIX) for name in tree_files(small))
+
+
 @contextlib.contextmanager
 def server_with_a_tar(script: str) -> Iterator[servers.SSHServer]:
     """An sshd whose login finds first on its PATH a ``tar`` that is this shell script."""

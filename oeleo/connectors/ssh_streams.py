@@ -407,6 +407,23 @@ def _end_quietly(channel: paramiko.Channel, timeout: float) -> None:
         pass
 
 
+def _ended_early(
+    connector: SSHConnector, transport: paramiko.Transport, channel: paramiko.Channel, path: str
+) -> Optional[OSError]:
+    """Why a command reading our data ended before it (its exit status and what it wrote on
+    standard error), or None when the connection itself is gone."""
+    if not transport.is_active() or not channel.status_event.wait(connector.timeout):
+        return None
+    status = channel.recv_exit_status()
+    try:
+        stderr = channel.makefile_stderr("rb").read()
+    except (OSError, EOFError):
+        stderr = b""
+    if status == 0:  # it ended well before reading everything: never cat's way
+        return OSError(errno.EIO, f"writing on {connector.where} failed: cat ended early", printable(path))
+    return _command_error(connector, path, status, stderr)
+
+
 def _command_error(connector: SSHConnector, path: str, status: int, stderr: bytes) -> OSError:
     """What ``mkdir``/``cat`` said, as the SFTP path says it (``permission denied
     (host:path)``, a full disk, ...)."""
@@ -537,14 +554,24 @@ class SSHStreams:
             return None
         written = 0
         done = False
+        ended: Optional[OSError] = None  # what cat said when it ended before the data did
         with connector._remote("writing", path):
             try:
                 for chunk in chunks:  # errors of the source (a change, a stop) pass untouched
-                    channel.sendall(memoryview(chunk))  # sendall slices what is left: no copies
+                    try:
+                        channel.sendall(memoryview(chunk))  # sendall slices what is left: no copies
+                    except (OSError, EOFError):
+                        # cat ended (a full disk, a folder it may not write): its channel is
+                        # closed under the data. What it said is the error, not the socket's.
+                        ended = _ended_early(connector, transport, channel, path)
+                        if ended is None:
+                            raise  # the connection itself dropped
+                        break
                     written += len(chunk)
-                channel.shutdown_write()
-                stderr = channel.makefile_stderr("rb").read()
-                status = channel.recv_exit_status()
+                if ended is None:
+                    channel.shutdown_write()
+                    stderr = channel.makefile_stderr("rb").read()
+                    status = channel.recv_exit_status()
                 done = True
             finally:
                 if not done:
@@ -552,6 +579,8 @@ class SSHStreams:
                     # (it may not have created the file yet), before the file is removed.
                     _end_quietly(channel, connector.timeout)
                 close_quietly(channel)
+        if ended is not None:
+            raise ended
         if status != 0:
             raise _command_error(connector, path, status, stderr)
         return written
