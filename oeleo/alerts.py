@@ -875,6 +875,7 @@ def _hints(settings: Any) -> Tuple[str, ...]:
 
     hints = [f"oeleo status (in {os.getcwd()})"]
     if settings.log_dir is not None:
-        hints.append(f"the log {os.path.abspath(os.path.join(str(settings.log_dir), LOG_FILE_NAME))}")
+        log_dir = os.path.expanduser(str(settings.log_dir))
+        hints.append(f"the log {os.path.abspath(os.path.join(log_dir, LOG_FILE_NAME))}")
     hints.append("the monitor page (oeleo serve)")
     return tuple(hints)

@@ -261,7 +261,7 @@ def start_file_log(log_dir: Union[str, os.PathLike, None], level: Optional[int] 
     logger = logging.getLogger("oeleo")
     if level is None:
         level = logging.DEBUG if logger.level and logger.level <= logging.DEBUG else logging.INFO
-    folder = Path(log_dir) if log_dir else Path.cwd()
+    folder = Path(log_dir).expanduser() if log_dir else Path.cwd()  # ~ as for the other paths
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / LOG_FILE_NAME
     for handler in file_logs():

@@ -13,7 +13,10 @@ from ``Settings.model_fields``, to paste when a setting is added or changed.
 from __future__ import annotations
 
 import argparse
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Dict, Iterator, List, Tuple
 
@@ -338,3 +341,27 @@ def test_links_between_the_docs_resolve():
 
 if __name__ == "__main__":
     print(render_settings_tables(), end="")
+
+
+def test_the_getting_started_script_runs_as_written_and_logs_where_the_env_file_says(tmp_path):
+    # The 0.7-style script of docs/getting-started.md, pasted as a user pastes it, next to a
+    # .env that sets OELEO_LOG_DIR: its log file is in that folder.
+    text = (REPO / "docs" / "getting-started.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    (script,) = [block for block in blocks if "start_logger()" in block and "Worker(" in block]
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "a.csv").write_text("1,2\n")
+    (tmp_path / ".env").write_text(
+        "OELEO_BASE_DIR_FROM=src\nOELEO_BASE_DIR_TO=dst\nOELEO_DB_NAME=books.db\n"
+        "OELEO_FILTER_EXTENSION=.csv\nOELEO_LOG_DIR=logs\n"
+    )
+    (tmp_path / "script.py").write_text(script)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OELEO_")}
+    done = subprocess.run(
+        [sys.executable, "script.py"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+    )
+
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "dst" / "a.csv").read_text() == "1,2\n"
+    assert "copied a.csv" in (tmp_path / "logs" / "oeleo.log").read_text(encoding="utf-8")
+    assert not (tmp_path / "oeleo.log").exists()

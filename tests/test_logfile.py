@@ -349,3 +349,23 @@ def test_the_formatters_write_what_the_standard_formatter_writes() -> None:
         for record, again in zip(_records(), _records()):
             again.created, again.msecs = record.created, record.msecs
             assert ours.format(record) == standard.format(again)
+
+
+def test_a_log_folder_with_a_tilde_is_in_the_home_folder_as_the_other_paths(tmp_path: Path) -> None:
+    # OELEO_LOG_DIR=~/oeleo-logs in a .env: the home folder's, not a folder named "~" here.
+    home, work = tmp_path / "home", tmp_path / "work"
+    home.mkdir()
+    make_files(work / "src", 3)
+    (work / ".env").write_text("OELEO_LOG_DIR=~/oeleo-logs\n")
+    env = env_without_oeleo(HOME=str(home))
+    done = subprocess.run(
+        [sys.executable, "-m", "oeleo", "run", "--from", "src", "--to", "dst", "--db", "books.db"],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert not (work / "~").exists()
+    assert sum(1 for line in lines(home / "oeleo-logs" / "oeleo.log") if ": copied d00/" in line) == 3
