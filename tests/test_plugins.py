@@ -36,6 +36,19 @@ class NoteConnector(LocalConnector):
 class NotAConnector:
     def __init__(self, directory=None):
         self.directory = directory
+
+
+from oeleo.connectors.base import Connector
+
+
+class NoStat(Connector):
+    """A newcomer's first try: list_files and checksum, but no stat (nor open_upload)."""
+
+    def list_files(self, extensions=(), include=(), exclude=(), recursive=True):
+        return iter(())
+
+    def checksum(self, relpath, algorithm="md5"):
+        return ""
 '''
 
 MYSCHED = '''\
@@ -147,6 +160,14 @@ def test_class_that_is_not_a_connector_is_refused_with_one_line(plugins, work):
     assert "NotAConnector" in line
     assert "not a subclass" in line and "Connector" in line
     assert arrived(work) == []
+
+
+def test_connector_missing_a_method_every_connector_has_is_one_line_naming_it(plugins, work):
+    line = one_line_error(oeleo(work, *RUN, "--connector", "myconn:NoStat", pythonpath=plugins))
+    assert "myconn:NoStat" in line and "stat()" in line and "docs/connectors.md" in line
+    assert "unexpected" not in line and "TypeError" not in line
+    assert arrived(work) == []
+    assert not (work / "books.db").exists()
 
 
 def write_distribution(folder: Path, entry_points: str) -> None:
