@@ -313,10 +313,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if debug:  # the traceback, then the same line and status as without --debug
             traceback.print_exc()
         if isinstance(exc, OeleoError):
-            _say(f"oeleo: {exc}")
+            _say(f"oeleo: {exc}", logged=True)
             return exit_status(exc)
         hint = "" if debug else " (run with --debug for details)"
-        _say(f"oeleo: unexpected error: {type(exc).__name__}: {exc}{hint}")
+        _say(f"oeleo: unexpected error: {type(exc).__name__}: {exc}{hint}", logged=True)
         return EXIT_FAILED
 
 
@@ -345,10 +345,13 @@ def _is_terminal(stream: Any) -> bool:
         return False
 
 
-def _say(text: str) -> None:
-    """A line of the command's own on standard error, after the log lines held back before it."""
-    from oeleo.reporters import flush_file_logs
+def _say(text: str, logged: bool = False) -> None:
+    """A line of the command's own on standard error, after the log lines held back before it;
+    ``logged``: in the log file too (the error a run ends with: a scheduled task's only trace)."""
+    from oeleo.reporters import flush_file_logs, to_file_logs
 
+    if logged:  # the log's lines say "oeleo:" already
+        to_file_logs(logging.ERROR, "%s", text[len("oeleo: ") :] if text.startswith("oeleo: ") else text)
     flush_file_logs()
     print(text, file=sys.stderr)
 
@@ -522,21 +525,31 @@ def cmd_check(args: argparse.Namespace) -> int:
             return stopper.status(EXIT_STATUS[Behaviour.INTERRUPT])
         finally:
             worker.close()
+    from oeleo.reporters import flush_file_logs, to_file_logs
+
     console = _console()
-    console.print(
+    counts = (
         f"same: {len(report.same)}  missing: {len(report.missing)}  different: {len(report.different)}  "
         f"locked: {len(report.locked)}  errors: {len(report.errors)}"
     )
+    console.print(counts)
+    to_file_logs(logging.INFO, "check: %s", counts)  # the log file keeps what check found
     for title, names in (("missing", report.missing), ("different", report.different)):
         for name in names:
             console.print(f"{title:9} {printable(name)}", soft_wrap=True)
+            to_file_logs(logging.WARNING, "check: %s %s", title, printable(name))
     for name, reason in report.errors:
         console.print(f"error     {printable(name)}: {reason}", soft_wrap=True)
+        to_file_logs(logging.ERROR, "check: cannot compare %s: %s", printable(name), reason)
     if args.update_db:
         # The differences are booked as to copy: the next run copies them. Nothing is wrong
         # unless a file could not be compared.
-        console.print("the books are updated: the next run copies what is missing or different")
+        updated = "the books are updated: the next run copies what is missing or different"
+        console.print(updated)
+        to_file_logs(logging.INFO, "check: %s", updated)
+        flush_file_logs()
         return EXIT_FAILED if report.errors else EXIT_OK
+    flush_file_logs()
     return EXIT_OK if report.in_sync else EXIT_FAILED
 
 

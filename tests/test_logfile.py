@@ -369,3 +369,36 @@ def test_a_log_folder_with_a_tilde_is_in_the_home_folder_as_the_other_paths(tmp_
     assert done.returncode == 0, done.stderr
     assert not (work / "~").exists()
     assert sum(1 for line in lines(home / "oeleo-logs" / "oeleo.log") if ": copied d00/" in line) == 3
+
+
+def test_the_error_a_run_ends_with_and_what_check_finds_are_in_the_log_file(tmp_path: Path) -> None:
+    # A scheduled task's log is its only trace: the one-line error of a run that cannot start
+    # (exit 2), and check's counts and differences, are there as on the screen.
+    make_files(tmp_path / "src", 3)
+    (tmp_path / ".env").write_text("OELEO_LOG_DIR=logs\n")
+    env = env_without_oeleo()
+
+    def oeleo(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "oeleo", *args, "--db", "books.db"],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    failed = oeleo("run", "--from", "not-there", "--to", "dst")
+    assert failed.returncode == 2
+    error = failed.stderr.strip().splitlines()[-1]
+    assert error.startswith("oeleo: ") and "not-there" in error
+    log_lines = lines(tmp_path / "logs" / "oeleo.log")
+    assert any(line.endswith(f"ERROR   {error}") for line in log_lines), log_lines
+
+    assert oeleo("run", "--from", "src", "--to", "dst").returncode == 0
+    (tmp_path / "dst" / "d00" / "f00001.dat").unlink()
+    checked = oeleo("check", "--from", "src", "--to", "dst")
+    assert checked.returncode == 1
+    log_lines = lines(tmp_path / "logs" / "oeleo.log")
+    assert any("check: same: 2  missing: 1" in line for line in log_lines), log_lines
+    assert any(line.endswith("check: missing d00/f00001.dat") for line in log_lines), log_lines
