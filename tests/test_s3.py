@@ -763,6 +763,25 @@ def test_names_round_trip_to_their_keys(s3_server, s3_bucket, tmp_path, relpath)
     assert conn.checksum(relpath) == md5(b"payload")
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="a name that is not UTF-8 needs POSIX bytes names")
+def test_a_name_that_is_not_utf8_fails_in_one_sentence_naming_it_once(s3_server, s3_bucket, tmp_path):
+    (tmp_path / "src").mkdir()
+    with open(os.path.join(os.fsencode(tmp_path / "src"), b"\xff\xfe.dat"), "wb") as f:
+        f.write(b"x")
+    (tmp_path / "src" / "ok.csv").write_text("1\n")
+
+    done = oeleo(tmp_path, "run", env=s3_env(s3_server, s3_bucket))
+
+    assert done.returncode == 1, done.stderr
+    (line,) = [line for line in done.stderr.splitlines() if "UTF-8" in line]
+    assert line.count("\\xff\\xfe.dat") == 1, line
+    assert line.rstrip().endswith(".") and "rename" in line, line
+    assert keys(s3_server, s3_bucket) == [PREFIX + "ok.csv"]
+    rows = db_rows(tmp_path / "books.db")
+    (row,) = [row for name, row in rows.items() if name != "ok.csv"]
+    assert "S3 keys must be UTF-8" in row["last_error"]
+
+
 def test_checksums_of_many_objects_are_asked_with_head_requests(s3_server, s3_bucket, tmp_path):
     conn = connector(s3_server, s3_bucket)
     names = [f"f{index}.csv" for index in range(20)]

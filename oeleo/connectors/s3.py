@@ -250,17 +250,21 @@ class S3Connector(Connector):
 
     # -- names ----------------------------------------------------------------------------
     def key(self, relpath: str) -> str:
-        """The object key of a relative name: the prefix, then the POSIX path."""
+        """The object key of a relative name: the prefix, then the POSIX path. The errors do
+        not repeat the name: each is shown and booked after it (``failed NAME: reason``)."""
         relpath = safe_relpath(relpath)
         key = self.prefix + relpath
         try:
             size = len(key.encode("utf-8"))
         except UnicodeEncodeError:  # surrogate escapes: the local name is not UTF-8
             raise TransferError(
-                f"{printable(relpath)}: the name is not valid UTF-8, and S3 keys must be"
+                "the name is not valid UTF-8, and S3 keys must be UTF-8: rename the file to copy it."
             ) from None
         if size > 1024:
-            raise TransferError(f"{printable(relpath)}: the key would be {size} bytes; S3 allows 1024")
+            raise TransferError(
+                f"the key would be {size} bytes, and S3 allows 1024: shorten the name "
+                "(or OELEO_S3_PREFIX) to copy it."
+            )
         return key
 
     def external_name(self, relpath: str) -> str:
