@@ -322,6 +322,36 @@ def test_a_tar_that_writes_nothing_hands_its_files_and_the_next_ones_to_sftp(
     assert said in caplog.text and "(tar: Cannot extract: Operation not permitted)" in caplog.text
 
 
+def test_a_folder_the_login_may_not_write_fails_its_files_alone_with_the_reason_every_run(
+    sshd_server, tmp_path, streams, caplog
+):
+    # tar cannot write into ro/, nor can SFTP: that says nothing against tar, which goes on
+    # with the other files, and the file fails with SFTP's words on every run.
+    if os.geteuid() == 0 and sshd_server.uid == os.geteuid():
+        pytest.skip("the login is root here: it can write into any folder")
+    files = {"ro/a.csv": b"1,2\n", **{f"ok/f{i:02d}.csv": b"%d\n" % i for i in range(5)}}
+    make_tree(tmp_path / "src", files)
+    folder = sshd_server.new_folder()
+    os.makedirs(Path(folder) / "ro")
+    os.chown(Path(folder) / "ro", sshd_server.uid, sshd_server.gid)
+    os.chmod(Path(folder) / "ro", 0o555)
+    caplog.set_level(logging.INFO, logger="oeleo")
+    try:
+        for _ in range(2):  # the second run finds ro/a.csv to copy again, alone in its batch
+            summary = run_once(ssh_worker_for(sshd_server, tmp_path / "src", folder, tmp_path / "books.db"))
+            assert summary.failed == 1, summary.errors
+            reason = dict(summary.errors)["ro/a.csv"]
+            assert reason.startswith("permission denied ("), reason
+        assert "from now on" not in caplog.text
+        assert len(streams["streams"]) >= 2  # tar was used by both runs
+        assert db_rows(tmp_path / "books.db")["ro/a.csv"]["last_error"] == reason
+        assert {n: d for n, d in tree_files(folder).items()} == {
+            n: d for n, d in files.items() if n != "ro/a.csv"
+        }
+    finally:
+        os.chmod(Path(folder) / "ro", 0o755)
+
+
 def test_the_archive_is_what_gnu_tar_lists_back(tmp_path):
     """The members oeleo writes, read by the local GNU tar: names of any length and any
     bytes, sizes, times, and the end of the archive."""

@@ -424,6 +424,8 @@ class SSHConnector(SSHStreams, SSHWrites, FolderConnector):
         except TransferError as exc:
             self._say_once("exec", "%s; reading copies back instead", exc, level=logging.WARNING)
             return self._read_back_many(relpaths, algorithm)
+        except OSError:  # the only file asked for cannot be hashed (missing, unreadable): left out
+            return {}
         return {paths[path]: digest for path, digest in found.items()}
 
     def _read_back_many(self, relpaths: Sequence[str], algorithm: str) -> Dict[str, str]:

@@ -39,7 +39,7 @@ import tarfile
 import threading
 import time
 from dataclasses import replace
-from typing import TYPE_CHECKING, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Dict, Iterable, List, Optional, Sequence, Set, Tuple, Union
 
 import paramiko
 
@@ -278,11 +278,13 @@ def settle(connector: SSHConnector, staged: Sequence[PutResult]) -> Dict[int, Un
                     unwritten.append((index, item, upload))
             else:
                 out[index] = _compared(connector, item, upload, digest)
-    _stop_streams_that_wrote_nothing(connector, streamed, errors, out)
+    tar_wrote = {index for index, result in out.items() if isinstance(result, PutResult)}
     if unwritten:
         # Over SFTP, now: what tar could not write is written there, or fails with the
         # words the SFTP path has for the cause (permission denied, a full disk, ...).
         _resend(connector, unwritten, out, reconnect=False)
+        sftp_wrote = {i for i, _, _ in unwritten if isinstance(out.get(i), PutResult)}
+        _stop_streams_that_wrote_nothing(connector, streamed, errors, tar_wrote, sftp_wrote)
     if lost:
         log.info(
             "connection to %s lost while sending small files: sending %d again", connector.where, len(lost)
@@ -343,10 +345,13 @@ def _stop_streams_that_wrote_nothing(
     connector: SSHConnector,
     streamed: List[Tuple[int, PutResult, StreamedUpload, TarStream]],
     errors: Dict[int, Optional[BaseException]],
-    out: Dict[int, Union[PutResult, Failed]],
+    tar_wrote: Set[int],
+    sftp_wrote: Set[int],
 ) -> None:
-    """A tar that failed without writing one file that verifies (a server whose tar or
-    shell does not do what the probe showed): small files go over SFTP from now on."""
+    """A tar that failed without writing one file that verifies, where SFTP then wrote some
+    of them (a server whose tar or shell does not do what the probe showed): small files go
+    over SFTP from now on. Files that SFTP could not write either (a folder the login may not
+    write) say nothing against tar."""
     for _, _, _, stream in streamed:
         error = errors[id(stream)]
         if (
@@ -355,7 +360,8 @@ def _stop_streams_that_wrote_nothing(
             or getattr(error, "errno", None) == errno.ENOSPC
         ):
             continue
-        if any(s is stream and isinstance(out.get(i), PutResult) for i, _, _, s in streamed):
+        mine = {i for i, _, _, s in streamed if s is stream}
+        if mine & tar_wrote or not mine & sftp_wrote:
             continue
         if connector.stream_small_files:
             connector.stream_small_files = False

@@ -436,12 +436,14 @@ class SSHWrites(SSHSession):
 
     # -- verifying ----------------------------------------------------------------------
     def _hash_on_server(self, paths: List[str], algorithm: str) -> Dict[str, str]:
-        """``md5sum a b c ...`` in as few commands as the command-line limit allows."""
+        """``md5sum a b c ...`` in as few commands as the command-line limit allows; a file
+        that cannot be hashed is left out, except when it is the only one asked for: then
+        the error says why (missing, unreadable)."""
         digests: Dict[str, str] = {}
         for command, batch in command_lines(readback.HASH_COMMANDS[algorithm], paths, MAX_COMMAND):
             _, out, err = self._exec(command)
             digests.update(readback.parse_sums(out))
-            if err and len(batch) == 1 and batch[0] not in digests:
+            if err and len(paths) == 1 and batch[0] not in digests:
                 # One file: say why it has no checksum.
                 error = readback.sum_error(err, f"{_bracket(self.host)}:{printable(batch[0])}")
                 if error is not None:
