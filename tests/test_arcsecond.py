@@ -468,6 +468,32 @@ def test_quotes_and_non_utf8_names_round_trip(fake, tmp_path):
     assert set(fake.stored()["night1"]) == {'say "cheese".fits', "m\u201bE9sure.csv", "spaces and ü.fits"}
 
 
+def test_a_name_holding_the_books_quote_is_sent_as_it_is(fake, tmp_path):
+    # U+201B is the books' escape character (oeleo.names): a name that is valid UTF-8 is still
+    # sent exactly as it is, and only a name that is not UTF-8 gets the books' form.
+    quote = "\u201b"
+    source = tmp_path / "data" / "night1"
+    names = [f"it{quote}s.fits", f"{quote}FF.dat", f"{quote}{quote}twice.fits", f"run{quote}1/c.fits"]
+    names.append("run1/\udcff.dat")  # b"\xff.dat": not UTF-8
+    conn = connector(fake)
+    for name in names:
+        path = source / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(name.encode("utf-8", "surrogateescape"))
+        conn.put(path, name)
+
+    stored = fake.stored()
+    assert set(stored["night1"]) == {f"it{quote}s.fits", f"{quote}FF.dat", f"{quote}{quote}twice.fits"}
+    assert set(stored[f"night1/run{quote}1"]) == {"c.fits"}
+    assert set(stored["night1/run1"]) == {f"{quote}FF.dat"}
+    conn.connect()
+    listed = {e.relpath for e in conn.list_files()}
+    assert listed >= {f"it{quote}s.fits", f"{quote}{quote}twice.fits", f"run{quote}1/c.fits"}
+    assert "run1/\udcff.dat" in listed
+    for name in names:
+        assert conn.stat(name) is not None, name
+
+
 def test_a_name_arcsecond_would_cut_is_refused_for_that_file_alone(fake, tmp_path):
     source = tmp_path / "data" / "night1"
     make_tree(source, {"back\\slash.fits": b"x"})

@@ -86,6 +86,25 @@ def stored_key(path: Optional[Path] = None) -> Optional[str]:
     return None
 
 
+def sent_name(name: str) -> str:
+    """A name as Arcsecond gets it: a name that is valid UTF-8 exactly as it is (a ``‛`` of
+    its own included); one that is not, in the books' lossless form (``m‛E9sure.csv``), the
+    only text that can stand for it."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return to_books(name)
+    return name
+
+
+def local_name(sent: str) -> str:
+    """The name whose ``sent_name`` is ``sent``: the lossless form of a name that is not valid
+    UTF-8 is read back as that name; any other name is itself. (A valid UTF-8 name that reads
+    like such a form, ``‛FF.dat``, is taken for the other one: the two look the same there.)"""
+    name = from_books(sent)
+    return name if name != sent and sent_name(name) == sent else sent
+
+
 @dataclass
 class Datafile:
     """A file of a dataset as the API lists it: its name, size (-1: not given), id, and the
@@ -220,7 +239,7 @@ class ArcsecondConnector(Connector):
         with self._lock:
             self._datasets.clear()
         try:
-            self.dataset(self.root_name)
+            self.dataset(sent_name(self.root_name))
         except ConnectionLost as exc:
             if self._reached:
                 raise
@@ -232,10 +251,11 @@ class ArcsecondConnector(Connector):
 
     # -- names ----------------------------------------------------------------------------
     def locate(self, relpath: str) -> tuple:
-        """The dataset name and the file name in it of a relative path (Oort's naming)."""
+        """The dataset name and the file name in it of a relative path (Oort's naming), as
+        Arcsecond gets them (``sent_name``)."""
         folder, name = posixpath.split(safe_relpath(relpath))
         dataset = f"{self.root_name}/{folder}" if folder else self.root_name
-        return to_books(dataset), to_books(name)
+        return sent_name(dataset), sent_name(name)
 
     def external_name(self, relpath: str) -> str:
         dataset, name = self.locate(relpath)
@@ -338,17 +358,18 @@ class ArcsecondConnector(Connector):
             names = [str(d.get("name", "")) for d in self.api.list("datasets")]
         except HTTPFailure as exc:
             raise self._datasets_failure(exc) from None
-        prefix = self.root_name + "/"
+        root = sent_name(self.root_name)
+        prefix = root + "/"
         entries = []
         for dataset_name in names:
-            if dataset_name != self.root_name and not (recursive and dataset_name.startswith(prefix)):
+            if dataset_name != root and not (recursive and dataset_name.startswith(prefix)):
                 continue
             dataset = self.dataset(dataset_name)
             if dataset is None:
                 continue
-            folder = from_books(dataset_name[len(prefix) :]) if dataset_name != self.root_name else ""
+            folder = local_name(dataset_name[len(prefix) :]) if dataset_name != root else ""
             for datafile in self.files(dataset).values():
-                relpath = posixpath.join(folder, from_books(datafile.name))
+                relpath = posixpath.join(folder, local_name(datafile.name))
                 if not has_extension(relpath, extensions):
                     continue
                 if (include and not matches(relpath, include)) or (exclude and matches(relpath, exclude)):
