@@ -247,6 +247,34 @@ def test_a_missing_bucket_is_a_config_error_naming_the_setting(s3_server, tmp_pa
     assert "OELEO_S3_BUCKET='no-such-bucket-here'" in one_error_line(done)
 
 
+@pytest.mark.parametrize("how", ["setting", "url"])
+def test_a_malformed_bucket_name_is_a_config_error_naming_the_setting(s3_server, tmp_path, how):
+    make_tree(tmp_path / "src", TREE)
+    env = s3_env(s3_server, "Bad_Bucket!")
+    args = ["run"]
+    if how == "url":
+        del env["OELEO_S3_BUCKET"], env["OELEO_S3_PREFIX"]
+        args += ["--to", "s3://Bad_Bucket!/x"]
+    done = oeleo(tmp_path, *args, env=env)
+    assert done.returncode == 2, done.stderr
+    assert "OELEO_S3_BUCKET='Bad_Bucket!'" in one_error_line(done)
+    assert "Parameter validation" not in done.stderr
+    assert "failed" not in done.stderr.replace("failed:", "")  # no file was tried
+
+
+def test_a_bucket_name_that_botocore_allows_is_not_refused(s3_server):
+    """S3-compatible stores allow names AWS does not (capitals, underscores): the check at
+    connect is botocore's own, never stricter."""
+    from oeleo.connectors.s3 import S3Connector
+
+    for name in ("Lab_Data.2", "arn:aws:s3:us-east-1:123456789012:accesspoint/lab"):
+        conn = S3Connector(name, endpoint_url=s3_server.endpoint_url)
+        conn.connect()
+        conn.close()
+    with pytest.raises(ConfigError, match="OELEO_S3_BUCKET='a/b'"):
+        S3Connector("a/b", endpoint_url=s3_server.endpoint_url).connect()
+
+
 def test_access_denied_is_a_config_error(s3_server, s3_bucket, tmp_path):
     make_tree(tmp_path / "src", TREE)
     s3_server.faults.append(

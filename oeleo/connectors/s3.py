@@ -147,6 +147,12 @@ def _without_userinfo(url: Optional[str]) -> str:
     return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
 
 
+def _one_line(exc: BaseException) -> str:
+    """What botocore says, in one line (``Parameter validation failed:`` has its report on
+    the next)."""
+    return " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+
+
 class S3Connector(Connector):
     """Objects under ``prefix`` in an S3 bucket: ``S3Connector("lab-data", prefix="instr1/")``;
     ``endpoint_url`` for an S3-compatible store (``http://minio.lab:9000``).
@@ -296,6 +302,7 @@ class S3Connector(Connector):
                 # S3-compatible stores are usually reached by path (http://host/bucket/key).
                 s3={"addressing_style": "path"} if self.endpoint_url else None,
             )
+            self._check_bucket_name()
             try:
                 session = boto_session.Session(profile=self.profile)
                 session.register_component(
@@ -321,6 +328,25 @@ class S3Connector(Connector):
                 ) from None
             except boto_errors.BotoCoreError as exc:
                 raise ConfigError(f"cannot set up the S3 client: {exc}") from None
+
+    def _check_bucket_name(self) -> None:
+        """A bucket name botocore would refuse in every request, said once as the setting to
+        fix. botocore's own check, no stricter: S3-compatible stores allow names AWS does not
+        (capitals, underscores), and an access point's ARN is a bucket name too."""
+        try:
+            from botocore.handlers import validate_bucket_name
+        except ImportError:  # moved in another botocore: each request says it then
+            return
+        try:
+            validate_bucket_name(params={"Bucket": self.bucket})
+        except boto_errors.ParamValidationError:
+            raise ConfigError(self._bad_bucket_name()) from None
+
+    def _bad_bucket_name(self) -> str:
+        return (
+            f"OELEO_S3_BUCKET={self.bucket!r}: not a bucket name; S3's are 3 to 63 lower-case letters, "
+            "digits, dots and hyphens (as in s3://lab-data/instr1)"
+        )
 
     def reconnect(self, **kwargs: Any) -> None:
         """After a dropped connection: boto3's pool opens new connections by itself."""
@@ -385,8 +411,12 @@ class S3Connector(Connector):
                 else "check the network and OELEO_S3_REGION"
             )
             raise ConfigError(f"cannot reach S3 at {where} ({exc}); {hint}") from None
+        except boto_errors.ParamValidationError as exc:
+            if "Invalid bucket name" in str(exc):
+                raise ConfigError(self._bad_bucket_name()) from None
+            raise TransferError(f"{self._what(what, relpath)}: {_one_line(exc)}") from None
         except boto_errors.BotoCoreError as exc:
-            raise TransferError(f"{self._what(what, relpath)}: {exc}") from None
+            raise TransferError(f"{self._what(what, relpath)}: {_one_line(exc)}") from None
         else:
             self._reached = True
 
