@@ -447,7 +447,9 @@ def find_env_file(env_file: Optional[os.PathLike] = None) -> Optional[Path]:
     """The ``.env`` to read: the one given (it must exist), else ``./.env`` if present."""
     if env_file is not None:
         path = Path(env_file)
-        if not path.is_file():
+        if path.is_dir():
+            raise ConfigError(f"--env-file {path}: a folder, not a file")
+        if not path.exists():  # /dev/null is fine: no settings at all
             raise ConfigError(f"--env-file {path}: no such file")
         return path
     default = Path.cwd() / ".env"

@@ -422,6 +422,21 @@ def test_env_file_that_does_not_exist_is_one_line(work):
     assert "missing.env" in line
 
 
+def test_env_file_dev_null_reads_no_settings_and_a_folder_is_refused(work):
+    (work / ".env").write_text("OELEO_MIN_AGE=abc\n")  # never read with --env-file
+    done = oeleo(work, "run", "--env-file", os.devnull, "--from", "src", "--to", "dst", "--db", "b.db")
+    assert done.returncode == 0, done.stderr
+    line = one_line_error(oeleo(work, "run", "--env-file", "src", "--from", "src", "--to", "dst"))
+    assert line == "oeleo: --env-file src: a folder, not a file"
+
+
+def test_destination_that_is_a_file_is_one_line_naming_the_setting(work):
+    (work / "plain-file").write_text("not a folder")
+    line = one_line_error(oeleo(work, "run", "--from", "src", "--to", "plain-file", "--db", "books.db"))
+    assert "plain-file is a file, not a folder" in line and "OELEO_BASE_DIR_TO" in line
+    assert (work / "plain-file").read_text() == "not a folder"
+
+
 def test_destination_that_cannot_be_created_is_one_line(work):
     (work / "plain-file").write_text("not a folder")
     line = one_line_error(oeleo(work, "run", "--from", "src", "--to", "plain-file/dst", "--db", "books.db"))

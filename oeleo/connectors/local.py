@@ -225,14 +225,17 @@ class LocalConnector(FolderConnector):
         return True
 
     def prepare(self) -> None:
+        where = "(OELEO_BASE_DIR_TO, --to)"
+        if self.directory.exists() and not self.directory.is_dir():
+            raise ConfigError(f"destination {self.directory} is a file, not a folder {where}")
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise ConfigError(
-                f"destination folder {self.directory} cannot be created: {exc.strerror}"
+                f"destination folder {self.directory} cannot be created: {exc.strerror} {where}"
             ) from None
         if not self.directory.is_dir():
-            raise ConfigError(f"destination {self.directory} is not a folder")
+            raise ConfigError(f"destination {self.directory} is not a folder {where}")
         # Write a probe: os.access says yes to root (and to any user on a Windows share)
         # where writing will still fail.
         try:
