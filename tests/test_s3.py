@@ -275,6 +275,39 @@ def test_a_bucket_name_that_botocore_allows_is_not_refused(s3_server):
         S3Connector("a/b", endpoint_url=s3_server.endpoint_url).connect()
 
 
+@pytest.mark.parametrize("endpoint", ["the server", ""])
+def test_a_malformed_region_is_a_config_error_naming_the_setting(s3_server, s3_bucket, tmp_path, endpoint):
+    make_tree(tmp_path / "src", TREE)
+    env = s3_env(s3_server, s3_bucket, OELEO_S3_REGION="eu north/1")
+    if not endpoint:
+        env["OELEO_S3_ENDPOINT_URL"] = ""
+    done = oeleo(tmp_path, "run", env=env)
+    assert done.returncode == 2, done.stderr
+    line = one_error_line(done)
+    assert "OELEO_S3_REGION='eu north/1'" in line and "OELEO_S3_ENDPOINT_URL" not in line, line
+
+
+def test_a_malformed_region_from_the_environment_names_where_it_came_from(s3_server, monkeypatch):
+    from oeleo.connectors.s3 import S3Connector
+
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "eu north/1")
+    with pytest.raises(ConfigError) as raised:
+        S3Connector("lab-data", endpoint_url=s3_server.endpoint_url).connect()
+    message = str(raised.value)
+    assert "'eu north/1'" in message and "AWS_DEFAULT_REGION" in message and "OELEO_S3_REGION" in message
+    assert "OELEO_S3_ENDPOINT_URL" not in message
+
+
+def test_an_endpoint_url_that_is_not_one_is_said_once_without_its_password(s3_server):
+    from oeleo.connectors.s3 import S3Connector
+
+    with pytest.raises(ConfigError) as raised:
+        S3Connector("lab-data", endpoint_url="ht!tp://user:urlSECRET@127.0.0.1:9").connect()
+    message = str(raised.value)
+    assert message.startswith("OELEO_S3_ENDPOINT_URL=") and "urlSECRET" not in message, message
+    assert message.count("127.0.0.1") == 1, message
+
+
 def test_access_denied_is_a_config_error(s3_server, s3_bucket, tmp_path):
     make_tree(tmp_path / "src", TREE)
     s3_server.faults.append(

@@ -28,6 +28,7 @@ import io
 import logging
 import os
 import posixpath
+import re
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
@@ -137,14 +138,29 @@ _NO_CREDENTIALS = (
 )
 
 
+# The ``user:password@`` of a URL in a text (the scheme left, the host right after it).
+_URL_USERINFO = re.compile(r"\b([A-Za-z][A-Za-z0-9+.\-]*://)[^\s/?#\"'<>]*@")
+
+
+def _masked(text: str) -> str:
+    """``text`` with the ``user:password@`` of every URL in it removed."""
+    return _URL_USERINFO.sub(r"\1", text)
+
+
+def _userinfo(url: Optional[str]) -> str:
+    """The ``user:password`` of a URL as written (even one that does not parse), or ``""``."""
+    found = re.match(r"[^:/]*://([^\s/?#]*)@", url or "")
+    return found.group(1) if found else ""
+
+
 def _without_userinfo(url: Optional[str]) -> str:
     """An endpoint URL for messages: a ``user:password@`` in it is never shown."""
     if not url:
         return ""
     parts = urlsplit(url)
-    if "@" not in parts.netloc:
-        return url
-    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
+    if "@" in parts.netloc:
+        url = urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
+    return _masked(url)  # one that does not parse ("ht!tp://user:pw@host")
 
 
 def _one_line(exc: BaseException) -> str:
@@ -322,12 +338,36 @@ class S3Connector(Connector):
                     f"OELEO_S3_PROFILE={self.profile!r}: no such profile in ~/.aws/config "
                     "or ~/.aws/credentials"
                 ) from None
-            except ValueError as exc:  # an endpoint URL that is not one
-                raise ConfigError(
-                    f"OELEO_S3_ENDPOINT_URL={_without_userinfo(self.endpoint_url)!r}: {exc}"
-                ) from None
+            except boto_errors.InvalidRegionError as exc:  # a ValueError too: before the endpoint's
+                raise ConfigError(self._bad_region(exc)) from None
+            except ValueError as exc:  # an endpoint URL that is not one ("Invalid endpoint: URL")
+                endpoint = _without_userinfo(self.endpoint_url)
+                if str(exc).startswith("Invalid endpoint"):
+                    raise ConfigError(
+                        f"OELEO_S3_ENDPOINT_URL={endpoint!r}: not a URL such as https://s3.lab.example.org:9000"
+                    ) from None
+                raise ConfigError(f"OELEO_S3_ENDPOINT_URL={endpoint!r}: {self._masked(exc)}") from None
             except boto_errors.BotoCoreError as exc:
                 raise ConfigError(f"cannot set up the S3 client: {exc}") from None
+
+    def _bad_region(self, exc: Exception) -> str:
+        """The line for a region botocore refuses: OELEO_S3_REGION's, or the one boto3 found."""
+        region = getattr(exc, "kwargs", {}).get("region_name", self.region)
+        if self.region:
+            where = f"OELEO_S3_REGION={self.region!r}"
+        else:  # boto3's own: the environment or the profile
+            where = (
+                f"the region {region!r} (from AWS_REGION, AWS_DEFAULT_REGION or the profile's config; "
+                "OELEO_S3_REGION overrides it)"
+            )
+        return f"{where}: not a region name such as eu-north-1 or us-east-1"
+
+    def _masked(self, exc: Union[BaseException, str]) -> str:
+        """What an error says, in one line, without the password of any URL in it (botocore
+        and urllib3 show the endpoint URL as given, ``user:password@`` included)."""
+        text = _masked(_one_line(exc) if isinstance(exc, BaseException) else exc)
+        userinfo = _userinfo(self.endpoint_url)
+        return text.replace(userinfo + "@", "") if userinfo else text
 
     def _check_bucket_name(self) -> None:
         """A bucket name botocore would refuse in every request, said once as the setting to
