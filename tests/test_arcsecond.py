@@ -167,6 +167,51 @@ def test_a_refused_key_exits_2_in_one_line_naming_the_setting(fake, tmp_path, st
     assert fake.datafiles == []
 
 
+@pytest.mark.parametrize("status", [401, 403])
+def test_a_key_refused_by_the_uploads_stops_the_run_with_exit_2(fake, tmp_path, status):
+    # The datasets could be looked up (GET), but the uploads are refused: a setting to fix,
+    # not a hundred failed files.
+    source = night(tmp_path)
+    make_tree(source, {f"more/f{i}.fits": bytes([i]) * 10 for i in range(20)})
+    fake.fail("POST", "datafiles", status, times=99)
+
+    done = run_oeleo("run", cwd=tmp_path, env=settings(fake, source))
+
+    assert done.returncode == 2, done.stderr
+    last = [line for line in done.stderr.splitlines() if line.strip()][-1]
+    assert "OELEO_ARCSECOND_API_KEY" in last and f"HTTP {status}" in last, done.stderr
+    assert "Traceback" not in done.stderr and fake.key not in done.stderr + done.stdout
+    assert fake.count("POST", "datafiles") == 1 and fake.datafiles == []
+
+
+def test_a_key_refused_in_the_middle_of_a_batch_books_what_was_copied_then_stops(fake, tmp_path, monkeypatch):
+    source = night(tmp_path)
+    conn = connector(fake)
+    key = fake.key
+    post_json = conn.api.post_json
+
+    def revoked_after_the_first_upload(url, json=None, body=None):
+        reply = post_json(url, json=json, body=body)
+        if body is not None:
+            fake.key = "the-key-was-revoked-meanwhile"
+        return reply
+
+    monkeypatch.setattr(conn.api, "post_json", revoked_after_the_first_upload)
+    staged = [conn.stage(source / name, name) for name in ("a.fits", "b.fits", "run1/c.fits")]
+
+    results = conn.commit_many(staged)
+
+    assert results[0].verified, results[0]  # in Arcsecond: given back to be booked
+    assert all("OELEO_ARCSECOND_API_KEY" in result.reason for result in results[1:]), results
+    assert fake.count("POST", "datafiles") == 2  # not one request per file left
+    with pytest.raises(ConfigError, match="OELEO_ARCSECOND_API_KEY"):
+        conn.stage(source / "b.fits", "b.fits")  # the next file stops the pass
+    monkeypatch.undo()
+    fake.key = key  # the key is accepted again: the next pass uploads
+    conn.connect()
+    assert conn.put(source / "b.fits", "b.fits").verified
+
+
 def test_no_key_anywhere_exits_2_saying_where_one_comes_from(fake, tmp_path):
     source = night(tmp_path)
     env = settings(fake, source)

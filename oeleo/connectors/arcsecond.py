@@ -26,7 +26,7 @@ import socket
 import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Sequence, Union
 from urllib.parse import unquote, urljoin, urlsplit
 
 from oeleo import __version__
@@ -41,6 +41,7 @@ from oeleo.connectors.arcsecond_api import (
 )
 from oeleo.connectors.base import (
     Connector,
+    Failed,
     Features,
     FileEntry,
     PutResult,
@@ -202,6 +203,8 @@ class ArcsecondConnector(Connector):
         self._datasets: Dict[str, Optional[Dataset]] = {}  # by name; None: looked up, not there
         self._lock = threading.RLock()
         self._reached = False
+        # A key an upload was refused with (HTTP 401, 403): no other upload of the pass is tried.
+        self._refused: Optional[ConfigError] = None
 
     @classmethod
     def from_settings(cls, settings: Settings, role: str = "external") -> Connector:
@@ -238,6 +241,7 @@ class ArcsecondConnector(Connector):
         refused, an organisation or a server that is not there fails here, before any file."""
         with self._lock:
             self._datasets.clear()
+        self._refused = None
         try:
             self.dataset(sent_name(self.root_name))
         except ConnectionLost as exc:
@@ -393,6 +397,8 @@ class ArcsecondConnector(Connector):
 
     # -- write side -----------------------------------------------------------------------
     def open_upload(self, relpath: str, size: int, mtime_ns: int) -> Upload:
+        if self._refused is not None:
+            raise ConfigError(str(self._refused))
         name = posixpath.basename(relpath)
         if "\\" in name:
             # The server's form parser (Django) keeps only what follows a backslash.
@@ -459,13 +465,31 @@ class ArcsecondConnector(Connector):
                 exc,
             )
 
+    def commit_many(self, staged: Sequence[PutResult]) -> List[Union[PutResult, Failed]]:
+        """As for any store, except that a key an upload is refused with (HTTP 401, 403) stops
+        the pass (exit 2), as it does when the datasets are looked up: every other upload would
+        be refused too. When files of the batch were committed before it, they are given back
+        to be booked first, and the next file's upload raises the refusal."""
+        results = super().commit_many(staged)
+        refused = self._refused
+        if refused is not None and not any(isinstance(result, PutResult) for result in results):
+            raise ConfigError(str(refused))
+        return results
+
     def commit(self, staged: PutResult) -> PutResult:
         """POST the file, then verify it (Arcsecond returns no checksum: read it back). A
         file that was there already is a success only if it holds these very bytes."""
         upload = staged.upload
         if not isinstance(upload, ArcsecondUpload):
             return super().commit(staged)
-        upload.commit()
+        if self._refused is not None:  # the same key would be refused again
+            upload.abort()
+            raise ConfigError(str(self._refused))
+        try:
+            upload.commit()
+        except ConfigError as exc:  # the key (ArcsecondAPI.request): a setting, not this file
+            self._refused = exc
+            raise
         relpath = staged.relpath
         # What the store's copy must hash to: the source's checksum, or that of the bytes sent
         # when they are not the source's (a compressed copy).
