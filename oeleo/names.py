@@ -62,19 +62,23 @@ def from_books(text: str) -> str:
     return _QUOTED.sub(unquote, text)
 
 
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+# Control characters, and the ones that reorder or break a line where they are shown: the bidi
+# controls (U+202E turns "txt.exe" around) and the line and paragraph separators.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 _CONTROL_NAMES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 
 def _control(match: re.Match) -> str:
     char = match.group()
-    return _CONTROL_NAMES.get(char) or f"\\x{ord(char):02x}"
+    code = ord(char)
+    return _CONTROL_NAMES.get(char) or (f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
 
 
 def printable(name: str) -> str:
     """``name`` for people: bytes that are not UTF-8 shown as ``\\xe9``, control characters as
     ``\\n``, ``\\t``, ``\\x1b`` (a newline in a name never makes a line of its own in a log or
-    on the console), the rest as it is."""
+    on the console), the bidi controls and line separators as ``\\u202e`` (a name cannot turn
+    the rest of its line around), the rest as it is."""
     if name.isascii():
         return name if name.isprintable() else _CONTROL.sub(_control, name)
     try:

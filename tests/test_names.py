@@ -50,6 +50,15 @@ def test_printable_shows_bytes_that_are_not_utf8_as_escapes():
     assert printable("mésure.csv") == "mésure.csv"
 
 
+def test_printable_shows_bidi_controls_and_line_separators_as_escapes_and_keeps_joiners():
+    # U+202E would show "report\u202etxt.exe" as "reportexe.txt"; U+2028 breaks a line.
+    assert printable("report\u202etxt.exe") == "report\\u202etxt.exe"
+    assert printable("a\u2028b\u2029c\u2066d\u200fe") == "a\\u2028b\\u2029c\\u2066d\\u200fe"
+    family = "\U0001f468\u200d\U0001f469.jpg"  # an emoji sequence: as it is
+    assert printable(family) == family
+    assert printable("tab\there\x7f") == "tab\\there\\x7f"
+
+
 def _plant(src, raw_names):
     os.makedirs(src, exist_ok=True)
     for raw in raw_names:
