@@ -363,6 +363,35 @@ def test_an_unreachable_endpoint_is_a_config_error_naming_the_setting(s3_bucket,
     assert "OELEO_S3_ENDPOINT_URL" in line and closed in line
 
 
+def test_the_password_of_an_unreachable_endpoint_is_never_shown_nor_booked(s3_bucket, s3_server, tmp_path):
+    make_tree(tmp_path / "src", TREE)
+    port = servers.free_port()
+    endpoint = f"http://user:urlSECRET@127.0.0.1:{port}"
+    done = oeleo(tmp_path, "run", env=s3_env(s3_server, s3_bucket, OELEO_S3_ENDPOINT_URL=endpoint))
+    assert done.returncode == 2
+    line = one_error_line(done)
+    assert "OELEO_S3_ENDPOINT_URL" in line and f"127.0.0.1:{port}" in line, line
+    assert "urlSECRET" not in done.stdout + done.stderr
+    with sqlite3.connect(str(tmp_path / "books.db")) as db:
+        messages = [row[0] for row in db.execute("SELECT message FROM oeleo_runs")]
+    assert messages and not [m for m in messages if "urlSECRET" in (m or "")], messages
+
+
+def test_the_password_of_an_endpoint_lost_later_is_never_shown(s3_server, s3_bucket):
+    second = servers.start_s3()
+    try:
+        conn = connector(second, s3_bucket)
+        conn.endpoint_url = second.endpoint_url.replace("http://", "http://user:urlSECRET@")
+        conn.close()
+        assert conn.check_base()
+    finally:
+        servers.stop_s3(second)
+    with pytest.raises(ConnectionLost) as raised:
+        conn.stat("a.csv")
+    assert "urlSECRET" not in str(raised.value) and "127.0.0.1" in str(raised.value)
+    conn.close()
+
+
 def test_an_idle_rerun_after_a_clean_run_does_not_contact_the_store(s3_bucket, s3_server, tmp_path):
     """Nothing new after a run that ended well: no request at all (an idle pass every few
     minutes costs the store nothing). Something new: the store is asked, and an unreachable

@@ -348,7 +348,7 @@ class S3Connector(Connector):
                     ) from None
                 raise ConfigError(f"OELEO_S3_ENDPOINT_URL={endpoint!r}: {self._masked(exc)}") from None
             except boto_errors.BotoCoreError as exc:
-                raise ConfigError(f"cannot set up the S3 client: {exc}") from None
+                raise ConfigError(f"cannot set up the S3 client: {self._masked(exc)}") from None
 
     def _bad_region(self, exc: Exception) -> str:
         """The line for a region botocore refuses: OELEO_S3_REGION's, or the one boto3 found."""
@@ -444,19 +444,19 @@ class S3Connector(Connector):
         except _network_errors() as exc:
             where = _without_userinfo(self.endpoint_url) or "AWS S3"
             if self._reached:
-                raise ConnectionLost(f"lost the connection to {where}: {exc}") from None
+                raise ConnectionLost(f"lost the connection to {where}: {self._masked(exc)}") from None
             hint = (
                 "check OELEO_S3_ENDPOINT_URL"
                 if self.endpoint_url
                 else "check the network and OELEO_S3_REGION"
             )
-            raise ConfigError(f"cannot reach S3 at {where} ({exc}); {hint}") from None
+            raise ConfigError(f"cannot reach S3 at {where} ({self._masked(exc)}); {hint}") from None
         except boto_errors.ParamValidationError as exc:
             if "Invalid bucket name" in str(exc):
                 raise ConfigError(self._bad_bucket_name()) from None
-            raise TransferError(f"{self._what(what, relpath)}: {_one_line(exc)}") from None
+            raise TransferError(f"{self._what(what, relpath)}: {self._masked(exc)}") from None
         except boto_errors.BotoCoreError as exc:
-            raise TransferError(f"{self._what(what, relpath)}: {_one_line(exc)}") from None
+            raise TransferError(f"{self._what(what, relpath)}: {self._masked(exc)}") from None
         else:
             self._reached = True
 
@@ -469,7 +469,7 @@ class S3Connector(Connector):
         self._reached = True  # S3 answered
         error = exc.response.get("Error", {})
         code = str(error.get("Code", ""))
-        message = str(error.get("Message", "")) or code
+        message = self._masked(str(error.get("Message", "")) or code)
         status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
         doing = self._what(what, relpath)
         if code in _KEY_ERRORS:
@@ -664,7 +664,7 @@ class S3Connector(Connector):
         try:
             self.client.delete_object(Bucket=self.bucket, Key=self.key(upload.staging))
         except Exception as exc:  # noqa: BLE001 - the next run removes it
-            log.debug("cannot remove the marker %s: %s", printable(upload.staging), exc)
+            log.debug("cannot remove the marker %s: %s", printable(upload.staging), self._masked(exc))
 
     def abort_upload(self, key: str, upload_id: str) -> None:
         """Abort a multipart upload (its parts are deleted); must not raise."""
@@ -673,9 +673,9 @@ class S3Connector(Connector):
             self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
         except boto_errors.ClientError as exc:
             if exc.response.get("Error", {}).get("Code") != "NoSuchUpload":
-                log.warning("cannot abort the upload of %s: %s", printable(key), exc)
+                log.warning("cannot abort the upload of %s: %s", printable(key), self._masked(exc))
         except Exception as exc:  # noqa: BLE001 - cleanup must not hide the first error
-            log.warning("cannot abort the upload of %s: %s", printable(key), exc)
+            log.warning("cannot abort the upload of %s: %s", printable(key), self._masked(exc))
 
     def add_checksums(self, upload: S3MultipartUpload, hashes: Dict[str, str]) -> None:
         """Give a completed multipart object its checksums: metadata can only be given when
@@ -757,7 +757,7 @@ class S3Connector(Connector):
             try:
                 self.client.delete_object(Bucket=self.bucket, Key=marker)
             except Exception as exc:  # noqa: BLE001 - the worker removes markers too
-                log.debug("cannot remove the marker %s: %s", printable(marker), exc)
+                log.debug("cannot remove the marker %s: %s", printable(marker), self._masked(exc))
             aborted += 1
         if aborted:
             log.info("aborted %d unfinished multipart upload(s) that an earlier run left", aborted)
