@@ -128,6 +128,15 @@ def test_masked_hides_every_secret_and_shows_the_rest(clean_env):
     assert not any("secret" in text for text in masked.values())
 
 
+def test_masked_hides_the_password_of_a_url_and_keeps_the_rest_of_it(clean_env):
+    clean_env.setenv("OELEO_S3_ENDPOINT_URL", "http://lab:urlSECRET@minio.lab:9000")
+    clean_env.setenv("OELEO_ARCSECOND_API_URL", "https://api.example.org/v2")
+    masked = load_settings().masked()
+    assert masked["OELEO_S3_ENDPOINT_URL"] == "http://lab:***@minio.lab:9000"
+    assert masked["OELEO_ARCSECOND_API_URL"] == "https://api.example.org/v2"
+    assert not any("urlSECRET" in text for text in masked.values())
+
+
 def test_masked_names_every_setting_with_its_variable(clean_env):
     masked = load_settings().masked()
     for variable in {**PUBLISHED, **OURS, **SECRETS}:
