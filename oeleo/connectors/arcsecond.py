@@ -291,12 +291,27 @@ class ArcsecondConnector(Connector):
             )
         return Dataset(name, str(items[0]["uuid"])) if items else None
 
+    def prepare_for(self, relpaths: Sequence[str]) -> None:
+        """Before the first upload of a pass, the names it is about to copy: in an organisation
+        without ``OELEO_ARCSECOND_TELESCOPE``, a dataset they need that is not there (it would
+        have to be created) stops the pass now, before any file, naming the setting. The
+        datasets are looked up by name as the copies would look them up (once a pass): no
+        request more; with a telescope, or in the personal account, nothing is asked here."""
+        if not self.organisation or self.telescope:
+            return
+        for name in sorted({self.locate(relpath)[0] for relpath in relpaths}):
+            if self.dataset(name) is None:
+                raise self._no_telescope(name)
+
+    def _no_telescope(self, name: str) -> ConfigError:
+        return ConfigError(
+            f"OELEO_ARCSECOND_TELESCOPE is not set: a new dataset ({name!r}) of organisation "
+            f"{self.organisation} needs a telescope UUID (its portal lists them)"
+        )
+
     def _create(self, name: str) -> Dataset:
         if self.organisation and not self.telescope:
-            raise ConfigError(
-                f"OELEO_ARCSECOND_TELESCOPE is not set: a new dataset ({name!r}) of organisation "
-                f"{self.organisation} needs a telescope UUID"
-            )
+            raise self._no_telescope(name)
         data = {"name": name}
         if self.telescope:
             data["telescope"] = self.telescope
