@@ -72,8 +72,10 @@ from oeleo.checkers import new_hash
 from oeleo.connectors.base import (
     TEMP_SUFFIX,
     Connector,
+    Failed,
     Features,
     FileEntry,
+    PutResult,
     Upload,
     kept_by_filters,
     safe_relpath,
@@ -88,6 +90,7 @@ from oeleo.connectors.s3_uploads import (
     sse_hides_md5,
 )
 from oeleo.errors import (
+    Behaviour,
     ConfigError,
     ConnectionLost,
     OeleoError,
@@ -235,6 +238,7 @@ class S3Connector(Connector):
         self._parts: Optional[ThreadPoolExecutor] = None
         self._in_flight = threading.BoundedSemaphore(PARTS_IN_FLIGHT)
         self._active: Dict[str, str] = {}  # upload id -> key, of this connector's uploads in progress
+        self._refusal: Optional[OeleoError] = None  # a commit refused for a setting (commit_many)
 
     @staticmethod
     def normalise_prefix(prefix: Optional[str]) -> str:
@@ -332,6 +336,7 @@ class S3Connector(Connector):
                     client.meta.events.register(
                         f"before-sign.s3.{operation}", _upload_request(unsigned, self.multipart_threshold)
                     )
+                self._check_storage_class(client)
                 self._client = client
             except boto_errors.ProfileNotFound:
                 raise ConfigError(
@@ -368,6 +373,23 @@ class S3Connector(Connector):
         text = _masked(_one_line(exc) if isinstance(exc, BaseException) else exc)
         userinfo = _userinfo(self.endpoint_url)
         return text.replace(userinfo + "@", "") if userinfo else text
+
+    def _check_storage_class(self, client: Any) -> None:
+        """For AWS (no endpoint URL), a storage class its model does not list is refused before
+        any upload (a 200 MiB PutObject would be sent whole before S3 refuses it). An
+        S3-compatible store may have classes of its own: its first refusal stops the run."""
+        if not self.storage_class or self.endpoint_url:
+            return
+        try:
+            shape = client.meta.service_model.operation_model("PutObject").input_shape
+            known = list(shape.members["StorageClass"].enum)
+        except Exception:  # noqa: BLE001 - a model without the list: S3 says it then
+            return
+        if known and self.storage_class not in known:
+            raise ConfigError(f"{self._bad_storage_class()}; AWS's are {', '.join(known)}")
+
+    def _bad_storage_class(self) -> str:
+        return f"OELEO_S3_STORAGE_CLASS={self.storage_class!r}: not a storage class of this store"
 
     def _check_bucket_name(self) -> None:
         """A bucket name botocore would refuse in every request, said once as the setting to
@@ -477,6 +499,8 @@ class S3Connector(Connector):
                 f"{_KEY_ERRORS[code]}: check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or the "
                 "profile's credentials (OELEO_S3_PROFILE)"
             )
+        if code == "InvalidStorageClass":  # every upload would be refused the same way
+            return ConfigError(f"{self._bad_storage_class()} (InvalidStorageClass)")
         if code == "NoSuchBucket" or (setup and status == 404):
             where = f" at {_without_userinfo(self.endpoint_url)}" if self.endpoint_url else ""
             return ConfigError(f"OELEO_S3_BUCKET={self.bucket!r}: no such bucket{where}")
@@ -615,6 +639,9 @@ class S3Connector(Connector):
 
     # -- write side -----------------------------------------------------------------------
     def open_upload(self, relpath: str, size: int, mtime_ns: int) -> Upload:
+        refusal, self._refusal = self._refusal, None
+        if refusal is not None:  # a commit of the last batch was refused for a setting
+            raise refusal
         if size < self.multipart_threshold:
             return S3Upload(self, relpath, size, mtime_ns)
         if size <= self.single_put_limit:
@@ -629,6 +656,25 @@ class S3Connector(Connector):
         if self.storage_class:
             options["StorageClass"] = self.storage_class
         return options
+
+    def commit_many(self, staged: Sequence[PutResult]) -> List[Union[PutResult, Failed]]:
+        """The engine's, except that a commit refused for a setting (a storage class the
+        store refuses, keys that expired) stops the pass with it, as it does when it comes
+        while a file is sent: the next files would be refused too. When other files of the
+        batch went in first, they are booked, and the next upload raises it."""
+        results = super().commit_many(staged)
+        refused = [
+            result.error
+            for result in results
+            if isinstance(result, Failed)
+            and isinstance(result.error, OeleoError)
+            and result.error.behaviour is Behaviour.CONFIG
+        ]
+        if refused:
+            if all(isinstance(result, Failed) for result in results):
+                raise refused[0]
+            self._refusal = refused[0]
+        return results
 
     def send_part(self, upload: S3MultipartUpload, number: int, data: bytes) -> Future:
         """Queue a part for the pool; blocks while PARTS_IN_FLIGHT parts are on their way
