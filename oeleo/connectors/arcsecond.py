@@ -513,9 +513,11 @@ class ArcsecondConnector(Connector):
         what = "the compressed source" if stored_hash else "the source"
         if upload.already_there:
             if self.checksum(relpath, used) != wanted:
+                # Not a failure: the engine counts it as "already there, not replaced" (as a
+                # changed file found by the listing) and books this reason; the path is its own.
                 raise AlreadyThere(
-                    f"{printable(relpath)}: already there with other content, not replaced "
-                    "(Arcsecond does not overwrite files)"
+                    "already there with other content (another upload of this name: from another PC, "
+                    "or an earlier version of this file), not replaced: Arcsecond does not overwrite files"
                 )
             return replace(staged, staging=relpath, upload=None, verified=True, verify_after_commit=False)
         verified = staged.verified
