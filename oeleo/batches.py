@@ -33,7 +33,8 @@ def batches_in_flight(connector: Connector) -> int:
 
 
 # What a batch gives back, file by file, to be booked:
-# ("copied", entry, code, result) or ("error" | "fatal", entry, reason).
+# ("copied", entry, code, result), ("error" | "fatal", entry, reason), or
+# ("config" | "not_replaced", entry, error): the pass stops with the error, or it is booked.
 Outcomes = List[Tuple[Any, ...]]
 
 
@@ -127,7 +128,11 @@ class Batches:
         outcomes: Outcomes = []
         for (entry, code, _), result in zip(staged, results):
             if isinstance(result, Failed):
-                outcomes.append((result.kind, entry, result.reason))
+                kind = result.kind
+                if kind in ("config", "not_replaced"):  # the error itself: raised, or its words booked
+                    outcomes.append((kind, entry, result.error))
+                else:
+                    outcomes.append((kind, entry, result.reason))
             else:
                 outcomes.append(("copied", entry, code, result))
         with self._count:

@@ -54,10 +54,11 @@ class Booking:
             summary.unchanged += 1
         elif kind == "not_replaced":
             # Booked as seen, so that it is not tried again until it changes again; the row
-            # keeps the checksum of the version the store holds.
+            # keeps the checksum of the version the store holds. The store's words, if any.
+            reason = value or NOT_REPLACED
             summary.not_replaced += 1
-            self.bookkeeper.record_seen(entry.relpath, entry.size, entry.mtime_ns, NOT_REPLACED)
-            log.warning("%s: %s", printable(entry.relpath), NOT_REPLACED)
+            self.bookkeeper.record_seen(entry.relpath, entry.size, entry.mtime_ns, reason)
+            log.warning("%s: %s", printable(entry.relpath), reason)
         elif kind == "changing":
             summary.changing += 1
             log.warning("%s", printable(value))
@@ -94,18 +95,25 @@ class Booking:
         self.reporter.file_done(entry.relpath, result.size)
 
     def outcomes(self, outcomes: Outcomes) -> None:
-        """A batch made durable (``oeleo.batches``): book each file of it."""
+        """A batch made durable (``oeleo.batches``): book each file of it. A commit refused
+        for a setting (a key, a storage class) stops the pass with that error, once the
+        files committed before it are booked."""
+        refusal: Optional[BaseException] = None
         for outcome in outcomes:
             if outcome[0] == "copied":
                 _, entry, code, result = outcome
                 self.batch_copies += 1  # counted, booked or not: see books_failed
                 self.copied(entry, code, result)
             elif outcome[0] == "not_replaced":  # the store keeps another version (never overwrites)
-                _, entry, _ = outcome
-                self.outcome(entry, None, "not_replaced", None)
+                _, entry, error = outcome
+                self.outcome(entry, None, "not_replaced", str(error) or None)
+            elif outcome[0] == "config":
+                refusal = refusal or outcome[2]
             else:
                 kind, entry, reason = outcome
                 self.failure(entry, kind, reason)
+        if refusal is not None:
+            raise refusal
 
     def skipped(self, skipped: Sequence[Skipped]) -> None:
         """What the listing left out: a folder that could not be read is a failure (the run

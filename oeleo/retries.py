@@ -36,7 +36,7 @@ def outcome_of(exc: Exception, relpath: str, source_exists: Callable[[], bool]) 
     if behaviour is Behaviour.INCOMPLETE:
         return "incomplete", str(exc)
     if behaviour is Behaviour.NOT_REPLACED:
-        return "not_replaced", None
+        return "not_replaced", str(exc) or None
     if behaviour is Behaviour.STOP_RUN:
         text = str(exc) if isinstance(exc, OeleoError) else ""
         return "fatal", text or f"no space left on the destination while writing {relpath}"

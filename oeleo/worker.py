@@ -452,6 +452,9 @@ class Worker:
         if todo or previous != "ok" or self.manifest or self._connected:
             try:
                 self._prepare_destination()
+                if todo:
+                    names = [stored_name(entry.relpath, self.compress) for entry, _, _ in todo]
+                    self.external_connector.prepare_for(names)
             except BaseException as exc:
                 # The run log says so (oeleo status, the monitor): a pass that could not reach
                 # its destination failed; the next one, even idle, connects again.
@@ -485,6 +488,7 @@ class Worker:
         def book(item: Item, outcome: Outcome) -> None:
             booking.outcome(item[0], item[1], *outcome)
 
+        raised: Optional[BaseException] = None  # what ended the pass early, if anything did
         try:
             one_by_one, parallel = todo, []
             workers = self.workers
@@ -519,7 +523,8 @@ class Worker:
         except BookkeeperError as exc:
             booking.books_failed(exc)
         except BaseException as exc:
-            summary.stopped = isinstance(exc, KeyboardInterrupt)
+            summary.stopped = isinstance(exc, (KeyboardInterrupt, Aborted))
+            raised = exc
             try:
                 batches.book_durable()  # renamed into place and durable: book them
             finally:
@@ -532,13 +537,14 @@ class Worker:
             self._stop.clear()
             summary.seconds = time.monotonic() - started
             self._entries = None  # the next pass lists again
+            status, message = summary.status, summary.books_error or summary.fatal or ""
+            if raised is not None and not summary.stopped:
+                # A setting found wrong in the middle of the pass (a key the uploads refuse):
+                # the run failed, whatever the counts say.
+                status, message = "failed", message or first_line(raised)
             try:
                 self.bookkeeper.finish_run(
-                    summary.status,
-                    summary.copied,
-                    summary.failed,
-                    summary.bytes_copied,
-                    summary.books_error or summary.fatal or "",
+                    status, summary.copied, summary.failed, summary.bytes_copied, message
                 )
             except BookkeeperError as exc:
                 if summary.books_error is None:

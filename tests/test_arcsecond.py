@@ -185,11 +185,6 @@ def test_a_key_refused_by_the_uploads_stops_the_run_with_exit_2(fake, tmp_path, 
     assert fake.count("POST", "datafiles") == 1 and fake.datafiles == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs the worker to record a pass that raised (a ConfigError while copying) as failed, "
-    "with its message: see the report of this change",
-)
 def test_a_run_stopped_by_a_refused_upload_is_recorded_failed(fake, tmp_path):
     source = night(tmp_path)
     fake.fail("POST", "datafiles", 403, times=99)
@@ -303,11 +298,6 @@ def test_an_organisation_without_a_telescope_copies_into_the_datasets_it_has(fak
     assert fake.count("POST", "datasets") == 0 and len(fake.stored("lab")["night1"]) == 2
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs the worker to call the connector's prepare_for(relpaths) before the first copy "
-    "(and to record a pass that raised as failed): see the report of this change",
-)
 def test_a_missing_telescope_stops_the_run_before_it_starts_and_the_run_is_recorded_failed(fake, tmp_path):
     source = night(tmp_path)
 
@@ -477,11 +467,6 @@ def test_already_exists_with_other_bytes_is_already_there_at_once(fake, tmp_path
     assert fake.stored()["night1"]["a.fits"] == b"another PC's a.fits"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs oeleo/booking.py (and batches.py, retries.py) to book the reason an AlreadyThere "
-    "gives instead of the generic text: see the report of this change",
-)
 def test_already_exists_with_other_bytes_books_that_reason(fake, tmp_path, monkeypatch):
     source = night(tmp_path)
     ours = connector(fake)

@@ -348,27 +348,35 @@ def test_a_store_that_refuses_the_storage_class_at_the_start_of_a_multipart_uplo
     assert s3_server.count("PUT", f"/{s3_bucket}", "partNumber") == 0
 
 
-def test_a_storage_class_refused_after_other_files_went_in_books_them_and_stops_at_the_next(
+def test_a_storage_class_refused_after_other_files_went_in_books_them_and_stops_the_run(
     s3_server, s3_bucket, tmp_path
 ):
-    conn = connector(s3_server, s3_bucket, storage_class="STANDARD")
-    for name in ("a.csv", "b.csv", "c.csv"):
-        (tmp_path / name).write_text(name)
+    # The store takes some files, then refuses one for its storage class: what went in is
+    # booked as copied, the run stops with the setting named (exit 2) and is booked failed.
+    make_tree(tmp_path / "src", {f"f{i:02d}.csv": f"{i}\n" for i in range(20)})
 
-    def refuse_b(environ):
-        refused = environ["REQUEST_METHOD"] == "PUT" and environ["PATH_INFO"].endswith("/b.csv")
+    def refuse_f10(environ):
+        refused = environ["REQUEST_METHOD"] == "PUT" and environ["PATH_INFO"].endswith("/f10.csv")
         return (400, "InvalidStorageClass") if refused else None
 
-    s3_server.faults.append(refuse_b)
-    staged = [conn.stage(tmp_path / name, name) for name in ("a.csv", "b.csv")]
-    results = conn.commit_many(staged)
-    assert [type(result).__name__ for result in results] == ["PutResult", "Failed"]
-    with pytest.raises(ConfigError, match="OELEO_S3_STORAGE_CLASS='STANDARD'"):
-        conn.stage(tmp_path / "c.csv", "c.csv")
-    assert keys(s3_server, s3_bucket) == [PREFIX + "a.csv"]
+    s3_server.faults.append(refuse_f10)
+    env = s3_env(s3_server, s3_bucket, OELEO_S3_STORAGE_CLASS="STANDARD")
+    done = oeleo(tmp_path, "run", env=env)
     s3_server.faults.clear()
-    conn.put(tmp_path / "c.csv", "c.csv")  # said once: a scheduler's next pass tries again
-    conn.close()
+
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.splitlines()[-1].startswith("oeleo: OELEO_S3_STORAGE_CLASS='STANDARD'"), done.stderr
+    stored = {key[len(PREFIX) :] for key in keys(s3_server, s3_bucket)}
+    assert "f10.csv" not in stored
+    rows = db_rows(tmp_path / "books.db")
+    booked = {name for name, row in rows.items() if row["checksum"]}
+    assert booked == stored  # every object in place is booked, and only those
+    with sqlite3.connect(str(tmp_path / "books.db")) as connection:
+        ((status, message),) = connection.execute("SELECT status, message FROM oeleo_runs").fetchall()
+    assert status == "failed" and "OELEO_S3_STORAGE_CLASS" in message
+    again = oeleo(tmp_path, "run", env=env)  # said once: the next run copies the rest
+    assert again.returncode == 0, again.stderr
+    assert len(keys(s3_server, s3_bucket)) == 20
 
 
 def test_a_storage_class_botocore_does_not_know_is_refused_before_any_upload_to_aws():

@@ -26,7 +26,7 @@ import socket
 import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Sequence
 from urllib.parse import unquote, urljoin, urlsplit
 
 from oeleo import __version__
@@ -41,7 +41,6 @@ from oeleo.connectors.arcsecond_api import (
 )
 from oeleo.connectors.base import (
     Connector,
-    Failed,
     Features,
     FileEntry,
     PutResult,
@@ -479,17 +478,6 @@ class ArcsecondConnector(Connector):
                 printable(datafile.name),
                 exc,
             )
-
-    def commit_many(self, staged: Sequence[PutResult]) -> List[Union[PutResult, Failed]]:
-        """As for any store, except that a key an upload is refused with (HTTP 401, 403) stops
-        the pass (exit 2), as it does when the datasets are looked up: every other upload would
-        be refused too. When files of the batch were committed before it, they are given back
-        to be booked first, and the next file's upload raises the refusal."""
-        results = super().commit_many(staged)
-        refused = self._refused
-        if refused is not None and not any(isinstance(result, PutResult) for result in results):
-            raise ConfigError(str(refused))
-        return results
 
     def commit(self, staged: PutResult) -> PutResult:
         """POST the file, then verify it (Arcsecond returns no checksum: read it back). A

@@ -42,11 +42,13 @@ from typing import (
 from oeleo.compress import GzipStream, stored_name
 from oeleo.errors import (
     AlreadyThere,
+    Behaviour,
     DiskFullError,
     FileChangedError,
     OeleoError,
     UnsafePathError,
     VerificationError,
+    behaviour_of,
 )
 from oeleo.source import (  # noqa: F401 - also names of this module, as before
     CHUNK_SIZE,
@@ -240,10 +242,13 @@ class Failed:
 
     @property
     def kind(self) -> str:
-        """How the worker books it: ``fatal`` (the run stops), ``not_replaced`` (the store keeps
+        """How the worker books it: ``fatal`` (the run stops), ``config`` (refused for a
+        setting: the pass stops with the error, exit 2), ``not_replaced`` (the store keeps
         another version and never overwrites: not a failure) or ``error``."""
         if self.fatal:
             return "fatal"
+        if behaviour_of(self.error) is Behaviour.CONFIG:
+            return "config"
         if isinstance(self.error, AlreadyThere):
             return "not_replaced"
         return "error"
@@ -470,6 +475,11 @@ class Connector(abc.ABC):
     def prepare(self) -> None:  # noqa: B027 - a hook: doing nothing is right for many stores
         """Make the base location ready to receive files (create it, check it is writable)."""
 
+    def prepare_for(self, relpaths: Sequence[str]) -> None:  # noqa: B027 - a hook: doing nothing is right for many stores
+        """Before the first copy of a pass, with the (stored) names the pass will copy: refuse
+        here, with a ``ConfigError``, what a setting the store lacks would refuse at the
+        first file (an Arcsecond organisation without a telescope, to create a dataset)."""
+
     def check_base(self) -> bool:
         """Whether the base location exists (False: not yet, every file is missing there);
         ``ConfigError`` when it cannot be listed (permission denied, unreachable), since
@@ -647,15 +657,24 @@ class Connector(abc.ABC):
                 failed = _failed(exc, "cannot make the copies durable")
                 return [failed for _ in staged]
         done: List[int] = []
+        refusal: List[Failed] = []  # a commit refused for a setting: the next ones would be too
 
         def commit_one(index: int) -> None:
             item = staged[index]
+            if refusal:  # not asked again: the pass stops with the refusal (Failed.kind "config")
+                self.discard(item)
+                results[index] = refusal[0]
+                return
             try:
                 results[index] = self.commit(item)
                 done.append(index)
             except Exception as exc:  # noqa: BLE001 - this file fails, the others go on
                 self.discard(item)
-                results[index] = _failed(exc, "cannot commit")
+                failed = _failed(exc, "cannot commit")
+                if failed.kind == "config":
+                    failed = Failed(str(exc), False, exc)
+                    refusal.append(failed)
+                results[index] = failed
 
         parallel = min(self.features.max_uploads, len(staged))
         if parallel > 1 and not self.features.batch_sync:

@@ -72,10 +72,8 @@ from oeleo.checkers import new_hash
 from oeleo.connectors.base import (
     TEMP_SUFFIX,
     Connector,
-    Failed,
     Features,
     FileEntry,
-    PutResult,
     Upload,
     kept_by_filters,
     safe_relpath,
@@ -90,7 +88,6 @@ from oeleo.connectors.s3_uploads import (
     sse_hides_md5,
 )
 from oeleo.errors import (
-    Behaviour,
     ConfigError,
     ConnectionLost,
     OeleoError,
@@ -238,7 +235,6 @@ class S3Connector(Connector):
         self._parts: Optional[ThreadPoolExecutor] = None
         self._in_flight = threading.BoundedSemaphore(PARTS_IN_FLIGHT)
         self._active: Dict[str, str] = {}  # upload id -> key, of this connector's uploads in progress
-        self._refusal: Optional[OeleoError] = None  # a commit refused for a setting (commit_many)
 
     @staticmethod
     def normalise_prefix(prefix: Optional[str]) -> str:
@@ -639,9 +635,6 @@ class S3Connector(Connector):
 
     # -- write side -----------------------------------------------------------------------
     def open_upload(self, relpath: str, size: int, mtime_ns: int) -> Upload:
-        refusal, self._refusal = self._refusal, None
-        if refusal is not None:  # a commit of the last batch was refused for a setting
-            raise refusal
         if size < self.multipart_threshold:
             return S3Upload(self, relpath, size, mtime_ns)
         if size <= self.single_put_limit:
@@ -656,25 +649,6 @@ class S3Connector(Connector):
         if self.storage_class:
             options["StorageClass"] = self.storage_class
         return options
-
-    def commit_many(self, staged: Sequence[PutResult]) -> List[Union[PutResult, Failed]]:
-        """The engine's, except that a commit refused for a setting (a storage class the
-        store refuses, keys that expired) stops the pass with it, as it does when it comes
-        while a file is sent: the next files would be refused too. When other files of the
-        batch went in first, they are booked, and the next upload raises it."""
-        results = super().commit_many(staged)
-        refused = [
-            result.error
-            for result in results
-            if isinstance(result, Failed)
-            and isinstance(result.error, OeleoError)
-            and result.error.behaviour is Behaviour.CONFIG
-        ]
-        if refused:
-            if all(isinstance(result, Failed) for result in results):
-                raise refused[0]
-            self._refusal = refused[0]
-        return results
 
     def send_part(self, upload: S3MultipartUpload, number: int, data: bytes) -> Future:
         """Queue a part for the pool; blocks while PARTS_IN_FLIGHT parts are on their way
