@@ -628,11 +628,14 @@ class Worker:
             reason = self.checker.validate(Path(source))
             if reason:
                 return "error", f"refused by {type(self.checker).__name__}: {reason}"
-        if (
-            not external.features.overwrite
-            and external.stat(stored_name(entry.relpath, self.compress)) is not None
-        ):
-            return "not_replaced", None  # a store that never replaces a file it holds
+        if not external.features.overwrite:  # a store that never replaces a file it holds
+            target = stored_name(entry.relpath, self.compress)
+            there = external.stat(target)
+            if there is not None:
+                same = self._same_as_stored(entry, record, source, target, there.size)
+                if same is not None:  # a copy a killed run made: booked, not counted again
+                    return "unchanged", (same, entry)
+                return "not_replaced", None
         options: Dict[str, Any] = {
             "algorithm": algorithm,
             "verify": self.verify,
@@ -651,6 +654,23 @@ class Worker:
             # A connector written around put() keeps working: one file at a time, unbatched.
             return "copied", external.put(Path(source), entry.relpath, **options)
         return "staged", external.stage(source, entry.relpath, **options)
+
+    def _same_as_stored(
+        self, entry: FileEntry, record: Optional[Record], source: Any, target: str, stored_size: int
+    ) -> Optional[str]:
+        """For a store that never overwrites and already holds ``target``: the source's
+        checksum when the store's copy is this very file (uploaded by a run killed before it
+        booked it), else None. Only for a file the books hold no copy of, sent as it is, and
+        of the same size: the store's copy is hashed there (or read back) only then."""
+        if (record is not None and record.checksum) or target != entry.relpath or stored_size != entry.size:
+            return None
+        algorithm = self.checker.algorithm
+        try:
+            digest = hash_file(source, algorithm)
+            return digest if self.external_connector.checksum(target, algorithm) == digest else None
+        except (OSError, OeleoError) as exc:
+            log.debug("%s: cannot compare with the copy already there: %s", printable(entry.relpath), exc)
+            return None
 
     # -- comparing the two sides ------------------------------------------------------
     def check(

@@ -111,6 +111,26 @@ def test_two_folders_become_two_datasets_and_a_rerun_copies_nothing(fake, tmp_pa
     assert fake.count("POST", "datasets") == 2
 
 
+def test_copies_a_run_made_but_never_booked_are_found_the_same_and_booked_as_copied(fake, tmp_path):
+    # A run killed after its uploads and before its books (here: the books deleted): the
+    # next run finds each file there, compares it, and books the identical ones as copied.
+    source = night(tmp_path)
+    assert run_oeleo("run", cwd=tmp_path, env=settings(fake, source)).returncode == 0
+    (source.parent / "books.db").unlink()
+    (source / "b.fits").write_bytes(b"SIMPLE = F")  # and this one differs from its copy there
+    posts = fake.count("POST", "datafiles")
+
+    again = run_oeleo("run", cwd=tmp_path, env=settings(fake, source))
+
+    assert again.returncode == 0, again.stderr
+    assert "2 unchanged" in again.stderr and "1 already there, not replaced" in again.stderr, again.stderr
+    assert fake.count("POST", "datafiles") == posts  # nothing sent again
+    rows = db_rows(source.parent / "books.db")
+    assert rows["a.fits"]["checksum"] == md5((source / "a.fits").read_bytes())
+    assert rows["run1/c.fits"]["checksum"] == md5((source / "run1/c.fits").read_bytes())
+    assert not rows["b.fits"]["checksum"] and "not replaced" in rows["b.fits"]["last_error"]
+
+
 def test_a_changed_file_is_already_there_not_replaced_and_exits_0(fake, tmp_path):
     source = night(tmp_path)
     assert run_oeleo("run", cwd=tmp_path, env=settings(fake, source)).returncode == 0
