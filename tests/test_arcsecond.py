@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Dict
+from typing import Dict, List
 
 import pytest
 from arcsecond_server import FakeArcsecond, parse_multipart
@@ -597,15 +597,21 @@ def test_the_listing_reads_every_page_and_plain_lists_alike(fake, tmp_path):
         assert conn.stat("run1/g.fits").size == 1 and conn.stat("run1/nope.fits") is None
 
 
-def test_quotes_and_non_utf8_names_round_trip(fake, tmp_path):
-    source = tmp_path / "data" / "night1"
-    names = ['say "cheese".fits', "m\udce9sure.csv", "spaces and ü.fits"]
+def put_named_after_themselves(fake: FakeArcsecond, source: Path, names: List[str]) -> ArcsecondConnector:
+    """Each name made a file holding its own bytes, and put through a new connector."""
     conn = connector(fake)
     for name in names:
         path = source / name
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(name.encode("utf-8", "surrogateescape"))
         conn.put(path, name)
+    return conn
+
+
+def test_quotes_and_non_utf8_names_round_trip(fake, tmp_path):
+    source = tmp_path / "data" / "night1"
+    names = ['say "cheese".fits', "m\udce9sure.csv", "spaces and ü.fits"]
+    conn = put_named_after_themselves(fake, source, names)
 
     conn.connect()
     assert sorted(e.relpath for e in conn.list_files()) == sorted(names)
@@ -619,12 +625,7 @@ def test_a_name_holding_the_books_quote_is_sent_as_it_is(fake, tmp_path):
     source = tmp_path / "data" / "night1"
     names = [f"it{quote}s.fits", f"{quote}FF.dat", f"{quote}{quote}twice.fits", f"run{quote}1/c.fits"]
     names.append("run1/\udcff.dat")  # b"\xff.dat": not UTF-8
-    conn = connector(fake)
-    for name in names:
-        path = source / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(name.encode("utf-8", "surrogateescape"))
-        conn.put(path, name)
+    conn = put_named_after_themselves(fake, source, names)
 
     stored = fake.stored()
     assert set(stored["night1"]) == {f"it{quote}s.fits", f"{quote}FF.dat", f"{quote}{quote}twice.fits"}

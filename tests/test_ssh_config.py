@@ -298,15 +298,8 @@ def write_config(path: Path, text: str) -> Path:
     return path
 
 
-def test_an_alias_of_the_ssh_config_gives_hostname_port_user_and_key(sshd_server, source_tree, tmp_path):
-    config = write_config(
-        tmp_path / "ssh_config",
-        "Host data-server\n"
-        "    HostName 127.0.0.1\n"
-        f"    Port {sshd_server.port}\n"
-        f"    User {sshd_server.user}\n"
-        f"    IdentityFile {sshd_server.keys['rsa']}\n",
-    )
+def run_to_data_server(sshd_server, config: Path, source_tree: Path, tmp_path: Path) -> None:
+    """``oeleo run`` to the host ``data-server`` of ``config``: it arrives on ``sshd_server``."""
     folder = sshd_server.new_folder()
     env = {
         "OELEO_CONNECTOR": "ssh",
@@ -319,6 +312,18 @@ def test_an_alias_of_the_ssh_config_gives_hostname_port_user_and_key(sshd_server
 
     assert done.returncode == 0, done.stderr
     assert tree_files(folder) == {"a.res": b"cycle 1\n"}
+
+
+def test_an_alias_of_the_ssh_config_gives_hostname_port_user_and_key(sshd_server, source_tree, tmp_path):
+    config = write_config(
+        tmp_path / "ssh_config",
+        "Host data-server\n"
+        "    HostName 127.0.0.1\n"
+        f"    Port {sshd_server.port}\n"
+        f"    User {sshd_server.user}\n"
+        f"    IdentityFile {sshd_server.keys['rsa']}\n",
+    )
+    run_to_data_server(sshd_server, config, source_tree, tmp_path)
 
 
 def test_the_users_own_ssh_config_is_read_when_oeleo_ssh_config_is_not_set(sshd_server, home, tmp_path):
@@ -357,18 +362,7 @@ def test_a_match_exec_block_applies_though_paramiko_is_imported_without_invoke(
         'Match originalhost data-server exec "true"\n'
         f"    Port {sshd_server.port}\n",
     )
-    folder = sshd_server.new_folder()
-    env = {
-        "OELEO_CONNECTOR": "ssh",
-        "OELEO_EXTERNAL_HOST": "data-server",
-        "OELEO_SSH_CONFIG": str(config),
-        "OELEO_KNOWN_HOSTS": sshd_server.known_hosts,
-    }
-
-    done = run_oeleo("run", "--from", str(source_tree), "--to", folder, cwd=tmp_path, env=env)
-
-    assert done.returncode == 0, done.stderr
-    assert tree_files(folder) == {"a.res": b"cycle 1\n"}
+    run_to_data_server(sshd_server, config, source_tree, tmp_path)
 
 
 @pytest.mark.parametrize("first", ["oeleo", "invoke"])
