@@ -421,6 +421,8 @@ def _ended_early(
     if not transport.is_active() or not channel.status_event.wait(connector.timeout):
         return None
     status = channel.recv_exit_status()
+    if status < 0 or not transport.is_active():  # closed without an exit status: the connection went
+        return None
     try:
         stderr = channel.makefile_stderr("rb").read()
     except (OSError, EOFError):
