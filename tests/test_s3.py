@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import logging
 import os
 import signal
 import sqlite3
@@ -552,6 +553,46 @@ def test_an_endpoint_lost_after_it_worked_is_a_dropped_connection(s3_server, s3_
     with pytest.raises(ConnectionLost):
         conn.stat("a.csv")
     conn.close()
+
+
+def test_a_store_that_goes_away_for_good_stops_the_run_after_the_first_file(s3_bucket, tmp_path, caplog):
+    # The store is stopped as the copies begin: the first file's retries find it still away
+    # (the reconnect lists the prefix), and the run stops instead of trying the 5 files left.
+    from oeleo.checkers import ChecksumChecker
+    from oeleo.connectors.local import LocalConnector
+    from oeleo.models import SimpleDbHandler
+    from oeleo.reporters import Reporter
+    from oeleo.workers import Worker
+
+    second = servers.start_s3()
+    second.new_bucket(s3_bucket)
+    for i in range(6):
+        write_random(tmp_path / "src" / f"cube_{i}.fits", 9 * MiB)  # multipart: parts sent at once
+
+    class StopTheStore(Reporter):
+        def run_started(self, files: int, nbytes: int) -> None:
+            super().run_started(files, nbytes)
+            servers.stop_s3(second)
+
+    conn = connector(second, s3_bucket, single_put_limit=0)
+    worker = Worker(
+        checker=ChecksumChecker(),
+        bookkeeper=SimpleDbHandler(tmp_path / "books.db"),
+        local_connector=LocalConnector(tmp_path / "src"),
+        external_connector=conn,
+        reporter=StopTheStore(),
+        retries=1,
+    )
+    caplog.set_level(logging.WARNING, logger="oeleo")
+    worker.connect_to_db()
+    try:
+        summary = worker.run()
+    finally:
+        worker.close()
+
+    assert summary.copied == 0 and 1 <= summary.failed <= 2, summary.errors  # the files in flight
+    assert summary.fatal and "gave up after 2 attempts" in summary.fatal, summary.fatal
+    assert caplog.text.count("reconnecting in") <= 2, caplog.text
 
 
 def test_a_server_error_in_the_middle_of_a_multipart_upload_fails_the_file_and_leaves_no_parts(

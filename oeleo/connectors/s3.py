@@ -407,8 +407,13 @@ class S3Connector(Connector):
         )
 
     def reconnect(self, **kwargs: Any) -> None:
-        """After a dropped connection: boto3's pool opens new connections by itself."""
+        """After a dropped connection: boto3's pool opens new connections by itself; the
+        prefix is listed (one key at most) to tell a store that is back from one that is
+        still away (``ConnectionLost``: the engine then stops the run rather than try every
+        file left against it)."""
         self.connect()
+        with self.errors("reconnecting to", None):
+            self.client.list_objects_v2(Bucket=self.bucket, Prefix=self.prefix, MaxKeys=1)
 
     def close(self) -> None:
         with self._lock:
