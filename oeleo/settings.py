@@ -460,6 +460,23 @@ def find_env_file(env_file: Optional[os.PathLike] = None) -> Optional[Path]:
     return default if default.is_file() else None
 
 
+def _check_env_lines(path: Path) -> None:
+    """A line of the ``.env`` that python-dotenv cannot read (a quote left open) is one error
+    naming the file and the line: python-dotenv itself would skip it with a warning, and the
+    run would go on without that setting (all files copied instead of the ``.res`` ones)."""
+    from dotenv.parser import parse_stream
+
+    with open(path, encoding="utf-8") as handle:
+        for binding in parse_stream(handle):
+            if binding.error:
+                text = binding.original.string.strip()
+                line = text.splitlines()[0] if text else ""
+                raise ConfigError(
+                    f"{path}, line {binding.original.line}: cannot be read as NAME=value "
+                    f"({line[:80]!r}: a quote that is not closed?)"
+                )
+
+
 def load_settings(env_file: Optional[os.PathLike] = None, **overrides: Any) -> Settings:
     """Read the settings: overrides, then the environment, then the ``.env`` file.
 
@@ -469,6 +486,7 @@ def load_settings(env_file: Optional[os.PathLike] = None, **overrides: Any) -> S
     file_values: Dict[str, Optional[str]] = {}
     if path is not None:
         try:
+            _check_env_lines(path)
             file_values = dotenv_values(path)
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(f"cannot read {path}: {exc}") from None

@@ -430,6 +430,16 @@ def test_env_file_dev_null_reads_no_settings_and_a_folder_is_refused(work):
     assert line == "oeleo: --env-file src: a folder, not a file"
 
 
+@pytest.mark.parametrize("line", ['OELEO_FILTER_EXTENSION=".res', "OELEO_FILTER_EXTENSION='.res"])
+def test_a_dot_env_line_that_cannot_be_read_is_one_line_naming_the_file_and_the_line(work, line):
+    # python-dotenv skips such a line with a warning: the run would copy every file.
+    (work / ".env").write_text(f"OELEO_BASE_DIR_FROM=src\nOELEO_BASE_DIR_TO=dst\n{line}\n")
+    error = one_line_error(oeleo(work, "run", "--db", "books.db"))
+    assert error.startswith(f"oeleo: {work / '.env'}, line 3: cannot be read"), error
+    assert line in error
+    assert files_under(work / "dst") == [] and not (work / "books.db").exists()
+
+
 def test_destination_that_is_a_file_is_one_line_naming_the_setting(work):
     (work / "plain-file").write_text("not a folder")
     line = one_line_error(oeleo(work, "run", "--from", "src", "--to", "plain-file", "--db", "books.db"))
