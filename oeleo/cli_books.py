@@ -57,6 +57,31 @@ def _known_folders(settings: Settings) -> List[Path]:
     return [Path(origin[len(host) :]) for origin in sorted(origins) if origin.startswith(host)]
 
 
+def _folders_booking(settings: Settings, folders: List[Path], name: str) -> List[Path]:
+    """The folders of ``folders`` whose books have a row for the relative ``name``."""
+    import peewee
+
+    from oeleo.connectors.base import safe_relpath
+    from oeleo.errors import BookkeeperError, OeleoError
+    from oeleo.models import make_origin
+    from oeleo.names import to_books
+
+    try:
+        wanted = to_books(safe_relpath(Path(name).as_posix()))
+    except OeleoError:  # not a name a source folder can hold
+        return []
+    books = _open_books(settings, origin="", read_only=True)
+    try:
+        model = books.db_model
+        query = model.select(model.origin).where(model.local_name == wanted)
+        origins = set(query.scalars())
+    except peewee.PeeweeException as exc:
+        raise BookkeeperError(f"{books.description}: {exc}") from None
+    finally:
+        books.close()
+    return [folder for folder in folders if make_origin(folder) in origins]
+
+
 def _absolute(path: Path) -> Path:
     """``path`` made absolute (from the current folder), its folders' links resolved."""
     path = Path(os.path.normpath(Path.cwd() / path.expanduser()))
@@ -98,6 +123,8 @@ def _source_folder(settings: Settings, paths: Sequence[str] = ()) -> Path:
     holding = [f for f in folders if _inside(target, f) is not None]
     if not holding and not Path(first).is_absolute():
         holding = [f for f in folders if os.path.lexists(f / first)]
+        if not holding:  # a name the books know, the file being gone
+            holding = _folders_booking(settings, folders, first)
     if not holding:
         raise ConfigError(f"{first}: not in a source folder {books} know ({known}); give --from FOLDER")
     return max(holding, key=lambda folder: len(folder.parts))
@@ -366,10 +393,15 @@ def _print_files(console: Console, rows: List[FileListTable], metadata: bool = F
 
 
 def _set_codes(args: argparse.Namespace, lock: bool) -> int:
+    from oeleo.errors import ConfigError
     from oeleo.models import SHOULD_NOT_BE_COPIED, make_origin
     from oeleo.names import printable
 
     settings = _settings(args)
+    verb = "lock" if lock else "unlock"
+    if any(not text.strip() for text in args.paths):
+        # `oeleo lock "$F"` with F unset: never every file of the source folder.
+        raise ConfigError(f"an empty path: name the files to {verb} (oeleo {verb} PATH...)")
     _require_books(settings)
     base = _source_folder(settings, args.paths)
     names = _local_names(base, args.paths)

@@ -94,6 +94,26 @@ def test_lock_right_after_a_run_finds_the_source_folder_from_the_books(work: Pat
     assert db_rows(work / "books.db")["a.csv"]["code"] == 1
 
 
+def test_a_name_the_books_know_is_unlocked_after_its_file_is_gone_without_from(work: Path) -> None:
+    run(work)
+    assert run_oeleo("lock", "src/run-1/c.csv", "--db", "books.db", cwd=work).returncode == 0
+    (work / "src" / "run-1" / "c.csv").unlink()
+    done = run_oeleo("unlock", "run-1/c.csv", "--db", "books.db", cwd=work)  # relative to src
+    assert done.returncode == 0, done.stderr
+    assert "1 file unlocked" in done.stderr
+    assert db_rows(work / "books.db")["run-1/c.csv"]["code"] == 1
+
+
+@pytest.mark.parametrize("verb", ["lock", "unlock"])
+def test_an_empty_path_is_refused_and_no_row_changes(work: Path, verb: str) -> None:
+    run(work)
+    assert run_oeleo("lock", "src/a.csv", "--db", "books.db", cwd=work).returncode == 0
+    before = {name: row["code"] for name, row in db_rows(work / "books.db").items()}
+    line = one_line_error(run_oeleo(verb, "", "--db", "books.db", cwd=work))  # `oeleo lock "$F"`
+    assert "an empty path" in line and f"oeleo {verb} PATH" in line
+    assert {name: row["code"] for name, row in db_rows(work / "books.db").items()} == before
+
+
 def test_lock_picks_the_longest_source_folder_of_the_books_that_holds_the_path(work: Path) -> None:
     run(work)  # books src, and src/run-1 is a second source folder of its own
     done = run_oeleo("run", "--from", "src/run-1", "--to", "dst2", "--db", "books.db", cwd=work)
