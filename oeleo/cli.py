@@ -34,6 +34,7 @@ from typing import (
 from oeleo import __version__
 from oeleo.errors import Aborted, Behaviour, OeleoError
 from oeleo.logfile import BlockLines, MessageFormatter
+from oeleo.names import hide_passwords
 
 if TYPE_CHECKING:  # imported by the commands that use them: `oeleo --help` starts fast
     from rich.console import Console
@@ -350,7 +351,8 @@ def _say(text: str, logged: bool = False) -> None:
     ``logged``: in the log file too (the error a run ends with: a scheduled task's only trace)."""
     from oeleo.reporters import flush_file_logs, to_file_logs
 
-    if logged:  # the log's lines say "oeleo:" already
+    if logged:  # an error: never a password a URL in it may hold
+        text = hide_passwords(text)  # the log's lines say "oeleo:" already
         to_file_logs(logging.ERROR, "%s", text[len("oeleo: ") :] if text.startswith("oeleo: ") else text)
     flush_file_logs()
     print(text, file=sys.stderr)

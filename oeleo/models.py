@@ -25,7 +25,7 @@ import peewee
 
 from oeleo.errors import BookkeeperError, DatabaseBusyError, first_line
 from oeleo.locks import ProcessLock
-from oeleo.names import QUOTE, from_books, printable, to_books
+from oeleo.names import QUOTE, from_books, hide_passwords, printable, to_books
 
 log = logging.getLogger("oeleo")
 
@@ -607,6 +607,7 @@ class Bookkeeper:
             return
         run_id, self._run_id = self._run_id, None
         model = self.run_model
+        message = hide_passwords(message)  # an error may quote a URL with its password
         self._guard(
             model.update(
                 finished=datetime.datetime.now(),

@@ -89,3 +89,16 @@ def printable(name: str) -> str:
         except UnicodeEncodeError:  # a surrogate that stands for no byte (Windows)
             name = name.encode("utf-8", "backslashreplace").decode("utf-8")
     return _CONTROL.sub(_control, name)
+
+
+# The password of user:password@host, in a URL (http://, a broken http//) or at the start of a
+# value or word without a scheme (OELEO_S3_ENDPOINT_URL=alice:pw@minio.lab:9000).
+_PASSWORD = re.compile(
+    r"(?P<head>(?:[A-Za-z][A-Za-z0-9+.\-]*:)?//[^:/@\s'\"<>]*:|(?:^|(?<=[\s'\"(=]))[^:/@\s'\"<>]+:)"
+    r"[^@/\s'\"<>]+@"
+)
+
+
+def hide_passwords(text: str) -> str:
+    """``text`` with the password of every ``user:password@`` in it shown as ``***``."""
+    return _PASSWORD.sub(r"\g<head>***@", text) if "@" in text else text

@@ -21,6 +21,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from oeleo.errors import ConfigError
+from oeleo.names import hide_passwords
 
 log = logging.getLogger("oeleo")
 
@@ -409,13 +410,9 @@ class Settings(BaseSettings):
             elif value is None:
                 text = ""
             else:
-                text = _URL_PASSWORD.sub(r"\g<head>***@", str(value))  # an endpoint's user:password@
+                text = hide_passwords(str(value))  # an endpoint's user:password@
             out[ENV_PREFIX + name.upper()] = text
         return out
-
-
-# The password of a URL with user:password@ (OELEO_S3_ENDPOINT_URL=http://user:pw@host:9000).
-_URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^:/@\s]*:)[^@/\s]+@")
 
 
 def split_list(text: str) -> List[str]:

@@ -9,7 +9,7 @@ import sqlite3
 import pytest
 from helpers import db_rows, run_oeleo
 
-from oeleo.names import QUOTE, from_books, printable, to_books
+from oeleo.names import QUOTE, from_books, hide_passwords, printable, to_books
 
 posix_only = pytest.mark.skipif(os.name == "nt", reason="POSIX file names are bytes")
 
@@ -57,6 +57,23 @@ def test_printable_shows_bidi_controls_and_line_separators_as_escapes_and_keeps_
     family = "\U0001f468\u200d\U0001f469.jpg"  # an emoji sequence: as it is
     assert printable(family) == family
     assert printable("tab\there\x7f") == "tab\\there\\x7f"
+
+
+@pytest.mark.parametrize(
+    "text, shown",
+    [
+        ("http://lab:pw5ecret@minio:9000/x", "http://lab:***@minio:9000/x"),
+        ("alice:pw5ecret@minio.lab:9000", "alice:***@minio.lab:9000"),  # no scheme
+        ("http//bob:pw5ecret@127.0.0.1:5999", "http//bob:***@127.0.0.1:5999"),  # a broken one
+        ("x='alice:pw5ecret@host': not a URL", "x='alice:***@host': not a URL"),
+        ('connect to "https://u:pw5ecret@h/b?x"', 'connect to "https://u:***@h/b?x"'),
+        ("sftp://alice@host/data", "sftp://alice@host/data"),  # no password: as it is
+        ("mail a@b.org", "mail a@b.org"),
+        ("http://host:9000/x", "http://host:9000/x"),
+    ],
+)
+def test_hide_passwords_masks_every_user_password_at_with_or_without_a_scheme(text, shown):
+    assert hide_passwords(text) == shown
 
 
 def _plant(src, raw_names):

@@ -446,15 +446,22 @@ def test_an_unreachable_endpoint_is_a_config_error_naming_the_setting(s3_bucket,
     assert "OELEO_S3_ENDPOINT_URL" in line and closed in line
 
 
-def test_the_password_of_an_unreachable_endpoint_is_never_shown_nor_booked(s3_bucket, s3_server, tmp_path):
+@pytest.mark.parametrize("scheme", ["http://", "", "http//"], ids=["url", "no-scheme", "broken-scheme"])
+def test_the_password_of_an_unreachable_endpoint_is_never_shown_nor_booked(
+    s3_bucket, s3_server, tmp_path, scheme
+):
     make_tree(tmp_path / "src", TREE)
+    (tmp_path / ".env").write_text("OELEO_LOG_DIR=logs\n")
     port = servers.free_port()
-    endpoint = f"http://user:urlSECRET@127.0.0.1:{port}"
+    endpoint = f"{scheme}user:urlSECRET@127.0.0.1:{port}"
     done = oeleo(tmp_path, "run", env=s3_env(s3_server, s3_bucket, OELEO_S3_ENDPOINT_URL=endpoint))
     assert done.returncode == 2
     line = one_error_line(done)
     assert "OELEO_S3_ENDPOINT_URL" in line and f"127.0.0.1:{port}" in line, line
     assert "urlSECRET" not in done.stdout + done.stderr
+    assert "urlSECRET" not in (tmp_path / "logs" / "oeleo.log").read_text()
+    config = oeleo(tmp_path, "config", env=s3_env(s3_server, s3_bucket, OELEO_S3_ENDPOINT_URL=endpoint))
+    assert "urlSECRET" not in config.stdout and f"user:***@127.0.0.1:{port}" in config.stdout
     with sqlite3.connect(str(tmp_path / "books.db")) as db:
         messages = [row[0] for row in db.execute("SELECT message FROM oeleo_runs")]
     assert messages and not [m for m in messages if "urlSECRET" in (m or "")], messages

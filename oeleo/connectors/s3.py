@@ -94,7 +94,7 @@ from oeleo.errors import (
     TransferError,
     VerificationError,
 )
-from oeleo.names import printable
+from oeleo.names import hide_passwords, printable
 
 if TYPE_CHECKING:
     from oeleo.settings import Settings
@@ -143,8 +143,9 @@ _URL_USERINFO = re.compile(r"\b([A-Za-z][A-Za-z0-9+.\-]*://)[^\s/?#\"'<>]*@")
 
 
 def _masked(text: str) -> str:
-    """``text`` with the ``user:password@`` of every URL in it removed."""
-    return _URL_USERINFO.sub(r"\1", text)
+    """``text`` with the ``user:password@`` of every URL in it removed (and any other
+    ``user:password@``, as one written without its scheme, shown as ``user:***@``)."""
+    return hide_passwords(_URL_USERINFO.sub(r"\1", text))
 
 
 def _userinfo(url: Optional[str]) -> str:
