@@ -167,6 +167,7 @@ class Worker:
         self.min_age = min_age
         self.verify = verify
         self.retries = retries if reconnect else 0
+        external_connector.commit_retries = self.retries  # a commit whose connection dropped, too
         # Not set: large files two at a time where the connector allows it (on two cores the
         # md5 of one overlaps the reading and writing of the other); small files one at a
         # time, as threads copying small files mostly wait for each other (Python's GIL).

@@ -119,3 +119,63 @@ def test_a_commit_that_finds_another_version_there_counts_as_already_there_not_a
         module.BucketUpload.commit = real
     assert (summary.copied, summary.failed, summary.not_replaced, summary.exit_status) == (1, 0, 1, 0)
     assert "not replaced" in db_rows(tmp_path / "books.db")["a.fits"]["last_error"]
+
+
+def test_a_commit_whose_connection_drops_is_tried_again_after_a_reconnect(tmp_path, monkeypatch):
+    # A network blip while a batch of small files is committed (their PUT is their commit):
+    # each commit is tried again, as a file whose upload dropped is, and nothing fails.
+    from oeleo import retries
+    from oeleo.errors import ConnectionLost
+
+    monkeypatch.setattr(retries, "BACKOFF_SECONDS", 0.0)
+    module = load_example("example_object_store_blip")
+    store = module.BucketConnector(tmp_path / "bucket")
+    store.features = replace(store.features, max_uploads=4, batch_sync=False)
+    staged = staged_files(store, tmp_path, 6)
+    drops = {"f1.dat": 2, "f4.dat": 1}
+    reconnects = []
+    real = module.BucketUpload.commit
+
+    def blip(self):
+        if drops.get(self.relpath, 0):
+            drops[self.relpath] -= 1
+            raise ConnectionLost("connection to the bucket lost")
+        real(self)
+
+    monkeypatch.setattr(module.BucketUpload, "commit", blip)
+    monkeypatch.setattr(store, "reconnect", lambda: reconnects.append(1))
+    results = store.commit_many(staged)
+
+    assert not [r for r in results if isinstance(r, Failed)], results
+    assert len(reconnects) == 3
+    assert sorted(p.name for p in (tmp_path / "bucket").iterdir() if not p.name.startswith(".")) == [
+        f"f{i}.dat" for i in range(6)
+    ]
+
+
+def test_commits_against_a_store_that_stays_away_fail_fatally_after_their_retries(tmp_path, monkeypatch):
+    from oeleo import retries
+    from oeleo.errors import ConnectionLost
+
+    monkeypatch.setattr(retries, "BACKOFF_SECONDS", 0.0)
+    module = load_example("example_object_store_away")
+    store = module.BucketConnector(tmp_path / "bucket")
+    store.commit_retries = 2
+    store.features = replace(store.features, max_uploads=1)  # one commit at a time
+    staged = staged_files(store, tmp_path, 5)
+    tried = []
+
+    def away(self):
+        tried.append(self.relpath)
+        raise ConnectionLost("connection to the bucket lost")
+
+    def no_reconnect():
+        raise ConnectionLost("cannot reconnect to the bucket: refused")
+
+    monkeypatch.setattr(module.BucketUpload, "commit", away)
+    monkeypatch.setattr(store, "reconnect", no_reconnect)
+    results = store.commit_many(staged)
+
+    assert all(isinstance(r, Failed) and r.kind == "fatal" for r in results), results
+    assert results[0].reason == "cannot reconnect to the bucket: refused (gave up after 2 attempts)"
+    assert tried == ["f0.dat", "f0.dat"]  # the other four are not tried against a store away

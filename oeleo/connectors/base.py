@@ -17,8 +17,10 @@ import abc
 import errno
 import fnmatch
 import hashlib
+import logging
 import os
 import posixpath
+import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import (
@@ -49,7 +51,9 @@ from oeleo.errors import (
     UnsafePathError,
     VerificationError,
     behaviour_of,
+    first_line,
 )
+from oeleo.names import printable
 from oeleo.source import (  # noqa: F401 - also names of this module, as before
     CHUNK_SIZE,
     HASH_THREAD_MIN_SIZE,
@@ -61,6 +65,8 @@ from oeleo.source import (  # noqa: F401 - also names of this module, as before
 if TYPE_CHECKING:
     from oeleo.checkers import StreamCheck
     from oeleo.settings import Settings
+
+log = logging.getLogger("oeleo")
 
 TEMP_SUFFIX = ".oeleo-part"
 
@@ -264,6 +270,10 @@ def describe_error(exc: BaseException, what: str) -> str:
     return f"{what} ({exc})"
 
 
+class _Unreachable(OeleoError):
+    """A commit's retries found the store away each time: the run stops (``Failed.fatal``)."""
+
+
 def _failed(exc: BaseException, what: str) -> Failed:
     fatal = isinstance(exc, DiskFullError) or (isinstance(exc, OSError) and exc.errno == errno.ENOSPC)
     return Failed(describe_error(exc, what), fatal, exc)
@@ -441,6 +451,9 @@ class Connector(abc.ABC):
 
     directory: Any = None
     upload_tag: str = ""  # set by the worker: whose temporary names this connector writes
+    # How many times a commit is tried again after a dropped connection (a small file's PUT
+    # is its commit); set by the worker from OELEO_RETRIES.
+    commit_retries: int = 3
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -657,22 +670,26 @@ class Connector(abc.ABC):
                 failed = _failed(exc, "cannot make the copies durable")
                 return [failed for _ in staged]
         done: List[int] = []
-        refusal: List[Failed] = []  # a commit refused for a setting: the next ones would be too
+        refusal: List[Failed] = []  # refused for a setting, or a store away: the next ones would be too
 
         def commit_one(index: int) -> None:
             item = staged[index]
-            if refusal:  # not asked again: the pass stops with the refusal (Failed.kind "config")
+            if refusal:  # not asked again: the pass stops with the refusal (Failed.kind "config"),
+                # or with the store that stays away (fatal)
                 self.discard(item)
                 results[index] = refusal[0]
                 return
             try:
-                results[index] = self.commit(item)
+                results[index] = self._commit_with_retries(item)
                 done.append(index)
             except Exception as exc:  # noqa: BLE001 - this file fails, the others go on
                 self.discard(item)
                 failed = _failed(exc, "cannot commit")
                 if failed.kind == "config":
                     failed = Failed(str(exc), False, exc)
+                    refusal.append(failed)
+                elif isinstance(exc, _Unreachable):  # the store stays away: the run stops
+                    failed = Failed(str(exc), True, exc)
                     refusal.append(failed)
                 results[index] = failed
 
@@ -698,6 +715,40 @@ class Connector(abc.ABC):
             for index in done:
                 results[index] = failed
         return results
+
+    def _commit_with_retries(self, staged: PutResult) -> PutResult:
+        """``commit``, tried again after a dropped connection (``commit_retries`` times,
+        waiting 0.5 s, 1 s, 2 s ... and reconnecting in between), as the engine tries a file
+        again whose upload dropped: a short network blip does not fail a batch of small
+        files. When every reconnect failed too, ``_Unreachable``: the run stops."""
+        from oeleo.retries import BACKOFF_SECONDS
+
+        attempt = 0
+        while True:
+            try:
+                return self.commit(staged)
+            except Exception as exc:
+                if behaviour_of(exc) is not Behaviour.RETRY or attempt >= self.commit_retries:
+                    raise
+                attempt += 1
+                log.warning(
+                    "%s: %s; reconnecting in %.1f s (attempt %d of %d)",
+                    printable(staged.relpath),
+                    exc,
+                    BACKOFF_SECONDS * 2 ** (attempt - 1),
+                    attempt,
+                    self.commit_retries,
+                )
+                time.sleep(BACKOFF_SECONDS * 2 ** (attempt - 1))
+                try:
+                    self.reconnect()
+                except OeleoError as again:
+                    if behaviour_of(again) is Behaviour.CONFIG:
+                        raise again from None
+                    if attempt >= self.commit_retries:
+                        raise _Unreachable(
+                            f"{first_line(again)} (gave up after {attempt} attempts)"
+                        ) from None
 
     def open_upload(self, relpath: str, size: int, mtime_ns: int) -> Upload:
         """Start an upload of ``size`` bytes to ``relpath`` (a safe relative name).
