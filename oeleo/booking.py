@@ -121,6 +121,8 @@ class Booking:
         for item in skipped:
             if item.failed:
                 self._count_failure(item.relpath, 0, item.reason)  # a folder: no row to book
+                if item.book:  # a file: its row keeps the reason (oeleo status names it)
+                    self.bookkeeper.record_error(item.relpath, item.reason)
             else:
                 self.summary.skipped += 1
                 log.warning("skipped %s: %s", printable(item.relpath), item.reason)

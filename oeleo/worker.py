@@ -82,7 +82,7 @@ def _without_name_clashes(entries: List[FileEntry], compress: str, skipped: List
                 f"compressed it would be stored as {printable(target)}, the name of another file "
                 "in the source folder; rename one of them (or leave OELEO_COMPRESS empty)"
             )
-            skipped.append(Skipped(entry.relpath, reason, failed=True))
+            skipped.append(Skipped(entry.relpath, reason, failed=True, book=True))
         else:
             kept.append(entry)
     return kept

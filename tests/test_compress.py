@@ -76,6 +76,10 @@ def test_oeleo_run_stores_fits_gzipped_books_the_source_and_leaves_the_source_al
     copied = tree_files(tmp_path / "copy")
     assert copied["night1/notes.txt"] == b"seeing 1.2"
     assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in src.rglob("*") if p.is_file()} == before
+    clash = db_rows(tmp_path / "oeleo-file-list.db")["night1/m31.fits"]  # oeleo status names it
+    assert not clash["checksum"] and "the name of another file" in clash["last_error"]
+    status = run_oeleo("status", cwd=tmp_path)
+    assert "night1/m31.fits" in status.stdout + status.stderr, status.stdout
 
     (src / "night1" / "m31.fits.gz").unlink()
     done = run_oeleo("run", cwd=tmp_path)

@@ -77,11 +77,14 @@ class Skipped:
 
     ``failed``: a folder or file that could not be read (the run counts it as failed and
     exits 1); otherwise a notice (a symbolic link that is not followed), counted as skipped.
+    ``book``: a file whose reason goes into its row, as a failed copy's does (``oeleo status``
+    names it among the files with errors).
     """
 
     relpath: str
     reason: str
     failed: bool = False
+    book: bool = False
 
 
 SkipCallback = Callable[[Skipped], None]
