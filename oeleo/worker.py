@@ -633,7 +633,7 @@ class Worker:
             target = stored_name(entry.relpath, self.compress)
             there = external.stat(target)
             if there is not None:
-                same = self._same_as_stored(entry, record, source, target, there.size)
+                same = self._same_as_stored(entry, source, target, there.size)
                 if same is not None:  # a copy a killed run made: booked, not counted again
                     return "unchanged", (same, entry)
                 return "not_replaced", None
@@ -656,14 +656,13 @@ class Worker:
             return "copied", external.put(Path(source), entry.relpath, **options)
         return "staged", external.stage(source, entry.relpath, **options)
 
-    def _same_as_stored(
-        self, entry: FileEntry, record: Optional[Record], source: Any, target: str, stored_size: int
-    ) -> Optional[str]:
+    def _same_as_stored(self, entry: FileEntry, source: Any, target: str, stored_size: int) -> Optional[str]:
         """For a store that never overwrites and already holds ``target``: the source's
         checksum when the store's copy is this very file (uploaded by a run killed before it
-        booked it), else None. Only for a file the books hold no copy of, sent as it is, and
-        of the same size: the store's copy is hashed there (or read back) only then."""
-        if (record is not None and record.checksum) or target != entry.relpath or stored_size != entry.size:
+        booked it, or copied before and asked for again with --force), else None. Only for a
+        file sent as it is and of the same size: the store's copy is hashed there (or read
+        back) only then."""
+        if target != entry.relpath or stored_size != entry.size:
             return None
         algorithm = self.checker.algorithm
         try:

@@ -131,6 +131,19 @@ def test_copies_a_run_made_but_never_booked_are_found_the_same_and_booked_as_cop
     assert not rows["b.fits"]["checksum"] and "not replaced" in rows["b.fits"]["last_error"]
 
 
+def test_force_over_copies_arcsecond_holds_finds_them_the_same_and_books_no_error(fake, tmp_path):
+    source = night(tmp_path)
+    assert run_oeleo("run", cwd=tmp_path, env=settings(fake, source)).returncode == 0
+    posts = fake.count("POST", "datafiles")
+
+    again = run_oeleo("run", "--force", cwd=tmp_path, env=settings(fake, source))
+
+    assert again.returncode == 0, again.stderr
+    assert "3 unchanged" in again.stderr and "not replaced" not in again.stderr, again.stderr
+    assert fake.count("POST", "datafiles") == posts
+    assert not [row for row in db_rows(source.parent / "books.db").values() if row["last_error"]]
+
+
 def test_a_changed_file_is_already_there_not_replaced_and_exits_0(fake, tmp_path):
     source = night(tmp_path)
     assert run_oeleo("run", cwd=tmp_path, env=settings(fake, source)).returncode == 0
