@@ -299,6 +299,20 @@ def test_a_malformed_region_from_the_environment_names_where_it_came_from(s3_ser
     assert "OELEO_S3_ENDPOINT_URL" not in message
 
 
+@pytest.mark.parametrize(
+    "endpoint, says",
+    [("ftp://127.0.0.1:9", "http:// or https://"), ("http://127.0.0.1:notaport", "the port is not a number")],
+)
+def test_an_endpoint_url_of_another_scheme_or_a_bad_port_is_one_line_exit_2(
+    tmp_path, s3_server, endpoint, says
+):
+    make_tree(tmp_path / "src", TREE)
+    done = oeleo(tmp_path, "run", env=s3_env(s3_server, "lab", OELEO_S3_ENDPOINT_URL=endpoint))
+    assert done.returncode == 2, done.stderr
+    line = one_error_line(done)
+    assert line.startswith(f"oeleo: OELEO_S3_ENDPOINT_URL={endpoint!r}") and says in line, line
+
+
 def test_an_endpoint_url_that_is_not_one_is_said_once_without_its_password(s3_server):
     from oeleo.connectors.s3 import S3Connector
 

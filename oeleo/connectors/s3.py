@@ -306,6 +306,7 @@ class S3Connector(Connector):
         with self._lock:
             if self._client is not None:
                 return
+            self._check_endpoint_url()
             config = Config(
                 connect_timeout=self.connect_timeout,
                 read_timeout=self.read_timeout,
@@ -370,6 +371,25 @@ class S3Connector(Connector):
         text = _masked(_one_line(exc) if isinstance(exc, BaseException) else exc)
         userinfo = _userinfo(self.endpoint_url)
         return text.replace(userinfo + "@", "") if userinfo else text
+
+    def _check_endpoint_url(self) -> None:
+        """An endpoint URL botocore takes but cannot use (``ftp://``, a port that is not a
+        number) is said as the setting to fix before any request: botocore would say it at
+        the first request, as one file's failure."""
+        if not self.endpoint_url:
+            return
+        parts = urlsplit(self.endpoint_url)
+        if not parts.scheme or not parts.netloc:
+            return  # botocore's own "Invalid endpoint" is said as the setting below
+        endpoint = _without_userinfo(self.endpoint_url)
+        if parts.scheme.lower() not in ("http", "https"):
+            raise ConfigError(f"OELEO_S3_ENDPOINT_URL={endpoint!r}: an S3 endpoint is http:// or https://")
+        try:
+            _ = parts.port
+        except ValueError:
+            raise ConfigError(
+                f"OELEO_S3_ENDPOINT_URL={endpoint!r}: the port is not a number from 1 to 65535"
+            ) from None
 
     def _check_storage_class(self, client: Any) -> None:
         """For AWS (no endpoint URL), a storage class its model does not list is refused before
