@@ -154,6 +154,24 @@ def test_key_passphrase_falls_back_to_the_password_as_oeleo_0_7_did(sshd_server,
     assert tree_files(folder) == {"a.res": b"cycle 1\n"}
 
 
+def test_a_key_the_password_does_not_unlock_is_left_and_the_password_logs_in(sshd_server, source, caplog):
+    # OELEO_KEY_FILENAME locked by another passphrase, OELEO_PASSWORD the login's: as ssh
+    # (and oeleo 0.7) go on to the password, the password logs in, with a warning on the key.
+    if sshd_server.password is None:
+        pytest.skip("password login is tested as root only: sshd must read a shadow file")
+    folder = sshd_server.new_folder()
+    key = sshd_server.keys["ed25519_passphrase"]
+    conn = connector(sshd_server, folder, key_filename=key, password=sshd_server.password)
+    caplog.set_level(logging.WARNING, logger="oeleo")
+
+    with conn:
+        conn.put(source / "a.res", "a.res")
+
+    assert tree_files(folder) == {"a.res": b"cycle 1\n"}
+    assert "protected by a passphrase that OELEO_PASSWORD does not unlock" in caplog.text
+    assert sshd_server.password not in caplog.text
+
+
 def test_password_login_against_the_real_server(sshd_server, source, tmp_path):
     if sshd_server.password is None:
         pytest.fail("password login is tested as root only: sshd must read a shadow file (unshare --mount)")

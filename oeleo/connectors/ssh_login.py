@@ -58,6 +58,7 @@ class SSHLogin:
     _password: Optional[str]
     _passphrase: Optional[str]
     _key: Optional[paramiko.PKey]
+    _key_skipped: bool = False  # OELEO_KEY_FILENAME locked, OELEO_PASSWORD used alone
     _file_keys: Dict[Path, Tuple[Optional[paramiko.PKey], str]]
 
     def _fail_connect(self, message: str) -> Exception:
@@ -164,8 +165,11 @@ class SSHLogin:
         )
 
     # -- logging in -------------------------------------------------------------------
-    def _load_key(self) -> paramiko.PKey:
-        if self._key is not None:
+    def _load_key(self) -> Optional[paramiko.PKey]:
+        """The key of OELEO_KEY_FILENAME; None when it is locked by a passphrase that neither
+        OELEO_KEY_PASSPHRASE nor OELEO_PASSWORD gives, and OELEO_PASSWORD is set: the
+        password is then tried alone, as ``ssh`` (and oeleo 0.7) go on to the password."""
+        if self._key is not None or self._key_skipped:
             return self._key
         path = self.key_filename
         assert path is not None
@@ -189,6 +193,14 @@ class SSHLogin:
             if secret is None:
                 raise ConfigError(f"{what}: the key is protected by a passphrase: set OELEO_KEY_PASSPHRASE")
             key, _ = self._try_key(path, secret)
+            if key is None and self._password is not None and not self._passphrase:
+                log.warning(
+                    "%s: the key is protected by a passphrase that OELEO_PASSWORD does not unlock "
+                    "(set OELEO_KEY_PASSPHRASE to use it); logging in with the password alone",
+                    what,
+                )
+                self._key_skipped = True
+                return None
             if key is None:
                 raise ConfigError(
                     f"{what}: wrong passphrase (OELEO_KEY_PASSPHRASE)"
