@@ -10,7 +10,7 @@ import threading
 from typing import Any, Callable, Iterator, Optional, Union
 
 from oeleo.checkers import new_hash
-from oeleo.errors import Aborted, FileChangedError
+from oeleo.errors import Aborted, FileChangedError, TransferError
 
 CHUNK_SIZE = 1024 * 1024
 HASH_THREAD_MIN_SIZE = 8 * CHUNK_SIZE  # from this size a file is hashed in a second thread
@@ -88,6 +88,7 @@ class SourceReader:
         self.mtime_ns = before.st_mtime_ns
         self._hasher: Optional[_HashThread] = None
         self.observer: Optional[Callable[[bytes], None]] = None
+        self._ended = False  # the reading came to the end of the file (or of its size)
 
     def __iter__(self) -> Iterator[bytes]:
         fd = self._fd
@@ -108,6 +109,7 @@ class SourceReader:
                 raise Aborted(f"stopped while copying {self.path}")
             chunk = read(fd, size)
             if not chunk:
+                self._ended = True
                 return
             if observe is not None:
                 observe(chunk)
@@ -119,6 +121,7 @@ class SourceReader:
                 self.progress(len(chunk))
             yield chunk
             if self.size == expected:
+                self._ended = True
                 return  # a file that grew meanwhile is caught by finish(): its size moved
 
     @property
@@ -134,12 +137,19 @@ class SourceReader:
             current = os.stat(self.path)
         except OSError:
             current = None
-        if (
-            self.size != self.expected_size
-            or current is None
-            or current.st_mtime_ns != self.mtime_ns
-            or current.st_size != self.expected_size
-        ):
+        unchanged = (
+            current is not None
+            and current.st_mtime_ns == self.mtime_ns
+            and current.st_size == self.expected_size
+        )
+        if unchanged and self.size < self.expected_size and not self._ended:
+            # The file is as it was: its reader was left before the end (a connector's own
+            # write_stream that does not consume every chunk), not a change of the source.
+            raise TransferError(
+                f"{self.path}: the copy took {self.size} of its {self.expected_size} bytes (a connector "
+                "that stops reading the chunks it is handed: see docs/connectors.md)"
+            )
+        if self.size != self.expected_size or not unchanged:
             raise FileChangedError(f"{self.path} changed while it was copied; left for the next run")
         return self.digest.hexdigest()
 

@@ -41,6 +41,13 @@ class NotAConnector:
 from oeleo.connectors.base import Connector
 
 
+class TakesNothing(LocalConnector):
+    """A write_stream that writes an empty file and never reads the chunks it is handed."""
+
+    def write_stream(self, relpath, chunks, size):
+        return super().write_stream(relpath, iter(()), 0)
+
+
 class NoStat(Connector):
     """A newcomer's first try: list_files and checksum, but no stat (nor open_upload)."""
 
@@ -168,6 +175,15 @@ def test_connector_missing_a_method_every_connector_has_is_one_line_naming_it(pl
     assert "unexpected" not in line and "TypeError" not in line
     assert arrived(work) == []
     assert not (work / "books.db").exists()
+
+
+def test_a_connector_that_does_not_read_its_chunks_fails_the_file_saying_so(plugins, work):
+    # Not "the source changed" (it did not), left for a next run that would do the same.
+    done = oeleo(work, *RUN, "--connector", "myconn:TakesNothing", pythonpath=plugins)
+    assert done.returncode == 1, done.stderr
+    assert "changed while it was copied" not in done.stderr
+    assert "a connector that stops reading the chunks it is handed" in done.stderr, done.stderr
+    assert arrived(work) == []  # nothing under a real name
 
 
 def write_distribution(folder: Path, entry_points: str) -> None:
