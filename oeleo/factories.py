@@ -212,6 +212,8 @@ def _published_worker(
     external_subdirs: bool,
 ) -> Worker:
     """What both 0.7 factories do: the arguments given win over the settings."""
+    from oeleo.errors import ConfigError
+    from oeleo.places import parse_destination
     from oeleo.settings import load_settings
 
     settings = load_settings(
@@ -221,6 +223,15 @@ def _published_worker(
         filter_extension=extension,
         connector=connector,
     )
+    place = parse_destination(settings.base_dir_to or "")
+    if place is not None and place.connector != connector:
+        # The factory chose the connector, not the user: name the factory that fits the URL.
+        factory = "simple_worker" if connector == "local" else f"{connector}_worker"
+        fitting = "simple_worker" if place.connector == "local" else f"{place.connector}_worker"
+        raise ConfigError(
+            f"{factory}() copies with the {connector} connector, but OELEO_BASE_DIR_TO={place.url} "
+            f"names the {place.connector} connector: use oeleo.workers.{fitting}()"
+        )
     return worker_from_settings(
         settings,
         reporter=reporter,

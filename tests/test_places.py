@@ -5,6 +5,7 @@ the same in the command (``--to``, a ``.env``) and in the Python API; end to end
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -450,3 +451,19 @@ def test_arcsecond_worker_uploads_to_the_organisation_given(arcsecond, tmp_path,
         worker.close()
     assert summary.exit_status == 0
     assert arcsecond.stored("lab") == {"night3": {"a.fits": b"A"}}
+
+
+def test_a_published_factory_given_another_connectors_url_names_the_factory_that_fits(tmp_path, monkeypatch):
+    from oeleo.workers import simple_worker
+
+    for name in [n for n in os.environ if n.startswith("OELEO_")]:
+        monkeypatch.delenv(name)
+    (tmp_path / "src").mkdir()
+    (tmp_path / ".env").write_text("OELEO_BASE_DIR_FROM=src\nOELEO_BASE_DIR_TO=s3://lab/instr1\n")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError) as raised:
+        simple_worker()
+    assert str(raised.value) == (
+        "simple_worker() copies with the local connector, but OELEO_BASE_DIR_TO=s3://lab/instr1 "
+        "names the s3 connector: use oeleo.workers.s3_worker()"
+    )

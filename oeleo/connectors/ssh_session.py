@@ -408,7 +408,7 @@ class SSHSession(SSHLogin):
                     self._say_once(
                         "hashes",
                         "%s runs md5sum and friends: copies are verified there "
-                        "(files under %d KiB are read back, which is quicker)",
+                        "(one written over SFTP under %d KiB is read back instead, which is quicker)",
                         self.where,
                         READ_BACK_BELOW // 1024,
                     )
