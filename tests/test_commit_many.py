@@ -143,6 +143,7 @@ def test_a_commit_whose_connection_drops_is_tried_again_after_a_reconnect(tmp_pa
         real(self)
 
     monkeypatch.setattr(module.BucketUpload, "commit", blip)
+    monkeypatch.setattr(module.BucketUpload, "recommit", True, raising=False)  # it may be sent again
     monkeypatch.setattr(store, "reconnect", lambda: reconnects.append(1))
     results = store.commit_many(staged)
 
@@ -173,6 +174,7 @@ def test_commits_against_a_store_that_stays_away_fail_fatally_after_their_retrie
         raise ConnectionLost("cannot reconnect to the bucket: refused")
 
     monkeypatch.setattr(module.BucketUpload, "commit", away)
+    monkeypatch.setattr(module.BucketUpload, "recommit", True, raising=False)
     monkeypatch.setattr(store, "reconnect", no_reconnect)
     results = store.commit_many(staged)
 

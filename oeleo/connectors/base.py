@@ -323,7 +323,13 @@ class Upload:
 
     A connector returns one from ``open_upload``; object stores subclass this (initiate,
     send parts, complete or abort a multipart upload), folder-like stores get ``FolderUpload``.
+
+    ``recommit``: ``commit`` may be called again after it raised a dropped connection (it
+    keeps what it sends until the store took it); the engine then tries it again after a
+    reconnect. False by default: such a commit fails its file, tried again next run.
     """
+
+    recommit: ClassVar[bool] = False
 
     def __init__(self, connector: Connector, relpath: str, size: int, mtime_ns: int) -> None:
         self.connector = connector
@@ -727,11 +733,12 @@ class Connector(abc.ABC):
         from oeleo.retries import BACKOFF_SECONDS
 
         attempt = 0
+        retryable = staged.upload is not None and type(staged.upload).recommit
         while True:
             try:
                 return self.commit(staged)
             except Exception as exc:
-                if behaviour_of(exc) is not Behaviour.RETRY or attempt >= self.commit_retries:
+                if not (retryable and behaviour_of(exc) is Behaviour.RETRY) or attempt >= self.commit_retries:
                     raise
                 attempt += 1
                 log.warning(

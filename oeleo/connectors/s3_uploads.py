@@ -87,8 +87,11 @@ class S3Upload(Upload):
         self._hashes = self._digests.hexdigests()
         return Stored(self._sent, self._hashes)
 
+    # The body is kept until S3 took it: a PutObject whose connection dropped is sent again.
+    recommit = True
+
     def commit(self) -> None:
-        chunks, self._chunks = self._chunks, None
+        chunks = self._chunks
         assert chunks is not None, "an upload is committed once"
         connector = self.connector
         md5 = self._hashes["md5"]
@@ -101,6 +104,7 @@ class S3Upload(Upload):
                 ContentMD5=_b64(bytes.fromhex(md5)),
                 **options,
             )
+        self._chunks = None
         _check_etag(self.relpath, response, md5)
 
     def abort(self) -> None:
