@@ -136,5 +136,5 @@ class Batches:
             else:
                 outcomes.append(("copied", entry, code, result))
         with self._count:
-            self.committed += len(outcomes) - sum(1 for outcome in outcomes if outcome[0] != "copied")
+            self.committed += sum(1 for outcome in outcomes if outcome[0] == "copied")
         return outcomes

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Any, Callable, Optional, Tuple
 
 from oeleo.errors import Behaviour, OeleoError, behaviour_of, first_line
@@ -91,22 +92,42 @@ def with_retries(
                         unreachable.set()
                     return "fatal", f"{first_line(reconnect_failed)} (gave up after {attempt} attempts)"
                 return "error", f"{exc} (gave up after {attempt} attempts)"
-            delay = BACKOFF_SECONDS * (2 ** (attempt - 1))
-            log.warning(
-                "%s: %s; reconnecting in %.1f s (attempt %d of %d)",
-                printable(relpath),
-                exc,
-                delay,
-                attempt,
-                retries,
-            )
-            if stop.wait(delay):
+            stopped, reconnect_failed = pause_and_reconnect(relpath, exc, attempt, retries, reconnect, stop)
+            if stopped:
                 return "stopped", None
-            try:
-                reconnect()
-                reconnect_failed = None
-            except OeleoError as again:
-                if behaviour_of(again) in (Behaviour.CONFIG, Behaviour.BOOKS):
-                    raise
-                reconnect_failed = again
-                log.warning("reconnect failed: %s", again)
+
+
+def pause_and_reconnect(
+    relpath: str,
+    exc: BaseException,
+    attempt: int,
+    retries: int,
+    reconnect: Callable[[], None],
+    stop: Optional[threading.Event] = None,
+) -> Tuple[bool, Optional[OeleoError]]:
+    """The step between two tries after a dropped connection (a copy's, or a commit's): say
+    so, wait 0.5 s, 1 s, 2 s, ... for ``attempt`` 1, 2, 3, ..., then reconnect. Returns
+    (stopped: a stop ended the wait, the reconnect's failure or None). A reconnect refused
+    for a setting to fix (a host key that changed) or by the books raises."""
+    delay = BACKOFF_SECONDS * (2 ** (attempt - 1))
+    log.warning(
+        "%s: %s; reconnecting in %.1f s (attempt %d of %d)",
+        printable(relpath),
+        exc,
+        delay,
+        attempt,
+        retries,
+    )
+    if stop is not None:
+        if stop.wait(delay):
+            return True, None
+    else:
+        time.sleep(delay)
+    try:
+        reconnect()
+    except OeleoError as again:
+        if behaviour_of(again) in (Behaviour.CONFIG, Behaviour.BOOKS):
+            raise
+        log.warning("reconnect failed: %s", again)
+        return False, again
+    return False, None

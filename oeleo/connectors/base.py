@@ -17,10 +17,8 @@ import abc
 import errno
 import fnmatch
 import hashlib
-import logging
 import os
 import posixpath
-import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import (
@@ -53,7 +51,7 @@ from oeleo.errors import (
     behaviour_of,
     first_line,
 )
-from oeleo.names import printable
+from oeleo.retries import pause_and_reconnect
 from oeleo.source import (  # noqa: F401 - also names of this module, as before
     CHUNK_SIZE,
     HASH_THREAD_MIN_SIZE,
@@ -65,8 +63,6 @@ from oeleo.source import (  # noqa: F401 - also names of this module, as before
 if TYPE_CHECKING:
     from oeleo.checkers import StreamCheck
     from oeleo.settings import Settings
-
-log = logging.getLogger("oeleo")
 
 TEMP_SUFFIX = ".oeleo-part"
 
@@ -730,8 +726,6 @@ class Connector(abc.ABC):
         waiting 0.5 s, 1 s, 2 s ... and reconnecting in between), as the engine tries a file
         again whose upload dropped: a short network blip does not fail a batch of small
         files. When every reconnect failed too, ``_Unreachable``: the run stops."""
-        from oeleo.retries import BACKOFF_SECONDS
-
         attempt = 0
         retryable = staged.upload is not None and type(staged.upload).recommit
         while True:
@@ -741,24 +735,11 @@ class Connector(abc.ABC):
                 if not (retryable and behaviour_of(exc) is Behaviour.RETRY) or attempt >= self.commit_retries:
                     raise
                 attempt += 1
-                log.warning(
-                    "%s: %s; reconnecting in %.1f s (attempt %d of %d)",
-                    printable(staged.relpath),
-                    exc,
-                    BACKOFF_SECONDS * 2 ** (attempt - 1),
-                    attempt,
-                    self.commit_retries,
+                _, failed = pause_and_reconnect(
+                    staged.relpath, exc, attempt, self.commit_retries, self.reconnect
                 )
-                time.sleep(BACKOFF_SECONDS * 2 ** (attempt - 1))
-                try:
-                    self.reconnect()
-                except OeleoError as again:
-                    if behaviour_of(again) is Behaviour.CONFIG:
-                        raise again from None
-                    if attempt >= self.commit_retries:
-                        raise _Unreachable(
-                            f"{first_line(again)} (gave up after {attempt} attempts)"
-                        ) from None
+                if failed is not None and attempt >= self.commit_retries:
+                    raise _Unreachable(f"{first_line(failed)} (gave up after {attempt} attempts)") from None
 
     def open_upload(self, relpath: str, size: int, mtime_ns: int) -> Upload:
         """Start an upload of ``size`` bytes to ``relpath`` (a safe relative name).
