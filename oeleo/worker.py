@@ -453,9 +453,9 @@ class Worker:
         if todo or previous != "ok" or self.manifest or self._connected:
             try:
                 self._prepare_destination()
-                if todo:
-                    names = [stored_name(entry.relpath, self.compress) for entry, _, _ in todo]
-                    self.external_connector.prepare_for(names)
+                external = self.external_connector
+                if todo and type(external).prepare_for is not Connector.prepare_for:  # else no list
+                    external.prepare_for([stored_name(entry.relpath, self.compress) for entry, _, _ in todo])
             except BaseException as exc:
                 # The run log says so (oeleo status, the monitor): a pass that could not reach
                 # its destination failed; the next one, even idle, connects again.
