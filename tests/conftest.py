@@ -155,4 +155,5 @@ def s3_bucket(s3_server):
         yield name
     finally:
         s3_server.faults.clear()
+        s3_server.cut_answers.clear()
         s3_server.check_md5 = True

@@ -934,14 +934,17 @@ class S3Server:
     """moto's S3 over HTTP on 127.0.0.1, in a thread of this process.
 
     Every request is recorded in ``requests`` as (method, path, query). ``faults`` answer
-    chosen requests with an S3 error. moto accepts any Content-MD5; with ``check_md5`` the
-    server refuses a body whose Content-MD5 differs (``400 BadDigest``), as AWS does.
+    chosen requests with an S3 error. ``cut_answers`` choose requests that moto carries out
+    but whose answer is cut short (the connection drops after the store acted: the client
+    cannot tell whether it did). moto accepts any Content-MD5; with ``check_md5`` the server
+    refuses a body whose Content-MD5 differs (``400 BadDigest``), as AWS does.
     """
 
     host: str
     port: int
     requests: List[Tuple[str, str, str]] = field(default_factory=list)
     faults: List[S3Fault] = field(default_factory=list)
+    cut_answers: List[Callable[[Dict[str, object]], bool]] = field(default_factory=list)
     check_md5: bool = True
     _server: object = field(default=None, repr=False)
     _thread: object = field(default=None, repr=False)
@@ -1000,7 +1003,20 @@ class _S3Front:
             if base64.b64encode(hashlib.md5(body).digest()).decode() != md5:
                 return self._error(start_response, 400, "BadDigest")
             environ["wsgi.input"] = io.BytesIO(body)
+        if any(cut(environ) for cut in list(self.server.cut_answers)):
+            return self._cut(environ, start_response)
         return self.app(environ, start_response)
+
+    def _cut(self, environ, start_response):
+        """moto carries out the request; then the connection is shut before any answer: the
+        client reads a connection closed by the server, after the store acted."""
+        import socket as sockets
+
+        for _ in self.app(environ, lambda status, headers, exc_info=None: None):
+            pass
+        environ["werkzeug.socket"].shutdown(sockets.SHUT_RDWR)
+        start_response("500 Internal Server Error", [("Content-Length", "0")])
+        return [b""]
 
     @staticmethod
     def _error(start_response, status: int, code: str):

@@ -26,8 +26,8 @@ import pytest
 import servers
 from helpers import clean_env, db_rows, make_tree, wait_for, write_random
 
-from oeleo.connectors.base import temp_relpath
-from oeleo.errors import ConfigError, ConnectionLost, FileChangedError, VerificationError
+from oeleo.connectors.base import Failed, temp_relpath
+from oeleo.errors import ConfigError, ConnectionLost, FileChangedError, TransferError, VerificationError
 
 MiB = 1024 * 1024
 PREFIX = "instr1/"
@@ -734,6 +734,90 @@ def test_a_medium_file_is_sent_again_from_its_start_after_a_server_error(s3_serv
     conn.put(tmp_path / "big.fits", "big.fits")
 
     assert failed and s3_server.count("PUT", f"/{s3_bucket}/{PREFIX}big.fits") == 2
+    body = s3_server.client().get_object(Bucket=s3_bucket, Key=PREFIX + "big.fits")["Body"].read()
+    assert md5(body) == digest and conn.checksum("big.fits") == digest
+
+
+def completion_of(name: str):
+    return lambda environ: (
+        environ["REQUEST_METHOD"] == "POST"
+        and environ["PATH_INFO"].endswith("/" + name)
+        and "uploadId=" in environ.get("QUERY_STRING", "")
+    )
+
+
+def test_a_completion_whose_answer_was_lost_is_found_done_by_the_objects_etag(s3_server, s3_bucket, tmp_path):
+    """The CompleteMultipartUpload arrives, its answer does not; asked again, the store says
+    NoSuchUpload (as S3 may once an upload is completed): the object is there, made of exactly
+    the parts sent, and the copy is committed, not failed."""
+    conn = connector(s3_server, s3_bucket, single_put_limit=0)
+    digest = write_random(tmp_path / "big.fits", 2 * 8 * MiB + 7)
+    staged = conn.stage(tmp_path / "big.fits", "big.fits")
+    completing = completion_of("big.fits")
+    cut: List[int] = []
+
+    def cut_the_first(environ):
+        if completing(environ) and not cut:
+            cut.append(1)
+            return True
+        return False
+
+    s3_server.cut_answers.append(cut_the_first)
+    s3_server.faults.append(lambda environ: (404, "NoSuchUpload") if completing(environ) and cut else None)
+    conn.commit(staged)
+
+    assert cut and s3_server.count("POST", f"/{s3_bucket}/{PREFIX}big.fits", "uploadId=") >= 2
+    assert unfinished(s3_server, s3_bucket) == []
+    assert keys(s3_server, s3_bucket) == [PREFIX + "big.fits"]  # the marker is gone
+    assert conn.checksum("big.fits", "md5") == digest
+
+
+def test_a_completion_refused_as_no_such_upload_for_other_parts_fails(s3_server, s3_bucket, tmp_path):
+    """NoSuchUpload, and the object under the key is not these parts (the upload was aborted
+    elsewhere): the file fails, and the previous copy is kept."""
+    conn = connector(s3_server, s3_bucket, single_put_limit=0)
+    previous = write_random(tmp_path / "big.fits", 9 * MiB)
+    conn.commit(conn.stage(tmp_path / "big.fits", "big.fits"))
+    write_random(tmp_path / "big.fits", 2 * 8 * MiB + 7)
+    staged = conn.stage(tmp_path / "big.fits", "big.fits")
+    completing = completion_of("big.fits")
+    s3_server.faults.append(lambda environ: (404, "NoSuchUpload") if completing(environ) else None)
+
+    with pytest.raises(TransferError, match="the multipart upload is gone"):
+        conn.commit(staged)
+    conn.discard(staged)
+
+    assert conn.checksum("big.fits", "md5") == previous
+
+
+def test_a_medium_file_whose_put_answers_were_lost_is_committed_by_the_commit_retries(
+    s3_server, s3_bucket, tmp_path
+):
+    """Every attempt botocore makes of the PutObject loses its answer, until the connector has
+    reconnected (a connection that drops and comes back): the engine's commit retries send it
+    again from the file, and the copy is committed."""
+    conn = connector(s3_server, s3_bucket)
+    conn.commit_retries = 2
+    digest = write_random(tmp_path / "big.fits", 9 * MiB)
+    assert [e.relpath for e in conn.list_files()] == []  # S3 answered: a drop now is a lost connection
+    staged = conn.stage(tmp_path / "big.fits", "big.fits")
+    key = f"/{s3_bucket}/{PREFIX}big.fits"
+    cut: List[int] = []
+    reconnected: List[int] = []
+
+    def cut_until_reconnected(environ):
+        if cut and environ["REQUEST_METHOD"] == "GET" and "list-type=2" in environ.get("QUERY_STRING", ""):
+            reconnected.append(1)
+        if environ["REQUEST_METHOD"] == "PUT" and environ["PATH_INFO"] == key and not reconnected:
+            cut.append(1)
+            return True
+        return False
+
+    s3_server.cut_answers.append(cut_until_reconnected)
+    [result] = conn.commit_many([staged])
+
+    assert not isinstance(result, Failed), result
+    assert reconnected and len(cut) >= 2 and s3_server.count("PUT", key) == len(cut) + 1
     body = s3_server.client().get_object(Bucket=s3_bucket, Key=PREFIX + "big.fits")["Body"].read()
     assert md5(body) == digest and conn.checksum("big.fits") == digest
 

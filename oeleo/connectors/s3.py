@@ -85,6 +85,7 @@ from oeleo.connectors.s3_uploads import (
     S3FileUpload,
     S3MultipartUpload,
     S3Upload,
+    UploadGone,
     sse_hides_md5,
 )
 from oeleo.errors import (
@@ -536,7 +537,7 @@ class S3Connector(Connector):
                 f"{doing}: S3 refused the bytes, their checksum differs from the one sent ({code})"
             )
         if code == "NoSuchUpload":
-            return TransferError(f"{doing}: the multipart upload is gone (aborted elsewhere?)")
+            return UploadGone(f"{doing}: the multipart upload is gone (aborted elsewhere?)")
         if status >= 500:
             return TransferError(f"{doing}: S3 answered {status} {code} after {self.max_attempts} attempts")
         return TransferError(f"{doing}: {code}: {message}")

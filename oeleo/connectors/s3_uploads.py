@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional
 
 from oeleo.checkers import new_hash
 from oeleo.connectors.base import Stored, Upload, temp_relpath
-from oeleo.errors import FileChangedError, VerificationError
+from oeleo.errors import FileChangedError, TransferError, VerificationError
 from oeleo.names import printable
 from oeleo.source import SourceReader
 
@@ -32,6 +32,11 @@ MAX_PARTS = 10_000  # S3's limit per upload
 
 PLAIN_ETAG = re.compile(r'^"?([0-9a-f]{32})"?$')
 MULTIPART_ETAG = re.compile(r'^"?([0-9a-f]{32})-(\d+)"?$')
+
+
+class UploadGone(TransferError):
+    """S3 knows no multipart upload of this id (``NoSuchUpload``): it was completed (by a
+    request whose answer was lost) or aborted."""
 
 
 def _b64(digest: bytes) -> str:
@@ -162,12 +167,15 @@ class S3FileUpload(Upload):
         self._hashes = {name: hashes[name] for name in self.connector.upload_algorithms}
         return Stored(self._sent, self._hashes)
 
+    # Committed again after a dropped connection: the PutObject reads the file again (checked
+    # unchanged, refused by S3 if other bytes arrive), a multipart one completes again.
+    recommit = True
+
     def commit(self) -> None:
         if self._multipart is not None:
             self._multipart.commit()
             return
         assert self._reader is not None and not self._committed, "an upload is committed once"
-        self._committed = True
         connector = self.connector
         md5 = self._hashes["md5"]
         options = connector.object_options(self.mtime_ns, self._hashes)
@@ -192,6 +200,7 @@ class S3FileUpload(Upload):
                 )
         finally:
             body.close()
+        self._committed = True
         _check_etag(self.relpath, response, md5)
 
     def abort(self) -> None:
@@ -297,20 +306,27 @@ class S3MultipartUpload(Upload):
         self._hashes = self._digests.hexdigests()
         return Stored(self._sent, self._hashes)
 
+    # Completed again after a dropped connection: S3 completes an upload once, and answers a
+    # completion again either as the first time or with NoSuchUpload (``_completed_before``).
+    recommit = True
+
     def commit(self) -> None:
         connector = self.connector
         assert self.upload_id is not None, "an upload is committed once"
         parts = [{k: v for k, v in part.items() if k != "md5"} for part in self._parts]
-        with connector.errors("completing the upload of", self.relpath):
-            response = connector.client.complete_multipart_upload(
-                Bucket=connector.bucket,
-                Key=self.key,
-                UploadId=self.upload_id,
-                MultipartUpload={"Parts": parts},
-            )
+        expected = hashlib.md5(b"".join(part["md5"] for part in self._parts)).hexdigest()
+        try:
+            with connector.errors("completing the upload of", self.relpath):
+                response = connector.client.complete_multipart_upload(
+                    Bucket=connector.bucket,
+                    Key=self.key,
+                    UploadId=self.upload_id,
+                    MultipartUpload={"Parts": parts},
+                )
+        except UploadGone:
+            response = self._completed_before(f"{expected}-{len(parts)}")
         self.upload_id = None
         etag = MULTIPART_ETAG.match(response.get("ETag", ""))
-        expected = hashlib.md5(b"".join(part["md5"] for part in self._parts)).hexdigest()
         if etag and not sse_hides_md5(response) and etag.group(1) != expected:
             connector.forget_marker(self)
             raise VerificationError(
@@ -319,6 +335,21 @@ class S3MultipartUpload(Upload):
             )
         connector.add_checksums(self, self._hashes)
         connector.forget_marker(self)
+
+    def _completed_before(self, etag: str) -> Dict[str, Any]:
+        """S3 no longer knows the upload (a completion whose answer was lost, botocore's retry
+        or ours, got NoSuchUpload): the object's answer, when it is the completion of exactly
+        these parts (its ETag, the MD5 of the parts' MD5s and their count); else the upload
+        was aborted elsewhere, and that is the error."""
+        connector = self.connector
+        with connector.errors("checking", self.relpath):
+            head = connector.client.head_object(Bucket=connector.bucket, Key=self.key)
+        if head.get("ETag", "").strip('"') == etag:
+            return head
+        raise UploadGone(
+            f"completing the upload of {printable(self.relpath)}: the multipart upload is gone "
+            "(aborted elsewhere?)"
+        )
 
     def abort(self) -> None:
         for future in self._futures:
