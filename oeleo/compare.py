@@ -111,7 +111,7 @@ def compare(
         except (OeleoError, OSError) as exc:
             report.errors.append((entry.relpath, str(exc)))
             continue
-        if remote_digest == wanted:
+        if str(remote_digest).lower() == wanted:  # a store's digest in capitals is the same one
             report.same.append(entry.relpath)
             if update_db:
                 bookkeeper.record_copied(

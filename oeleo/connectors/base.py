@@ -17,6 +17,7 @@ import abc
 import errno
 import fnmatch
 import hashlib
+import logging
 import os
 import posixpath
 from dataclasses import dataclass, field, replace
@@ -43,6 +44,7 @@ from oeleo.compress import GzipStream, stored_name
 from oeleo.errors import (
     AlreadyThere,
     Behaviour,
+    ConfigError,
     DiskFullError,
     FileChangedError,
     OeleoError,
@@ -63,6 +65,8 @@ from oeleo.source import (  # noqa: F401 - also names of this module, as before
 if TYPE_CHECKING:
     from oeleo.checkers import StreamCheck
     from oeleo.settings import Settings
+
+log = logging.getLogger("oeleo")
 
 TEMP_SUFFIX = ".oeleo-part"
 
@@ -274,8 +278,24 @@ class _Unreachable(OeleoError):
 
 
 def _failed(exc: BaseException, what: str) -> Failed:
-    fatal = isinstance(exc, DiskFullError) or (isinstance(exc, OSError) and exc.errno == errno.ENOSPC)
-    return Failed(describe_error(exc, what), fatal, exc)
+    """Why a file of a batch failed; fatal where the error stops the run (a full destination,
+    a ``ConnectorError``: the next files would fail too)."""
+    return Failed(describe_error(exc, what), behaviour_of(exc) is Behaviour.STOP_RUN, exc)
+
+
+def _abort_quietly(upload: Upload, relpath: str) -> None:
+    """Abort an upload whose copy failed; an abort that fails too is said, never raised: the
+    first error is the one that counts."""
+    try:
+        upload.abort()
+    except Exception as exc:  # noqa: BLE001 - cleanup must not hide the first error
+        log.warning("cannot abort the upload of %s: %s", relpath, first_line(exc))
+
+
+def _lowered(stored: Stored) -> Stored:
+    """The store's hashes with lower-case names and hex digests, as the engine's are."""
+    hashes = {str(name).lower(): str(value).lower() for name, value in stored.hashes.items()}
+    return stored if hashes == stored.hashes else replace(stored, hashes=hashes)
 
 
 def matches(relpath: str, patterns: Sequence[str]) -> bool:
@@ -326,6 +346,9 @@ class Upload:
     """
 
     recommit: ClassVar[bool] = False
+    # True: ``finish`` gives no hash because the connector's ``commit_many`` verifies the
+    # batch's copies on the store before any is committed (the ssh connector's tar streams).
+    verified_at_commit: ClassVar[bool] = False
 
     def __init__(self, connector: Connector, relpath: str, size: int, mtime_ns: int) -> None:
         self.connector = connector
@@ -696,6 +719,8 @@ class Connector(abc.ABC):
                 elif isinstance(exc, _Unreachable):  # the store stays away: the run stops
                     failed = Failed(str(exc), True, exc)
                     refusal.append(failed)
+                elif failed.fatal:  # a full destination, a store that refuses: the run stops
+                    refusal.append(failed)
                 results[index] = failed
 
         parallel = min(self.features.max_uploads, len(staged))
@@ -812,6 +837,12 @@ class Connector(abc.ABC):
             if check is not None:
                 reader.observer = check.update
             upload = self.open_upload(target, reader.expected_size, reader.mtime_ns)
+            if not isinstance(upload, Upload):
+                bad, upload = upload, None
+                raise ConfigError(
+                    f"{type(self).__name__}.open_upload() returned {type(bad).__name__}, not an "
+                    "oeleo.connectors.Upload"
+                )
             try:
                 upload.send(reader if gzipped is None else gzipped)
             except OSError as exc:
@@ -827,12 +858,27 @@ class Connector(abc.ABC):
                 used, wanted, size = check_algorithm, reader.check_digest or "", reader.size
             else:
                 used, wanted, size = algorithm, digest, reader.size
-            if compare:
-                stored = upload.finish(None)
-                if not stored.compared:  # this upload did not compare its writes: hash the copy
-                    stored = replace(stored, hashes={used: self.checksum(upload.staging, used)})
-            else:
-                stored = upload.finish(used if verify else None)
+            stored = upload.finish(None if compare else used if verify else None)
+            if not isinstance(stored, Stored):
+                raise ConfigError(
+                    f"{type(upload).__name__}.finish() returned {type(stored).__name__}, not an "
+                    "oeleo.connectors.Stored"
+                )
+            stored = _lowered(stored)
+            # No hash of the copy from the store, which can compute one (``checksum``, where
+            # the file is) and does not verify the batch itself at the commit: asked for it.
+            ask = (
+                verify
+                and used not in stored.hashes
+                and not (compare and stored.compared)
+                and not type(upload).verified_at_commit
+                and (compare or not features.checksum_downloads)
+            )
+            if ask and upload.staging != target:  # under its temporary name, before the commit
+                stored = replace(
+                    stored, hashes={**stored.hashes, used: self.checksum(upload.staging, used).lower()}
+                )
+                ask = False
             verified = compare and stored.compared
             if verify and not verified and used in stored.hashes:
                 if stored.hashes[used] != wanted:
@@ -846,7 +892,7 @@ class Connector(abc.ABC):
         except BaseException:
             reader.close()
             if upload is not None:
-                upload.abort()
+                _abort_quietly(upload, target)
             raise
         return PutResult(
             relpath=target,
@@ -858,7 +904,9 @@ class Connector(abc.ABC):
             mtime_ns=reader.mtime_ns,
             staging=upload.staging,
             upload=upload,
-            verify_after_commit=verify and not verified and not features.staged_uploads,
+            # Not verified yet (a store that received the bytes only with the commit, or gave
+            # no hash of them and has no temporary name): hashed once committed, before booked.
+            verify_after_commit=verify and not verified and (not features.staged_uploads or ask),
             stored_hash=(used, wanted) if gzipped is not None else None,
         )
 
@@ -880,7 +928,7 @@ class Connector(abc.ABC):
         verified = staged.verified
         if staged.verify_after_commit:
             used, wanted = staged.stored_hash or (staged.algorithm, staged.checksum)
-            stored = self.checksum(staged.relpath, used)
+            stored = self.checksum(staged.relpath, used).lower()
             if stored != wanted:
                 what = "the compressed source" if staged.stored_hash else "the source"
                 raise VerificationError(
@@ -895,7 +943,7 @@ class Connector(abc.ABC):
     def discard(self, staged: PutResult) -> None:
         """Forget a staged upload that will not be committed (never the real name)."""
         if staged.upload is not None:
-            staged.upload.abort()
+            _abort_quietly(staged.upload, staged.relpath)
         elif staged.staging and staged.staging != staged.relpath:
             self._discard(staged.staging)
 

@@ -177,6 +177,8 @@ class StreamedUpload(FolderUpload):
     the connection drops before tar is done, ``settle`` sends it over SFTP once reconnected
     (its bytes are kept until then)."""
 
+    verified_at_commit = True  # by settle(), before the batch is renamed into place
+
     def __init__(self, connector: SSHConnector, relpath: str, size: int, mtime_ns: int) -> None:
         super().__init__(connector, relpath, size, mtime_ns)
         self.data = b""

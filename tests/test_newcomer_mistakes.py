@@ -1,0 +1,235 @@
+"""A newcomer's object-store connector, written from docs/connectors.md, with the mistakes a
+newcomer makes: an upload whose ``finish`` gives no hash, a commit that raises a
+``ConnectorError``, an ``abort`` that raises, wrong return types, digests in capitals. The
+engine must never book a copy it did not verify, and must say which method is wrong."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import sqlite3
+from pathlib import Path
+from typing import Dict, Iterator, List, Optional
+
+import pytest
+
+from oeleo.checkers import ChecksumChecker
+from oeleo.connectors import Connector, LocalConnector
+from oeleo.connectors.base import Features, FileEntry, Stored, Upload, safe_relpath
+from oeleo.errors import ConfigError, ConnectorError
+from oeleo.models import SimpleDbHandler
+from oeleo.workers import Worker
+
+
+class MemoryUpload(Upload):
+    """An honest upload: the bytes staged, their md5 said by ``finish``, moved in by ``commit``."""
+
+    connector: MemoryStore
+
+    def send(self, chunks) -> None:
+        self.connector.staged[self.relpath] = b"".join(bytes(chunk) for chunk in chunks)
+
+    def finish(self, algorithm: Optional[str] = None) -> Stored:
+        data = self.connector.staged[self.relpath]
+        return Stored(len(data), {"md5": hashlib.md5(data).hexdigest()})
+
+    def commit(self) -> None:
+        self.connector.commits += 1
+        self.connector.objects[self.relpath] = self.connector.staged.pop(self.relpath)
+
+    def abort(self) -> None:
+        self.connector.staged.pop(self.relpath, None)
+
+
+class MemoryStore(Connector):
+    features = Features(hashes=frozenset({"md5"}))
+    upload = MemoryUpload
+
+    def __init__(self, directory: str = "memory") -> None:
+        self.directory = directory
+        self.objects: Dict[str, bytes] = {}
+        self.staged: Dict[str, bytes] = {}
+        self.commits = 0
+
+    def list_files(self, extensions=(), include=(), exclude=(), recursive=True) -> Iterator[FileEntry]:
+        return iter([FileEntry(name, len(data), 0) for name, data in sorted(self.objects.items())])
+
+    def stat(self, relpath: str) -> Optional[FileEntry]:
+        data = self.objects.get(relpath)
+        return None if data is None else FileEntry(relpath, len(data), 0)
+
+    def checksum(self, relpath: str, algorithm: str = "md5") -> str:
+        if relpath not in self.objects:
+            raise FileNotFoundError(relpath)
+        return hashlib.new(algorithm, self.objects[relpath]).hexdigest()
+
+    def open_upload(self, relpath: str, size: int, mtime_ns: int) -> Upload:
+        return self.upload(self, safe_relpath(relpath), size, mtime_ns)
+
+
+class FlipsABit(MemoryUpload):
+    """Damages the bytes (same size) and says nothing but the size."""
+
+    def send(self, chunks) -> None:
+        data = bytearray(b"".join(bytes(chunk) for chunk in chunks))
+        data[0] ^= 1
+        self.connector.staged[self.relpath] = bytes(data)
+
+    def finish(self, algorithm: Optional[str] = None) -> Stored:
+        return Stored(len(self.connector.staged[self.relpath]))
+
+
+def make_source(folder: Path, count: int) -> Dict[str, str]:
+    folder.mkdir(parents=True, exist_ok=True)
+    digests = {}
+    for index in range(count):
+        data = os.urandom(1000)
+        (folder / f"f{index:03d}.csv").write_bytes(data)
+        digests[f"f{index:03d}.csv"] = hashlib.md5(data).hexdigest()
+    return digests
+
+
+def run(tmp_path: Path, store: Connector, count: int = 2):
+    worker = Worker(
+        checker=ChecksumChecker(),
+        local_connector=LocalConnector(tmp_path / "src"),
+        external_connector=store,
+        bookkeeper=SimpleDbHandler(tmp_path / "books.db"),
+    )
+    worker.connect_to_db()
+    try:
+        return worker.run()
+    finally:
+        worker.close()
+
+
+def booked(tmp_path: Path) -> Dict[str, tuple]:
+    with sqlite3.connect(tmp_path / "books.db") as db:
+        rows = db.execute("select local_name, code, checksum, last_error from filelist").fetchall()
+    return {name: (code, checksum, error) for name, code, checksum, error in rows}
+
+
+def copied(tmp_path: Path) -> List[str]:
+    return sorted(name for name, (code, checksum, _) in booked(tmp_path).items() if code == 1 and checksum)
+
+
+@pytest.mark.parametrize("hashes", [frozenset(), frozenset({"md5"})], ids=["no-hashes", "md5-declared"])
+def test_a_copy_whose_upload_gives_no_hash_is_hashed_by_the_store_before_it_is_booked(tmp_path, hashes):
+    """``finish`` says the size only; the store's ``checksum`` then verifies the copy (after
+    the commit: this upload has no temporary name), and damaged bytes are not booked."""
+    make_source(tmp_path / "src", 2)
+    store = type("Store", (MemoryStore,), {"upload": FlipsABit, "features": Features(hashes=hashes)})()
+
+    summary = run(tmp_path, store)
+
+    assert summary.copied == 0 and summary.failed == 2, summary.describe()
+    assert copied(tmp_path) == []
+    assert all("md5 of the copy is" in error for _, _, error in booked(tmp_path).values())
+
+
+def test_an_honest_upload_without_a_hash_is_verified_by_the_store_and_booked(tmp_path):
+    class SizeOnly(MemoryUpload):
+        def finish(self, algorithm: Optional[str] = None) -> Stored:
+            return Stored(len(self.connector.staged[self.relpath]))
+
+    digests = make_source(tmp_path / "src", 3)
+    store = type("Store", (MemoryStore,), {"upload": SizeOnly})()
+
+    summary = run(tmp_path, store, 3)
+
+    assert summary.copied == 3 and summary.failed == 0, summary.describe()
+    assert {name: hashlib.md5(data).hexdigest() for name, data in store.objects.items()} == digests
+
+
+def test_a_connector_error_from_a_commit_stops_the_run(tmp_path):
+    class Refuses(MemoryUpload):
+        def commit(self) -> None:
+            self.connector.commits += 1
+            raise ConnectorError("the store refuses every upload")
+
+    make_source(tmp_path / "src", 600)
+    store = type("Store", (MemoryStore,), {"upload": Refuses})()
+
+    summary = run(tmp_path, store, 600)
+
+    assert summary.fatal and "refuses every upload" in summary.fatal, summary.describe()
+    assert store.commits == 1  # the next ones would be refused too: not asked
+    assert copied(tmp_path) == []
+
+
+@pytest.mark.parametrize("where", ["send", "commit"])
+def test_an_abort_that_raises_does_not_hide_the_first_error(tmp_path, caplog, where):
+    def fail(self, *args) -> None:
+        raise RuntimeError("HTTP 503 from the store")
+
+    def abort(self) -> None:
+        raise RuntimeError("abort failed too")
+
+    make_source(tmp_path / "src", 2)
+    store = type(
+        "Store", (MemoryStore,), {"upload": type("U", (MemoryUpload,), {where: fail, "abort": abort})}
+    )()
+    caplog.set_level(logging.WARNING, logger="oeleo")
+
+    summary = run(tmp_path, store)
+
+    assert summary.failed == 2 and summary.copied == 0, summary.describe()
+    errors = [error for _, _, error in booked(tmp_path).values()]
+    assert all("HTTP 503" in error for error in errors), errors
+    assert "cannot abort the upload of f000.csv: abort failed too" in caplog.text
+
+
+def test_a_finish_that_returns_a_dict_is_named_in_the_error(tmp_path):
+    class DictFinish(MemoryUpload):
+        def finish(self, algorithm=None):
+            return {"size": 1000, "md5": "x"}
+
+    make_source(tmp_path / "src", 1)
+    with pytest.raises(
+        ConfigError, match=r"DictFinish.finish\(\) returned dict, not an oeleo.connectors.Stored"
+    ):
+        run(tmp_path, type("Store", (MemoryStore,), {"upload": DictFinish})(), 1)
+
+    assert copied(tmp_path) == []
+
+
+def test_an_open_upload_that_returns_none_is_named_in_the_error(tmp_path):
+    make_source(tmp_path / "src", 1)
+    store = type("Store", (MemoryStore,), {"open_upload": lambda self, relpath, size, mtime_ns: None})()
+
+    with pytest.raises(
+        ConfigError, match=r"Store.open_upload\(\) returned NoneType, not an oeleo.connectors.Upload"
+    ):
+        run(tmp_path, store, 1)
+
+
+def test_digests_in_capitals_are_the_same_digests(tmp_path):
+    class Capitals(MemoryUpload):
+        def finish(self, algorithm=None):
+            data = self.connector.staged[self.relpath]
+            return Stored(len(data), {"MD5": hashlib.md5(data).hexdigest().upper()})
+
+    class Store(MemoryStore):
+        upload = Capitals
+
+        def checksum(self, relpath: str, algorithm: str = "md5") -> str:
+            return super().checksum(relpath, algorithm).upper()
+
+    make_source(tmp_path / "src", 2)
+    store = Store()
+    summary = run(tmp_path, store)
+    assert summary.copied == 2 and summary.failed == 0, summary.describe()
+
+    worker = Worker(
+        checker=ChecksumChecker(),
+        local_connector=LocalConnector(tmp_path / "src"),
+        external_connector=store,
+        bookkeeper=SimpleDbHandler(tmp_path / "books.db"),
+    )
+    worker.connect_to_db()
+    try:
+        report = worker.check()
+    finally:
+        worker.close()
+    assert sorted(report.same) == ["f000.csv", "f001.csv"] and not report.different
