@@ -172,6 +172,8 @@ class ChecksumChecker(Checker):
 
     def __init__(self, algorithm: str = "md5") -> None:
         hashlib.new(algorithm)  # fail early on a name hashlib does not know
+        if algorithm.lower().startswith("shake_"):
+            raise ValueError(f"{algorithm}: its digests have no length of their own; use md5 or sha256")
         self.algorithm = algorithm
 
     def __repr__(self) -> str:

@@ -32,6 +32,7 @@ DEFAULT_DB_NAME = "oeleo-file-list.db"
 _EXPECTED = {
     "float_parsing": "a number",
     "int_parsing": "a whole number",
+    "finite_number": "a finite number",
     "bool_parsing": "true or false",
 }
 # Bounds (Field(ge=..., gt=..., le=..., lt=...)): pydantic's error type, the key of the limit
@@ -84,7 +85,9 @@ class Settings(BaseSettings):
         False,
         description="Copy what symbolic links in the source point to (default: skip links, with a notice).",
     )
-    min_age: float = Field(0.0, ge=0, description="Seconds since a file's last change before it is copied.")
+    min_age: float = Field(
+        0.0, ge=0, allow_inf_nan=False, description="Seconds since a file's last change before it is copied."
+    )
     checksum: str = Field("md5", description="hashlib algorithm used to compare and verify.")
     checker: str = Field(
         "checksum", description="What checks a file before its copy: checksum, fits, or pkg.mod:Class."
@@ -340,6 +343,8 @@ class Settings(BaseSettings):
         if value not in hashlib.algorithms_available:
             # _describe() adds the value given; saying it here too would print it twice.
             raise ValueError("a hashlib algorithm such as md5 or sha256")
+        if value.startswith("shake_"):  # a digest of any length: no hexdigest() of its own
+            raise ValueError("an algorithm whose digest has a length of its own, such as md5 or sha256")
         return value
 
     @field_validator(

@@ -201,6 +201,24 @@ def test_negative_min_age_is_refused(clean_env):
         load_settings()
 
 
+@pytest.mark.parametrize("value", ["inf", "nan", "-inf"])
+def test_a_min_age_that_is_not_finite_is_refused(clean_env, value):
+    clean_env.setenv("OELEO_MIN_AGE", value)
+    with pytest.raises(ConfigError, match="OELEO_MIN_AGE: expected a "):
+        load_settings()
+
+
+@pytest.mark.parametrize("value", ["shake_128", "SHAKE_256"])
+def test_a_checksum_without_a_length_of_its_own_is_refused(clean_env, value):
+    """shake_128 and shake_256 are hashlib's, but their hexdigest() needs a length: every
+    file would fail with a TypeError."""
+    clean_env.setenv("OELEO_CHECKSUM", value)
+    with pytest.raises(
+        ConfigError, match=f"OELEO_CHECKSUM: expected an algorithm whose digest has a length .*{value}"
+    ):
+        load_settings()
+
+
 def test_whole_number_setting_says_a_whole_number_is_expected(clean_env):
     clean_env.setenv("OELEO_DB_PORT", "five")
     with pytest.raises(ConfigError, match="OELEO_DB_PORT: expected a whole number"):
