@@ -242,6 +242,48 @@ def test_changed_host_key_is_refused_even_when_new_keys_are_accepted(sshd_server
     assert "has CHANGED" in line and str(known_hosts) in line
 
 
+def test_a_known_hosts_file_with_lines_ssh_skips_is_read_as_ssh_reads_it(sshd_server, source, tmp_path):
+    """A @cert-authority line, a damaged line and a key that is not base64 before the server's
+    own line: ssh connects, and so does oeleo (paramiko's loader raised InvalidHostKey)."""
+    other = tmp_path / "other_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True)
+    kind, blob = Path(str(other) + ".pub").read_text().split()[:2]
+    known_hosts = tmp_path / "known_hosts"
+    known_hosts.write_text(
+        f"@cert-authority *.example.org {kind} {blob}\n"
+        "q\n"
+        f"host.example.org {kind} not-base64!!\n"
+        f"@unknown-marker host {kind} {blob}\n"
+        f"{sshd_server.host_key_line}\n"
+    )
+    folder = sshd_server.new_folder()
+
+    done = run_oeleo(
+        "run", "--from", str(source), "--to", folder, cwd=tmp_path,
+        env=sshd_server.env(OELEO_KNOWN_HOSTS=str(known_hosts)),
+    )  # fmt: skip
+
+    assert done.returncode == 0, done.stderr
+    assert tree_files(folder) == {"a.res": b"cycle 1\n", "run-1/b.res": b"cycle 2\n"}
+
+
+def test_a_host_key_marked_revoked_is_refused(sshd_server, source, tmp_path):
+    known_hosts = tmp_path / "known_hosts"
+    kind, blob = sshd_server.host_key_line.split()[1:3]
+    known_hosts.write_text(f"{sshd_server.host_key_line}\n@revoked * {kind} {blob}\n")
+    folder = sshd_server.new_folder()
+
+    done = run_oeleo(
+        "run", "--from", str(source), "--to", folder, cwd=tmp_path,
+        env=sshd_server.env(OELEO_KNOWN_HOSTS=str(known_hosts), OELEO_ACCEPT_NEW_HOST_KEYS="true"),
+    )  # fmt: skip
+
+    assert done.returncode == 2, done.stderr
+    line = one_error_line(done)
+    assert f"is marked @revoked in {known_hosts} line 2" in line, line
+    assert tree_files(folder) == {}
+
+
 # -- bad input: one line, the right exit status, no secret -------------------------------
 
 

@@ -19,6 +19,49 @@ from oeleo.errors import ConfigError
 
 log = logging.getLogger("oeleo")
 
+
+def read_known_hosts(path: Path) -> Tuple[paramiko.HostKeys, List[Tuple[paramiko.PKey, int]]]:
+    """The keys of a known_hosts file, read as ssh reads it: comments, blank lines and lines it
+    cannot parse are skipped (said once at debug level); ``@cert-authority`` lines are skipped
+    (host certificates are not used here); ``@revoked`` keys are returned apart, with their
+    line numbers. A missing file has no keys; one that cannot be read is a ``ConfigError``."""
+    keys = paramiko.HostKeys()
+    revoked: List[Tuple[paramiko.PKey, int]] = []
+    try:
+        with open(path, encoding="utf-8") as handle:
+            lines = handle.read().splitlines()
+    except FileNotFoundError:
+        return keys, revoked
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read the known hosts file {path}: {exc}") from None
+    for number, text in enumerate(lines, 1):
+        line = text.strip()
+        if not line or line.startswith("#"):
+            continue
+        marker = ""
+        if line.startswith("@"):
+            marker, _, line = line.partition(" ")
+            line = line.strip()
+            if marker not in ("@revoked", "@cert-authority"):
+                log.debug("%s line %d: unknown marker %s, skipped", path, number, marker)
+                continue
+            if marker == "@cert-authority":
+                continue
+        try:
+            entry = paramiko.hostkeys.HostKeyEntry.from_line(line, number)
+        except Exception as exc:  # noqa: BLE001 - a line ssh cannot read either: skipped, as ssh does
+            log.debug("%s line %d cannot be read (%s), skipped", path, number, exc)
+            continue
+        if entry is None:
+            continue
+        if marker == "@revoked":
+            revoked.append((entry.key, number))
+            continue
+        for name in entry.hostnames:
+            keys.add(name, entry.key.get_name(), entry.key)
+    return keys, revoked
+
+
 # The private keys tried when no key, no password and no IdentityFile is set, in this order
 # (after the SSH agent's keys), in the user's ~/.ssh folder.
 DEFAULT_KEYS = ("id_ed25519", "id_ecdsa", "id_rsa")
@@ -80,25 +123,30 @@ class SSHLogin:
         """Where keys are trusted and stored: OELEO_KNOWN_HOSTS, else ~/.ssh/known_hosts."""
         return self.known_hosts or Path.home() / ".ssh" / "known_hosts"
 
-    def _known_keys(self, endpoint: Endpoint) -> Dict[str, paramiko.PKey]:
-        """A server's trusted keys, by key type, from the known_hosts files."""
+    def _known_hosts_files(self) -> List[Path]:
         files = [self._known_hosts_file()]
         if self.known_hosts is None:
             files.append(Path("/etc/ssh/ssh_known_hosts"))
+        return files
+
+    def _known_keys(self, endpoint: Endpoint) -> Dict[str, paramiko.PKey]:
+        """A server's trusted keys, by key type, from the known_hosts files."""
         found: Dict[str, paramiko.PKey] = {}
-        for path in files:
-            keys = paramiko.HostKeys()
-            try:
-                keys.load(str(path))
-            except FileNotFoundError:
-                continue
-            except (OSError, UnicodeDecodeError) as exc:
-                raise ConfigError(f"cannot read the known hosts file {path}: {exc}") from None
+        for path in self._known_hosts_files():
+            keys, _ = read_known_hosts(path)
             entry = keys.lookup(endpoint.known_name)
             if entry:
                 for keytype in entry.keys():
                     found.setdefault(keytype, entry[keytype])
         return found
+
+    def _revoked(self, key: paramiko.PKey) -> Optional[str]:
+        """Where ``key`` is marked ``@revoked`` (file and line), as ssh refuses such a key."""
+        for path in self._known_hosts_files():
+            for revoked, line in read_known_hosts(path)[1]:
+                if revoked == key:
+                    return f"{path} line {line}"
+        return None
 
     def _prefer_known_key_types(self, transport: paramiko.Transport, endpoint: Endpoint) -> None:
         # Ask for the type of key we already know, or a server with several host keys
@@ -131,6 +179,12 @@ class SSHLogin:
         known = self._known_keys(endpoint)
         name = endpoint.known_name
         shown = ("jump host " if endpoint.jump else "") + name
+        revoked = self._revoked(key)
+        if revoked is not None:
+            raise ConfigError(
+                f"the SSH host key of {shown} ({keytype} {fingerprint}) is marked @revoked in "
+                f"{revoked}: oeleo does not connect to it, as ssh does not"
+            )
         if keytype in known:
             if known[keytype] == key:
                 return
