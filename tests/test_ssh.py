@@ -23,11 +23,11 @@ from typing import Dict, List
 import paramiko
 import pytest
 import servers
-from helpers import clean_env, db_rows, make_tree, run_oeleo, run_once, tree_files, write_random
+from helpers import clean_env, db_rows, make_tree, run_oeleo, run_once, tree_files, wait_for, write_random
 
 from oeleo.connectors.base import TEMP_SUFFIX
 from oeleo.connectors.ssh import SSHConnector
-from oeleo.errors import ConfigError
+from oeleo.errors import ConfigError, ConnectionLost
 from oeleo.reporters import Reporter
 from oeleo.settings import load_settings
 from oeleo.workers import worker_from_settings
@@ -824,6 +824,91 @@ def test_a_connection_that_comes_back_fails_only_the_file_it_dropped_under(sshd_
     again = run_once(ssh_worker_for(sshd_server, source, folder, tmp_path / "books.db"))
     assert (again.copied, again.failed) == (1, 0), again.errors
     assert tree_files(folder).keys() == {"big.fits", "z.res"}
+
+
+def test_a_folder_in_the_way_of_a_copy_on_the_server_is_said(sshd_server, tmp_path):
+    """A folder on the server under a file's name: the file fails saying a folder is in the
+    way and naming the real name (SFTP said "Failure" against the temporary name); the other
+    file is copied."""
+    source = tmp_path / "src"
+    make_tree(source, {"isdir.csv": b"a,b\n", "ok.csv": b"c,d\n"})
+    folder = sshd_server.new_folder()
+    os.makedirs(os.path.join(folder, "isdir.csv", "inside"))
+
+    summary = run_once(ssh_worker_for(sshd_server, source, folder, tmp_path / "books.db"))
+
+    assert (summary.copied, summary.failed) == (1, 1), summary.errors
+    reason = dict(summary.errors)["isdir.csv"]
+    assert "a folder is in the way" in reason and reason.endswith("isdir.csv)"), reason
+    assert TEMP_SUFFIX not in reason, reason
+
+
+def drop_connection_of(server: servers.SSHServer, connector: SSHConnector) -> None:
+    """Kill the server side of the connector's connection, and wait until paramiko saw it."""
+    transport = connector._transport
+    port = transport.sock.getsockname()[1]
+    for pid in server.session_pids(port):
+        os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: not transport.is_active(), 10, "paramiko to see the connection drop")
+
+
+def test_a_batch_whose_sync_drops_the_connection_is_synced_again_after_a_reconnect(
+    sshd_server, tmp_path, monkeypatch, caplog
+):
+    """The connection drops as the batch's bytes are forced to disk (after tar wrote and the
+    server hashed them): the copies are on the server, so the sync and renames go on over a
+    new connection instead of failing the batch (256 small files failed before)."""
+    files = {f"run/f{i:02d}.csv": os.urandom(2000 + i) for i in range(30)}
+    source = tmp_path / "src"
+    make_tree(source, files)
+    folder = sshd_server.new_folder()
+    worker = ssh_worker_for(sshd_server, source, folder, tmp_path / "books.db")
+    connector = worker.external_connector
+    real = SSHConnector._force_to_disk
+    dropped: List[int] = []
+
+    def drop_first(self, paths):
+        if not dropped:
+            dropped.append(len(paths))
+            drop_connection_of(sshd_server, connector)
+        return real(self, paths)
+
+    monkeypatch.setattr(SSHConnector, "_force_to_disk", drop_first)
+    caplog.set_level(logging.WARNING, logger="oeleo")
+    summary = run_once(worker)
+
+    assert dropped == [30]
+    assert (summary.copied, summary.failed) == (30, 0), summary.errors
+    assert tree_files(folder) == files  # no temporary file left
+    assert "a batch of 30 files" in caplog.text and "reconnecting in" in caplog.text
+
+
+def test_a_rename_whose_answer_was_lost_is_found_done_after_the_reconnect(sshd_server, tmp_path, monkeypatch):
+    """The rename went through but its answer was lost with the connection: sent again, the
+    temporary name is gone; the real name holds the copy verified, so the file is copied."""
+    source = tmp_path / "src"
+    data = os.urandom(300 * 1024)  # over SFTP or cat, renamed alone
+    make_tree(source, {"big.fits": data})
+    folder = sshd_server.new_folder()
+    worker = ssh_worker_for(sshd_server, source, folder, tmp_path / "books.db")
+    connector = worker.external_connector
+    real = SSHConnector.rename
+    calls: List[str] = []
+
+    def answer_lost_once(self, src, dst):
+        calls.append(dst)
+        real(self, src, dst)
+        if len(calls) == 1:
+            drop_connection_of(sshd_server, connector)
+            raise ConnectionLost(f"connection to {connector.where} lost (test: the answer of the rename)")
+
+    monkeypatch.setattr(SSHConnector, "rename", answer_lost_once)
+    summary = run_once(worker)
+
+    assert calls == ["big.fits", "big.fits"]
+    assert (summary.copied, summary.failed) == (1, 0), summary.errors
+    assert tree_files(folder) == {"big.fits": data}
+    assert db_rows(tmp_path / "books.db")["big.fits"]["checksum"] == hashlib.md5(data).hexdigest()
 
 
 # -- parallel copies ---------------------------------------------------------------------

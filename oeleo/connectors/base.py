@@ -37,6 +37,7 @@ from typing import (
     Optional,
     Sequence,
     Tuple,
+    TypeVar,
     Union,
 )
 
@@ -67,6 +68,7 @@ if TYPE_CHECKING:
     from oeleo.settings import Settings
 
 log = logging.getLogger("oeleo")
+T = TypeVar("T")
 
 TEMP_SUFFIX = ".oeleo-part"
 
@@ -379,10 +381,17 @@ class FolderUpload(Upload):
     place by ``commit`` (local folders, SFTP): the store's ``write_stream``, ``checksum``,
     ``set_mtime``, ``rename`` and ``remove`` do the work; durability comes per batch."""
 
+    # A rename whose answer was lost with the connection is sent again after a reconnect; when
+    # the temporary name is gone by then, the copy under the real name is hashed: the first
+    # rename went through if it is the copy that was verified (``_landed``).
+    recommit = True
+
     def __init__(self, connector: Connector, relpath: str, size: int, mtime_ns: int) -> None:
         super().__init__(connector, relpath, size, mtime_ns)
         self.staging = temp_relpath(relpath, connector.upload_tag)
         self._written = False
+        self._committing = False
+        self.verified_hashes: Dict[str, str] = {}  # what the copy hashed to, once verified
 
     def send(self, chunks: Iterable[bytes]) -> None:
         self._written = True  # even half written: abort() removes what is there
@@ -394,11 +403,27 @@ class FolderUpload(Upload):
     def finish(self, algorithm: Optional[str] = None) -> Stored:
         hashes = {algorithm: self.connector.checksum(self.staging, algorithm)} if algorithm else {}
         self.connector.set_mtime(self.staging, self.mtime_ns)
+        self.verified_hashes = dict(hashes)
         return Stored(self.size, hashes)
 
     def commit(self) -> None:
-        self.connector.rename(self.staging, self.relpath)
+        again, self._committing = self._committing, True
+        try:
+            self.connector.rename(self.staging, self.relpath)
+        except Exception as exc:
+            if not (again and behaviour_of(exc) is not Behaviour.RETRY and self._landed()):
+                raise
         self._written = False
+
+    def _landed(self) -> bool:
+        """After a rename whose answer was lost: whether the real name holds the copy verified
+        (its hash), so that the first rename went through."""
+        for algorithm, digest in self.verified_hashes.items():
+            try:
+                return self.connector.checksum(self.relpath, algorithm).lower() == digest.lower()
+            except (OSError, OeleoError):
+                return False
+        return False
 
     def abort(self) -> None:
         if self._written:
@@ -689,9 +714,11 @@ class Connector(abc.ABC):
         """
         results: List[Union[PutResult, Failed]] = list(staged)
         staged_first = self.features.staged_uploads
+        batch = f"a batch of {len(staged)} files"
         if staged_first:
             try:
-                self.sync_data(staged)
+                # Synced again after a dropped connection: the staged copies are on the store.
+                self._again_after_drops(batch, lambda: self.sync_data(staged))
             except Exception as exc:  # noqa: BLE001 - the batch fails, the run goes on
                 for item in staged:
                     self.discard(item)
@@ -738,8 +765,8 @@ class Connector(abc.ABC):
         committed = [results[index] for index in done]
         try:
             if not staged_first:
-                self.sync_data(committed)  # type: ignore[arg-type]
-            self.sync_names(committed)  # type: ignore[arg-type]
+                self._again_after_drops(batch, lambda: self.sync_data(committed))  # type: ignore[arg-type]
+            self._again_after_drops(batch, lambda: self.sync_names(committed))  # type: ignore[arg-type]
         except Exception as exc:  # noqa: BLE001 - in place but not proven durable: not booked
             failed = _failed(exc, "cannot make the commits durable")
             for index in done:
@@ -751,18 +778,23 @@ class Connector(abc.ABC):
         waiting 0.5 s, 1 s, 2 s ... and reconnecting in between), as the engine tries a file
         again whose upload dropped: a short network blip does not fail a batch of small
         files. When every reconnect failed too, ``_Unreachable``: the run stops."""
+        if staged.upload is None or not type(staged.upload).recommit:
+            return self.commit(staged)
+        return self._again_after_drops(staged.relpath, lambda: self.commit(staged))
+
+    def _again_after_drops(self, what: str, step: Callable[[], T]) -> T:
+        """``step()``, tried again after a dropped connection: ``commit_retries`` times, waiting
+        0.5 s, 1 s, 2 s ... and reconnecting in between. When every reconnect failed too,
+        ``_Unreachable``: the run stops."""
         attempt = 0
-        retryable = staged.upload is not None and type(staged.upload).recommit
         while True:
             try:
-                return self.commit(staged)
+                return step()
             except Exception as exc:
-                if not (retryable and behaviour_of(exc) is Behaviour.RETRY) or attempt >= self.commit_retries:
+                if behaviour_of(exc) is not Behaviour.RETRY or attempt >= self.commit_retries:
                     raise
                 attempt += 1
-                _, failed = pause_and_reconnect(
-                    staged.relpath, exc, attempt, self.commit_retries, self.reconnect
-                )
+                _, failed = pause_and_reconnect(what, exc, attempt, self.commit_retries, self.reconnect)
                 if failed is not None and attempt >= self.commit_retries:
                     raise _Unreachable(f"{first_line(failed)} (gave up after {attempt} attempts)") from None
 

@@ -34,6 +34,7 @@ any store can use are ``session``, ``clients``, ``readback`` and ``remote``.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import posixpath
@@ -546,6 +547,17 @@ class SSHConnector(SSHStreams, SSHWrites, FolderConnector):
         self._rename(self._path(src_relpath), self._path(dst_relpath))
         self._written_as.pop(self._asked(src_relpath), None)
 
+    def _folder_in_the_way(self, sftp: paramiko.SFTPClient, dst: str) -> Optional[OSError]:
+        """SFTP calls a rename onto a folder a bare "Failure": the error that says so, when a
+        folder is what stands under the real name."""
+        try:
+            mode = sftp.stat(self._wire(dst)).st_mode or 0
+        except Exception:  # noqa: BLE001 - nothing to say more than the rename's error
+            return None
+        if not stat_module.S_ISDIR(mode):
+            return None
+        return IsADirectoryError(errno.EISDIR, f"a folder is in the way on {self.where}", printable(dst))
+
     def _rename(self, src: str, dst: str) -> None:
         with self._channel() as sftp:
             if self._has_posix_rename:
@@ -561,7 +573,7 @@ class SSHConnector(SSHStreams, SSHWrites, FolderConnector):
                     return
                 except OSError as exc:
                     if "unsupported" not in str(exc).lower():
-                        raise
+                        raise self._folder_in_the_way(sftp, dst) or exc from None
                     self._has_posix_rename = False
                     self._say_once(
                         "rename",

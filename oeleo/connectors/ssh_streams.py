@@ -204,6 +204,7 @@ class StreamedUpload(FolderUpload):
                 # The bytes sent are the bytes the engine hashed: what the server's copy
                 # must hash to (with the algorithm it compares, the books' or another).
                 self.expected = hash_bytes(data, algorithm) if algorithm else ""
+                self.verified_hashes = {algorithm: self.expected} if algorithm else {}
                 return Stored(len(data), {})  # verified by settle(), before the commit
         # No stream here: over SFTP, as any file.
         super().send([data])
@@ -314,7 +315,8 @@ def _resend(
     dropped."""
     pending = files
     error: BaseException = ConnectionLost(f"connection to {connector.where} lost")
-    for attempt in range(RESEND_ATTEMPTS):
+    # As many waits as the engine's retries of a file (OELEO_RETRIES): 0.5 s, 1 s, 2 s ...
+    for attempt in range(max(RESEND_ATTEMPTS, connector.commit_retries + 1)):
         if attempt:
             time.sleep(BACKOFF_SECONDS * 2 ** (attempt - 1))
         if reconnect or attempt:
