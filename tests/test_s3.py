@@ -460,6 +460,19 @@ def test_an_unreachable_endpoint_is_a_config_error_naming_the_setting(s3_bucket,
     assert "OELEO_S3_ENDPOINT_URL" in line and closed in line
 
 
+def test_an_https_endpoint_for_a_store_that_speaks_http_is_a_config_error_naming_the_setting(
+    s3_bucket, s3_server, tmp_path
+):
+    make_tree(tmp_path / "src", TREE)
+    (tmp_path / ".env").write_text("OELEO_LOG_DIR=logs\n")
+    endpoint = s3_server.endpoint_url.replace("http://", "https://user:urlSECRET@")
+    done = oeleo(tmp_path, "run", env=s3_env(s3_server, s3_bucket, OELEO_S3_ENDPOINT_URL=endpoint))
+    assert done.returncode == 2, done.stderr
+    line = one_error_line(done)
+    assert "TLS with S3" in line and "OELEO_S3_ENDPOINT_URL=https://127.0.0.1:" in line, line
+    assert "urlSECRET" not in done.stdout + done.stderr + (tmp_path / "logs" / "oeleo.log").read_text()
+
+
 @pytest.mark.parametrize("scheme", ["http://", "", "http//"], ids=["url", "no-scheme", "broken-scheme"])
 def test_the_password_of_an_unreachable_endpoint_is_never_shown_nor_booked(
     s3_bucket, s3_server, tmp_path, scheme
@@ -736,6 +749,59 @@ def test_a_medium_file_is_sent_again_from_its_start_after_a_server_error(s3_serv
     assert failed and s3_server.count("PUT", f"/{s3_bucket}/{PREFIX}big.fits") == 2
     body = s3_server.client().get_object(Bucket=s3_bucket, Key=PREFIX + "big.fits")["Body"].read()
     assert md5(body) == digest and conn.checksum("big.fits") == digest
+
+
+def test_an_abort_that_fails_is_tried_again_and_leaves_no_upload_behind(
+    s3_server, s3_bucket, tmp_path, caplog
+):
+    """The store is away when a multipart upload is aborted (a network cut; here, every
+    AbortMultipartUpload answered 500 until the store is back): its marker stays, and the
+    abort is tried again before the next upload starts, so none is left behind (the retry's
+    marker overwrote the first one, and nothing named that upload any more)."""
+    conn = connector(s3_server, s3_bucket, single_put_limit=0)
+    write_random(tmp_path / "big.fits", 2 * 8 * MiB + 7)
+    away = [True]
+
+    def abort_fails(environ):
+        aborting = environ["REQUEST_METHOD"] == "DELETE" and "uploadId=" in environ.get("QUERY_STRING", "")
+        return (500, "InternalError") if aborting and away[0] else None
+
+    s3_server.faults.append(abort_fails)
+    caplog.set_level(logging.WARNING, logger="oeleo")
+    first = conn.stage(tmp_path / "big.fits", "big.fits")
+    conn.discard(first)
+    assert unfinished(s3_server, s3_bucket) == [PREFIX + "big.fits"]
+    assert "cannot abort the upload of" in caplog.text and "tried again later" in caplog.text
+
+    away[0] = False
+    again = conn.stage(tmp_path / "big.fits", "big.fits")  # a new upload: the first is aborted first
+    conn.commit(again)
+
+    assert unfinished(s3_server, s3_bucket) == []
+    assert keys(s3_server, s3_bucket) == [PREFIX + "big.fits"]  # no marker left
+
+
+def test_an_abort_that_fails_until_the_end_is_tried_when_the_connector_closes(s3_server, s3_bucket, tmp_path):
+    conn = connector(s3_server, s3_bucket, single_put_limit=0)
+    write_random(tmp_path / "big.fits", 2 * 8 * MiB + 7)
+    away = [True]
+    s3_server.faults.append(
+        lambda environ: (
+            (500, "InternalError")
+            if away[0]
+            and environ["REQUEST_METHOD"] == "DELETE"
+            and "uploadId=" in environ.get("QUERY_STRING", "")
+            else None
+        )
+    )
+    conn.discard(conn.stage(tmp_path / "big.fits", "big.fits"))
+    assert unfinished(s3_server, s3_bucket) == [PREFIX + "big.fits"]
+
+    away[0] = False
+    conn.close()
+
+    assert unfinished(s3_server, s3_bucket) == []
+    assert keys(s3_server, s3_bucket) == []  # the marker is gone too
 
 
 def completion_of(name: str):

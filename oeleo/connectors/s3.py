@@ -237,6 +237,7 @@ class S3Connector(Connector):
         self._parts: Optional[ThreadPoolExecutor] = None
         self._in_flight = threading.BoundedSemaphore(PARTS_IN_FLIGHT)
         self._active: Dict[str, str] = {}  # upload id -> key, of this connector's uploads in progress
+        self._unaborted: Dict[str, str] = {}  # upload id -> key, of uploads whose abort failed
 
     @staticmethod
     def normalise_prefix(prefix: Optional[str]) -> str:
@@ -436,8 +437,21 @@ class S3Connector(Connector):
         self.connect()
         with self.errors("reconnecting to", None):
             self.client.list_objects_v2(Bucket=self.bucket, Prefix=self.prefix, MaxKeys=1)
+        if self._unaborted:
+            self._abort_the_unaborted()
 
     def close(self) -> None:
+        if self._unaborted and self._client is not None:
+            self._abort_the_unaborted()
+            if self._unaborted:
+                log.warning(
+                    "%d multipart upload(s) under %s could not be aborted (their parts are kept "
+                    "and billed): the next run with a file to copy aborts them, or run "
+                    "`aws s3api abort-multipart-upload` (ids: %s)",
+                    len(self._unaborted),
+                    self.directory,
+                    ", ".join(sorted(self._unaborted)),
+                )
         with self._lock:
             parts, self._parts = self._parts, None
             client, self._client = self._client, None
@@ -486,6 +500,17 @@ class S3Connector(Connector):
             raise self._client_error(exc, what, relpath, setup) from None
         except (boto_errors.NoCredentialsError, boto_errors.PartialCredentialsError):
             raise ConfigError(_NO_CREDENTIALS) from None
+        except boto_errors.SSLError as exc:
+            where = _without_userinfo(self.endpoint_url) or "AWS S3"
+            if self._reached:
+                raise ConnectionLost(f"lost the connection to {where}: {self._masked(exc)}") from None
+            hint = (
+                f"check OELEO_S3_ENDPOINT_URL={where} (http:// or https://, as the store serves) "
+                "and the CA bundle (AWS_CA_BUNDLE)"
+                if self.endpoint_url
+                else "check the CA bundle (AWS_CA_BUNDLE)"
+            )
+            raise ConfigError(f"TLS with S3 at {where} failed ({self._masked(exc)}); {hint}") from None
         except _network_errors() as exc:
             where = _without_userinfo(self.endpoint_url) or "AWS S3"
             if self._reached:
@@ -696,6 +721,8 @@ class S3Connector(Connector):
         """A multipart upload began: its marker says it is this origin's."""
         assert upload.upload_id is not None
         self._active[upload.upload_id] = upload.key
+        if self._unaborted:  # the store answers again: an earlier attempt's upload goes first
+            self._abort_the_unaborted()
         try:
             with self.errors("marking the upload of", upload.relpath):
                 self.client.put_object(
@@ -708,21 +735,44 @@ class S3Connector(Connector):
             raise
 
     def forget_marker(self, upload: S3MultipartUpload) -> None:
-        try:
-            self.client.delete_object(Bucket=self.bucket, Key=self.key(upload.staging))
-        except Exception as exc:  # noqa: BLE001 - the next run removes it
-            log.debug("cannot remove the marker %s: %s", printable(upload.staging), self._masked(exc))
+        self.forget_marker_key(self.key(upload.staging))
 
-    def abort_upload(self, key: str, upload_id: str) -> None:
-        """Abort a multipart upload (its parts are deleted); must not raise."""
+    def forget_marker_key(self, marker: str) -> None:
+        try:
+            self.client.delete_object(Bucket=self.bucket, Key=marker)
+        except Exception as exc:  # noqa: BLE001 - the next run removes it
+            log.debug("cannot remove the marker %s: %s", printable(marker), self._masked(exc))
+
+    def abort_upload(self, key: str, upload_id: str) -> bool:
+        """Abort a multipart upload (its parts are deleted); must not raise. False when the
+        abort failed (the store away): it is tried again after a reconnect, before the next
+        upload starts, and when the connector closes, so that no upload is left behind."""
         self._active.pop(upload_id, None)
         try:
             self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
         except boto_errors.ClientError as exc:
             if exc.response.get("Error", {}).get("Code") != "NoSuchUpload":
-                log.warning("cannot abort the upload of %s: %s", printable(key), self._masked(exc))
+                return self._not_aborted(key, upload_id, exc)
         except Exception as exc:  # noqa: BLE001 - cleanup must not hide the first error
-            log.warning("cannot abort the upload of %s: %s", printable(key), self._masked(exc))
+            return self._not_aborted(key, upload_id, exc)
+        self._unaborted.pop(upload_id, None)
+        return True
+
+    def _not_aborted(self, key: str, upload_id: str, exc: BaseException) -> bool:
+        if upload_id not in self._unaborted:
+            log.warning(
+                "cannot abort the upload of %s now (%s): tried again later", printable(key), self._masked(exc)
+            )
+        self._unaborted[upload_id] = key
+        return False
+
+    def _abort_the_unaborted(self) -> None:
+        """Abort again the uploads whose abort failed, and remove the markers that name them."""
+        for upload_id, key in list(self._unaborted.items()):
+            if self.abort_upload(key, upload_id):
+                marker = self.prefix + temp_relpath(key[len(self.prefix) :], self.upload_tag)
+                if self._marker(marker) == (upload_id, key):
+                    self.forget_marker_key(marker)
 
     def add_checksums(self, upload: S3MultipartUpload, hashes: Dict[str, str]) -> None:
         """Give a completed multipart object its checksums: metadata can only be given when
@@ -753,8 +803,8 @@ class S3Connector(Connector):
         name = posixpath.basename(relpath)
         if name.startswith(".") and name.endswith(TEMP_SUFFIX):
             marked = self._marker(key)
-            if marked is not None:
-                self.abort_upload(marked[1], marked[0])
+            if marked is not None and not self.abort_upload(marked[1], marked[0]):
+                return  # the marker stays, naming the upload, until its abort is tried again
         with self.errors("removing", relpath):
             self.client.delete_object(Bucket=self.bucket, Key=key)
 
@@ -800,7 +850,8 @@ class S3Connector(Connector):
             if self._marker(marker) != (upload_id, key):
                 others += 1
                 continue
-            self.abort_upload(key, upload_id)
+            if not self.abort_upload(key, upload_id):
+                continue  # its marker stays: tried again
             try:
                 self.client.delete_object(Bucket=self.bucket, Key=marker)
             except Exception as exc:  # noqa: BLE001 - the worker removes markers too
@@ -810,7 +861,7 @@ class S3Connector(Connector):
             log.info("aborted %d unfinished multipart upload(s) that an earlier run left", aborted)
         if others:
             log.info(
-                "left %d unfinished multipart upload(s) under %s alone: not started by this origin",
+                "left %d unfinished multipart upload(s) under %s alone: not marked as this origin's",
                 others,
                 self.directory,
             )

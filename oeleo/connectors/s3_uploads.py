@@ -358,8 +358,9 @@ class S3MultipartUpload(Upload):
         self._futures = []
         if self.upload_id is not None:
             upload_id, self.upload_id = self.upload_id, None
-            self.connector.abort_upload(self.key, upload_id)
-            self.connector.forget_marker(self)
+            if self.connector.abort_upload(self.key, upload_id):
+                self.connector.forget_marker(self)
+            # else its marker stays, naming the upload, until the abort is tried again
 
 
 def _check_etag(relpath: str, response: Dict[str, Any], md5: str) -> None:
