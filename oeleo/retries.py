@@ -111,7 +111,7 @@ def pause_and_reconnect(
     for a setting to fix (a host key that changed) or by the books raises."""
     delay = BACKOFF_SECONDS * (2 ** (attempt - 1))
     log.warning(
-        "%s: %s; reconnecting in %.1f s (attempt %d of %d)",
+        "%s: %s; reconnecting in %.1f s (retry %d of %d)",
         printable(relpath),
         exc,
         delay,
