@@ -381,16 +381,16 @@ class FolderUpload(Upload):
     place by ``commit`` (local folders, SFTP): the store's ``write_stream``, ``checksum``,
     ``set_mtime``, ``rename`` and ``remove`` do the work; durability comes per batch."""
 
-    # A rename whose answer was lost with the connection is sent again after a reconnect; when
-    # the temporary name is gone by then, the copy under the real name is hashed: the first
-    # rename went through if it is the copy that was verified (``_landed``).
+    # A rename whose answer was lost with the connection is sent again after a reconnect (or
+    # alone, when it went out with its batch's); when the temporary name is gone by then, the
+    # copy under the real name is hashed: the rename went through if it is the copy that was
+    # verified (``_landed``).
     recommit = True
 
     def __init__(self, connector: Connector, relpath: str, size: int, mtime_ns: int) -> None:
         super().__init__(connector, relpath, size, mtime_ns)
         self.staging = temp_relpath(relpath, connector.upload_tag)
         self._written = False
-        self._committing = False
         self.verified_hashes: Dict[str, str] = {}  # what the copy hashed to, once verified
 
     def send(self, chunks: Iterable[bytes]) -> None:
@@ -407,11 +407,10 @@ class FolderUpload(Upload):
         return Stored(self.size, hashes)
 
     def commit(self) -> None:
-        again, self._committing = self._committing, True
         try:
             self.connector.rename(self.staging, self.relpath)
         except Exception as exc:
-            if not (again and behaviour_of(exc) is not Behaviour.RETRY and self._landed()):
+            if behaviour_of(exc) is Behaviour.RETRY or not self._landed():
                 raise
         self._written = False
 
