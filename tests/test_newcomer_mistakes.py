@@ -233,3 +233,70 @@ def test_digests_in_capitals_are_the_same_digests(tmp_path):
     finally:
         worker.close()
     assert sorted(report.same) == ["f000.csv", "f001.csv"] and not report.different
+
+
+def test_a_commit_that_does_nothing_is_a_failure_not_a_copy(tmp_path):
+    """A forgotten 'complete' call: the store never shows the file. The engine asks ``stat``
+    after the commit (``Features.confirms_commit`` is False for a connector of one's own)."""
+
+    class Forgets(MemoryUpload):
+        def commit(self) -> None:
+            self.connector.commits += 1
+
+    make_source(tmp_path / "src", 2)
+    store = type("Store", (MemoryStore,), {"upload": Forgets})()
+
+    summary = run(tmp_path, store)
+
+    assert store.commits == 2 and summary.copied == 0 and summary.failed == 2, summary.describe()
+    assert all("not in the store after its commit" in error for _, _, error in booked(tmp_path).values())
+    assert copied(tmp_path) == []
+
+
+def test_a_folder_connector_whose_rename_does_nothing_books_nothing(tmp_path):
+    from oeleo.connectors.base import FolderConnector
+
+    class Folder(FolderConnector):
+        """A folder store written from the doc, whose rename forgets to rename."""
+
+        def __init__(self, directory) -> None:
+            self.directory = str(directory)
+
+        def _full(self, relpath: str) -> Path:
+            return Path(self.directory) / relpath
+
+        def list_files(self, extensions=(), include=(), exclude=(), recursive=True):
+            base = Path(self.directory)
+            for path in sorted(base.rglob("*")):
+                if path.is_file() and not path.name.endswith(".oeleo-part"):
+                    info = path.stat()
+                    yield FileEntry(path.relative_to(base).as_posix(), info.st_size, info.st_mtime_ns)
+
+        def stat(self, relpath: str):
+            path = self._full(relpath)
+            if not path.is_file():
+                return None
+            info = path.stat()
+            return FileEntry(relpath, info.st_size, info.st_mtime_ns)
+
+        def checksum(self, relpath: str, algorithm: str = "md5") -> str:
+            return hashlib.new(algorithm, self._full(relpath).read_bytes()).hexdigest()
+
+        def write_stream(self, relpath: str, chunks, size: int) -> None:
+            path = self._full(relpath)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(path, "wb") as handle:
+                for chunk in chunks:
+                    handle.write(chunk)
+
+        def rename(self, src_relpath: str, dst_relpath: str) -> None:
+            pass  # the mistake
+
+        def remove(self, relpath: str) -> None:
+            self._full(relpath).unlink(missing_ok=True)
+
+    make_source(tmp_path / "src", 2)
+    summary = run(tmp_path, Folder(tmp_path / "dest"))
+
+    assert summary.copied == 0 and summary.failed == 2, summary.describe()
+    assert copied(tmp_path) == []

@@ -155,7 +155,7 @@ class ArcsecondConnector(Connector):
     """
 
     name = "arcsecond"
-    features = Features(staged_uploads=False, overwrite=False, max_uploads=1)
+    features = Features(staged_uploads=False, overwrite=False, max_uploads=1, confirms_commit=True)
 
     def __init__(
         self,

@@ -131,6 +131,11 @@ class Features:
       answer per file over a link with latency): with ``OELEO_WORKERS`` not set, small files
       are copied ``max_uploads`` at a time too, as the threads overlap their waits (on a fast
       link they would only contend for Python's GIL, and go one at a time).
+    - ``confirms_commit``: a ``commit()`` that returns has put the copy under its real name
+      (a rename's status, the store's answer to the request that made it visible): the engine
+      takes its word. ``False`` (a connector of your own, until you say so): the engine asks
+      ``stat()`` for each committed file and compares its size before booking it, so that a
+      commit that did nothing is a failure, never a copy booked that is not there.
     """
 
     hashes: FrozenSet[str] = frozenset()
@@ -143,6 +148,7 @@ class Features:
     checksum_downloads: bool = False
     compares_writes: bool = False
     waits_per_file: bool = False
+    confirms_commit: bool = False
 
 
 @dataclass(frozen=True)
@@ -174,6 +180,7 @@ class PutResult:
     # (algorithm, hex digest) of the bytes the store holds, when they are not the source's
     # (a compressed copy): what a verification after the commit compares with.
     stored_hash: Optional[Tuple[str, str]] = None
+    stored_size: int = -1  # the bytes the store holds (a compressed copy's); -1: not known
 
 
 # Only on Windows is a backslash a separator (turned into "/"); on POSIX it is a character of
@@ -939,6 +946,7 @@ class Connector(abc.ABC):
             # no hash of them and has no temporary name): hashed once committed, before booked.
             verify_after_commit=verify and not verified and (not features.staged_uploads or ask),
             stored_hash=(used, wanted) if gzipped is not None else None,
+            stored_size=size,
         )
 
     def commit(self, staged: PutResult) -> PutResult:
@@ -967,9 +975,27 @@ class Connector(abc.ABC):
                     f"{wanted} (the store took it whole: check it)"
                 )
             verified = True
+        elif not self.features.confirms_commit:
+            self._confirm_commit(staged)
         return replace(
             staged, staging=staged.relpath, upload=None, verified=verified, verify_after_commit=False
         )
+
+    def _confirm_commit(self, staged: PutResult) -> None:
+        """A store that does not say its commits put the copy in place (``confirms_commit``):
+        the copy under its real name, asked for and compared by size."""
+        entry = self.stat(staged.relpath)
+        size = staged.stored_size if staged.stored_size >= 0 else staged.size
+        if entry is None:
+            raise VerificationError(f"{staged.relpath}: not in the store after its commit")
+        if not isinstance(entry, FileEntry):
+            raise ConfigError(
+                f"{type(self).__name__}.stat() returned {type(entry).__name__}, not a FileEntry"
+            )
+        if entry.size != size:
+            raise VerificationError(
+                f"{staged.relpath}: the store holds {entry.size} bytes after the commit, not {size}"
+            )
 
     def discard(self, staged: PutResult) -> None:
         """Forget a staged upload that will not be committed (never the real name)."""

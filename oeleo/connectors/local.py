@@ -177,7 +177,9 @@ class LocalConnector(FolderConnector):
     # subclass writing its own way is read back and hashed with the books' algorithm); a
     # temporary name renamed into place, made durable per batch (syncfs); two files at a time
     # where it pays.
-    features = Features(compares_writes=True, keeps_mtime=True, batch_sync=True, max_uploads=2)
+    features = Features(
+        compares_writes=True, keeps_mtime=True, batch_sync=True, max_uploads=2, confirms_commit=True
+    )
 
     def __init__(
         self,

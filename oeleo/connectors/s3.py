@@ -186,7 +186,7 @@ class S3Connector(Connector):
     name = "s3"
     # hashes: md5 of what S3 received (each request's Content-MD5 checked by S3), and the
     # books' algorithm, both kept in the metadata. Nothing visible before the commit.
-    features = Features(hashes=frozenset({"md5"}), staged_uploads=True, max_uploads=16)
+    features = Features(hashes=frozenset({"md5"}), staged_uploads=True, max_uploads=16, confirms_commit=True)
 
     multipart_threshold = MULTIPART_THRESHOLD
     single_put_limit = SINGLE_PUT_LIMIT

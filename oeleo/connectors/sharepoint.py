@@ -116,7 +116,12 @@ class SharePointConnector(Connector):
     # No hash SharePoint computes can be read back: verified by size (or read back).
     # ``oeleo check`` compares by the listed size and the books' checksum; ``--deep`` downloads.
     features = Features(
-        staged_uploads=True, overwrite=True, keeps_mtime=False, max_uploads=4, checksum_downloads=True
+        staged_uploads=True,
+        overwrite=True,
+        keeps_mtime=False,
+        max_uploads=4,
+        checksum_downloads=True,
+        confirms_commit=True,
     )
 
     retries = 5  # a throttled (429/503) request is sent again this many times

@@ -116,7 +116,13 @@ class SSHConnector(SSHStreams, SSHWrites, FolderConnector):
     # What the server computes itself when the login has a shell; once probed, the
     # instance says what this server actually offers (empty: copies are read back). One SFTP
     # channel per copying thread; a temporary name renamed into place; fsync per batch.
-    features = Features(hashes=frozenset(HASH_COMMANDS), keeps_mtime=True, batch_sync=True, max_uploads=2)
+    features = Features(
+        hashes=frozenset(HASH_COMMANDS),
+        keeps_mtime=True,
+        batch_sync=True,
+        max_uploads=2,
+        confirms_commit=True,
+    )
 
     timeout: float = 15.0  # seconds to connect, read the banner and log in
     io_timeout: float = 300.0  # seconds without an answer before an SFTP request gives up
