@@ -94,6 +94,8 @@ def compare(
                 same_size.append((entry, name, digest, digest))
             except (OeleoError, OSError) as exc:
                 report.errors.append((entry.relpath, str(exc)))
+            except Exception as exc:  # noqa: BLE001 - a store's own error (a connector of one's own): this file is reported, the check goes on
+                report.errors.append((entry.relpath, f"{type(exc).__name__}: {exc}"))
             finally:
                 if not hashed:
                     reporter.advance(entry.size)
@@ -110,6 +112,9 @@ def compare(
             remote_digest = stored.get(name) or external.checksum(name, algorithm)
         except (OeleoError, OSError) as exc:
             report.errors.append((entry.relpath, str(exc)))
+            continue
+        except Exception as exc:  # noqa: BLE001 - a store's own error: this file is reported
+            report.errors.append((entry.relpath, f"{type(exc).__name__}: {exc}"))
             continue
         if str(remote_digest).lower() == wanted:  # a store's digest in capitals is the same one
             report.same.append(entry.relpath)

@@ -300,3 +300,37 @@ def test_a_folder_connector_whose_rename_does_nothing_books_nothing(tmp_path):
 
     assert summary.copied == 0 and summary.failed == 2, summary.describe()
     assert copied(tmp_path) == []
+
+
+@pytest.mark.parametrize("answer", ["dict", "raises"])
+def test_a_stat_that_answers_wrongly_is_reported_by_check_for_that_file(tmp_path, answer):
+    """``check`` reports the file whose ``stat`` returned a dict or raised an error of the
+    store's own, and goes on with the others (it stopped at the first such file)."""
+
+    class Odd(MemoryStore):
+        features = Features(hashes=frozenset({"md5"}), confirms_commit=True)  # copies without stat()
+
+        def stat(self, relpath: str):
+            if relpath == "f000.csv":
+                if answer == "dict":
+                    return {"size": 1000}
+                raise RuntimeError("HTTP 500 from the store")
+            return super().stat(relpath)
+
+    make_source(tmp_path / "src", 3)
+    store = Odd()
+    assert run(tmp_path, store, 3).copied == 3
+
+    worker = Worker(
+        checker=ChecksumChecker(),
+        local_connector=LocalConnector(tmp_path / "src"),
+        external_connector=store,
+        bookkeeper=SimpleDbHandler(tmp_path / "books.db"),
+    )
+    worker.connect_to_db()
+    try:
+        report = worker.check()
+    finally:
+        worker.close()
+    assert sorted(report.same) == ["f001.csv", "f002.csv"]
+    assert [name for name, _ in report.errors] == ["f000.csv"], report.errors

@@ -56,6 +56,14 @@ class NoStat(Connector):
 
     def checksum(self, relpath, algorithm="md5"):
         return ""
+
+
+class NeedsAToken(LocalConnector):
+    """Needs more than the folder, and no from_settings() of its own."""
+
+    def __init__(self, directory, token):
+        super().__init__(directory)
+        self.token = token
 '''
 
 MYSCHED = '''\
@@ -166,6 +174,13 @@ def test_class_that_is_not_a_connector_is_refused_with_one_line(plugins, work):
     line = one_line_error(oeleo(work, *RUN, "--connector", "myconn:NotAConnector", pythonpath=plugins))
     assert "NotAConnector" in line
     assert "not a subclass" in line and "Connector" in line
+    assert arrived(work) == []
+
+
+def test_connector_that_needs_more_than_the_folder_is_one_line_saying_what_to_add(plugins, work):
+    line = one_line_error(oeleo(work, *RUN, "--connector", "myconn:NeedsAToken", pythonpath=plugins))
+    assert "NeedsAToken(directory=...) cannot be made from the settings" in line and "token" in line, line
+    assert "from_settings(settings, role)" in line and "unexpected" not in line
     assert arrived(work) == []
 
 

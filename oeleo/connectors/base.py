@@ -581,7 +581,16 @@ class Connector(abc.ABC):
                 else ("OELEO_BASE_DIR_TO", "to (or --to)")
             )
             raise ConfigError(f"{name} is not set: the folder to copy {what}")
-        return cls(directory=folder)
+        try:
+            return cls(directory=folder)
+        except TypeError as exc:
+            if "argument" not in str(exc):  # not the call's arguments: an error of its own
+                raise
+            # An __init__ that needs more than the folder, or takes no ``directory``.
+            raise ConfigError(
+                f"{cls.__name__}(directory=...) cannot be made from the settings ({exc}): give it a "
+                "classmethod from_settings(settings, role) that reads what it needs (docs/connectors.md)"
+            ) from None
 
     def __new__(cls, *args: Any, **kwargs: Any) -> Connector:
         # A store must be written to somehow: say so when the connector is made, not with a
