@@ -90,7 +90,7 @@ def make_source(folder: Path, count: int) -> Dict[str, str]:
     return digests
 
 
-def run(tmp_path: Path, store: Connector, count: int = 2):
+def worker_for(tmp_path: Path, store: Connector) -> Worker:
     worker = Worker(
         checker=ChecksumChecker(),
         local_connector=LocalConnector(tmp_path / "src"),
@@ -98,8 +98,21 @@ def run(tmp_path: Path, store: Connector, count: int = 2):
         bookkeeper=SimpleDbHandler(tmp_path / "books.db"),
     )
     worker.connect_to_db()
+    return worker
+
+
+def run(tmp_path: Path, store: Connector, count: int = 2):
+    worker = worker_for(tmp_path, store)
     try:
         return worker.run()
+    finally:
+        worker.close()
+
+
+def check(tmp_path: Path, store: Connector):
+    worker = worker_for(tmp_path, store)
+    try:
+        return worker.check()
     finally:
         worker.close()
 
@@ -221,17 +234,7 @@ def test_digests_in_capitals_are_the_same_digests(tmp_path):
     summary = run(tmp_path, store)
     assert summary.copied == 2 and summary.failed == 0, summary.describe()
 
-    worker = Worker(
-        checker=ChecksumChecker(),
-        local_connector=LocalConnector(tmp_path / "src"),
-        external_connector=store,
-        bookkeeper=SimpleDbHandler(tmp_path / "books.db"),
-    )
-    worker.connect_to_db()
-    try:
-        report = worker.check()
-    finally:
-        worker.close()
+    report = check(tmp_path, store)
     assert sorted(report.same) == ["f000.csv", "f001.csv"] and not report.different
 
 
@@ -321,16 +324,6 @@ def test_a_stat_that_answers_wrongly_is_reported_by_check_for_that_file(tmp_path
     store = Odd()
     assert run(tmp_path, store, 3).copied == 3
 
-    worker = Worker(
-        checker=ChecksumChecker(),
-        local_connector=LocalConnector(tmp_path / "src"),
-        external_connector=store,
-        bookkeeper=SimpleDbHandler(tmp_path / "books.db"),
-    )
-    worker.connect_to_db()
-    try:
-        report = worker.check()
-    finally:
-        worker.close()
+    report = check(tmp_path, store)
     assert sorted(report.same) == ["f001.csv", "f002.csv"]
     assert [name for name, _ in report.errors] == ["f000.csv"], report.errors
