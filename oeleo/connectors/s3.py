@@ -446,8 +446,9 @@ class S3Connector(Connector):
             if self._unaborted:
                 log.warning(
                     "%d multipart upload(s) under %s could not be aborted (their parts are kept "
-                    "and billed): the next run with a file to copy aborts them, or run "
-                    "`aws s3api abort-multipart-upload` (ids: %s)",
+                    "and billed; ids: %s): the next run with a file to copy aborts those that a "
+                    "marker still names; else `aws s3api abort-multipart-upload`, or a lifecycle "
+                    "rule AbortIncompleteMultipartUpload",
                     len(self._unaborted),
                     self.directory,
                     ", ".join(sorted(self._unaborted)),
