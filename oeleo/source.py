@@ -71,6 +71,7 @@ class SourceReader:
         check_algorithm: Optional[str] = None,
     ) -> None:
         self.path = path
+        self.name = ""  # how the file is named in messages (its relative name); else its path
         self.digest = new_hash(algorithm)
         self.check = new_hash(check_algorithm) if check_algorithm else None
         self.progress = progress
@@ -150,7 +151,9 @@ class SourceReader:
                 "that stops reading the chunks it is handed: see docs/connectors.md)"
             )
         if self.size != self.expected_size or not unchanged:
-            raise FileChangedError(f"{self.path} changed while it was copied; left for the next run")
+            raise FileChangedError(
+                f"{self.name or self.path} changed while it was copied; left for the next run"
+            )
         return self.digest.hexdigest()
 
     def close(self) -> None:

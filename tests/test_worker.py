@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import logging
 import os
 import threading
 from dataclasses import replace
@@ -347,10 +348,15 @@ class InstrumentWritesDuringCopy(Reporter):
                 handle.write(b"0;3.8\n")
 
 
-def test_file_changing_during_copy_is_not_booked_and_is_copied_next_run(new_worker, src, dst, db):
+def test_file_changing_during_copy_is_not_booked_and_is_copied_next_run(new_worker, src, dst, db, caplog):
     reporter = InstrumentWritesDuringCopy(src / "a.csv")
+    caplog.set_level(logging.WARNING, logger="oeleo")
 
     first = run_once(new_worker(reporter=reporter))
+
+    # Said by its name in the source folder, as every other line names a file, not its full path.
+    assert "a.csv changed while it was copied; left for the next run" in caplog.text
+    assert str(src) not in caplog.text
 
     assert reporter.appended
     assert first.copied == 2

@@ -878,6 +878,7 @@ class Connector(abc.ABC):
             reader = SourceReader(
                 local_path, algorithm, progress, should_stop, check_algorithm=check_algorithm
             )
+        reader.name = relpath  # "run/a.fits changed while it was copied", not its full path
         upload: Optional[Upload] = None
         try:
             check = stream_check(reader.expected_size) if stream_check is not None else None
