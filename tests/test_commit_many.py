@@ -148,7 +148,9 @@ def test_a_commit_whose_connection_drops_is_tried_again_after_a_reconnect(tmp_pa
     results = store.commit_many(staged)
 
     assert not [r for r in results if isinstance(r, Failed)], results
-    assert len(reconnects) == 3
+    # f1 drops twice, f4 once: 3 reconnects, or 2 where f4's drop came during f1's first
+    # reconnect and shared it.
+    assert len(reconnects) in (2, 3), reconnects
     assert sorted(p.name for p in (tmp_path / "bucket").iterdir() if not p.name.startswith(".")) == [
         f"f{i}.dat" for i in range(6)
     ]
@@ -181,3 +183,75 @@ def test_commits_against_a_store_that_stays_away_fail_fatally_after_their_retrie
     assert all(isinstance(r, Failed) and r.kind == "fatal" for r in results), results
     assert results[0].reason == "cannot reconnect to the bucket: refused (gave up after 2 attempts)"
     assert tried == ["f0.dat", "f0.dat"]  # the other four are not tried against a store away
+
+
+def test_commits_dropped_at_once_share_one_reconnect(tmp_path, monkeypatch, caplog):
+    """Four commits of a batch drop together (a blip under an object store's parallel PUTs):
+    one of them waits, says so and reconnects; the others try again on the new connection
+    without a line of their own (a 2 s outage wrote ~90 lines, a retry per file and thread)."""
+    import logging
+    import threading
+
+    from oeleo import retries
+    from oeleo.errors import ConnectionLost
+
+    monkeypatch.setattr(retries, "BACKOFF_SECONDS", 0.0)
+    module = load_example("example_object_store_shared")
+    store = module.BucketConnector(tmp_path / "bucket")
+    store.features = replace(store.features, max_uploads=4, batch_sync=False)
+    staged = staged_files(store, tmp_path, 8)
+    together = threading.Barrier(4, timeout=10)
+    dropped = set()
+    reconnects = []
+    real = module.BucketUpload.commit
+
+    def drop_once_together(self):
+        if self.relpath not in dropped:
+            together.wait()
+            dropped.add(self.relpath)
+            raise ConnectionLost("connection to the bucket lost")
+        real(self)
+
+    monkeypatch.setattr(module.BucketUpload, "commit", drop_once_together)
+    monkeypatch.setattr(module.BucketUpload, "recommit", True, raising=False)
+    monkeypatch.setattr(store, "reconnect", lambda: reconnects.append(1))
+    caplog.set_level(logging.WARNING, logger="oeleo")
+    results = store.commit_many(staged)
+
+    assert not [r for r in results if isinstance(r, Failed)], results
+    assert len(dropped) == 8
+    assert len(reconnects) == 2  # one per wave of four, not one per file
+    assert caplog.text.count("reconnecting in") == 2, caplog.text
+
+
+def test_a_store_away_for_good_is_waited_for_once_and_the_files_not_tried_say_so(
+    tmp_path, monkeypatch, caplog
+):
+    import logging
+
+    from oeleo import retries
+    from oeleo.errors import ConnectionLost
+
+    monkeypatch.setattr(retries, "BACKOFF_SECONDS", 0.0)
+    module = load_example("example_object_store_gone")
+    store = module.BucketConnector(tmp_path / "bucket")
+    store.commit_retries = 3
+    store.features = replace(store.features, max_uploads=4, batch_sync=False)
+    staged = staged_files(store, tmp_path, 12)
+
+    def away(self):
+        raise ConnectionLost("connection to the bucket lost")
+
+    def no_reconnect():
+        raise ConnectionLost("cannot reconnect to the bucket: refused")
+
+    monkeypatch.setattr(module.BucketUpload, "commit", away)
+    monkeypatch.setattr(module.BucketUpload, "recommit", True, raising=False)
+    monkeypatch.setattr(store, "reconnect", no_reconnect)
+    caplog.set_level(logging.WARNING, logger="oeleo")
+    results = store.commit_many(staged)
+
+    assert all(isinstance(r, Failed) and r.kind == "fatal" for r in results), results
+    assert caplog.text.count("reconnecting in") == 3, caplog.text  # one thread's waits, not four
+    untried = [r for r in results if r.reason.startswith("not tried: ")]
+    assert len(untried) >= 8, [r.reason for r in results]

@@ -299,10 +299,16 @@ def test_a_folder_connector_whose_rename_does_nothing_books_nothing(tmp_path):
             self._full(relpath).unlink(missing_ok=True)
 
     make_source(tmp_path / "src", 2)
+    # An older copy of the same size is under one real name already: a size check alone would
+    # find it "there".
+    (tmp_path / "dest").mkdir()
+    (tmp_path / "dest" / "f000.csv").write_bytes(b"old" * 333 + b"!")
     summary = run(tmp_path, Folder(tmp_path / "dest"))
 
     assert summary.copied == 0 and summary.failed == 2, summary.describe()
     assert copied(tmp_path) == []
+    assert all("was still there after the commit" in error for _, _, error in booked(tmp_path).values())
+    assert sorted(p.name for p in (tmp_path / "dest").iterdir()) == ["f000.csv"]  # no temporary left
 
 
 @pytest.mark.parametrize("answer", ["dict", "raises"])

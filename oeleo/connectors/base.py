@@ -20,6 +20,7 @@ import hashlib
 import logging
 import os
 import posixpath
+import threading
 from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import (
@@ -513,6 +514,12 @@ class Connector(abc.ABC):
     # How many times a commit is tried again after a dropped connection (a small file's PUT
     # is its commit); set by the worker from OELEO_RETRIES.
     commit_retries: int = 3
+    # Commits running at once share one reconnect after a drop (``_again_after_drops``): the
+    # count of reconnects done, the lock that makes one thread do the next, and why the store
+    # was last found away for good (the commits that come after give up at once).
+    _reconnects = 0
+    _failed_reconnects = 0
+    _away: Optional[str] = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -747,7 +754,8 @@ class Connector(abc.ABC):
             if refusal:  # not asked again: the pass stops with the refusal (Failed.kind "config"),
                 # or with the store that stays away (fatal)
                 self.discard(item)
-                results[index] = refusal[0]
+                first = refusal[0]
+                results[index] = Failed(f"not tried: {first.reason}", first.fatal, first.error)
                 return
             try:
                 results[index] = self._commit_with_retries(item)
@@ -800,18 +808,48 @@ class Connector(abc.ABC):
     def _again_after_drops(self, what: str, step: Callable[[], T]) -> T:
         """``step()``, tried again after a dropped connection: ``commit_retries`` times, waiting
         0.5 s, 1 s, 2 s ... and reconnecting in between. When every reconnect failed too,
-        ``_Unreachable``: the run stops."""
+        ``_Unreachable``: the run stops.
+
+        Commits that run at once (an object store's batch) share the reconnect: one thread
+        waits, says so and reconnects; one whose drop came before that reconnect tries again
+        at once, saying nothing. After a store found away for good, the next drop gives up at
+        once (``_away``)."""
         attempt = 0
+        # One lock per connector, made at first need (a connector of one's own may not call
+        # this class's __init__); setdefault is one step for other threads.
+        lock = self.__dict__.setdefault("_reconnect_lock", threading.Lock())
         while True:
+            seen = self._reconnects
             try:
-                return step()
+                done = step()
             except Exception as exc:
-                if behaviour_of(exc) is not Behaviour.RETRY or attempt >= self.commit_retries:
+                if behaviour_of(exc) is not Behaviour.RETRY:
                     raise
-                attempt += 1
-                _, failed = pause_and_reconnect(what, exc, attempt, self.commit_retries, self.reconnect)
-                if failed is not None and attempt >= self.commit_retries:
-                    raise _Unreachable(f"{first_line(failed)} (gave up after {attempt} attempts)") from None
+                if self._away is not None:
+                    raise _Unreachable(self._away) from None
+                if attempt >= self.commit_retries:
+                    raise
+                with lock:
+                    if self._reconnects != seen:  # reconnected meanwhile by another commit: again,
+                        if self._away is not None:  # not counted (its reconnect was counted)
+                            raise _Unreachable(self._away) from None
+                        continue
+                    attempt += 1
+                    # The waits and their count are the store's: reconnects that failed in a
+                    # row, whichever commit made them (0.5 s, 1 s, 2 s ... then it is away).
+                    tried = self._failed_reconnects + 1
+                    _, failed = pause_and_reconnect(what, exc, tried, self.commit_retries, self.reconnect)
+                    self._reconnects = seen + 1
+                    if failed is None:
+                        self._failed_reconnects = 0
+                        continue
+                    self._failed_reconnects = tried
+                    if tried >= self.commit_retries:
+                        self._away = f"{first_line(failed)} (gave up after {tried} attempts)"
+                        raise _Unreachable(self._away) from None
+            else:
+                self._away = None  # the store answers again (a later pass, a scheduler's)
+                return done
 
     def open_upload(self, relpath: str, size: int, mtime_ns: int) -> Upload:
         """Start an upload of ``size`` bytes to ``relpath`` (a safe relative name).
@@ -986,14 +1024,21 @@ class Connector(abc.ABC):
                 )
             verified = True
         elif not self.features.confirms_commit:
-            self._confirm_commit(staged)
+            self._confirm_commit(staged, upload.staging)
         return replace(
             staged, staging=staged.relpath, upload=None, verified=verified, verify_after_commit=False
         )
 
-    def _confirm_commit(self, staged: PutResult) -> None:
+    def _confirm_commit(self, staged: PutResult, staging: str) -> None:
         """A store that does not say its commits put the copy in place (``confirms_commit``):
-        the copy under its real name, asked for and compared by size."""
+        the copy under its real name, asked for and compared by size, and its temporary name
+        (where it had one) gone: a rename that did nothing leaves it, and maybe an older copy
+        of the same size under the real name."""
+        if staging and staging != staged.relpath and self.stat(staging) is not None:
+            self._discard(staging)
+            raise VerificationError(
+                f"{staged.relpath}: its temporary name {staging} was still there after the commit"
+            )
         entry = self.stat(staged.relpath)
         size = staged.stored_size if staged.stored_size >= 0 else staged.size
         if entry is None:
