@@ -35,7 +35,7 @@ def read_known_hosts(path: Path) -> Tuple[paramiko.HostKeys, List[Tuple[paramiko
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read the known hosts file {path}: {exc}") from None
     for number, text in enumerate(lines, 1):
-        line = text.strip()
+        line = " ".join(text.split())  # fields are separated by runs of blanks, as ssh reads them
         if not line or line.startswith("#"):
             continue
         marker = ""
@@ -50,7 +50,8 @@ def read_known_hosts(path: Path) -> Tuple[paramiko.HostKeys, List[Tuple[paramiko
         try:
             entry = paramiko.hostkeys.HostKeyEntry.from_line(line, number)
         except Exception as exc:  # noqa: BLE001 - a line ssh cannot read either: skipped, as ssh does
-            log.debug("%s line %d cannot be read (%s), skipped", path, number, exc)
+            level = logging.WARNING if marker == "@revoked" else logging.DEBUG
+            log.log(level, "%s line %d cannot be read (%s), skipped", path, number, exc)
             continue
         if entry is None:
             continue

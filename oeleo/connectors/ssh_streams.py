@@ -54,7 +54,7 @@ from oeleo.connectors.base import (
 )
 from oeleo.connectors.readback import hash_bytes
 from oeleo.connectors.session import close_quietly
-from oeleo.errors import Behaviour, ConnectionLost, TransferError, VerificationError, behaviour_of
+from oeleo.errors import Behaviour, ConnectionLost, TransferError, VerificationError, behaviour_of, first_line
 from oeleo.names import printable
 from oeleo.retries import BACKOFF_SECONDS, outcome_of
 
@@ -155,7 +155,7 @@ class TarStream:
 def _lost(where: str, exc: BaseException) -> BaseException:
     if isinstance(exc, (TransferError, ConnectionLost)):
         return exc
-    return ConnectionLost(f"connection to {where} lost while sending small files ({exc})")
+    return ConnectionLost(f"connection to {where} lost while sending small files ({first_line(exc)})")
 
 
 def _tar_error(where: str, status: int, stderr: bytes) -> OSError:
@@ -314,13 +314,18 @@ def _resend(
     tried again, waiting 0.5 s, 1 s, 2 s, as the worker retries a file whose connection
     dropped."""
     pending = files
+    # The connections the lost streams were on: only one of those is dropped before a
+    # reconnect, never a new one that another thread has opened meanwhile.
+    stale = {id(upload.stream.transport) for _, _, upload in files if upload.stream is not None}
     error: BaseException = ConnectionLost(f"connection to {connector.where} lost")
     # As many waits as the engine's retries of a file (OELEO_RETRIES): 0.5 s, 1 s, 2 s ...
     for attempt in range(max(RESEND_ATTEMPTS, connector.commit_retries + 1)):
         if attempt:
             time.sleep(BACKOFF_SECONDS * 2 ** (attempt - 1))
         if reconnect or attempt:
-            connector._session.drop()  # the one the stream was on stopped answering: a new one
+            current = connector._transport
+            if current is None or not current.is_active() or id(current) in stale:
+                connector._session.drop()  # the one the stream was on stopped answering: a new one
             try:
                 connector.reconnect()
             except Exception as exc:  # noqa: BLE001 - tried again, then these files fail
