@@ -804,6 +804,32 @@ def test_an_abort_that_fails_until_the_end_is_tried_when_the_connector_closes(s3
     assert keys(s3_server, s3_bucket) == []  # the marker is gone too
 
 
+def test_a_marker_that_cannot_be_removed_after_the_completion_is_removed_later(
+    s3_server, s3_bucket, tmp_path
+):
+    """The upload completes, then the store is away when its marker is deleted: the marker
+    is deleted at the next chance (here, when the connector closes), not left for good."""
+    conn = connector(s3_server, s3_bucket, single_put_limit=0)
+    digest = write_random(tmp_path / "big.fits", 2 * 8 * MiB + 7)
+    away = [True]
+
+    def marker_delete_fails(environ):
+        deleting = environ["REQUEST_METHOD"] == "DELETE" and environ["PATH_INFO"].endswith(".oeleo-part")
+        return (500, "InternalError") if deleting and away[0] else None
+
+    s3_server.faults.append(marker_delete_fails)
+    conn.commit(conn.stage(tmp_path / "big.fits", "big.fits"))
+    assert len(keys(s3_server, s3_bucket)) == 2  # the object, and its marker
+
+    away[0] = False
+    conn.close()
+
+    assert keys(s3_server, s3_bucket) == [PREFIX + "big.fits"] and unfinished(s3_server, s3_bucket) == []
+    assert (
+        md5(s3_server.client().get_object(Bucket=s3_bucket, Key=PREFIX + "big.fits")["Body"].read()) == digest
+    )
+
+
 def completion_of(name: str):
     return lambda environ: (
         environ["REQUEST_METHOD"] == "POST"

@@ -34,7 +34,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Sequence, Tuple, Type, Union
+from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Sequence, Set, Tuple, Type, Union
 from urllib.parse import urlsplit, urlunsplit
 
 # botocore, which boto3 is built on (boto3's own layer adds 30 ms and nothing used here), is
@@ -238,6 +238,7 @@ class S3Connector(Connector):
         self._in_flight = threading.BoundedSemaphore(PARTS_IN_FLIGHT)
         self._active: Dict[str, str] = {}  # upload id -> key, of this connector's uploads in progress
         self._unaborted: Dict[str, str] = {}  # upload id -> key, of uploads whose abort failed
+        self._markers_left: Set[str] = set()  # markers whose delete failed
 
     @staticmethod
     def normalise_prefix(prefix: Optional[str]) -> str:
@@ -437,11 +438,11 @@ class S3Connector(Connector):
         self.connect()
         with self.errors("reconnecting to", None):
             self.client.list_objects_v2(Bucket=self.bucket, Prefix=self.prefix, MaxKeys=1)
-        if self._unaborted:
+        if self._unaborted or self._markers_left:
             self._abort_the_unaborted()
 
     def close(self) -> None:
-        if self._unaborted and self._client is not None:
+        if (self._unaborted or self._markers_left) and self._client is not None:
             self._abort_the_unaborted()
             if self._unaborted:
                 log.warning(
@@ -452,6 +453,13 @@ class S3Connector(Connector):
                     len(self._unaborted),
                     self.directory,
                     ", ".join(sorted(self._unaborted)),
+                )
+            if self._markers_left:
+                log.warning(
+                    "%d marker object(s) of finished uploads could not be removed (the store was "
+                    "away): %s; delete them, or the next run that follows one stopped early does",
+                    len(self._markers_left),
+                    ", ".join(printable(marker) for marker in sorted(self._markers_left)),
                 )
         with self._lock:
             parts, self._parts = self._parts, None
@@ -722,7 +730,7 @@ class S3Connector(Connector):
         """A multipart upload began: its marker says it is this origin's."""
         assert upload.upload_id is not None
         self._active[upload.upload_id] = upload.key
-        if self._unaborted:  # the store answers again: an earlier attempt's upload goes first
+        if self._unaborted or self._markers_left:  # the store answers: an earlier attempt's go first
             self._abort_the_unaborted()
         try:
             with self.errors("marking the upload of", upload.relpath):
@@ -739,10 +747,15 @@ class S3Connector(Connector):
         self.forget_marker_key(self.key(upload.staging))
 
     def forget_marker_key(self, marker: str) -> None:
+        """Delete a marker; one that cannot be (the store away) is tried again with the
+        aborts that failed (after the reconnect, before the next upload, at close)."""
         try:
             self.client.delete_object(Bucket=self.bucket, Key=marker)
-        except Exception as exc:  # noqa: BLE001 - the next run removes it
-            log.debug("cannot remove the marker %s: %s", printable(marker), self._masked(exc))
+        except Exception as exc:  # noqa: BLE001 - tried again later
+            log.debug("cannot remove the marker %s now: %s", printable(marker), self._masked(exc))
+            self._markers_left.add(marker)
+        else:
+            self._markers_left.discard(marker)
 
     def abort_upload(self, key: str, upload_id: str) -> bool:
         """Abort a multipart upload (its parts are deleted); must not raise. False when the
@@ -768,12 +781,15 @@ class S3Connector(Connector):
         return False
 
     def _abort_the_unaborted(self) -> None:
-        """Abort again the uploads whose abort failed, and remove the markers that name them."""
+        """Abort again the uploads whose abort failed, and remove the markers that name them,
+        and the markers whose delete failed."""
         for upload_id, key in list(self._unaborted.items()):
             if self.abort_upload(key, upload_id):
                 marker = self.prefix + temp_relpath(key[len(self.prefix) :], self.upload_tag)
                 if self._marker(marker) == (upload_id, key):
                     self.forget_marker_key(marker)
+        for marker in list(self._markers_left):
+            self.forget_marker_key(marker)
 
     def add_checksums(self, upload: S3MultipartUpload, hashes: Dict[str, str]) -> None:
         """Give a completed multipart object its checksums: metadata can only be given when
@@ -796,7 +812,12 @@ class S3Connector(Connector):
                     **options,
                 )
         except OeleoError as exc:  # the copy is whole and verified; `check` reads it back
-            log.warning("%s", exc)
+            log.warning(
+                "%s is copied, but its checksum could not be put in its metadata (%s): `oeleo check` "
+                "reads the object back for it",
+                printable(upload.relpath),
+                exc,
+            )
 
     def remove(self, relpath: str) -> None:
         """Delete an object; a marker's multipart upload is aborted first."""
