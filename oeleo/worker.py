@@ -450,6 +450,9 @@ class Worker:
 
         previous = self.bookkeeper.start_run()
         self._unreachable.clear()  # a scheduler's next pass tries the connection again
+        forget = getattr(self.external_connector, "_forget_outage", None)
+        if forget is not None:  # the commits' retries too (Connector._again_after_drops)
+            forget()
         if todo or previous != "ok" or self.manifest or self._connected:
             try:
                 self._prepare_destination()

@@ -25,7 +25,7 @@ def load_example(name: str):
 
 def staged_files(store, tmp_path: Path, n: int):
     src = tmp_path / "src"
-    src.mkdir()
+    src.mkdir(parents=True)
     out = []
     for i in range(n):
         path = src / f"f{i}.dat"
@@ -255,3 +255,42 @@ def test_a_store_away_for_good_is_waited_for_once_and_the_files_not_tried_say_so
     assert caplog.text.count("reconnecting in") == 3, caplog.text  # one thread's waits, not four
     untried = [r for r in results if r.reason.startswith("not tried: ")]
     assert len(untried) >= 8, [r.reason for r in results]
+
+
+def test_a_store_found_away_is_tried_again_with_full_retries_in_the_next_pass(tmp_path, monkeypatch):
+    """Away for good in one pass (the commits after it give up at once), back in the next one
+    (a scheduler's): a blip there is retried as usual, not given up at once."""
+    from oeleo import retries
+    from oeleo.errors import ConnectionLost
+
+    monkeypatch.setattr(retries, "BACKOFF_SECONDS", 0.0)
+    module = load_example("example_object_store_back")
+    store = module.BucketConnector(tmp_path / "bucket")
+    store.features = replace(store.features, max_uploads=1, batch_sync=False)
+    away = [True]
+    drops = []
+    real = module.BucketUpload.commit
+
+    def commit(self):
+        if away[0] or self.relpath not in drops:
+            drops.append(self.relpath)
+            raise ConnectionLost("connection to the bucket lost")
+        real(self)
+
+    def reconnect():
+        if away[0]:
+            raise ConnectionLost("cannot reconnect to the bucket: refused")
+
+    monkeypatch.setattr(module.BucketUpload, "commit", commit)
+    monkeypatch.setattr(module.BucketUpload, "recommit", True, raising=False)
+    monkeypatch.setattr(store, "reconnect", reconnect)
+    first = store.commit_many(staged_files(store, tmp_path / "one", 2))
+    assert all(isinstance(r, Failed) and r.kind == "fatal" for r in first), first
+
+    away[0] = False
+    drops.clear()
+    store._forget_outage()  # what the worker does at the start of each pass
+    second = store.commit_many(staged_files(store, tmp_path / "two", 2))
+
+    assert not [r for r in second if isinstance(r, Failed)], second
+    assert drops == ["f0.dat", "f1.dat"]  # each dropped once, and was tried again

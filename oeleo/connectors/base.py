@@ -848,8 +848,13 @@ class Connector(abc.ABC):
                         self._away = f"{first_line(failed)} (gave up after {tried} attempts)"
                         raise _Unreachable(self._away) from None
             else:
-                self._away = None  # the store answers again (a later pass, a scheduler's)
                 return done
+
+    def _forget_outage(self) -> None:
+        """A new pass (a scheduler's next): a store found away in an earlier one is tried
+        again, with the full retries."""
+        self._away = None
+        self._failed_reconnects = 0
 
     def open_upload(self, relpath: str, size: int, mtime_ns: int) -> Upload:
         """Start an upload of ``size`` bytes to ``relpath`` (a safe relative name).
