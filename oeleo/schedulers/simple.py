@@ -88,12 +88,17 @@ class SimpleScheduler(SchedulerBase):
                 self.run_initial_check()
             due = self.rule.first(time.time())
             while not self.stopping:
-                if self.until is not None and due > self.until:
+                # A pass that is late starts now, not at its due time: "until" is held to when
+                # it would really start.
+                if self.until is not None and max(due, time.time()) > self.until:
                     log.info("no run starts after %s: stopping", describe_instant(self.until))
                     break
                 if due > time.time():
                     log.info("next run at %s", describe_instant(due))
                     if self._wait_until(due):
+                        break
+                    if self.until is not None and time.time() > self.until:  # woken late
+                        log.info("no run starts after %s: stopping", describe_instant(self.until))
                         break
                 self._planned_due = None
                 self._one_pass()
