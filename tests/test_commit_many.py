@@ -34,6 +34,24 @@ def staged_files(store, tmp_path: Path, n: int):
     return out
 
 
+def store_away_for_good(monkeypatch, module, store, tried=None) -> None:
+    """Every commit of ``module``'s uploads drops its connection, and every reconnect is
+    refused (the commits may be sent again: ``recommit``); ``tried`` gets each file tried."""
+    from oeleo.errors import ConnectionLost
+
+    def away(self):
+        if tried is not None:
+            tried.append(self.relpath)
+        raise ConnectionLost("connection to the bucket lost")
+
+    def no_reconnect():
+        raise ConnectionLost("cannot reconnect to the bucket: refused")
+
+    monkeypatch.setattr(module.BucketUpload, "commit", away)
+    monkeypatch.setattr(module.BucketUpload, "recommit", True, raising=False)
+    monkeypatch.setattr(store, "reconnect", no_reconnect)
+
+
 def test_an_object_stores_commits_run_at_once_up_to_its_max_uploads(tmp_path):
     module = load_example("example_object_store_commits")
     store = module.BucketConnector(tmp_path / "bucket")
@@ -158,7 +176,6 @@ def test_a_commit_whose_connection_drops_is_tried_again_after_a_reconnect(tmp_pa
 
 def test_commits_against_a_store_that_stays_away_fail_fatally_after_their_retries(tmp_path, monkeypatch):
     from oeleo import retries
-    from oeleo.errors import ConnectionLost
 
     monkeypatch.setattr(retries, "BACKOFF_SECONDS", 0.0)
     module = load_example("example_object_store_away")
@@ -166,18 +183,8 @@ def test_commits_against_a_store_that_stays_away_fail_fatally_after_their_retrie
     store.commit_retries = 2
     store.features = replace(store.features, max_uploads=1)  # one commit at a time
     staged = staged_files(store, tmp_path, 5)
-    tried = []
-
-    def away(self):
-        tried.append(self.relpath)
-        raise ConnectionLost("connection to the bucket lost")
-
-    def no_reconnect():
-        raise ConnectionLost("cannot reconnect to the bucket: refused")
-
-    monkeypatch.setattr(module.BucketUpload, "commit", away)
-    monkeypatch.setattr(module.BucketUpload, "recommit", True, raising=False)
-    monkeypatch.setattr(store, "reconnect", no_reconnect)
+    tried: list = []
+    store_away_for_good(monkeypatch, module, store, tried)
     results = store.commit_many(staged)
 
     assert all(isinstance(r, Failed) and r.kind == "fatal" for r in results), results
@@ -230,7 +237,6 @@ def test_a_store_away_for_good_is_waited_for_once_and_the_files_not_tried_say_so
     import logging
 
     from oeleo import retries
-    from oeleo.errors import ConnectionLost
 
     monkeypatch.setattr(retries, "BACKOFF_SECONDS", 0.0)
     module = load_example("example_object_store_gone")
@@ -238,16 +244,7 @@ def test_a_store_away_for_good_is_waited_for_once_and_the_files_not_tried_say_so
     store.commit_retries = 3
     store.features = replace(store.features, max_uploads=4, batch_sync=False)
     staged = staged_files(store, tmp_path, 12)
-
-    def away(self):
-        raise ConnectionLost("connection to the bucket lost")
-
-    def no_reconnect():
-        raise ConnectionLost("cannot reconnect to the bucket: refused")
-
-    monkeypatch.setattr(module.BucketUpload, "commit", away)
-    monkeypatch.setattr(module.BucketUpload, "recommit", True, raising=False)
-    monkeypatch.setattr(store, "reconnect", no_reconnect)
+    store_away_for_good(monkeypatch, module, store)
     caplog.set_level(logging.WARNING, logger="oeleo")
     results = store.commit_many(staged)
 
