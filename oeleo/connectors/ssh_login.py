@@ -41,11 +41,8 @@ def read_known_hosts(path: Path) -> Tuple[paramiko.HostKeys, List[Tuple[paramiko
         marker = ""
         if line.startswith("@"):
             marker, _, line = line.partition(" ")
-            line = line.strip()
-            if marker not in ("@revoked", "@cert-authority"):
-                log.debug("%s line %d: unknown marker %s, skipped", path, number, marker)
-                continue
-            if marker == "@cert-authority":
+            if marker != "@revoked":  # @cert-authority (certificates are not used), or unknown
+                log.debug("%s line %d: %s, skipped", path, number, marker)
                 continue
         try:
             entry = paramiko.hostkeys.HostKeyEntry.from_line(line, number)
@@ -132,22 +129,23 @@ class SSHLogin:
 
     def _known_keys(self, endpoint: Endpoint) -> Dict[str, paramiko.PKey]:
         """A server's trusted keys, by key type, from the known_hosts files."""
+        return self._trusted(endpoint)[0]
+
+    def _trusted(
+        self, endpoint: Endpoint
+    ) -> Tuple[Dict[str, paramiko.PKey], List[Tuple[paramiko.PKey, str]]]:
+        """A server's trusted keys by key type, and every key marked ``@revoked`` with where
+        (file and line): each known_hosts file read once."""
         found: Dict[str, paramiko.PKey] = {}
+        revoked: List[Tuple[paramiko.PKey, str]] = []
         for path in self._known_hosts_files():
-            keys, _ = read_known_hosts(path)
+            keys, marked = read_known_hosts(path)
             entry = keys.lookup(endpoint.known_name)
             if entry:
                 for keytype in entry.keys():
                     found.setdefault(keytype, entry[keytype])
-        return found
-
-    def _revoked(self, key: paramiko.PKey) -> Optional[str]:
-        """Where ``key`` is marked ``@revoked`` (file and line), as ssh refuses such a key."""
-        for path in self._known_hosts_files():
-            for revoked, line in read_known_hosts(path)[1]:
-                if revoked == key:
-                    return f"{path} line {line}"
-        return None
+            revoked.extend((key, f"{path} line {line}") for key, line in marked)
+        return found, revoked
 
     def _prefer_known_key_types(self, transport: paramiko.Transport, endpoint: Endpoint) -> None:
         # Ask for the type of key we already know, or a server with several host keys
@@ -177,10 +175,10 @@ class SSHLogin:
         """The same check for the destination and for each jump host, as ``ssh -J`` does."""
         key = transport.get_remote_server_key()
         keytype, fingerprint = key.get_name(), _fingerprint(key)
-        known = self._known_keys(endpoint)
+        known, marked = self._trusted(endpoint)
         name = endpoint.known_name
         shown = ("jump host " if endpoint.jump else "") + name
-        revoked = self._revoked(key)
+        revoked = next((where for bad, where in marked if bad == key), None)
         if revoked is not None:
             raise ConfigError(
                 f"the SSH host key of {shown} ({keytype} {fingerprint}) is marked @revoked in "
