@@ -438,11 +438,10 @@ class S3Connector(Connector):
         self.connect()
         with self.errors("reconnecting to", None):
             self.client.list_objects_v2(Bucket=self.bucket, Prefix=self.prefix, MaxKeys=1)
-        if self._unaborted or self._markers_left:
-            self._abort_the_unaborted()
+        self._abort_the_unaborted()
 
     def close(self) -> None:
-        if (self._unaborted or self._markers_left) and self._client is not None:
+        if self._client is not None:
             self._abort_the_unaborted()
             if self._unaborted:
                 log.warning(
@@ -730,8 +729,7 @@ class S3Connector(Connector):
         """A multipart upload began: its marker says it is this origin's."""
         assert upload.upload_id is not None
         self._active[upload.upload_id] = upload.key
-        if self._unaborted or self._markers_left:  # the store answers: an earlier attempt's go first
-            self._abort_the_unaborted()
+        self._abort_the_unaborted()  # the store answers: an earlier attempt's upload goes first
         try:
             with self.errors("marking the upload of", upload.relpath):
                 self.client.put_object(
@@ -782,7 +780,9 @@ class S3Connector(Connector):
 
     def _abort_the_unaborted(self) -> None:
         """Abort again the uploads whose abort failed, and remove the markers that name them,
-        and the markers whose delete failed."""
+        and the markers whose delete failed (nothing to do, nothing asked: the usual case)."""
+        if not (self._unaborted or self._markers_left):
+            return
         for upload_id, key in list(self._unaborted.items()):
             if self.abort_upload(key, upload_id):
                 marker = self.prefix + temp_relpath(key[len(self.prefix) :], self.upload_tag)
