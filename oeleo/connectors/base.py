@@ -569,7 +569,9 @@ class Connector(abc.ABC):
         attempt = 0
         # One lock per connector, made at first need (a connector of one's own may not call
         # this class's __init__); setdefault is one step for other threads.
-        lock = self.__dict__.setdefault("_reconnect_lock", threading.Lock())
+        lock = self.__dict__.get("_reconnect_lock") or self.__dict__.setdefault(
+            "_reconnect_lock", threading.Lock()
+        )
         while True:
             seen = self._reconnects
             try:
