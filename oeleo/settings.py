@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 from dotenv import dotenv_values
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from oeleo.errors import ConfigError
@@ -347,50 +347,14 @@ class Settings(BaseSettings):
             raise ValueError("an algorithm whose digest has a length of its own, such as md5 or sha256")
         return value
 
-    @field_validator(
-        "base_dir_from",
-        "log_dir",
-        "key_filename",
-        "known_hosts",
-        "ssh_config",
-        "sharepoint_cert_path",
-        "sharepoint_token_cache",
-        mode="before",
-    )
+    @model_validator(mode="before")
     @classmethod
-    def _empty_path_is_none(cls, value: Any) -> Any:
-        if isinstance(value, str) and not value.strip():
-            return None
-        return value
-
-    @field_validator(
-        "workers",  # `OELEO_WORKERS=` as .env.example shows it: not set
-        "db_host",
-        "db_user",
-        "external_host",
-        "username",
-        "s3_bucket",
-        "s3_endpoint_url",
-        "sharepoint_tenant",
-        "sharepoint_client_id",
-        "sharepoint_cert_thumbprint",
-        "s3_region",
-        "s3_storage_class",
-        "s3_profile",
-        "s3_request_checksums",
-        "arcsecond_organisation",
-        "arcsecond_telescope",
-        "smtp_host",
-        "smtp_port",
-        "smtp_username",
-        "smtp_from",
-        mode="before",
-    )
-    @classmethod
-    def _empty_is_none(cls, value: Any) -> Any:
-        if isinstance(value, str) and not value.strip():
-            return None
-        return value
+    def _empty_means_default(cls, data: Any) -> Any:
+        """``OELEO_RETRIES=`` (a line of .env.example uncommented as it stands) means the
+        default, for every setting: the same as leaving the line out, whatever its type."""
+        if isinstance(data, dict):
+            return {k: v for k, v in data.items() if not (isinstance(v, str) and not v.strip())}
+        return data
 
     # Parsed views of the comma separated lists.
     @property

@@ -13,7 +13,7 @@ import pytest
 from pydantic import SecretStr
 
 from oeleo.errors import ConfigError
-from oeleo.settings import Settings, load_settings
+from oeleo.settings import Settings, known_names, load_settings
 
 
 @pytest.fixture
@@ -352,3 +352,21 @@ def test_an_empty_workers_setting_means_not_set(monkeypatch):
     assert load_settings().workers is None
     monkeypatch.setenv("OELEO_WORKERS", "3")
     assert load_settings().workers == 3
+
+
+def test_an_empty_value_means_the_default_for_every_setting(clean_env, tmp_path):
+    # .env.example with every line uncommented as it stands (`OELEO_RETRIES=`): the defaults,
+    # not "OELEO_SUBDIRS: expected true or false, got ''".
+    env_file = tmp_path / "empty.env"
+    env_file.write_text("".join(f"{name}=\n" for name in known_names()), encoding="utf-8")
+    loaded = load_settings(env_file=env_file)
+    defaults = load_settings(env_file=os.devnull)
+    assert [n for n in Settings.model_fields if getattr(loaded, n) != getattr(defaults, n)] == []
+
+
+def test_an_empty_variable_in_the_environment_hides_the_env_files_line(clean_env, tmp_path):
+    env_file = tmp_path / ".env"
+    env_file.write_text("OELEO_RETRIES=7\nOELEO_MIN_AGE=5\n", encoding="utf-8")
+    clean_env.setenv("OELEO_RETRIES", "  ")
+    loaded = load_settings(env_file=env_file)
+    assert (loaded.retries, loaded.min_age) == (Settings.model_fields["retries"].default, 5.0)
