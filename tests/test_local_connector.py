@@ -455,3 +455,20 @@ def test_a_commit_refused_by_the_destination_names_the_real_name_not_the_tempora
     assert "run-001/b.csv)" in result.reason and ".oeleo-part" not in result.reason, result.reason
     assert (tmp_path / "dst" / "run-001" / "b.csv").is_dir()  # the previous content untouched
     assert not [p for p in (tmp_path / "dst" / "run-001").iterdir() if p.name.endswith(".oeleo-part")]
+
+
+def test_a_file_in_the_way_of_a_folder_is_named_not_the_temporary_name(tmp_path):
+    from helpers import run_oeleo
+
+    make_tree(tmp_path / "src", {"sub/x.csv": b"a", "a/b/z.csv": b"c", "y.csv": b"b"})
+    (tmp_path / "dst").mkdir()
+    (tmp_path / "dst" / "sub").write_bytes(b"blocker")
+    (tmp_path / "dst" / "a").write_bytes(b"blocker")
+    result = run_oeleo("run", "--from", "src", "--to", "dst", cwd=tmp_path)
+    assert result.returncode == 1, result.stderr
+    lines = result.stderr.splitlines()
+    assert f"failed sub/x.csv: a file is in the way of a folder: {Path('dst', 'sub')}" in lines
+    assert f"failed a/b/z.csv: a file is in the way of a folder: {Path('dst', 'a')}" in lines
+    assert "oeleo-part" not in result.stderr
+    assert (tmp_path / "dst" / "sub").read_bytes() == b"blocker"  # nothing replaced
+    assert (tmp_path / "dst" / "y.csv").read_bytes() == b"b"

@@ -468,10 +468,15 @@ class LocalConnector(FolderConnector):
         try:
             fd = os.open(path, flags, 0o666)
         except FileNotFoundError:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
+            try:
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+            except (FileExistsError, NotADirectoryError):
+                raise self._file_in_the_way(path) from None
             self._paths.pop(relpath, None)  # its folder exists now: check it is inside the base
             path = self._fs_path(relpath)
             fd = os.open(path, flags, 0o666)
+        except NotADirectoryError:
+            raise self._file_in_the_way(path) from None
         except FileExistsError:
             # A stale file (or a symlink someone left) under this name is replaced, never
             # followed: O_EXCL refuses to open through a symlink.
@@ -498,6 +503,16 @@ class LocalConnector(FolderConnector):
             os.close(fd)
         self._writing.done = relpath  # every byte compared: what the upload reports
         # Durability comes later, for a whole batch at once: sync_data() then sync_names().
+
+    def _file_in_the_way(self, path: str) -> OSError:
+        """The error for a file standing where a folder of ``path`` must be, named by that
+        file (not by the temporary name that could not be made under it)."""
+        folder = os.path.dirname(path)
+        while folder and os.path.dirname(folder) != folder and not os.path.isfile(folder):
+            folder = os.path.dirname(folder)
+        if not os.path.isfile(folder):  # gone meanwhile: the folder the copy was to go in
+            folder = os.path.dirname(path)
+        return NotADirectoryError(errno.ENOTDIR, "a file is in the way of a folder", folder)
 
     def sync_data(self, staged: Sequence[PutResult]) -> None:
         """Make the staged files durable. On Linux one ``syncfs`` for the whole batch: one
