@@ -17,9 +17,10 @@ from oeleo.errors import BookkeeperError, DatabaseBusyError
 class ProcessLock:
     """An exclusive, non-blocking lock on ``path`` (created if needed)."""
 
-    def __init__(self, path: Path, what: str) -> None:
+    def __init__(self, path: Path, what: str, busy: str = "is already using {what}") -> None:
         self.path = Path(path)
         self.what = what
+        self.busy = busy  # what the other process does, in the message of a lock refused
         self._fd: Optional[int] = None
 
     def acquire(self) -> None:
@@ -38,7 +39,7 @@ class ProcessLock:
             os.close(fd)
             who = f" (process {holder})" if holder else ""
             raise DatabaseBusyError(
-                f"another oeleo process{who} is already using {self.what}; this one stops"
+                f"another oeleo process{who} {self.busy.format(what=self.what)}; this one stops"
             ) from None
         self._fd = fd
         try:  # who holds it, for the message another process shows; the lock holds without it

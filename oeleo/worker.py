@@ -11,8 +11,10 @@ parallel copies (``oeleo.pool``), durability batches (``oeleo.batches``), bookin
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import os
+import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -37,10 +39,12 @@ from oeleo.errors import (
     Aborted,
     BookkeeperError,
     ConfigError,
+    DatabaseBusyError,
     OeleoError,
     first_line,
 )
 from oeleo.hooks import Hooks
+from oeleo.locks import ProcessLock
 from oeleo.models import (
     Bookkeeper,
     Record,
@@ -200,6 +204,7 @@ class Worker:
         self._connected = False
         self._prepared = False
         self._committer: Optional[ThreadPoolExecutor] = None
+        self._destination_lock: Optional[ProcessLock] = None  # see _hold_destination
 
     def __repr__(self) -> str:
         return f"Worker({self.local_connector!r} -> {self.external_connector!r})"
@@ -268,6 +273,7 @@ class Worker:
         if self._committer is not None:
             self._committer.shutdown(wait=True)
             self._committer = None
+        self._release_destination()
         try:
             if self._db_open:
                 self.bookkeeper.close()
@@ -279,8 +285,41 @@ class Worker:
 
     def release_db(self) -> None:
         """Release the books (and their lock) but keep the connections: a scheduler between passes."""
+        self._release_destination()
         self.bookkeeper.close()
         self._db_open = False
+
+    def _hold_destination(self, refuse: bool = True) -> bool:
+        """Lock, on this computer, the copy of this source folder to this destination, for
+        the pass: two runs of it at once (a scheduled task and a run by hand with other
+        books) would write the same temporary names, and one's clean-up of leftovers would
+        remove the other's uploads. A second one stops (``DatabaseBusyError``, as for shared
+        books), or with ``refuse=False`` learns it must leave the leftovers alone (False).
+        Where the lock file cannot be made (another user's, in a shared temporary folder),
+        the run goes on without it."""
+        if self._destination_lock is None:
+            external = self.external_connector
+            if isinstance(external, LocalConnector):
+                where = os.path.normcase(os.path.realpath(external.directory))
+            else:
+                where = f"{type(external).__name__}:{external}"
+            key = hashlib.sha1(f"{self.bookkeeper.origin}\n{where}".encode("utf-8", "surrogatepass"))
+            path = Path(tempfile.gettempdir()) / f"oeleo-copy-{key.hexdigest()[:16]}.lock"
+            what = f"{self.local_connector.directory} to {printable(str(external))}"
+            self._destination_lock = ProcessLock(path, what, busy="is already copying {what}")
+        try:
+            self._destination_lock.acquire()
+        except DatabaseBusyError:
+            if refuse:
+                raise
+            return False
+        except BookkeeperError as exc:
+            log.debug("running without the lock of this copy: %s", exc)
+        return True
+
+    def _release_destination(self) -> None:
+        if self._destination_lock is not None:
+            self._destination_lock.release()
 
     def __enter__(self) -> Worker:
         self.connect_to_db()
@@ -448,6 +487,8 @@ class Worker:
             self.reporter.run_finished(summary)
             return summary
 
+        if todo:
+            self._hold_destination()  # another process copying here now: this one stops
         previous = self.bookkeeper.start_run()
         self._unreachable.clear()  # a scheduler's next pass tries the connection again
         forget = getattr(self.external_connector, "_forget_outage", None)
@@ -469,7 +510,7 @@ class Worker:
                 except Exception as books_exc:  # noqa: BLE001 - the destination's error is the one to say
                     log.debug("the failed start of this run could not be recorded: %s", books_exc)
                 raise
-            if previous != "ok":
+            if previous != "ok" and self._hold_destination(refuse=False):
                 self._remove_leftovers()  # the run before did not finish cleanly (or there was none)
         # else: nothing to copy after a clean run: the destination is not contacted (no
         # connection, login or request), as an idle pass of a scheduler should be.

@@ -636,3 +636,32 @@ def test_schedule_with_a_missing_source_folder_stops_at_once_with_status_2(tmp_p
 
 def count_runs_or_zero(db: Path) -> int:
     return count(db, "oeleo_runs") if db.exists() else 0
+
+
+def test_a_second_run_with_other_books_on_the_same_copy_stops_at_once(work):
+    # A scheduled task and a run by hand with its own --db, same source, same destination:
+    # they would write the same temporary names, and one's clean-up would remove the other's.
+    from oeleo.connectors.local import LocalConnector
+    from oeleo.models import SimpleDbHandler
+    from oeleo.worker import Worker
+
+    first = Worker(
+        local_connector=LocalConnector(work / "src"),
+        external_connector=LocalConnector(work / "dst"),
+        bookkeeper=SimpleDbHandler(str(work / "scheduled.db")),
+    )
+    assert first._hold_destination()
+    try:
+        done = oeleo(work, *run_args(), timeout=20)
+        elsewhere = oeleo(work, "run", "--from", "src", "--to", "dst2", "--db", "dst2.db")
+    finally:
+        first.close()
+    assert done.returncode == 2, done.stderr
+    line = one_line_error(done)
+    assert f"another oeleo process (process {os.getpid()}) is already copying" in line
+    assert "this one stops" in line
+    assert files_under(work / "dst") == []
+    assert elsewhere.returncode == 0, elsewhere.stderr  # another destination is another copy
+    again = oeleo(work, *run_args())  # the first one is done: the lock is free
+    assert again.returncode == 0, again.stderr
+    assert files_under(work / "dst") == sorted(FILES)
