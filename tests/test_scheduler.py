@@ -671,3 +671,14 @@ def test_the_heartbeat_on_postgresql_and_oeleo_status_reading_it(tmp_path: Path,
     assert len(line) == 1 and line[0].startswith("scheduler: stopped at "), status.stdout
     assert "(pid " in line[0] and "simple, every 0.2s); last pass started " in line[0]
     assert "ok: copied 0 files" in line[0]
+
+
+def test_the_last_pass_that_fails_does_not_promise_a_next_run(tmp_path: Path, oeleo_log: Records) -> None:
+    worker = make_worker(tmp_path)
+    worker.fail_on[2] = ConnectorError("the share vanished")
+    worker.fail_on[3] = ConnectorError("the share vanished again")  # the last pass
+    SimpleScheduler(worker, run_interval_time=0.05, max_run_intervals=3).start()
+
+    failures = [r.getMessage() for r in oeleo_log.records if r.levelno >= logging.ERROR]
+    assert failures[0].endswith("the share vanished; the next run goes on"), failures
+    assert failures[-1].startswith("run 3 failed") and failures[-1].endswith("vanished again"), failures

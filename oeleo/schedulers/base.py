@@ -103,6 +103,11 @@ class SchedulerBase:
         ``ended``; None when none is planned (the last one, or a scheduler that cannot say)."""
         return None
 
+    def _then(self) -> str:
+        """What the line of a failed or skipped pass ends with: nothing after the last one."""
+        most = getattr(self, "max_run_intervals", 0)
+        return "" if (most and self.runs >= most) or self.stopping else "; the next run goes on"
+
     # -- one pass ---------------------------------------------------------------------
     def run_initial_check(self) -> None:
         """``add_check``: book what is already at the destination, before the first pass."""
@@ -148,7 +153,7 @@ class SchedulerBase:
                 raise  # another oeleo already works on these books: this one stops (status 2)
             # A run started by hand (or another scheduler) holds them now: it does this
             # pass's work, and the next pass comes as planned.
-            log.warning("run %d skipped: %s; the next run goes on", self.runs, exc)
+            log.warning("run %d skipped: %s%s", self.runs, exc, self._then())
             if self._beats:
                 self._beat_beside_a_run(result=f"skipped: {exc}", next_pass=self._planned(time.time()))
         except ConfigError:
@@ -156,15 +161,15 @@ class SchedulerBase:
                 raise  # wrong from the start: say so now rather than fail every interval
             failed = True
             self.failed_runs += 1
-            log.error("run %d failed: %s; the next run goes on", self.runs, sys.exc_info()[1])
+            log.error("run %d failed: %s%s", self.runs, sys.exc_info()[1], self._then())
         except (OeleoError, OSError) as exc:
             failed = True
             self.failed_runs += 1
-            log.error("run %d failed: %s; the next run goes on", self.runs, exc)
+            log.error("run %d failed: %s%s", self.runs, exc, self._then())
         except Exception:  # noqa: BLE001 - a scheduler outlives a bad pass
             failed = True
             self.failed_runs += 1
-            log.exception("run %d failed; the next run goes on", self.runs)
+            log.exception("run %d failed%s", self.runs, self._then())
         if failed:
             self._reset_connections()
 
