@@ -85,7 +85,10 @@ class Store:
         try:
             sock = socket.create_connection(self.address, timeout=5)
         except OSError as exc:
-            raise self.session.failure(f"{WHERE} refused the connection ({exc.strerror})") from None
+            raise self.session.failure(
+                f"{WHERE} refused the connection ({exc.strerror}) "
+                "(check OELEO_EXTERNAL_HOST and OELEO_EXTERNAL_PORT)"
+            ) from None
         self.opened.append(sock)
         return sock
 
@@ -163,6 +166,7 @@ def test_a_first_connection_that_fails_is_a_setting_to_fix():
 
     with pytest.raises(ConfigError, match="refused the connection") as failed:
         store.session.connect()
+    assert str(failed.value).endswith("(check OELEO_EXTERNAL_HOST and OELEO_EXTERNAL_PORT)")  # a setting
     assert behaviour_of(failed.value) is Behaviour.CONFIG
     assert not store.session.ever_connected and store.session.connection is None
 
@@ -176,6 +180,7 @@ def test_once_it_has_worked_a_failure_to_reconnect_is_a_dropped_connection_retri
     with pytest.raises(ConnectionLost, match=f"cannot reconnect to {WHERE}: .*refused") as failed:
         store.session.reconnect()
     assert behaviour_of(failed.value) is Behaviour.RETRY
+    assert "OELEO_" not in str(failed.value)  # it worked with these settings: an outage, not a mistake
     assert store.session.connection is None  # the next use tries to open one again
     with pytest.raises(ConnectionLost):
         store.session.current()

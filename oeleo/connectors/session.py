@@ -13,6 +13,7 @@ naming the file.
 from __future__ import annotations
 
 import logging
+import re
 import socket
 import threading
 from contextlib import contextmanager
@@ -22,6 +23,8 @@ from oeleo.errors import ConfigError, ConnectionLost
 from oeleo.names import printable
 
 log = logging.getLogger("oeleo")
+# "(check OELEO_EXTERNAL_HOST and OELEO_EXTERNAL_PORT)" or "; check OELEO_...", at the end.
+_SETTINGS_HINT = re.compile(r"(\s*\(check OELEO_[^)]*\)|;\s*check OELEO_.*)$")
 
 Conn = TypeVar("Conn")
 
@@ -137,6 +140,9 @@ class Session(Generic[Conn]):
         """What to raise when the store cannot be reached: a setting to fix the first time,
         a dropped connection (retried) once it has worked."""
         if self.ever_connected:
+            # It worked with these settings: a hint to check them ("... (check OELEO_EXTERNAL_HOST
+            # and OELEO_EXTERNAL_PORT)") would read an outage as a mistake.
+            message = _SETTINGS_HINT.sub("", message)
             return ConnectionLost(f"cannot reconnect to {self.where}: {message}")
         return ConfigError(message)
 
