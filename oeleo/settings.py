@@ -458,6 +458,7 @@ def load_settings(env_file: Optional[os.PathLike] = None, **overrides: Any) -> S
             raise ConfigError(f"cannot read {path}: {exc}") from None
     _warn_unknown([(k, str(path)) for k in file_values])
     _warn_unknown([(k, "the environment") for k in os.environ])
+    _pass_on_library_variables(file_values)
     overrides = {k: v for k, v in overrides.items() if v is not None}
     try:
         settings = Settings(_env_file=path, **overrides)
@@ -466,6 +467,20 @@ def load_settings(env_file: Optional[os.PathLike] = None, **overrides: Any) -> S
     if os.name != "nt":
         _warn_windows_paths(settings)
     return settings
+
+
+# Variables of the .env that the connectors' libraries read themselves (boto3's credential
+# chain: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_PROFILE, AWS_CA_BUNDLE, ...).
+LIBRARY_PREFIXES = ("AWS_",)
+
+
+def _pass_on_library_variables(file_values: Dict[str, Optional[str]]) -> None:
+    """``AWS_ACCESS_KEY_ID=...`` written in the ``.env`` next to the ``OELEO_S3_*`` settings is
+    handed to boto3 as the environment variable it reads (oeleo never reads the keys itself);
+    a variable already in the environment wins, as it does for oeleo's own settings."""
+    for name, value in file_values.items():
+        if value and name.upper().startswith(LIBRARY_PREFIXES) and name not in os.environ:
+            os.environ[name] = value
 
 
 def _warn_windows_paths(settings: Settings) -> None:

@@ -216,6 +216,30 @@ def test_no_credentials_is_a_config_error_naming_the_variables(s3_server, s3_buc
     assert "AWS_ACCESS_KEY_ID" in line and "OELEO_S3_PROFILE" in line
 
 
+def test_aws_keys_written_in_the_env_file_are_used_and_the_environment_wins(s3_server, s3_bucket, tmp_path):
+    # As users write it: the OELEO_S3_* settings and the AWS keys in one .env.
+    make_tree(tmp_path / "src", TREE)
+    lines = {
+        **s3_env(s3_server, s3_bucket),
+        "AWS_ACCESS_KEY_ID": "env-file-key",
+        "AWS_SECRET_ACCESS_KEY": "s",
+    }
+    (tmp_path / ".env").write_text("".join(f"{k}={v}\n" for k, v in lines.items()), encoding="utf-8")
+    seen = []
+    s3_server.faults.append(lambda environ: seen.append(environ.get("HTTP_AUTHORIZATION", "")))
+    dropped = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+    done = oeleo(tmp_path, "run", drop=dropped)
+    signed = list(seen)  # oeleo's requests (the checks below are this test's own)
+    assert done.returncode == 0, done.stderr
+    assert signed and all("Credential=env-file-key/" in auth for auth in signed), signed
+    assert sorted(keys(s3_server, s3_bucket)) == sorted(PREFIX + name for name in TREE)
+    seen.clear()
+    (tmp_path / "src" / "new.csv").write_text("n")
+    done = oeleo(tmp_path, "run", env={"AWS_ACCESS_KEY_ID": "shell-key", "AWS_SECRET_ACCESS_KEY": "s"})
+    assert done.returncode == 0, done.stderr
+    assert seen and all("Credential=shell-key/" in auth for auth in seen), seen
+
+
 def test_an_unknown_profile_is_a_config_error_naming_it(s3_server, s3_bucket, tmp_path):
     make_tree(tmp_path / "src", TREE)
     done = oeleo(tmp_path, "run", env=s3_env(s3_server, s3_bucket, OELEO_S3_PROFILE="nowhere"))
@@ -625,7 +649,7 @@ def test_a_store_that_goes_away_for_good_stops_the_run_after_the_first_file(s3_b
         worker.close()
 
     assert summary.copied == 0 and 1 <= summary.failed <= 2, summary.errors  # the files in flight
-    assert summary.fatal and "gave up after 2 attempts" in summary.fatal, summary.fatal
+    assert summary.fatal and "gave up after 1 reconnect)" in summary.fatal, summary.fatal
     assert caplog.text.count("reconnecting in") <= 2, caplog.text
 
 

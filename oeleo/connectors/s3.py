@@ -134,7 +134,8 @@ def _network_errors() -> Tuple[Type[BaseException], ...]:
 
 
 _NO_CREDENTIALS = (
-    "no AWS credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or name a profile "
+    "no AWS credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (in the environment "
+    "or the .env), or name a profile "
     "of ~/.aws/credentials with OELEO_S3_PROFILE (or AWS_PROFILE)"
 )
 
