@@ -415,7 +415,7 @@ def _settings(args: argparse.Namespace, **extra: Any) -> Settings:
     )
     overrides: Dict[str, Any] = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
     overrides.update(extra)
-    return resolve_destination(load_settings(getattr(args, "env_file", None), **overrides))
+    return resolve_destination(load_settings(getattr(args, "env_file", None), **overrides), given=overrides)
 
 
 def _start_log_file(settings: Settings) -> None:
@@ -543,10 +543,23 @@ def cmd_check(args: argparse.Namespace) -> int:
     for name, reason in report.errors:
         console.print(f"error     {printable(name)}: {reason}", soft_wrap=True)
         to_file_logs(logging.ERROR, "check: cannot compare %s: %s", printable(name), reason)
+    from oeleo.units import counted
+
+    keeps = not worker.external_connector.features.overwrite  # Arcsecond: the first version stays
+    if report.different and keeps:
+        kept = (
+            f"{worker.external_connector.name} does not overwrite files: its copies of "
+            f"{counted(len(report.different), 'different file')} stay as they are; remove them "
+            "there for the next run to send the new versions"
+        )
+        console.print(kept, soft_wrap=True)
+        to_file_logs(logging.WARNING, "check: %s", kept)
     if args.update_db:
         # The differences are booked as to copy: the next run copies them. Nothing is wrong
         # unless a file could not be compared.
-        updated = "the books are updated: the next run copies what is missing or different"
+        updated = "the books are updated: the next run copies what is missing" + (
+            "" if keeps else " or different"
+        )
         console.print(updated)
         to_file_logs(logging.INFO, "check: %s", updated)
         flush_file_logs()

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Dict, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Collection, Dict, Optional, Tuple
 from urllib.parse import unquote
 
 from oeleo.errors import ConfigError
@@ -87,11 +87,14 @@ def parse_destination(text: str) -> Optional[Place]:
     return Place(url=shown, scheme=scheme, connector=SCHEMES[scheme], values=values)
 
 
-def resolve_destination(settings: Settings) -> Settings:
+def resolve_destination(settings: Settings, given: Collection[str] = ()) -> Settings:
     """``settings`` with a destination URL turned into the connector and its settings.
 
     A URL that contradicts a setting given explicitly (``OELEO_CONNECTOR=ssh`` with
-    ``--to s3://...``, ``OELEO_S3_BUCKET=a`` with ``s3://b``) is a ``ConfigError`` naming both.
+    ``OELEO_BASE_DIR_TO=s3://...``, ``OELEO_S3_BUCKET=a`` with ``s3://b``) is a ``ConfigError``
+    naming both. ``given``: the settings given as flags of the command (``--to``); a URL
+    given so wins over the environment and the ``.env``, as every flag does, and contradicts
+    only another flag (``--connector ssh --to s3://...``).
     A scheme oeleo does not know is left alone for a connector of one's own
     (``OELEO_CONNECTOR=pkg.mod:Class``) to read.
     """
@@ -106,7 +109,12 @@ def resolve_destination(settings: Settings) -> Settings:
         return settings  # the connector's own kind of URL
     place = parse_destination(text)
     assert place is not None
-    if explicit and not own and chosen.lower() != place.connector:
+    flag = "base_dir_to" in given
+
+    def contradicts(name: str) -> bool:  # a value set, that the URL may not quietly replace
+        return name in settings.model_fields_set and (not flag or name in given)
+
+    if contradicts("connector") and not own and chosen.lower() != place.connector:
         raise ConfigError(
             f"{SETTING}={place.url} names the {place.connector} connector, but "
             f"OELEO_CONNECTOR={chosen}: leave one of them out"
@@ -115,7 +123,7 @@ def resolve_destination(settings: Settings) -> Settings:
     for name, value in place.values.items():
         if name == "base_dir_to":
             continue
-        if name in settings.model_fields_set and not _same(getattr(settings, name), value):
+        if contradicts(name) and not _same(getattr(settings, name), value):
             raise ConfigError(
                 f"{SETTING}={place.url} says {_describe(name, value)}, but "
                 f"OELEO_{name.upper()}={getattr(settings, name)}: leave one of them out"

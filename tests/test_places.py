@@ -255,6 +255,16 @@ def test_contradicting_connector_is_one_line_exit_2(tmp_path):
     ]
 
 
+def test_a_url_given_with_to_wins_over_the_dot_env_as_every_flag_does(tmp_path):
+    (tmp_path / ".env").write_text("OELEO_CONNECTOR=ssh\nOELEO_ARCSECOND_ORGANISATION=lab\n")
+    shown = config_lines(run_oeleo("config", "--to", "arcsecond://obs", cwd=tmp_path))
+    assert (shown["OELEO_CONNECTOR"], shown["OELEO_ARCSECOND_ORGANISATION"]) == ("arcsecond", "obs")
+    # Both in the .env: which one is meant cannot be told, so it is still one line, exit 2.
+    (tmp_path / ".env").write_text("OELEO_BASE_DIR_TO=arcsecond://obs\nOELEO_ARCSECOND_ORGANISATION=lab\n")
+    done = run_oeleo("config", cwd=tmp_path)
+    assert done.returncode == 2 and "leave one of them out" in done.stderr
+
+
 def test_file_url_copies_to_the_local_folder(tmp_path):
     make_tree(tmp_path / "src", {"a.res": "one", "sub/b.res": "two"})
     dest = tmp_path / "copy of data"
