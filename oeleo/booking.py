@@ -9,7 +9,7 @@ import logging
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from oeleo.batches import Batches, Outcomes
-from oeleo.connectors.base import Connector, FileEntry, PutResult, Skipped
+from oeleo.connectors.base import NOT_TRIED, Connector, FileEntry, PutResult, Skipped
 from oeleo.errors import BookkeeperError
 from oeleo.models import SHOULD_BE_COPIED_IF_CHANGED, SHOULD_NOT_BE_COPIED, Bookkeeper, Record
 from oeleo.names import printable
@@ -34,20 +34,23 @@ class Booking:
         self.metadata_of: Callable[[str], Optional[Dict[str, Any]]] = lambda relpath: None
         self.arrived: List[Tuple[str, PutResult, Optional[Dict[str, Any]]]] = []  # for oeleo.hooks
         self.batch_copies = 0  # copies of the batches handed to ``copied``
+        self.handled = 0  # files whose outcome was booked (a staged one: once its batch was)
 
     def outcome(self, entry: FileEntry, record: Optional[Record], kind: str, value: Any) -> None:
         """What one file's copy gave (see ``oeleo.retries``)."""
         summary = self.summary
         locked = record is not None and record.code == SHOULD_NOT_BE_COPIED
         code = SHOULD_NOT_BE_COPIED if locked else SHOULD_BE_COPIED_IF_CHANGED
+        if kind != "staged":
+            self.handled += 1
         if kind == "staged":
             assert self.batches is not None
             self.batches.add(entry, code, value)
         elif kind == "copied":
             self.copied(entry, code, value)
         elif kind == "unchanged":  # an oeleo 0.7 row whose checksum still matches
-            digest, _ = value
-            external_name = self.external.external_name(entry.relpath)
+            digest, stored_as = value  # the name it has there (NAME.gz when sent compressed)
+            external_name = self.external.external_name(stored_as)
             self.bookkeeper.record_copied(
                 entry.relpath, external_name, digest, entry.size, entry.mtime_ns, code
             )
@@ -76,7 +79,17 @@ class Booking:
             self.failure(entry, kind, value)
 
     def failure(self, entry: FileEntry, kind: str, reason: str) -> None:
-        """This file failed (``kind`` "fatal": and the run stops); tried again next run."""
+        """This file failed (``kind`` "fatal": and the run stops); tried again next run.
+        After the failure that stopped the run, the files of the copies and commits under way
+        fail for the same cause: counted as left for the next run, not said once each."""
+        untried = reason.startswith(NOT_TRIED)  # a commit not sent to a store found away
+        if kind == "fatal" and (self.summary.fatal is not None or untried):
+            if self.summary.fatal is None:  # the cause, without a count of this file's tries
+                self.summary.fatal = reason[len(NOT_TRIED) :]
+            self.summary.left += 1
+            self.bookkeeper.record_error(entry.relpath, reason)
+            log.debug("%s: left for the next run: %s", printable(entry.relpath), reason)
+            return
         self._count_failure(entry.relpath, entry.size, reason)
         self.bookkeeper.record_error(entry.relpath, reason)
         if kind == "fatal":
@@ -100,6 +113,7 @@ class Booking:
         files committed before it are booked."""
         refusal: Optional[BaseException] = None
         for outcome in outcomes:
+            self.handled += outcome[0] != "config"  # refused for a setting: left for the next run
             if outcome[0] == "copied":
                 _, entry, code, result = outcome
                 self.batch_copies += 1  # counted, booked or not: see books_failed

@@ -70,7 +70,7 @@ def compare(
                 progress = functools.partial(reporter.file_progress, entry.relpath)
                 if name != entry.relpath:
                     hashed = True
-                    digest, packed, packed_size = _source_and_gzip_digests(str(path), algorithm, progress)
+                    digest, packed, packed_size = source_and_gzip_digests(str(path), algorithm, progress)
                     if remote.size != packed_size:
                         to_copy(report.different, entry.relpath)
                     elif by_size:
@@ -133,7 +133,7 @@ def compare(
     return report
 
 
-def _source_and_gzip_digests(
+def source_and_gzip_digests(
     path: str, algorithm: str, progress: Callable[[int], None]
 ) -> Tuple[str, str, int]:
     """The books' digest of a local file and the digest and size of its gzip form (what the

@@ -15,6 +15,7 @@ from typing import Any, Callable, Optional, Tuple
 
 from oeleo.errors import Behaviour, OeleoError, behaviour_of, first_line
 from oeleo.names import printable
+from oeleo.units import counted
 
 log = logging.getLogger("oeleo")
 
@@ -90,7 +91,9 @@ def with_retries(
                 if reconnect_failed is not None:
                     if unreachable is not None:
                         unreachable.set()
-                    return "fatal", f"{first_line(reconnect_failed)} (gave up after {attempt} attempts)"
+                    # Counted as the commits' retries count them: the reconnects that failed.
+                    gave_up = f"gave up after {counted(retries, 'reconnect')}"
+                    return "fatal", f"{first_line(reconnect_failed)} ({gave_up})"
                 return "error", f"{exc} (gave up after {attempt} attempts)"
             stopped, reconnect_failed = pause_and_reconnect(relpath, exc, attempt, retries, reconnect, stop)
             if stopped:

@@ -33,6 +33,9 @@ class RunSummary:
     not_replaced: int = 0  # changed, but the store never replaces a file it holds
     skipped: int = 0  # symbolic links and other entries that are not copied (a notice each)
     unbooked: int = 0  # copies in place whose row could not be written (copied again next run)
+    # A pass that stopped early (the store away for good, a stop asked): the files it did not
+    # finish, after the one whose failure stopped it (said once, not once per file).
+    left: int = 0
     bytes_copied: int = 0
     seconds: float = 0.0
     dry_run: bool = False
@@ -89,6 +92,8 @@ class RunSummary:
             text += f"; stopped early: {self.fatal}"
         elif self.stopped:
             text += "; stopped on request"
+        if self.left and not self.books_error:
+            text += f"; {_count_files(self.left)} left for the next run"
         return text
 
 

@@ -577,6 +577,8 @@ class Worker:
             raise
         finally:
             summary.stopped = summary.stopped or self._stop.is_set()
+            if summary.fatal or summary.stopped or raised is not None:  # the files it did not come to
+                summary.left += max(0, len(todo) - booking.handled)
             # Cleared when the pass ends, not when it starts: a stop asked while the files
             # were listed (SIGTERM, Ctrl-C, a scheduler) must not be forgotten.
             self._stop.clear()
@@ -666,7 +668,7 @@ class Worker:
             # A row from oeleo 0.7 has a checksum but no size/mtime: compare before copying.
             digest = hash_file(source, algorithm)
             if digest == record.checksum:
-                return "unchanged", (digest, entry)
+                return "unchanged", (digest, entry.relpath)
         external = self.external_connector
         streaming = self._streaming
         if not streaming and self._validates:
@@ -679,7 +681,7 @@ class Worker:
             if there is not None:
                 same = self._same_as_stored(entry, source, target, there.size)
                 if same is not None:  # a copy a killed run made: booked, not counted again
-                    return "unchanged", (same, entry)
+                    return "unchanged", (same, target)
                 return "not_replaced", None
         options: Dict[str, Any] = {
             "algorithm": algorithm,
@@ -703,15 +705,24 @@ class Worker:
     def _same_as_stored(self, entry: FileEntry, source: Any, target: str, stored_size: int) -> Optional[str]:
         """For a store that never overwrites and already holds ``target``: the source's
         checksum when the store's copy is this very file (uploaded by a run killed before it
-        booked it, or copied before and asked for again with --force), else None. Only for a
-        file sent as it is and of the same size: the store's copy is hashed there (or read
-        back) only then."""
-        if target != entry.relpath or stored_size != entry.size:
-            return None
+        booked it, copied before and asked for again with --force, or by a PC whose books were
+        lost), else None. Only for a copy of the right size: the store's copy is hashed there
+        (or read back) only then. A file sent compressed is compressed again to compare (the
+        gzip form is deterministic): its size and hash, with those of the store's copy."""
         algorithm = self.checker.algorithm
         try:
-            digest = hash_file(source, algorithm)
-            return digest if self.external_connector.checksum(target, algorithm) == digest else None
+            if target != entry.relpath:
+                from oeleo.compare import source_and_gzip_digests
+
+                digest, wanted, size = source_and_gzip_digests(str(source), algorithm, lambda n: None)
+                if stored_size != size:
+                    return None
+            elif stored_size != entry.size:
+                return None
+            else:
+                digest = wanted = hash_file(source, algorithm)
+            stored = self.external_connector.checksum(target, algorithm)
+            return digest if stored == wanted else None
         except (OSError, OeleoError) as exc:
             log.debug("%s: cannot compare with the copy already there: %s", printable(entry.relpath), exc)
             return None

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import socket
 import sqlite3
 import subprocess
@@ -131,6 +132,29 @@ def test_copies_a_run_made_but_never_booked_are_found_the_same_and_booked_as_cop
     assert not rows["b.fits"]["checksum"] and "not replaced" in rows["b.fits"]["last_error"]
 
 
+def test_compressed_copies_a_run_never_booked_are_found_the_same_too(fake, tmp_path):
+    # The same with OELEO_COMPRESS=gzip: the store holds NAME.gz; the file is compressed again
+    # (the gzip form is deterministic) and compared, not counted "already there, not replaced".
+    source = night(tmp_path)
+    env = settings(fake, source, OELEO_COMPRESS="gzip")
+    assert run_oeleo("run", cwd=tmp_path, env=env).returncode == 0
+    assert sorted(fake.stored()["night1"]) == ["a.fits.gz", "b.fits.gz"]
+    (source.parent / "books.db").unlink()
+    (source / "b.fits").write_bytes(b"SIMPLE = F")  # and this one differs from its copy there
+    posts = fake.count("POST", "datafiles")
+
+    again = run_oeleo("run", cwd=tmp_path, env=env)
+
+    assert again.returncode == 0, again.stderr
+    assert "2 unchanged" in again.stderr and "1 already there, not replaced" in again.stderr, again.stderr
+    assert fake.count("POST", "datafiles") == posts  # nothing sent again
+    rows = db_rows(source.parent / "books.db")
+    assert rows["a.fits"]["checksum"] == md5((source / "a.fits").read_bytes())
+    assert rows["a.fits"]["external_name"].endswith("a.fits.gz"), rows["a.fits"]
+    assert rows["run1/c.fits"]["external_name"].endswith("c.fits.gz"), rows["run1/c.fits"]
+    assert not rows["b.fits"]["checksum"] and "not replaced" in rows["b.fits"]["last_error"]
+
+
 def test_force_over_copies_arcsecond_holds_finds_them_the_same_and_books_no_error(fake, tmp_path):
     source = night(tmp_path)
     assert run_oeleo("run", cwd=tmp_path, env=settings(fake, source)).returncode == 0
@@ -161,6 +185,12 @@ def test_a_changed_file_is_already_there_not_replaced_and_exits_0(fake, tmp_path
     third = run_oeleo("run", cwd=tmp_path, env=settings(fake, source))  # no loop
     assert third.returncode == 0 and "already there" not in third.stderr.split("\n")[-2], third.stderr
     assert fake.count("POST", "datafiles") == 3
+    # check says what is different, and that a run will not change it (no "the next run copies").
+    checked = run_oeleo("check", "--update-db", cwd=tmp_path, env=settings(fake, source))
+    out = checked.stdout + checked.stderr
+    assert "different a.fits" in " ".join(out.split()), out
+    assert "arcsecond does not overwrite files: its copies of 1 different file stay as they are" in out, out
+    assert "missing or different" not in out, out
 
 
 def test_the_key_is_never_printed_logged_or_in_an_error(fake, tmp_path):
@@ -216,6 +246,11 @@ def test_a_key_refused_by_the_uploads_stops_the_run_with_exit_2(fake, tmp_path, 
     assert "OELEO_ARCSECOND_API_KEY" in last and f"HTTP {status}" in last, done.stderr
     assert "Traceback" not in done.stderr and fake.key not in done.stderr + done.stdout
     assert fake.count("POST", "datafiles") == 1 and fake.datafiles == []
+    # The summary before that line accounts for every file: none copied, all 23 left.
+    summary = [line for line in done.stderr.splitlines() if line.startswith("copied ")][-1]
+    assert summary.startswith("copied 0 files") and summary.endswith("; 23 files left for the next run"), (
+        summary
+    )
 
 
 def test_a_run_stopped_by_a_refused_upload_is_recorded_failed(fake, tmp_path):
@@ -387,6 +422,9 @@ def test_a_file_too_large_for_arcsecond_fails_alone_and_the_run_goes_on(fake, tm
 
     assert done.returncode == 1
     assert "too large for Arcsecond (HTTP 413)" in done.stderr
+    # In the store's own words, the name said once (not "cannot commit (a.fits: too large ...)").
+    [line] = [line for line in done.stderr.splitlines() if line.startswith("failed ")]
+    assert re.fullmatch(r"failed [^:]+: too large for Arcsecond \(HTTP 413\)", line), line
     assert sum(len(files) for files in fake.stored().values()) == 2
     again = run_oeleo("run", cwd=tmp_path, env=settings(fake, source))  # tried again next run
     assert again.returncode == 0 and sum(len(f) for f in fake.stored().values()) == 3
@@ -745,3 +783,12 @@ def test_a_server_that_is_not_there_at_first_is_a_setting_to_fix(tmp_path):
 
     with pytest.raises(ConfigError, match="OELEO_ARCSECOND_API_URL"):
         conn.connect()
+
+
+def test_a_read_back_the_storage_refuses_is_one_plain_line_not_a_class_name(fake, tmp_path):
+    source = night(tmp_path)
+    assert run_oeleo("run", cwd=tmp_path, env=settings(fake, source)).returncode == 0
+    conn = connector(fake)
+    fake.fail("GET", "files", 500, times=10)
+    with pytest.raises(TransferError, match=r"^a\.fits: cannot read it back from Arcsecond \(HTTP 500"):
+        conn.checksum("a.fits")

@@ -188,7 +188,7 @@ def test_commits_against_a_store_that_stays_away_fail_fatally_after_their_retrie
     results = store.commit_many(staged)
 
     assert all(isinstance(r, Failed) and r.kind == "fatal" for r in results), results
-    assert results[0].reason == "cannot reconnect to the bucket: refused (gave up after 2 attempts)"
+    assert results[0].reason == "cannot reconnect to the bucket: refused (gave up after 2 reconnects)"
     assert tried == ["f0.dat", "f0.dat"]  # the other four are not tried against a store away
 
 
@@ -291,3 +291,50 @@ def test_a_store_found_away_is_tried_again_with_full_retries_in_the_next_pass(tm
 
     assert not [r for r in second if isinstance(r, Failed)], second
     assert drops == ["f0.dat", "f1.dat"]  # each dropped once, and was tried again
+
+
+def test_a_store_away_for_good_says_it_once_and_counts_the_files_left(tmp_path, monkeypatch):
+    """The store goes away for good in the middle of a pass: one failed line (the file whose
+    retries met it), then "stopped early: ...; N files left for the next run", not a line
+    per file left (a trial's 344 identical lines), and no file missing from the summary."""
+    from helpers import db_rows, run_once
+
+    from oeleo import retries
+    from oeleo.checkers import ChecksumChecker
+    from oeleo.models import SimpleDbHandler
+    from oeleo.reporters import Reporter
+    from oeleo.workers import Worker
+
+    monkeypatch.setattr(retries, "BACKOFF_SECONDS", 0.0)
+    module = load_example("example_object_store_away")
+    store = module.BucketConnector(tmp_path / "bucket")
+    store.features = replace(store.features, max_uploads=4, batch_sync=False)
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(40):
+        (src / f"f{i:02}.dat").write_bytes(b"x" * (i + 1))
+    store_away_for_good(monkeypatch, module, store)
+    lines = []
+
+    class Lines(Reporter):
+        def file_done(self, relpath, size, error=None):
+            if error:
+                lines.append(f"failed {relpath}: {error}")
+
+    worker = Worker(
+        checker=ChecksumChecker(),
+        bookkeeper=SimpleDbHandler(tmp_path / "books.db"),
+        local_connector=LocalConnector(src),
+        external_connector=store,
+        reporter=Lines(),
+        reconnect=True,
+        retries=2,
+    )
+    summary = run_once(worker)
+    assert len(lines) == 1, lines
+    assert "cannot reconnect to the bucket: refused" in lines[0]
+    assert (summary.copied, summary.failed, summary.left, summary.exit_status) == (0, 1, 39, 1)
+    text = summary.describe()
+    assert "stopped early: cannot reconnect to the bucket: refused" in text
+    assert text.endswith("; 39 files left for the next run"), text
+    assert all(row["checksum"] is None for row in db_rows(tmp_path / "books.db").values())

@@ -132,7 +132,7 @@ def test_a_connection_that_cannot_be_reopened_stops_the_run_and_says_so_to_the_o
 
     kind, reason = _retry(copy, reconnect, unreachable)
 
-    assert (kind, reason) == ("fatal", "cannot reconnect to lab: refused (gave up after 3 attempts)")
+    assert (kind, reason) == ("fatal", "cannot reconnect to lab: refused (gave up after 2 reconnects)")
     assert len(attempts) == 3 and unreachable.is_set()
     # A copy under way in another thread stops at its first dropped connection, no retry.
     reconnects: List[int] = []

@@ -792,7 +792,7 @@ def test_connection_lost_for_good_stops_the_run_in_one_line_and_leaves_no_partia
     assert summary.copied == 0 and 1 <= summary.failed <= 2  # the files in flight at most
     reason = dict(summary.errors)["big.fits"]
     assert "\n" not in reason and f"{server.user}@127.0.0.1:{server.port}" in reason
-    assert "gave up after 2 attempts" in reason
+    assert "gave up after 1 reconnect)" in reason
     assert summary.fatal == reason  # stopped early: exit status 1
     assert caplog.text.count("reconnecting in") <= 2
     assert not (Path(folder) / "big.fits").exists()

@@ -227,7 +227,10 @@ def test_a_full_disk_stops_the_run_and_books_nothing_it_did_not_write(full_disk_
     summary = run_once(ssh_worker_for(server, source, str(small), tmp_path / "books.db"))
 
     assert summary.fatal and "no space left" in summary.fatal, (summary.fatal, summary.errors)
-    assert 0 < summary.copied <= 10 and summary.failed >= 20  # what fitted (1 MiB) is copied and booked
+    assert 0 < summary.copied <= 10  # what fitted (1 MiB) is copied and booked
+    # The file that met the full disk fails; the others are left for the next run (not each
+    # its own "no space left" line).
+    assert summary.failed >= 1 and summary.failed + summary.left >= 20, summary
     copied = tree_files(small)
     assert all(copied[name] == files[name] for name in copied)  # nothing half written
     assert not any(name.endswith(TEMP_SUFFIX) for name in copied)

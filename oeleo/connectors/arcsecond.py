@@ -405,8 +405,11 @@ class ArcsecondConnector(Connector):
         if datafile is None or not datafile.url:
             raise FileNotFoundError(errno.ENOENT, "not on Arcsecond", relpath)
         digest = new_hash(algorithm)
-        for chunk in self.api.download(urljoin(self.api.api_url, datafile.url)):
-            digest.update(chunk)
+        try:
+            for chunk in self.api.download(urljoin(self.api.api_url, datafile.url)):
+                digest.update(chunk)
+        except HTTPFailure as exc:
+            raise TransferError(f"{printable(relpath)}: cannot read it back from Arcsecond ({exc})") from None
         return digest.hexdigest()
 
     # -- write side -----------------------------------------------------------------------

@@ -38,6 +38,7 @@ from typing import (
 from oeleo.compress import GzipStream, stored_name
 from oeleo.connectors.values import (  # noqa: F401 - also names of this module, as before
     _TURN_BACKSLASHES,
+    NOT_TRIED,
     TEMP_SUFFIX,
     Failed,
     Features,
@@ -50,6 +51,7 @@ from oeleo.connectors.values import (  # noqa: F401 - also names of this module,
     _failed,
     _lowered,
     _Unreachable,
+    _without_name,
     describe_error,
     has_extension,
     kept_by_filters,
@@ -75,6 +77,7 @@ from oeleo.source import (  # noqa: F401 - also names of this module, as before
     SourceReader,
     StopCheck,
 )
+from oeleo.units import counted
 
 if TYPE_CHECKING:
     from oeleo.checkers import StreamCheck
@@ -507,14 +510,17 @@ class Connector(abc.ABC):
                 # or with the store that stays away (fatal)
                 self.discard(item)
                 first = refusal[0]
-                results[index] = Failed(f"not tried: {first.reason}", first.fatal, first.error)
+                results[index] = Failed(f"{NOT_TRIED}{first.reason}", first.fatal, first.error)
                 return
             try:
                 results[index] = self._commit_with_retries(item)
                 done.append(index)
             except Exception as exc:  # noqa: BLE001 - this file fails, the others go on
                 self.discard(item)
-                failed = _failed(exc, "cannot commit")
+                # A store whose one request is the upload (an Arcsecond POST) has nothing but
+                # that to commit: its own words; the line names the file ("failed NAME: ...").
+                failed = _failed(exc, "cannot commit" if self.features.staged_uploads else "")
+                failed = replace(failed, reason=_without_name(failed.reason, item.relpath))
                 if failed.kind == "config":
                     failed = Failed(str(exc), False, exc)
                     refusal.append(failed)
@@ -599,7 +605,7 @@ class Connector(abc.ABC):
                         continue
                     self._failed_reconnects = tried
                     if tried >= self.commit_retries:
-                        self._away = f"{first_line(failed)} (gave up after {tried} attempts)"
+                        self._away = f"{first_line(failed)} (gave up after {counted(tried, 'reconnect')})"
                         raise _Unreachable(self._away) from None
             else:
                 return done

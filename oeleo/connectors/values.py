@@ -22,11 +22,13 @@ from oeleo.errors import (
     UnsafePathError,
     behaviour_of,
 )
+from oeleo.names import printable
 
 if TYPE_CHECKING:
     from oeleo.connectors.base import Upload
 
 TEMP_SUFFIX = ".oeleo-part"
+NOT_TRIED = "not tried: "  # the reason of a commit not sent, after its batch met a store away or a refusal
 
 
 @dataclass(frozen=True)
@@ -229,13 +231,24 @@ class Failed:
 
 
 def describe_error(exc: BaseException, what: str) -> str:
-    """``what (reason: file)`` in one line."""
+    """``what (reason: file)`` in one line; ``reason: file`` when ``what`` is empty."""
     if isinstance(exc, OSError):
         # A rename names its target second: that one (the real name) is what a person looks at.
         name = exc.filename2 or exc.filename
         where = f": {name}" if name else ""
-        return f"{what} ({exc.strerror or exc}{where})"
-    return f"{what} ({exc})"
+        text = f"{exc.strerror or exc}{where}"
+    else:
+        text = str(exc)
+    return f"{what} ({text})" if what else text
+
+
+def _without_name(reason: str, relpath: str) -> str:
+    """``cannot commit (a.csv: refused)`` -> ``cannot commit (refused)``, and ``a.csv:
+    refused`` -> ``refused``, for a line that names the file already (``failed a.csv: ...``)."""
+    name = f"{printable(relpath)}: "
+    if reason.startswith(name):
+        return reason[len(name) :]
+    return reason.replace(f"({name}", "(", 1)
 
 
 class _Unreachable(OeleoError):
