@@ -791,6 +791,14 @@ def cmd_config(args: argparse.Namespace) -> int:
     print(f"# .env read: {env_file if env_file else 'none'}")
     for name, value in settings.masked().items():
         print(f"{name}={value}")
+    if settings.connector.strip().lower() == "arcsecond" and settings.arcsecond_api_key is None:
+        from oeleo.connectors.arcsecond import config_file, stored_key
+
+        where = config_file()
+        if stored_key():
+            print(f"# OELEO_ARCSECOND_API_KEY is not set: the key `arcsecond login` keeps in {where} is used")
+        else:
+            print(f"# OELEO_ARCSECOND_API_KEY is not set, and {where} holds no key (`arcsecond login`)")
     return EXIT_OK
 
 

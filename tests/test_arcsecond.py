@@ -293,6 +293,21 @@ def test_a_key_refused_in_the_middle_of_a_batch_books_what_was_copied_then_stops
     assert conn.put(source / "b.fits", "b.fits").verified
 
 
+def test_oeleo_config_says_where_the_key_comes_from_without_showing_it(fake, tmp_path):
+    source = night(tmp_path)
+    env = settings(fake, source)
+    del env["OELEO_ARCSECOND_API_KEY"]
+    shown = run_oeleo("config", cwd=tmp_path, env=env)
+    assert shown.returncode == 0, shown.stderr
+    assert "OELEO_ARCSECOND_API_KEY is not set, and" in shown.stdout and "holds no key" in shown.stdout
+    stored = tmp_path / "data" / ".config" / "arcsecond" / "config.ini"  # HOME is data/ here
+    stored.parent.mkdir(parents=True)
+    stored.write_text(f"[cloud]\naccess_key = {fake.key}\n")
+    shown = run_oeleo("config", cwd=tmp_path, env=env)
+    assert f"keeps in {stored} is used" in shown.stdout, shown.stdout
+    assert fake.key not in shown.stdout + shown.stderr
+
+
 def test_no_key_anywhere_exits_2_saying_where_one_comes_from(fake, tmp_path):
     source = night(tmp_path)
     env = settings(fake, source)
