@@ -434,6 +434,7 @@ def _check_env_lines(path: Path) -> None:
 
     with open(path, encoding="utf-8") as handle:
         for binding in parse_stream(handle):
+            _warn_comment_in_a_path(path, binding)
             if binding.error:
                 text = binding.original.string.strip()
                 line = text.splitlines()[0] if text else ""
@@ -441,6 +442,26 @@ def _check_env_lines(path: Path) -> None:
                     f"{path}, line {binding.original.line}: cannot be read as NAME=value "
                     f"({line[:80]!r}: a quote that is not closed?)"
                 )
+
+
+def _warn_comment_in_a_path(path: Path, binding: Any) -> None:
+    """``OELEO_BASE_DIR_FROM=/data/run #1``: python-dotenv reads `` #1`` as a comment, as the
+    shells do. When the whole text names a folder or file that exists and the value does
+    not, say so (the value needs quotes), before a "does not exist" that names half of it."""
+    key, value = binding.key, binding.value
+    if not key or value is None or not key.upper().startswith(ENV_PREFIX):
+        return
+    if key.upper()[len(ENV_PREFIX) :].lower() not in (*_LOCAL_PATHS, "base_dir_to"):
+        return
+    text = binding.original.string.split("=", 1)[-1].strip()
+    if text.startswith(("'", '"')) or " #" not in text:
+        return
+    if os.path.exists(os.path.expanduser(text)) and not os.path.exists(os.path.expanduser(value)):
+        warnings.warn(
+            f"{path}, line {binding.original.line}: {key}={text}: what follows ' #' is read as a "
+            f"comment (the value is {value!r}); put the value in quotes to keep it",
+            stacklevel=4,
+        )
 
 
 def load_settings(env_file: Optional[os.PathLike] = None, **overrides: Any) -> Settings:

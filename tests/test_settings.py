@@ -370,3 +370,19 @@ def test_an_empty_variable_in_the_environment_hides_the_env_files_line(clean_env
     clean_env.setenv("OELEO_RETRIES", "  ")
     loaded = load_settings(env_file=env_file)
     assert (loaded.retries, loaded.min_age) == (Settings.model_fields["retries"].default, 5.0)
+
+
+def test_a_hash_in_a_folder_name_read_as_a_comment_is_warned_about(clean_env, tmp_path, recwarn):
+    (tmp_path / "run #1").mkdir()
+    env_file = tmp_path / ".env"
+    env_file.write_text("OELEO_BASE_DIR_FROM=run #1\nOELEO_RETRIES=3  # three tries\n", encoding="utf-8")
+    loaded = load_settings(env_file=env_file)
+    assert (str(loaded.base_dir_from), loaded.retries) == ("run", 3)  # python-dotenv's reading
+    said = [str(w.message) for w in recwarn]
+    assert len(said) == 1, said  # not for the comment after a number
+    assert "line 1: OELEO_BASE_DIR_FROM=run #1: what follows ' #' is read as a comment" in said[0]
+    assert "put the value in quotes" in said[0]
+    env_file.write_text('OELEO_BASE_DIR_FROM="run #1"\n', encoding="utf-8")
+    recwarn.clear()
+    assert str(load_settings(env_file=env_file).base_dir_from) == "run #1"
+    assert not recwarn.list
