@@ -218,6 +218,12 @@ class Settings(BaseSettings):
         None, description="Arcsecond telescope UUID, needed to create datasets in an organisation."
     )
     arcsecond_api_url: str = Field("https://api.arcsecond.io", description="Arcsecond API server.")
+    arcsecond_timeout: float = Field(
+        60.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="Seconds Arcsecond may take to answer before oeleo asks again.",
+    )
 
     # On the way.
     compress: str = Field("", description="gzip: send FITS and XISF files as NAME.gz; empty: as they are.")

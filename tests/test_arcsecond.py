@@ -514,6 +514,17 @@ def test_a_server_that_never_answers_is_a_lost_connection_then_a_failed_file(fak
     assert fake.count("POST", "datafiles") == 4
 
 
+def test_the_timeout_is_a_setting(fake, tmp_path):
+    source = night(tmp_path)
+    fake.hang("POST", "datafiles", 10, store=True)
+    started = time.monotonic()
+    done = run_oeleo("run", cwd=tmp_path, env=settings(fake, source, OELEO_ARCSECOND_TIMEOUT="0.5"))
+    assert done.returncode == 0, done.stderr
+    assert time.monotonic() - started < 8  # 0.5 s, not 60 s, before the request is sent again
+    assert "timed out" in done.stderr and fake.count("POST", "datafiles") == 4
+    assert sum(len(files) for files in fake.stored().values()) == 3  # each file there once
+
+
 def test_already_exists_in_dataset_with_the_same_bytes_is_a_verified_copy(fake, tmp_path):
     source = night(tmp_path)
     ours = connector(fake)  # has listed night1 (empty): it does not know what comes next

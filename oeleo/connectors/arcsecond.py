@@ -225,6 +225,7 @@ class ArcsecondConnector(Connector):
             api_url=settings.arcsecond_api_url,
             root_name=root,
             retries=settings.retries,
+            timeout=settings.arcsecond_timeout,
         )
 
     def __repr__(self) -> str:
