@@ -591,10 +591,26 @@ class Bookkeeper:
 
         def run() -> Optional[str]:
             with self.database.atomic():
-                model.update(
-                    status="interrupted",
-                    message="the process ended before the run finished (killed, or the computer stopped)",
-                ).where((model.origin == self.origin) & (model.status == "running")).execute()
+                killed = model.select(model.id, model.started).where(
+                    (model.origin == self.origin) & (model.status == "running")
+                )
+                for dead in list(killed):
+                    # What it booked before it died: the rows of this origin copied since it
+                    # began (its own counts were to be written at its end).
+                    files = self.db_model
+                    booked = files.select(peewee.fn.COUNT(files.id), peewee.fn.SUM(files.size)).where(
+                        (files.origin == self.origin)
+                        & (files.processed_date >= dead.started)
+                        & files.checksum.is_null(False)
+                        & files.last_error.is_null()
+                    )
+                    count, nbytes = booked.scalar(as_tuple=True)
+                    model.update(
+                        status="interrupted",
+                        files_copied=count or 0,
+                        bytes_copied=nbytes or 0,
+                        message="the process ended before the run finished (killed, or the computer stopped)",
+                    ).where(model.id == dead.id).execute()
                 last = self._last_status()
                 self._run_id = model.create(origin=self.origin).id
             return last

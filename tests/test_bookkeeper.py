@@ -182,7 +182,34 @@ def check_a_run_is_logged_with_its_counts(open_books: OpenBooks, read_rows: Read
     assert len(read_rows()) == 1, "finish_run commits what is queued"
 
 
+def check_a_killed_run_is_marked_interrupted_with_what_it_booked(
+    open_books: OpenBooks, read_rows: ReadRows
+) -> None:
+    books = open_books(ORIGIN)
+    try:
+        books.start_run()
+        books.record_copied("before.csv", "/srv/before.csv", "b", 5, 1)
+        books.finish_run("ok", copied=1, failed=0, nbytes=5)
+        books.start_run()  # this one is killed after it booked two copies and an error
+        books.record_copied("a.csv", "/srv/a.csv", "c", 10, 1)
+        books.record_copied("b.csv", "/srv/b.csv", "d", 20, 1)
+        books.record_error("c.csv", "refused")
+        books.flush()
+    finally:
+        books.close()
+    books = open_books(ORIGIN)
+    try:
+        books.start_run()  # the next run finds it "running"
+        runs = books.last_runs(5)
+    finally:
+        books.close()
+    killed = [run for run in runs if run.status == "interrupted"]
+    assert len(killed) == 1, [run.status for run in runs]
+    assert (killed[0].files_copied, killed[0].bytes_copied) == (2, 30)
+
+
 SHARED_CHECKS = [
+    check_a_killed_run_is_marked_interrupted_with_what_it_booked,
     check_queued_writes_are_committed_on_flush,
     check_copying_a_locked_file_keeps_it_locked,
     check_an_error_keeps_the_code_and_a_later_copy_clears_it,
