@@ -65,6 +65,7 @@ def with_retries(
     reconnect: Callable[[], None],
     source_exists: Callable[[], bool],
     unreachable: Optional[threading.Event] = None,
+    away: Callable[[], Optional[str]] = lambda: None,
 ) -> Outcome:
     """``copy()``, tried again after a dropped connection (``Behaviour.RETRY``) up to
     ``retries`` times, waiting 0.5 s, 1 s, 2 s, ... and reconnecting in between; a stop
@@ -73,7 +74,8 @@ def with_retries(
     When the connection cannot be re-opened at all (the last reconnect failed too), the
     outcome is "fatal": the run stops, as it does for a full destination, rather than spend
     the same retries on every file left. ``unreachable`` is set then, so that the copies
-    already under way in other threads stop at their first dropped connection. A reconnect
+    already under way in other threads stop at their first dropped connection, as they do
+    when ``away()`` says why the store was found away meanwhile (by the commits). A reconnect
     refused for a setting to fix (a host key that changed) stops the pass at once. A
     connection that re-opens but drops again during this file fails this file alone."""
     attempt = 0
@@ -86,6 +88,11 @@ def with_retries(
                 return outcome_of(exc, relpath, source_exists)
             if unreachable is not None and unreachable.is_set():
                 return "fatal", f"{first_line(exc)} (the connection could not be re-opened)"
+            gone = away()
+            if gone is not None:
+                if unreachable is not None:
+                    unreachable.set()
+                return "fatal", gone
             attempt += 1
             if attempt > retries:
                 if reconnect_failed is not None:

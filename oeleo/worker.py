@@ -659,6 +659,9 @@ class Worker:
             self.external_connector.reconnect,
             lambda: self.local_connector.stat(entry.relpath) is not None,
             self._unreachable,
+            lambda: getattr(
+                self.external_connector, "_away", None
+            ),  # found away by a commit's or a batch's retries
         )
 
     def _copy_one(self, entry: FileEntry, record: Optional[Record], legacy: bool) -> Tuple[str, Any]:

@@ -804,6 +804,35 @@ def test_connection_lost_for_good_stops_the_run_in_one_line_and_leaves_no_partia
     assert not any(row["code"] == 1 and not row["last_error"] for row in rows.values())  # none booked copied
 
 
+def test_a_server_gone_for_good_among_small_files_says_it_once_and_counts_the_files_left(
+    start_sshd, tmp_path, caplog
+):
+    # Small files go in batches through tar; the server dies for good in the middle: one
+    # cycle of reconnects, then "stopped early", the files left counted (a trial's 344
+    # "failed ... refused" lines), and every file accounted for in the summary.
+    server = start_sshd()
+    source = tmp_path / "src"
+    make_tree(source, {f"run-{i // 100}/f{i:03d}.dat": os.urandom(8192) for i in range(600)})
+    folder = server.new_folder()
+    reporter = StopServerAfter(server, 300 * 8192)
+    worker = ssh_worker_for(server, source, folder, tmp_path / "books.db", reporter=reporter)
+    caplog.set_level(logging.WARNING, logger="oeleo")
+    summary = run_once(worker)
+
+    assert reporter.partial, "the server was not stopped"
+    assert summary.fatal and "gave up after" in summary.fatal, summary.describe()
+    assert summary.failed <= 2, summary.errors
+    assert summary.copied + summary.failed + summary.left == 600, summary.describe()
+    assert summary.describe().endswith(f"; {summary.left} files left for the next run")
+    # A cycle of reconnects for each copying thread at most (the batch's resend and the
+    # copies after it give up at once once the server is found away).
+    assert caplog.text.count("reconnecting in") <= 3 * 2, caplog.text
+    rows = db_rows(tmp_path / "books.db")
+    booked = {name for name, row in rows.items() if row["checksum"]}
+    assert len(booked) == summary.copied
+    assert all((Path(folder) / name).read_bytes() == (source / name).read_bytes() for name in booked)
+
+
 def test_a_connection_that_comes_back_fails_only_the_file_it_dropped_under(sshd_server, tmp_path):
     # Every attempt at big.fits drops the connection, yet each reconnect works: that file
     # fails alone and the run goes on.

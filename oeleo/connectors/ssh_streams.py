@@ -49,6 +49,7 @@ from oeleo.connectors.base import (
     PutResult,
     Stored,
     _failed,
+    _Unreachable,
     describe_error,
     safe_relpath,
 )
@@ -57,6 +58,7 @@ from oeleo.connectors.session import close_quietly
 from oeleo.errors import Behaviour, ConnectionLost, TransferError, VerificationError, behaviour_of, first_line
 from oeleo.names import printable
 from oeleo.retries import BACKOFF_SECONDS, outcome_of
+from oeleo.units import counted
 
 if TYPE_CHECKING:  # pragma: no cover
     from oeleo.connectors.ssh import SSHConnector
@@ -318,8 +320,12 @@ def _resend(
     # reconnect, never a new one that another thread has opened meanwhile.
     stale = {id(upload.stream.transport) for _, _, upload in files if upload.stream is not None}
     error: BaseException = ConnectionLost(f"connection to {connector.where} lost")
+    failed_reconnects = 0  # in a row: the server away for good after as many as the retries
     # As many waits as the engine's retries of a file (OELEO_RETRIES): 0.5 s, 1 s, 2 s ...
-    for attempt in range(max(RESEND_ATTEMPTS, connector.commit_retries + 1)):
+    attempts = max(RESEND_ATTEMPTS, connector.commit_retries + 1)
+    for attempt in range(attempts):
+        if connector._away is not None:  # found away meanwhile (another batch, a commit's retries)
+            break
         if attempt:
             time.sleep(BACKOFF_SECONDS * 2 ** (attempt - 1))
         if reconnect or attempt:
@@ -329,8 +335,12 @@ def _resend(
             try:
                 connector.reconnect()
             except Exception as exc:  # noqa: BLE001 - tried again, then these files fail
+                if behaviour_of(exc) is not Behaviour.RETRY:
+                    raise  # a setting to fix (a host key that changed): the pass stops
                 error = exc
+                failed_reconnects += 1
                 continue
+            failed_reconnects = 0
         again = []
         for index, item, upload in pending:
             try:
@@ -346,6 +356,14 @@ def _resend(
         pending = again
         if not pending:
             return
+    if connector._away is None and failed_reconnects >= attempts - 1:
+        # Every reconnect failed: the server is away, as the commits' retries would find it
+        # (the run stops; the next commits and resends give up at once, saying it once).
+        connector._away = f"{first_line(error)} (gave up after {counted(failed_reconnects, 'reconnect')})"
+    if connector._away is not None:
+        for index, _, _ in pending:
+            out[index] = Failed(connector._away, True, _Unreachable(connector._away))
+        return
     for index, item, _ in pending:
         out[index] = _write_failed(error, item.relpath)
 
