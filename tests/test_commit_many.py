@@ -338,3 +338,54 @@ def test_a_store_away_for_good_says_it_once_and_counts_the_files_left(tmp_path, 
     assert "stopped early: cannot reconnect to the bucket: refused" in text
     assert text.endswith("; 39 files left for the next run"), text
     assert all(row["checksum"] is None for row in db_rows(tmp_path / "books.db").values())
+
+
+def test_a_store_away_for_good_when_a_batch_is_made_durable_says_it_once(tmp_path, monkeypatch):
+    """The store goes away as a batch of staged files is made durable (its sync): the batch's
+    files are not named one by one with "cannot make the copies durable (...)" (256 lines in
+    a trial), the run stops early once, and the files are left for the next run."""
+    from helpers import run_once
+
+    from oeleo import retries
+    from oeleo.checkers import ChecksumChecker
+    from oeleo.errors import ConnectionLost
+    from oeleo.models import SimpleDbHandler
+    from oeleo.reporters import Reporter
+    from oeleo.workers import Worker
+
+    monkeypatch.setattr(retries, "BACKOFF_SECONDS", 0.0)
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(30):
+        (src / f"f{i:02}.dat").write_bytes(b"x" * (i + 1))
+    store = LocalConnector(tmp_path / "dst")
+
+    def sync_away(staged):
+        raise ConnectionLost("connection to the store lost")
+
+    def no_reconnect():
+        raise ConnectionLost("cannot reconnect to the store: refused")
+
+    monkeypatch.setattr(store, "sync_data", sync_away)
+    monkeypatch.setattr(store, "reconnect", no_reconnect)
+    lines = []
+
+    class Lines(Reporter):
+        def file_done(self, relpath, size, error=None):
+            if error:
+                lines.append(f"failed {relpath}: {error}")
+
+    worker = Worker(
+        checker=ChecksumChecker(),
+        bookkeeper=SimpleDbHandler(tmp_path / "books.db"),
+        local_connector=LocalConnector(src),
+        external_connector=store,
+        reporter=Lines(),
+        reconnect=True,
+        retries=2,
+    )
+    summary = run_once(worker)
+    assert len(lines) == 1 and "cannot reconnect to the store: refused" in lines[0], lines
+    assert (summary.copied, summary.failed, summary.left, summary.exit_status) == (0, 1, 29, 1)
+    assert "stopped early: cannot make the copies durable (cannot reconnect" in summary.describe()
+    assert not [p for p in (tmp_path / "dst").rglob("*") if p.is_file()]  # nothing put in place

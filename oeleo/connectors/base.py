@@ -549,7 +549,7 @@ class Connector(abc.ABC):
                 self._again_after_drops(batch, lambda: self.sync_data(committed))  # type: ignore[arg-type]
             self._again_after_drops(batch, lambda: self.sync_names(committed))  # type: ignore[arg-type]
         except Exception as exc:  # noqa: BLE001 - in place but not proven durable: not booked
-            failed = _failed(exc, "cannot make the commits durable")
+            failed = _failed(exc, "cannot make the copies in place durable")
             for index in done:
                 results[index] = failed
         return results

@@ -257,8 +257,9 @@ class _Unreachable(OeleoError):
 
 def _failed(exc: BaseException, what: str) -> Failed:
     """Why a file of a batch failed; fatal where the error stops the run (a full destination,
-    a ``ConnectorError``: the next files would fail too)."""
-    return Failed(describe_error(exc, what), behaviour_of(exc) is Behaviour.STOP_RUN, exc)
+    a ``ConnectorError``, a store found away for good: the next files would fail too)."""
+    fatal = behaviour_of(exc) is Behaviour.STOP_RUN or isinstance(exc, _Unreachable)
+    return Failed(describe_error(exc, what), fatal, exc)
 
 
 def _lowered(stored: Stored) -> Stored:
