@@ -651,6 +651,8 @@ def test_a_store_that_goes_away_for_good_stops_the_run_after_the_first_file(s3_b
     assert summary.copied == 0 and 1 <= summary.failed <= 2, summary.errors  # the files in flight
     assert summary.fatal and "gave up after 1 reconnect)" in summary.fatal, summary.fatal
     assert caplog.text.count("reconnecting in") <= 2, caplog.text
+    assert summary.copied + summary.failed + summary.left == 6, summary.describe()
+    assert "list-type" not in summary.fatal, summary.fatal  # not the URL of botocore's own request
 
 
 def test_a_server_error_in_the_middle_of_a_multipart_upload_fails_the_file_and_leaves_no_parts(

@@ -523,7 +523,10 @@ class S3Connector(Connector):
         except _network_errors() as exc:
             where = _without_userinfo(self.endpoint_url) or "AWS S3"
             if self._reached:
-                raise ConnectionLost(f"lost the connection to {where}: {self._masked(exc)}") from None
+                # Without the URL botocore quotes: a request of its own (a listing's query),
+                # where the line names the store already.
+                said = re.sub(r':\s*"[^"]*"', "", self._masked(exc))
+                raise ConnectionLost(f"lost the connection to {where}: {said}") from None
             hint = (
                 "check OELEO_S3_ENDPOINT_URL"
                 if self.endpoint_url
