@@ -293,27 +293,19 @@ def test_a_store_found_away_is_tried_again_with_full_retries_in_the_next_pass(tm
     assert drops == ["f0.dat", "f1.dat"]  # each dropped once, and was tried again
 
 
-def test_a_store_away_for_good_says_it_once_and_counts_the_files_left(tmp_path, monkeypatch):
-    """The store goes away for good in the middle of a pass: one failed line (the file whose
-    retries met it), then "stopped early: ...; N files left for the next run", not a line
-    per file left (a trial's 344 identical lines), and no file missing from the summary."""
-    from helpers import db_rows, run_once
+def run_with_failed_lines(tmp_path: Path, src: Path, store, n: int):
+    """One pass of ``n`` small files from ``src`` to ``store`` (2 retries; the caller makes the
+    store go away): its summary and the "failed NAME: reason" lines the reporter got."""
+    from helpers import run_once
 
-    from oeleo import retries
     from oeleo.checkers import ChecksumChecker
     from oeleo.models import SimpleDbHandler
     from oeleo.reporters import Reporter
     from oeleo.workers import Worker
 
-    monkeypatch.setattr(retries, "BACKOFF_SECONDS", 0.0)
-    module = load_example("example_object_store_away")
-    store = module.BucketConnector(tmp_path / "bucket")
-    store.features = replace(store.features, max_uploads=4, batch_sync=False)
-    src = tmp_path / "src"
     src.mkdir()
-    for i in range(40):
+    for i in range(n):
         (src / f"f{i:02}.dat").write_bytes(b"x" * (i + 1))
-    store_away_for_good(monkeypatch, module, store)
     lines = []
 
     class Lines(Reporter):
@@ -330,7 +322,23 @@ def test_a_store_away_for_good_says_it_once_and_counts_the_files_left(tmp_path, 
         reconnect=True,
         retries=2,
     )
-    summary = run_once(worker)
+    return run_once(worker), lines
+
+
+def test_a_store_away_for_good_says_it_once_and_counts_the_files_left(tmp_path, monkeypatch):
+    """The store goes away for good in the middle of a pass: one failed line (the file whose
+    retries met it), then "stopped early: ...; N files left for the next run", not a line
+    per file left (a trial's 344 identical lines), and no file missing from the summary."""
+    from helpers import db_rows
+
+    from oeleo import retries
+
+    monkeypatch.setattr(retries, "BACKOFF_SECONDS", 0.0)
+    module = load_example("example_object_store_away")
+    store = module.BucketConnector(tmp_path / "bucket")
+    store.features = replace(store.features, max_uploads=4, batch_sync=False)
+    store_away_for_good(monkeypatch, module, store)
+    summary, lines = run_with_failed_lines(tmp_path, tmp_path / "src", store, 40)
     assert len(lines) == 1, lines
     assert "cannot reconnect to the bucket: refused" in lines[0]
     assert (summary.copied, summary.failed, summary.left, summary.exit_status) == (0, 1, 39, 1)
@@ -344,20 +352,10 @@ def test_a_store_away_for_good_when_a_batch_is_made_durable_says_it_once(tmp_pat
     """The store goes away as a batch of staged files is made durable (its sync): the batch's
     files are not named one by one with "cannot make the copies durable (...)" (256 lines in
     a trial), the run stops early once, and the files are left for the next run."""
-    from helpers import run_once
-
     from oeleo import retries
-    from oeleo.checkers import ChecksumChecker
     from oeleo.errors import ConnectionLost
-    from oeleo.models import SimpleDbHandler
-    from oeleo.reporters import Reporter
-    from oeleo.workers import Worker
 
     monkeypatch.setattr(retries, "BACKOFF_SECONDS", 0.0)
-    src = tmp_path / "src"
-    src.mkdir()
-    for i in range(30):
-        (src / f"f{i:02}.dat").write_bytes(b"x" * (i + 1))
     store = LocalConnector(tmp_path / "dst")
 
     def sync_away(staged):
@@ -368,23 +366,7 @@ def test_a_store_away_for_good_when_a_batch_is_made_durable_says_it_once(tmp_pat
 
     monkeypatch.setattr(store, "sync_data", sync_away)
     monkeypatch.setattr(store, "reconnect", no_reconnect)
-    lines = []
-
-    class Lines(Reporter):
-        def file_done(self, relpath, size, error=None):
-            if error:
-                lines.append(f"failed {relpath}: {error}")
-
-    worker = Worker(
-        checker=ChecksumChecker(),
-        bookkeeper=SimpleDbHandler(tmp_path / "books.db"),
-        local_connector=LocalConnector(src),
-        external_connector=store,
-        reporter=Lines(),
-        reconnect=True,
-        retries=2,
-    )
-    summary = run_once(worker)
+    summary, lines = run_with_failed_lines(tmp_path, tmp_path / "src", store, 30)
     assert len(lines) == 1 and "cannot reconnect to the store: refused" in lines[0], lines
     assert (summary.copied, summary.failed, summary.left, summary.exit_status) == (0, 1, 29, 1)
     assert "stopped early: cannot make the copies durable (cannot reconnect" in summary.describe()
