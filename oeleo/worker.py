@@ -659,9 +659,8 @@ class Worker:
             self.external_connector.reconnect,
             lambda: self.local_connector.stat(entry.relpath) is not None,
             self._unreachable,
-            lambda: getattr(
-                self.external_connector, "_away", None
-            ),  # found away by a commit's or a batch's retries
+            # The store found away by a commit's or a batch's retries: no retries of its own.
+            lambda: getattr(self.external_connector, "_away", None),
         )
 
     def _copy_one(self, entry: FileEntry, record: Optional[Record], legacy: bool) -> Tuple[str, Any]:
