@@ -820,7 +820,7 @@ def test_a_server_gone_for_good_among_small_files_says_it_once_and_counts_the_fi
     summary = run_once(worker)
 
     assert reporter.partial, "the server was not stopped"
-    assert summary.fatal and "gave up after" in summary.fatal, summary.describe()
+    assert summary.fatal and "gave up after 3 reconnects" in summary.fatal, summary.describe()
     assert summary.failed <= 2, summary.errors
     assert summary.copied + summary.failed + summary.left == 600, summary.describe()
     assert summary.describe().endswith(f"; {summary.left} files left for the next run")

@@ -321,14 +321,15 @@ def _resend(
     stale = {id(upload.stream.transport) for _, _, upload in files if upload.stream is not None}
     error: BaseException = ConnectionLost(f"connection to {connector.where} lost")
     failed_reconnects = 0  # in a row: the server away for good after as many as the retries
-    # As many waits as the engine's retries of a file (OELEO_RETRIES): 0.5 s, 1 s, 2 s ...
-    attempts = max(RESEND_ATTEMPTS, connector.commit_retries + 1)
+    # As many reconnects and waits as the engine's retries of a file (OELEO_RETRIES): 0.5 s,
+    # 1 s, 2 s ..., each followed by a send; without ``reconnect``, a first send before them.
+    retries = max(RESEND_ATTEMPTS, connector.commit_retries)
+    attempts = retries if reconnect else retries + 1
     for attempt in range(attempts):
         if connector._away is not None:  # found away meanwhile (another batch, a commit's retries)
             break
-        if attempt:
-            time.sleep(BACKOFF_SECONDS * 2 ** (attempt - 1))
         if reconnect or attempt:
+            time.sleep(BACKOFF_SECONDS * 2 ** (attempt if reconnect else attempt - 1))
             current = connector._transport
             if current is None or not current.is_active() or id(current) in stale:
                 connector._session.drop()  # the one the stream was on stopped answering: a new one
@@ -356,7 +357,7 @@ def _resend(
         pending = again
         if not pending:
             return
-    if connector._away is None and failed_reconnects >= attempts - 1:
+    if connector._away is None and failed_reconnects >= retries:
         # Every reconnect failed: the server is away, as the commits' retries would find it
         # (the run stops; the next commits and resends give up at once, saying it once).
         connector._away = f"{first_line(error)} (gave up after {counted(failed_reconnects, 'reconnect')})"
