@@ -8,10 +8,10 @@
   each PC writes into ``<OELEO_BASE_DIR_TO>/<host name>/``, so many instruments can share one
   destination folder without mixing their files.
 
-From the command line (the module must be importable, hence ``PYTHONPATH=.``, run from the
-repository root):
+From the command line, run from the repository root (the ``oeleo`` program imports modules
+under the folder it runs in; books of their own for this destination, ``--db``):
 
-    PYTHONPATH=. oeleo run --from examples/data/instrument --to drop \\
+    oeleo run --from examples/data/instrument --to drop --db drop.db \\
         --connector examples.my_connector:FlatFolderConnector
 
 From Python: ``python examples/my_connector.py FROM TO [DB]`` (see ``main`` below).

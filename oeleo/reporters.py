@@ -33,6 +33,13 @@ LOG_MAX_BYTES = 1_000_000
 LOG_BACKUP_COUNT = 5
 
 
+def _reason(relpath: str, error: str) -> str:
+    """``a.csv: md5 of the copy ...`` -> ``md5 of the copy ...``: the line names the file
+    already (``failed a.csv: ...``)."""
+    name, text = f"{printable(relpath)}: ", printable(error)
+    return text[len(name) :] if text.startswith(name) and len(text) > len(name) else text
+
+
 class Reporter:
     """Plain reporter: one log line per file and a summary line; thread-safe."""
 
@@ -62,7 +69,7 @@ class Reporter:
         if error is None:
             log.info("copied %s", printable(relpath))
         else:
-            log.error("failed %s: %s", printable(relpath), printable(error))
+            log.error("failed %s: %s", printable(relpath), _reason(relpath, error))
 
     def run_finished(self, summary: RunSummary) -> None:
         level = logging.WARNING if summary.failed else logging.INFO
@@ -197,7 +204,7 @@ class RichReporter(Reporter):
                 self._files_done += 1
                 self._progress.update(self._task, description=self._files_text())
         if error is not None:
-            log.error("failed %s: %s", printable(relpath), printable(error))
+            log.error("failed %s: %s", printable(relpath), _reason(relpath, error))
         else:  # the bar counts it on the screen; the log file names it
             to_file_logs(logging.INFO, "copied %s", printable(relpath))
 

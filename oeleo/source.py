@@ -151,8 +151,9 @@ class SourceReader:
                 "that stops reading the chunks it is handed: see docs/connectors.md)"
             )
         if self.size != self.expected_size or not unchanged:
+            what = "was removed" if current is None and not os.path.lexists(self.path) else "changed"
             raise FileChangedError(
-                f"{self.name or self.path} changed while it was copied; left for the next run"
+                f"{self.name or self.path} {what} while it was copied; left for the next run"
             )
         return self.digest.hexdigest()
 

@@ -333,3 +333,66 @@ def test_a_stat_that_answers_wrongly_is_reported_by_check_for_that_file(tmp_path
     report = check(tmp_path, store)
     assert sorted(report.same) == ["f001.csv", "f002.csv"]
     assert [name for name, _ in report.errors] == ["f000.csv"], report.errors
+
+
+def test_a_copy_found_wrong_once_in_place_is_said_as_it_is_and_warned_of_once(tmp_path, caplog):
+    """An upload without a hash or a temporary name is verified only after its commit: the
+    copy it damaged is in place. The line says so (not "cannot commit", the name once), and
+    one warning per run tells the newcomer what ``finish`` should return."""
+    make_source(tmp_path / "src", 3)
+    store = type("Store", (MemoryStore,), {"upload": FlipsABit})()
+
+    with caplog.at_level(logging.WARNING, logger="oeleo"):
+        summary = run(tmp_path, store, 3)
+
+    assert summary.failed == 3 and summary.copied == 0, summary.describe()
+    failed = [r.getMessage() for r in caplog.records if r.getMessage().startswith("failed ")]
+    assert len(failed) == 3, failed
+    for line in failed:
+        name = line.split(" ")[1].rstrip(":")
+        assert f"failed {name}: md5 of the copy is " in line and "once in place" in line, line
+        assert "it replaced the copy before it; sent again on the next run" in line, line
+        assert "cannot commit" not in line and line.count(name) == 1, line
+    warnings = [r.getMessage() for r in caplog.records if "finish() returns none" in r.getMessage()]
+    assert len(warnings) == 1, warnings
+    assert warnings[0].startswith("Store: its uploads give no md5 of the copy before the commit"), warnings
+
+
+def test_an_upload_that_gives_its_hash_is_not_warned_of(tmp_path, caplog):
+    make_source(tmp_path / "src", 2)
+    with caplog.at_level(logging.WARNING, logger="oeleo"):
+        summary = run(tmp_path, MemoryStore())
+    assert summary.copied == 2, summary.describe()
+    assert not [r for r in caplog.records if "finish() returns none" in r.getMessage()]
+
+
+def test_a_wrong_hash_from_finish_names_the_file_once(tmp_path, caplog):
+    class SaysWrong(MemoryUpload):
+        def finish(self, algorithm: Optional[str] = None) -> Stored:
+            return Stored(len(self.connector.staged[self.relpath]), {"md5": "0" * 32})
+
+    make_source(tmp_path / "src", 1)
+    store = type("Store", (MemoryStore,), {"upload": SaysWrong})()
+    with caplog.at_level(logging.ERROR, logger="oeleo"):
+        summary = run(tmp_path, store)
+    assert summary.failed == 1, summary.describe()
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("failed ")]
+    assert lines == [lines[0]] and lines[0].startswith("failed f000.csv: md5 of the copy is 000"), lines
+
+
+def test_a_source_removed_while_it_is_copied_is_said_removed_not_changed(tmp_path, caplog):
+    make_source(tmp_path / "src", 1)
+    source = tmp_path / "src" / "f000.csv"
+
+    class RemovesItsSource(MemoryUpload):
+        def send(self, chunks) -> None:
+            source.unlink()  # the instrument deletes the file while it is sent
+            super().send(chunks)
+
+    store = type("Store", (MemoryStore,), {"upload": RemovesItsSource})()
+    with caplog.at_level(logging.INFO, logger="oeleo"):
+        summary = run(tmp_path, store)
+    assert summary.copied == 0 and summary.failed == 0, summary.describe()
+    assert store.objects == {}
+    said = " ".join(r.getMessage() for r in caplog.records)
+    assert "f000.csv was removed while it was copied; left for the next run" in said, said

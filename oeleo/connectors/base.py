@@ -43,6 +43,7 @@ from oeleo.connectors.values import (  # noqa: F401 - also names of this module,
     Failed,
     Features,
     FileEntry,
+    FoundWrongInPlace,
     PutResult,
     SkipCallback,
     Skipped,
@@ -519,7 +520,9 @@ class Connector(abc.ABC):
                 self.discard(item)
                 # A store whose one request is the upload (an Arcsecond POST) has nothing but
                 # that to commit: its own words; the line names the file ("failed NAME: ...").
-                failed = _failed(exc, "cannot commit" if self.features.staged_uploads else "")
+                # (A copy found wrong once in place was committed: its own words too.)
+                staged_first_words = self.features.staged_uploads and not isinstance(exc, FoundWrongInPlace)
+                failed = _failed(exc, "cannot commit" if staged_first_words else "")
                 failed = replace(failed, reason=_without_name(failed.reason, item.relpath))
                 if failed.kind == "config":
                     failed = Failed(str(exc), False, exc)
@@ -745,6 +748,8 @@ class Connector(abc.ABC):
             if upload is not None:
                 _abort_quietly(upload, target)
             raise
+        if ask and features.staged_uploads and features.overwrite and not verified:
+            self._warn_verified_in_place(used)
         return PutResult(
             relpath=target,
             external_name=self.external_name(target),
@@ -760,6 +765,20 @@ class Connector(abc.ABC):
             verify_after_commit=verify and not verified and (not features.staged_uploads or ask),
             stored_hash=(used, wanted) if gzipped is not None else None,
             stored_size=size,
+        )
+
+    def _warn_verified_in_place(self, algorithm: str) -> None:
+        """Once per connector: its uploads give no hash before their commit and have no
+        temporary name, so a copy is verified only in place, after it replaced the one before."""
+        if getattr(self, "_warned_in_place", False):
+            return
+        self._warned_in_place = True
+        log.warning(
+            "%s: its uploads give no %s of the copy before the commit (finish() returns none), so a "
+            "copy is verified only once in place, and one that arrives damaged replaces the copy "
+            "before it: return the store's hash from finish() (docs/connectors.md)",
+            type(self).__name__,
+            algorithm,
         )
 
     def commit(self, staged: PutResult) -> PutResult:
@@ -783,9 +802,11 @@ class Connector(abc.ABC):
             stored = self.checksum(staged.relpath, used).lower()
             if stored != wanted:
                 what = "the compressed source" if staged.stored_hash else "the source"
-                raise VerificationError(
-                    f"{staged.relpath}: {used} of the copy is {stored}, of {what} "
-                    f"{wanted} (the store took it whole: check it)"
+                # In place already: the store gave no hash before the commit. Said as it is.
+                replaced = "; it replaced the copy before it" if self.features.overwrite else ""
+                raise FoundWrongInPlace(
+                    f"{staged.relpath}: {used} of the copy is {stored} once in place, of {what} "
+                    f"{wanted}{replaced}; sent again on the next run"
                 )
             verified = True
         elif not self.features.confirms_commit:

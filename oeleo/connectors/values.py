@@ -20,6 +20,7 @@ from oeleo.errors import (
     DiskFullError,
     OeleoError,
     UnsafePathError,
+    VerificationError,
     behaviour_of,
 )
 from oeleo.names import printable
@@ -249,6 +250,11 @@ def _without_name(reason: str, relpath: str) -> str:
     if reason.startswith(name):
         return reason[len(name) :]
     return reason.replace(f"({name}", "(", 1)
+
+
+class FoundWrongInPlace(VerificationError):
+    """A copy verified only after its commit (the store gave no hash of it before) that does
+    not match: it is in place, and the file failed (sent again on the next run)."""
 
 
 class _Unreachable(OeleoError):
