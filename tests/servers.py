@@ -1038,8 +1038,13 @@ def start_s3() -> S3Server:
     import logging
     import threading
 
-    from moto.server import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
+    from moto.server import DomainDispatcherApplication, create_backend_app
     from werkzeug.serving import make_server
+
+    try:  # moto 5.2 (Python 3.10+): keeps header names as sent; moto 5.1 (Python 3.9) has none
+        from moto.server import MotoRequestHandler
+    except ImportError:
+        MotoRequestHandler = None  # werkzeug's own handler
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
     server = S3Server(HOST, 0)

@@ -155,6 +155,9 @@ def test_until_a_time_of_day_is_the_next_one_and_an_iso_date_is_that_moment() ->
     assert wall(parse_until("23:30", now, OSLO)) == "2026-12-01 23:30 +0100"
     assert wall(parse_until("2026-12-24T18:00", now, OSLO)) == "2026-12-24 18:00 +0100"
     assert wall(parse_until("2026-12-24 18:00", now, OSLO)) == "2026-12-24 18:00 +0100"
+    # UTC with a Z, on every Python (3.9 and 3.10's fromisoformat refuse the Z itself)
+    assert wall(parse_until("2026-12-24T17:00Z", now, OSLO)) == "2026-12-24 18:00 +0100"
+    assert wall(parse_until("2026-12-24T17:00+00:00", now, OSLO)) == "2026-12-24 18:00 +0100"
     with pytest.raises(ScheduleError, match="not a time"):
         parse_until("tomorrow", now, OSLO)
 

@@ -344,8 +344,11 @@ def parse_until(text: str, now: float, tz: Optional[tzinfo] = None) -> float:
             found = _next_wall(datetime.combine(today + timedelta(days=offset), clock), now, tz)
             if found is not None:
                 return found
+    given = text.strip()
+    if given[-1:] in ("Z", "z"):  # UTC: Python 3.11 reads the Z itself, 3.9 and 3.10 do not
+        given = given[:-1] + "+00:00"
     try:
-        moment = datetime.fromisoformat(text.strip())
+        moment = datetime.fromisoformat(given)
     except ValueError:
         raise ScheduleError(
             "not a time: expected HH:MM, or an ISO date and time such as 2026-12-24T18:00"
