@@ -102,3 +102,12 @@ _PASSWORD = re.compile(
 def hide_passwords(text: str) -> str:
     """``text`` with the password of every ``user:password@`` in it shown as ``***``."""
     return _PASSWORD.sub(r"\g<head>***@", text) if "@" in text else text
+
+
+def without_name(reason: str, relpath: str) -> str:
+    """``cannot commit (a.csv: refused)`` -> ``cannot commit (refused)``, and ``a.csv:
+    refused`` -> ``refused``, for a line that names the file already (``failed a.csv: ...``)."""
+    name = f"{printable(relpath)}: "
+    if reason.startswith(name):
+        return reason[len(name) :]
+    return reason.replace(f"({name}", "(", 1)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, List, Optional, TextIO, Union
 
 from oeleo.logfile import FILE_FORMAT, BlockLines, LogFile, LogFormatter
-from oeleo.names import printable
+from oeleo.names import printable, without_name
 from oeleo.units import counted, human_bytes, human_seconds  # noqa: F401 - also oeleo.reporters names
 
 if TYPE_CHECKING:
@@ -31,13 +31,6 @@ log = logging.getLogger("oeleo")
 LOG_FILE_NAME = "oeleo.log"
 LOG_MAX_BYTES = 1_000_000
 LOG_BACKUP_COUNT = 5
-
-
-def _reason(relpath: str, error: str) -> str:
-    """``a.csv: md5 of the copy ...`` -> ``md5 of the copy ...``: the line names the file
-    already (``failed a.csv: ...``)."""
-    name, text = f"{printable(relpath)}: ", printable(error)
-    return text[len(name) :] if text.startswith(name) and len(text) > len(name) else text
 
 
 class Reporter:
@@ -69,7 +62,7 @@ class Reporter:
         if error is None:
             log.info("copied %s", printable(relpath))
         else:
-            log.error("failed %s: %s", printable(relpath), _reason(relpath, error))
+            log.error("failed %s: %s", printable(relpath), without_name(printable(error), relpath))
 
     def run_finished(self, summary: RunSummary) -> None:
         level = logging.WARNING if summary.failed else logging.INFO
@@ -204,7 +197,7 @@ class RichReporter(Reporter):
                 self._files_done += 1
                 self._progress.update(self._task, description=self._files_text())
         if error is not None:
-            log.error("failed %s: %s", printable(relpath), _reason(relpath, error))
+            log.error("failed %s: %s", printable(relpath), without_name(printable(error), relpath))
         else:  # the bar counts it on the screen; the log file names it
             to_file_logs(logging.INFO, "copied %s", printable(relpath))
 

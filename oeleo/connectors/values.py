@@ -23,7 +23,7 @@ from oeleo.errors import (
     VerificationError,
     behaviour_of,
 )
-from oeleo.names import printable
+from oeleo.names import without_name as _without_name  # noqa: F401 - a name of this module, as before
 
 if TYPE_CHECKING:
     from oeleo.connectors.base import Upload
@@ -241,15 +241,6 @@ def describe_error(exc: BaseException, what: str) -> str:
     else:
         text = str(exc)
     return f"{what} ({text})" if what else text
-
-
-def _without_name(reason: str, relpath: str) -> str:
-    """``cannot commit (a.csv: refused)`` -> ``cannot commit (refused)``, and ``a.csv:
-    refused`` -> ``refused``, for a line that names the file already (``failed a.csv: ...``)."""
-    name = f"{printable(relpath)}: "
-    if reason.startswith(name):
-        return reason[len(name) :]
-    return reason.replace(f"({name}", "(", 1)
 
 
 class FoundWrongInPlace(VerificationError):
