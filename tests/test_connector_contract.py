@@ -695,6 +695,16 @@ def test_a_connector_missing_a_method_fails_when_it_is_made_naming_the_method(tm
     with pytest.raises(TypeError, match="open_upload"):
         WritesNowhere()
 
+    class ReadsNothing(Connector):  # neither side: everything it lacks, said at once
+        pass
+
+    with pytest.raises(TypeError) as raised:
+        ReadsNothing()
+    assert str(raised.value) == (
+        "ReadsNothing cannot be created: it does not implement checksum(), list_files(), stat(), "
+        "open_upload() (an object store) or write_stream() and rename() (a folder); see docs/connectors.md"
+    )
+
 
 # -- gzip on the way (OELEO_COMPRESS=gzip), for every store --------------------------------
 def gzip_form(data: bytes) -> bytes:

@@ -187,6 +187,8 @@ def test_connector_that_needs_more_than_the_folder_is_one_line_saying_what_to_ad
 def test_connector_missing_a_method_every_connector_has_is_one_line_naming_it(plugins, work):
     line = one_line_error(oeleo(work, *RUN, "--connector", "myconn:NoStat", pythonpath=plugins))
     assert "myconn:NoStat" in line and "stat()" in line and "docs/connectors.md" in line
+    # All it lacks, in one line: the read side's method and a way to write, as Python says it
+    assert "open_upload() (an object store) or write_stream() and rename() (a folder)" in line, line
     assert "unexpected" not in line and "TypeError" not in line
     assert arrived(work) == []
     assert not (work / "books.db").exists()

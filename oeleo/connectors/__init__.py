@@ -102,12 +102,11 @@ def get_connector_class(name: str) -> Type[Connector]:
     cls = load_object(spec, "OELEO_CONNECTOR")
     if not (isinstance(cls, type) and issubclass(cls, Connector)):
         raise ConfigError(f"OELEO_CONNECTOR={name!r}: {spec} is not a subclass of oeleo Connector")
-    missing = sorted(getattr(cls, "__abstractmethods__", ()))
+    missing = cls._unimplemented()
     if missing:  # said before anything runs, as a setting to fix (not Python's TypeError)
-        methods = ", ".join(f"{method}()" for method in missing)
         raise ConfigError(
-            f"OELEO_CONNECTOR={name!r}: {spec} does not implement {methods}, which every connector "
-            "must have (docs/connectors.md)"
+            f"OELEO_CONNECTOR={name!r}: {spec} does not implement {', '.join(missing)}, which "
+            "every connector must have (docs/connectors.md)"
         )
     return cls
 

@@ -356,18 +356,27 @@ class Connector(abc.ABC):
             ) from None
 
     def __new__(cls, *args: Any, **kwargs: Any) -> Connector:
-        # A store must be written to somehow: say so when the connector is made, not with a
-        # bare NotImplementedError in the middle of a run.
+        # Said when the connector is made, every method it lacks at once (the read side's and
+        # a way to write), not with a bare NotImplementedError in the middle of a run.
+        missing = cls._unimplemented()
+        if missing:
+            raise TypeError(
+                f"{cls.__name__} cannot be created: it does not implement {', '.join(missing)}; "
+                "see docs/connectors.md"
+            )
+        return super().__new__(cls)
+
+    @classmethod
+    def _unimplemented(cls) -> List[str]:
+        """What this class lacks to be made: its abstract methods, and a way to write."""
+        missing = [f"{method}()" for method in sorted(getattr(cls, "__abstractmethods__", ()))]
         if (
             cls.open_upload is Connector.open_upload
             and cls.write_stream is Connector.write_stream
             and cls.put is Connector.put
         ):
-            raise TypeError(
-                f"{cls.__name__} cannot be created: it implements neither open_upload() "
-                "(an object store) nor write_stream() and rename() (a folder); see docs/connectors.md"
-            )
-        return super().__new__(cls)
+            missing.append("open_upload() (an object store) or write_stream() and rename() (a folder)")
+        return missing
 
     # -- read side (a subclass implements) ------------------------------------------------
     @abc.abstractmethod
