@@ -54,7 +54,28 @@ def outcome_of(exc: Exception, relpath: str, source_exists: Callable[[], bool]) 
     if isinstance(exc, OeleoError):
         return "error", str(exc)
     log.debug("unexpected error copying %s", printable(relpath), exc_info=True)
-    return "error", f"{type(exc).__name__}: {exc}"
+    return "error", f"{type(exc).__name__}: {exc}{_raised_at(exc)}"
+
+
+def _raised_at(exc: BaseException) -> str:
+    """`` (at conns.py:57 in send(); --debug shows the traceback)``: where an error that is
+    no error of a store (a bug: an ``AttributeError``, a ``KeyError``) was raised, in the
+    innermost frame of code that is neither oeleo's nor Python's own (a connector, a hook)."""
+    import os
+    import sysconfig
+    import traceback
+
+    frames = traceback.extract_tb(exc.__traceback__)
+    ours = os.path.dirname(os.path.abspath(__file__))
+    python = os.path.abspath(sysconfig.get_paths()["stdlib"])
+    theirs = [
+        f for f in frames if not os.path.abspath(f.filename).startswith((ours + os.sep, python + os.sep))
+    ]
+    if not frames:
+        return ""
+    frame = (theirs or frames)[-1]
+    where = f"{os.path.basename(frame.filename)}:{frame.lineno} in {frame.name}()"
+    return f" (at {where}; --debug shows the traceback)"
 
 
 def with_retries(

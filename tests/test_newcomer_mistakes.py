@@ -396,3 +396,25 @@ def test_a_source_removed_while_it_is_copied_is_said_removed_not_changed(tmp_pat
     assert store.objects == {}
     said = " ".join(r.getMessage() for r in caplog.records)
     assert "f000.csv was removed while it was copied; left for the next run" in said, said
+
+
+def test_a_bug_in_a_connector_is_said_with_where_it_was_raised(tmp_path, caplog):
+    """Not an error of the store (an ``AttributeError`` of the connector's own code): the line
+    says in which file, line and method, the first place to look, and that --debug has more."""
+
+    class Buggy(MemoryUpload):
+        def send(self, chunks) -> None:
+            handle = None
+            handle.write(b"".join(chunks))  # type: ignore[attr-defined]  # the newcomer's bug
+
+    make_source(tmp_path / "src", 1)
+    store = type("Store", (MemoryStore,), {"upload": Buggy})()
+    with caplog.at_level(logging.ERROR, logger="oeleo"):
+        summary = run(tmp_path, store)
+    assert summary.failed == 1, summary.describe()
+    line = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("failed "))
+    assert line.startswith("failed f000.csv: AttributeError: 'NoneType' object has no attribute 'write'"), (
+        line
+    )
+    assert " (at test_newcomer_mistakes.py:" in line, line
+    assert line.endswith(" in send(); --debug shows the traceback)"), line
