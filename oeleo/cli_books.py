@@ -452,7 +452,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         # is asked to end, from a thread, since shutdown() waits for it.
         threading.Thread(target=server.shutdown, name="oeleo-serve-stop", daemon=True).start()
 
-    old = {signum: signal.signal(signum, stop) for signum in EXIT_SIGNAL if signum != signal.SIGINT}
+    # SIGINT too: Python turns it into KeyboardInterrupt only when it was not ignored when the
+    # process started, and a command started with & by a script, nohup or a service manager
+    # inherits it ignored: Ctrl-C and kill -INT then did nothing at all.
+    old = {signum: signal.signal(signum, stop) for signum in EXIT_SIGNAL}
     try:
         _start_log_file(settings)
         host = f"[{server.host}]" if ":" in server.host else server.host

@@ -854,6 +854,24 @@ def test_it_stops_cleanly_on_a_signal_and_logs_requests_at_debug_only(books: Boo
     assert not any("Traceback" in line for line in lines)
 
 
+def test_sigint_stops_it_when_it_was_started_with_sigint_ignored(books: Books) -> None:
+    """``oeleo serve &`` in a script, nohup, a service manager: the process starts with SIGINT
+    ignored, and Python then raises no KeyboardInterrupt. Ctrl-C (kill -INT) must still stop it."""
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN)  # what the child inherits, as from `&`
+    try:
+        served = serve(books.root, books.env(OELEO_MONITOR_TOKEN=TOKEN))
+    finally:
+        signal.signal(signal.SIGINT, old)
+    try:
+        served.request("GET", "/api/status")
+        assert served.stop(signal.SIGINT) == 0
+    finally:
+        if served.proc.poll() is None:
+            served.proc.kill()
+            served.proc.wait()
+    assert served.stderr().splitlines()[-1] == "oeleo: the monitor stopped"
+
+
 def test_debug_logs_each_request(books: Books) -> None:
     served = serve(books.root, books.env(OELEO_MONITOR_TOKEN=TOKEN), "--debug")
     served.request("GET", "/api/status")
