@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from datetime import datetime
+
 
 def counted(n: int, noun: str) -> str:
     """``1 file``, ``2 files``: a count with its noun (nouns that take an s)."""
@@ -24,3 +29,16 @@ def human_bytes(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n:.1f} TiB"
+
+
+def from_iso(text: str) -> datetime:
+    """``datetime.fromisoformat`` as Python 3.11 reads it, on 3.9 and 3.10 too: a trailing ``Z``
+    (UTC) and more than six digits of a second (SharePoint's seven) are taken. ``ValueError``
+    for what is not an ISO date and time."""
+    import re
+    from datetime import datetime
+
+    value = text.strip()
+    if value[-1:] in ("Z", "z"):
+        value = value[:-1] + "+00:00"
+    return datetime.fromisoformat(re.sub(r"(\.\d{6})\d+", r"\1", value))

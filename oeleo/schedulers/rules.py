@@ -27,6 +27,7 @@ from datetime import date, datetime, time, timedelta, tzinfo
 from typing import FrozenSet, List, Optional, Sequence
 
 from oeleo.errors import ConfigError
+from oeleo.units import from_iso
 
 UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
 MONTH_NAMES = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")
@@ -344,11 +345,8 @@ def parse_until(text: str, now: float, tz: Optional[tzinfo] = None) -> float:
             found = _next_wall(datetime.combine(today + timedelta(days=offset), clock), now, tz)
             if found is not None:
                 return found
-    given = text.strip()
-    if given[-1:] in ("Z", "z"):  # UTC: Python 3.11 reads the Z itself, 3.9 and 3.10 do not
-        given = given[:-1] + "+00:00"
     try:
-        moment = datetime.fromisoformat(given)
+        moment = from_iso(text)  # a UTC time with a Z too, on every Python
     except ValueError:
         raise ScheduleError(
             "not a time: expected HH:MM, or an ISO date and time such as 2026-12-24T18:00"
