@@ -14,7 +14,6 @@ from typing import Any, Callable, Deque, List, Tuple
 
 from oeleo.connectors.base import Connector, Failed, FileEntry, PutResult
 
-COMMIT_FILES = 256
 COMMIT_BYTES = 64 * 1024 * 1024
 COMMIT_SECONDS = 1.0
 # Batches committed at once by a store without a shared durability barrier (an object store:
@@ -69,7 +68,7 @@ class Batches:
         self._staged.append((entry, code, result))
         self._bytes += result.size
         if (
-            len(self._staged) >= COMMIT_FILES
+            len(self._staged) >= self.connector.commit_files
             or self._bytes >= COMMIT_BYTES
             or time.monotonic() - self._since > COMMIT_SECONDS
         ):

@@ -672,11 +672,13 @@ def test_copies_are_synced_in_batches_and_booked_only_after_they_are_durable(tmp
     src = tmp_path / "many"
     names = numbered_files(src, 300)
     events = []
+    external = RecordsOrder(dst, events)
+    external.commit_files = 256  # a store's own batch size (the local folder's is larger)
     worker = Worker(
         checker=ChecksumChecker(),
         bookkeeper=RecordsBooking(db, events),
         local_connector=LocalConnector(src),
-        external_connector=RecordsOrder(dst, events),
+        external_connector=external,
         subdirs=True,
     )
 
@@ -697,6 +699,33 @@ def test_copies_are_synced_in_batches_and_booked_only_after_they_are_durable(tmp
     assert sorted(tree_files(dst)) == sorted(names)
 
 
+@pytest.mark.parametrize("commit_files", [100, 4096])
+def test_a_batch_holds_at_most_the_connectors_commit_files(tmp_path, dst, db, commit_files):
+    # LocalConnector's batches are 4,096 files (two syncfs per batch cost more than the
+    # overlap smaller ones buy); any connector may say its own, and the engine keeps to it.
+    src = tmp_path / "many"
+    numbered_files(src, 300)
+    events = []
+    external = RecordsOrder(dst, events)
+    assert external.commit_files == 4096
+    external.commit_files = commit_files
+    worker = Worker(
+        checker=ChecksumChecker(),
+        bookkeeper=RecordsBooking(db, events),
+        local_connector=LocalConnector(src),
+        external_connector=external,
+        subdirs=True,
+    )
+
+    summary = run_once(worker)
+
+    assert summary.copied == 300
+    sizes = [len(value) for kind, value in events if kind == "sync_data"]
+    assert sum(sizes) == 300 and max(sizes) <= commit_files
+    if commit_files == 100:
+        assert sizes == [100, 100, 100]  # the count ends these batches (not 1 s, not 64 MiB)
+
+
 def test_a_failed_sync_leaves_no_file_under_its_real_name_and_books_no_copy(new_worker, src, dst, db):
     worker = new_worker(external=RecordsOrder(dst, [], fail_sync=True))
 
@@ -714,6 +743,7 @@ class RecordsSyncThreads(LocalConnector):
     def __init__(self, directory, thread_safe):
         super().__init__(directory)
         self.features = replace(self.features, max_uploads=2 if thread_safe else 1)
+        self.commit_files = 256  # 600 files: two full batches and a partial one
         self.sync_threads = []
         self.stage_threads = set()
 
@@ -782,6 +812,8 @@ def test_a_stop_with_a_batch_being_made_durable_books_exactly_the_files_in_place
 
 class InterruptedAfter(LocalConnector):
     """Ctrl-C arrives while the file after the first ``after`` ones is being copied."""
+
+    commit_files = 256  # batches of 256 (a local folder's own are larger)
 
     def __init__(self, directory, after):
         super().__init__(directory)

@@ -270,6 +270,10 @@ class Connector(abc.ABC):
     # How many times a commit is tried again after a dropped connection (a small file's PUT
     # is its commit); set by the worker from OELEO_RETRIES.
     commit_retries: int = 3
+    # The most files in one durability batch (``oeleo.batches``; a batch also ends at 64 MiB
+    # or after 1 s). Small batches let a store's work on one batch (a remote hash, a sync)
+    # overlap the sending of the next; a local folder takes larger ones (LocalConnector).
+    commit_files: int = 256
     # Commits running at once share one reconnect after a drop (``_again_after_drops``): the
     # count of reconnects done, the lock that makes one thread do the next, and why the store
     # was last found away for good (the commits that come after give up at once).

@@ -180,6 +180,11 @@ class LocalConnector(FolderConnector):
     features = Features(
         compares_writes=True, keeps_mtime=True, batch_sync=True, max_uploads=2, confirms_commit=True
     )
+    # Each batch costs two syncfs (its data, then its renames), each a journal commit of the
+    # whole filesystem: for 5,000 files of 8 KiB, batches of 4,096 rather than 256 took 13 %
+    # less time (benchmarks/run.py, small/initial, 5 runs each in one sitting). A batch still
+    # ends after 1 s or 64 MiB, so a crash loses no more than that to a copy again.
+    commit_files = 4096
 
     def __init__(
         self,
