@@ -373,7 +373,9 @@ def _describe_heartbeat(beat: Any, now: Optional[float] = None) -> str:
 
 def _print_files(console: Console, rows: List[FileListTable], metadata: bool = False) -> None:
     """One line per row, never folded: whole names and checksums, to read or to grep;
-    ``metadata``: then the header keywords the fits checker kept, ``KEY=value`` each."""
+    ``metadata``: then the header keywords the fits checker kept, ``KEY=value`` each. A row
+    whose last try failed says so at its end: its size, time and checksum are then those of
+    the last good copy (or empty: never copied), not of the file as it is now."""
     import json
 
     from oeleo.units import human_bytes
@@ -389,6 +391,9 @@ def _print_files(console: Console, rows: List[FileListTable], metadata: bool = F
         kept = getattr(row, "metadata", None) if metadata else None
         if kept:
             line += "  " + " ".join(f"{key}={value}" for key, value in json.loads(kept).items())
+        if row.last_error:
+            reason = row.last_error.strip().splitlines()[0]
+            line = f"{line.rstrip()}  (last try failed: {reason})"
         console.print(line.rstrip(), soft_wrap=True)
 
 

@@ -291,6 +291,26 @@ def test_status_files_lists_every_row(work):
     assert digest in done.stdout
 
 
+def test_status_files_marks_a_row_whose_last_try_failed(work):
+    # a.csv copied, then changed and refused (a folder now stands where its copy was): its
+    # line keeps the last good copy's checksum and says that the last try failed.
+    assert oeleo(work, *run_args()).returncode == 0
+    (work / "dst" / "a.csv").unlink()
+    (work / "dst" / "a.csv" / "inner").mkdir(parents=True)
+    (work / "src" / "a.csv").write_text("changed since\n")
+    assert oeleo(work, *run_args()).returncode == 1
+
+    done = oeleo(work, "status", "--files", "--from", "src", "--db", "books.db")
+
+    assert done.returncode == 0, done.stderr
+    lines = {line.split()[0]: line for line in done.stdout.splitlines()[1:] if line.strip()}
+    old_digest = hashlib.md5(FILES["a.csv"].encode()).hexdigest()
+    assert old_digest in lines["a.csv"], done.stdout
+    assert re.search(r"\(last try failed: .*directory.*\)$", lines["a.csv"], flags=re.I), done.stdout
+    others = [line for name, line in lines.items() if name != "a.csv"]
+    assert others and not any("last try failed" in line for line in others), done.stdout
+
+
 def test_status_before_any_run_is_a_one_line_error(work):
     line = one_line_error(oeleo(work, "status", "--from", "src", "--db", "books.db"))
     assert "books.db" in line
