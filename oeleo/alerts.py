@@ -42,7 +42,7 @@ import peewee
 from pydantic import SecretStr
 
 from oeleo.errors import Aborted, BookkeeperError, ConfigError, OeleoError, first_line
-from oeleo.names import printable
+from oeleo.names import printable, printable_text
 
 log = logging.getLogger("oeleo")
 
@@ -855,7 +855,7 @@ def readable(text: str) -> str:
     """``text`` as every channel can carry it: a byte of a name that was not UTF-8 (a reason
     quotes the name as the system said it) as ``\\xff``, a control character (a newline in a
     name, which would end a line of the mail or its subject) as ``\\n`` or ``\\x1b``."""
-    text = printable(text)
+    text = printable_text(text)
     if text.isprintable():
         return text
     return "".join(

@@ -12,7 +12,7 @@ from oeleo.batches import Batches, Outcomes
 from oeleo.connectors.base import NOT_TRIED, Connector, FileEntry, PutResult, Skipped
 from oeleo.errors import BookkeeperError
 from oeleo.models import SHOULD_BE_COPIED_IF_CHANGED, SHOULD_NOT_BE_COPIED, Bookkeeper, Record
-from oeleo.names import printable
+from oeleo.names import printable, printable_text
 from oeleo.reporters import Reporter
 from oeleo.summary import NOT_REPLACED, RunSummary
 
@@ -64,7 +64,7 @@ class Booking:
             log.warning("%s: %s", printable(entry.relpath), reason)
         elif kind == "changing":
             summary.changing += 1
-            log.warning("%s", printable(value))
+            log.warning("%s", printable_text(value))
         elif kind == "incomplete":
             # Not a failure and not a copy: the reason is kept, the file is tried next run.
             summary.incomplete += 1

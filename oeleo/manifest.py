@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
 
 from oeleo.connectors.base import FileEntry
 from oeleo.errors import BookkeeperError, OeleoError
-from oeleo.names import from_books, printable
+from oeleo.names import from_books, printable, printable_text
 from oeleo.summary import RunSummary
 from oeleo.units import counted
 
@@ -197,7 +197,7 @@ def _put(worker: Worker, target: str, content: bytes) -> None:
 def _failed(summary: RunSummary, target: str, reason: str) -> None:
     summary.failed += 1
     summary.errors.append((target, f"the manifest could not be written: {reason}"))
-    log.error("manifest %s not written: %s", printable(target), printable(reason))
+    log.error("manifest %s not written: %s", printable(target), printable_text(reason))
 
 
 __all__ = ["ALGORITHMS", "NAMES", "manifest_name", "is_manifest", "manifest_line", "write_manifests"]

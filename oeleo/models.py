@@ -25,7 +25,7 @@ import peewee
 
 from oeleo.errors import BookkeeperError, DatabaseBusyError, first_line
 from oeleo.locks import ProcessLock
-from oeleo.names import QUOTE, from_books, hide_passwords, printable, to_books
+from oeleo.names import QUOTE, from_books, hide_passwords, printable_text, to_books
 
 log = logging.getLogger("oeleo")
 
@@ -365,7 +365,7 @@ class Bookkeeper:
         self._pending_errors[local_name] = {
             "origin": self.origin,
             "local_name": local_name,
-            "last_error": printable(reason[:2000]),
+            "last_error": printable_text(reason[:2000]),
         }
         self._maybe_flush()
 

@@ -17,6 +17,7 @@ gives a form that any terminal, log file or pipe can show (``m\\xe9sure.csv``).
 
 from __future__ import annotations
 
+import os
 import re
 
 QUOTE = "\u201b"  # ‛ SINGLE HIGH-REVERSED-9 QUOTATION MARK, as rclone uses it
@@ -74,11 +75,40 @@ def _control(match: re.Match) -> str:
     return _CONTROL_NAMES.get(char) or (f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
 
 
+# What a backslash in a printed name may start: an escape of printable() (\\xe9, \\n, \\u202e)
+# or a doubled backslash.
+_ESCAPE_LIKE = re.compile(r"\\(?:x[0-9A-Fa-f]{2}|u[0-9A-Fa-f]{4}|[nrt\\])")
+
+
 def printable(name: str) -> str:
     """``name`` for people: bytes that are not UTF-8 shown as ``\\xe9``, control characters as
     ``\\n``, ``\\t``, ``\\x1b`` (a newline in a name never makes a line of its own in a log or
     on the console), the bidi controls and line separators as ``\\u202e`` (a name cannot turn
-    the rest of its line around), the rest as it is."""
+    the rest of its line around), the rest as it is.
+
+    Two names never print alike: where a name holds a backslash and something is escaped, or
+    a backslash is followed by what an escape looks like (the name ``bad\\xe9.csv`` typed with
+    a backslash, beside ``bad`` + the byte 0xE9 + ``.csv``), every backslash of the name is
+    shown doubled, as Python's ``repr`` does (``bad\\\\xe9.csv``). A backslash that can mean
+    nothing else stays single (``back\\slash.csv``). On Windows, where a backslash is a
+    separator and never part of a name, it stays single (``C:\\data\\new``).
+
+    For free text that quotes names (an error's reason): ``printable_text``."""
+    if "\\" in name and os.name != "nt":
+        escaped = _escaped(name.replace("\\", "\\\\"))
+        if escaped != name.replace("\\", "\\\\") or _ESCAPE_LIKE.search(name):
+            return escaped
+        return name  # only backslashes that start no escape: as they are
+    return _escaped(name)
+
+
+def printable_text(text: str) -> str:
+    """``text`` (a reason, a message that may quote names) for people: escaped as ``printable``
+    escapes a name, its own backslashes left as they are."""
+    return _escaped(text)
+
+
+def _escaped(name: str) -> str:
     if name.isascii():
         return name if name.isprintable() else _CONTROL.sub(_control, name)
     try:

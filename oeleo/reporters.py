@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, List, Optional, TextIO, Union
 
 from oeleo.logfile import FILE_FORMAT, BlockLines, LogFile, LogFormatter
-from oeleo.names import printable, without_name
+from oeleo.names import printable, printable_text, without_name
 from oeleo.units import counted, human_bytes, human_seconds  # noqa: F401 - also oeleo.reporters names
 
 if TYPE_CHECKING:
@@ -62,7 +62,7 @@ class Reporter:
         if error is None:
             log.info("copied %s", printable(relpath))
         else:
-            log.error("failed %s: %s", printable(relpath), without_name(printable(error), relpath))
+            log.error("failed %s: %s", printable(relpath), without_name(printable_text(error), relpath))
 
     def run_finished(self, summary: RunSummary) -> None:
         level = logging.WARNING if summary.failed else logging.INFO
@@ -197,7 +197,7 @@ class RichReporter(Reporter):
                 self._files_done += 1
                 self._progress.update(self._task, description=self._files_text())
         if error is not None:
-            log.error("failed %s: %s", printable(relpath), without_name(printable(error), relpath))
+            log.error("failed %s: %s", printable(relpath), without_name(printable_text(error), relpath))
         else:  # the bar counts it on the screen; the log file names it
             to_file_logs(logging.INFO, "copied %s", printable(relpath))
 
@@ -209,9 +209,8 @@ class RichReporter(Reporter):
         from rich.markup import escape
 
         for relpath, reason in summary.errors[:20]:
-            self.console.print(
-                f"  [red]✗[/red] {escape(printable(relpath))}: {escape(printable(reason))}", highlight=False
-            )
+            line = f"  [red]✗[/red] {escape(printable(relpath))}: {escape(printable_text(reason))}"
+            self.console.print(line, highlight=False)
         if len(summary.errors) > 20:
             self.console.print(f"  … and {len(summary.errors) - 20} more (oeleo status)")
 

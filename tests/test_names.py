@@ -50,6 +50,43 @@ def test_printable_shows_bytes_that_are_not_utf8_as_escapes():
     assert printable("mésure.csv") == "mésure.csv"
 
 
+@posix_only
+def test_printable_never_shows_two_names_alike():
+    # A backslash typed in a name, beside the byte or the control character it would spell.
+    names = [
+        "bad\\xe9byte.csv",
+        "bad\udce9byte.csv",
+        "a\\nb.csv",
+        "a\nb.csv",
+        "x\\u202e.csv",
+        "x\u202e.csv",
+        "two\\\\xe9.csv",
+        "two\\\udce9.csv",
+        "back\\slash.csv",
+    ]
+    shown = [printable(name) for name in names]
+    assert len(set(shown)) == len(names), shown
+    assert printable("bad\\xe9byte.csv") == "bad\\\\xe9byte.csv"  # doubled, as repr does
+    assert printable("back\\slash.csv") == "back\\slash.csv"  # nothing to confuse it with: as it is
+    assert all(name.isprintable() for name in shown)
+
+
+@posix_only
+def test_a_name_with_a_backslash_and_one_with_the_byte_it_spells_are_told_apart_in_the_log(tmp_path):
+    src, dst, db = tmp_path / "src", tmp_path / "dst", tmp_path / "books.db"
+    _plant(src, [b"bad\\xe9.csv", b"bad\xe9.csv"])
+    logs = tmp_path / "logs"
+    args = ("run", "--from", str(src), "--to", str(dst), "--db", str(db))
+
+    done = run_oeleo(*args, cwd=tmp_path, env={"OELEO_LOG_DIR": str(logs)})
+
+    assert done.returncode == 0, done.stderr
+    log = (logs / "oeleo.log").read_text(encoding="utf-8")
+    assert "copied bad\\\\xe9.csv" in log and "copied bad\\xe9.csv" in log, log
+    copied = [line for line in done.stderr.splitlines() if line.startswith("copied bad")]
+    assert len(set(copied)) == 2, done.stderr
+
+
 def test_printable_shows_bidi_controls_and_line_separators_as_escapes_and_keeps_joiners():
     # U+202E would show "report\u202etxt.exe" as "reportexe.txt"; U+2028 breaks a line.
     assert printable("report\u202etxt.exe") == "report\\u202etxt.exe"
