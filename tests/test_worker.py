@@ -668,12 +668,13 @@ class RecordsBooking(SimpleDbHandler):
         super().record_copied(local_name, *args, **kwargs)
 
 
-def test_copies_are_synced_in_batches_and_booked_only_after_they_are_durable(tmp_path, dst, db):
-    src = tmp_path / "many"
-    names = numbered_files(src, 300)
+def copy_noting_batches(src, dst, db, commit_files=None):
+    """Copy ``src`` to a RecordsOrder destination (batches of ``commit_files``, else the local
+    folder's own): the summary and the durability steps and bookings, in order."""
     events = []
     external = RecordsOrder(dst, events)
-    external.commit_files = 256  # a store's own batch size (the local folder's is larger)
+    if commit_files is not None:
+        external.commit_files = commit_files
     worker = Worker(
         checker=ChecksumChecker(),
         bookkeeper=RecordsBooking(db, events),
@@ -681,8 +682,14 @@ def test_copies_are_synced_in_batches_and_booked_only_after_they_are_durable(tmp
         external_connector=external,
         subdirs=True,
     )
+    return run_once(worker), events
 
-    summary = run_once(worker)
+
+def test_copies_are_synced_in_batches_and_booked_only_after_they_are_durable(tmp_path, dst, db):
+    src = tmp_path / "many"
+    names = numbered_files(src, 300)
+    # A store's own batch size (the local folder's is larger).
+    summary, events = copy_noting_batches(src, dst, db, commit_files=256)
 
     assert summary.copied == 300
     syncs = [e for e in events if e[0] == "sync_data"]
@@ -699,29 +706,19 @@ def test_copies_are_synced_in_batches_and_booked_only_after_they_are_durable(tmp
     assert sorted(tree_files(dst)) == sorted(names)
 
 
-@pytest.mark.parametrize("commit_files", [100, 4096])
+@pytest.mark.parametrize("commit_files", [100, None])  # None: the local folder's own
 def test_a_batch_holds_at_most_the_connectors_commit_files(tmp_path, dst, db, commit_files):
     # LocalConnector's batches are 4,096 files (two syncfs per batch cost more than the
     # overlap smaller ones buy); any connector may say its own, and the engine keeps to it.
     src = tmp_path / "many"
     numbered_files(src, 300)
-    events = []
-    external = RecordsOrder(dst, events)
-    assert external.commit_files == 4096
-    external.commit_files = commit_files
-    worker = Worker(
-        checker=ChecksumChecker(),
-        bookkeeper=RecordsBooking(db, events),
-        local_connector=LocalConnector(src),
-        external_connector=external,
-        subdirs=True,
-    )
+    assert LocalConnector.commit_files == 4096
 
-    summary = run_once(worker)
+    summary, events = copy_noting_batches(src, dst, db, commit_files=commit_files)
 
     assert summary.copied == 300
     sizes = [len(value) for kind, value in events if kind == "sync_data"]
-    assert sum(sizes) == 300 and max(sizes) <= commit_files
+    assert sum(sizes) == 300 and max(sizes) <= (commit_files or 4096)
     if commit_files == 100:
         assert sizes == [100, 100, 100]  # the count ends these batches (not 1 s, not 64 MiB)
 
