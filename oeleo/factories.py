@@ -41,7 +41,7 @@ def worker_from_settings(settings: Any, reporter: Optional[Reporter] = None, **o
     settings = resolve_destination(settings)
     if settings.base_dir_from is None:
         raise ConfigError("OELEO_BASE_DIR_FROM is not set: the folder to copy from (or --from)")
-    connector_cls = get_connector_class(settings.connector)
+    connector_cls = get_connector_class(settings.connector, settings.where("connector"))
     local = LocalConnector(directory=settings.base_dir_from, follow_links=settings.follow_links)
     external = connector_cls.from_settings(settings, role="external")
     options.setdefault("subdirs", settings.subdirs)

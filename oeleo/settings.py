@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 from dotenv import dotenv_values
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import Field, PrivateAttr, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from oeleo.errors import ConfigError
@@ -69,6 +69,19 @@ class Settings(BaseSettings):
         case_sensitive=False,
         validate_default=True,
     )
+
+    # Where load_settings() found the values (the fields given as arguments, the .env file and
+    # the names it sets), for messages: see where().
+    _sources: Optional[Tuple[frozenset, Optional[Path], frozenset]] = PrivateAttr(default=None)
+
+    def where(self, field: str) -> str:
+        """Where a setting's value came from, for a message: ``from an argument``, ``from the
+        environment``, ``from /path/.env`` or ``the default``; empty for settings that
+        load_settings() did not read (made in Python)."""
+        if self._sources is None:
+            return ""
+        arguments, env_file, file_names = self._sources
+        return _where(field, arguments, env_file, file_names)
 
     # Where from, where to (published oeleo names).
     base_dir_from: Optional[Path] = Field(None, description="Folder the instrument writes to.")
@@ -491,6 +504,7 @@ def load_settings(env_file: Optional[os.PathLike] = None, **overrides: Any) -> S
         settings = Settings(_env_file=path, **overrides)
     except ValidationError as exc:
         raise ConfigError(_describe(exc, overrides, path, file_values)) from None
+    settings._sources = (frozenset(overrides), path, frozenset(key.upper() for key in file_values))
     if os.name != "nt":
         _warn_windows_paths(settings)
     return settings
@@ -537,16 +551,21 @@ def _describe(
     name = ENV_PREFIX + field.upper()
     expected = _expected(field, first)
     given = first.get("input")
-    environment = {key.upper() for key in os.environ}
-    if field in overrides:
-        where = "from an argument"
-    elif name in environment:
-        where = "from the environment"
-    elif env_file is not None and name in {key.upper() for key in file_values or {}}:
-        where = f"from {env_file}"
-    else:
-        where = "the default"
+    where = _where(field, overrides, env_file, {key.upper() for key in file_values or {}})
     return f"{name}: expected {expected}, got {given!r} ({where})"
+
+
+def _where(field: str, arguments: Any, env_file: Optional[Path], file_names: Any) -> str:
+    """Where the value of ``field`` came from: an argument, the environment, the .env file
+    (``file_names``: the names it sets, upper case) or the default."""
+    name = ENV_PREFIX + field.upper()
+    if field in arguments:
+        return "from an argument"
+    if name in {key.upper() for key in os.environ}:
+        return "from the environment"
+    if env_file is not None and name in file_names:
+        return f"from {env_file}"
+    return "the default"
 
 
 def _expected(field: str, error: Any) -> str:

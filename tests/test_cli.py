@@ -311,6 +311,18 @@ def test_status_files_marks_a_row_whose_last_try_failed(work):
     assert others and not any("last try failed" in line for line in others), done.stdout
 
 
+def test_an_unknown_connector_says_where_its_name_came_from(work):
+    (work / ".env").write_text("OELEO_CONNECTOR=sftpx\n")
+    from_file = one_line_error(oeleo(work, *run_args()))
+    from_env = one_line_error(oeleo(work, *run_args(), env={"OELEO_CONNECTOR": "sftpy"}))
+    from_argument = one_line_error(oeleo(work, *run_args("--connector", "sftpz")))
+
+    assert "OELEO_CONNECTOR='sftpx'" in from_file and f"(from {work / '.env'})" in from_file
+    assert "OELEO_CONNECTOR='sftpy' (from the environment)" in from_env
+    assert "OELEO_CONNECTOR='sftpz' (from an argument)" in from_argument
+    assert all("unknown connector" in line for line in (from_file, from_env, from_argument))
+
+
 def test_status_before_any_run_is_a_one_line_error(work):
     line = one_line_error(oeleo(work, "status", "--from", "src", "--db", "books.db"))
     assert "books.db" in line

@@ -85,8 +85,9 @@ def _entry_point(group: str, name: str) -> Optional[str]:
     return None
 
 
-def get_connector_class(name: str) -> Type[Connector]:
-    """The connector class for ``OELEO_CONNECTOR`` / ``--connector``."""
+def get_connector_class(name: str, where: str = "") -> Type[Connector]:
+    """The connector class for ``OELEO_CONNECTOR`` / ``--connector``; ``where`` (``from
+    /path/.env``) says in a refusal where the name came from."""
     key = name.strip()
     spec = BUILTIN.get(key.lower())
     if spec is None and ":" in key:
@@ -95,8 +96,9 @@ def get_connector_class(name: str) -> Type[Connector]:
         spec = _entry_point(ENTRY_POINT_GROUP, key)
     if spec is None:
         known = ", ".join(sorted(BUILTIN))
+        origin = f" ({where})" if where else ""
         raise ConfigError(
-            f"OELEO_CONNECTOR={name!r}: unknown connector; expected one of {known}, "
+            f"OELEO_CONNECTOR={name!r}{origin}: unknown connector; expected one of {known}, "
             "or package.module:ClassName"
         )
     cls = load_object(spec, "OELEO_CONNECTOR")
