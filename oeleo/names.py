@@ -95,8 +95,9 @@ def printable(name: str) -> str:
 
     For free text that quotes names (an error's reason): ``printable_text``."""
     if "\\" in name and os.name != "nt":
-        escaped = _escaped(name.replace("\\", "\\\\"))
-        if escaped != name.replace("\\", "\\\\") or _ESCAPE_LIKE.search(name):
+        doubled = name.replace("\\", "\\\\")
+        escaped = _escaped(doubled)
+        if escaped != doubled or _ESCAPE_LIKE.search(name):
             return escaped
         return name  # only backslashes that start no escape: as they are
     return _escaped(name)
