@@ -391,9 +391,9 @@ def _print_files(console: Console, rows: List[FileListTable], metadata: bool = F
         kept = getattr(row, "metadata", None) if metadata else None
         if kept:
             line += "  " + " ".join(f"{key}={value}" for key, value in json.loads(kept).items())
-        if row.last_error:
-            reason = row.last_error.strip().splitlines()[0]
-            line = f"{line.rstrip()}  (last try failed: {reason})"
+        failed = (row.last_error or "").strip()
+        if failed:  # a reason of blanks alone has no first line
+            line = f"{line.rstrip()}  (last try failed: {failed.splitlines()[0]})"
         console.print(line.rstrip(), soft_wrap=True)
 
 
