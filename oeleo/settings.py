@@ -500,11 +500,12 @@ def load_settings(env_file: Optional[os.PathLike] = None, **overrides: Any) -> S
     _warn_unknown([(k, "the environment") for k in os.environ])
     _pass_on_library_variables(file_values)
     overrides = {k: v for k, v in overrides.items() if v is not None}
+    sources = (frozenset(overrides), path, frozenset(key.upper() for key in file_values))
     try:
         settings = Settings(_env_file=path, **overrides)
     except ValidationError as exc:
-        raise ConfigError(_describe(exc, overrides, path, file_values)) from None
-    settings._sources = (frozenset(overrides), path, frozenset(key.upper() for key in file_values))
+        raise ConfigError(_describe(exc, sources)) from None
+    settings._sources = sources
     if os.name != "nt":
         _warn_windows_paths(settings)
     return settings
@@ -540,19 +541,15 @@ def _warn_windows_paths(settings: Settings) -> None:
             )
 
 
-def _describe(
-    exc: ValidationError,
-    overrides: Dict[str, Any],
-    env_file: Optional[Path] = None,
-    file_values: Optional[Dict[str, Optional[str]]] = None,
-) -> str:
+def _describe(exc: ValidationError, sources: Tuple[frozenset, Optional[Path], frozenset]) -> str:
+    """One line for the first error: the variable, what it expects, the value given and where
+    that came from (``sources`` as load_settings() keeps them: see _where())."""
     first = exc.errors()[0]
     field = str(first["loc"][0]) if first.get("loc") else "?"
     name = ENV_PREFIX + field.upper()
     expected = _expected(field, first)
     given = first.get("input")
-    where = _where(field, overrides, env_file, {key.upper() for key in file_values or {}})
-    return f"{name}: expected {expected}, got {given!r} ({where})"
+    return f"{name}: expected {expected}, got {given!r} ({_where(field, *sources)})"
 
 
 def _where(field: str, arguments: Any, env_file: Optional[Path], file_names: Any) -> str:
