@@ -1031,14 +1031,14 @@ def print_tables(rows: List[Dict[str, Any]], targets: List[Dict[str, Any]]) -> N
                 r["scenario"],
                 fmt(r["wall_s"], ".3f"),
                 fmt(r["wall_min_s"], ".3f"),
-                fmt(r.get("user_s"), ".3f"),
-                fmt(r.get("sys_s"), ".3f"),
+                fmt(r["user_s"], ".3f"),
+                fmt(r["sys_s"], ".3f"),
                 fmt(r["peak_rss_mib"], ".1f"),
                 "-"
                 if r["tool"] == "oeleo" or r["ratio_oeleo_to_tool"] is None
                 else f"{r['ratio_oeleo_to_tool']:.3f}",
                 "-"
-                if r["tool"] == "oeleo" or r.get("ratio_paired_median") is None
+                if r["tool"] == "oeleo" or r["ratio_paired_median"] is None
                 else f"{r['ratio_paired_median']:.3f}",
                 f"{r['ok']}/{r['n']}",
                 fmt(r["io_pressure_s"], ".2f"),
