@@ -279,6 +279,16 @@ def read_proc(path: str) -> str:
         return ""
 
 
+def process_cpu_s(pid: int) -> Optional[float]:
+    """User + system CPU seconds a running process has used so far, all its threads
+    (``/proc/PID/stat``); None where there is no /proc (or the process is gone)."""
+    text = read_proc(f"/proc/{pid}/stat")
+    if ")" not in text:
+        return None
+    fields = text.rsplit(")", 1)[1].split()  # after the command name, which may hold spaces
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
 def filesystem_of(path: Path) -> str:
     best, fstype = "", "unknown"
     for line in read_proc("/proc/mounts").splitlines():

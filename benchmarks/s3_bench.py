@@ -25,7 +25,10 @@ bucket the tool's last initial copy filled). ``peak``: oeleo alone copies one fi
 Credentials are throwaway ones given to every tool in its environment; the harness's own
 ``AWS_*``, ``RCLONE_*``, ``OELEO_*`` and proxy variables are removed. After each run the
 bucket is compared with the source outside the timed region (keys and sizes; content too,
-except for the peak file: size only). The table is printed and the JSON written to
+except for the peak file: size only). moto's own CPU time during each run is recorded too
+(``server_cpu_s``, from ``/proc``): when two tools make the same requests moto does the same
+work for both, and what one takes beyond the other is its own (start-up, its CPU beside moto's
+on a shared machine). The table is printed and the JSON written to
 ``benchmarks/results/s3-<YYYY-MM-DD>.json``.
 """
 
@@ -55,6 +58,7 @@ from benchmarks.run import (  # noqa: E402  (the shared harness's measuring and 
     ensure_debian_tools,
     first_line,
     measure,
+    process_cpu_s,
     run_quiet,
     say,
     sync_disks,
@@ -407,7 +411,12 @@ class Bench:
         sync_disks()  # the previous run's dirty pages are not written on this run's time
         # A child's peak RSS is at least the harness's own at the spawn: recorded as the floor.
         floor_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+        # moto's CPU during the run (its process, every thread): the same work for every tool
+        # that sends the same requests, so what a tool's time adds beyond it is the tool's own.
+        server_before = process_cpu_s(self.moto.proc.pid)
         measured = measure(argv, env, cwd, log, timeout)
+        server_after = process_cpu_s(self.moto.proc.pid)
+        server_cpu = None if server_before is None or server_after is None else server_after - server_before
         problem = None
         if measured["returncode"] != 0:
             tail = log.read_text(errors="replace")[-600:] if log.exists() else ""
@@ -424,6 +433,7 @@ class Bench:
             "argv": argv,
             "load": os.getloadavg()[0],
             "harness_rss_mib": round(floor_mib, 1),
+            "server_cpu_s": None if server_cpu is None else round(server_cpu, 3),
             **measured,
         }
         if dot_env is not None:
@@ -641,6 +651,7 @@ def summarise(samples: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
                 "max_s": max(walls) if walls else None,
                 "cpu_s": statistics.median(s["cpu_s"] for s in good) if good else None,
                 "peak_rss_mib": statistics.median(s["peak_rss_mib"] for s in good) if good else None,
+                "server_cpu_s": _median_of(good, "server_cpu_s"),
                 "ok_runs": len(good),
                 "runs": len(runs),
             }
@@ -650,6 +661,12 @@ def summarise(samples: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
         if ours and row["median_s"]:
             row["oeleo_over_tool"] = ours["median_s"] / row["median_s"]
     return rows
+
+
+def _median_of(samples: List[Dict[str, Any]], key: str) -> Optional[float]:
+    """The median of a key the samples may lack (results written before it was measured)."""
+    values = [s[key] for s in samples if s.get(key) is not None]
+    return statistics.median(values) if values else None
 
 
 def _find(rows: List[Dict[str, Any]], workload: str, scenario: str, tool: str) -> Optional[Dict[str, Any]]:
@@ -701,12 +718,13 @@ def print_table(rows: List[Dict[str, Any]], targets: List[Dict[str, Any]]) -> No
 
     print(
         f"{'workload':8} {'scenario':8} {'tool':9} {'median s':>9} {'min s':>8} {'max s':>8} "
-        f"{'cpu s':>7} {'RSS MiB':>8} {'oeleo/tool':>10} {'runs':>5}"
+        f"{'cpu s':>7} {'moto cpu s':>10} {'RSS MiB':>8} {'oeleo/tool':>10} {'runs':>5}"
     )
     for r in rows:
         print(
             f"{r['workload']:8} {r['scenario']:8} {r['tool']:9} {num(r['median_s'], '.2f'):>9} "
             f"{num(r['min_s'], '.2f'):>8} {num(r['max_s'], '.2f'):>8} {num(r['cpu_s'], '.2f'):>7} "
+            f"{num(r.get('server_cpu_s'), '.2f'):>10} "
             f"{num(r['peak_rss_mib'], '.1f'):>8} {num(r.get('oeleo_over_tool'), '.2f'):>10} "
             f"{r['ok_runs']}/{r['runs']:<3}"
         )

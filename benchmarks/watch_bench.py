@@ -41,6 +41,11 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:  # run as `python benchmarks/watch_bench.py` too
+    sys.path.insert(0, str(REPO))
+
+from benchmarks.run import process_cpu_s  # noqa: E402  (the shared harness's)
+
 RESULTS = REPO / "benchmarks" / "results"
 OBSERVERS = {"native": "--no-poll", "polling": "--poll"}
 STABLE = 1.0  # oeleo.schedulers.watch.MIN_STABLE, with OELEO_MIN_AGE 0
@@ -95,8 +100,10 @@ def passes_done(db: Path) -> int:
 
 
 def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+    used = process_cpu_s(pid)
+    if used is None:
+        raise RuntimeError(f"no CPU time for process {pid} (/proc/{pid}/stat)")
+    return used
 
 
 class Watcher:

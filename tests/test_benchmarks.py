@@ -216,6 +216,8 @@ def test_the_s3_scenario_runs_oeleo_rclone_and_the_aws_cli_against_moto_and_writ
     assert results["workloads"]["small"] == {"files": 200, "bytes": 200 * 8192}
     for sample in results["samples"]:
         assert sample["ok"], sample
+        if sample["scenario"] == "initial":  # moto's CPU during the run: it stored every file
+            assert sample["server_cpu_s"] > 0, sample
         if sample["tool"] == "oeleo":  # as users run it: every setting in the .env, a log folder
             assert sample["argv"][-2:] == ["oeleo", "run"], sample
             assert "OELEO_BASE_DIR_TO=s3://" in sample["dot_env"] and "OELEO_LOG_DIR=" in sample["dot_env"]
