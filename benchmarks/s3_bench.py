@@ -28,8 +28,9 @@ bucket is compared with the source outside the timed region (keys and sizes; con
 except for the peak file: size only). moto's own CPU time during each run is recorded too
 (``server_cpu_s``, from ``/proc``): when two tools make the same requests moto does the same
 work for both, and what one takes beyond the other is its own (start-up, its CPU beside moto's
-on a shared machine). The table is printed and the JSON written to
-``benchmarks/results/s3-<YYYY-MM-DD>.json``.
+on a shared machine). So are the requests moto received during the run (``requests``) and how
+long after its launch the tool sent its first (``first_request_s``: its start-up). The table
+is printed and the JSON written to ``benchmarks/results/s3-<YYYY-MM-DD>.json``.
 """
 
 from __future__ import annotations
@@ -87,7 +88,7 @@ PROXIES = ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
 # parent's RSS when it is spawned, so a harness holding moto's objects, or boto3, would inflate
 # every tool's peak memory.
 MOTO_SCRIPT = """
-import hashlib, json, logging, sys
+import hashlib, json, logging, sys, time
 import boto3
 from botocore.config import Config
 from moto.server import ThreadedMotoServer
@@ -96,6 +97,17 @@ logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no line per request
 port = int(sys.argv[1])
 server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
 server.start()
+# When each request arrived (time.time(), as the harness's clock): a tool's time to its first
+# request is its start-up, and how many it sent is the work it asked of moto.
+arrivals = []
+wsgi = getattr(server, "_server", None)
+if wsgi is not None and hasattr(wsgi, "app"):
+    def stamped(environ, start_response, inner=wsgi.app):
+        arrivals.append(time.time())
+        return inner(environ, start_response)
+    wsgi.app = stamped
+else:
+    arrivals = None
 s3 = boto3.session.Session(
     aws_access_key_id=sys.argv[2], aws_secret_access_key=sys.argv[3], region_name=sys.argv[4]
 ).client(
@@ -138,7 +150,14 @@ for line in sys.stdin:  # until the harness closes our stdin
     ask = json.loads(line)
     op, bucket = ask["op"], ask["bucket"]
     try:
-        if op == "create":
+        if op == "requests":  # those that arrived after ask["since"]: how many, first, last
+            if arrivals is None:
+                answer = None
+            else:
+                seen = [t for t in list(arrivals) if t >= ask["since"]]
+                answer = {"count": len(seen), "first": min(seen, default=None)}
+                answer["last"] = max(seen, default=None)
+        elif op == "create":
             answer = s3.create_bucket(Bucket=bucket) and None
         elif op == "objects":
             answer = objects(bucket)
@@ -219,6 +238,12 @@ class Moto:
     def uploads(self, bucket: str) -> List[Tuple[str, str]]:
         """The incomplete multipart uploads: (key, upload id)."""
         return [(key, upload_id) for key, upload_id in self._ask("uploads", bucket)]
+
+    def requests_since(self, since: float) -> Optional[Dict[str, Any]]:
+        """The requests moto received since ``since`` (time.time()): count, first, last;
+        None where its server could not be watched."""
+        answer = self._ask("requests", "", since=since)
+        return dict(answer) if answer is not None else None
 
     def drop_bucket(self, bucket: str) -> None:
         self._ask("drop", bucket)
@@ -414,9 +439,12 @@ class Bench:
         # moto's CPU during the run (its process, every thread): the same work for every tool
         # that sends the same requests, so what a tool's time adds beyond it is the tool's own.
         server_before = process_cpu_s(self.moto.proc.pid)
+        launched = time.time()
         measured = measure(argv, env, cwd, log, timeout)
         server_after = process_cpu_s(self.moto.proc.pid)
         server_cpu = None if server_before is None or server_after is None else server_after - server_before
+        # Asked before check() reads the bucket back: only the tool's own requests.
+        requests = self.moto.requests_since(launched)
         problem = None
         if measured["returncode"] != 0:
             tail = log.read_text(errors="replace")[-600:] if log.exists() else ""
@@ -434,6 +462,9 @@ class Bench:
             "load": os.getloadavg()[0],
             "harness_rss_mib": round(floor_mib, 1),
             "server_cpu_s": None if server_cpu is None else round(server_cpu, 3),
+            "requests": requests["count"] if requests else None,
+            "first_request_s": _after(requests, "first", launched),
+            "last_request_s": _after(requests, "last", launched),
             **measured,
         }
         if dot_env is not None:
@@ -652,6 +683,8 @@ def summarise(samples: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
                 "cpu_s": statistics.median(s["cpu_s"] for s in good) if good else None,
                 "peak_rss_mib": statistics.median(s["peak_rss_mib"] for s in good) if good else None,
                 "server_cpu_s": _median_of(good, "server_cpu_s"),
+                "requests": _median_of(good, "requests"),
+                "first_request_s": _median_of(good, "first_request_s"),
                 "ok_runs": len(good),
                 "runs": len(runs),
             }
@@ -661,6 +694,13 @@ def summarise(samples: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
         if ours and row["median_s"]:
             row["oeleo_over_tool"] = ours["median_s"] / row["median_s"]
     return rows
+
+
+def _after(requests: Optional[Dict[str, Any]], key: str, launched: float) -> Optional[float]:
+    """Seconds from the tool's launch to its first (or last) request; None without one."""
+    if not requests or requests.get(key) is None:
+        return None
+    return round(requests[key] - launched, 3)
 
 
 def _median_of(samples: List[Dict[str, Any]], key: str) -> Optional[float]:
@@ -718,13 +758,15 @@ def print_table(rows: List[Dict[str, Any]], targets: List[Dict[str, Any]]) -> No
 
     print(
         f"{'workload':8} {'scenario':8} {'tool':9} {'median s':>9} {'min s':>8} {'max s':>8} "
-        f"{'cpu s':>7} {'moto cpu s':>10} {'RSS MiB':>8} {'oeleo/tool':>10} {'runs':>5}"
+        f"{'cpu s':>7} {'moto cpu s':>10} {'requests':>8} {'1st req s':>9} {'RSS MiB':>8} "
+        f"{'oeleo/tool':>10} {'runs':>5}"
     )
     for r in rows:
         print(
             f"{r['workload']:8} {r['scenario']:8} {r['tool']:9} {num(r['median_s'], '.2f'):>9} "
             f"{num(r['min_s'], '.2f'):>8} {num(r['max_s'], '.2f'):>8} {num(r['cpu_s'], '.2f'):>7} "
-            f"{num(r.get('server_cpu_s'), '.2f'):>10} "
+            f"{num(r.get('server_cpu_s'), '.2f'):>10} {num(r.get('requests'), '.0f'):>8} "
+            f"{num(r.get('first_request_s'), '.3f'):>9} "
             f"{num(r['peak_rss_mib'], '.1f'):>8} {num(r.get('oeleo_over_tool'), '.2f'):>10} "
             f"{r['ok_runs']}/{r['runs']:<3}"
         )

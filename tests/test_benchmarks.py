@@ -218,6 +218,10 @@ def test_the_s3_scenario_runs_oeleo_rclone_and_the_aws_cli_against_moto_and_writ
         assert sample["ok"], sample
         if sample["scenario"] == "initial":  # moto's CPU during the run: it stored every file
             assert sample["server_cpu_s"] > 0, sample
+            assert sample["requests"] >= results["workloads"][sample["workload"]]["files"], sample
+            assert 0 < sample["first_request_s"] < sample["wall_s"], sample
+        if sample["tool"] == "oeleo" and sample["scenario"] == "rerun":  # an idle pass asks nothing
+            assert sample["requests"] == 0 and sample["first_request_s"] is None, sample
         if sample["tool"] == "oeleo":  # as users run it: every setting in the .env, a log folder
             assert sample["argv"][-2:] == ["oeleo", "run"], sample
             assert "OELEO_BASE_DIR_TO=s3://" in sample["dot_env"] and "OELEO_LOG_DIR=" in sample["dot_env"]
