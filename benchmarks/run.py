@@ -289,6 +289,57 @@ def process_cpu_s(pid: int) -> Optional[float]:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
 
+class CpuGroup:
+    """A control group holding a process and everything it starts from now on (a server and
+    its sessions): their CPU in all, whether or not anyone waited for them. cgroup v2 (its
+    ``cpu.stat``) where mounted, else v1's ``cpuacct``; ``cpu_s()`` is None where neither can
+    be used (not root, no cgroups)."""
+
+    def __init__(self, name: str, pid: int) -> None:
+        self.folder: Optional[Path] = None
+        self.v2 = False
+        for line in read_proc("/proc/mounts").splitlines():
+            parts = line.split()
+            if len(parts) < 4:
+                continue
+            if parts[2] == "cgroup2" or (parts[2] == "cgroup" and "cpuacct" in parts[3].split(",")):
+                try:
+                    folder = Path(parts[1]) / f"{name}-{os.getpid()}"
+                    folder.mkdir(exist_ok=True)
+                    (folder / ("cgroup.procs" if parts[2] == "cgroup2" else "tasks")).write_text(str(pid))
+                except OSError:
+                    continue
+                self.folder, self.v2 = folder, parts[2] == "cgroup2"
+                break
+
+    def cpu_s(self) -> Optional[float]:
+        if self.folder is None:
+            return None
+        if self.v2:
+            for line in read_proc(str(self.folder / "cpu.stat")).splitlines():
+                if line.startswith("usage_usec "):
+                    return int(line.split()[1]) / 1e6
+            return None
+        text = read_proc(str(self.folder / "cpuacct.usage")).strip()
+        return int(text) / 1e9 if text else None
+
+    def close(self) -> None:
+        """Hand what is left in the group back to its parent, and remove it."""
+        if self.folder is None:
+            return
+        procs = "cgroup.procs" if self.v2 else "tasks"
+        for pid in read_proc(str(self.folder / procs)).split():
+            try:
+                (self.folder.parent / procs).write_text(pid)
+            except OSError:
+                pass
+        try:
+            self.folder.rmdir()
+        except OSError:
+            pass
+        self.folder = None
+
+
 def filesystem_of(path: Path) -> str:
     best, fstype = "", "unknown"
     for line in read_proc("/proc/mounts").splitlines():

@@ -20,8 +20,11 @@ Workloads: ``small`` (1,000 files of 8 KiB in 10 folders) and ``large`` (2 files
 128 MiB). Every run gets a fresh destination folder (and database); each result is checked
 against the source outside the timed region, and the destinations are deleted after the
 workload's repetitions (ext4 creates files slower for a while after many deletions). Wall
-time and the CPU time of the tool's process and its children on this machine (``os.wait4``;
-the server's sshd and sftp-server not counted). The table is printed and the JSON written to
+time and the CPU time of the tool's process and its children on this machine (``os.wait4``),
+and apart from it the server's: the CPU of sshd, its sessions of the run and what they ran
+(sftp-server, the shell, cat, md5sum, rsync), from a cgroup the harness puts sshd in
+(``benchmarks.run.CpuGroup``; none without cgroups or root), read once the last session ended.
+The table is printed and the JSON written to
 ``benchmarks/results/ssh-<YYYY-MM-DD>.json``.
 
     python benchmarks/ssh_bench.py                     # everything, medians of 3
@@ -55,6 +58,7 @@ if str(REPO) not in sys.path:  # run as `python benchmarks/ssh_bench.py` too
 import servers  # noqa: E402  (tests/servers.py: the throwaway sshd)
 
 from benchmarks.delay_proxy import behind_delay  # noqa: E402  (--rtt-ms: a link with latency)
+from benchmarks.run import CpuGroup  # noqa: E402  (the shared harness's)
 
 KiB, MiB = 1024, 1024 * 1024
 VENV07 = REPO / "benchmarks" / ".venv-oeleo07"
@@ -165,6 +169,7 @@ class Bench:
         self.cwd = work / "cwd"
         self.cwd.mkdir()
         self.trash: List[str] = []  # destinations to delete after a workload's repetitions
+        self.groups: Dict[int, CpuGroup] = {}  # sshd's pid -> the cgroup of it and its sessions
 
     def base_env(self) -> Dict[str, str]:
         return {k: v for k, v in os.environ.items() if not k.startswith(("OELEO_", "RCLONE_"))}
@@ -228,11 +233,15 @@ class Bench:
         argv, env = self.command(tool, source, dest, db)
         log = self.work / f"{tool}-{Path(dest).name}.log"
         os.sync()  # the previous run's dirty pages are not written on this run's time
+        sshd = self.server_for(tool).pid
+        group = self.groups.get(sshd)
+        server_before = group.cpu_s() if group else None
         started = time.perf_counter()
         with open(log, "w") as out:
             proc = subprocess.Popen(argv, cwd=self.cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
             status, cpu = wait_with_cpu(proc, timeout)
         wall = time.perf_counter() - started
+        server_cpu = server_cpu_s(sshd, group, server_before)
         problem = None if status == 0 else f"exit status {status} (log: {log})"
         problem = problem or check_copy(source, Path(dest), expected)
         self.trash.append(dest)
@@ -240,6 +249,7 @@ class Bench:
             "tool": tool,
             "wall": wall,
             "cpu": cpu,
+            "server_cpu": server_cpu,
             "ok": problem is None,
             "problem": problem,
             "command": argv,
@@ -270,6 +280,23 @@ def wait_with_cpu(proc: subprocess.Popen, timeout: float) -> Tuple[int, Optional
             proc.wait()
             return -1, None
         time.sleep(0.002)
+
+
+def server_cpu_s(
+    sshd: int, group: Optional[CpuGroup], before: Optional[float], timeout: float = 30.0
+) -> Optional[float]:
+    """The CPU seconds the server spent on a run: sshd and its sessions, with the sftp-server,
+    shell, cat, md5sum or rsync they ran (all in sshd's cgroup), read once the listening sshd
+    has no session left; None without cgroups, or when a session outlives ``timeout``."""
+    if group is None or before is None:
+        return None
+    deadline = time.monotonic() + timeout
+    while servers.children_of(sshd):
+        if time.monotonic() > deadline:
+            return None
+        time.sleep(0.01)  # polling for the condition: the session's exit
+    after = group.cpu_s()
+    return None if after is None else round(after - before, 3)
 
 
 # -- main ------------------------------------------------------------------------------
@@ -311,6 +338,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="oeleo-ssh-bench-"))
     server = servers.start_sshd()
     sftp_only = servers.start_sshd(shell=False) if "oeleo-sftp" in tools else None
+    # Each sshd in a cgroup of its own before any login: its sessions' CPU is counted there.
+    groups = {s.pid: CpuGroup("oeleo-bench-sshd", s.pid) for s in (server, sftp_only) if s is not None}
     samples: List[Dict[str, Any]] = []
     proxies: List[Any] = []
     try:
@@ -332,6 +361,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                 parser.error(f"unknown workload {name}")
             workloads[name] = (root, files)
         bench = Bench(server, work, sftp_only)
+        bench.groups = groups
         for name, (root, files) in workloads.items():
             for repetition in range(args.repeat):
                 for tool in tools:  # interleaved: a slow minute of the machine falls on all
@@ -352,6 +382,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         servers.stop_sshd(server)
         if sftp_only is not None:
             servers.stop_sshd(sftp_only)
+        for group in groups.values():
+            group.close()
         shutil.rmtree(work, ignore_errors=True)
 
     rows = summarise(samples)
@@ -397,11 +429,14 @@ def summarise(samples: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
     keys = sorted({(s["workload"], s["tool"]) for s in samples}, key=lambda k: (k[0], TOOLS.index(k[1])))
     for workload, tool in keys:
         walls = [s["wall"] for s in samples if (s["workload"], s["tool"]) == (workload, tool) and s["ok"]]
-        cpus = [
-            s["cpu"]
-            for s in samples
-            if (s["workload"], s["tool"]) == (workload, tool) and s["ok"] and s.get("cpu") is not None
-        ]
+        cpus, server_cpus = (
+            [
+                s[key]
+                for s in samples
+                if (s["workload"], s["tool"]) == (workload, tool) and s["ok"] and s.get(key) is not None
+            ]
+            for key in ("cpu", "server_cpu")
+        )
         runs = [s for s in samples if (s["workload"], s["tool"]) == (workload, tool)]
         rows.append(
             {
@@ -411,6 +446,7 @@ def summarise(samples: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
                 "min_s": min(walls) if walls else None,
                 "max_s": max(walls) if walls else None,
                 "median_cpu_s": statistics.median(cpus) if cpus else None,
+                "median_server_cpu_s": statistics.median(server_cpus) if server_cpus else None,
                 "ok_runs": len(walls),
                 "runs": len(runs),
             }
@@ -448,7 +484,7 @@ def evaluate(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
 def print_table(rows: List[Dict[str, Any]], targets: List[Dict[str, Any]]) -> None:
     print(
         f"{'workload':8} {'tool':12} {'median s':>9} {'min s':>8} {'max s':>8} {'cpu s':>7} "
-        f"{'oeleo/tool':>10} {'runs':>5}"
+        f"{'server cpu s':>12} {'oeleo/tool':>10} {'runs':>5}"
     )
     for r in rows:
         ratio = f"{r['oeleo_over_tool']:.2f}" if r.get("oeleo_over_tool") else "-"
@@ -457,7 +493,11 @@ def print_table(rows: List[Dict[str, Any]], targets: List[Dict[str, Any]]) -> No
         hi = f"{r['max_s']:.2f}" if r["max_s"] is not None else "-"
         runs = f"{r['ok_runs']}/{r['runs']}"
         cpu = f"{r['median_cpu_s']:.2f}" if r.get("median_cpu_s") is not None else "-"
-        print(f"{r['workload']:8} {r['tool']:12} {med:>9} {lo:>8} {hi:>8} {cpu:>7} {ratio:>10} {runs:>5}")
+        served = f"{r['median_server_cpu_s']:.2f}" if r.get("median_server_cpu_s") is not None else "-"
+        print(
+            f"{r['workload']:8} {r['tool']:12} {med:>9} {lo:>8} {hi:>8} {cpu:>7} {served:>12} "
+            f"{ratio:>10} {runs:>5}"
+        )
     for t in targets:
         print(f"target {t['target']}: {t['measured']}x -> {'met' if t['met'] else 'NOT met'}")
 

@@ -382,7 +382,7 @@ def _stop_datadir(bindir: str, datadir: str, cwd: str) -> bool:
     return True
 
 
-def _children(pid: int) -> List[int]:
+def children_of(pid: int) -> List[int]:
     kids = []
     for stat in glob.glob("/proc/[0-9]*/stat"):
         try:
@@ -398,7 +398,7 @@ def _kill(pid: int) -> None:
     if not pid_alive(pid):
         return
     for sig, wait in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 10.0)):
-        targets = [pid, *_children(pid)] if sig == signal.SIGKILL else [pid]
+        targets = [pid, *children_of(pid)] if sig == signal.SIGKILL else [pid]
         for target in targets:
             try:
                 os.kill(target, sig)
@@ -550,7 +550,7 @@ def _tcp_inodes(host: str, port: int, client_port: int) -> set:
 def _descendants(pid: int) -> List[int]:
     found, todo = [], [pid]
     while todo:
-        kids = _children(todo.pop())
+        kids = children_of(todo.pop())
         found.extend(kids)
         todo.extend(kids)
     return found
