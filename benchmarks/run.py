@@ -298,19 +298,27 @@ class CpuGroup:
     def __init__(self, name: str, pid: int) -> None:
         self.folder: Optional[Path] = None
         self.v2 = False
-        for line in read_proc("/proc/mounts").splitlines():
-            parts = line.split()
-            if len(parts) < 4:
-                continue
-            if parts[2] == "cgroup2" or (parts[2] == "cgroup" and "cpuacct" in parts[3].split(",")):
+        self.procs = "tasks"  # the file that lists (and takes) the group's processes
+        mounts = [line.split() for line in read_proc("/proc/mounts").splitlines()]
+        v2 = [(Path(m[1]), True) for m in mounts if len(m) >= 4 and m[2] == "cgroup2"]
+        v1 = [
+            (Path(m[1]), False)
+            for m in mounts
+            if len(m) >= 4 and m[2] == "cgroup" and "cpuacct" in m[3].split(",")
+        ]
+        for root, is_v2 in v2 + v1:  # v2 first, where both are mounted
+            folder, procs = root / f"{name}-{os.getpid()}", "cgroup.procs" if is_v2 else "tasks"
+            try:
+                folder.mkdir(exist_ok=True)
+                (folder / procs).write_text(str(pid))
+            except OSError:
                 try:
-                    folder = Path(parts[1]) / f"{name}-{os.getpid()}"
-                    folder.mkdir(exist_ok=True)
-                    (folder / ("cgroup.procs" if parts[2] == "cgroup2" else "tasks")).write_text(str(pid))
+                    folder.rmdir()  # made, but it could not take the process: not left behind
                 except OSError:
-                    continue
-                self.folder, self.v2 = folder, parts[2] == "cgroup2"
-                break
+                    pass
+                continue
+            self.folder, self.v2, self.procs = folder, is_v2, procs
+            break
 
     def cpu_s(self) -> Optional[float]:
         if self.folder is None:
@@ -327,10 +335,9 @@ class CpuGroup:
         """Hand what is left in the group back to its parent, and remove it."""
         if self.folder is None:
             return
-        procs = "cgroup.procs" if self.v2 else "tasks"
-        for pid in read_proc(str(self.folder / procs)).split():
+        for pid in read_proc(str(self.folder / self.procs)).split():
             try:
-                (self.folder.parent / procs).write_text(pid)
+                (self.folder.parent / self.procs).write_text(pid)
             except OSError:
                 pass
         try:

@@ -155,7 +155,11 @@ def ensure_oeleo07() -> Optional[str]:
 
 class Bench:
     def __init__(
-        self, server: servers.SSHServer, work: Path, sftp_only: Optional[servers.SSHServer] = None
+        self,
+        server: servers.SSHServer,
+        work: Path,
+        sftp_only: Optional[servers.SSHServer] = None,
+        groups: Optional[Dict[int, CpuGroup]] = None,
     ) -> None:
         self.server = server
         self.sftp_only = sftp_only  # the server of oeleo-sftp: a login that runs no commands
@@ -169,7 +173,7 @@ class Bench:
         self.cwd = work / "cwd"
         self.cwd.mkdir()
         self.trash: List[str] = []  # destinations to delete after a workload's repetitions
-        self.groups: Dict[int, CpuGroup] = {}  # sshd's pid -> the cgroup of it and its sessions
+        self.groups = groups or {}  # sshd's pid -> the cgroup of it and its sessions
 
     def base_env(self) -> Dict[str, str]:
         return {k: v for k, v in os.environ.items() if not k.startswith(("OELEO_", "RCLONE_"))}
@@ -360,8 +364,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             else:
                 parser.error(f"unknown workload {name}")
             workloads[name] = (root, files)
-        bench = Bench(server, work, sftp_only)
-        bench.groups = groups
+        bench = Bench(server, work, sftp_only, groups)
         for name, (root, files) in workloads.items():
             for repetition in range(args.repeat):
                 for tool in tools:  # interleaved: a slow minute of the machine falls on all
