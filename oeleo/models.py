@@ -582,11 +582,11 @@ class Bookkeeper:
         last = query.order_by(model.id.desc()).limit(1).tuples().first()
         return last[0] if last else None
 
-    def start_run(self) -> Optional[str]:
-        """Record a new run of this origin and return the status of the one before (None:
-        the first). A run of this origin still marked "running" was killed (SIGKILL, a power
-        cut): this process holds the origin's lock, so no other run is alive; it becomes
-        "interrupted"."""
+    def start_run(self, started: Optional[datetime.datetime] = None) -> Optional[str]:
+        """Record a new run of this origin, begun at ``started`` (default: now), and return the
+        status of the one before (None: the first). A run of this origin still marked
+        "running" was killed (SIGKILL, a power cut): this process holds the origin's lock, so
+        no other run is alive; it becomes "interrupted"."""
         model = self.run_model
 
         def run() -> Optional[str]:
@@ -612,7 +612,7 @@ class Bookkeeper:
                         message="the process ended before the run finished (killed, or the computer stopped)",
                     ).where(model.id == dead.id).execute()
                 last = self._last_status()
-                self._run_id = model.create(origin=self.origin).id
+                self._run_id = model.create(origin=self.origin, started=started or datetime.datetime.now()).id
             return last
 
         return self._guard(run)

@@ -10,6 +10,7 @@ parallel copies (``oeleo.pool``), durability batches (``oeleo.batches``), bookin
 
 from __future__ import annotations
 
+import datetime
 import functools
 import hashlib
 import logging
@@ -414,12 +415,15 @@ class Worker:
         )
 
     # -- one pass ---------------------------------------------------------------------
-    def run(self) -> RunSummary:
+    def run(self, started: Optional[datetime.datetime] = None) -> RunSummary:
         """Copy every new or changed file once, verified; book each one. Never raises for
         a single file: failures are recorded with their reason and counted. The alerts hear
-        how the pass went, a pass that raised included (a dry run tells them nothing)."""
+        how the pass went, a pass that raised included (a dry run tells them nothing).
+
+        ``started``: when the pass began, as its run row in the books says; a scheduler gives
+        the instant it held its limits (``until``) against. By default, the start of this call."""
         try:
-            summary = self._pass()
+            summary = self._pass(started or datetime.datetime.now())
         except BaseException as exc:
             self.report_failed_pass(exc)
             raise
@@ -445,7 +449,7 @@ class Worker:
         folder, destination = str(self.local_connector.directory), str(self.external_connector)
         self.alerts.after_pass(self.bookkeeper, outcome, folder, destination)
 
-    def _pass(self) -> RunSummary:
+    def _pass(self, began: datetime.datetime) -> RunSummary:
         started = time.monotonic()
         self.connect_to_db()
         if self._entries is None:
@@ -489,7 +493,7 @@ class Worker:
 
         if todo:
             self._hold_destination()  # another process copying here now: this one stops
-        previous = self.bookkeeper.start_run()
+        previous = self.bookkeeper.start_run(began)
         self._unreachable.clear()  # a scheduler's next pass tries the connection again
         forget = getattr(self.external_connector, "_forget_outage", None)
         if forget is not None:  # the commits' retries too (Connector._again_after_drops)

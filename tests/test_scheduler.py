@@ -429,6 +429,58 @@ def test_until_stops_starting_passes_after_it(tmp_path: Path) -> None:
     assert f"no run starts after {until:%Y-%m-%d %H:%M:%S}: stopping" in done.stderr
 
 
+class SlowListingWorker(Worker):
+    """A worker whose listing (a slow network share) notes when it began and ends only once
+    the clock has passed ``listing_ends_after``."""
+
+    listing_began: List[float] = []
+    listing_ends_after = 0.0
+
+    def filter_local(self, **kwargs):
+        self.listing_began.append(time.time())
+        while time.time() <= self.listing_ends_after:
+            time.sleep(0.01)
+        return super().filter_local(**kwargs)
+
+
+@pytest.mark.parametrize("scheduler", ["simple", "watch", "rocketry"])
+def test_a_pass_records_the_start_held_against_until_however_slow_its_listing(
+    tmp_path: Path, scheduler: str
+) -> None:
+    write_tree(tmp_path / "src", FILES)
+    for path in (tmp_path / "src").rglob("*.csv"):
+        os.utime(path, (time.time() - 60, time.time() - 60))  # stable: the watcher's full pass takes them
+    worker = SlowListingWorker(
+        bookkeeper=SimpleDbHandler(tmp_path / "books.db"),
+        local_connector=LocalConnector(tmp_path / "src"),
+        external_connector=LocalConnector(tmp_path / "dst"),
+        subdirs=True,
+    )
+    worker.listing_began = []
+    # The first pass starts before "until" (rocketry takes ~0.4 s to its first one); its
+    # listing ends after it.
+    until = time.time() + (3.0 if scheduler == "rocketry" else 1.0)
+    worker.listing_ends_after = until + 0.05
+    if scheduler == "simple":
+        SimpleScheduler(worker, run_interval_time=0.05, max_run_intervals=0, until=until).start()
+    elif scheduler == "watch":
+        from oeleo.schedulers.watch import WatchScheduler
+
+        WatchScheduler(worker, full_pass_every=0.05, max_run_intervals=0, until=until).start()
+    else:
+        from oeleo.schedulers.rocketry import RocketryScheduler
+
+        RocketryScheduler(worker, run_interval_time=0.05, max_run_intervals=0, until=until).start()
+    runs = run_rows(tmp_path / "books.db")
+    assert len(runs) == 1 and runs[0]["status"] == "ok", runs
+    started = datetime.datetime.fromisoformat(runs[0]["started"]).timestamp()
+    assert started <= until, "the books show a pass that began after until"
+    assert started <= worker.listing_began[0], "the run row took the time after the listing"
+    assert (tmp_path / "dst" / "run-1" / "b.csv").read_text() == FILES["run-1/b.csv"]
+    beat = heartbeat(tmp_path / "books.db")
+    assert beat["pass_started"] == runs[0]["started"], "the heartbeat and the run row disagree"
+
+
 @pytest.mark.parametrize(
     "extra, says",
     [

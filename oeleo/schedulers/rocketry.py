@@ -204,11 +204,12 @@ class RocketryScheduler(SchedulerBase):
     def _task(self) -> None:
         if self.stopping:
             return
-        if self.until is not None and time.time() > self.until:
+        now = time.time()  # held against "until", and the start the pass records
+        if self.until is not None and now > self.until:
             self.session.shut_down()
             return
         try:
-            self.run_one_pass()
+            self.run_one_pass(now)
         except Exception as exc:  # wrong from the first pass: stop as the built-in scheduler does
             self._fatal = exc
             self.session.shut_down()

@@ -67,6 +67,7 @@ class SimpleScheduler(SchedulerBase):
         self.until = _until(until)
         self.next_run: Optional[float] = None  # when the next pass starts (epoch seconds)
         self._planned_due: Optional[float] = None
+        self._pass_at: Optional[float] = None  # the instant the coming pass was held against "until"
 
     def describe(self) -> str:
         return f"{self.name}, {self.rule.describe()}"
@@ -90,17 +91,21 @@ class SimpleScheduler(SchedulerBase):
             while not self.stopping:
                 # A pass that is late starts now, not at its due time: "until" is held to when
                 # it would really start.
-                if self.until is not None and max(due, time.time()) > self.until:
+                # The instant held against "until" is the one the pass records as its start.
+                now = time.time()
+                if self.until is not None and max(due, now) > self.until:
                     log.info("no run starts after %s: stopping", describe_instant(self.until))
                     break
-                if due > time.time():
+                if due > now:
                     log.info("next run at %s", describe_instant(due))
                     if self._wait_until(due):
                         break
-                    if self.until is not None and time.time() > self.until:  # woken late
+                    now = time.time()
+                    if self.until is not None and now > self.until:  # woken late
                         log.info("no run starts after %s: stopping", describe_instant(self.until))
                         break
                 self._planned_due = None
+                self._pass_at = now
                 self._one_pass()
                 if self.max_run_intervals and self.runs >= self.max_run_intervals:
                     break
@@ -114,7 +119,7 @@ class SimpleScheduler(SchedulerBase):
 
     def _one_pass(self) -> None:
         """One pass (a subclass that notes or changes something around each pass overrides this)."""
-        self.run_one_pass()
+        self.run_one_pass(self._pass_at)
 
     def _wait_until(self, due: float) -> bool:
         """Wait for ``due`` (epoch seconds); True if a stop was asked for meanwhile."""

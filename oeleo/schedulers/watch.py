@@ -518,14 +518,14 @@ class WatchScheduler(SchedulerBase):
             f"a full pass every {self.full_pass_every:g} s{limits}"
         )
 
-    def _done(self) -> bool:
-        """Whether no pass may start any more: ``max_run_intervals`` passes done, or ``until``
-        past (said once, as ``SimpleScheduler`` says it)."""
+    def _done(self, now: Optional[float] = None) -> bool:
+        """Whether no pass may start any more at ``now`` (default: now): ``max_run_intervals``
+        passes done, or ``until`` past (said once, as ``SimpleScheduler`` says it)."""
         if self._ended:
             return True
         if self.max_run_intervals and self.runs >= self.max_run_intervals:
             log.info("max runs reached (%d): stopping", self.runs)
-        elif self.until is not None and time.time() >= self.until:
+        elif self.until is not None and (time.time() if now is None else now) >= self.until:
             log.info("no run starts after %s: stopping", describe_instant(self.until))
         else:
             return False
@@ -625,11 +625,12 @@ class WatchScheduler(SchedulerBase):
         The files of a pass that failed as a whole wait for the next full pass (not tried at
         once: a destination that is down would be asked again and again). None starts once
         ``max_run_intervals`` passes are done or ``until`` has come."""
-        if self._done():
+        now = time.time()  # held against "until", and the start the pass records
+        if self._done(now):
             return
         self._entries = entries
         try:
-            self.run_one_pass()
+            self.run_one_pass(now)
         finally:
             self._entries = None
 
