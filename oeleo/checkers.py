@@ -295,17 +295,18 @@ def checker_from_settings(settings: Any) -> Checker:
     ``Checker`` subclass, built by its ``from_settings(settings)`` if it has one, else with
     the ``OELEO_CHECKSUM`` algorithm)."""
     name = settings.checker.strip()
+    named = settings.named("checker") if hasattr(settings, "named") else f"OELEO_CHECKER={name!r}"
     cls: Any = CHECKERS.get(name.lower())
     if cls is None:
         module_name, _, class_name = name.partition(":")
         if not (module_name and class_name):
-            raise ConfigError(f"OELEO_CHECKER={name}: expected checksum, fits, or pkg.mod:Class")
+            raise ConfigError(f"{named}: expected checksum, fits, or pkg.mod:Class")
         try:
             cls = getattr(importlib.import_module(module_name), class_name)
         except (ImportError, AttributeError) as exc:
-            raise ConfigError(f"OELEO_CHECKER={name}: cannot import it ({exc})") from None
+            raise ConfigError(f"{named}: cannot import it ({exc})") from None
         if not (isinstance(cls, type) and issubclass(cls, Checker)):
-            raise ConfigError(f"OELEO_CHECKER={name}: not a subclass of oeleo.checkers.Checker")
+            raise ConfigError(f"{named}: not a subclass of oeleo.checkers.Checker")
     if hasattr(cls, "from_settings"):
         return cls.from_settings(settings)
     if issubclass(cls, ChecksumChecker):

@@ -399,23 +399,34 @@ def _settings(args: argparse.Namespace, **extra: Any) -> Settings:
     from oeleo.places import resolve_destination
     from oeleo.settings import load_settings
 
-    names = (
-        "base_dir_from",
-        "base_dir_to",
-        "filter_extension",
-        "connector",
-        "db_name",
-        "subdirs",
-        "run_interval",
-        "max_runs",
-        "scheduler",
-        "full_pass_every",
-        "watch_poll",
-        "checker",
-    )
-    overrides: Dict[str, Any] = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+    overrides: Dict[str, Any] = {
+        n: getattr(args, n) for n in SETTING_FLAGS if getattr(args, n, None) is not None
+    }
     overrides.update(extra)
-    return resolve_destination(load_settings(getattr(args, "env_file", None), **overrides), given=overrides)
+    given_as = {n: SETTING_FLAGS[n] for n in overrides if n in SETTING_FLAGS}
+    if overrides.get("watch_poll") is not None:
+        given_as["watch_poll"] = "--poll" if overrides["watch_poll"] == "yes" else "--no-poll"
+    settings = load_settings(getattr(args, "env_file", None), given_as=given_as, **overrides)
+    return resolve_destination(settings, given=overrides)
+
+
+# The settings the command's flags give, and the flag each comes from: an error about one of
+# them names the flag ("OELEO_CONNECTOR='x' (from --connector)"). tests/test_cli.py checks
+# this table against the parser.
+SETTING_FLAGS = {
+    "base_dir_from": "--from",
+    "base_dir_to": "--to",
+    "filter_extension": "--ext",
+    "connector": "--connector",
+    "db_name": "--db",
+    "subdirs": "--no-subdirs",
+    "run_interval": "--every",
+    "max_runs": "--max-runs",
+    "scheduler": "--scheduler",
+    "full_pass_every": "--full-pass-every",
+    "watch_poll": "--poll",  # or --no-poll, by its value
+    "checker": "--checker",
+}
 
 
 def _start_log_file(settings: Settings) -> None:
@@ -609,7 +620,7 @@ def cmd_schedule(args: argparse.Namespace) -> int:
     settings = _settings(args)
     options = _schedule_options(args, settings)
     _start_log_file(settings)
-    scheduler_cls = get_scheduler_class(settings.scheduler)
+    scheduler_cls = get_scheduler_class(settings.scheduler, settings.where("scheduler"))
     from_settings = callable(getattr(scheduler_cls, "from_settings", None))  # reads its own settings
     until = {k: v for k, v in options.items() if k == "until"}  # what one that reads its settings takes
     if from_settings:

@@ -14,7 +14,7 @@ import os
 import re
 import warnings
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from dotenv import dotenv_values
 from pydantic import Field, PrivateAttr, SecretStr, ValidationError, field_validator, model_validator
@@ -72,16 +72,22 @@ class Settings(BaseSettings):
 
     # Where load_settings() found the values (the fields given as arguments, the .env file and
     # the names it sets), for messages: see where().
-    _sources: Optional[Tuple[frozenset, Optional[Path], frozenset]] = PrivateAttr(default=None)
+    _sources: Optional[Tuple[Dict[str, str], Optional[Path], frozenset]] = PrivateAttr(default=None)
 
     def where(self, field: str) -> str:
-        """Where a setting's value came from, for a message: ``from an argument``, ``from the
-        environment``, ``from /path/.env`` or ``the default``; empty for settings that
-        load_settings() did not read (made in Python)."""
+        """Where a setting's value came from, for a message: ``from an argument`` (``from
+        --connector``: the command's flag), ``from the environment``, ``from /path/.env`` or
+        ``the default``; empty for settings that load_settings() did not read (made in Python)."""
         if self._sources is None:
             return ""
         arguments, env_file, file_names = self._sources
         return _where(field, arguments, env_file, file_names)
+
+    def named(self, field: str) -> str:
+        """A setting as a refusal names it: ``OELEO_CHECKER='nope' (from --checker)``."""
+        where = self.where(field)
+        value = getattr(self, field)
+        return f"{ENV_PREFIX}{field.upper()}={value!r}" + (f" ({where})" if where else "")
 
     # Where from, where to (published oeleo names).
     base_dir_from: Optional[Path] = Field(None, description="Folder the instrument writes to.")
@@ -483,10 +489,14 @@ def _warn_comment_in_a_path(path: Path, binding: Any) -> None:
         )
 
 
-def load_settings(env_file: Optional[os.PathLike] = None, **overrides: Any) -> Settings:
+def load_settings(
+    env_file: Optional[os.PathLike] = None, *, given_as: Optional[Mapping[str, str]] = None, **overrides: Any
+) -> Settings:
     """Read the settings: overrides, then the environment, then the ``.env`` file.
 
-    Raises ``ConfigError`` with one line naming the variable when a value is wrong.
+    Raises ``ConfigError`` with one line naming the variable when a value is wrong, and where
+    the value came from: an override is ``from an argument``, or, when ``given_as`` names it
+    (the command's flags: ``{"connector": "--connector"}``), ``from --connector``.
     """
     path = find_env_file(env_file)
     file_values: Dict[str, Optional[str]] = {}
@@ -500,7 +510,9 @@ def load_settings(env_file: Optional[os.PathLike] = None, **overrides: Any) -> S
     _warn_unknown([(k, "the environment") for k in os.environ])
     _pass_on_library_variables(file_values)
     overrides = {k: v for k, v in overrides.items() if v is not None}
-    sources = (frozenset(overrides), path, frozenset(key.upper() for key in file_values))
+    given_as = given_as or {}
+    arguments = {field: given_as.get(field, "an argument") for field in overrides}
+    sources = (arguments, path, frozenset(key.upper() for key in file_values))
     try:
         settings = Settings(_env_file=path, **overrides)
     except ValidationError as exc:
@@ -541,7 +553,7 @@ def _warn_windows_paths(settings: Settings) -> None:
             )
 
 
-def _describe(exc: ValidationError, sources: Tuple[frozenset, Optional[Path], frozenset]) -> str:
+def _describe(exc: ValidationError, sources: Tuple[Dict[str, str], Optional[Path], frozenset]) -> str:
     """One line for the first error: the variable, what it expects, the value given and where
     that came from (``sources`` as load_settings() keeps them: see _where())."""
     first = exc.errors()[0]
@@ -552,12 +564,13 @@ def _describe(exc: ValidationError, sources: Tuple[frozenset, Optional[Path], fr
     return f"{name}: expected {expected}, got {given!r} ({_where(field, *sources)})"
 
 
-def _where(field: str, arguments: Any, env_file: Optional[Path], file_names: Any) -> str:
-    """Where the value of ``field`` came from: an argument, the environment, the .env file
-    (``file_names``: the names it sets, upper case) or the default."""
+def _where(field: str, arguments: Mapping[str, str], env_file: Optional[Path], file_names: Any) -> str:
+    """Where the value of ``field`` came from: an argument (``arguments``: the fields given as
+    arguments, each with how it was given), the environment, the .env file (``file_names``:
+    the names it sets, upper case) or the default."""
     name = ENV_PREFIX + field.upper()
     if field in arguments:
-        return "from an argument"
+        return f"from {arguments[field]}"  # "an argument", or the command's flag
     if name in {key.upper() for key in os.environ}:
         return "from the environment"
     if env_file is not None and name in file_names:

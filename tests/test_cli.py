@@ -3,6 +3,7 @@ real files, with a controlled environment, checking files, the books and the exi
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import os
 import re
@@ -319,8 +320,36 @@ def test_an_unknown_connector_says_where_its_name_came_from(work):
 
     assert "OELEO_CONNECTOR='sftpx'" in from_file and f"(from {work / '.env'})" in from_file
     assert "OELEO_CONNECTOR='sftpy' (from the environment)" in from_env
-    assert "OELEO_CONNECTOR='sftpz' (from an argument)" in from_argument
+    assert "OELEO_CONNECTOR='sftpz' (from --connector)" in from_argument
     assert all("unknown connector" in line for line in (from_file, from_env, from_argument))
+
+
+@pytest.mark.parametrize(
+    "args, says",
+    [
+        (["schedule", "--max-runs", "-1"], "got -1 (from --max-runs)"),
+        (["watch", "--full-pass-every", "-3"], "got -3.0 (from --full-pass-every)"),
+        (["run", "--checker", "nope"], "(from --checker)"),
+    ],
+)
+def test_a_bad_flag_value_is_named_by_its_flag(work, args, says):
+    line = one_line_error(oeleo(work, args[0], "--from", "src", "--to", "dst", *args[1:]))
+    assert says in line, line
+
+
+def test_the_table_of_setting_flags_matches_the_parser():
+    from oeleo.cli import SETTING_FLAGS, build_parser
+
+    seen = {}
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for sub in commands.choices.values():
+        for action in sub._actions:
+            if action.dest in SETTING_FLAGS:
+                seen.setdefault(action.dest, set()).update(action.option_strings)
+    assert set(seen) == set(SETTING_FLAGS), "a setting the flags give is missing from the table, or gone"
+    for dest, flag in SETTING_FLAGS.items():
+        assert flag in seen[dest], (dest, flag, seen[dest])
 
 
 def test_status_before_any_run_is_a_one_line_error(work):

@@ -434,8 +434,11 @@ def test_a_bad_header_fails_the_file_in_one_line_and_the_run_goes_on(tmp_path):
 @pytest.mark.parametrize(
     "value, says",
     [
-        ("astro", "OELEO_CHECKER=astro: expected checksum, fits, or pkg.mod:Class"),
-        ("nowhere.at_all:Checker", "OELEO_CHECKER=nowhere.at_all:Checker: cannot import it"),
+        ("astro", "OELEO_CHECKER='astro' (from the environment): expected checksum, fits, or pkg.mod:Class"),
+        (
+            "nowhere.at_all:Checker",
+            "OELEO_CHECKER='nowhere.at_all:Checker' (from the environment): cannot import it",
+        ),
         ("oeleo.fits:Inspection", "not a subclass of oeleo.checkers.Checker"),
     ],
 )

@@ -94,16 +94,16 @@ def get_connector_class(name: str, where: str = "") -> Type[Connector]:
         spec = key
     if spec is None:
         spec = _entry_point(ENTRY_POINT_GROUP, key)
+    origin = f" ({where})" if where else ""
     if spec is None:
         known = ", ".join(sorted(BUILTIN))
-        origin = f" ({where})" if where else ""
         raise ConfigError(
             f"OELEO_CONNECTOR={name!r}{origin}: unknown connector; expected one of {known}, "
             "or package.module:ClassName"
         )
     cls = load_object(spec, "OELEO_CONNECTOR")
     if not (isinstance(cls, type) and issubclass(cls, Connector)):
-        raise ConfigError(f"OELEO_CONNECTOR={name!r}: {spec} is not a subclass of oeleo Connector")
+        raise ConfigError(f"OELEO_CONNECTOR={name!r}{origin}: {spec} is not a subclass of oeleo Connector")
     missing = cls._unimplemented()
     if missing:  # said before anything runs, as a setting to fix (not Python's TypeError)
         raise ConfigError(

@@ -32,19 +32,21 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def get_scheduler_class(name: str) -> Any:
-    """The scheduler class for ``OELEO_SCHEDULER``."""
+def get_scheduler_class(name: str, where: str = "") -> Any:
+    """The scheduler class for ``OELEO_SCHEDULER``; ``where`` (``from --scheduler``, ``from the
+    environment``) says in a refusal where the name came from."""
     from oeleo.connectors import _entry_point, load_object
 
     key = name.strip()
     spec = BUILTIN.get(key.lower()) or (key if ":" in key else _entry_point(ENTRY_POINT_GROUP, key))
+    named = f"OELEO_SCHEDULER={name!r}" + (f" ({where})" if where else "")
     if spec is None:
         known = ", ".join(sorted(BUILTIN))
-        raise ConfigError(f"OELEO_SCHEDULER={name!r}: unknown scheduler; expected one of {known}")
+        raise ConfigError(f"{named}: unknown scheduler; expected one of {known}")
     cls = load_object(spec, "OELEO_SCHEDULER")
     if not (isinstance(cls, type) and callable(getattr(cls, "start", None))):
         raise ConfigError(
-            f"OELEO_SCHEDULER={name!r}: {spec} is not a scheduler (a class with a start() method, "
+            f"{named}: {spec} is not a scheduler (a class with a start() method, "
             "such as a subclass of oeleo SchedulerBase)"
         )
     return cls
