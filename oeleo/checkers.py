@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Protocol, Sequence, Union
 
 from oeleo import fits
-from oeleo.errors import ConfigError, FileIncomplete, TransferError
+from oeleo.errors import ConfigError, FileIncomplete, TransferError, named_setting
 from oeleo.names import printable
 
 log = logging.getLogger("oeleo")
@@ -295,7 +295,8 @@ def checker_from_settings(settings: Any) -> Checker:
     ``Checker`` subclass, built by its ``from_settings(settings)`` if it has one, else with
     the ``OELEO_CHECKSUM`` algorithm)."""
     name = settings.checker.strip()
-    named = settings.named("checker") if hasattr(settings, "named") else f"OELEO_CHECKER={name!r}"
+    where = getattr(settings, "where", None)  # a Settings says where the name came from
+    named = named_setting("OELEO_CHECKER", name, where("checker") if where else "")
     cls: Any = CHECKERS.get(name.lower())
     if cls is None:
         module_name, _, class_name = name.partition(":")

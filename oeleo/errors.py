@@ -128,3 +128,9 @@ def first_line(exc: BaseException) -> str:
     """The first line of what ``exc`` says (its class's name when it says nothing)."""
     text = str(exc).strip() or type(exc).__name__
     return text.splitlines()[0]
+
+
+def named_setting(variable: str, value: object, where: str = "") -> str:
+    """A setting as a refusal names it: ``OELEO_CHECKER='nope' (from --checker)``; ``where``
+    is ``Settings.where()``'s answer, empty when unknown."""
+    return f"{variable}={value!r}" + (f" ({where})" if where else "")

@@ -83,12 +83,6 @@ class Settings(BaseSettings):
         arguments, env_file, file_names = self._sources
         return _where(field, arguments, env_file, file_names)
 
-    def named(self, field: str) -> str:
-        """A setting as a refusal names it: ``OELEO_CHECKER='nope' (from --checker)``."""
-        where = self.where(field)
-        value = getattr(self, field)
-        return f"{ENV_PREFIX}{field.upper()}={value!r}" + (f" ({where})" if where else "")
-
     # Where from, where to (published oeleo names).
     base_dir_from: Optional[Path] = Field(None, description="Folder the instrument writes to.")
     base_dir_to: Optional[str] = Field(

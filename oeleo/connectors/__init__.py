@@ -16,7 +16,7 @@ from typing import Any, Dict, Optional, Type
 from oeleo.compat import register_password
 from oeleo.connectors.base import Connector, Features, FileEntry, FolderConnector, PutResult, Stored, Upload
 from oeleo.connectors.local import LocalConnector
-from oeleo.errors import ConfigError
+from oeleo.errors import ConfigError, named_setting
 
 ENTRY_POINT_GROUP = "oeleo.connectors"
 
@@ -94,16 +94,13 @@ def get_connector_class(name: str, where: str = "") -> Type[Connector]:
         spec = key
     if spec is None:
         spec = _entry_point(ENTRY_POINT_GROUP, key)
-    origin = f" ({where})" if where else ""
+    named = named_setting("OELEO_CONNECTOR", name, where)
     if spec is None:
         known = ", ".join(sorted(BUILTIN))
-        raise ConfigError(
-            f"OELEO_CONNECTOR={name!r}{origin}: unknown connector; expected one of {known}, "
-            "or package.module:ClassName"
-        )
+        raise ConfigError(f"{named}: unknown connector; expected one of {known}, or package.module:ClassName")
     cls = load_object(spec, "OELEO_CONNECTOR")
     if not (isinstance(cls, type) and issubclass(cls, Connector)):
-        raise ConfigError(f"OELEO_CONNECTOR={name!r}{origin}: {spec} is not a subclass of oeleo Connector")
+        raise ConfigError(f"{named}: {spec} is not a subclass of oeleo Connector")
     missing = cls._unimplemented()
     if missing:  # said before anything runs, as a setting to fix (not Python's TypeError)
         raise ConfigError(

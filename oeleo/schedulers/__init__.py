@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any, Dict
 
-from oeleo.errors import ConfigError
+from oeleo.errors import ConfigError, named_setting
 from oeleo.schedulers.base import SchedulerBase
 from oeleo.schedulers.simple import SimpleScheduler
 
@@ -39,7 +39,7 @@ def get_scheduler_class(name: str, where: str = "") -> Any:
 
     key = name.strip()
     spec = BUILTIN.get(key.lower()) or (key if ":" in key else _entry_point(ENTRY_POINT_GROUP, key))
-    named = f"OELEO_SCHEDULER={name!r}" + (f" ({where})" if where else "")
+    named = named_setting("OELEO_SCHEDULER", name, where)
     if spec is None:
         known = ", ".join(sorted(BUILTIN))
         raise ConfigError(f"{named}: unknown scheduler; expected one of {known}")
