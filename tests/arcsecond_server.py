@@ -27,7 +27,8 @@ each behaviour comes from (files of that client, or of Oort 1.13.1, its predeces
 - ``GET /files/<id>/<name>``: the bytes, as the S3 URL in a DataFile's ``file`` would give.
 
 On demand (``fail``, ``hang``) it answers 401, 403, 404, 413, 429 with Retry-After, 500, or
-nothing at all (a timeout), a given number of times.
+nothing at all (a timeout), a given number of times; with ``store`` a POST is done first and
+only its answer is lost (a proxy's 502 or a timeout after the server acted).
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ class Fault:
     headers: Dict[str, str] = field(default_factory=dict)
     body: Any = None
     hang: float = 0.0  # seconds to wait, then close without answering
-    store: bool = False  # a hang after the upload was stored (the answer is lost)
+    store: bool = False  # the POST is done (a file stored, a dataset made), then its answer is lost
 
 
 def unquote_header(value: str) -> str:
@@ -240,9 +241,12 @@ def _handler(fake: FakeArcsecond) -> type:
             fault = fake._fault(method, endpoint)
             if fault is not None:
                 body = self._body()
+                if fault.store and method == "POST" and endpoint == "datafiles":
+                    self._upload(org, body, answer=False)
+                elif fault.store and method == "POST" and endpoint == "datasets":
+                    data = json.loads(body or b"{}")
+                    fake.add_dataset(data["name"], org, data.get("telescope"))
                 if fault.hang:
-                    if fault.store and endpoint == "datafiles" and method == "POST":
-                        self._upload(org, body, answer=False)
                     fake._release.wait(fault.hang)
                     self.close_connection = True
                     return None

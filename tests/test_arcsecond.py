@@ -271,8 +271,8 @@ def test_a_key_refused_in_the_middle_of_a_batch_books_what_was_copied_then_stops
     key = fake.key
     post_json = conn.api.post_json
 
-    def revoked_after_the_first_upload(url, json=None, body=None):
-        reply = post_json(url, json=json, body=body)
+    def revoked_after_the_first_upload(url, json=None, body=None, **options):
+        reply = post_json(url, json=json, body=body, **options)
         if body is not None:
             fake.key = "the-key-was-revoked-meanwhile"
         return reply
@@ -415,6 +415,53 @@ def test_an_unknown_organisation_exits_2_naming_the_setting(fake, tmp_path):
 
     assert done.returncode == 2
     assert "'nolab'" in done.stderr and "OELEO_ARCSECOND_ORGANISATION" in done.stderr
+
+
+@pytest.mark.parametrize("bad", ["../lab", "lab/../obs2", "lab?page=2", "lab x", "-lab", "l%2F.."])
+def test_an_organisation_that_is_not_a_subdomain_exits_2_naming_it_before_any_request(fake, tmp_path, bad):
+    source = night(tmp_path)
+
+    done = run_oeleo("run", cwd=tmp_path, env=settings(fake, source, OELEO_ARCSECOND_ORGANISATION=bad))
+
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"OELEO_ARCSECOND_ORGANISATION={bad!r}" in lines[0], done.stderr
+    assert fake.log == []  # no URL was built from it
+
+
+@pytest.mark.parametrize("lost", ["a 500 after it was made", "no answer after it was made"])
+def test_a_dataset_made_whose_answer_was_lost_is_looked_up_not_made_twice(fake, tmp_path, lost):
+    source = night(tmp_path)
+    if lost.startswith("a 500"):
+        fake.fail("POST", "datasets", 500, store=True)
+    else:
+        fake.hang("POST", "datasets", 10, store=True)
+    env = settings(fake, source, OELEO_ARCSECOND_TIMEOUT="0.5")
+
+    first = run_oeleo("run", cwd=tmp_path, env=env)
+    again = run_oeleo("run", cwd=tmp_path, env=env)
+
+    assert first.returncode == 0, first.stderr
+    assert again.returncode == 0, again.stderr
+    assert fake.dataset_names() == ["night1", "night1/run1"]  # each once
+    assert fake.count("POST", "datasets") == 2  # the lost one was not sent again
+    assert set(fake.stored()["night1"]) == {"a.fits", "b.fits"}
+    assert "3 unchanged" in again.stderr
+
+
+def test_a_dataset_post_that_failed_before_making_it_is_sent_again_then_reported(fake, tmp_path):
+    source = night(tmp_path)
+    conn = connector(fake, retries=2)
+    fake.fail("POST", "datasets", 500, times=1)
+
+    conn.put(source / "a.fits", "a.fits")
+
+    assert fake.dataset_names() == ["night1"] and fake.count("POST", "datasets") == 2
+    fake.fail("POST", "datasets", 500, times=10)
+    with pytest.raises(TransferError, match="cannot create dataset 'night1/run1'.*HTTP 500"):
+        conn.put(source / "run1" / "c.fits", "run1/c.fits")
+    assert fake.count("POST", "datasets") == 2 + 3  # the first try and 2 more, each after a look
+    assert fake.dataset_names() == ["night1"]
 
 
 def test_a_dataset_name_matching_two_datasets_exits_2_in_one_line(fake, tmp_path):
@@ -629,8 +676,8 @@ def test_a_copy_whose_size_the_api_reports_wrong_is_removed_again(fake, tmp_path
     conn = connector(fake)
     post_json = conn.api.post_json
 
-    def wrong_size(url, json=None, body=None):
-        reply = post_json(url, json=json, body=body)
+    def wrong_size(url, json=None, body=None, **options):
+        reply = post_json(url, json=json, body=body, **options)
         if body is not None:
             reply["size"] += 1
         return reply

@@ -22,8 +22,10 @@ import errno
 import logging
 import os
 import posixpath
+import re
 import socket
 import threading
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Sequence
@@ -60,6 +62,8 @@ log = logging.getLogger("oeleo")
 
 DEFAULT_API_URL = "https://api.arcsecond.io"
 ALREADY_THERE = "already exists in dataset"  # arcsecond cloud/uploader/uploader.py, _perform_upload
+# An organisation is a subdomain (https://<organisation>.arcsecond.io) and a part of every URL.
+ORGANISATION = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9_-]*[A-Za-z0-9])?$")
 
 
 def config_file() -> Path:
@@ -190,6 +194,12 @@ class ArcsecondConnector(Connector):
             key = found
         self.root_name = root_name.strip("/")
         self.organisation = (organisation or "").strip().strip("/")
+        if self.organisation and not ORGANISATION.match(self.organisation):
+            # It becomes a part of every URL: "../lab" or "lab/x" would reach another's.
+            raise ConfigError(
+                f"OELEO_ARCSECOND_ORGANISATION={organisation!r}: expected an organisation's subdomain "
+                "(letters, digits and '-', as in https://<organisation>.arcsecond.io)"
+            )
         self.telescope = (telescope or "").strip() or None
         self.is_raw = is_raw
         # The host name, as Oort tagged its uploads; nothing else about the machine.
@@ -315,16 +325,35 @@ class ArcsecondConnector(Connector):
         data = {"name": name}
         if self.telescope:
             data["telescope"] = self.telescope
-        try:
-            created = self.api.post_json(self.api.url("datasets"), json=data)
-        except HTTPFailure as exc:
-            if exc.status == 404:
-                raise self._datasets_failure(exc) from None
-            raise ConfigError(
-                f"Arcsecond cannot create dataset {name!r} ({exc}): check OELEO_ARCSECOND_TELESCOPE"
-            ) from None
-        log.info("created Arcsecond dataset %s", printable(name))
-        return Dataset(name, str(created["uuid"]), files={})
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                created = self.api.post_json(self.api.url("datasets"), json=data, resend=False)
+            except HTTPFailure as exc:
+                if exc.status == 404:
+                    raise self._datasets_failure(exc) from None
+                if exc.status < 500:
+                    raise ConfigError(
+                        f"Arcsecond cannot create dataset {name!r} ({exc}): check OELEO_ARCSECOND_TELESCOPE"
+                    ) from None
+                failure: Exception = TransferError(f"Arcsecond cannot create dataset {name!r} ({exc})")
+            except ConnectionLost as exc:
+                failure = exc
+            else:
+                log.info("created Arcsecond dataset %s", printable(name))
+                return Dataset(name, str(created["uuid"]), files={})
+            # Dataset names are not unique: the answer may have been lost after the dataset
+            # was made, and sending again would make a second one. Look before sending again.
+            found = self._find(name)
+            if found is not None:
+                log.info("Arcsecond dataset %s was made, its answer lost", printable(name))
+                return found
+            if attempt > self.api.retries:
+                raise failure
+            wait = self.api.pause(attempt)
+            log.warning("Arcsecond: %s; trying again in %.1f s", failure, wait)
+            time.sleep(wait)
 
     def _datasets_failure(self, exc: HTTPFailure) -> Exception:
         if exc.status == 404 and self.organisation:

@@ -216,8 +216,14 @@ class ArcsecondAPI:
         json: Any = None,
         body: Optional[MultipartBody] = None,
         stream: bool = False,
+        resend: bool = True,
     ) -> Any:
-        """One request, retried as the class says; the ``requests`` response when it succeeded."""
+        """One request, retried as the class says; the ``requests`` response when it succeeded.
+
+        ``resend=False``: a request that must not be sent twice blindly (one that creates
+        something whose name is not unique) is not sent again after a 5xx or a lost answer,
+        which may come after the server acted: ``HTTPFailure`` or ``ConnectionLost`` at
+        once, for the caller to look first. A 429 is still waited for (nothing was done)."""
         import requests
 
         headers = self._headers(url)
@@ -240,9 +246,9 @@ class ArcsecondAPI:
                 )
             except (requests.ConnectionError, requests.Timeout) as exc:
                 reason = _reason(exc)
-                if attempt > self.retries:
+                if attempt > self.retries or not resend:
                     raise ConnectionLost(f"Arcsecond at {self.api_url} did not answer: {reason}") from None
-                wait = self.backoff * 2 ** (attempt - 1)
+                wait = self.pause(attempt)
                 log.warning("Arcsecond: %s; trying again in %.1f s", reason, wait)
             else:
                 status = response.status_code
@@ -268,19 +274,25 @@ class ArcsecondAPI:
                             f"Arcsecond is busy (HTTP 429), asking to wait {wait:.0f} s; tried again next run"
                         )
                     log.warning("Arcsecond asks to wait %.1f s (HTTP 429)", wait)
-                elif status >= 500 and attempt <= self.retries:
-                    wait = self.backoff * 2 ** (attempt - 1)
+                elif status >= 500 and attempt <= self.retries and resend:
+                    wait = self.pause(attempt)
                     log.warning("Arcsecond: HTTP %d; trying again in %.1f s", status, wait)
                 else:
                     raise HTTPFailure(status, detail, text)
             time.sleep(wait)
 
+    def pause(self, attempt: int) -> float:
+        """The backoff before attempt ``attempt + 1``: ``backoff``, doubled each time."""
+        return self.backoff * 2 ** (attempt - 1)
+
     def get_json(self, url: str, params: Optional[Mapping[str, str]] = None) -> Any:
         response = self.request("GET", url, params=params)
         return _json(response, url)
 
-    def post_json(self, url: str, json: Any = None, body: Optional[MultipartBody] = None) -> Any:
-        response = self.request("POST", url, json=json, body=body)
+    def post_json(
+        self, url: str, json: Any = None, body: Optional[MultipartBody] = None, resend: bool = True
+    ) -> Any:
+        response = self.request("POST", url, json=json, body=body, resend=resend)
         return _json(response, url)
 
     def list(self, path: str, params: Optional[Mapping[str, str]] = None) -> Iterator[Dict[str, Any]]:
