@@ -215,7 +215,13 @@ class Worker:
         """Open the books (creating or upgrading them); stops if another run holds them."""
         if self._db_open or self._no_books:
             return
-        if self.dry_run and not self.bookkeeper.exists():
+        first = not self.bookkeeper.exists()
+        if first:
+            # A first run from a folder that is not there (a typo) leaves nothing behind: no
+            # books, no lock file. Once the books exist, such a run is recorded as failed in
+            # them, for `oeleo status` and the monitor (a drive that went away at night).
+            self._check_source()
+        if self.dry_run and first:
             self._no_books = True
             log.info("dry run: %s does not exist yet; every file is new", self.bookkeeper.description)
             return
@@ -449,14 +455,30 @@ class Worker:
         folder, destination = str(self.local_connector.directory), str(self.external_connector)
         self.alerts.after_pass(self.bookkeeper, outcome, folder, destination)
 
+    def _record_unlisted(self, began: datetime.datetime, exc: BaseException) -> None:
+        """A pass whose source folder could not be read (gone, unreadable) is a failed run in
+        the books, for ``oeleo status`` and the monitor: the instrument PC's drive that went
+        away at night shows there, not only on a screen nobody reads."""
+        if not self._db_open or self.dry_run:
+            return
+        try:
+            self.bookkeeper.start_run(began)
+            self.bookkeeper.finish_run("failed", 0, 0, 0, f"source not read: {first_line(exc)}")
+        except Exception as books_exc:  # noqa: BLE001 - the source's error is the one to say
+            log.debug("the failed start of this run could not be recorded: %s", books_exc)
+
     def _pass(self, began: datetime.datetime) -> RunSummary:
         started = time.monotonic()
         self.connect_to_db()
         if self._entries is None:
-            if type(self).filter_local is not Worker.filter_local:
-                self.filter_local()  # a subclass chooses the files its own way
-            else:
-                self._list_local()  # the same, without building 0.7's list of paths
+            try:
+                if type(self).filter_local is not Worker.filter_local:
+                    self.filter_local()  # a subclass chooses the files its own way
+                else:
+                    self._list_local()  # the same, without building 0.7's list of paths
+            except (ConfigError, OSError) as exc:
+                self._record_unlisted(began, exc)
+                raise
         entries = self._entries or []
         records = self.bookkeeper.load() if self._db_open else {}
         summary = RunSummary(listed=len(entries), dry_run=self.dry_run)

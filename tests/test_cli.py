@@ -466,9 +466,25 @@ def test_missing_base_dir_from_is_one_line_naming_the_variable(work):
     assert "OELEO_BASE_DIR_FROM" in line
 
 
-def test_missing_source_folder_is_one_line_naming_it(work):
+def test_missing_source_folder_is_one_line_naming_it_and_a_first_run_leaves_nothing(work):
+    before = sorted(p.name for p in work.iterdir())
+
     line = one_line_error(oeleo(work, "run", "--from", "no-such-folder", "--to", "dst"))
+
     assert "no-such-folder" in line
+    assert sorted(p.name for p in work.iterdir()) == before  # no books, no lock file, no dst
+
+
+def test_a_source_folder_gone_after_the_books_exist_is_a_failed_run_in_them(work):
+    assert oeleo(work, *run_args()).returncode == 0
+    (work / "src").rename(work / "unplugged")
+
+    line = one_line_error(oeleo(work, *run_args()))
+
+    assert "src" in line
+    with sqlite3.connect(work / "books.db") as db:
+        last = db.execute("SELECT status FROM oeleo_runs ORDER BY id DESC LIMIT 1").fetchone()
+    assert last == ("failed",)
 
 
 def test_min_age_not_a_number_in_dot_env_is_one_line(work):
