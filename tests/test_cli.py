@@ -461,6 +461,15 @@ def test_failed_file_is_copied_on_a_later_run_once_the_cause_is_gone(work):
     assert rows(work / "books.db")["b.csv"]["last_error"] is None
 
 
+def test_a_relative_destination_is_booked_as_the_absolute_path_of_each_copy(work):
+    done = oeleo(work, "run", "--from", "src", "--to", f"../{work.name}/./dst", "--db", "books.db")
+
+    assert done.returncode == 0, done.stderr
+    booked = {name: row["external_name"] for name, row in rows(work / "books.db").items()}
+    assert booked and all(Path(name).is_absolute() for name in booked.values()), booked
+    assert all(Path(booked[name]).read_bytes() == (work / "src" / name).read_bytes() for name in booked)
+
+
 def test_missing_base_dir_from_is_one_line_naming_the_variable(work):
     line = one_line_error(oeleo(work, "run", "--to", "dst", "--db", "books.db"))
     assert "OELEO_BASE_DIR_FROM" in line

@@ -289,7 +289,10 @@ class LocalConnector(FolderConnector):
         return path
 
     def external_name(self, relpath: str) -> str:
-        return self._fs_path(relpath)
+        """The copy's absolute path: the books name it so that it holds from any folder (a
+        relative ``--to ../dst`` booked as typed would mean another place elsewhere)."""
+        path = self._fs_path(relpath)
+        return path if os.path.isabs(path) else os.path.abspath(path)
 
     # -- read side --------------------------------------------------------------------
     def list_files(
