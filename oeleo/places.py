@@ -13,6 +13,7 @@ twice changes nothing.
 from __future__ import annotations
 
 import re
+import warnings
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Collection, Dict, Optional, Tuple
 from urllib.parse import unquote
@@ -100,6 +101,7 @@ def resolve_destination(settings: Settings, given: Collection[str] = ()) -> Sett
     """
     match = _URL.match((settings.base_dir_to or "").strip())
     if match is None:
+        _check_plain(settings, "base_dir_to" in given)
         return settings
     text = match.group(0)
     chosen = settings.connector.strip()
@@ -131,6 +133,42 @@ def resolve_destination(settings: Settings, given: Collection[str] = ()) -> Sett
         update[name] = value
     update["base_dir_to"] = place.values.get("base_dir_to")
     return settings.model_copy(update=update)
+
+
+# Connectors whose place is not a folder: what names it instead.
+_PLACE_OF = {
+    "s3": "its place is OELEO_S3_BUCKET and OELEO_S3_PREFIX, or --to s3://BUCKET/PREFIX",
+    "arcsecond": (
+        "its place is the personal account or OELEO_ARCSECOND_ORGANISATION, or --to arcsecond:// "
+        "or arcsecond://ORGANISATION (datasets are named after the source's folders)"
+    ),
+}
+# "s3:bucket/x", "arcsecond:lab": a URL without its "//" (one letter is a Windows drive: C:data).
+_NO_SLASHES = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]+):/?(?P<rest>(?!/).*)$", re.DOTALL)
+
+
+def _check_plain(settings: Settings, flag: bool) -> None:
+    """A destination that is not a URL: a known scheme without its ``//`` is refused (it would
+    be a folder of that odd name, or be ignored); a folder given to a connector that has none
+    (s3, arcsecond) is refused when it is a flag of this command and a warning when it comes
+    from the environment or the ``.env`` (a line left from .env.example)."""
+    text = (settings.base_dir_to or "").strip()
+    if not text:
+        return
+    typo = _NO_SLASHES.match(text)
+    if typo is not None and typo.group("scheme").lower() in SCHEMES:
+        scheme = typo.group("scheme").lower()
+        slashes = ":///" if scheme == "file" else "://"  # file:/srv is file:///srv (no host)
+        meant = f"{scheme}{slashes}{typo.group('rest')}"
+        raise ConfigError(f"{SETTING}={text}: a destination URL is written {meant}")
+    chosen = settings.connector.strip().lower()
+    instead = _PLACE_OF.get(chosen)
+    if instead is None:
+        return
+    message = f"{SETTING}={text}: the {chosen} connector copies to no folder; {instead}"
+    if flag:
+        raise ConfigError(message)
+    warnings.warn(f"{message}; the folder is not used", stacklevel=3)
 
 
 # -- the schemes ----------------------------------------------------------------------------

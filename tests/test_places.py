@@ -441,6 +441,48 @@ def test_oeleo_connector_arcsecond_needs_no_to_and_uses_the_personal_account(arc
     assert arcsecond.stored("") == {"night2": {"m42.fits": b"frame 2"}}
 
 
+@pytest.mark.parametrize(
+    "typed, meant",
+    [("arcsecond:lab", "arcsecond://lab"), ("s3:bucket/x", "s3://bucket/x"), ("sftp:/host/d", "sftp://host/d"),
+     ("FILE:/srv", "file:///srv")],
+)  # fmt: skip
+@pytest.mark.parametrize("connector", ["local", "arcsecond", "s3"])
+def test_a_url_missing_its_slashes_is_refused_saying_how_it_is_written(typed, meant, connector):
+    refused = f"^OELEO_BASE_DIR_TO={typed}: a destination URL is written {meant}$"
+    with pytest.raises(ConfigError, match=refused):
+        resolve_destination(load_settings(base_dir_to=typed, connector=connector))
+
+
+@pytest.mark.filterwarnings("ignore:OELEO_BASE_DIR_TO=.* looks like a Windows path")
+@pytest.mark.parametrize("path", ["C:data", "c:/data", "lab-server:raw", "./s3:x"])
+def test_paths_that_are_not_urls_without_slashes_stay_paths(path):
+    assert resolve_destination(load_settings(base_dir_to=path)).base_dir_to == path
+
+
+@pytest.mark.parametrize("connector", ["s3", "arcsecond"])
+def test_a_folder_for_a_connector_without_folders_is_refused_as_a_flag_and_a_warning_from_the_env(connector):
+    settings = load_settings(base_dir_to="demo-copy", connector=connector)
+    refused = f"OELEO_BASE_DIR_TO=demo-copy: the {connector} connector copies to no folder"
+    with pytest.raises(ConfigError, match=refused):
+        resolve_destination(settings, given={"base_dir_to"})
+    with pytest.warns(UserWarning, match="the folder is not used"):
+        assert resolve_destination(settings).base_dir_to == "demo-copy"
+
+
+def test_oeleo_run_to_arcsecond_without_slashes_exits_2_and_sends_nothing(arcsecond, tmp_path):
+    make_tree(tmp_path / "night1", {"m31.fits": b"frame 1"})
+    env = arcsecond_env(arcsecond, OELEO_CONNECTOR="arcsecond")
+
+    done = run_oeleo("run", "--from", "night1", "--to", "arcsecond:lab", cwd=tmp_path, env=env)
+
+    assert done.returncode == 2
+    assert (
+        done.stderr.strip()
+        == "oeleo: OELEO_BASE_DIR_TO=arcsecond:lab: a destination URL is written arcsecond://lab"
+    )
+    assert arcsecond.log == [] and not (tmp_path / "oeleo-file-list.db").exists()
+
+
 def test_arcsecond_worker_uploads_to_the_organisation_given(arcsecond, tmp_path, monkeypatch):
     from oeleo.workers import arcsecond_worker
 
