@@ -14,7 +14,7 @@ from oeleo.errors import BookkeeperError
 from oeleo.models import SHOULD_BE_COPIED_IF_CHANGED, SHOULD_NOT_BE_COPIED, Bookkeeper, Record
 from oeleo.names import printable, printable_text
 from oeleo.reporters import Reporter
-from oeleo.summary import NOT_REPLACED, RunSummary
+from oeleo.summary import RunSummary, not_replaced_reason
 
 log = logging.getLogger("oeleo")
 
@@ -58,7 +58,7 @@ class Booking:
         elif kind == "not_replaced":
             # Booked as seen, so that it is not tried again until it changes again; the row
             # keeps the checksum of the version the store holds. The store's words, if any.
-            reason = value or NOT_REPLACED
+            reason = not_replaced_reason(value)
             summary.not_replaced += 1
             self.bookkeeper.record_seen(entry.relpath, entry.size, entry.mtime_ns, reason)
             log.warning("%s: %s", printable(entry.relpath), reason)

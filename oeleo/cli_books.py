@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, List, Optional, Sequence, Set
 
 from oeleo.cli import EXIT_OK, _console, _say, _settings, log
 from oeleo.errors import OeleoError
+from oeleo.summary import NOT_REPLACED, is_not_replaced
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -230,10 +231,24 @@ def cmd_status(args: argparse.Namespace) -> int:
     console.print(_describe_run(runs[0], alive) if runs else "last run: never", soft_wrap=True)
     if heartbeat is not None:
         console.print(_describe_heartbeat(heartbeat), soft_wrap=True)
+    kept = [row for row in errors if is_not_replaced(row.last_error)]
+    errors = [row for row in errors if not is_not_replaced(row.last_error)]
     if errors:
         console.print(f"{_counted(len(errors), 'file')} with errors:")
         for row in errors:
             console.print(f"  {_name(row)} (code {row.code}): {row.last_error}", soft_wrap=True)
+    if kept:  # not errors: the store keeps another version (it never overwrites)
+        console.print(
+            f"{_counted(len(kept), 'file')} already there in another version, not replaced (the store "
+            "does not overwrite files; remove its copy there for the next run to send this one):",
+            soft_wrap=True,
+        )
+        for row in kept:
+            reason = str(row.last_error)
+            words = reason[len(NOT_REPLACED) :].lstrip(": ") if reason.startswith(NOT_REPLACED) else ""
+            console.print(
+                f"  {_name(row)} (code {row.code})" + (f": {words}" if words else ""), soft_wrap=True
+            )
     if args.files:
         _print_files(console, rows, metadata=args.fits)
     return EXIT_OK
@@ -291,7 +306,7 @@ def _not_booked(settings: Settings, base: Path, books: Bookkeeper) -> str:
         new = sum(1 for entry in listing if entry.relpath not in booked)
     except (OeleoError, OSError) as exc:
         return f"not booked yet: unknown (the source folder cannot be listed: {exc})"
-    return f"not booked yet: {new} (in the source folder, not tried by any run)"
+    return f"not booked yet: {new} (in the source folder, not in the books: new, or not copied yet)"
 
 
 def _describe_run(run: RunLogTable, alive: Optional[bool] = None) -> str:

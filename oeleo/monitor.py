@@ -34,6 +34,7 @@ from oeleo.models import (
     _heartbeat_model,
     make_origin,
 )
+from oeleo.summary import NOT_REPLACED_START
 
 if TYPE_CHECKING:
     from oeleo.settings import Settings
@@ -330,7 +331,7 @@ def _failures(books: Bookkeeper, origin: str) -> List[Dict[str, Any]]:
     last_failing = failing[0][0] if failing else None
     query = (
         model.select(model.local_name, model.last_error, model.processed_date)
-        .where((model.origin == origin) & model.last_error.is_null(False))
+        .where((model.origin == origin) & _has_error(model))
         .order_by(model.local_name)
         .limit(FAILURES_SHOWN)
     )
@@ -342,6 +343,12 @@ def _failures(books: Bookkeeper, origin: str) -> List[Dict[str, Any]]:
             when = last_failing
         found.append({"file": name, "error": error, "when": iso(when)})
     return found
+
+
+def _has_error(model: Any) -> Any:
+    """Rows whose last attempt failed: a reason booked, other than "already there, not
+    replaced" (a store that never overwrites keeps another version: a note, not an error)."""
+    return model.last_error.is_null(False) & ~model.last_error.startswith(NOT_REPLACED_START)
 
 
 def _daily(books: Bookkeeper, origin: Optional[str], now: float) -> List[Dict[str, Any]]:
@@ -366,9 +373,10 @@ def _counts_by_origin(books: Bookkeeper) -> Dict[str, Dict[str, int]]:
     """Rows per origin and code, and those with an error, in one pass over the table."""
     model = books.db_model
     counts: Dict[str, Dict[str, int]] = {}
-    query = model.select(
-        model.origin, model.code, peewee.fn.COUNT(model.id), peewee.fn.COUNT(model.last_error)
-    ).group_by(model.origin, model.code)  # COUNT of a column counts the rows where it is set
+    failed = peewee.fn.SUM(peewee.Case(None, [(_has_error(model), 1)], 0))
+    query = model.select(model.origin, model.code, peewee.fn.COUNT(model.id), failed).group_by(
+        model.origin, model.code
+    )
     for origin, code, n, failed in _tuples(query):
         entry = counts.setdefault(origin, _empty_counts())
         if code in _CODE_KEYS:
@@ -439,7 +447,7 @@ def files_document(
         model.last_error,
     ).where(model.origin == (origin or ""))
     if code == "failed":
-        query = query.where(model.last_error.is_null(False))
+        query = query.where(_has_error(model))
     elif code:
         query = query.where(model.code == int(code))
     if "\x00" in q:  # no file name holds one; SQLite would end the pattern there, PostgreSQL refuse it

@@ -15,6 +15,22 @@ def _count_files(n: int) -> str:
 
 
 NOT_REPLACED = "already there, not replaced (the store does not overwrite files)"
+# Every booked reason of a file the store keeps in another version starts so: not an error.
+NOT_REPLACED_START = "already there, not replaced"
+
+
+def not_replaced_reason(words: Optional[str] = None) -> str:
+    """The reason booked for a file the store keeps in another version: ``NOT_REPLACED``,
+    then the store's own words when it gave some."""
+    words = (words or "").strip()
+    if not words or words.startswith(NOT_REPLACED_START):
+        return words or NOT_REPLACED
+    return f"{NOT_REPLACED}: {words}"
+
+
+def is_not_replaced(reason: Optional[str]) -> bool:
+    """Whether a booked reason says "already there, not replaced" (a note, not an error)."""
+    return bool(reason) and str(reason).startswith(NOT_REPLACED_START)
 
 
 @dataclass

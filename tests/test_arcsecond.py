@@ -193,6 +193,27 @@ def test_a_changed_file_is_already_there_not_replaced_and_exits_0(fake, tmp_path
     assert "missing or different" not in out, out
 
 
+def test_status_and_the_monitor_tell_a_file_not_replaced_from_a_failed_one(fake, tmp_path):
+    import json
+
+    source = night(tmp_path)
+    assert run_oeleo("run", cwd=tmp_path, env=settings(fake, source)).returncode == 0
+    (source / "a.fits").write_bytes(b"rewritten by the instrument")
+    fake.fail("POST", "datafiles", 413)
+    (source / "new.fits").write_bytes(b"too large for the server")
+    assert run_oeleo("run", cwd=tmp_path, env=settings(fake, source)).returncode == 1
+
+    shown = run_oeleo("status", cwd=tmp_path, env=settings(fake, source))
+    document = json.loads(run_oeleo("status", "--json", cwd=tmp_path, env=settings(fake, source)).stdout)
+
+    assert shown.returncode == 0, shown.stderr
+    errors, _, kept = shown.stdout.partition("already there in another version, not replaced")
+    assert "1 file with errors:" in errors and "new.fits" in errors and "a.fits" not in errors, shown.stdout
+    assert kept and "a.fits (code 1)" in kept and "new.fits" not in kept, shown.stdout
+    assert [f["file"] for f in document["failures"]] == ["new.fits"], document["failures"]
+    assert document["counts"]["failed"] == 1, document["counts"]
+
+
 def test_the_key_is_never_printed_logged_or_in_an_error(fake, tmp_path):
     source = night(tmp_path)
     logs = tmp_path / "logs"
@@ -628,7 +649,8 @@ def test_already_exists_with_other_bytes_books_that_reason(fake, tmp_path, monke
 
     assert (summary.copied, summary.failed, summary.not_replaced) == (2, 0, 1), summary.describe()
     reason = db_rows(source.parent / "books.db")["a.fits"]["last_error"]
-    assert reason.startswith("already there with other content") and "cannot commit" not in reason, reason
+    assert reason.startswith("already there, not replaced") and "cannot commit" not in reason, reason
+    assert "Arcsecond holds other content under this name" in reason, reason
 
 
 def test_a_new_file_rewritten_while_it_is_sent_sends_nothing_and_goes_next_run(fake, tmp_path, monkeypatch):

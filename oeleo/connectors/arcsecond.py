@@ -537,8 +537,8 @@ class ArcsecondConnector(Connector):
                 # Not a failure: the engine counts it as "already there, not replaced" (as a
                 # changed file found by the listing) and books this reason; the path is its own.
                 raise AlreadyThere(
-                    "already there with other content (another upload of this name: from another PC, "
-                    "or an earlier version of this file), not replaced: Arcsecond does not overwrite files"
+                    "Arcsecond holds other content under this name (another upload: from another PC, "
+                    "or an earlier version of this file)"
                 )
             return replace(staged, staging=relpath, upload=None, verified=True, verify_after_commit=False)
         verified = staged.verified
