@@ -26,7 +26,7 @@ from oeleo.batches import Batches, batches_in_flight
 from oeleo.booking import Booking
 from oeleo.checkers import Checker, ChecksumChecker, hash_file, streams
 from oeleo.compare import compare
-from oeleo.compress import stored_name
+from oeleo.compress import SUFFIX, stored_name
 from oeleo.connectors.base import (
     TEMP_SUFFIX,
     Connector,
@@ -70,27 +70,66 @@ AUTO_WORKERS = 2  # files copied at a time when OELEO_WORKERS is not set and the
 LATENCY_WORKERS = 4
 
 
-def _without_name_clashes(entries: List[FileEntry], compress: str, skipped: List[Skipped]) -> List[FileEntry]:
-    """The files whose compressed name is not also the name of another source file
-    (``m31.fits`` and ``m31.fits.gz`` side by side): those fail, named, and the other one
-    goes as it is. Folders on Windows do not tell case apart: neither do the names here."""
+# How the booked reason of a file in a name clash starts (cleared once the clash is gone).
+CLASH = "name clash: "
+
+
+def _without_name_clashes(
+    entries: List[FileEntry],
+    compress: str,
+    skipped: List[Skipped],
+    elsewhere: Optional[Callable[[str], bool]] = None,
+) -> List[FileEntry]:
+    """The files whose stored name no other source file would take: ``m31.fits`` compressed
+    and ``m31.fits.gz`` as it is would both be stored as ``m31.fits.gz``. Both fail, named,
+    and neither is copied until one is renamed: either copy would replace the other's (a
+    verified copy of the other file may be there already). ``elsewhere(relpath)``: whether a
+    file not among ``entries`` is in the source folder (a pass over some files only, such as
+    a watcher's); None when ``entries`` is the whole listing. Folders on Windows do not tell
+    case apart: neither do the names here."""
 
     def key(name: str) -> str:
         return name.casefold() if os.name == "nt" else name
 
-    names = {key(entry.relpath) for entry in entries}
-    kept: List[FileEntry] = []
+    names = {key(entry.relpath): entry.relpath for entry in entries}
+
+    def there(relpath: str) -> Optional[str]:
+        known = names.get(key(relpath))
+        if known is None and elsewhere is not None and elsewhere(relpath):
+            return relpath
+        return known
+
+    clashing: Dict[str, str] = {}  # relpath -> why it is not copied
+    plain: Optional[str]
+    gz: Optional[str]
     for entry in entries:
-        target = stored_name(entry.relpath, compress)
-        if target != entry.relpath and key(target) in names:
-            reason = (
-                f"compressed it would be stored as {printable(target)}, the name of another file "
-                "in the source folder; rename one of them (or leave OELEO_COMPRESS empty)"
-            )
-            skipped.append(Skipped(entry.relpath, reason, failed=True, book=True))
+        relpath = entry.relpath
+        target = stored_name(relpath, compress)
+        if target != relpath:  # compressed: is a file of its stored name there too?
+            plain, gz = relpath, there(target)
+        elif key(relpath).endswith(key(SUFFIX)):  # as it is: is a file there stored so?
+            candidate = relpath[: -len(SUFFIX)]
+            stored = stored_name(candidate, compress)
+            plain = there(candidate) if key(stored) == key(relpath) else None
+            gz, target = relpath, relpath
         else:
-            kept.append(entry)
-    return kept
+            continue
+        if plain is None or gz is None:
+            continue
+        clashing[plain] = (
+            f"{CLASH}compressed it would be stored as {printable(target)}, the name of another file "
+            "in the source folder; neither is copied until one of them is renamed (or OELEO_COMPRESS "
+            "is left empty)"
+        )
+        clashing[gz] = (
+            f"{CLASH}{printable(plain)}, compressed, would be stored under this name too; "
+            "neither is copied until one of them is renamed (or OELEO_COMPRESS is left empty)"
+        )
+    if not clashing:
+        return entries
+    for relpath in sorted(clashing):
+        skipped.append(Skipped(relpath, clashing[relpath], failed=True, book=True))
+    return [entry for entry in entries if entry.relpath not in clashing]
 
 
 def _source_path_of(local: Any) -> Callable[[str], Union[str, Path]]:
@@ -197,6 +236,7 @@ class Worker:
         if manifest:
             self.exclude.append(f"MANIFEST.{manifest}")  # never copied, listed or counted as a file
         self._entries: Optional[List[FileEntry]] = None
+        self._whole = True  # the entries are the whole listing (not a watcher's few files)
         self._skipped: List[Skipped] = []  # what the last listing did not list, and why
         self._stop = threading.Event()
         self._unreachable = threading.Event()  # set in a pass whose connection cannot be re-opened
@@ -384,7 +424,7 @@ class Worker:
             relpath = self._relative_name(path if path.is_absolute() else base / path)
             st = path.stat() if path.is_absolute() else (base / path).stat()
             entries.append(FileEntry(relpath, st.st_size, st.st_mtime_ns))
-        self._set_entries(entries)
+        self._set_entries(entries, whole=False)
         return self.file_names
 
     def add_entries(self, entries: Iterable[FileEntry]) -> None:
@@ -392,10 +432,13 @@ class Worker:
         changed files, checked against the filters by the watcher): nothing else is listed."""
         self._check_source()
         self._skipped = []
-        self._set_entries(list(entries))
+        self._set_entries(list(entries), whole=False)
 
-    def _set_entries(self, entries: List[FileEntry]) -> None:
+    def _set_entries(self, entries: List[FileEntry], whole: bool = True) -> None:
+        """The next pass's files; ``whole``: the source folder's whole listing (else some
+        files only: the other files are not known to be gone)."""
         self._entries = entries
+        self._whole = whole
         log.debug("%d candidate files in %s", len(entries), self.local_connector.directory)
 
     @property
@@ -484,7 +527,14 @@ class Worker:
         summary = RunSummary(listed=len(entries), dry_run=self.dry_run)
         skipped, self._skipped = self._skipped, []
         if self.compress:
-            entries = _without_name_clashes(entries, self.compress, skipped)
+            whole = self._whole
+            elsewhere = None if whole else (lambda relpath: self.local_connector.stat(relpath) is not None)
+            entries = _without_name_clashes(entries, self.compress, skipped, elsewhere)
+            if whole and not self.dry_run:
+                listed = {entry.relpath for entry in entries} | {item.relpath for item in skipped}
+                for name, row in records.items():
+                    if row.last_error and row.last_error.startswith(CLASH) and name not in listed:
+                        self.bookkeeper.clear_error(name)  # gone from the source: no clash left
         now_ns = time.time_ns()
         plan = PlanOptions(force=self.force, include_locked=self.include_locked, min_age=self.min_age)
         todo: List[Item] = []
@@ -495,6 +545,10 @@ class Worker:
                 todo.append((entry, record, action is Action.HASH_FIRST))
             elif action is Action.UNCHANGED:
                 summary.unchanged += 1
+                error = record.last_error if record is not None else None
+                if error and error.startswith(CLASH) and not self.dry_run:
+                    # The clash is over and its copy there was left alone: nothing is wrong.
+                    self.bookkeeper.clear_error(entry.relpath)
             elif action is Action.LOCKED:
                 summary.locked += 1
             elif action is Action.TOO_YOUNG:
