@@ -23,6 +23,7 @@ from typing import (
     Any,
     Callable,
     Dict,
+    List,
     NoReturn,
     Optional,
     Sequence,
@@ -390,8 +391,24 @@ def _setup_console_logging(debug: bool) -> None:
         line: Optional[str] = None,
     ) -> None:
         _say(f"oeleo: warning: {message}")
+        _WARNED.append(str(message))  # and in the log file, once it is there (_start_log_file)
+        if _LOG_FILE_STARTED:
+            _warnings_to_file_log()
 
     warnings.showwarning = one_line
+
+
+# Warnings said on the screen, for the log file: a scheduled task's screen is read by no one,
+# and the warnings of the settings (a misspelt name) come before the log file is opened.
+_WARNED: List[str] = []
+_LOG_FILE_STARTED = False
+
+
+def _warnings_to_file_log() -> None:
+    from oeleo.reporters import to_file_logs
+
+    while _WARNED:
+        to_file_logs(logging.WARNING, "warning: %s", _WARNED.pop(0))
 
 
 def _settings(args: argparse.Namespace, **extra: Any) -> Settings:
@@ -441,6 +458,9 @@ def _start_log_file(settings: Settings) -> None:
             raise ConfigError(
                 f"OELEO_LOG_DIR={settings.log_dir}: cannot write a log there ({exc.strerror})"
             ) from None
+        global _LOG_FILE_STARTED
+        _LOG_FILE_STARTED = True
+        _warnings_to_file_log()
 
 
 def _worker(settings: Settings, **options: Any) -> Worker:

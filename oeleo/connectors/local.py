@@ -215,10 +215,11 @@ class LocalConnector(FolderConnector):
         self._paths.clear()
 
     def check_source(self) -> None:
+        where = "(OELEO_BASE_DIR_FROM, --from)"
         if not self.directory.is_dir():
-            raise ConfigError(f"source folder {self.directory} does not exist or is not a folder")
+            raise ConfigError(f"source folder {self.directory} does not exist or is not a folder {where}")
         if not os.access(self.directory, os.R_OK | os.X_OK):
-            raise ConfigError(f"source folder {self.directory} is not readable")
+            raise ConfigError(f"source folder {self.directory} is not readable {where}")
 
     def check_base(self) -> bool:
         try:
@@ -251,7 +252,7 @@ class LocalConnector(FolderConnector):
             os.remove(probe)
         except OSError as exc:
             raise ConfigError(
-                f"destination folder {self.directory} is not writable: {exc.strerror}"
+                f"destination folder {self.directory} is not writable: {exc.strerror} {where}"
             ) from None
 
     # -- names ------------------------------------------------------------------------
