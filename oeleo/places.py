@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 import warnings
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Collection, Dict, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Collection, Dict, Optional, Set, Tuple
 from urllib.parse import unquote
 
 from oeleo.errors import ConfigError
@@ -168,7 +168,12 @@ def _check_plain(settings: Settings, flag: bool) -> None:
     message = f"{SETTING}={text}: the {chosen} connector copies to no folder; {instead}"
     if flag:
         raise ConfigError(message)
-    warnings.warn(f"{message}; the folder is not used", stacklevel=3)
+    if message not in _WARNED:  # the command and the worker's factory both resolve the settings
+        _WARNED.add(message)
+        warnings.warn(f"{message}; the folder is not used", stacklevel=3)
+
+
+_WARNED: Set[str] = set()
 
 
 # -- the schemes ----------------------------------------------------------------------------

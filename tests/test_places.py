@@ -6,11 +6,13 @@ the same in the command (``--to``, a ``.env``) and in the Python API; end to end
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import pytest
 from helpers import db_rows, make_tree, run_oeleo, tree_files
 
+from oeleo import places
 from oeleo.errors import ConfigError
 from oeleo.places import is_url, parse_destination, resolve_destination
 from oeleo.settings import load_settings
@@ -465,8 +467,12 @@ def test_a_folder_for_a_connector_without_folders_is_refused_as_a_flag_and_a_war
     refused = f"OELEO_BASE_DIR_TO=demo-copy: the {connector} connector copies to no folder"
     with pytest.raises(ConfigError, match=refused):
         resolve_destination(settings, given={"base_dir_to"})
+    places._WARNED.clear()  # said once a process: the command and the factory both resolve
     with pytest.warns(UserWarning, match="the folder is not used"):
         assert resolve_destination(settings).base_dir_to == "demo-copy"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        resolve_destination(settings)  # not twice
 
 
 def test_oeleo_run_to_arcsecond_without_slashes_exits_2_and_sends_nothing(arcsecond, tmp_path):
