@@ -466,16 +466,22 @@ def _check_env_lines(path: Path) -> None:
 def _warn_comment_in_a_path(path: Path, binding: Any) -> None:
     """``OELEO_BASE_DIR_FROM=/data/run #1``: python-dotenv reads `` #1`` as a comment, as the
     shells do. When the whole text names a folder or file that exists and the value does
-    not, say so (the value needs quotes), before a "does not exist" that names half of it."""
+    not, or the ``#`` stands right before a word (``run #1``, a destination URL or prefix
+    that does not exist yet), say so (the value needs quotes), before a "does not exist"
+    that names half of it, or a copy to half of the name."""
     key, value = binding.key, binding.value
     if not key or value is None or not key.upper().startswith(ENV_PREFIX):
         return
-    if key.upper()[len(ENV_PREFIX) :].lower() not in (*_LOCAL_PATHS, "base_dir_to"):
+    if key.upper()[len(ENV_PREFIX) :].lower() not in (*_LOCAL_PATHS, "base_dir_to", "s3_prefix"):
         return
     text = binding.original.string.split("=", 1)[-1].strip()
     if text.startswith(("'", '"')) or " #" not in text:
         return
-    if os.path.exists(os.path.expanduser(text)) and not os.path.exists(os.path.expanduser(value)):
+    after = text.split(" #", 1)[1]
+    # "run #1": a "#" right before a word is a part of a name; a comment is "# words".
+    numbered = bool(after) and not after[0].isspace() and after[0] != "#"
+    exists = os.path.exists(os.path.expanduser(text)) and not os.path.exists(os.path.expanduser(value))
+    if numbered or exists:
         warnings.warn(
             f"{path}, line {binding.original.line}: {key}={text}: what follows ' #' is read as a "
             f"comment (the value is {value!r}); put the value in quotes to keep it",

@@ -386,3 +386,21 @@ def test_a_hash_in_a_folder_name_read_as_a_comment_is_warned_about(clean_env, tm
     recwarn.clear()
     assert str(load_settings(env_file=env_file).base_dir_from) == "run #1"
     assert not recwarn.list
+
+
+@pytest.mark.parametrize(
+    "line, warned",
+    [
+        ("OELEO_BASE_DIR_TO=s3://lab-data/run #1", True),  # a place that does not exist yet
+        ("OELEO_S3_PREFIX=night #2", True),
+        ("OELEO_BASE_DIR_TO=s3://lab-data/run  # the night's frames", False),  # a comment
+        ("OELEO_BASE_DIR_TO=dst #", False),
+        ("OELEO_BASE_DIR_TO='s3://lab-data/run #1'", False),  # quoted: kept whole
+    ],
+)
+def test_a_hash_before_a_word_in_a_destination_is_warned_about(clean_env, tmp_path, recwarn, line, warned):
+    env_file = tmp_path / ".env"
+    env_file.write_text(line + "\n", encoding="utf-8")
+    load_settings(env_file=env_file)
+    said = [str(w.message) for w in recwarn if "is read as a comment" in str(w.message)]
+    assert len(said) == int(warned), said
