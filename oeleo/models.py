@@ -325,6 +325,24 @@ class Bookkeeper:
         pairs: List[Any] = self._guard(lambda: list(query))  # tuples (peewee's types say rows)
         return {code: n for code, n in pairs}
 
+    def last_copied(self) -> Optional[Tuple[str, str]]:
+        """The local and external name of the newest row booked as copied (the highest id with
+        a checksum and an external name): where this folder's copies went last. None if none."""
+        model = self.db_model
+        query = (
+            model.select(model.local_name, model.external_name)
+            .where(
+                (model.origin == self.origin)
+                & model.checksum.is_null(False)
+                & model.external_name.is_null(False)
+            )
+            .order_by(model.id.desc())
+            .limit(1)
+            .tuples()
+        )
+        found: List[Any] = self._guard(lambda: list(query))
+        return (from_books(found[0][0]), found[0][1]) if found else None
+
     def last_runs(self, limit: int = 1) -> List[RunLogTable]:
         model = self.run_model
         query = model.select().where(model.origin == self.origin).order_by(model.id.desc()).limit(limit)

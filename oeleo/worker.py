@@ -52,7 +52,7 @@ from oeleo.models import (
     SimpleDbHandler,
     make_origin,
 )
-from oeleo.names import printable
+from oeleo.names import printable, printable_text
 from oeleo.plan import Action, PlanOptions, decide
 from oeleo.pool import copy_in_parallel
 from oeleo.reporters import Reporter
@@ -130,6 +130,29 @@ def _without_name_clashes(
     for relpath in sorted(clashing):
         skipped.append(Skipped(relpath, clashing[relpath], failed=True, book=True))
     return [entry for entry in entries if entry.relpath not in clashing]
+
+
+def _same_place(booked: str, now: str) -> bool:
+    """Whether a copy booked as ``booked`` is where the destination now names it (``now``):
+    the same text, or, where one side is relative (``~/raw/a.csv`` before the server said
+    where ``~`` is; a path booked relative), the other ends with it."""
+    booked, now = booked.replace("\\", "/"), now.replace("\\", "/")
+    if booked == now:
+        return True
+
+    def relative(name: str) -> Optional[str]:
+        if name.startswith("/") or "://" in name or (len(name) > 1 and name[1] == ":"):
+            return None  # absolute, a URL, a drive
+        for start in ("~/", "./"):
+            if name.startswith(start):
+                name = name[len(start) :]
+        return name
+
+    for one, other in ((now, booked), (booked, now)):
+        tail = relative(one)
+        if tail is not None and (other == tail or other.endswith("/" + tail)):
+            return True
+    return False
 
 
 def _source_path_of(local: Any) -> Callable[[str], Union[str, Path]]:
@@ -237,6 +260,7 @@ class Worker:
             self.exclude.append(f"MANIFEST.{manifest}")  # never copied, listed or counted as a file
         self._entries: Optional[List[FileEntry]] = None
         self._whole = True  # the entries are the whole listing (not a watcher's few files)
+        self._place_checked = False  # whether the books' place was held against the destination
         self._skipped: List[Skipped] = []  # what the last listing did not list, and why
         self._stop = threading.Event()
         self._unreachable = threading.Event()  # set in a pass whose connection cannot be re-opened
@@ -510,6 +534,33 @@ class Worker:
         except Exception as books_exc:  # noqa: BLE001 - the source's error is the one to say
             log.debug("the failed start of this run could not be recorded: %s", books_exc)
 
+    def _warn_if_moved(self) -> None:
+        """Once per worker: the books say where this folder's copies went (the external name
+        of the newest row copied). A destination that names another place gets a warning: the
+        files booked as copied are not copied there again (the books are "one-eyed")."""
+        self._place_checked = True
+        try:
+            found = self.bookkeeper.last_copied()
+            if found is None:
+                return
+            local_name, booked = found
+            external = self.external_connector
+            # Compressed or not: switching OELEO_COMPRESS is no move.
+            names = {external.external_name(name) for name in {local_name, stored_name(local_name, "gzip")}}
+        except Exception as exc:  # noqa: BLE001 - a warning's check never stops a pass
+            log.debug("cannot tell where the books' copies are: %s", exc)
+            return
+        if any(_same_place(booked, name) for name in names):
+            return
+        log.warning(
+            "the books say this folder's files went elsewhere (%s to %s), but the destination is now "
+            "%s: the files booked as copied are not copied there again (to copy every file there: "
+            "oeleo run --force; docs/destinations.md)",
+            printable(local_name),
+            printable_text(booked),
+            external,
+        )
+
     def _pass(self, began: datetime.datetime) -> RunSummary:
         started = time.monotonic()
         self.connect_to_db()
@@ -524,6 +575,8 @@ class Worker:
                 raise
         entries = self._entries or []
         records = self.bookkeeper.load() if self._db_open else {}
+        if records and not self._place_checked:
+            self._warn_if_moved()
         summary = RunSummary(listed=len(entries), dry_run=self.dry_run)
         skipped, self._skipped = self._skipped, []
         if self.compress:

@@ -249,7 +249,8 @@ class S3Connector(Connector):
             return ""
         if any(part in ("", ".", "..") for part in text.split("/")):
             raise ConfigError(
-                f"OELEO_S3_PREFIX={prefix!r}: expected a key prefix such as instr1/ (no . or ..)"
+                f"OELEO_S3_PREFIX={prefix!r}: expected a key prefix such as instr1/ (no part that is "
+                "empty (//), . or ..)"
             )
         return text + "/"
 

@@ -192,7 +192,10 @@ class SharePointConnector(Connector):
         if text in ("", "."):
             return ""
         if any(part in ("", ".", "..") for part in text.split("/")):
-            raise ConfigError(f"OELEO_BASE_DIR_TO={folder!r}: expected a folder in the library (no . or ..)")
+            raise ConfigError(
+                f"OELEO_BASE_DIR_TO={folder!r}: expected a folder in the library (no part that is "
+                "empty (//), . or ..)"
+            )
         problem = name_problem(text)
         if problem:
             raise ConfigError(f"OELEO_BASE_DIR_TO={folder!r}: {problem}")
