@@ -7,7 +7,7 @@ import argparse
 import os
 import socket
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, List, Optional, Sequence, Set
+from typing import TYPE_CHECKING, Any, List, Optional, Sequence, Set, Tuple
 
 from oeleo.cli import EXIT_OK, _console, _say, _settings, log
 from oeleo.errors import OeleoError
@@ -214,7 +214,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         alive = books.run_alive() if runs and runs[0].status == "running" else None
         heartbeat = _read_heartbeat(books)
         rows = list(books.rows()) if args.files else []
-        not_booked = _not_booked(settings, base, books) if base is not None else ""
+        not_booked, listed = _not_booked(settings, base, books) if base is not None else ("", None)
     finally:
         books.close()
     console = _console()
@@ -236,7 +236,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     if errors:
         console.print(f"{_counted(len(errors), 'file')} with errors:")
         for row in errors:
-            console.print(f"  {_name(row)} (code {row.code}): {row.last_error}", soft_wrap=True)
+            # A file deleted or renamed since keeps its row (oeleo never removes one).
+            gone = listed is not None and _name(row) not in listed
+            where = ", no longer in the source folder" if gone else ""
+            console.print(f"  {_name(row)} (code {row.code}{where}): {row.last_error}", soft_wrap=True)
     if kept:  # not errors: the store keeps another version (it never overwrites)
         console.print(
             f"{_counted(len(kept), 'file')} already there in another version, not replaced (the store "
@@ -291,9 +294,11 @@ def _name(row: FileListTable) -> str:
     return printable(from_books(row.local_name))  # m\xe9sure.csv, not the books' m‛E9sure.csv
 
 
-def _not_booked(settings: Settings, base: Path, books: Bookkeeper) -> str:
-    """How many files of the source folder have no row (no run has tried them yet)."""
+def _not_booked(settings: Settings, base: Path, books: Bookkeeper) -> Tuple[str, Optional[Set[str]]]:
+    """How many files of the source folder have no row (new, or not copied yet), and the
+    names listed there as the rows name them (None when the folder cannot be listed)."""
     from oeleo.connectors.local import LocalConnector
+    from oeleo.names import printable
 
     try:
         booked = books.load()
@@ -303,10 +308,12 @@ def _not_booked(settings: Settings, base: Path, books: Bookkeeper) -> str:
             exclude=settings.exclude_patterns,
             recursive=settings.subdirs,
         )
-        new = sum(1 for entry in listing if entry.relpath not in booked)
+        names = [entry.relpath for entry in listing]
+        new = sum(1 for name in names if name not in booked)
     except (OeleoError, OSError) as exc:
-        return f"not booked yet: unknown (the source folder cannot be listed: {exc})"
-    return f"not booked yet: {new} (in the source folder, not in the books: new, or not copied yet)"
+        return f"not booked yet: unknown (the source folder cannot be listed: {exc})", None
+    listed = {printable(name) for name in names}
+    return f"not booked yet: {new} (in the source folder, not in the books: new, or not copied yet)", listed
 
 
 def _describe_run(run: RunLogTable, alive: Optional[bool] = None) -> str:

@@ -282,6 +282,18 @@ def test_status_shows_counts_per_code_the_last_run_and_errors_with_reasons(work)
     assert "a.csv" not in out
 
 
+def test_status_says_which_files_with_errors_are_no_longer_in_the_source(work):
+    block_with_folder(work, "b.csv")
+    assert oeleo(work, *run_args()).returncode == 1
+    (work / "src" / "b.csv").unlink()  # the instrument's file, deleted since: its row stays
+
+    done = oeleo(work, "status", "--from", "src", "--db", "books.db")
+
+    assert done.returncode == 0, done.stderr
+    error_lines = [line for line in done.stdout.splitlines() if "b.csv" in line]
+    assert len(error_lines) == 1 and "no longer in the source folder" in error_lines[0], done.stdout
+
+
 def test_status_files_lists_every_row(work):
     assert oeleo(work, *run_args()).returncode == 0
     done = oeleo(work, "status", "--files", "--from", "src", "--db", "books.db")
