@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
 import sys
@@ -107,6 +108,16 @@ def test_listing_skips_hidden_files_hidden_folders_and_temporary_files(tmp_path)
     )
 
     assert names(LocalConnector(tmp_path)) == ["seen.csv", "sub/seen.csv"]
+
+
+def test_a_hidden_file_or_folder_left_out_is_a_debug_line_a_temporary_file_is_not(tmp_path, caplog):
+    make_tree(tmp_path, {".hidden.csv": "", "sub/.cache/x.csv": "", temp_relpath("half.csv"): ""})
+
+    with caplog.at_level(logging.DEBUG, logger="oeleo"):
+        names(LocalConnector(tmp_path))
+
+    said = sorted(r.getMessage() for r in caplog.records if "hidden" in r.getMessage())
+    assert said == [".hidden.csv: hidden, never copied", "sub/.cache: hidden, never copied"], said
 
 
 def test_listing_is_sorted_by_relative_path(tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import logging
 import os
 import stat as stat_module
 import sys
@@ -31,6 +32,9 @@ from oeleo.connectors.base import (
     safe_relpath,
 )
 from oeleo.errors import ConfigError, UnsafePathError, VerificationError
+from oeleo.names import printable
+
+log = logging.getLogger("oeleo")
 
 _HIDDEN = getattr(stat_module, "FILE_ATTRIBUTE_HIDDEN", 2)
 
@@ -419,6 +423,9 @@ class LocalConnector(FolderConnector):
                 found = []
                 for entry in it:
                     if _is_hidden(entry):
+                        if not entry.name.endswith(TEMP_SUFFIX):  # a copy being written here
+                            hidden = f"{prefix}/{entry.name}" if prefix else entry.name
+                            log.debug("%s: hidden, never copied", printable(hidden))
                         continue
                     try:
                         is_dir = entry.is_dir(follow_symlinks=follow and entry.is_symlink())
