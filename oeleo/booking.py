@@ -6,7 +6,7 @@ is."""
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 from oeleo.batches import Batches, Outcomes
 from oeleo.connectors.base import NOT_TRIED, Connector, FileEntry, PutResult, Skipped
@@ -33,6 +33,9 @@ class Booking:
         # What the checker kept of a file (FITS header keywords), by local name, for its row.
         self.metadata_of: Callable[[str], Optional[Dict[str, Any]]] = lambda relpath: None
         self.arrived: List[Tuple[str, PutResult, Optional[Dict[str, Any]]]] = []  # for oeleo.hooks
+        # Notices of the listing said by an earlier pass of the same worker (a scheduler's):
+        # said again at the debug level only, not as a warning every minute.
+        self.noticed: Set[Tuple[str, str]] = set()
         self.batch_copies = 0  # copies of the batches handed to ``copied``
         self.handled = 0  # files whose outcome was booked (a staged one: once its batch was)
 
@@ -139,7 +142,10 @@ class Booking:
                     self.bookkeeper.record_error(item.relpath, item.reason)
             else:
                 self.summary.skipped += 1
-                log.warning("skipped %s: %s", printable(item.relpath), item.reason)
+                said = (item.relpath, item.reason)
+                level = logging.DEBUG if said in self.noticed else logging.WARNING
+                self.noticed.add(said)
+                log.log(level, "skipped %s: %s", printable(item.relpath), item.reason)
 
     def refused(self) -> None:
         """Rows the database refused one by one (the others were booked): those files failed."""

@@ -20,7 +20,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple, Union
 
 from oeleo.batches import Batches, batches_in_flight
 from oeleo.booking import Booking
@@ -261,6 +261,7 @@ class Worker:
         self._entries: Optional[List[FileEntry]] = None
         self._whole = True  # the entries are the whole listing (not a watcher's few files)
         self._place_checked = False  # whether the books' place was held against the destination
+        self._noticed: Set[Tuple[str, str]] = set()  # the listing's notices said (a link skipped)
         self._skipped: List[Skipped] = []  # what the last listing did not list, and why
         self._stop = threading.Event()
         self._unreachable = threading.Event()  # set in a pass whose connection cannot be re-opened
@@ -614,7 +615,9 @@ class Worker:
             summary.unchanged += len(todo) - len(summary.would_copy)
             for relpath in summary.would_copy:
                 log.debug("would copy %s", relpath)
-            Booking(self.bookkeeper, self.reporter, self.external_connector, summary).skipped(skipped)
+            listing = Booking(self.bookkeeper, self.reporter, self.external_connector, summary)
+            listing.noticed = self._noticed
+            listing.skipped(skipped)
             self._stop.clear()
             summary.seconds = time.monotonic() - started
             self.reporter.run_finished(summary)
@@ -655,6 +658,7 @@ class Worker:
             reporter.file_progress is Reporter.file_progress and reporter.advance is Reporter.advance
         )
         booking = Booking(self.bookkeeper, self.reporter, self.external_connector, summary)
+        booking.noticed = self._noticed
         if type(self.checker).take_metadata is not Checker.take_metadata:  # else: no Path per file
             path_of = self.local_connector.path
             booking.metadata_of = lambda relpath: self.checker.take_metadata(path_of(relpath))

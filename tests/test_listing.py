@@ -42,6 +42,18 @@ def test_links_are_skipped_by_default_and_each_one_is_reported(tmp_path, linked)
 
 
 @posix_only
+def test_a_scheduler_says_each_skipped_link_once_not_at_every_pass(tmp_path, linked):
+    dst, db = tmp_path / "dst", tmp_path / "books.db"
+    args = ["schedule", "--from", str(linked), "--to", str(dst), "--db", str(db)]
+
+    done = run_oeleo(*args, "--every", "0.05", "--max-runs", "3", cwd=tmp_path)
+
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.count("skipped dangling.csv: a symbolic link") == 1, done.stderr
+    assert done.stderr.count("4 skipped") == 3, done.stderr  # each pass still counts them
+
+
+@posix_only
 def test_with_follow_links_what_links_point_to_is_copied_and_loops_are_not_walked(tmp_path, linked):
     dst, db = tmp_path / "dst", tmp_path / "books.db"
 
