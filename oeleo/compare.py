@@ -48,6 +48,14 @@ def compare(
         if update_db:
             bookkeeper.record_code(relpath, SHOULD_BE_COPIED)
 
+    # What the store holds of them, asked at once where it can (an S3 listing, not a HEAD
+    # per file); a name it left out is asked alone below, which says why it failed.
+    locked = {name for name, row in records.items() if row.code == SHOULD_NOT_BE_COPIED}
+    asked = [stored_name(e.relpath, compress) for e in entries if e.relpath not in locked]
+    try:
+        stats = external.stats(asked) if asked else {}
+    except (OeleoError, OSError):
+        stats = {}
     # Progress: the bytes of each file as it is hashed, the others' at once (not hashed).
     reporter.check_started(len(entries), sum(e.size for e in entries))
     try:
@@ -62,7 +70,7 @@ def compare(
                     report.locked.append(entry.relpath)
                     continue
                 name = stored_name(entry.relpath, compress)
-                remote = external.stat(name)
+                remote = stats[name] if name in stats else external.stat(name)
                 if remote is None:
                     to_copy(report.missing, entry.relpath)
                     continue

@@ -1232,6 +1232,22 @@ def test_checksums_of_many_objects_are_asked_with_head_requests(s3_server, s3_bu
     assert s3_server.count("GET", f"/{s3_bucket}/{PREFIX}") == gets
 
 
+@pytest.mark.parametrize("files", [5, 60])  # HEADs in parallel; one listing of the prefix
+def test_check_asks_the_sizes_of_many_objects_in_one_listing(s3_server, s3_bucket, tmp_path, files):
+    make_tree(tmp_path / "src", {f"d/f{index:03}.csv": f"{index}\n" for index in range(files)})
+    env = s3_env(s3_server, s3_bucket)
+    assert oeleo(tmp_path, "run", env=env).returncode == 0
+    (tmp_path / "src" / "d" / "f001.csv").write_text("9\n")  # same size, other bytes
+    heads = s3_server.count("HEAD", f"/{s3_bucket}/{PREFIX}")
+
+    done = oeleo(tmp_path, "check", env=env)
+
+    assert done.returncode == 1 and "different d/f001.csv" in " ".join(done.stdout.split()), done.stdout
+    assert f"same: {files - 1}" in done.stdout, done.stdout
+    asked = s3_server.count("HEAD", f"/{s3_bucket}/{PREFIX}") - heads
+    assert asked == (files * 2 if files < 50 else files), asked  # a size, then the metadata
+
+
 def test_a_prefix_is_a_folder_of_the_bucket(s3_server, s3_bucket, tmp_path):
     conn = connector(s3_server, s3_bucket, prefix="/lab/instr 2")
     (tmp_path / "a.csv").write_bytes(b"a")

@@ -411,6 +411,20 @@ class Connector(abc.ABC):
         back through this process where it cannot."""
         raise NotImplementedError
 
+    def stats(self, relpaths: Sequence[str]) -> Dict[str, Optional[FileEntry]]:
+        """``stat`` of many stored files (``check`` compares whole folders): each name with
+        its entry, or ``None`` when it is not there; a file that cannot be asked about is left
+        out (``check`` asks ``stat`` for it alone, which says why). Override when the store
+        answers for many files at once (one listing of an S3 prefix); the default asks
+        ``stat`` for each."""
+        found: Dict[str, Optional[FileEntry]] = {}
+        for relpath in relpaths:
+            try:
+                found[relpath] = self.stat(relpath)
+            except (OSError, OeleoError):
+                continue
+        return found
+
     def checksums(self, relpaths: Sequence[str], algorithm: str = "md5") -> Dict[str, str]:
         """Hex digests of many stored files (``check`` compares whole folders). A file that
         cannot be hashed is left out. Override when the store hashes many files in one

@@ -109,7 +109,8 @@ SINGLE_PUT_LIMIT = 200 * MiB
 SINGLE_PUT_MAX = 5 * 1024 * MiB  # S3's largest PutObject
 PARTS_IN_FLIGHT = 4  # parts being sent or waiting to be sent, for all uploads of a connector
 COPY_LIMIT = 5 * 1024 * MiB  # the largest object one CopyObject can copy (to add its metadata)
-CHECKSUM_THREADS = 8  # HEAD requests at once for ``checksums``
+CHECKSUM_THREADS = 8  # HEAD requests at once for ``checksums`` and a few ``stats``
+STATS_BY_LISTING = 50  # ``stats`` of this many objects or more: one listing of the prefix
 META = "oeleo-"  # x-amz-meta-oeleo-<algorithm>: the checksum; oeleo-mtime-ns: the source's mtime
 MTIME_META = "oeleo-mtime-ns"
 
@@ -643,6 +644,36 @@ class S3Connector(Connector):
         except (KeyError, ValueError):
             mtime_ns = _ns(response["LastModified"])
         return FileEntry(safe_relpath(relpath), int(response["ContentLength"]), mtime_ns)
+
+    def stats(self, relpaths: Sequence[str]) -> Dict[str, Optional[FileEntry]]:
+        """Sizes of many objects: from one listing of the prefix (a request per 1,000 objects)
+        when many are asked, else their HEADs in parallel. From the listing, the mtime is
+        when the object was written (listing returns no metadata): ``check`` uses the size."""
+        if len(relpaths) < STATS_BY_LISTING:
+
+            def one(relpath: str) -> Tuple[str, Optional[FileEntry], bool]:
+                try:
+                    return relpath, self.stat(relpath), True
+                except (OeleoError, OSError):
+                    return relpath, None, False
+
+            if not relpaths:
+                return {}
+            with ThreadPoolExecutor(
+                min(CHECKSUM_THREADS, len(relpaths)), thread_name_prefix="oeleo-head"
+            ) as pool:
+                return {name: entry for name, entry, asked in pool.map(one, relpaths) if asked}
+        listed = {item["Key"]: item for item in self._objects()}
+        found: Dict[str, Optional[FileEntry]] = {}
+        for relpath in relpaths:
+            try:
+                item = listed.get(self.key(relpath))
+            except (OeleoError, OSError):
+                continue  # a name S3 cannot hold: stat() says why
+            found[relpath] = (
+                None if item is None else FileEntry(relpath, int(item["Size"]), _ns(item["LastModified"]))
+            )
+        return found
 
     def checksum(self, relpath: str, algorithm: str = "md5") -> str:
         """The checksum oeleo stored in the object's metadata; else S3's own (the ETag of a
