@@ -26,7 +26,7 @@ from oeleo.batches import Batches, batches_in_flight
 from oeleo.booking import Booking
 from oeleo.checkers import Checker, ChecksumChecker, hash_file, streams
 from oeleo.compare import compare
-from oeleo.compress import SUFFIX, stored_name
+from oeleo.compress import stored_name
 from oeleo.connectors.base import (
     TEMP_SUFFIX,
     Connector,
@@ -53,7 +53,7 @@ from oeleo.models import (
     make_origin,
 )
 from oeleo.names import printable, printable_text
-from oeleo.plan import Action, PlanOptions, decide
+from oeleo.plan import CLASH, Action, PlanOptions, decide, same_place, without_name_clashes
 from oeleo.pool import copy_in_parallel
 from oeleo.reporters import Reporter
 from oeleo.retries import Outcome, with_retries
@@ -68,91 +68,6 @@ PARALLEL_MIN_SIZE = 4 * 1024 * 1024  # with OELEO_WORKERS not set, smaller files
 AUTO_WORKERS = 2  # files copied at a time when OELEO_WORKERS is not set and the connector allows it
 # ... and small files too, where each one waits for the store's answers (Features.waits_per_file).
 LATENCY_WORKERS = 4
-
-
-# How the booked reason of a file in a name clash starts (cleared once the clash is gone).
-CLASH = "name clash: "
-
-
-def _without_name_clashes(
-    entries: List[FileEntry],
-    compress: str,
-    skipped: List[Skipped],
-    elsewhere: Optional[Callable[[str], bool]] = None,
-) -> List[FileEntry]:
-    """The files whose stored name no other source file would take: ``m31.fits`` compressed
-    and ``m31.fits.gz`` as it is would both be stored as ``m31.fits.gz``. Both fail, named,
-    and neither is copied until one is renamed: either copy would replace the other's (a
-    verified copy of the other file may be there already). ``elsewhere(relpath)``: whether a
-    file not among ``entries`` is in the source folder (a pass over some files only, such as
-    a watcher's); None when ``entries`` is the whole listing. Folders on Windows do not tell
-    case apart: neither do the names here."""
-
-    def key(name: str) -> str:
-        return name.casefold() if os.name == "nt" else name
-
-    names = {key(entry.relpath): entry.relpath for entry in entries}
-
-    def there(relpath: str) -> Optional[str]:
-        known = names.get(key(relpath))
-        if known is None and elsewhere is not None and elsewhere(relpath):
-            return relpath
-        return known
-
-    clashing: Dict[str, str] = {}  # relpath -> why it is not copied
-    plain: Optional[str]
-    gz: Optional[str]
-    for entry in entries:
-        relpath = entry.relpath
-        target = stored_name(relpath, compress)
-        if target != relpath:  # compressed: is a file of its stored name there too?
-            plain, gz = relpath, there(target)
-        elif key(relpath).endswith(key(SUFFIX)):  # as it is: is a file there stored so?
-            candidate = relpath[: -len(SUFFIX)]
-            stored = stored_name(candidate, compress)
-            plain = there(candidate) if key(stored) == key(relpath) else None
-            gz, target = relpath, relpath
-        else:
-            continue
-        if plain is None or gz is None:
-            continue
-        clashing[plain] = (
-            f"{CLASH}compressed it would be stored as {printable(target)}, the name of another file "
-            "in the source folder; neither is copied until one of them is renamed (or OELEO_COMPRESS "
-            "is left empty)"
-        )
-        clashing[gz] = (
-            f"{CLASH}{printable(plain)}, compressed, would be stored under this name too; "
-            "neither is copied until one of them is renamed (or OELEO_COMPRESS is left empty)"
-        )
-    if not clashing:
-        return entries
-    for relpath in sorted(clashing):
-        skipped.append(Skipped(relpath, clashing[relpath], failed=True, book=True))
-    return [entry for entry in entries if entry.relpath not in clashing]
-
-
-def _same_place(booked: str, now: str) -> bool:
-    """Whether a copy booked as ``booked`` is where the destination now names it (``now``):
-    the same text, or, where one side is relative (``~/raw/a.csv`` before the server said
-    where ``~`` is; a path booked relative), the other ends with it."""
-    booked, now = booked.replace("\\", "/"), now.replace("\\", "/")
-    if booked == now:
-        return True
-
-    def relative(name: str) -> Optional[str]:
-        if name.startswith("/") or "://" in name or (len(name) > 1 and name[1] == ":"):
-            return None  # absolute, a URL, a drive
-        for start in ("~/", "./"):
-            if name.startswith(start):
-                name = name[len(start) :]
-        return name
-
-    for one, other in ((now, booked), (booked, now)):
-        tail = relative(one)
-        if tail is not None and (other == tail or other.endswith("/" + tail)):
-            return True
-    return False
 
 
 def _source_path_of(local: Any) -> Callable[[str], Union[str, Path]]:
@@ -551,7 +466,7 @@ class Worker:
         except Exception as exc:  # noqa: BLE001 - a warning's check never stops a pass
             log.debug("cannot tell where the books' copies are: %s", exc)
             return
-        if any(_same_place(booked, name) for name in names):
+        if any(same_place(booked, name) for name in names):
             return
         log.warning(
             "the books say this folder's files went elsewhere (%s to %s), but the destination is now "
@@ -583,7 +498,7 @@ class Worker:
         if self.compress:
             whole = self._whole
             elsewhere = None if whole else (lambda relpath: self.local_connector.stat(relpath) is not None)
-            entries = _without_name_clashes(entries, self.compress, skipped, elsewhere)
+            entries = without_name_clashes(entries, self.compress, skipped, elsewhere)
             if whole and not self.dry_run:
                 listed = {entry.relpath for entry in entries} | {item.relpath for item in skipped}
                 for name, row in records.items():

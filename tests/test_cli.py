@@ -496,24 +496,6 @@ def test_a_destination_other_than_the_books_place_is_a_warning_not_silence(work)
     assert moved not in same.stderr and moved not in compressed.stderr, same.stderr + compressed.stderr
 
 
-@pytest.mark.parametrize(
-    "booked, now, same",
-    [
-        ("/srv/raw/a.csv", "/srv/raw/a.csv", True),
-        ("/srv/raw/a.csv", "/srv/other/a.csv", False),
-        ("/home/u/raw/a.csv", "~/raw/a.csv", True),  # ~ before the server said where it is
-        ("/home/u/raw/a.csv", "~/other/a.csv", False),
-        ("dst/a.csv", "/work/dst/a.csv", True),  # booked relative by an older version
-        ("s3://b/p/a.csv", "s3://b/q/a.csv", False),
-        ("C:\\data\\a.csv", "C:/data/a.csv", True),
-    ],
-)  # fmt: skip
-def test_the_books_place_and_the_destination_are_compared_as_paths(booked, now, same):
-    from oeleo.worker import _same_place
-
-    assert _same_place(booked, now) is same
-
-
 def test_missing_base_dir_from_is_one_line_naming_the_variable(work):
     line = one_line_error(oeleo(work, "run", "--to", "dst", "--db", "books.db"))
     assert "OELEO_BASE_DIR_FROM" in line

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from typing import List
+
 import pytest
 
-from oeleo.connectors.base import FileEntry
+from oeleo.connectors.base import FileEntry, Skipped
 from oeleo.models import Record
-from oeleo.plan import Action, PlanOptions, decide
+from oeleo.plan import CLASH, Action, PlanOptions, decide, same_place, without_name_clashes
 
 NOW = 2_000_000_000 * 10**9
 FILE = FileEntry("a.csv", 10, NOW - 60 * 10**9)  # written a minute ago
@@ -36,3 +38,38 @@ def row(code: int, size=10, mtime_ns=FILE.mtime_ns, checksum="x") -> Record:
 )
 def test_decide(record, options, action):
     assert decide(FILE, record, options, NOW) is action
+
+
+@pytest.mark.parametrize(
+    "booked, now, same",
+    [
+        ("/srv/raw/a.csv", "/srv/raw/a.csv", True),
+        ("/srv/raw/a.csv", "/srv/other/a.csv", False),
+        ("/home/u/raw/a.csv", "~/raw/a.csv", True),  # ~ before the server said where it is
+        ("/home/u/raw/a.csv", "~/other/a.csv", False),
+        ("dst/a.csv", "/work/dst/a.csv", True),  # booked relative by an older version
+        ("s3://b/p/a.csv", "s3://b/q/a.csv", False),
+        ("C:\\data\\a.csv", "C:/data/a.csv", True),
+    ],
+)  # fmt: skip
+def test_the_books_place_and_the_destination_are_compared_as_paths(booked, now, same):
+    assert same_place(booked, now) is same
+
+
+def entries(*names: str) -> List[FileEntry]:
+    return [FileEntry(name, 1, 1) for name in names]
+
+
+def test_a_compressed_name_taken_by_another_file_fails_both_and_copies_neither():
+    skipped: List[Skipped] = []
+    kept = without_name_clashes(entries("a.fits", "a.fits.gz", "b.fits", "c.fits.gz"), "gzip", skipped)
+    assert [e.relpath for e in kept] == ["b.fits", "c.fits.gz"]
+    assert sorted(s.relpath for s in skipped) == ["a.fits", "a.fits.gz"]
+    assert all(s.failed and s.book and s.reason.startswith(CLASH) for s in skipped)
+
+
+def test_a_clash_with_a_file_not_listed_is_found_by_asking():
+    skipped: List[Skipped] = []
+    on_disk = {"a.fits"}
+    kept = without_name_clashes(entries("a.fits.gz"), "gzip", skipped, elsewhere=on_disk.__contains__)
+    assert kept == [] and sorted(s.relpath for s in skipped) == ["a.fits", "a.fits.gz"]
