@@ -124,8 +124,10 @@ def test_large_files_go_through_cat_whole_timed_and_verified(sshd_server, tmp_pa
     for number, name in enumerate(LARGE):
         assert os.stat(os.path.join(folder, name)).st_mtime == 1_500_000_000 + number
     assert not streams["sftp_writes"]
-    assert sum(b"exec cat >" in command for command in commands) == 3
-    assert sum(command.startswith(b"md5sum ") for command in commands) >= 1  # verified there
+    written = [command for command in commands if b"&& cat >" in command]
+    assert len(written) == 3
+    # Verified there: hashed by the command that wrote it, while it is forced to disk.
+    assert all(b"md5sum -- " in command and b"sync -- " in command for command in written), written
 
 
 def test_a_large_file_cat_cannot_write_fails_alone_with_the_words_sftp_would_use(sshd_server, tmp_path):
@@ -175,6 +177,39 @@ def test_a_copy_that_differs_on_the_server_fails_alone_and_the_previous_version_
     assert name == "cell_07.res" and "md5 of the copy" in reason, reason
     expected = dict(changed, **{"cell_07.res": files["cell_07.res"]})  # the good old copy
     assert tree_files(folder) == expected  # and no temporary file left
+
+
+def test_a_large_file_damaged_on_its_way_through_cat_fails_alone_and_the_previous_version_stays(
+    sshd_server, tmp_path, monkeypatch
+):
+    # The command that writes a large file also hashes it there: bytes that arrive other than
+    # sent must still fail the copy, and never replace the good copy.
+    source = tmp_path / "src"
+    first = {"a.fits": os.urandom(400_000), "b.fits": os.urandom(400_000)}
+    make_tree(source, first)
+    folder = sshd_server.new_folder()
+    assert run_once(ssh_worker_for(sshd_server, source, folder, tmp_path / "books.db")).copied == 2
+    second = {name: os.urandom(500_000) for name in first}
+    make_tree(source, second)
+    real = paramiko.Channel.sendall
+    damaged: List[int] = []
+
+    def sendall(self, data):
+        if not damaged and len(data) > 1000 and bytes(data[:8]) == second["b.fits"][:8]:
+            changed = bytearray(data)
+            changed[100] ^= 0xFF
+            damaged.append(len(changed))
+            return real(self, bytes(changed))
+        return real(self, data)
+
+    monkeypatch.setattr(paramiko.Channel, "sendall", sendall)
+    summary = run_once(ssh_worker_for(sshd_server, source, folder, tmp_path / "books.db"))
+
+    assert damaged, "the test damaged nothing"
+    assert (summary.copied, summary.failed) == (1, 1), summary.errors
+    ((name, reason),) = summary.errors
+    assert name == "b.fits" and "md5 of the copy" in reason, reason
+    assert tree_files(folder) == {"a.fits": second["a.fits"], "b.fits": first["b.fits"]}
 
 
 def test_a_file_tar_cannot_write_fails_alone_with_the_words_sftp_uses(sshd_server, tmp_path):

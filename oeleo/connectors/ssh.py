@@ -199,7 +199,7 @@ class SSHConnector(SSHStreams, SSHWrites, FolderConnector):
     def from_settings(cls, settings: Settings, role: str = "external") -> SSHConnector:
         if role != "external":
             raise ConfigError("the ssh connector is a destination; the source is always a local folder")
-        return cls(  # empty strings, not None: a missing setting is reported, not looked up again
+        connector = cls(  # empty strings, not None: a missing setting is reported, not looked up again
             host=settings.external_host or "",
             directory=settings.base_dir_to or "",
             username=settings.username or "",
@@ -212,6 +212,8 @@ class SSHConnector(SSHStreams, SSHWrites, FolderConnector):
             accept_new_host_keys=settings.accept_new_host_keys,
             ssh_config=settings.ssh_config,
         )
+        connector._hash_after_write = settings.checksum  # the books' algorithm, from the first file
+        return connector
 
     # -- names ------------------------------------------------------------------------
     def __repr__(self) -> str:
@@ -405,6 +407,10 @@ class SSHConnector(SSHStreams, SSHWrites, FolderConnector):
         """Hex digest of a stored file: ``md5sum``-like on the server, or read back."""
         path = self._path(relpath)
         written, self._local.written = self._local.written, None
+        hashed, self._local.hashed = getattr(self._local, "hashed", None), None
+        self._hash_after_write = algorithm  # the large files written next are hashed so there
+        if hashed is not None and hashed[0] == path and hashed[1] == algorithm:
+            return hashed[2]  # by the command that wrote it, once it was written
         size = None
         if written is not None and written[0] == path:
             size, data = written[1], written[2]
@@ -452,7 +458,7 @@ class SSHConnector(SSHStreams, SSHWrites, FolderConnector):
     def write_stream(self, relpath: str, chunks: Iterable[bytes], size: int) -> None:
         path = self._asked(relpath)
         self._written_as.pop(path, None)  # an earlier attempt's, removed by its abort
-        self._local.written = self._local.mtime = None
+        self._local.written = self._local.mtime = self._local.hashed = None
         if self._streams_large(size):  # its bytes on the stdin of cat there (ssh_streams)
             written = self._write_by_command(path, chunks)
             if written is not None:

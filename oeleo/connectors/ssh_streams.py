@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Dict, Iterable, List, Optional, Sequence, Set,
 
 import paramiko
 
+from oeleo.connectors import readback
 from oeleo.connectors.base import (
     Failed,
     FolderUpload,
@@ -577,7 +578,19 @@ class SSHStreams:
         cause; the command has ended by then, so the abort's removal of the file holds."""
         connector: SSHConnector = self  # type: ignore[assignment]
         folder = posixpath.dirname(path)
-        script = f"mkdir -p -- {shlex.quote(folder)} && exec cat > {shlex.quote(path)}"
+        quoted = shlex.quote(path)
+        script = f"mkdir -p -- {shlex.quote(folder)} && exec cat > {quoted}"
+        # Once cat is done, the same command hashes the file (what checksum() would ask for
+        # next, in a command of its own) while it is forced to disk (what the commit's sync
+        # would wait for): the two overlap, and a round trip is saved. The commit's sync then
+        # finds the file on the disk already. The command's status stays cat's: a hash or a
+        # sync that fails here is asked again, and reported, by checksum() and the commit.
+        algorithm = connector._hash_after_write
+        tool = readback.HASH_COMMANDS.get(algorithm) if algorithm in connector._server_hashes() else None
+        if tool is not None:
+            sync = f"{{ {connector._sync_tool} -- {quoted} & }} 2>/dev/null; " if connector._sync_tool else ""
+            then = f"{{ {sync}{tool} -- {quoted} 2>/dev/null; wait; true; }}"
+            script = f"mkdir -p -- {shlex.quote(folder)} && cat > {quoted} && {then}"
         transport = connector._live_transport()
         try:
             channel = _start_shell(transport, script, connector.timeout, connector.io_timeout)
@@ -606,6 +619,7 @@ class SSHStreams:
                     written += len(chunk)
                 if ended is None:
                     channel.shutdown_write()
+                    stdout = channel.makefile("rb").read()
                     stderr = channel.makefile_stderr("rb").read()
                     status = channel.recv_exit_status()
                 done = True
@@ -619,6 +633,9 @@ class SSHStreams:
             raise ended
         if status != 0:
             raise _command_error(connector, path, status, stderr)
+        if tool is not None:
+            digest = readback.parse_sums(stdout).get(path)
+            connector._local.hashed = (path, algorithm, digest) if digest else None
         return written
 
     def _stream_member(self, staging: str, data: bytes, mtime: int) -> Optional[TarStream]:

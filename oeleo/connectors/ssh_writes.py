@@ -87,6 +87,9 @@ class SSHWrites(SSHSession):
         self._has_fsync = True
         self._has_posix_rename = True
         self._sync_tool = "sync"  # the command that forces files to disk; "" once it cannot run
+        # The algorithm checksum() was last asked for: a large file written through cat is
+        # hashed by the same command (ssh_streams), md5 until the engine asks for another.
+        self._hash_after_write = "md5"
         self._syncfs_works = True  # ``sync -f`` (syncfs) is taken: one journal commit a batch
         # Temporary names written under another name (a spare's): {the name asked: the name
         # on the server}, until renamed into place or removed.
