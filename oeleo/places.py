@@ -99,6 +99,20 @@ def resolve_destination(settings: Settings, given: Collection[str] = ()) -> Sett
     A scheme oeleo does not know is left alone for a connector of one's own
     (``OELEO_CONNECTOR=pkg.mod:Class``) to read.
     """
+    try:
+        return _resolve(settings, given)
+    except ConfigError as exc:
+        if "base_dir_to" not in given:
+            raise
+        # "OELEO_BASE_DIR_TO=sftp://al:***@lab/x (from --to): a password ...": where it came from.
+        named = f"{SETTING}={_shown((settings.base_dir_to or '').strip())}"
+        message = str(exc)
+        if not message.startswith(named):
+            raise
+        raise ConfigError(f"{named} (from --to){message[len(named) :]}") from None
+
+
+def _resolve(settings: Settings, given: Collection[str]) -> Settings:
     match = _URL.match((settings.base_dir_to or "").strip())
     if match is None:
         _check_plain(settings, "base_dir_to" in given)

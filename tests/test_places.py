@@ -245,6 +245,7 @@ def test_password_in_to_is_one_line_exit_2_never_echoed(tmp_path, command):
     assert "s3cr3t-pw" not in done.stderr + done.stdout
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "OELEO_PASSWORD" in lines[0] and "Traceback" not in done.stderr
+    assert lines[0].startswith("oeleo: OELEO_BASE_DIR_TO=sftp://alice:***@127.0.0.1/x (from --to): "), lines
 
 
 def test_contradicting_connector_is_one_line_exit_2(tmp_path):
@@ -252,7 +253,7 @@ def test_contradicting_connector_is_one_line_exit_2(tmp_path):
     done = run_oeleo("run", "--from", "src", "--connector", "ssh", "--to", "s3://b/x", cwd=tmp_path)
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
-        "oeleo: OELEO_BASE_DIR_TO=s3://b/x names the s3 connector, but OELEO_CONNECTOR=ssh: "
+        "oeleo: OELEO_BASE_DIR_TO=s3://b/x (from --to) names the s3 connector, but OELEO_CONNECTOR=ssh: "
         "leave one of them out"
     ]
 
@@ -464,7 +465,7 @@ def test_paths_that_are_not_urls_without_slashes_stay_paths(path):
 @pytest.mark.parametrize("connector", ["s3", "arcsecond"])
 def test_a_folder_for_a_connector_without_folders_is_refused_as_a_flag_and_a_warning_from_the_env(connector):
     settings = load_settings(base_dir_to="demo-copy", connector=connector)
-    refused = f"OELEO_BASE_DIR_TO=demo-copy: the {connector} connector copies to no folder"
+    refused = f"OELEO_BASE_DIR_TO=demo-copy \\(from --to\\): the {connector} connector copies to no folder"
     with pytest.raises(ConfigError, match=refused):
         resolve_destination(settings, given={"base_dir_to"})
     places._WARNED.clear()  # said once a process: the command and the factory both resolve
@@ -484,7 +485,7 @@ def test_oeleo_run_to_arcsecond_without_slashes_exits_2_and_sends_nothing(arcsec
     assert done.returncode == 2
     assert (
         done.stderr.strip()
-        == "oeleo: OELEO_BASE_DIR_TO=arcsecond:lab: a destination URL is written arcsecond://lab"
+        == "oeleo: OELEO_BASE_DIR_TO=arcsecond:lab (from --to): a destination URL is written arcsecond://lab"
     )
     assert arcsecond.log == [] and not (tmp_path / "oeleo-file-list.db").exists()
 
