@@ -54,7 +54,7 @@ def compare(
     asked = [stored_name(e.relpath, compress) for e in entries if e.relpath not in locked]
     try:
         stats = external.stats(asked) if asked else {}
-    except (OeleoError, OSError):
+    except Exception:  # noqa: BLE001 - each file is asked alone below, and its error reported
         stats = {}
     # Progress: the bytes of each file as it is hashed, the others' at once (not hashed).
     reporter.check_started(len(entries), sum(e.size for e in entries))

@@ -426,10 +426,24 @@ def known_names() -> List[str]:
 
 
 def _warn_unknown(names: List[Tuple[str, str]]) -> None:
-    known = set(known_names())
+    """An ``OELEO_`` name that is no setting: a misspelling of one (``OELEO_COMPRES``,
+    ``OELEO_S3_STORAGECLASS``) stops the command naming the setting it resembles, since the
+    run would go on without it (files not compressed, stored in another class); any other
+    name gets a warning (a setting of another version of oeleo)."""
+    import difflib
+
+    known = known_names()
     for name, where in names:
-        if name.upper().startswith(ENV_PREFIX) and name.upper() not in known:
-            warnings.warn(f"{name} (in {where}) is not an oeleo setting; it is ignored", stacklevel=3)
+        upper = name.upper()
+        if not upper.startswith(ENV_PREFIX) or upper in known:
+            continue
+        close = difflib.get_close_matches(upper, known, n=1, cutoff=0.85)
+        if close:
+            raise ConfigError(
+                f"{name} (in {where}) is not an oeleo setting: did you mean {close[0]}? "
+                "(a misspelt setting would be left out)"
+            )
+        warnings.warn(f"{name} (in {where}) is not an oeleo setting; it is ignored", stacklevel=3)
 
 
 def find_env_file(env_file: Optional[os.PathLike] = None) -> Optional[Path]:

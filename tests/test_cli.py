@@ -671,11 +671,19 @@ def test_run_writes_a_log_file_naming_the_copied_files(work):
         assert name in text
 
 
-def test_unknown_oeleo_name_in_dot_env_is_a_one_line_warning_and_the_run_goes_on(work):
+def test_a_misspelt_setting_in_dot_env_is_one_line_exit_2_and_nothing_is_copied(work):
+    # Left out, it would have copied every file instead of the .csv ones.
     (work / ".env").write_text("OELEO_FILTER_EXTENSON=.csv\n")
+    line = one_line_error(oeleo(work, *run_args()))
+    assert "OELEO_FILTER_EXTENSON" in line and "did you mean OELEO_FILTER_EXTENSION?" in line
+    assert files_under(work / "dst") == []
+
+
+def test_an_unknown_oeleo_name_in_dot_env_is_a_one_line_warning_and_the_run_goes_on(work):
+    (work / ".env").write_text("OELEO_NIGHTLY=yes\n")
     done = oeleo(work, *run_args())
     assert done.returncode == 0, done.stderr
-    warnings = [line for line in done.stderr.splitlines() if "OELEO_FILTER_EXTENSON" in line]
+    warnings = [line for line in done.stderr.splitlines() if "OELEO_NIGHTLY" in line]
     assert len(warnings) == 1 and "warning" in warnings[0]
     assert files_under(work / "dst") == sorted(FILES)
 

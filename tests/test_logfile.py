@@ -405,10 +405,10 @@ def test_the_error_a_run_ends_with_and_what_check_finds_are_in_the_log_file(tmp_
 
 
 def test_the_warnings_of_the_settings_are_in_the_log_file_too(tmp_path: Path) -> None:
-    # A misspelt name in the .env of a scheduled task: its warning comes before the log file
-    # is opened, and the screen is read by no one.
+    # A name that is no setting in the .env of a scheduled task: its warning comes before the
+    # log file is opened, and the screen is read by no one.
     make_files(tmp_path / "src", 1)
-    (tmp_path / ".env").write_text("OELEO_LOG_DIR=logs\nOELEO_COMPRES=gzip\n")
+    (tmp_path / ".env").write_text("OELEO_LOG_DIR=logs\nOELEO_NIGHTLY=yes\n")
     done = subprocess.run(
         [sys.executable, "-m", "oeleo", "run", "--from", "src", "--to", "dst", "--db", "books.db"],
         cwd=tmp_path,
@@ -418,7 +418,7 @@ def test_the_warnings_of_the_settings_are_in_the_log_file_too(tmp_path: Path) ->
         timeout=120,
     )
     assert done.returncode == 0, done.stderr
-    warning = "OELEO_COMPRES (in "
+    warning = "OELEO_NIGHTLY (in "
     assert warning in done.stderr
     log_lines = lines(tmp_path / "logs" / "oeleo.log")
     said = [line for line in log_lines if warning in line]

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -236,12 +237,11 @@ def test_unknown_checksum_algorithm_names_oeleo_checksum(clean_env):
     assert "\n" not in message
 
 
-def test_unknown_oeleo_name_in_dot_env_warns_naming_it(clean_env, tmp_path):
+def test_unknown_oeleo_name_in_dot_env_like_a_setting_stops_naming_both(clean_env, tmp_path):
+    # A misspelling would be left out, and the run go on without it: stopped, naming both.
     write_env(tmp_path / ".env", {"OELEO_BASE_DIR_FORM": "/data", "OELEO_DB_NAME": "x.db"})
-    with pytest.warns(UserWarning, match="OELEO_BASE_DIR_FORM"):
-        settings = load_settings()
-    assert settings.db_name == "x.db"
-    assert settings.base_dir_from is None
+    with pytest.raises(ConfigError, match="OELEO_BASE_DIR_FORM .*did you mean OELEO_BASE_DIR_FROM"):
+        load_settings()
 
 
 def test_known_names_in_dot_env_do_not_warn(clean_env, tmp_path, recwarn):
@@ -404,3 +404,25 @@ def test_a_hash_before_a_word_in_a_destination_is_warned_about(clean_env, tmp_pa
     load_settings(env_file=env_file)
     said = [str(w.message) for w in recwarn if "is read as a comment" in str(w.message)]
     assert len(said) == int(warned), said
+
+
+@pytest.mark.parametrize(
+    "name, meant",
+    [("OELEO_COMPRES", "OELEO_COMPRESS"), ("OELEO_S3_STORAGECLASS", "OELEO_S3_STORAGE_CLASS"),
+     ("OELEO_BASE_DIR_T0", "OELEO_BASE_DIR_TO"), ("OELEO_DB_PASWORD", "OELEO_DB_PASSWORD")],
+)  # fmt: skip
+def test_a_misspelt_setting_stops_naming_the_one_it_resembles(clean_env, tmp_path, name, meant):
+    env_file = tmp_path / ".env"
+    env_file.write_text(f"{name}=x\n", encoding="utf-8")
+    with pytest.raises(
+        ConfigError, match=f"^{name} \\(in {re.escape(str(env_file))}\\) .* did you mean {meant}\\?"
+    ):
+        load_settings(env_file=env_file)
+
+
+def test_a_name_like_no_setting_is_only_a_warning(clean_env, tmp_path, recwarn):
+    env_file = tmp_path / ".env"
+    env_file.write_text("OELEO_NIGHTLY=yes\nOELEO_VERSION=2\n", encoding="utf-8")
+    load_settings(env_file=env_file)
+    said = sorted(str(w.message) for w in recwarn if "is not an oeleo setting" in str(w.message))
+    assert [line.split(" ")[0] for line in said] == ["OELEO_NIGHTLY", "OELEO_VERSION"], said
