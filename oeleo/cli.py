@@ -391,9 +391,11 @@ def _setup_console_logging(debug: bool) -> None:
         line: Optional[str] = None,
     ) -> None:
         _say(f"oeleo: warning: {message}")
-        _WARNED.append(str(message))  # and in the log file, once it is there (_start_log_file)
         if _LOG_FILE_STARTED:
+            _WARNED.append(str(message))
             _warnings_to_file_log()
+        elif len(_WARNED) < 100:  # for the log file, once it is there (_start_log_file)
+            _WARNED.append(str(message))
 
     warnings.showwarning = one_line
 

@@ -52,8 +52,11 @@ def compare(
     # per file); a name it left out is asked alone below, which says why it failed.
     locked = {name for name, row in records.items() if row.code == SHOULD_NOT_BE_COPIED}
     asked = [stored_name(e.relpath, compress) for e in entries if e.relpath not in locked]
+    # Only a store that answers for many files at once: the default asks stat() for each,
+    # which the loop below does anyway, between two checks of a stop asked meanwhile.
+    batched = type(external).stats is not Connector.stats
     try:
-        stats = external.stats(asked) if asked else {}
+        stats = external.stats(asked) if asked and batched else {}
     except Exception:  # noqa: BLE001 - each file is asked alone below, and its error reported
         stats = {}
     # Progress: the bytes of each file as it is hashed, the others' at once (not hashed).

@@ -34,7 +34,21 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Sequence, Set, Tuple, Type, Union
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Callable,
+    Dict,
+    Iterator,
+    List,
+    Optional,
+    Sequence,
+    Set,
+    Tuple,
+    Type,
+    TypeVar,
+    Union,
+)
 from urllib.parse import urlsplit, urlunsplit
 
 # botocore, which boto3 is built on (boto3's own layer adds 30 ms and nothing used here), is
@@ -101,6 +115,7 @@ if TYPE_CHECKING:
     from oeleo.settings import Settings
 
 log = logging.getLogger("oeleo")
+T = TypeVar("T")
 
 MULTIPART_THRESHOLD = 8 * MiB  # smaller files: held in memory, one PutObject at the commit
 # Files up to this size: one PutObject at the commit, streamed from the file again (rclone's
@@ -650,19 +665,7 @@ class S3Connector(Connector):
         when many are asked, else their HEADs in parallel. From the listing, the mtime is
         when the object was written (listing returns no metadata): ``check`` uses the size."""
         if len(relpaths) < STATS_BY_LISTING:
-
-            def one(relpath: str) -> Tuple[str, Optional[FileEntry], bool]:
-                try:
-                    return relpath, self.stat(relpath), True
-                except (OeleoError, OSError):
-                    return relpath, None, False
-
-            if not relpaths:
-                return {}
-            with ThreadPoolExecutor(
-                min(CHECKSUM_THREADS, len(relpaths)), thread_name_prefix="oeleo-head"
-            ) as pool:
-                return {name: entry for name, entry, asked in pool.map(one, relpaths) if asked}
+            return self._head_each(relpaths, self.stat)
         listed = {item["Key"]: item for item in self._objects()}
         found: Dict[str, Optional[FileEntry]] = {}
         for relpath in relpaths:
@@ -714,20 +717,27 @@ class S3Connector(Connector):
     def checksums(self, relpaths: Sequence[str], algorithm: str = "md5") -> Dict[str, str]:
         """The checksums of many objects, their HEAD requests in parallel (listing returns
         no metadata); an object that cannot be asked about is left out."""
+        found = self._head_each(relpaths, lambda relpath: self.checksum(relpath, algorithm))
+        return {relpath: digest for relpath, digest in found.items() if digest}
 
-        def one(relpath: str) -> Optional[str]:
+    def _head_each(self, relpaths: Sequence[str], ask: Callable[[str], T]) -> Dict[str, T]:
+        """``ask(relpath)`` for each name, ``CHECKSUM_THREADS`` at a time (a HEAD request
+        each); a name whose request failed is left out."""
+        failed = object()
+
+        def one(relpath: str) -> Any:
             try:
-                return self.checksum(relpath, algorithm)
+                return ask(relpath)
             except (OeleoError, OSError):
-                return None
+                return failed
 
         if not relpaths:
             return {}
         with ThreadPoolExecutor(
             min(CHECKSUM_THREADS, len(relpaths)), thread_name_prefix="oeleo-head"
         ) as pool:
-            found = dict(zip(relpaths, pool.map(one, relpaths)))
-        return {relpath: digest for relpath, digest in found.items() if digest}
+            answers = dict(zip(relpaths, pool.map(one, relpaths)))
+        return {relpath: answer for relpath, answer in answers.items() if answer is not failed}
 
     # -- write side -----------------------------------------------------------------------
     def open_upload(self, relpath: str, size: int, mtime_ns: int) -> Upload:
