@@ -460,7 +460,7 @@ class SSHConnector(SSHStreams, SSHWrites, FolderConnector):
         self._written_as.pop(path, None)  # an earlier attempt's, removed by its abort
         self._local.written = self._local.mtime = self._local.hashed = None
         if self._streams_large(size):  # its bytes on the stdin of cat there (ssh_streams)
-            written = self._write_by_command(path, chunks)
+            written = self._write_by_command(path, chunks, size)
             if written is not None:
                 self._local.written = (path, written, None)
                 return

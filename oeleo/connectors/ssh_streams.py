@@ -571,7 +571,7 @@ class SSHStreams:
         first = said[0][:120] if said else f"exit status {status}"
         return False, first if first.startswith("tar") else f"tar: {first}"
 
-    def _write_by_command(self, path: str, chunks: Iterable[bytes]) -> Optional[int]:
+    def _write_by_command(self, path: str, chunks: Iterable[bytes], size: int = -1) -> Optional[int]:
         """Write ``chunks`` to ``path`` (a temporary name) through ``cat`` on the server;
         the bytes written, or None when the server gives no channel for it (the caller
         writes over SFTP then). A failure raises what the SFTP path raises for the same
@@ -583,14 +583,19 @@ class SSHStreams:
         # Once cat is done, the same command hashes the file (what checksum() would ask for
         # next, in a command of its own) while it is forced to disk (what the commit's sync
         # would wait for): the two overlap, and a round trip is saved. The commit's sync then
-        # finds the file on the disk already. The command's status stays cat's: a hash or a
-        # sync that fails here is asked again, and reported, by checksum() and the commit.
+        # finds the file on the disk already. Only a file of the ``size`` expected is: one cut
+        # short (a copy abandoned: the source changed, a stop) ends the command at once, for
+        # its removal. The command's status stays cat's: a hash or a sync that fails or is
+        # left out here is asked again, and reported, by checksum() and the commit.
         algorithm = connector._hash_after_write
         tool = readback.HASH_COMMANDS.get(algorithm) if algorithm in connector._server_hashes() else None
-        if tool is not None:
+        if tool is not None and size >= 0:
             sync = f"{{ {connector._sync_tool} -- {quoted} & }} 2>/dev/null; " if connector._sync_tool else ""
-            then = f"{{ {sync}{tool} -- {quoted} 2>/dev/null; wait; true; }}"
+            whole = f'[ "$(wc -c < {quoted})" -eq {int(size)} ]'
+            then = f"{{ {whole} && {{ {sync}{tool} -- {quoted} 2>/dev/null; wait; }}; true; }}"
             script = f"mkdir -p -- {shlex.quote(folder)} && cat > {quoted} && {then}"
+        else:
+            tool = None
         transport = connector._live_transport()
         try:
             channel = _start_shell(transport, script, connector.timeout, connector.io_timeout)
