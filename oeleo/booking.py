@@ -36,6 +36,7 @@ class Booking:
         # Notices of the listing said by an earlier pass of the same worker (a scheduler's):
         # said again at the debug level only, not as a warning every minute.
         self.noticed: Set[Tuple[str, str]] = set()
+        self.unlisted: List[Tuple[str, str]] = []  # folders that failed to be listed, and why
         self.batch_copies = 0  # copies of the batches handed to ``copied``
         self.handled = 0  # files whose outcome was booked (a staged one: once its batch was)
 
@@ -140,6 +141,8 @@ class Booking:
                 self._count_failure(item.relpath, 0, item.reason)  # a folder: no row to book
                 if item.book:  # a file: its row keeps the reason (oeleo status names it)
                     self.bookkeeper.record_error(item.relpath, item.reason)
+                else:  # said by the run's row instead (oeleo status: "N failed; ...")
+                    self.unlisted.append((item.relpath, item.reason))
             else:
                 self.summary.skipped += 1
                 said = (item.relpath, item.reason)

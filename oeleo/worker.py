@@ -637,6 +637,10 @@ class Worker:
             summary.seconds = time.monotonic() - started
             self._entries = None  # the next pass lists again
             status, message = summary.status, summary.books_error or summary.fatal or ""
+            if booking.unlisted and not message:  # failures with no row of their own
+                folder, reason = booking.unlisted[0]
+                more = f" and {len(booking.unlisted) - 1} more" if len(booking.unlisted) > 1 else ""
+                message = f"not listed: {printable(folder)}{more} ({reason})"
             if raised is not None and not summary.stopped:
                 # A setting found wrong in the middle of the pass (a key the uploads refuse):
                 # the run failed, whatever the counts say.

@@ -7,6 +7,7 @@ is the same either way.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import pwd
@@ -158,6 +159,8 @@ def test_an_unreadable_subfolder_is_a_failure_named_in_run_and_check(shared_dir)
             summary = first.run()
         finally:
             first.close()
+        with contextlib.closing(sqlite3.connect(db)) as books:
+            (message,) = books.execute("SELECT message FROM oeleo_runs ORDER BY id DESC LIMIT 1").fetchone()
         second = worker()
         try:
             report = second.check()
@@ -170,6 +173,7 @@ def test_an_unreadable_subfolder_is_a_failure_named_in_run_and_check(shared_dir)
             "exit": summary.exit_status,
             "check_errors": report.errors,
             "in_sync": report.in_sync,
+            "run_message": message,
         }
 
     def make(root: Path) -> Path:
@@ -190,3 +194,5 @@ def test_an_unreadable_subfolder_is_a_failure_named_in_run_and_check(shared_dir)
     assert result["errors"] == [("closed/", "cannot list this folder: permission denied")]
     assert result["check_errors"] == [("closed/", "cannot list this folder: permission denied")]
     assert result["in_sync"] is False
+    # The folder has no row of its own: the run's row says it (oeleo status: "1 failed; ...").
+    assert result["run_message"] == "not listed: closed/ (cannot list this folder: permission denied)"
