@@ -477,6 +477,20 @@ class Worker:
             external,
         )
 
+    def _clear_clashes_over(
+        self, records: Dict[str, Record], entries: List[FileEntry], skipped: List[Skipped]
+    ) -> None:
+        """The booked errors of name clashes (``plan.CLASH``) this pass no longer finds: the
+        file is listed without one (its copy there was left alone: nothing is wrong), or,
+        after a listing of the whole folder, it is gone from the source."""
+        clashing = {item.relpath for item in skipped if item.reason.startswith(CLASH)}
+        present = None if self._whole else {entry.relpath for entry in entries}
+        for name, row in records.items():
+            if not (row.last_error and row.last_error.startswith(CLASH)) or name in clashing:
+                continue
+            if present is None or name in present:
+                self.bookkeeper.clear_error(name)
+
     def _pass(self, began: datetime.datetime) -> RunSummary:
         started = time.monotonic()
         self.connect_to_db()
@@ -499,11 +513,8 @@ class Worker:
             whole = self._whole
             elsewhere = None if whole else (lambda relpath: self.local_connector.stat(relpath) is not None)
             entries = without_name_clashes(entries, self.compress, skipped, elsewhere)
-            if whole and not self.dry_run:
-                listed = {entry.relpath for entry in entries} | {item.relpath for item in skipped}
-                for name, row in records.items():
-                    if row.last_error and row.last_error.startswith(CLASH) and name not in listed:
-                        self.bookkeeper.clear_error(name)  # gone from the source: no clash left
+        if not self.dry_run:
+            self._clear_clashes_over(records, entries, skipped)
         now_ns = time.time_ns()
         plan = PlanOptions(force=self.force, include_locked=self.include_locked, min_age=self.min_age)
         todo: List[Item] = []
@@ -514,10 +525,6 @@ class Worker:
                 todo.append((entry, record, action is Action.HASH_FIRST))
             elif action is Action.UNCHANGED:
                 summary.unchanged += 1
-                error = record.last_error if record is not None else None
-                if error and error.startswith(CLASH) and not self.dry_run:
-                    # The clash is over and its copy there was left alone: nothing is wrong.
-                    self.bookkeeper.clear_error(entry.relpath)
             elif action is Action.LOCKED:
                 summary.locked += 1
             elif action is Action.TOO_YOUNG:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Iterator, List
 
 import pytest
+from helpers import run_oeleo
 
 from oeleo.logfile import LogFile, LogFormatter
 from oeleo.reporters import LOG_BACKUP_COUNT, RichReporter, flush_file_logs, start_file_log
@@ -409,14 +410,7 @@ def test_the_warnings_of_the_settings_are_in_the_log_file_too(tmp_path: Path) ->
     # log file is opened, and the screen is read by no one.
     make_files(tmp_path / "src", 1)
     (tmp_path / ".env").write_text("OELEO_LOG_DIR=logs\nOELEO_NIGHTLY=yes\n")
-    done = subprocess.run(
-        [sys.executable, "-m", "oeleo", "run", "--from", "src", "--to", "dst", "--db", "books.db"],
-        cwd=tmp_path,
-        env=env_without_oeleo(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    done = run_oeleo("run", "--from", "src", "--to", "dst", "--db", "books.db", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     warning = "OELEO_NIGHTLY (in "
     assert warning in done.stderr
