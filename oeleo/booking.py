@@ -95,7 +95,9 @@ class Booking:
             log.debug("%s: left for the next run: %s", printable(entry.relpath), reason)
             return
         self._count_failure(entry.relpath, entry.size, reason)
-        self.bookkeeper.record_error(entry.relpath, reason)
+        # A copy found wrong under its real name: its row no longer says that the store holds
+        # this version (copied again next run, even if the source does not change).
+        self.bookkeeper.record_error(entry.relpath, reason, copy_again=kind == "wrong_in_place")
         if kind == "fatal":
             self.summary.fatal = reason
 

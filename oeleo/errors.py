@@ -102,6 +102,13 @@ class VerificationError(TransferError):
     """The copy's checksum differs from the source's."""
 
 
+class FoundWrongInPlace(VerificationError):
+    """A copy found wrong once under its real name (verified only after its commit, the store
+    gave no hash of it before; or a store that ignored the checksum sent with it): the file
+    failed, and its row says to copy it again (code 0, unless locked), so that the next run
+    sends it even when the source did not change since the copy before."""
+
+
 class UnsafePathError(TransferError):
     """A name would resolve outside the destination folder."""
 

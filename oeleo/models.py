@@ -377,14 +377,20 @@ class Bookkeeper:
         }
         self._maybe_flush()
 
-    def record_error(self, local_name: str, reason: str) -> None:
-        """Queue: this file failed; keep the reason, keep the code (it is tried again)."""
+    def record_error(self, local_name: str, reason: str, copy_again: bool = False) -> None:
+        """Queue: this file failed; keep the reason, keep the code (it is tried again).
+        ``copy_again``: the store's copy is known wrong (``FoundWrongInPlace``): the code
+        becomes 0 (should be copied; a locked file stays locked), so that the next run copies
+        it even when its size and time are still those of the row."""
         local_name = to_books(local_name)
-        self._pending_errors[local_name] = {
+        row: Dict[str, Any] = {
             "origin": self.origin,
             "local_name": local_name,
             "last_error": printable_text(reason[:2000]),
         }
+        if copy_again:
+            row["code"] = SHOULD_BE_COPIED
+        self._pending_errors[local_name] = row
         self._maybe_flush()
 
     def clear_error(self, local_name: str) -> None:
@@ -438,7 +444,8 @@ class Bookkeeper:
             return
         model = self.db_model
         copied = list(self._pending_copied.values())
-        errors = list(self._pending_errors.values())
+        errors = [row for row in self._pending_errors.values() if "code" not in row]
+        errors_again = [row for row in self._pending_errors.values() if "code" in row]
         codes = list(self._pending_codes.values())
         seen = list(self._pending_seen.values())
         self._pending_copied, self._pending_errors, self._pending_codes = {}, {}, {}
@@ -469,6 +476,12 @@ class Bookkeeper:
                 update={model.last_error: peewee.EXCLUDED.last_error},
             )
 
+        def upsert_errors_again(rows: Sequence[Any], fields: Any = None) -> peewee.Insert:
+            return model.insert_many(rows, fields=fields).on_conflict(
+                conflict_target=target,
+                update={model.last_error: peewee.EXCLUDED.last_error, model.code: keep_lock},
+            )
+
         def upsert_codes(rows: Sequence[Any], fields: Any = None) -> peewee.Insert:
             return model.insert_many(rows, fields=fields).on_conflict(
                 conflict_target=target,
@@ -495,6 +508,7 @@ class Bookkeeper:
             with self.database.atomic():
                 self._write_rows(copied, upsert_copied)
                 self._write_rows(errors, upsert_errors)
+                self._write_rows(errors_again, upsert_errors_again)
                 self._write_rows(codes, upsert_codes)
                 self._write_rows(seen, upsert_seen)
 
@@ -507,6 +521,7 @@ class Bookkeeper:
                 self._write_one_by_one(
                     [(row, upsert_copied) for row in copied]
                     + [(row, upsert_errors) for row in errors]
+                    + [(row, upsert_errors_again) for row in errors_again]
                     + [(row, upsert_codes) for row in codes]
                     + [(row, upsert_seen) for row in seen]
                 )

@@ -13,7 +13,7 @@ import threading
 import time
 from typing import Any, Callable, Optional, Tuple
 
-from oeleo.errors import Behaviour, OeleoError, behaviour_of, first_line
+from oeleo.errors import Behaviour, FoundWrongInPlace, OeleoError, behaviour_of, first_line
 from oeleo.names import printable
 from oeleo.units import counted
 
@@ -51,6 +51,8 @@ def outcome_of(exc: Exception, relpath: str, source_exists: Callable[[], bool]) 
     if isinstance(exc, OSError):
         where = f": {exc.filename}" if exc.filename else ""
         return "error", f"{exc.strerror or exc}{where}"
+    if isinstance(exc, FoundWrongInPlace):  # a connector's own put(): in place and wrong
+        return "wrong_in_place", str(exc)
     if isinstance(exc, OeleoError):
         return "error", str(exc)
     log.debug("unexpected error copying %s", printable(relpath), exc_info=True)

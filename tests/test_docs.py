@@ -272,6 +272,7 @@ README_SAYS = {
     "FileIncomplete": "is counted as incomplete, left for the next run",
     "AlreadyThere": "a store that never overwrites already holds another version",
     "VerificationError": "some files failed",
+    "FoundWrongInPlace": "is sent again even if it did not change",
     "UnsafePathError": "some files failed",
     "Aborted": "stopped by Ctrl-C",
 }

@@ -35,6 +35,7 @@ DECIDED: Dict[str, Behaviour] = {
     "FileChangedError": Behaviour.LEAVE_FILE,
     "FileIncomplete": Behaviour.INCOMPLETE,
     "VerificationError": Behaviour.FAIL_FILE,
+    "FoundWrongInPlace": Behaviour.FAIL_FILE,  # and its row says to copy it again (code 0)
     "AlreadyThere": Behaviour.NOT_REPLACED,
     "UnsafePathError": Behaviour.FAIL_FILE,
     "Aborted": Behaviour.INTERRUPT,

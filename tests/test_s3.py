@@ -969,6 +969,72 @@ def test_a_medium_file_whose_store_ignores_the_md5_is_not_reported_copied(s3_ser
         conn.put(src, "big.fits")
 
 
+@pytest.mark.parametrize("size", [1024, 9 * MiB], ids=["small", "medium"])
+def test_a_copy_a_store_kept_wrong_is_booked_to_copy_and_sent_again_unchanged(
+    s3_server, s3_bucket, tmp_path, size
+):
+    """A store that ignores Content-MD5 keeps a body changed on its way (here: by a hook,
+    after the MD5 was computed) under the real name. The file fails, its row says to copy it
+    (code 0), and the next run sends it again although the source did not change since the
+    copy before; ``check`` meanwhile sees the object differ (its metadata says otherwise)."""
+    from oeleo.checkers import ChecksumChecker
+    from oeleo.connectors.local import LocalConnector
+    from oeleo.models import SimpleDbHandler
+    from oeleo.workers import Worker
+
+    s3_server.check_md5 = False
+    digest = write_random(tmp_path / "src" / "cube.fits", size)
+
+    def run(force=False, corrupt=False):
+        conn = connector(s3_server, s3_bucket)
+        if corrupt:
+            corrupt_body(conn, "PutObject")
+        worker = Worker(
+            checker=ChecksumChecker(),
+            bookkeeper=SimpleDbHandler(tmp_path / "books.db"),
+            local_connector=LocalConnector(tmp_path / "src"),
+            external_connector=conn,
+            force=force,
+        )
+        worker.connect_to_db()
+        try:
+            return worker.run(), worker.check()
+        finally:
+            worker.close()
+
+    assert run()[0].copied == 1
+    summary, report = run(force=True, corrupt=True)
+
+    assert summary.copied == 0 and summary.failed == 1, summary.describe()
+    assert "ignored the Content-MD5; sent again on the next run" in summary.errors[0][1]
+    row = db_rows(tmp_path / "books.db")["cube.fits"]
+    assert row["code"] == 0 and "ignored the Content-MD5" in row["last_error"], row
+    assert report.different == ["cube.fits"], report
+    summary, report = run()  # the source is as it was: sent again all the same
+    assert summary.copied == 1, summary.describe()
+    assert db_rows(tmp_path / "books.db")["cube.fits"]["code"] == 1
+    body = s3_server.client().get_object(Bucket=s3_bucket, Key=PREFIX + "cube.fits")["Body"].read()
+    assert md5(body) == digest
+    assert not report.different and not report.missing, report
+
+
+def test_check_does_not_believe_metadata_that_the_objects_etag_contradicts(s3_server, s3_bucket, tmp_path):
+    make_tree(tmp_path / "src", TREE)
+    env = s3_env(s3_server, s3_bucket)
+    assert oeleo(tmp_path, "run", env=env).returncode == 0
+    client = s3_server.client()
+    head = client.head_object(Bucket=s3_bucket, Key=PREFIX + "a.csv")
+    # Rewritten by another tool with the same size, the metadata copied along.
+    client.put_object(
+        Bucket=s3_bucket, Key=PREFIX + "a.csv", Body=b"x" * head["ContentLength"], Metadata=head["Metadata"]
+    )
+
+    done = oeleo(tmp_path, "check", env=env)
+
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "different a.csv" in done.stdout, done.stdout
+
+
 def test_a_medium_file_sent_compressed_goes_as_a_multipart_upload(s3_server, s3_bucket, tmp_path):
     """gzip on the way: the bytes sent cannot be read again from the file."""
     import gzip

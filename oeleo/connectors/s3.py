@@ -685,13 +685,19 @@ class S3Connector(Connector):
         response = self.head(relpath)
         if response is None:
             raise FileNotFoundError(2, "not in the bucket", self.external_name(relpath))
-        digest = response.get("Metadata", {}).get(META + algorithm)
-        if digest:
+        metadata = response.get("Metadata", {})
+        etag = PLAIN_ETAG.match(response.get("ETag", ""))
+        plain_md5 = etag.group(1) if etag and not sse_hides_md5(response) else None
+        # The metadata says what oeleo sent; the plain ETag of the same answer, what the store
+        # holds: an object rewritten since (metadata copied along, or a store that ignored the
+        # Content-MD5) has its metadata believed only while the two agree.
+        booked_md5 = metadata.get(META + "md5", "").lower()
+        digest = metadata.get(META + algorithm)
+        if digest and not (plain_md5 and booked_md5 and booked_md5 != plain_md5):
             return digest
         if algorithm == "md5":
-            etag = PLAIN_ETAG.match(response.get("ETag", ""))
-            if etag and not sse_hides_md5(response):
-                return etag.group(1)
+            if plain_md5:
+                return plain_md5
         elif algorithm in ("sha256", "sha1"):
             with_checksums = self.head(relpath, ChecksumMode="ENABLED") or {}
             value = with_checksums.get(f"Checksum{algorithm.upper()}")

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional
 
 from oeleo.checkers import new_hash
 from oeleo.connectors.base import Stored, Upload, temp_relpath
-from oeleo.errors import FileChangedError, TransferError, VerificationError
+from oeleo.errors import FileChangedError, FoundWrongInPlace, TransferError, VerificationError
 from oeleo.names import printable
 from oeleo.source import SourceReader
 
@@ -329,9 +329,10 @@ class S3MultipartUpload(Upload):
         etag = MULTIPART_ETAG.match(response.get("ETag", ""))
         if etag and not sse_hides_md5(response) and etag.group(1) != expected:
             connector.forget_marker(self)
-            raise VerificationError(
+            raise FoundWrongInPlace(
                 f"{printable(self.relpath)}: the completed object is not the parts sent "
-                f"(ETag {etag.group(1)}-{etag.group(2)}, expected {expected}-{len(parts)})"
+                f"(ETag {etag.group(1)}-{etag.group(2)}, expected {expected}-{len(parts)}); "
+                "sent again on the next run"
             )
         connector.add_checksums(self, self._hashes)
         connector.forget_marker(self)
@@ -367,8 +368,10 @@ def _check_etag(relpath: str, response: Dict[str, Any], md5: str) -> None:
     """A PutObject's ETag (the MD5 of the body, where no SSE hides it) against the source's."""
     etag = PLAIN_ETAG.match(response.get("ETag", ""))
     if etag and not sse_hides_md5(response) and etag.group(1) != md5:
-        # Only a store that ignores Content-MD5 gets here; S3 refuses the request.
-        raise VerificationError(
+        # Only a store that ignores Content-MD5 gets here (S3 refuses the request), and the
+        # object under the real name is now those other bytes: the file is sent again on the
+        # next run, changed or not (the books no longer say it is there).
+        raise FoundWrongInPlace(
             f"{printable(relpath)}: the store holds other bytes (ETag {etag.group(1)}, "
-            f"md5 of the source {md5}); it ignored the Content-MD5"
+            f"md5 of the source {md5}); it ignored the Content-MD5; sent again on the next run"
         )

@@ -18,9 +18,9 @@ from oeleo.errors import (
     AlreadyThere,
     Behaviour,
     DiskFullError,
+    FoundWrongInPlace,
     OeleoError,
     UnsafePathError,
-    VerificationError,
     behaviour_of,
 )
 from oeleo.names import without_name as _without_name  # noqa: F401 - a name of this module, as before
@@ -221,13 +221,17 @@ class Failed:
     def kind(self) -> str:
         """How the worker books it: ``fatal`` (the run stops), ``config`` (refused for a
         setting: the pass stops with the error, exit 2), ``not_replaced`` (the store keeps
-        another version and never overwrites: not a failure) or ``error``."""
+        another version and never overwrites: not a failure), ``wrong_in_place`` (a failure
+        whose copy under the real name is not the source's bytes: copied again next run,
+        changed or not) or ``error``."""
         if self.fatal:
             return "fatal"
         if behaviour_of(self.error) is Behaviour.CONFIG:
             return "config"
         if isinstance(self.error, AlreadyThere):
             return "not_replaced"
+        if isinstance(self.error, FoundWrongInPlace):
+            return "wrong_in_place"
         return "error"
 
 
@@ -241,11 +245,6 @@ def describe_error(exc: BaseException, what: str) -> str:
     else:
         text = str(exc)
     return f"{what} ({text})" if what else text
-
-
-class FoundWrongInPlace(VerificationError):
-    """A copy verified only after its commit (the store gave no hash of it before) that does
-    not match: it is in place, and the file failed (sent again on the next run)."""
 
 
 class _Unreachable(OeleoError):
