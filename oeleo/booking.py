@@ -45,7 +45,7 @@ class Booking:
         summary = self.summary
         locked = record is not None and record.code == SHOULD_NOT_BE_COPIED
         code = SHOULD_NOT_BE_COPIED if locked else SHOULD_BE_COPIED_IF_CHANGED
-        if kind != "staged":
+        if kind != "staged" and kind != "stopped":  # a copy abandoned for a stop: left for the next run
             self.handled += 1
         if kind == "staged":
             assert self.batches is not None

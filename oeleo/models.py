@@ -341,7 +341,7 @@ class Bookkeeper:
             .tuples()
         )
         found: List[Any] = self._guard(lambda: list(query))
-        return (from_books(found[0][0]), found[0][1]) if found else None
+        return (from_books(found[0][0]), from_books(found[0][1])) if found else None
 
     def last_runs(self, limit: int = 1) -> List[RunLogTable]:
         model = self.run_model

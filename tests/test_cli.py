@@ -496,6 +496,18 @@ def test_a_destination_other_than_the_books_place_is_a_warning_not_silence(work)
     assert moved not in same.stderr and moved not in compressed.stderr, same.stderr + compressed.stderr
 
 
+def test_a_newest_copy_whose_name_the_books_escape_is_not_taken_for_a_move(work):
+    # The books write "\u201b" (their escape character) doubled: read back, it is the name again.
+    (work / "src" / "~it\u201bs.csv").write_text("x\n")  # "~": the last name, the newest row
+    assert oeleo(work, *run_args()).returncode == 0
+    (work / "src" / "~new.csv").write_text("y\n")
+
+    again = oeleo(work, *run_args())
+
+    assert again.returncode == 0, again.stderr
+    assert "went elsewhere" not in again.stderr, again.stderr
+
+
 def test_missing_base_dir_from_is_one_line_naming_the_variable(work):
     line = one_line_error(oeleo(work, "run", "--to", "dst", "--db", "books.db"))
     assert "OELEO_BASE_DIR_FROM" in line

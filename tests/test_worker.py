@@ -864,3 +864,24 @@ def test_progress_says_which_file_the_bytes_belong_to(new_worker, tmp_path, dst)
     assert summary.copied == 2
     assert reporter.done == {"a.csv": 3000, "b.res": 5000}
     assert reporter.advanced == 8000
+
+
+def test_a_stop_during_a_copy_counts_that_file_as_left_for_the_next_run(new_worker, src, tmp_path):
+    for i in range(5):
+        (src / f"n{i}.csv").write_bytes(b"x" * 100)
+    listed = len(tree_files(src))
+
+    class StopAtTheThird(Reporter):
+        started = 0
+
+        def file_started(self, relpath: str, size: int) -> None:
+            self.started += 1
+            if self.started == 3:
+                worker.stop()  # seen by the copy of this very file, which is abandoned
+
+    worker = new_worker(reporter=StopAtTheThird())
+    summary = worker.run()
+
+    assert summary.stopped and summary.copied == 2, summary.describe()
+    assert summary.copied + summary.failed + summary.left == listed, summary.describe()
+    assert summary.describe().endswith(f"; {listed - 2} files left for the next run"), summary.describe()

@@ -198,7 +198,7 @@ class ArcsecondConnector(Connector):
             # It becomes a part of every URL: "../lab" or "lab/x" would reach another's.
             raise ConfigError(
                 f"OELEO_ARCSECOND_ORGANISATION={organisation!r}: expected an organisation's subdomain "
-                "(letters, digits and '-', as in https://<organisation>.arcsecond.io)"
+                "(letters, digits, '-' and '_', as in https://<organisation>.arcsecond.io)"
             )
         self.telescope = (telescope or "").strip() or None
         self.is_raw = is_raw
@@ -485,7 +485,8 @@ class ArcsecondConnector(Connector):
                     f"{what}: Arcsecond has no dataset {dataset_name!r} any more (HTTP 404); "
                     "it is looked up again for the next file"
                 ) from None
-            raise TransferError(f"{what}: Arcsecond refused the upload ({exc})") from None
+            verb = "failed" if exc.status is not None and exc.status >= 500 else "refused"
+            raise TransferError(f"{what}: Arcsecond {verb} the upload ({exc})") from None
         datafile = self._datafile(reply if isinstance(reply, dict) else {})
         upload.created = datafile
         with self._lock:

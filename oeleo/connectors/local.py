@@ -383,7 +383,7 @@ class LocalConnector(FolderConnector):
             st = os.stat(entry.path)
         except OSError as exc:
             if wanted(relpath, entry.name):
-                what = "a loop" if exc.errno == errno.ELOOP else "pointing to nothing"
+                what = "in a loop" if exc.errno == errno.ELOOP else "pointing to nothing"
                 report(Skipped(relpath, f"a symbolic link {what} ({os.readlink(entry.path)})"))
             return None
         target = os.readlink(entry.path)
