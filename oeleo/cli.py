@@ -582,8 +582,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     if report.different and keeps:
         kept = (
             f"{worker.external_connector.name} does not overwrite files: its copies of "
-            f"{counted(len(report.different), 'different file')} stay as they are; remove them "
-            "there for the next run to send the new versions"
+            f"{counted(len(report.different), 'different file')} stay as they are; to send the new "
+            "versions, remove them there and run `oeleo check --update-db` again: the next run sends them"
         )
         console.print(kept, soft_wrap=True)
         to_file_logs(logging.WARNING, "check: %s", kept)

@@ -243,7 +243,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     if kept:  # not errors: the store keeps another version (it never overwrites)
         console.print(
             f"{_counted(len(kept), 'file')} already there in another version, not replaced (the store "
-            "does not overwrite files; remove its copy there for the next run to send this one):",
+            "does not overwrite files; to send this one: remove its copy there, run `oeleo check "
+            "--update-db`, then the next run sends it):",
             soft_wrap=True,
         )
         for row in kept:

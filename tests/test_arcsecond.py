@@ -191,6 +191,17 @@ def test_a_changed_file_is_already_there_not_replaced_and_exits_0(fake, tmp_path
     assert "different a.fits" in " ".join(out.split()), out
     assert "arcsecond does not overwrite files: its copies of 1 different file stay as they are" in out, out
     assert "missing or different" not in out, out
+    # The way out that check and status give: remove the copy there, check --update-db, run.
+    status = run_oeleo("status", cwd=tmp_path, env=settings(fake, source)).stdout
+    assert "remove its copy there, run `oeleo check --update-db`, then the next run sends it" in " ".join(
+        status.split()
+    ), status
+    with fake.lock:
+        fake.datafiles = [f for f in fake.datafiles if f["name"] != "a.fits"]
+    assert run_oeleo("check", "--update-db", cwd=tmp_path, env=settings(fake, source)).returncode == 0
+    fourth = run_oeleo("run", cwd=tmp_path, env=settings(fake, source))
+    assert fourth.returncode == 0 and "copied 1 file" in fourth.stderr, fourth.stderr
+    assert fake.stored()["night1"]["a.fits"] == b"rewritten by the instrument"
 
 
 def test_status_and_the_monitor_tell_a_file_not_replaced_from_a_failed_one(fake, tmp_path):
