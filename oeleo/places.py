@@ -198,6 +198,20 @@ def _s3(url: str, user: Optional[str], hostport: str, path: str) -> Dict[str, An
         raise ConfigError(f"{SETTING}={url}: an s3 URL is s3://bucket/prefix (no user, no port)")
     if not hostport:
         raise ConfigError(f"{SETTING}={url}: no bucket; expected s3://bucket/prefix")
+    from oeleo.connectors.s3 import bucket_name_allowed, prefix_allowed  # botocore is not imported
+
+    # Said as the URL to fix (the connector would name OELEO_S3_BUCKET, not written anywhere).
+    if not bucket_name_allowed(hostport):
+        raise ConfigError(
+            f"{SETTING}={url}: {hostport!r} is not a bucket name; S3's are 3 to 63 lower-case letters, "
+            "digits, dots and hyphens"
+        )
+    prefix = path.strip().strip("/")
+    if not prefix_allowed(prefix):
+        raise ConfigError(
+            f"{SETTING}={url}: the key prefix {prefix!r} has a part that is empty (//), . or ..; "
+            "expected s3://bucket/instr1/"
+        )
     return {"s3_bucket": hostport, "s3_prefix": path.strip("/"), "base_dir_to": None}
 
 

@@ -490,6 +490,23 @@ def test_oeleo_run_to_arcsecond_without_slashes_exits_2_and_sends_nothing(arcsec
     assert arcsecond.log == [] and not (tmp_path / "oeleo-file-list.db").exists()
 
 
+@pytest.mark.parametrize(
+    "url, said",
+    [("s3://Bad_Bucket!/x", "'Bad_Bucket!' is not a bucket name"),
+     ("s3://lab/a//b", "the key prefix 'a//b' has a part that is empty (//), . or .."),
+     ("s3://lab/../b", "the key prefix '../b' has a part")],
+)  # fmt: skip
+def test_an_s3_url_the_connector_would_refuse_names_the_flag(tmp_path, url, said):
+    make_tree(tmp_path / "src", {"a.csv": b"1"})
+
+    done = run_oeleo("run", "--from", "src", "--to", url, cwd=tmp_path)
+
+    assert done.returncode == 2
+    line = done.stderr.strip()
+    assert line.startswith(f"oeleo: OELEO_BASE_DIR_TO={url} (from --to): {said}"), line
+    assert "OELEO_S3_" not in line and not (tmp_path / "oeleo-file-list.db").exists()
+
+
 def test_arcsecond_worker_uploads_to_the_organisation_given(arcsecond, tmp_path, monkeypatch):
     from oeleo.workers import arcsecond_worker
 

@@ -282,7 +282,13 @@ def test_a_malformed_bucket_name_is_a_config_error_naming_the_setting(s3_server,
         args += ["--to", "s3://Bad_Bucket!/x"]
     done = oeleo(tmp_path, *args, env=env)
     assert done.returncode == 2, done.stderr
-    assert "OELEO_S3_BUCKET='Bad_Bucket!'" in one_error_line(done)
+    # Named where it was written: the setting, or the URL of --to (since trial 46).
+    named = (
+        "OELEO_BASE_DIR_TO=s3://Bad_Bucket!/x (from --to)"
+        if how == "url"
+        else "OELEO_S3_BUCKET='Bad_Bucket!'"
+    )
+    assert named in one_error_line(done)
     assert "Parameter validation" not in done.stderr
     assert not [line for line in done.stderr.splitlines() if line.startswith("failed ")]  # none tried
 
@@ -513,6 +519,9 @@ def test_the_password_of_an_unreachable_endpoint_is_never_shown_nor_booked(
     assert "urlSECRET" not in (tmp_path / "logs" / "oeleo.log").read_text()
     config = oeleo(tmp_path, "config", env=s3_env(s3_server, s3_bucket, OELEO_S3_ENDPOINT_URL=endpoint))
     assert "urlSECRET" not in config.stdout and f"user:***@127.0.0.1:{port}" in config.stdout
+    if scheme != "http://":  # not a URL: refused as the connector is made, before the books open
+        assert not (tmp_path / "books.db").exists()
+        return
     with sqlite3.connect(str(tmp_path / "books.db")) as db:
         messages = [row[0] for row in db.execute("SELECT message FROM oeleo_runs")]
     assert messages and not [m for m in messages if "urlSECRET" in (m or "")], messages
@@ -591,6 +600,50 @@ def test_an_idle_rerun_does_not_even_import_botocore(s3_bucket, s3_server, tmp_p
     assert busy.returncode == 0, busy.stderr
     assert "botocore imported: True" in busy.stderr
     assert PREFIX + "new.csv" in keys(s3_server, s3_bucket)
+
+
+@pytest.mark.parametrize(
+    "setting, value, named",
+    [("OELEO_S3_ENDPOINT_URL", "htp://127.0.0.1:9", "http:// or https://"),
+     ("OELEO_S3_ENDPOINT_URL", "127.0.0.1:9000", "not a URL"),
+     ("OELEO_S3_BUCKET", "Bad_Bucket!", "not a bucket name")],
+)  # fmt: skip
+def test_a_setting_no_request_could_use_stops_an_idle_rerun_too(
+    s3_bucket, s3_server, tmp_path, setting, value, named
+):
+    make_tree(tmp_path / "src", TREE)
+    env = s3_env(s3_server, s3_bucket)
+    assert oeleo(tmp_path, "run", env=env).returncode == 0
+
+    done = oeleo(tmp_path, "run", env={**env, setting: value})  # nothing to copy
+
+    assert done.returncode == 2, done.stderr
+    line = one_error_line(done)
+    assert line.startswith(f"oeleo: {setting}=") and named in line, line
+
+
+def test_an_endpoint_url_with_a_path_or_not_an_s3_server_is_said_as_such(s3_bucket, s3_server, tmp_path):
+    import http.server
+
+    make_tree(tmp_path / "src", TREE)
+    with_path = oeleo(
+        tmp_path, "run", env=s3_env(s3_server, s3_bucket, OELEO_S3_ENDPOINT_URL=s3_server.endpoint_url + "/x")
+    )
+    web = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
+    threading.Thread(target=web.serve_forever, daemon=True).start()
+    try:
+        endpoint = f"http://127.0.0.1:{web.server_address[1]}"
+        not_s3 = oeleo(tmp_path, "run", env=s3_env(s3_server, s3_bucket, OELEO_S3_ENDPOINT_URL=endpoint))
+    finally:
+        web.shutdown()
+        web.server_close()
+
+    assert with_path.returncode == 2 and not_s3.returncode == 2
+    line = one_error_line(with_path)
+    assert "OELEO_S3_ENDPOINT_URL has a path (/x)" in line and "goes in OELEO_S3_BUCKET" in line, line
+    line = one_error_line(not_s3)
+    assert line.startswith(f"oeleo: OELEO_S3_ENDPOINT_URL='{endpoint}': answered 404"), line
+    assert "is it an S3 server?" in line, line
 
 
 def test_a_first_run_with_nothing_to_copy_still_checks_the_store(s3_bucket, s3_server, tmp_path):

@@ -172,6 +172,22 @@ def _userinfo(url: Optional[str]) -> str:
     return found.group(1) if found else ""
 
 
+# The characters botocore allows in a bucket name (its own check, at connect(), says more): so a
+# name no request could use is refused when the connector is made, without importing botocore.
+_BUCKET_CHARACTERS = re.compile(r"^[A-Za-z0-9._-]{1,255}$")
+
+
+def bucket_name_allowed(bucket: str) -> bool:
+    """Whether a request could name this bucket (an access point's ARN is checked later)."""
+    return bool(_BUCKET_CHARACTERS.match(bucket)) or bucket.startswith("arn:")
+
+
+def prefix_allowed(prefix: str) -> bool:
+    """Whether a key prefix (without its slashes at both ends) is a "folder" path: no part
+    that is empty (``a//b``), ``.`` or ``..``."""
+    return not any(part in ("", ".", "..") for part in prefix.split("/")) if prefix else True
+
+
 def _without_userinfo(url: Optional[str]) -> str:
     """An endpoint URL for messages: a ``user:password@`` in it is never shown."""
     if not url:
@@ -248,6 +264,11 @@ class S3Connector(Connector):
         if single_put_limit is not None:
             self.single_put_limit = min(int(single_put_limit), SINGLE_PUT_MAX)
         self.directory = f"s3://{self.bucket}/{self.prefix}"
+        # Said when the connector is made, before any request: also by a run with nothing to
+        # copy, which asks the store nothing (a typo in a scheduled task's .env is not silent).
+        self._check_endpoint_url(strict=True)
+        if not bucket_name_allowed(self.bucket):
+            raise ConfigError(self._bad_bucket_name())
         self._client: Any = None
         self._lock = threading.Lock()
         self._reached = False  # a request has worked: a network error later is a dropped connection
@@ -263,7 +284,7 @@ class S3Connector(Connector):
         text = (prefix or "").strip().strip("/")
         if not text:
             return ""
-        if any(part in ("", ".", "..") for part in text.split("/")):
+        if not prefix_allowed(text):
             raise ConfigError(
                 f"OELEO_S3_PREFIX={prefix!r}: expected a key prefix such as instr1/ (no part that is "
                 "empty (//), . or ..)"
@@ -393,16 +414,21 @@ class S3Connector(Connector):
         userinfo = _userinfo(self.endpoint_url)
         return text.replace(userinfo + "@", "") if userinfo else text
 
-    def _check_endpoint_url(self) -> None:
+    def _check_endpoint_url(self, strict: bool = False) -> None:
         """An endpoint URL botocore takes but cannot use (``ftp://``, a port that is not a
         number) is said as the setting to fix before any request: botocore would say it at
-        the first request, as one file's failure."""
+        the first request, as one file's failure. ``strict``: also one that is not a URL at
+        all (botocore's "Invalid endpoint", said the same way by ``connect``)."""
         if not self.endpoint_url:
             return
         parts = urlsplit(self.endpoint_url)
-        if not parts.scheme or not parts.netloc:
-            return  # botocore's own "Invalid endpoint" is said as the setting below
         endpoint = _without_userinfo(self.endpoint_url)
+        if not parts.scheme or not parts.netloc:
+            if strict:
+                raise ConfigError(
+                    f"OELEO_S3_ENDPOINT_URL={endpoint!r}: not a URL such as https://s3.lab.example.org:9000"
+                )
+            return  # botocore's own "Invalid endpoint" is said as the setting in connect()
         if parts.scheme.lower() not in ("http", "https"):
             raise ConfigError(f"OELEO_S3_ENDPOINT_URL={endpoint!r}: an S3 endpoint is http:// or https://")
         try:
@@ -579,8 +605,22 @@ class S3Connector(Connector):
         if code == "InvalidStorageClass":  # every upload would be refused the same way
             return ConfigError(f"{self._bad_storage_class()} (InvalidStorageClass)")
         if code == "NoSuchBucket" or (setup and status == 404):
-            where = f" at {_without_userinfo(self.endpoint_url)}" if self.endpoint_url else ""
-            return ConfigError(f"OELEO_S3_BUCKET={self.bucket!r}: no such bucket{where}")
+            if not self.endpoint_url:
+                return ConfigError(f"OELEO_S3_BUCKET={self.bucket!r}: no such bucket")
+            endpoint = _without_userinfo(self.endpoint_url)
+            path = urlsplit(self.endpoint_url).path
+            if path.strip("/"):
+                return ConfigError(
+                    f"OELEO_S3_BUCKET={self.bucket!r}: no such bucket at {endpoint}; OELEO_S3_ENDPOINT_URL "
+                    f"has a path ({path}): the endpoint is the server alone (as in "
+                    "https://s3.lab.example.org:9000) and the bucket goes in OELEO_S3_BUCKET"
+                )
+            if code != "NoSuchBucket":  # a 404 without S3's error: a web server, not a store
+                return ConfigError(
+                    f"OELEO_S3_ENDPOINT_URL={endpoint!r}: answered {status} without an S3 error "
+                    f"({code}): is it an S3 server? (the bucket: OELEO_S3_BUCKET={self.bucket!r})"
+                )
+            return ConfigError(f"OELEO_S3_BUCKET={self.bucket!r}: no such bucket at {endpoint}")
         if code in ("AccessDenied", "AllAccessDisabled", "403") or status == 403:
             return ConfigError(
                 f"S3 denied access {doing} ({code}): check the bucket policy and the permissions "
