@@ -43,6 +43,14 @@ class ConfigError(OeleoError):
     behaviour = Behaviour.CONFIG
 
 
+class DestinationUnreachable(ConfigError):
+    """The destination could not be reached at the first connection of this process (no
+    answer, refused, a name that does not resolve, not an SSH/S3 server): said as the setting
+    to check, exit 2, for a single run; a scheduler (``oeleo schedule``, ``oeleo watch``)
+    goes on and tries again at its next pass, as the network of a PC that just started may
+    not be up yet. Once the destination has answered, a failure is ``ConnectionLost``."""
+
+
 class BookkeeperError(OeleoError):
     """The bookkeeping database cannot be opened, read or written (a full disk under it)."""
 

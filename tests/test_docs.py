@@ -262,6 +262,7 @@ def test_readme_names_every_exit_status_of_the_command():
 README_SAYS = {
     "OeleoError": "some files failed",
     "ConfigError": "a configuration or usage error",
+    "DestinationUnreachable": "a destination that cannot be reached at the first connection",
     "BookkeeperError": "the books cannot be opened or written",
     "DatabaseBusyError": "another oeleo process already uses the same database",
     "ConnectorError": "the destination is full or cannot be used",

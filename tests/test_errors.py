@@ -26,6 +26,7 @@ def error_classes() -> List[Type[OeleoError]]:
 DECIDED: Dict[str, Behaviour] = {
     "OeleoError": Behaviour.FAIL_FILE,
     "ConfigError": Behaviour.CONFIG,
+    "DestinationUnreachable": Behaviour.CONFIG,  # and a scheduler goes on (oeleo.schedulers.base)
     "BookkeeperError": Behaviour.BOOKS,
     "DatabaseBusyError": Behaviour.BOOKS,
     "ConnectorError": Behaviour.STOP_RUN,

@@ -28,7 +28,7 @@ from helpers import (
 )
 
 from oeleo.connectors.local import LocalConnector
-from oeleo.errors import ConnectorError
+from oeleo.errors import ConnectorError, DestinationUnreachable
 from oeleo.locks import ProcessLock
 from oeleo.models import SimpleDbHandler
 from oeleo.schedulers import SimpleScheduler
@@ -575,6 +575,38 @@ def test_a_lost_connection_is_opened_again_at_the_next_pass(tmp_path: Path, oele
     assert "the file server went away" in runs[1]["message"]
     assert external.connects == 2, "the failed second pass closed it; the third connected again"
     assert (tmp_path / "dst" / "late-1.csv").read_text() == "t,v\n1,1\n"  # left by pass 2, copied by 3
+    assert scheduler.failed_runs == 1
+
+
+class NotUpYet(CountingConnector):
+    """A store out of reach for its first ``down`` connections (a PC whose network is not up
+    yet when the scheduled task starts)."""
+
+    down = 1
+
+    def connect(self) -> None:
+        if self.connects < self.down:
+            self.connects += 1
+            raise DestinationUnreachable("file-server:22 is unreachable: no answer within 15 s")
+        super().connect()
+
+
+def test_a_destination_not_reached_at_the_first_pass_is_tried_again_at_the_next(
+    tmp_path: Path, oeleo_log: Records
+) -> None:
+    worker = make_worker(tmp_path)
+    external = NotUpYet(tmp_path / "dst")
+    external.upload_tag = worker.external_connector.upload_tag
+    worker.external_connector = external
+    scheduler = SimpleScheduler(worker, run_interval_time=0.05, max_run_intervals=2)
+    scheduler.start()  # a ConfigError at the first pass would raise here
+
+    runs = run_rows(tmp_path / "books.db")
+    assert [r["status"] for r in runs] == ["failed", "ok"], oeleo_log.text()
+    assert "run 1 failed: file-server:22 is unreachable" in oeleo_log.text()
+    assert sorted(p.name for p in (tmp_path / "dst").iterdir()) == sorted(
+        p.name for p in (tmp_path / "src").iterdir()
+    )
     assert scheduler.failed_runs == 1
 
 

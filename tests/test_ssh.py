@@ -406,6 +406,57 @@ def test_port_without_an_ssh_server_is_one_line_exit_2(source, tmp_path):
     assert line.startswith(f"oeleo: 127.0.0.1:{port} does not answer like an SSH server")
 
 
+def test_a_server_that_takes_the_connection_and_says_nothing_is_said_as_such(tmp_path):
+    # paramiko's start_client() returns at its timeout without a session; oeleo said
+    # "unexpected error: SSHException: No existing session" and exited 1 (trial 48).
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(4)
+    port = listener.getsockname()[1]
+    held = []
+    threading.Thread(target=lambda: held.append(listener.accept()), daemon=True).start()
+    conn = SSHConnector(
+        host="127.0.0.1", port=port, username="oeleo", password="pw", directory="/d",
+        known_hosts=str(tmp_path / "known_hosts"), timeout=1,
+    )  # fmt: skip
+    try:
+        with pytest.raises(ConfigError) as refused:
+            conn.connect()
+    finally:
+        listener.close()
+        conn.close()
+
+    said = str(refused.value)
+    assert said.startswith(f"127.0.0.1:{port} "), said
+    assert "does not answer like an SSH server" in said or "did not finish the SSH handshake" in said, said
+    assert "OELEO_EXTERNAL_HOST" in said and "No existing session" not in said, said
+
+
+def test_a_server_that_worked_and_now_hangs_is_a_dropped_connection_not_a_setting(tmp_path):
+    # The worker's retries reconnect after a ConnectionLost; a ConfigError ended the pass at
+    # the first reconnect, as if the settings that worked a moment before were wrong (trial 48).
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(4)
+    port = listener.getsockname()[1]
+    held = []
+    threading.Thread(target=lambda: held.append(listener.accept()), daemon=True).start()
+    conn = SSHConnector(
+        host="127.0.0.1", port=port, username="oeleo", password="pw", directory="/d",
+        known_hosts=str(tmp_path / "known_hosts"), timeout=1,
+    )  # fmt: skip
+    conn._session.ever_connected = True  # as after a first connection that worked
+    try:
+        with pytest.raises(ConnectionLost) as lost:
+            conn.reconnect()
+    finally:
+        listener.close()
+        conn.close()
+
+    said = str(lost.value)
+    assert said.startswith("cannot reconnect to ") and "check OELEO_" not in said, said
+
+
 def test_unreachable_host_is_exit_2_naming_host_and_port(source, tmp_path):
     if os.geteuid() != 0:
         pytest.fail("needs root: the command runs in a network namespace without routes (unshare --net)")

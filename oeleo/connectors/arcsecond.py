@@ -52,7 +52,14 @@ from oeleo.connectors.base import (
     matches,
     safe_relpath,
 )
-from oeleo.errors import AlreadyThere, ConfigError, ConnectionLost, TransferError, VerificationError
+from oeleo.errors import (
+    AlreadyThere,
+    ConfigError,
+    ConnectionLost,
+    DestinationUnreachable,
+    TransferError,
+    VerificationError,
+)
 from oeleo.names import from_books, printable, to_books
 
 if TYPE_CHECKING:
@@ -257,7 +264,7 @@ class ArcsecondConnector(Connector):
         except ConnectionLost as exc:
             if self._reached:
                 raise
-            raise ConfigError(f"{exc}: check OELEO_ARCSECOND_API_URL") from None
+            raise DestinationUnreachable(f"{exc}: check OELEO_ARCSECOND_API_URL") from None
         self._reached = True
 
     def close(self) -> None:

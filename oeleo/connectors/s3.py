@@ -105,6 +105,7 @@ from oeleo.connectors.s3_uploads import (
 from oeleo.errors import (
     ConfigError,
     ConnectionLost,
+    DestinationUnreachable,
     OeleoError,
     TransferError,
     VerificationError,
@@ -575,7 +576,9 @@ class S3Connector(Connector):
                 if self.endpoint_url
                 else "check the network and OELEO_S3_REGION"
             )
-            raise ConfigError(f"cannot reach S3 at {where} ({self._masked(exc)}); {hint}") from None
+            raise DestinationUnreachable(
+                f"cannot reach S3 at {where} ({self._masked(exc)}); {hint}"
+            ) from None
         except boto_errors.ParamValidationError as exc:
             if "Invalid bucket name" in str(exc):
                 raise ConfigError(self._bad_bucket_name()) from None

@@ -19,7 +19,7 @@ import threading
 from contextlib import contextmanager
 from typing import Callable, Generic, Iterator, Optional, Protocol, Tuple, Type, TypeVar
 
-from oeleo.errors import ConfigError, ConnectionLost
+from oeleo.errors import ConnectionLost, DestinationUnreachable
 from oeleo.names import printable
 
 log = logging.getLogger("oeleo")
@@ -144,7 +144,7 @@ class Session(Generic[Conn]):
             # and OELEO_EXTERNAL_PORT)") would read an outage as a mistake.
             message = _SETTINGS_HINT.sub("", message)
             return ConnectionLost(f"cannot reconnect to {self.where}: {message}")
-        return ConfigError(message)
+        return DestinationUnreachable(message)
 
     def _open_locked(self) -> Conn:
         conn = self._open()

@@ -62,7 +62,7 @@ from oeleo.connectors.sharepoint_names import (
     site_url_of,
 )
 from oeleo.connectors.sharepoint_upload import SharePointStagedUpload, SharePointUpload
-from oeleo.errors import ConfigError, ConnectionLost, TransferError, VerificationError
+from oeleo.errors import ConfigError, ConnectionLost, DestinationUnreachable, TransferError, VerificationError
 from oeleo.names import printable
 
 if TYPE_CHECKING:
@@ -362,7 +362,7 @@ class SharePointConnector(Connector):
         except requests.exceptions.SSLError as exc:
             raise ConfigError(f"cannot check the certificate of {self._host()}: {exc}") from None
         except requests.exceptions.RequestException as exc:
-            raise ConfigError(
+            raise DestinationUnreachable(
                 f"cannot reach SharePoint at {self._host()} ({exc}); check OELEO_SHAREPOINT_URL"
             ) from None
         with self._lock:

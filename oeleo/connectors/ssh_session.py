@@ -40,6 +40,15 @@ SAFE_REQUEST = 32768
 READ_BACK_BELOW = 256 * 1024
 
 
+def _keyed(transport: paramiko.Transport) -> bool:
+    """Whether the handshake got as far as the server's host key."""
+    try:
+        transport.get_remote_server_key()
+    except paramiko.SSHException:
+        return False
+    return True
+
+
 class SSHSession(SSHLogin):
     """The connection, its channels and its errors, for ``SSHConnector`` (which sets the
     endpoints, the folder and the timeouts, then calls ``_start_session``)."""
@@ -191,9 +200,10 @@ class SSHSession(SSHLogin):
             except paramiko.SSHException as exc:
                 text = describe(exc)
                 if "banner" in text.lower():
-                    raise ConfigError(
-                        f"{'jump host ' if endpoint.jump else ''}{endpoint.address} does not answer "
-                        f"like an SSH server ({text}); check {endpoint.check}"
+                    # A setting to fix the first time; a server that hangs once it has worked.
+                    raise self._fail_connect(
+                        f"{self._label(endpoint)} does not answer like an SSH server ({text}); "
+                        f"check {endpoint.check}"
                     ) from None
                 raise self._fail_connect(
                     f"SSH handshake with {self._label(endpoint)} failed: {text}"
@@ -203,6 +213,13 @@ class SSHSession(SSHLogin):
                     f"{self._label(endpoint)} closed the connection during the SSH handshake "
                     f"({describe(exc)})"
                 ) from None
+            if not transport.is_active() or not _keyed(transport):
+                # start_client() returns at its timeout without a session: a server that
+                # took the connection and said nothing more (frozen, or not SSH at all).
+                raise self._fail_connect(
+                    f"{self._label(endpoint)} did not finish the SSH handshake within {self.timeout:g} s; "
+                    f"check {endpoint.check}"
+                )
             self._check_host_key(transport, endpoint)
             self._authenticate(transport, endpoint, offers, notes)
             transport.set_keepalive(30)

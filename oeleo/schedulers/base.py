@@ -22,7 +22,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Protocol, Sequence, Tuple
 
-from oeleo.errors import ConfigError, DatabaseBusyError, OeleoError
+from oeleo.errors import ConfigError, DatabaseBusyError, DestinationUnreachable, OeleoError
 
 if TYPE_CHECKING:
     from oeleo.workers import RunSummary
@@ -169,12 +169,14 @@ class SchedulerBase:
             log.warning("run %d skipped: %s%s", self.runs, exc, self._then())
             if self._beats:
                 self._beat_beside_a_run(result=f"skipped: {exc}", next_pass=self._planned(time.time()))
-        except ConfigError:
-            if self.runs == 1:
+        except ConfigError as exc:
+            if self.runs == 1 and not isinstance(exc, DestinationUnreachable):
                 raise  # wrong from the start: say so now rather than fail every interval
+            # A destination not reached at the first pass may be a network not up yet (a PC
+            # just started): tried again at the next pass, as a lost one is.
             failed = True
             self.failed_runs += 1
-            log.error("run %d failed: %s%s", self.runs, sys.exc_info()[1], self._then())
+            log.error("run %d failed: %s%s", self.runs, exc, self._then())
         except (OeleoError, OSError) as exc:
             failed = True
             self.failed_runs += 1
