@@ -32,8 +32,9 @@ def batches_in_flight(connector: Connector) -> int:
 
 
 # What a batch gives back, file by file, to be booked:
-# ("copied", entry, code, result), ("error" | "fatal", entry, reason), or
-# ("config" | "not_replaced", entry, error): the pass stops with the error, or it is booked.
+# ("copied", entry, code, result), ("error" | "fatal" | "wrong_in_place", entry, reason),
+# ("config" | "not_replaced", entry, error): the pass stops with the error, or it is booked,
+# or ("stopped", entry, reason): not committed, the pass being asked to stop.
 Outcomes = List[Tuple[Any, ...]]
 
 

@@ -119,8 +119,11 @@ class Booking:
         files committed before it are booked."""
         refusal: Optional[BaseException] = None
         for outcome in outcomes:
-            self.handled += outcome[0] != "config"  # refused for a setting: left for the next run
-            if outcome[0] == "copied":
+            # Refused for a setting, or not committed for a stop: left for the next run.
+            self.handled += outcome[0] not in ("config", "stopped")
+            if outcome[0] == "stopped":
+                self.summary.stopped = True
+            elif outcome[0] == "copied":
                 _, entry, code, result = outcome
                 self.batch_copies += 1  # counted, booked or not: see books_failed
                 self.copied(entry, code, result)

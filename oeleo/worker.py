@@ -584,6 +584,7 @@ class Worker:
         if type(self.checker).take_metadata is not Checker.take_metadata:  # else: no Path per file
             path_of = self.local_connector.path
             booking.metadata_of = lambda relpath: self.checker.take_metadata(path_of(relpath))
+        self.external_connector.stop_asked = self._stop.is_set  # its commits: none after a stop
         batches = Batches(self.external_connector, booking.outcomes, self._commit_thread)
         booking.batches = batches
         booking.skipped(skipped)

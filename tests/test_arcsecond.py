@@ -898,3 +898,41 @@ def test_a_read_back_the_storage_refuses_is_one_plain_line_not_a_class_name(fake
     fake.fail("GET", "files", 500, times=10)
     with pytest.raises(TransferError, match=r"^a\.fits: cannot read it back from Arcsecond \(HTTP 500"):
         conn.checksum("a.fits")
+
+
+def test_a_stop_sends_no_more_of_the_batch_and_leaves_the_rest_for_the_next_run(fake, tmp_path):
+    # A batch holds up to 256 files (64 MiB): after SIGTERM they were all still uploaded, each a
+    # POST, under "stopping cleanly" (trial 47). Now the commits after the stop are not sent.
+    source = tmp_path / "data" / "night1"
+    make_tree(source, {f"f{i:02}.fits": os.urandom(2000) for i in range(30)})
+    conn = connector(fake)
+    copier = worker(conn, source)
+    commit, done = conn.commit, []
+
+    def commit_then_stop_at_the_third(staged):
+        result = commit(staged)
+        done.append(staged.relpath)
+        if len(done) == 3:
+            copier.stop()
+        return result
+
+    conn.commit = commit_then_stop_at_the_third
+    copier.connect_to_db()
+    try:
+        summary = copier.run()
+    finally:
+        copier.close()
+
+    assert summary.stopped and summary.copied == 3 and summary.failed == 0, summary.describe()
+    assert summary.left == 27, summary.describe()
+    assert len(fake.stored()["night1"]) == 3
+    booked = {name for name, row in db_rows(source.parent / "books.db").items() if row["checksum"]}
+    assert booked == set(done) == set(fake.stored()["night1"])
+
+    again = worker(connector(fake), source)
+    again.connect_to_db()
+    try:
+        rest = again.run()
+    finally:
+        again.close()
+    assert rest.copied == 27 and len(fake.stored()["night1"]) == 30, rest.describe()

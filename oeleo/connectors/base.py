@@ -39,6 +39,7 @@ from oeleo.compress import GzipStream, stored_name
 from oeleo.connectors.values import (  # noqa: F401 - also names of this module, as before
     _TURN_BACKSLASHES,
     NOT_TRIED,
+    STOPPED_BEFORE_COMMIT,
     TEMP_SUFFIX,
     Failed,
     Features,
@@ -62,6 +63,7 @@ from oeleo.connectors.values import (  # noqa: F401 - also names of this module,
     upload_tag,
 )
 from oeleo.errors import (
+    Aborted,
     Behaviour,
     ConfigError,
     FileChangedError,
@@ -267,6 +269,8 @@ class Connector(abc.ABC):
 
     directory: Any = None
     upload_tag: str = ""  # set by the worker: whose temporary names this connector writes
+    # Set by the worker for its pass: whether a stop was asked (``commit_many`` sends no more).
+    stop_asked: Optional[Callable[[], bool]] = None
     # How many times a commit is tried again after a dropped connection (a small file's PUT
     # is its commit); set by the worker from OELEO_RETRIES.
     commit_retries: int = 3
@@ -534,6 +538,13 @@ class Connector(abc.ABC):
 
         def commit_one(index: int) -> None:
             item = staged[index]
+            if not self.features.batch_sync and self.stop_asked is not None and self.stop_asked():
+                # An object store's commit is a request per file, the upload itself for some
+                # (a PutObject, an Arcsecond POST): after a stop the rest of the batch is not
+                # sent (up to 64 MiB after "stopping cleanly"), but left for the next run.
+                self.discard(item)
+                results[index] = Failed(STOPPED_BEFORE_COMMIT, False, Aborted(STOPPED_BEFORE_COMMIT))
+                return
             if refusal:  # not asked again: the pass stops with the refusal (Failed.kind "config"),
                 # or with the store that stays away (fatal)
                 self.discard(item)

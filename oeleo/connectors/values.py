@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 
 TEMP_SUFFIX = ".oeleo-part"
 NOT_TRIED = "not tried: "  # the reason of a commit not sent, after its batch met a store away or a refusal
+STOPPED_BEFORE_COMMIT = "stopped before its commit; left for the next run"
 
 
 @dataclass(frozen=True)
@@ -223,7 +224,8 @@ class Failed:
         setting: the pass stops with the error, exit 2), ``not_replaced`` (the store keeps
         another version and never overwrites: not a failure), ``wrong_in_place`` (a failure
         whose copy under the real name is not the source's bytes: copied again next run,
-        changed or not) or ``error``."""
+        changed or not), ``stopped`` (not committed, a stop being asked: left for the next
+        run) or ``error``."""
         if self.fatal:
             return "fatal"
         if behaviour_of(self.error) is Behaviour.CONFIG:
@@ -232,6 +234,8 @@ class Failed:
             return "not_replaced"
         if isinstance(self.error, FoundWrongInPlace):
             return "wrong_in_place"
+        if behaviour_of(self.error) is Behaviour.INTERRUPT:  # not committed, for a stop
+            return "stopped"
         return "error"
 
 
