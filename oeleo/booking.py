@@ -14,7 +14,7 @@ from oeleo.errors import BookkeeperError
 from oeleo.models import SHOULD_BE_COPIED_IF_CHANGED, SHOULD_NOT_BE_COPIED, Bookkeeper, Record
 from oeleo.names import printable, printable_text
 from oeleo.reporters import Reporter
-from oeleo.summary import RunSummary, not_replaced_reason
+from oeleo.summary import LEFT_START, RunSummary, not_replaced_reason
 
 log = logging.getLogger("oeleo")
 
@@ -91,7 +91,8 @@ class Booking:
             if self.summary.fatal is None:  # the cause, without a count of this file's tries
                 self.summary.fatal = reason[len(NOT_TRIED) :]
             self.summary.left += 1
-            self.bookkeeper.record_error(entry.relpath, reason)
+            cause = reason[len(NOT_TRIED) :] if untried else reason
+            self.bookkeeper.record_error(entry.relpath, f"{LEFT_START}{cause}")
             log.debug("%s: left for the next run: %s", printable(entry.relpath), reason)
             return
         self._count_failure(entry.relpath, entry.size, reason)

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, List, Optional, Sequence, Set, Tuple
 
 from oeleo.cli import EXIT_OK, _console, _say, _settings, log
 from oeleo.errors import OeleoError
-from oeleo.summary import NOT_REPLACED, is_not_replaced
+from oeleo.summary import LEFT_START, NOT_REPLACED, is_left, is_not_replaced
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -232,7 +232,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     if heartbeat is not None:
         console.print(_describe_heartbeat(heartbeat), soft_wrap=True)
     kept = [row for row in errors if is_not_replaced(row.last_error)]
-    errors = [row for row in errors if not is_not_replaced(row.last_error)]
+    left = [row for row in errors if is_left(row.last_error)]
+    errors = [row for row in errors if not is_not_replaced(row.last_error) and not is_left(row.last_error)]
     if errors:
         console.print(f"{_counted(len(errors), 'file')} with errors:")
         for row in errors:
@@ -240,6 +241,15 @@ def cmd_status(args: argparse.Namespace) -> int:
             gone = listed is not None and _name(row) not in listed
             where = ", no longer in the source folder" if gone else ""
             console.print(f"  {_name(row)} (code {row.code}{where}): {row.last_error}", soft_wrap=True)
+    if left:  # not failures of their own: a run stopped before them (said once, with its cause)
+        causes = sorted({str(row.last_error)[len(LEFT_START) :] for row in left})
+        more = f" and {len(left) - 5} more" if len(left) > 5 else ""
+        shown = ", ".join(_name(row) for row in left[:5]) + more
+        console.print(
+            f"{_counted(len(left), 'file')} left for the next run when a run stopped "
+            f"({causes[0]}{f'; and {len(causes) - 1} other causes' if len(causes) > 1 else ''}): {shown}",
+            soft_wrap=True,
+        )
     if kept:  # not errors: the store keeps another version (it never overwrites)
         console.print(
             f"{_counted(len(kept), 'file')} already there in another version, not replaced (the store "

@@ -34,7 +34,7 @@ from oeleo.models import (
     _heartbeat_model,
     make_origin,
 )
-from oeleo.summary import NOT_REPLACED_START
+from oeleo.summary import LEFT_START, NOT_REPLACED_START
 
 if TYPE_CHECKING:
     from oeleo.settings import Settings
@@ -347,8 +347,13 @@ def _failures(books: Bookkeeper, origin: str) -> List[Dict[str, Any]]:
 
 def _has_error(model: Any) -> Any:
     """Rows whose last attempt failed: a reason booked, other than "already there, not
-    replaced" (a store that never overwrites keeps another version: a note, not an error)."""
-    return model.last_error.is_null(False) & ~model.last_error.startswith(NOT_REPLACED_START)
+    replaced" (a store that never overwrites keeps another version: a note, not an error) and
+    "left for the next run when the run stopped" (the run's own row says why it stopped)."""
+    return (
+        model.last_error.is_null(False)
+        & ~model.last_error.startswith(NOT_REPLACED_START)
+        & ~model.last_error.startswith(LEFT_START)
+    )
 
 
 def _daily(books: Bookkeeper, origin: Optional[str], now: float) -> List[Dict[str, Any]]:

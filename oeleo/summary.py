@@ -28,6 +28,16 @@ def not_replaced_reason(words: Optional[str] = None) -> str:
     return f"{NOT_REPLACED}: {words}"
 
 
+# How the booked reason of a file starts that a run stopped before (a full destination, a store
+# found away): not a failure of its own; ``oeleo status`` lists these files apart.
+LEFT_START = "left for the next run when the run stopped: "
+
+
+def is_left(reason: Optional[str]) -> bool:
+    """Whether a booked reason says the file was left because its run stopped."""
+    return bool(reason) and str(reason).startswith(LEFT_START)
+
+
 def is_not_replaced(reason: Optional[str]) -> bool:
     """Whether a booked reason says "already there, not replaced" (a note, not an error)."""
     return bool(reason) and str(reason).startswith(NOT_REPLACED_START)

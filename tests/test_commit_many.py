@@ -345,7 +345,20 @@ def test_a_store_away_for_good_says_it_once_and_counts_the_files_left(tmp_path, 
     text = summary.describe()
     assert "stopped early: cannot reconnect to the bucket: refused" in text
     assert text.endswith("; 39 files left for the next run"), text
-    assert all(row["checksum"] is None for row in db_rows(tmp_path / "books.db").values())
+    rows = db_rows(tmp_path / "books.db")
+    assert all(row["checksum"] is None for row in rows.values())
+    left = [name for name, row in rows.items() if row["last_error"].startswith("left for the next run when")]
+    assert len(left) == 39, rows
+    # oeleo status names the one failure as an error, and the files left apart, in one line.
+    from helpers import run_oeleo
+
+    shown = run_oeleo(
+        "status", "--from", str(tmp_path / "src"), "--db", str(tmp_path / "books.db"), cwd=tmp_path
+    )
+    assert shown.returncode == 0, shown.stderr
+    out = " ".join(shown.stdout.split())
+    assert "1 file with errors:" in out, out
+    assert "39 files left for the next run when a run stopped (cannot reconnect to the bucket: refused" in out
 
 
 def test_a_store_away_for_good_when_a_batch_is_made_durable_says_it_once(tmp_path, monkeypatch):
