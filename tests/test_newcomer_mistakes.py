@@ -256,6 +256,29 @@ def test_a_commit_that_does_nothing_is_a_failure_not_a_copy(tmp_path):
     assert copied(tmp_path) == []
 
 
+def test_a_commit_that_does_nothing_over_an_older_copy_of_the_same_size_is_a_failure(tmp_path):
+    """The store holds the file's first version; the second, of the same size, is staged and
+    its commit does nothing. The size after the commit matches: the store's hash (it declares
+    md5) tells the older copy from this one (trial 48: booked as copied, check said different)."""
+
+    class Forgets(MemoryUpload):
+        def commit(self) -> None:
+            self.connector.commits += 1
+
+    make_source(tmp_path / "src", 1)
+    store = MemoryStore()
+    assert run(tmp_path, store).copied == 1
+    source = tmp_path / "src" / "f000.csv"
+    source.write_bytes(bytes(reversed(source.read_bytes())))  # other bytes, the same size
+    os.utime(source, ns=(source.stat().st_atime_ns, source.stat().st_mtime_ns + 10**9))
+    store.upload = Forgets
+
+    summary = run(tmp_path, store)
+
+    assert store.commits == 2 and summary.copied == 0 and summary.failed == 1, summary.describe()
+    assert "the store holds other bytes after the commit" in summary.errors[0][1], summary.errors
+
+
 def test_a_folder_connector_whose_rename_does_nothing_books_nothing(tmp_path):
     from oeleo.connectors.base import FolderConnector
 

@@ -875,6 +875,16 @@ class Connector(abc.ABC):
             raise VerificationError(
                 f"{staged.relpath}: the store holds {entry.size} bytes after the commit, not {size}"
             )
+        # The same size may be an older copy a commit that did nothing left there (a changed
+        # file of the same size): a store that gives a hash of what it holds is asked for it.
+        used, wanted = staged.stored_hash or (staged.algorithm, staged.checksum)
+        if used and wanted and used in self.features.hashes:
+            held = str(self.checksum(staged.relpath, used)).lower()
+            if held != wanted.lower():
+                raise VerificationError(
+                    f"{staged.relpath}: the store holds other bytes after the commit ({used} {held}, "
+                    f"sent {wanted}): an older copy of the same size?"
+                )
 
     def discard(self, staged: PutResult) -> None:
         """Forget a staged upload that will not be committed (never the real name)."""
