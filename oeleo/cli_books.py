@@ -146,6 +146,8 @@ def _local_names(base: Path, paths: Sequence[str]) -> List[str]:
         path = Path(text).expanduser()
         candidates = [path] if path.is_absolute() else [base / path, Path.cwd() / path]
         found = next((c for c in candidates if os.path.lexists(c)), None)
+        if found is None and "\\" in text:
+            found = _by_printed_name(candidates[0])  # copied from oeleo's output (new\nline.csv)
         if found is None:
             # A name the books know, the file being gone - or a typo: say so, it is booked anyway.
             rel = _inside(_absolute(candidates[-1]), base)
@@ -170,6 +172,20 @@ def _local_names(base: Path, paths: Sequence[str]) -> List[str]:
         else:
             names.append(safe_relpath(rel))
     return names
+
+
+def _by_printed_name(path: Path) -> Optional[Path]:
+    """The file of ``path``'s folder whose name oeleo prints as ``path.name`` (a newline shown
+    as ``\\n``, a byte that is not UTF-8 as ``\\xe9``), if one is: the name as people copy it
+    from oeleo's output."""
+    from oeleo.names import printable
+
+    try:
+        names = os.listdir(path.parent)
+    except OSError:
+        return None
+    found = [name for name in names if name != path.name and printable(name) == path.name]
+    return path.parent / found[0] if len(found) == 1 else None
 
 
 def _status_books(settings: Settings, origin: str) -> Bookkeeper:

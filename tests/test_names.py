@@ -204,3 +204,19 @@ def test_a_newline_in_a_name_never_makes_a_line_of_its_own_on_the_console_or_in_
         assert "copied a\\ncopied fake.csv" in text
         assert "copied b\\x1b[31m.csv" in text and "\x1b" not in text
         assert not any(line.startswith("copied fake.csv") for line in text.splitlines())
+
+
+@pytest.mark.skipif(os.name == "nt", reason="a newline in a file name: POSIX")
+def test_a_name_copied_from_oeleos_output_locks_that_file(tmp_path):
+    # oeleo prints a newline in a name as \n: that text, given to oeleo lock, is that file,
+    # not a new row booked by name (trial 48).
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "new\nline.csv").write_text("a\n")
+    assert run_oeleo("run", "--from", "src", "--to", "dst", cwd=tmp_path).returncode == 0
+
+    done = run_oeleo("lock", "new\\nline.csv", "--from", "src", cwd=tmp_path)
+
+    assert done.returncode == 0, done.stderr
+    assert "no such file" not in done.stderr, done.stderr
+    rows = db_rows(tmp_path / "oeleo-file-list.db")
+    assert set(rows) == {"new\nline.csv"} and rows["new\nline.csv"]["code"] == 2, rows

@@ -206,6 +206,20 @@ def test_unknown_host_key_is_refused_with_how_to_trust_it(sshd_server, source, t
     assert "OELEO_ACCEPT_NEW_HOST_KEYS=true" in line
     assert known_hosts.read_text() == ""
     assert tree_files(folder) == {}
+    assert "no such file" not in line, line
+
+
+def test_a_known_hosts_file_that_is_not_there_is_said_with_the_unknown_key(sshd_server, source, tmp_path):
+    typo = tmp_path / "known_host"  # for known_hosts
+    done = run_oeleo(
+        "run", "--from", str(source), "--to", sshd_server.new_folder(), cwd=tmp_path,
+        env=sshd_server.env(OELEO_KNOWN_HOSTS=str(typo)),
+    )  # fmt: skip
+
+    assert done.returncode == 2
+    line = one_error_line(done)
+    assert f"(OELEO_KNOWN_HOSTS={typo}: no such file)" in line, line
+    assert not typo.exists()
 
 
 def test_new_host_key_is_trusted_logged_and_stored_with_the_setting(sshd_server, source, tmp_path):

@@ -196,8 +196,14 @@ class SSHLogin:
         store = self._known_hosts_file()
         if not self.accept_new_host_keys:
             port = f"-p {endpoint.port} " if endpoint.port != 22 else ""
+            # A file named by OELEO_KNOWN_HOSTS that is not there: maybe a typo in its path.
+            missing = (
+                f" (OELEO_KNOWN_HOSTS={store}: no such file)"
+                if self.known_hosts is not None and not store.exists()
+                else ""
+            )
             raise ConfigError(
-                f"unknown SSH host key for {shown} ({keytype} {fingerprint}): if that "
+                f"unknown SSH host key for {shown} ({keytype} {fingerprint}){missing}: if that "
                 f"is the server's key, trust it by adding it to {store} "
                 f"(ssh-keyscan {port}{endpoint.host} >> {store}) or by running once with "
                 "OELEO_ACCEPT_NEW_HOST_KEYS=true"
