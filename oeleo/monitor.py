@@ -231,7 +231,9 @@ def health(last: Optional[Dict[str, Any]], beat: Optional[Dict[str, Any]], faile
 
 def _empty_counts() -> Dict[str, int]:
     counts = {key: 0 for key in _CODE_KEYS.values()}
-    counts.update(failed=0, total=0)
+    # Not failures: kept in another version by a store that never overwrites, and left for
+    # the next run by a run that stopped.
+    counts.update(failed=0, not_replaced=0, left=0, total=0)
     return counts
 
 
@@ -379,15 +381,19 @@ def _counts_by_origin(books: Bookkeeper) -> Dict[str, Dict[str, int]]:
     model = books.db_model
     counts: Dict[str, Dict[str, int]] = {}
     failed = peewee.fn.SUM(peewee.Case(None, [(_has_error(model), 1)], 0))
-    query = model.select(model.origin, model.code, peewee.fn.COUNT(model.id), failed).group_by(
+    kept = peewee.fn.SUM(peewee.Case(None, [(model.last_error.startswith(NOT_REPLACED_START), 1)], 0))
+    left = peewee.fn.SUM(peewee.Case(None, [(model.last_error.startswith(LEFT_START), 1)], 0))
+    query = model.select(model.origin, model.code, peewee.fn.COUNT(model.id), failed, kept, left).group_by(
         model.origin, model.code
     )
-    for origin, code, n, failed in _tuples(query):
+    for origin, code, n, failed, kept, left in _tuples(query):
         entry = counts.setdefault(origin, _empty_counts())
         if code in _CODE_KEYS:
             entry[_CODE_KEYS[code]] += n
         entry["total"] += n
         entry["failed"] += int(failed or 0)
+        entry["not_replaced"] += int(kept or 0)
+        entry["left"] += int(left or 0)
     return counts
 
 
@@ -524,6 +530,13 @@ def metrics_text(books: Bookkeeper, now: Optional[float] = None) -> str:
         ("oeleo_files_copied_total", "counter", "Files the passes copied.", []),
         ("oeleo_bytes_copied_total", "counter", "Bytes the passes copied.", []),
         ("oeleo_files_failed", "gauge", "Files whose last attempt failed (rows with an error).", []),
+        (
+            "oeleo_files_not_replaced",
+            "gauge",
+            "Files a store that never overwrites keeps in another version (already there, not replaced).",
+            [],
+        ),
+        ("oeleo_files_left", "gauge", "Files left for the next run by a run that stopped.", []),
         ("oeleo_files", "gauge", "Files in the books, by code (0 to copy, 1 copy if changed, 2 locked).", []),
         ("oeleo_seconds_since_last_good_pass", "gauge", "Seconds since the last pass that ended ok.", []),
         ("oeleo_scheduler_up", "gauge", "1 while the origin's scheduler is alive, else 0.", []),
@@ -539,6 +552,8 @@ def metrics_text(books: Bookkeeper, now: Optional[float] = None) -> str:
         samples["oeleo_files_copied_total"].append((label, files))
         samples["oeleo_bytes_copied_total"].append((label, nbytes))
         samples["oeleo_files_failed"].append((label, row["counts"]["failed"]))
+        samples["oeleo_files_not_replaced"].append((label, row["counts"]["not_replaced"]))
+        samples["oeleo_files_left"].append((label, row["counts"]["left"]))
         for code, key in _CODE_KEYS.items():
             samples["oeleo_files"].append(({"origin": origin, "code": str(code)}, row["counts"][key]))
         finished = good.get(origin)

@@ -223,6 +223,7 @@ def test_status_and_the_monitor_tell_a_file_not_replaced_from_a_failed_one(fake,
     assert kept and "a.fits (code 1)" in kept and "new.fits" not in kept, shown.stdout
     assert [f["file"] for f in document["failures"]] == ["new.fits"], document["failures"]
     assert document["counts"]["failed"] == 1, document["counts"]
+    assert document["counts"]["not_replaced"] == 1, document["counts"]  # counted apart (trial 47)
 
 
 def test_the_key_is_never_printed_logged_or_in_an_error(fake, tmp_path):

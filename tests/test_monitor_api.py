@@ -233,6 +233,8 @@ def test_status_document_says_what_the_books_of_real_runs_hold(server: Served, b
         "copy_if_changed": codes.count(1),
         "do_not_copy": codes.count(2),
         "failed": sum(1 for row in rows.values() if row["last_error"]),
+        "not_replaced": 0,
+        "left": 0,
         "total": len(rows),
     }
     assert status["counts"]["failed"] == 2 and status["counts"]["total"] == 4 + len(MANY) + 1
