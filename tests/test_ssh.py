@@ -420,19 +420,26 @@ def test_port_without_an_ssh_server_is_one_line_exit_2(source, tmp_path):
     assert line.startswith(f"oeleo: 127.0.0.1:{port} does not answer like an SSH server")
 
 
-def test_a_server_that_takes_the_connection_and_says_nothing_is_said_as_such(tmp_path):
-    # paramiko's start_client() returns at its timeout without a session; oeleo said
-    # "unexpected error: SSHException: No existing session" and exited 1 (trial 48).
+def silent_server(tmp_path):
+    """A listener on 127.0.0.1 that takes connections and says nothing, and a connector to it
+    (a timeout of 1 s)."""
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(4)
-    port = listener.getsockname()[1]
     held = []
     threading.Thread(target=lambda: held.append(listener.accept()), daemon=True).start()
     conn = SSHConnector(
-        host="127.0.0.1", port=port, username="oeleo", password="pw", directory="/d",
-        known_hosts=str(tmp_path / "known_hosts"), timeout=1,
+        host="127.0.0.1", port=listener.getsockname()[1], username="oeleo", password="pw",
+        directory="/d", known_hosts=str(tmp_path / "known_hosts"), timeout=1,
     )  # fmt: skip
+    return listener, conn
+
+
+def test_a_server_that_takes_the_connection_and_says_nothing_is_said_as_such(tmp_path):
+    # paramiko's start_client() returns at its timeout without a session; oeleo said
+    # "unexpected error: SSHException: No existing session" and exited 1 (trial 48).
+    listener, conn = silent_server(tmp_path)
+    port = listener.getsockname()[1]
     try:
         with pytest.raises(ConfigError) as refused:
             conn.connect()
@@ -449,16 +456,7 @@ def test_a_server_that_takes_the_connection_and_says_nothing_is_said_as_such(tmp
 def test_a_server_that_worked_and_now_hangs_is_a_dropped_connection_not_a_setting(tmp_path):
     # The worker's retries reconnect after a ConnectionLost; a ConfigError ended the pass at
     # the first reconnect, as if the settings that worked a moment before were wrong (trial 48).
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(4)
-    port = listener.getsockname()[1]
-    held = []
-    threading.Thread(target=lambda: held.append(listener.accept()), daemon=True).start()
-    conn = SSHConnector(
-        host="127.0.0.1", port=port, username="oeleo", password="pw", directory="/d",
-        known_hosts=str(tmp_path / "known_hosts"), timeout=1,
-    )  # fmt: skip
+    listener, conn = silent_server(tmp_path)
     conn._session.ever_connected = True  # as after a first connection that worked
     try:
         with pytest.raises(ConnectionLost) as lost:
