@@ -606,6 +606,10 @@ def test_an_idle_rerun_does_not_even_import_botocore(s3_bucket, s3_server, tmp_p
     "setting, value, named",
     [("OELEO_S3_ENDPOINT_URL", "htp://127.0.0.1:9", "http:// or https://"),
      ("OELEO_S3_ENDPOINT_URL", "127.0.0.1:9000", "not a URL"),
+     ("OELEO_S3_ENDPOINT_URL", "http://[::1:9000", "not a URL (Invalid IPv6 URL)"),
+     ("OELEO_S3_ENDPOINT_URL", "http://::1:9000", "an IPv6 address goes in brackets"),
+     ("OELEO_S3_ENDPOINT_URL", "http://bad host:9000", "is not a host name"),
+     ("OELEO_S3_ENDPOINT_URL", "http://127.0.0.1:9000/?x=1", "no query (?...) or fragment"),
      ("OELEO_S3_BUCKET", "Bad_Bucket!", "not a bucket name")],
 )  # fmt: skip
 def test_a_setting_no_request_could_use_stops_an_idle_rerun_too(

@@ -193,7 +193,10 @@ def _without_userinfo(url: Optional[str]) -> str:
     """An endpoint URL for messages: a ``user:password@`` in it is never shown."""
     if not url:
         return ""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # "Invalid IPv6 URL"
+        return _masked(url)
     if "@" in parts.netloc:
         url = urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
     return _masked(url)  # one that does not parse ("ht!tp://user:pw@host")
@@ -245,7 +248,7 @@ class S3Connector(Connector):
             raise ConfigError("OELEO_S3_BUCKET is not set: the bucket to copy to")
         self.bucket = str(bucket).strip()
         self.prefix = self.normalise_prefix(prefix)
-        self.endpoint_url = endpoint_url or None
+        self.endpoint_url = (endpoint_url or "").strip() or None  # a blank left in a .env
         self.region = region or None
         self.storage_class = storage_class or None
         self.profile = profile or None
@@ -422,22 +425,32 @@ class S3Connector(Connector):
         all (botocore's "Invalid endpoint", said the same way by ``connect``)."""
         if not self.endpoint_url:
             return
-        parts = urlsplit(self.endpoint_url)
         endpoint = _without_userinfo(self.endpoint_url)
+        setting = f"OELEO_S3_ENDPOINT_URL={endpoint!r}"
+        try:
+            parts = urlsplit(self.endpoint_url)
+        except ValueError as exc:  # "Invalid IPv6 URL": a bracket left open
+            raise ConfigError(f"{setting}: not a URL ({exc})") from None
         if not parts.scheme or not parts.netloc:
             if strict:
-                raise ConfigError(
-                    f"OELEO_S3_ENDPOINT_URL={endpoint!r}: not a URL such as https://s3.lab.example.org:9000"
-                )
+                raise ConfigError(f"{setting}: not a URL such as https://s3.lab.example.org:9000")
             return  # botocore's own "Invalid endpoint" is said as the setting in connect()
         if parts.scheme.lower() not in ("http", "https"):
-            raise ConfigError(f"OELEO_S3_ENDPOINT_URL={endpoint!r}: an S3 endpoint is http:// or https://")
+            raise ConfigError(f"{setting}: an S3 endpoint is http:// or https://")
+        host = parts.netloc.rpartition("@")[2]
+        if host.count(":") > 1 and not host.startswith("["):
+            raise ConfigError(f"{setting}: an IPv6 address goes in brackets, as in http://[::1]:9000")
         try:
             _ = parts.port
         except ValueError:
+            raise ConfigError(f"{setting}: the port is not a number from 1 to 65535") from None
+        if not parts.hostname or any(c.isspace() or c in '<>\\^`{|}"' for c in host):
+            raise ConfigError(f"{setting}: {host!r} is not a host name")
+        if parts.query or parts.fragment:
             raise ConfigError(
-                f"OELEO_S3_ENDPOINT_URL={endpoint!r}: the port is not a number from 1 to 65535"
-            ) from None
+                f"{setting}: an endpoint URL has no query (?...) or fragment (#...); "
+                "it is the server alone, as in https://s3.lab.example.org:9000"
+            )
 
     def _check_storage_class(self, client: Any) -> None:
         """For AWS (no endpoint URL), a storage class its model does not list is refused before
@@ -472,7 +485,8 @@ class S3Connector(Connector):
     def _bad_bucket_name(self) -> str:
         return (
             f"OELEO_S3_BUCKET={self.bucket!r}: not a bucket name; S3's are 3 to 63 lower-case letters, "
-            "digits, dots and hyphens (as in s3://lab-data/instr1)"
+            "digits, dots and hyphens (as in s3://lab-data/instr1; some S3-compatible stores also allow "
+            "capitals and '_')"
         )
 
     def reconnect(self, **kwargs: Any) -> None:
