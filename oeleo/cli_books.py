@@ -123,7 +123,7 @@ def _source_folder(settings: Settings, paths: Sequence[str] = ()) -> Path:
     target = _absolute(Path(first))
     holding = [f for f in folders if _inside(target, f) is not None]
     if not holding and not Path(first).is_absolute():
-        holding = [f for f in folders if os.path.lexists(f / first)]
+        holding = [f for f in folders if _existing(f / first) is not None]
         if not holding:  # a name the books know, the file being gone
             holding = _folders_booking(settings, folders, first)
     if not holding:
@@ -145,9 +145,7 @@ def _local_names(base: Path, paths: Sequence[str]) -> List[str]:
     for text in paths:
         path = Path(text).expanduser()
         candidates = [path] if path.is_absolute() else [base / path, Path.cwd() / path]
-        found = next((c for c in candidates if os.path.lexists(c)), None)
-        if found is None and "\\" in text:
-            found = _by_printed_name(candidates[0])  # copied from oeleo's output (new\nline.csv)
+        found = next((c for c in map(_existing, candidates) if c is not None), None)
         if found is None:
             # A name the books know, the file being gone - or a typo: say so, it is booked anyway.
             rel = _inside(_absolute(candidates[-1]), base)
@@ -174,18 +172,30 @@ def _local_names(base: Path, paths: Sequence[str]) -> List[str]:
     return names
 
 
-def _by_printed_name(path: Path) -> Optional[Path]:
-    """The file of ``path``'s folder whose name oeleo prints as ``path.name`` (a newline shown
-    as ``\\n``, a byte that is not UTF-8 as ``\\xe9``), if one is: the name as people copy it
-    from oeleo's output."""
+def _existing(path: Path) -> Optional[Path]:
+    """``path`` if it is there; else the path whose names oeleo prints as ``path``'s (a newline
+    shown as ``\\n``, a byte that is not UTF-8 as ``\\xe9``), folder by folder, if there is
+    exactly one: a name as people copy it from oeleo's output. None otherwise."""
     from oeleo.names import printable
 
-    try:
-        names = os.listdir(path.parent)
-    except OSError:
+    if os.path.lexists(path):
+        return path
+    if "\\" not in str(path):
         return None
-    found = [name for name in names if name != path.name and printable(name) == path.name]
-    return path.parent / found[0] if len(found) == 1 else None
+    current = Path(path.anchor) if path.is_absolute() else Path()
+    for part in path.parts[1:] if path.is_absolute() else path.parts:
+        step = current / part
+        if not os.path.lexists(step):
+            try:
+                names = os.listdir(current)
+            except OSError:
+                return None
+            found = [name for name in names if printable(name) == part]
+            if len(found) != 1:
+                return None
+            step = current / found[0]
+        current = step
+    return current
 
 
 def _status_books(settings: Settings, origin: str) -> Bookkeeper:

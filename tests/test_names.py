@@ -214,9 +214,15 @@ def test_a_name_copied_from_oeleos_output_locks_that_file(tmp_path):
     (tmp_path / "src" / "new\nline.csv").write_text("a\n")
     assert run_oeleo("run", "--from", "src", "--to", "dst", cwd=tmp_path).returncode == 0
 
-    done = run_oeleo("lock", "new\\nline.csv", "--from", "src", cwd=tmp_path)
+    (tmp_path / "src" / "sub").mkdir()
+    (tmp_path / "src" / "sub" / "x\ty.csv").write_text("b\n")
+    assert run_oeleo("run", "--from", "src", "--to", "dst", cwd=tmp_path).returncode == 0
 
-    assert done.returncode == 0, done.stderr
-    assert "no such file" not in done.stderr, done.stderr
+    # With --from or not (the books know the folder), by its name or its path from here.
+    for given in (["new\\nline.csv", "--from", "src"], ["new\\nline.csv"], ["src/sub/x\\ty.csv"]):
+        done = run_oeleo("lock", *given, cwd=tmp_path)
+        assert done.returncode == 0, (given, done.stderr)
+        assert "no such file" not in done.stderr, (given, done.stderr)
     rows = db_rows(tmp_path / "oeleo-file-list.db")
-    assert set(rows) == {"new\nline.csv"} and rows["new\nline.csv"]["code"] == 2, rows
+    assert set(rows) == {"new\nline.csv", "sub/x\ty.csv"}, rows  # no row booked by a printed name
+    assert rows["new\nline.csv"]["code"] == 2 and rows["sub/x\ty.csv"]["code"] == 2, rows
