@@ -238,10 +238,16 @@ def _cron_runs(cron: Cron) -> List[Tuple[int, int, Optional[str]]]:
         return [(hour, minute, None) for hour in sorted(cron.hours) for minute in minutes]
     runs: List[Tuple[int, int, Optional[str]]] = []
     hours = set(cron.hours)
-    starts = [h for h in sorted(hours) if (h - 1) % 24 not in hours] or [0]  # a stretch across midnight
+    # A stretch of hours may run on across midnight only where every day runs: with days or
+    # weekdays named (22-6 on 1-5), Friday's 22:00 must not run on into Saturday, nor
+    # Monday's 0:00 be left out: the stretch is cut at midnight, each part a start of its own.
+    every_day = cron.day_star and cron.weekday_star and len(cron.months) == 12
+    wraps = every_day and 0 in hours and 23 in hours
+    starts = [h for h in sorted(hours) if (h - 1) % 24 not in hours or (h == 0 and not wraps)]
+    starts = starts or [0]  # every hour of every day
     for start in starts:
         length = 1
-        while length < 24 and (start + length) % 24 in hours:
+        while length < 24 and (start + length) % 24 in hours and (start + length < 24 or wraps):
             length += 1
         # Started at start:m0, repeated every step minutes, the last run at (start+length-1):(60-step+m0).
         duration = f"PT{length * 60 - step}M30S"

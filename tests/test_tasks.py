@@ -215,6 +215,8 @@ def cron_runs(expression: str, day: datetime.date) -> List[datetime.datetime]:
     "expression",
     [
         "*/10 22-23,0-6 * * *",
+        "*/10 22-23,0-6 * * 1-5",  # a night window on weekdays: Friday night stops at midnight
+        "*/20 21-23,0-2 1,15 * *",
         "*/15 * * * *",
         "0 22 * * 1-5",
         "30 6,18 1,15 * *",
