@@ -213,6 +213,25 @@ def test_prepare_creates_a_missing_destination(tmp_path):
     assert list(dest.iterdir()) == []
 
 
+def test_a_destination_folder_gone_during_a_run_stops_it_and_is_not_made_again(tmp_path):
+    from oeleo.errors import ConnectorError
+
+    src = make_tree(tmp_path / "src", {"a.csv": "a", "b.csv": "b"})
+    share = tmp_path / "share"
+    share.mkdir()
+    store = LocalConnector(share / "raw")
+    store.prepare()
+    store.put(src["a.csv"], "a.csv")
+    (share / "raw" / "a.csv").unlink()
+    (share / "raw").rmdir()
+    share.rmdir()  # unmounted
+
+    with pytest.raises(ConnectorError, match="does not exist any more"):
+        store.put(src["b.csv"], "sub/b.csv")
+
+    assert not share.exists()
+
+
 def test_prepare_on_a_destination_under_a_file_raises_config_error_naming_it(tmp_path):
     (tmp_path / "a-file").write_text("not a folder")
     dest = tmp_path / "a-file" / "dest"

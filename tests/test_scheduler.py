@@ -19,6 +19,7 @@ import pytest
 from helpers import (
     clean_env,
     db_env,
+    db_rows,
     run_oeleo,
     signal_mid_copy,
     start_oeleo,
@@ -766,3 +767,42 @@ def test_the_last_pass_that_fails_does_not_promise_a_next_run(tmp_path: Path, oe
     failures = [r.getMessage() for r in oeleo_log.records if r.levelno >= logging.ERROR]
     assert failures[0].endswith("the share vanished; the next run goes on"), failures
     assert failures[-1].startswith("run 3 failed") and failures[-1].endswith("vanished again"), failures
+
+
+def test_a_destination_share_gone_between_passes_is_not_made_again_and_its_files_wait(
+    tmp_path: Path, oeleo_log: Records
+) -> None:
+    # The share holding the destination is unmounted while the scheduler runs: no pass makes
+    # it again on the local disk (where copies would be booked and then hidden by the share
+    # mounted again); the files wait and are copied once it is back (trial 49).
+    share = tmp_path / "share"
+    share.mkdir()
+    unmounted = tmp_path / "share.unmounted"
+
+    def between_passes(pass_number: int) -> None:
+        if pass_number == 1:
+            share.rename(unmounted)
+            (tmp_path / "src" / "late.csv").write_text("t,v\n9,9\n")
+
+    worker = make_worker(tmp_path, after_pass=between_passes)
+    external = LocalConnector(share / "raw")
+    external.upload_tag = worker.external_connector.upload_tag
+    worker.external_connector = external
+    prepare = external.prepare
+
+    def prepare_then_mount_again() -> None:  # pass 3 is refused: the share comes back after it
+        try:
+            prepare()
+        except DestinationUnreachable:
+            unmounted.rename(share)
+            raise
+
+    external.prepare = prepare_then_mount_again
+    scheduler = SimpleScheduler(worker, run_interval_time=0.05, max_run_intervals=4)
+    scheduler.start()
+
+    runs = run_rows(tmp_path / "books.db")
+    assert [r["status"] for r in runs] == ["ok", "failed", "failed", "ok"], oeleo_log.text()
+    assert "does not exist any more (a share unmounted?)" in runs[1]["message"], runs[1]
+    assert (share / "raw" / "late.csv").read_text() == "t,v\n9,9\n"  # copied by pass 4
+    assert db_rows(tmp_path / "books.db")["late.csv"]["code"] == 1

@@ -31,7 +31,13 @@ from oeleo.connectors.base import (
     matches,
     safe_relpath,
 )
-from oeleo.errors import ConfigError, UnsafePathError, VerificationError
+from oeleo.errors import (
+    ConfigError,
+    ConnectorError,
+    DestinationUnreachable,
+    UnsafePathError,
+    VerificationError,
+)
 from oeleo.names import printable
 
 log = logging.getLogger("oeleo")
@@ -201,6 +207,7 @@ class LocalConnector(FolderConnector):
         if directory is None or str(directory).strip() == "":
             raise ConfigError("LocalConnector needs a folder (directory=..., or OELEO_BASE_DIR_FROM)")
         self.directory = Path(directory).expanduser()
+        self._base_seen = False  # made or found by prepare(), or made by a first write
         self.include_subdirs = include_subdirs
         self.follow_links = follow_links
         self._root = str(self.directory)
@@ -240,8 +247,16 @@ class LocalConnector(FolderConnector):
         where = "(OELEO_BASE_DIR_TO, --to)"
         if self.directory.exists() and not self.directory.is_dir():
             raise ConfigError(f"destination {self.directory} is a file, not a folder {where}")
+        if self._base_seen and not os.path.lexists(self.directory):
+            # It was there for an earlier pass of this process (a scheduler's): gone now, a
+            # share unmounted, it is not made again on the local disk; the next pass tries.
+            raise DestinationUnreachable(
+                f"the destination folder {self.directory} does not exist any more (a share "
+                f"unmounted?): not made again {where}"
+            )
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
+            self._base_seen = True  # from now on, a base folder gone is not made again
         except OSError as exc:
             raise ConfigError(
                 f"destination folder {self.directory} cannot be created: {exc.strerror} {where}"
@@ -484,8 +499,16 @@ class LocalConnector(FolderConnector):
         try:
             fd = os.open(path, flags, 0o666)
         except FileNotFoundError:
+            if self._base_seen and not os.path.isdir(self.directory):
+                # Gone since the run began (a share unmounted, the folder removed): not made
+                # again (a copy on the local disk under a mount point would be booked).
+                raise ConnectorError(
+                    f"the destination folder {self.directory} does not exist any more (a share "
+                    "unmounted?): the run stops; it is not made again"
+                ) from None
             try:
                 os.makedirs(os.path.dirname(path), exist_ok=True)
+                self._base_seen = True
             except (FileExistsError, NotADirectoryError):
                 raise self._file_in_the_way(path) from None
             self._paths.pop(relpath, None)  # its folder exists now: check it is inside the base
