@@ -806,3 +806,27 @@ def test_a_destination_share_gone_between_passes_is_not_made_again_and_its_files
     assert "does not exist any more (a share unmounted?)" in runs[1]["message"], runs[1]
     assert (share / "raw" / "late.csv").read_text() == "t,v\n9,9\n"  # copied by pass 4
     assert db_rows(tmp_path / "books.db")["late.csv"]["code"] == 1
+
+
+def test_a_second_scheduler_on_the_same_books_stops_and_leaves_the_first_ones_heartbeat(
+    tmp_path: Path,
+) -> None:
+    # Two schedulers whose passes never overlap: the second stops with status 2 at its first
+    # pass, and the heartbeat stays the first one's (it said "stopped" when the second
+    # stopped, while the first ran on: trial 49).
+    src, db = tmp_path / "src", tmp_path / "books.db"
+    write_tree(src, FILES)
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("OELEO_")}
+    args = ["--from", str(src), "--to", str(tmp_path / "dst"), "--db", str(db)]
+    first = start_oeleo(["schedule", *args, "--every", "60"], cwd=tmp_path, err=tmp_path / "err.txt", env=env)
+    try:
+        wait_for(lambda: first_pass_finished(db), timeout=60, what="the first scheduler's first pass")
+        second = run_oeleo("schedule", *args, "--every", "1", "--max-runs", "2", cwd=tmp_path, env=env)
+        beat = heartbeat(db)
+    finally:
+        first.send_signal(signal.SIGTERM)
+        first.wait(timeout=60)
+
+    assert second.returncode == 2, second.stderr
+    assert f"another scheduler (process {first.pid}" in second.stderr, second.stderr
+    assert beat["pid"] == first.pid and beat["stopped"] is None, beat

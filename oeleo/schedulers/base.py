@@ -141,6 +141,12 @@ class SchedulerBase:
         failed = False
         try:
             self._open_books()
+            if self.runs == 1:
+                try:  # before any heartbeat of its own: the other's is left as it is
+                    self._refuse_a_second()
+                except BaseException:
+                    self._release_books()
+                    raise
             try:
                 self._beat(pass_started=self.last_run, pass_finished=None, next_pass=None)
                 try:
@@ -248,6 +254,33 @@ class SchedulerBase:
 
     def _beat_stopped(self) -> None:
         self._beat_beside_a_run(next_pass=None, stopped=datetime.datetime.now())
+
+    def _refuse_a_second(self) -> None:
+        """At the first pass (the books held): another scheduler whose heartbeat says it runs
+        for these books and this folder (its process alive, not overdue by more than 10
+        minutes) means this one stops with status 2, as for books in use; two schedulers whose
+        passes never overlap would each write the heartbeat, and the one that stops would say
+        "stopped" while the other runs."""
+        from oeleo.models import Bookkeeper, read_heartbeat
+
+        books = getattr(self.worker, "bookkeeper", None)
+        if not isinstance(books, Bookkeeper) or getattr(self.worker, "dry_run", False):
+            return
+        try:
+            beat = read_heartbeat(books)
+        except OeleoError:
+            return
+        if beat is None or beat.pid in (None, os.getpid()) or beat.stopped is not None:
+            return
+        planned = beat.next_pass
+        overdue = isinstance(planned, datetime.datetime) and (
+            datetime.datetime.now() - planned
+        ) > datetime.timedelta(minutes=10)
+        if not overdue and pid_alive(int(beat.pid)):
+            raise DatabaseBusyError(
+                f"another scheduler (process {beat.pid}, {beat.scheduler}) already runs for these "
+                f"books and {books.origin}: this one stops (oeleo status shows it)"
+            )
 
     def _beat_beside_a_run(self, **values: Any) -> None:
         """The heartbeat outside a pass (a skipped pass, the stop): with the books opened
